@@ -1,0 +1,58 @@
+//! Every mutation of cluster state, as it travels through the Raft log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ValidationError;
+use crate::model::{DesiredPower, GuestConfig, StorageKind};
+
+/// One log entry's payload: a command plus the wall-clock time the proposer assigned,
+/// so that `apply` never reads a clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub ts_ms: u64,
+    pub cmd: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Add a node or update its API address.
+    RegisterNode { name: String, api_addr: String },
+    /// Add a storage pool; refused if the id exists.
+    AddStorage { id: String, kind: StorageKind },
+    /// Create or rotate an API token (`USER@REALM!TOKENID`).
+    SetApiToken { id: String, secret_sha256: String },
+    /// Create a guest, stopped. Disk volumes must already exist and be named in the config.
+    CreateGuest { vmid: u32, name: String, node: String, config: GuestConfig },
+    /// Replace a guest's name and config.
+    UpdateGuest { vmid: u32, expected_revision: Option<u64>, name: String, config: GuestConfig },
+    /// Change the power state the cluster wants.
+    SetDesiredPower { vmid: u32, expected_revision: Option<u64>, desired: DesiredPower },
+    /// Remove a guest; refused while it is meant to run.
+    DeleteGuest { vmid: u32, expected_revision: Option<u64> },
+}
+
+/// What a successful apply reports back to the proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyOk {
+    /// The revision the touched object now has (the log index).
+    pub revision: u64,
+}
+
+/// Why `apply` refused a command; state is untouched when it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApplyError {
+    #[error("{0}")]
+    Invalid(ValidationError),
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{message}")]
+    Conflict { message: String },
+}
+
+impl From<ValidationError> for ApplyError {
+    fn from(e: ValidationError) -> Self {
+        ApplyError::Invalid(e)
+    }
+}

@@ -1,0 +1,142 @@
+//! Identifiers and their validation: VMIDs, DNS-label names, storage ids, volume ids.
+//! Every check names the field it refused so the API can answer 400 with it.
+
+use serde::{Deserialize, Serialize};
+
+/// Lowest and highest VMID Proxmox accepts.
+pub const VMID_MIN: u32 = 100;
+pub const VMID_MAX: u32 = 999_999_999;
+
+/// A refused input: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+pub fn validate_vmid(field: &str, vmid: u64) -> Result<u32, ValidationError> {
+    if (VMID_MIN as u64..=VMID_MAX as u64).contains(&vmid) {
+        Ok(vmid as u32)
+    } else {
+        Err(ValidationError::new(field, format!("VMID {vmid} out of range {VMID_MIN}..={VMID_MAX}")))
+    }
+}
+
+/// A DNS label (RFC 1123): 1-63 letters, digits and hyphens, not starting or ending with '-'.
+pub fn validate_dns_label(field: &str, s: &str) -> Result<(), ValidationError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("{s:?} is not a DNS label (1-63 letters, digits or '-', not at either end)"),
+        ))
+    }
+}
+
+/// Storage ids follow Proxmox: a letter, then letters, digits, '-', '_' or '.', at most 64.
+pub fn validate_storage_id(field: &str, s: &str) -> Result<(), ValidationError> {
+    let mut bytes = s.bytes();
+    let ok = s.len() <= 64
+        && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, format!("{s:?} is not a valid storage id")))
+    }
+}
+
+/// An absolute host path that is safe to hand to a program as one argument.
+pub fn validate_abs_path(field: &str, s: &str) -> Result<(), ValidationError> {
+    if !s.starts_with('/') {
+        return Err(ValidationError::new(field, format!("{s:?} is not an absolute path")));
+    }
+    if s.len() > 4096 || s.contains('\0') || s.contains('\n') {
+        return Err(ValidationError::new(field, "path has a NUL or newline or is too long"));
+    }
+    if s.split('/').any(|c| c == "..") {
+        return Err(ValidationError::new(field, "path must not contain '..'"));
+    }
+    Ok(())
+}
+
+/// Proxmox-style volume id of a guest disk on a directory pool: `local:101/vm-101-disk-0.qcow2`.
+pub fn volume_id(storage: &str, vmid: u32, index: usize) -> String {
+    format!("{storage}:{vmid}/vm-{vmid}-disk-{index}.qcow2")
+}
+
+/// Splits a volume id into (storage, path relative to the pool's `images/` dir).
+pub fn parse_volume_id(volid: &str) -> Result<(&str, &str), ValidationError> {
+    let (storage, rel) = volid
+        .split_once(':')
+        .ok_or_else(|| ValidationError::new("volume", format!("{volid:?} has no 'storage:' prefix")))?;
+    validate_storage_id("volume", storage)?;
+    let valid_rel = !rel.is_empty()
+        && !rel.starts_with('/')
+        && rel.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && rel.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if !valid_rel {
+        return Err(ValidationError::new("volume", format!("{volid:?} has an invalid path")));
+    }
+    Ok((storage, rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmid_bounds() {
+        assert!(validate_vmid("vmid", 99).is_err());
+        assert!(validate_vmid("vmid", 5).is_err());
+        assert_eq!(validate_vmid("vmid", 100), Ok(100));
+        assert_eq!(validate_vmid("vmid", 999_999_999), Ok(999_999_999));
+        assert!(validate_vmid("vmid", 1_000_000_000).is_err());
+    }
+
+    #[test]
+    fn dns_labels() {
+        for good in ["t1", "a", "web-01", "A1"] {
+            assert!(validate_dns_label("name", good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "has space", "-x", "x-", "a.b", "ü", long.as_str()] {
+            let e = validate_dns_label("name", bad).unwrap_err();
+            assert_eq!(e.field, "name");
+        }
+    }
+
+    #[test]
+    fn storage_ids_and_paths() {
+        assert!(validate_storage_id("storage", "local").is_ok());
+        assert!(validate_storage_id("storage", "local-zfs_2.x").is_ok());
+        assert!(validate_storage_id("storage", "1local").is_err());
+        assert!(validate_storage_id("storage", "lo cal").is_err());
+        assert!(validate_abs_path("p", "/boot/vmlinuz").is_ok());
+        assert!(validate_abs_path("p", "boot/vmlinuz").is_err());
+        assert!(validate_abs_path("p", "/boot/../etc/shadow").is_err());
+    }
+
+    #[test]
+    fn volume_ids_round_trip() {
+        let v = volume_id("local", 101, 0);
+        assert_eq!(v, "local:101/vm-101-disk-0.qcow2");
+        assert_eq!(parse_volume_id(&v).unwrap(), ("local", "101/vm-101-disk-0.qcow2"));
+        assert!(parse_volume_id("local:../etc/passwd").is_err());
+        assert!(parse_volume_id("local:/abs").is_err());
+        assert!(parse_volume_id("nocolon").is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Horcrux's domain model and replicated state machine.
+//!
+//! Pure code: no I/O, no clocks, no randomness. Every mutation of cluster state is a
+//! [`Command`] applied by [`ClusterState::apply`], a deterministic function of the log.
+
+pub mod command;
+pub mod ids;
+pub mod model;
+pub mod state;
+pub mod upid;
+
+pub use command::{ApplyError, ApplyOk, Command, Request};
+pub use ids::ValidationError;
+pub use model::*;
+pub use state::ClusterState;
+pub use upid::Upid;

@@ -1,0 +1,183 @@
+//! The replicated domain objects: nodes, storage pools, guests and API tokens.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{self, ValidationError};
+
+/// Smallest and largest guest memory accepted, in MiB (Proxmox's lower bound is 16).
+pub const MEMORY_MIB_MIN: u64 = 16;
+pub const MEMORY_MIB_MAX: u64 = 4 * 1024 * 1024;
+pub const CORES_MAX: u32 = 512;
+pub const DISK_MIB_MAX: u64 = 64 * 1024 * 1024;
+pub const DISKS_MAX: usize = 16;
+pub const CMDLINE_MAX: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// Address of the node's HTTPS API, as other nodes reach it.
+    pub api_addr: String,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A directory on each node's local filesystem (Proxmox's `dir`).
+    Dir { path: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoragePool {
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: StorageKind,
+    pub revision: u64,
+}
+
+impl StoragePool {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        ids::validate_storage_id("storage", &self.id)?;
+        match &self.kind {
+            StorageKind::Dir { path } => ids::validate_abs_path("path", path),
+        }
+    }
+}
+
+/// The power state the cluster wants a guest in, and how to get there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum DesiredPower {
+    Running,
+    /// `graceful_timeout_s: Some(n)` asks the guest to power off and stops it hard after n s;
+    /// `None` stops it hard at once.
+    Stopped {
+        graceful_timeout_s: Option<u32>,
+    },
+}
+
+impl DesiredPower {
+    pub fn is_running(&self) -> bool {
+        matches!(self, DesiredPower::Running)
+    }
+}
+
+/// Direct kernel boot: how tests boot a real guest in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelBoot {
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub storage: String,
+    pub size_mib: u64,
+    /// Set once the volume exists: `local:101/vm-101-disk-0.qcow2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    pub memory_mib: u64,
+    pub cores: u32,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<KernelBoot>,
+}
+
+impl VmSpec {
+    /// Checks everything that does not depend on cluster state.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(MEMORY_MIB_MIN..=MEMORY_MIB_MAX).contains(&self.memory_mib) {
+            return Err(ValidationError::new(
+                "memory_mib",
+                format!("{} out of range {MEMORY_MIB_MIN}..={MEMORY_MIB_MAX}", self.memory_mib),
+            ));
+        }
+        if !(1..=CORES_MAX).contains(&self.cores) {
+            return Err(ValidationError::new(
+                "cores",
+                format!("{} out of range 1..={CORES_MAX}", self.cores),
+            ));
+        }
+        if self.disks.len() > DISKS_MAX {
+            return Err(ValidationError::new("disks", format!("at most {DISKS_MAX} disks")));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            ids::validate_storage_id(&format!("disks[{i}].storage"), &d.storage)?;
+            if !(1..=DISK_MIB_MAX).contains(&d.size_mib) {
+                return Err(ValidationError::new(
+                    format!("disks[{i}].size_mib"),
+                    format!("{} out of range 1..={DISK_MIB_MAX}", d.size_mib),
+                ));
+            }
+            if let Some(v) = &d.volume {
+                let (storage, _) = ids::parse_volume_id(v)
+                    .map_err(|e| ValidationError::new(format!("disks[{i}].volume"), e.message))?;
+                if storage != d.storage {
+                    return Err(ValidationError::new(
+                        format!("disks[{i}].volume"),
+                        "volume is on another storage than the disk",
+                    ));
+                }
+            }
+        }
+        if let Some(b) = &self.boot {
+            ids::validate_abs_path("boot.kernel", &b.kernel)?;
+            if let Some(initrd) = &b.initrd {
+                ids::validate_abs_path("boot.initrd", initrd)?;
+            }
+            if b.cmdline.len() > CMDLINE_MAX || b.cmdline.contains(['\0', '\n']) {
+                return Err(ValidationError::new(
+                    "boot.cmdline",
+                    format!("at most {CMDLINE_MAX} bytes, no NUL or newline"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a guest is. Containers join as a second variant with the same envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum GuestConfig {
+    Qemu(VmSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    pub vmid: u32,
+    pub name: String,
+    /// The node that owns and runs the guest.
+    pub node: String,
+    pub config: GuestConfig,
+    pub desired: DesiredPower,
+    /// Log index of the last change; updates are compare-and-set on it.
+    pub revision: u64,
+    pub created_ms: u64,
+}
+
+impl Guest {
+    pub fn vm_spec(&self) -> &VmSpec {
+        match &self.config {
+            GuestConfig::Qemu(s) => s,
+        }
+    }
+}
+
+/// An API token; only a hash of its secret is replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// `USER@REALM!TOKENID`, e.g. `root@pam!admin`.
+    pub id: String,
+    /// Lower-case hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    pub revision: u64,
+}

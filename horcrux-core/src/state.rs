@@ -1,0 +1,175 @@
+//! The replicated state machine: `ClusterState::apply` validates a command against the
+//! current state and applies it, or refuses it and changes nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{ApplyError, ApplyOk, Command, Request};
+use crate::ids::{self, ValidationError, VMID_MAX, VMID_MIN};
+use crate::model::*;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, NodeInfo>,
+    pub storage: BTreeMap<String, StoragePool>,
+    pub guests: BTreeMap<u32, Guest>,
+    pub api_tokens: BTreeMap<String, ApiToken>,
+}
+
+fn check_revision(vmid: u32, expected: Option<u64>, actual: u64) -> Result<(), ApplyError> {
+    match expected {
+        Some(e) if e != actual => Err(ApplyError::Conflict {
+            message: format!("guest {vmid} changed: revision is {actual}, request expected {e}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl ClusterState {
+    /// Applies one committed entry at log `index`. Deterministic: the result depends only on
+    /// the state, the index and the request.
+    pub fn apply(&mut self, index: u64, req: &Request) -> Result<ApplyOk, ApplyError> {
+        match &req.cmd {
+            Command::RegisterNode { name, api_addr } => {
+                ids::validate_dns_label("node", name)?;
+                if api_addr.is_empty() {
+                    return Err(ValidationError::new("api_addr", "must not be empty").into());
+                }
+                self.nodes.insert(
+                    name.clone(),
+                    NodeInfo { name: name.clone(), api_addr: api_addr.clone(), revision: index },
+                );
+            }
+            Command::AddStorage { id, kind } => {
+                let pool = StoragePool { id: id.clone(), kind: kind.clone(), revision: index };
+                pool.validate()?;
+                if self.storage.contains_key(id) {
+                    return Err(ApplyError::Conflict { message: format!("storage {id:?} already exists") });
+                }
+                self.storage.insert(id.clone(), pool);
+            }
+            Command::SetApiToken { id, secret_sha256 } => {
+                let hex_ok = secret_sha256.len() == 64
+                    && secret_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !hex_ok {
+                    return Err(
+                        ValidationError::new("secret_sha256", "must be 64 lower-case hex digits").into()
+                    );
+                }
+                if !id.contains('@') || !id.contains('!') {
+                    return Err(ValidationError::new("id", "must look like USER@REALM!TOKENID").into());
+                }
+                self.api_tokens.insert(
+                    id.clone(),
+                    ApiToken { id: id.clone(), secret_sha256: secret_sha256.clone(), revision: index },
+                );
+            }
+            Command::CreateGuest { vmid, name, node, config } => {
+                ids::validate_vmid("vmid", *vmid as u64)?;
+                ids::validate_dns_label("name", name)?;
+                self.validate_config(*vmid, config)?;
+                if !self.nodes.contains_key(node) {
+                    return Err(ValidationError::new("node", format!("unknown node {node:?}")).into());
+                }
+                if self.guests.contains_key(vmid) {
+                    return Err(ApplyError::Conflict { message: format!("VMID {vmid} already exists") });
+                }
+                self.guests.insert(
+                    *vmid,
+                    Guest {
+                        vmid: *vmid,
+                        name: name.clone(),
+                        node: node.clone(),
+                        config: config.clone(),
+                        desired: DesiredPower::Stopped { graceful_timeout_s: None },
+                        revision: index,
+                        created_ms: req.ts_ms,
+                    },
+                );
+            }
+            Command::UpdateGuest { vmid, expected_revision, name, config } => {
+                ids::validate_dns_label("name", name)?;
+                self.validate_config(*vmid, config)?;
+                let g = self.guest_mut(*vmid)?;
+                check_revision(*vmid, *expected_revision, g.revision)?;
+                g.name = name.clone();
+                g.config = config.clone();
+                g.revision = index;
+            }
+            Command::SetDesiredPower { vmid, expected_revision, desired } => {
+                let g = self.guest_mut(*vmid)?;
+                check_revision(*vmid, *expected_revision, g.revision)?;
+                g.desired = *desired;
+                g.revision = index;
+            }
+            Command::DeleteGuest { vmid, expected_revision } => {
+                let g = self.guest(*vmid)?;
+                check_revision(*vmid, *expected_revision, g.revision)?;
+                if g.desired.is_running() {
+                    return Err(ApplyError::Conflict {
+                        message: format!("guest {vmid} is running; stop it before deleting it"),
+                    });
+                }
+                self.guests.remove(vmid);
+            }
+        }
+        Ok(ApplyOk { revision: index })
+    }
+
+    fn validate_config(&self, vmid: u32, config: &GuestConfig) -> Result<(), ApplyError> {
+        match config {
+            GuestConfig::Qemu(spec) => {
+                spec.validate()?;
+                for (i, d) in spec.disks.iter().enumerate() {
+                    if !self.storage.contains_key(&d.storage) {
+                        return Err(ValidationError::new(
+                            format!("disks[{i}].storage"),
+                            format!("unknown storage {:?}", d.storage),
+                        )
+                        .into());
+                    }
+                    let Some(volume) = &d.volume else {
+                        return Err(ValidationError::new(
+                            format!("disks[{i}].volume"),
+                            "the volume must be allocated before the guest is created",
+                        )
+                        .into());
+                    };
+                    let (_, rel) = ids::parse_volume_id(volume)?;
+                    if !rel.starts_with(&format!("{vmid}/")) {
+                        return Err(ValidationError::new(
+                            format!("disks[{i}].volume"),
+                            format!("volume {volume:?} does not belong to guest {vmid}"),
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn guest(&self, vmid: u32) -> Result<&Guest, ApplyError> {
+        self.guests.get(&vmid).ok_or_else(|| ApplyError::NotFound { what: format!("guest {vmid}") })
+    }
+
+    fn guest_mut(&mut self, vmid: u32) -> Result<&mut Guest, ApplyError> {
+        self.guests.get_mut(&vmid).ok_or_else(|| ApplyError::NotFound { what: format!("guest {vmid}") })
+    }
+
+    /// The lowest free VMID, as Proxmox's `/cluster/nextid` answers.
+    pub fn next_vmid(&self) -> Option<u32> {
+        let mut candidate = VMID_MIN;
+        for &used in self.guests.range(VMID_MIN..).map(|(k, _)| k) {
+            if used != candidate {
+                break;
+            }
+            candidate = candidate.checked_add(1)?;
+        }
+        (candidate <= VMID_MAX).then_some(candidate)
+    }
+}
+
+#[cfg(test)]
+mod tests;

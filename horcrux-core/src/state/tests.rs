@@ -1,0 +1,249 @@
+use super::*;
+
+fn req(cmd: Command) -> Request {
+    Request { ts_ms: 1_000, cmd }
+}
+
+fn spec(vmid: u32, disks: usize) -> VmSpec {
+    VmSpec {
+        memory_mib: 256,
+        cores: 1,
+        disks: (0..disks)
+            .map(|i| DiskSpec {
+                storage: "local".into(),
+                size_mib: 64,
+                volume: Some(ids::volume_id("local", vmid, i)),
+            })
+            .collect(),
+        boot: Some(KernelBoot {
+            kernel: "/k/vmlinuz".into(),
+            initrd: Some("/k/initrd.gz".into()),
+            cmdline: "console=ttyS0".into(),
+        }),
+    }
+}
+
+fn create(vmid: u32, s: VmSpec) -> Command {
+    Command::CreateGuest { vmid, name: "t1".into(), node: "n1".into(), config: GuestConfig::Qemu(s) }
+}
+
+/// A state with node `n1` and storage `local`, built through `apply` itself.
+fn base() -> ClusterState {
+    let mut s = ClusterState::default();
+    s.apply(1, &req(Command::RegisterNode { name: "n1".into(), api_addr: "127.0.0.1:8006".into() })).unwrap();
+    s.apply(
+        2,
+        &req(Command::AddStorage {
+            id: "local".into(),
+            kind: StorageKind::Dir { path: "/var/lib/h".into() },
+        }),
+    )
+    .unwrap();
+    s
+}
+
+/// Applies a command that must be refused and checks that nothing changed.
+fn refused(s: &mut ClusterState, cmd: Command) -> ApplyError {
+    let before = s.clone();
+    let e = s.apply(99, &req(cmd)).unwrap_err();
+    assert_eq!(*s, before, "a refused command changed state");
+    e
+}
+
+fn invalid_field(e: ApplyError) -> String {
+    match e {
+        ApplyError::Invalid(v) => v.field,
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn register_node_validation() {
+    let mut s = ClusterState::default();
+    let e = refused(&mut s, Command::RegisterNode { name: "bad name".into(), api_addr: "a".into() });
+    assert_eq!(invalid_field(e), "node");
+    let e = refused(&mut s, Command::RegisterNode { name: "n1".into(), api_addr: String::new() });
+    assert_eq!(invalid_field(e), "api_addr");
+    s.apply(5, &req(Command::RegisterNode { name: "n1".into(), api_addr: "x:1".into() })).unwrap();
+    assert_eq!(s.nodes["n1"].revision, 5);
+}
+
+#[test]
+fn add_storage_validation() {
+    let mut s = base();
+    let e = refused(
+        &mut s,
+        Command::AddStorage { id: "2bad".into(), kind: StorageKind::Dir { path: "/x".into() } },
+    );
+    assert_eq!(invalid_field(e), "storage");
+    let e = refused(
+        &mut s,
+        Command::AddStorage { id: "other".into(), kind: StorageKind::Dir { path: "rel".into() } },
+    );
+    assert_eq!(invalid_field(e), "path");
+    let e = refused(
+        &mut s,
+        Command::AddStorage { id: "local".into(), kind: StorageKind::Dir { path: "/y".into() } },
+    );
+    assert!(matches!(e, ApplyError::Conflict { .. }));
+}
+
+#[test]
+fn set_api_token_validation() {
+    let mut s = base();
+    let good_hash = "a".repeat(64);
+    let e =
+        refused(&mut s, Command::SetApiToken { id: "root@pam!admin".into(), secret_sha256: "XYZ".into() });
+    assert_eq!(invalid_field(e), "secret_sha256");
+    let e = refused(&mut s, Command::SetApiToken { id: "root".into(), secret_sha256: good_hash.clone() });
+    assert_eq!(invalid_field(e), "id");
+    s.apply(3, &req(Command::SetApiToken { id: "root@pam!admin".into(), secret_sha256: good_hash })).unwrap();
+    assert!(s.api_tokens.contains_key("root@pam!admin"));
+}
+
+#[test]
+fn create_guest_validation() {
+    let mut s = base();
+    let e = refused(&mut s, create(5, spec(5, 0)));
+    assert_eq!(invalid_field(e), "vmid");
+    let mut bad = spec(101, 0);
+    bad.memory_mib = 0;
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "memory_mib");
+    let mut bad = spec(101, 0);
+    bad.cores = 0;
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "cores");
+    let e = refused(
+        &mut s,
+        Command::CreateGuest {
+            vmid: 101,
+            name: "has space".into(),
+            node: "n1".into(),
+            config: GuestConfig::Qemu(spec(101, 0)),
+        },
+    );
+    assert_eq!(invalid_field(e), "name");
+    let e = refused(
+        &mut s,
+        Command::CreateGuest {
+            vmid: 101,
+            name: "t1".into(),
+            node: "nope".into(),
+            config: GuestConfig::Qemu(spec(101, 0)),
+        },
+    );
+    assert_eq!(invalid_field(e), "node");
+    let mut bad = spec(101, 1);
+    bad.disks[0].storage = "nfs".into();
+    bad.disks[0].volume = Some(ids::volume_id("nfs", 101, 0));
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "disks[0].storage");
+    let mut bad = spec(101, 1);
+    bad.disks[0].size_mib = 0;
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "disks[0].size_mib");
+    let mut bad = spec(101, 1);
+    bad.disks[0].volume = None;
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "disks[0].volume");
+    // A volume of another guest cannot be claimed.
+    assert_eq!(invalid_field(refused(&mut s, create(101, spec(102, 1)))), "disks[0].volume");
+    let mut bad = spec(101, 0);
+    bad.boot.as_mut().unwrap().kernel = "vmlinuz".into();
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "boot.kernel");
+    let mut bad = spec(101, 0);
+    bad.boot.as_mut().unwrap().initrd = Some("initrd".into());
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "boot.initrd");
+    let mut bad = spec(101, 0);
+    bad.boot.as_mut().unwrap().cmdline = "a\nb".into();
+    assert_eq!(invalid_field(refused(&mut s, create(101, bad))), "boot.cmdline");
+
+    let ok = s.apply(10, &req(create(101, spec(101, 2)))).unwrap();
+    assert_eq!(ok.revision, 10);
+    let g = &s.guests[&101];
+    assert_eq!(g.created_ms, 1_000);
+    assert_eq!(g.desired, DesiredPower::Stopped { graceful_timeout_s: None });
+    assert!(matches!(refused(&mut s, create(101, spec(101, 0))), ApplyError::Conflict { .. }));
+}
+
+#[test]
+fn update_guest_is_compare_and_set() {
+    let mut s = base();
+    s.apply(10, &req(create(101, spec(101, 0)))).unwrap();
+    let mut bigger = spec(101, 0);
+    bigger.memory_mib = 512;
+    let upd = |rev, name: &str, sp: VmSpec| Command::UpdateGuest {
+        vmid: 101,
+        expected_revision: rev,
+        name: name.into(),
+        config: GuestConfig::Qemu(sp),
+    };
+    assert!(matches!(refused(&mut s, upd(Some(9), "t1", bigger.clone())), ApplyError::Conflict { .. }));
+    assert_eq!(invalid_field(refused(&mut s, upd(Some(10), "a b", bigger.clone()))), "name");
+    let mut bad = bigger.clone();
+    bad.memory_mib = 1;
+    assert_eq!(invalid_field(refused(&mut s, upd(Some(10), "t1", bad))), "memory_mib");
+    let e = refused(
+        &mut s,
+        Command::UpdateGuest {
+            vmid: 404,
+            expected_revision: None,
+            name: "x".into(),
+            config: GuestConfig::Qemu(spec(404, 0)),
+        },
+    );
+    assert!(matches!(e, ApplyError::NotFound { .. }));
+    s.apply(11, &req(upd(Some(10), "t2", bigger))).unwrap();
+    assert_eq!(s.guests[&101].name, "t2");
+    assert_eq!(s.guests[&101].vm_spec().memory_mib, 512);
+    assert_eq!(s.guests[&101].revision, 11);
+}
+
+#[test]
+fn desired_power_and_delete() {
+    let mut s = base();
+    s.apply(10, &req(create(101, spec(101, 0)))).unwrap();
+    let set = |rev, desired| Command::SetDesiredPower { vmid: 101, expected_revision: rev, desired };
+    assert!(matches!(refused(&mut s, set(Some(3), DesiredPower::Running)), ApplyError::Conflict { .. }));
+    let e = refused(
+        &mut s,
+        Command::SetDesiredPower { vmid: 7777, expected_revision: None, desired: DesiredPower::Running },
+    );
+    assert!(matches!(e, ApplyError::NotFound { .. }));
+    s.apply(11, &req(set(Some(10), DesiredPower::Running))).unwrap();
+    // A guest meant to run cannot be deleted.
+    let e = refused(&mut s, Command::DeleteGuest { vmid: 101, expected_revision: None });
+    assert!(matches!(e, ApplyError::Conflict { .. }));
+    s.apply(12, &req(set(None, DesiredPower::Stopped { graceful_timeout_s: Some(60) }))).unwrap();
+    let e = refused(&mut s, Command::DeleteGuest { vmid: 101, expected_revision: Some(11) });
+    assert!(matches!(e, ApplyError::Conflict { .. }));
+    let e = refused(&mut s, Command::DeleteGuest { vmid: 555, expected_revision: None });
+    assert!(matches!(e, ApplyError::NotFound { .. }));
+    s.apply(13, &req(Command::DeleteGuest { vmid: 101, expected_revision: Some(12) })).unwrap();
+    assert!(s.guests.is_empty());
+}
+
+#[test]
+fn next_vmid_fills_the_lowest_gap() {
+    let mut s = base();
+    assert_eq!(s.next_vmid(), Some(100));
+    for (i, vmid) in [100, 101, 103].into_iter().enumerate() {
+        s.apply(10 + i as u64, &req(create(vmid, spec(vmid, 0)))).unwrap();
+    }
+    assert_eq!(s.next_vmid(), Some(102));
+}
+
+#[test]
+fn apply_is_deterministic() {
+    let cmds = vec![
+        create(101, spec(101, 1)),
+        create(102, spec(102, 0)),
+        Command::DeleteGuest { vmid: 102, expected_revision: None },
+    ];
+    let run = || {
+        let mut s = base();
+        let results: Vec<_> =
+            cmds.iter().enumerate().map(|(i, c)| s.apply(10 + i as u64, &req(c.clone()))).collect();
+        (s, results)
+    };
+    assert_eq!(run(), run());
+    let json = serde_json::to_string(&run().0).unwrap();
+    let back: ClusterState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, run().0);
+}
