@@ -1,0 +1,172 @@
+//! The state machine: `horcrux_core::ClusterState` in memory, rebuilt on start from the last
+//! snapshot (kept in RocksDB) plus the committed log that follows it.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use horcrux_core::ClusterState;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StoredMembership,
+};
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::store::{cf, read_err, synced, write_err, CF_SM};
+use crate::types::{NodeId, Response, TypeConfig};
+
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, BasicNode>,
+    pub state: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+struct Shared {
+    data: RwLock<SmData>,
+    /// Index of the last applied entry; readers wait on it and reconcilers watch it.
+    applied: watch::Sender<u64>,
+}
+
+/// Cheap to clone; every clone sees the same state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+}
+
+impl StateMachineStore {
+    pub fn open(db: Arc<DB>) -> Result<Self, StorageError<NodeId>> {
+        let data = match db.get_cf(cf(&db, CF_SM), KEY_SNAPSHOT).map_err(read_err)? {
+            None => SmData::default(),
+            Some(bytes) => {
+                let snap: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_err)?;
+                serde_json::from_slice(&snap.data).map_err(read_err)?
+            }
+        };
+        let applied = data.last_applied.map(|l| l.index).unwrap_or(0);
+        let (tx, _) = watch::channel(applied);
+        Ok(Self { db, shared: Arc::new(Shared { data: RwLock::new(data), applied: tx }) })
+    }
+
+    /// A read view of the applied state. Hold it briefly: apply waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
+        // `ClusterState::apply` validates before it mutates, so even a poisoned lock holds a
+        // state that is consistent as of some applied entry.
+        self.shared.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    fn snapshot_bytes(&self) -> Result<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>), StorageError<NodeId>> {
+        let data = self.read();
+        let bytes = serde_json::to_vec(&*data).map_err(read_err)?;
+        let id = match data.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, bytes.len()),
+            None => format!("0-0-{}", bytes.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: data.last_applied,
+            last_membership: data.last_membership.clone(),
+            snapshot_id: id,
+        };
+        Ok((meta, bytes))
+    }
+
+    fn store_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: &[u8],
+    ) -> Result<(), StorageError<NodeId>> {
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
+        let bytes = serde_json::to_vec(&stored).map_err(write_err)?;
+        self.db.put_cf_opt(cf(&self.db, CF_SM), KEY_SNAPSHOT, bytes, &synced()).map_err(write_err)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let (meta, bytes) = self.snapshot_bytes()?;
+        self.store_snapshot(&meta, &bytes)?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+        let d = self.read();
+        Ok((d.last_applied, d.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let last_index = {
+            let mut d = self.shared.data.write().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                d.last_applied = Some(entry.log_id);
+                let res = match entry.payload {
+                    EntryPayload::Blank => Ok(horcrux_core::ApplyOk { revision: entry.log_id.index }),
+                    EntryPayload::Normal(req) => d.state.apply(entry.log_id.index, &req),
+                    EntryPayload::Membership(m) => {
+                        d.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        Ok(horcrux_core::ApplyOk { revision: entry.log_id.index })
+                    }
+                };
+                out.push(res);
+            }
+            d.last_applied.map(|l| l.index).unwrap_or(0)
+        };
+        self.shared.applied.send_replace(last_index);
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        let data: SmData = serde_json::from_slice(&bytes).map_err(read_err)?;
+        self.store_snapshot(meta, &bytes)?;
+        let index = data.last_applied.map(|l| l.index).unwrap_or(0);
+        *self.shared.data.write().unwrap_or_else(|p| p.into_inner()) = data;
+        self.shared.applied.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let Some(bytes) = self.db.get_cf(cf(&self.db, CF_SM), KEY_SNAPSHOT).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_err)?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}

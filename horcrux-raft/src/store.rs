@@ -1,0 +1,59 @@
+//! The RocksDB database shared by the log store and the state machine store:
+//! column family `log` (entries keyed by big-endian index), `meta` (vote, committed,
+//! last purged) and `sm` (the last snapshot).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::{AnyError, StorageError, StorageIOError};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteOptions, DB};
+
+use crate::types::NodeId;
+
+pub const CF_LOG: &str = "log";
+pub const CF_META: &str = "meta";
+pub const CF_SM: &str = "sm";
+
+pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // A Raft node shut down in this process releases the database only when its last task
+    // drops it; give that a moment instead of failing an in-process restart.
+    let mut attempts = 0;
+    loop {
+        let cfs = [CF_LOG, CF_META, CF_SM].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        match DB::open_cf_descriptors(&opts, dir, cfs) {
+            Ok(db) => return Ok(Arc::new(db)),
+            Err(e) if attempts < 50 && e.to_string().contains("lock hold by current process") => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    // The three families are created by `open_db`; a missing one is a programming error.
+    db.cf_handle(name).expect("column family created by open_db")
+}
+
+/// Writes that acknowledge a client must be on disk: fsync every batch.
+pub fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+pub fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read(AnyError::new(&e)).into()
+}
+
+pub fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write(AnyError::new(&e)).into()
+}
