@@ -1,1 +1,15 @@
+//! The only code that touches the host: QEMU over QMP, disk images with qemu-img.
+//! The actors reach it through the [`Hypervisor`] and [`VolumeStore`] traits so the
+//! simulation can swap in deterministic in-memory drivers.
 
+pub mod hypervisor;
+mod kvm_probe;
+pub mod qemu;
+pub mod qmp;
+pub mod storage;
+
+pub use hypervisor::{
+    BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, VolumeStore,
+};
+pub use qemu::{resolve_accel, Accel, QemuDriver};
+pub use storage::DirStorage;

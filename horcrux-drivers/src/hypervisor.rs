@@ -1,0 +1,82 @@
+//! The seams between actors and the host: a hypervisor that runs guests and a volume store
+//! that holds their disks. Production implements them with QEMU and qemu-img; the
+//! simulation with seeded in-memory fakes.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use horcrux_core::VmSpec;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    Qmp(#[from] crate::qmp::QmpError),
+    #[error("{program} failed: {message}")]
+    Command { program: String, message: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<std::io::Error> for DriverError {
+    fn from(e: std::io::Error) -> Self {
+        DriverError::Io(e.to_string())
+    }
+}
+
+/// What the host says about a guest right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservedPower {
+    Running,
+    /// The process exists but the CPUs are stopped (QMP `stop`, or an error state).
+    Paused,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownOutcome {
+    /// The guest powered off by itself within the timeout.
+    Graceful,
+    /// It did not, and was stopped hard.
+    Forced,
+}
+
+/// Everything a hypervisor needs to launch one guest.
+#[derive(Debug, Clone)]
+pub struct GuestLaunch {
+    pub vmid: u32,
+    pub name: String,
+    pub spec: VmSpec,
+    /// Host paths of the disks, in the order of `spec.disks`.
+    pub disk_paths: Vec<PathBuf>,
+}
+
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Starts the guest; returns once it runs. Starting a running guest is a no-op.
+    fn start<'a>(&'a self, launch: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// Observes the guest, adopting a process left by an earlier daemon if there is one.
+    fn status(&self, vmid: u32) -> BoxFuture<'_, Result<ObservedPower, DriverError>>;
+    /// Stops the guest at once. Stopping a stopped guest is a no-op.
+    fn stop(&self, vmid: u32) -> BoxFuture<'_, Result<(), DriverError>>;
+    /// Asks the guest to power off; stops it hard after `timeout`.
+    fn shutdown(&self, vmid: u32, timeout: Duration) -> BoxFuture<'_, Result<ShutdownOutcome, DriverError>>;
+    /// Resolves when the running guest's process goes away (immediately if none runs).
+    fn wait_exit(&self, vmid: u32) -> BoxFuture<'_, ()>;
+    /// Where the guest's serial console is logged.
+    fn serial_log(&self, vmid: u32) -> PathBuf;
+}
+
+pub trait VolumeStore: Send + Sync + 'static {
+    /// Creates disk `index` of guest `vmid`; returns its volume id. Refuses to overwrite.
+    fn alloc(&self, vmid: u32, index: usize, size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>>;
+    /// The host path of a volume of this store.
+    fn path(&self, volid: &str) -> Result<PathBuf, DriverError>;
+    /// Removes a volume; a missing volume is not an error.
+    fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+}

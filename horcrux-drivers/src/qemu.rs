@@ -1,0 +1,325 @@
+//! The QEMU driver: launches `qemu-system-x86_64` from an argument vector (never a shell),
+//! daemonized with a pidfile so guests outlive the daemon, and controls it over QMP.
+//! After a daemon restart it adopts still-running guests through pidfile + QMP.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::hypervisor::{BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome};
+use crate::qmp::QmpClient;
+
+/// How long `quit` may take before the process is killed.
+const QUIT_GRACE: Duration = Duration::from_secs(10);
+/// VNC displays tried: ports 5900+N (RFB) and 5700+N (websocket).
+const VNC_DISPLAYS: std::ops::Range<u16> = 0..100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when it can boot a guest on this host, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(format!("accel must be auto, kvm or tcg, not {s:?}")),
+        }
+    }
+}
+
+pub struct QemuDriver {
+    binary: PathBuf,
+    run_dir: PathBuf,
+    log_dir: PathBuf,
+    accel: Accel,
+    monitors: Mutex<HashMap<u32, Arc<QmpClient>>>,
+    /// Serialises launches so two guests never pick the same VNC display.
+    launch_lock: tokio::sync::Mutex<()>,
+}
+
+/// QEMU option values separate sub-options with ',': a literal comma is written twice.
+fn opt_escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+impl QemuDriver {
+    /// `accel` must already be resolved (see [`crate::qemu::resolve_accel`]).
+    pub fn new(run_dir: PathBuf, log_dir: PathBuf, accel: Accel) -> Result<Self, DriverError> {
+        std::fs::create_dir_all(&run_dir)?;
+        std::fs::create_dir_all(&log_dir)?;
+        Ok(Self {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            run_dir,
+            log_dir,
+            accel,
+            monitors: Mutex::default(),
+            launch_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    fn qmp_path(&self, vmid: u32) -> PathBuf {
+        self.run_dir.join(format!("{vmid}.qmp"))
+    }
+
+    fn pid_path(&self, vmid: u32) -> PathBuf {
+        self.run_dir.join(format!("{vmid}.pid"))
+    }
+
+    /// The full argument vector for one guest (without the program name).
+    pub fn argv(&self, launch: &GuestLaunch, vnc_display: u16) -> Vec<OsString> {
+        let spec = &launch.spec;
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("{},debug-threads=on", launch.name),
+            "-accel".into(),
+            if self.accel == Accel::Kvm { "kvm" } else { "tcg" }.into(),
+            "-nodefaults".into(),
+            "-m".into(),
+            spec.memory_mib.to_string(),
+            "-smp".into(),
+            format!("{c},sockets=1,cores={c}", c = spec.cores),
+            "-device".into(),
+            "VGA".into(),
+            "-vnc".into(),
+            format!("127.0.0.1:{vnc_display},websocket=on"),
+            "-serial".into(),
+            format!("file:{}", self.serial_log(launch.vmid).display()),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", opt_escape(&self.qmp_path(launch.vmid))),
+            "-pidfile".into(),
+            self.pid_path(launch.vmid).display().to_string(),
+            "-daemonize".into(),
+            "-nic".into(),
+            "none".into(),
+        ];
+        for (i, path) in launch.disk_paths.iter().enumerate() {
+            a.push("-drive".into());
+            a.push(format!("file={},if=none,id=drive-virtio{i},format=qcow2", opt_escape(path)));
+            a.push("-device".into());
+            a.push(format!("virtio-blk-pci,drive=drive-virtio{i},id=virtio{i}"));
+        }
+        if let Some(boot) = &spec.boot {
+            a.push("-kernel".into());
+            a.push(boot.kernel.clone());
+            if let Some(initrd) = &boot.initrd {
+                a.push("-initrd".into());
+                a.push(initrd.clone());
+            }
+            if !boot.cmdline.is_empty() {
+                a.push("-append".into());
+                a.push(boot.cmdline.clone());
+            }
+        }
+        a.into_iter().map(OsString::from).collect()
+    }
+
+    /// The pid of the guest's QEMU if it is alive and really ours (its command line names
+    /// our QMP socket, so a recycled pid is never mistaken for the guest).
+    fn live_pid(&self, vmid: u32) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_path(vmid)).ok()?.trim().parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The state follows the parenthesised command name; 'Z' is a zombie.
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        if state == 'Z' || state == 'X' {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let qmp = opt_escape(&self.qmp_path(vmid));
+        cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&qmp)).then_some(pid)
+    }
+
+    fn cached_monitor(&self, vmid: u32) -> Option<Arc<QmpClient>> {
+        let mut m = self.monitors.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(&vmid) {
+            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(_) => {
+                m.remove(&vmid);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The QMP connection of a running guest: the one we hold, or a new one to a QEMU left
+    /// running by an earlier daemon (adoption).
+    async fn monitor(&self, vmid: u32) -> Result<Option<Arc<QmpClient>>, DriverError> {
+        if let Some(c) = self.cached_monitor(vmid) {
+            return Ok(Some(c));
+        }
+        let Some(pid) = self.live_pid(vmid) else { return Ok(None) };
+        let client = QmpClient::connect(&self.qmp_path(vmid)).await?;
+        tracing::info!(vmid, pid, "adopted running QEMU");
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid, client.clone());
+        Ok(Some(client))
+    }
+
+    async fn status_inner(&self, vmid: u32) -> Result<ObservedPower, DriverError> {
+        let Some(qmp) = self.monitor(vmid).await? else { return Ok(ObservedPower::Stopped) };
+        match qmp.query_status().await {
+            Ok(s) if s == "running" => Ok(ObservedPower::Running),
+            Ok(_) => Ok(ObservedPower::Paused),
+            Err(crate::qmp::QmpError::Closed) => Ok(ObservedPower::Stopped),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn start_inner(&self, launch: &GuestLaunch) -> Result<(), DriverError> {
+        let _guard = self.launch_lock.lock().await;
+        if self.status_inner(launch.vmid).await? != ObservedPower::Stopped {
+            return Ok(());
+        }
+        for p in &launch.disk_paths {
+            if !p.exists() {
+                return Err(DriverError::Invalid(format!("disk {} does not exist", p.display())));
+            }
+        }
+        let _ = std::fs::remove_file(self.qmp_path(launch.vmid));
+        let _ = std::fs::remove_file(self.pid_path(launch.vmid));
+        let mut last_err = String::new();
+        for vnc in VNC_DISPLAYS.filter(|d| port_free(5900 + d) && port_free(5700 + d)).take(3) {
+            let out = Command::new(&self.binary)
+                .args(self.argv(launch, vnc))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .map_err(|e| DriverError::Command {
+                    program: self.binary.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            if out.status.success() {
+                let qmp = QmpClient::connect(&self.qmp_path(launch.vmid)).await?;
+                self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(launch.vmid, qmp);
+                tracing::info!(vmid = launch.vmid, vnc_display = vnc, "QEMU started");
+                return Ok(());
+            }
+            last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            // Another process took the display between our probe and QEMU's bind: try the next.
+            if !last_err.contains("Address already in use") {
+                break;
+            }
+        }
+        Err(DriverError::Command { program: "qemu-system-x86_64".into(), message: last_err })
+    }
+
+    async fn wait_pid_gone(&self, vmid: u32, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.live_pid(vmid).is_some() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    fn cleanup(&self, vmid: u32) {
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(&vmid);
+        let _ = std::fs::remove_file(self.qmp_path(vmid));
+        let _ = std::fs::remove_file(self.pid_path(vmid));
+    }
+
+    async fn stop_inner(&self, vmid: u32) -> Result<(), DriverError> {
+        if let Ok(Some(qmp)) = self.monitor(vmid).await {
+            // `quit` may close the socket before replying; either way the process is going.
+            let _ = qmp.execute("quit", None).await;
+        }
+        if !self.wait_pid_gone(vmid, QUIT_GRACE).await {
+            if let Some(pid) = self.live_pid(vmid) {
+                tracing::warn!(vmid, pid, "QEMU ignored quit; killing it");
+                // SAFETY: plain kill(2) on a pid verified above to be this guest's QEMU.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if !self.wait_pid_gone(vmid, QUIT_GRACE).await {
+                return Err(DriverError::Io(format!("QEMU of guest {vmid} survived SIGKILL")));
+            }
+        }
+        self.cleanup(vmid);
+        Ok(())
+    }
+
+    async fn shutdown_inner(&self, vmid: u32, timeout: Duration) -> Result<ShutdownOutcome, DriverError> {
+        let Some(qmp) = self.monitor(vmid).await? else { return Ok(ShutdownOutcome::Graceful) };
+        qmp.execute("system_powerdown", None).await?;
+        if tokio::time::timeout(timeout, qmp.wait_closed()).await.is_ok()
+            && self.wait_pid_gone(vmid, QUIT_GRACE).await
+        {
+            self.cleanup(vmid);
+            return Ok(ShutdownOutcome::Graceful);
+        }
+        tracing::info!(vmid, ?timeout, "guest did not power off in time; stopping it");
+        self.stop_inner(vmid).await?;
+        Ok(ShutdownOutcome::Forced)
+    }
+}
+
+impl Hypervisor for QemuDriver {
+    fn start<'a>(&'a self, launch: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.start_inner(launch))
+    }
+
+    fn status(&self, vmid: u32) -> BoxFuture<'_, Result<ObservedPower, DriverError>> {
+        Box::pin(self.status_inner(vmid))
+    }
+
+    fn stop(&self, vmid: u32) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(self.stop_inner(vmid))
+    }
+
+    fn shutdown(&self, vmid: u32, timeout: Duration) -> BoxFuture<'_, Result<ShutdownOutcome, DriverError>> {
+        Box::pin(self.shutdown_inner(vmid, timeout))
+    }
+
+    fn wait_exit(&self, vmid: u32) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Ok(Some(qmp)) = self.monitor(vmid).await {
+                qmp.wait_closed().await;
+            }
+            while self.live_pid(vmid).is_some() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            self.cleanup(vmid);
+        })
+    }
+
+    fn serial_log(&self, vmid: u32) -> PathBuf {
+        self.log_dir.join(format!("{vmid}.serial.log"))
+    }
+}
+
+/// Resolves `Auto`: KVM only if `/dev/kvm` opens read-write and a probe guest really runs
+/// under it (on some nested hosts KVM initialises but cannot boot a kernel).
+pub async fn resolve_accel(requested: Accel) -> Accel {
+    match requested {
+        Accel::Kvm | Accel::Tcg => requested,
+        Accel::Auto => {
+            if crate::kvm_probe::kvm_boots().await {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            }
+        }
+    }
+}

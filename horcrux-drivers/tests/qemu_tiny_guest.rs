@@ -1,0 +1,115 @@
+//! The QEMU driver against real QEMU (TCG) booting the tiny guest built by
+//! `scripts/tiny-guest.sh` (set HORCRUX_TINY_GUEST to its directory).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use horcrux_core::{KernelBoot, VmSpec};
+use horcrux_drivers::{
+    Accel, DirStorage, GuestLaunch, Hypervisor, ObservedPower, QemuDriver, ShutdownOutcome, VolumeStore,
+};
+
+fn tiny_guest() -> PathBuf {
+    let dir = std::env::var_os("HORCRUX_TINY_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.lab/tiny-guest"));
+    assert!(dir.join("vmlinuz").exists(), "no tiny guest in {}: run scripts/tiny-guest.sh", dir.display());
+    dir
+}
+
+fn launch(vmid: u32, cmdline: &str, disk: PathBuf) -> GuestLaunch {
+    let g = tiny_guest();
+    GuestLaunch {
+        vmid,
+        name: format!("tiny{vmid}"),
+        spec: VmSpec {
+            memory_mib: 256,
+            cores: 1,
+            disks: vec![],
+            boot: Some(KernelBoot {
+                kernel: g.join("vmlinuz").display().to_string(),
+                initrd: Some(g.join("initrd.gz").display().to_string()),
+                cmdline: cmdline.into(),
+            }),
+        },
+        disk_paths: vec![disk],
+    }
+}
+
+async fn wait_for_serial(driver: &QemuDriver, vmid: u32, marker: &str) {
+    let log = driver.serial_log(vmid);
+    for _ in 0..1200 {
+        if std::fs::read_to_string(&log).is_ok_and(|s| s.contains(marker)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{marker} not seen in {} within 120 s", log.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_adopts_shuts_down_and_notices_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = DirStorage::new("local", tmp.path().join("storage"));
+    let disk = storage.path(&storage.alloc(901, 0, 16).await.unwrap()).unwrap();
+    let run = tmp.path().join("run");
+    let logs = tmp.path().join("log");
+    let driver = QemuDriver::new(run.clone(), logs.clone(), Accel::Tcg).unwrap();
+
+    let l = launch(901, "console=ttyS0 stayup", disk.clone());
+    driver.start(&l).await.unwrap();
+    assert_eq!(driver.status(901).await.unwrap(), ObservedPower::Running);
+    wait_for_serial(&driver, 901, "GUEST-BOOTED").await;
+    // Starting a running guest does not launch a second QEMU.
+    driver.start(&l).await.unwrap();
+    let pid = std::fs::read_to_string(run.join("901.pid")).unwrap();
+
+    // A fresh driver (as after a daemon restart) adopts the same process.
+    drop(driver);
+    let driver = QemuDriver::new(run.clone(), logs, Accel::Tcg).unwrap();
+    assert_eq!(driver.status(901).await.unwrap(), ObservedPower::Running);
+    assert_eq!(std::fs::read_to_string(run.join("901.pid")).unwrap(), pid);
+
+    // The busybox guest ignores ACPI power-off: shutdown falls back to a hard stop.
+    let outcome = driver.shutdown(901, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(outcome, ShutdownOutcome::Forced);
+    assert_eq!(driver.status(901).await.unwrap(), ObservedPower::Stopped);
+    // Gone, or a zombie waiting for an init that does not reap (as in some containers).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "QEMU still alive: {stat}");
+
+    // A guest that powers itself off is noticed.
+    driver.start(&launch(901, "console=ttyS0", disk)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), driver.wait_exit(901)).await.expect("QEMU exit noticed");
+    assert_eq!(driver.status(901).await.unwrap(), ObservedPower::Stopped);
+    driver.stop(901).await.unwrap();
+}
+
+#[tokio::test]
+async fn missing_disk_is_refused_before_launch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let driver = QemuDriver::new(tmp.path().join("run"), tmp.path().join("log"), Accel::Tcg).unwrap();
+    let e = driver.start(&launch(902, "", tmp.path().join("nope.qcow2"))).await.unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert_eq!(driver.status(902).await.unwrap(), ObservedPower::Stopped);
+}
+
+#[tokio::test]
+async fn argv_has_the_contracted_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let driver = QemuDriver::new(tmp.path().join("r,un"), tmp.path().join("log"), Accel::Tcg).unwrap();
+    let argv: Vec<String> = driver
+        .argv(&launch(903, "console=ttyS0 a,b", PathBuf::from("/d/x,y.qcow2")), 7)
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
+    let after = |flag: &str| argv[argv.iter().position(|a| a == flag).unwrap() + 1].clone();
+    assert_eq!(after("-accel"), "tcg");
+    assert_eq!(after("-name"), "tiny903,debug-threads=on");
+    assert_eq!(after("-vnc"), "127.0.0.1:7,websocket=on");
+    assert!(after("-qmp").contains("r,,un/903.qmp,server=on,wait=off"), "commas escaped: {argv:?}");
+    assert!(after("-drive").starts_with("file=/d/x,,y.qcow2,if=none"));
+    assert_eq!(after("-append"), "console=ttyS0 a,b");
+    assert!(argv.contains(&"-daemonize".to_string()));
+    assert!(after("-serial").ends_with("903.serial.log"));
+}

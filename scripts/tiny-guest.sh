@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds the tiny test guest (Debian kernel + busybox initramfs that prints GUEST-BOOTED on
+# the serial console) into $1 (default .lab/tiny-guest). Idempotent.
+set -euo pipefail
+out=${1:-"$(cd "$(dirname "$0")/.." && pwd)/.lab/tiny-guest"}
+if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ]; then exit 0; fi
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[ -n "$pkg" ] || { echo "cannot find the kernel package behind linux-image-amd64 (run apt-get update)" >&2; exit 1; }
+apt-get download "$pkg" >/dev/null
+dpkg -x linux-image-*.deb kpkg
+cp kpkg/boot/vmlinuz-* "$out/vmlinuz"
+mods="virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net"
+mkdir -p initrd/bin initrd/proc initrd/sys initrd/dev initrd/lib/modules
+cp /bin/busybox initrd/bin/
+for m in $mods; do
+  f=$(find kpkg/lib/modules -name "$m.ko*" | head -n1)
+  case "$f" in
+    *.ko) cp "$f" initrd/lib/modules/ ;;
+    *.ko.xz) xz -dc "$f" > "initrd/lib/modules/$m.ko" ;;
+    *.ko.zst) zstd -qdc "$f" > "initrd/lib/modules/$m.ko" ;;
+    *) echo "module $m not found" >&2 ;;
+  esac
+done
+cat > initrd/init <<INIT
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done
+echo "GUEST-BOOTED"
+grep -q stayup /proc/cmdline && while true; do sleep 1; done
+poweroff -f
+INIT
+chmod +x initrd/init
+(cd initrd && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$out/initrd.gz.tmp")
+mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+echo "tiny guest in $out"
