@@ -1,1 +1,12 @@
+//! Actors and supervisors: one `GuestActor` per guest owned by this node, reconciling the
+//! replicated desired power state with what the hypervisor reports; the `GuestFleet` that
+//! starts and retires them as the replicated state changes; and the UPID task registry.
 
+mod fleet;
+mod guest;
+mod runtime;
+mod tasks;
+
+pub use guest::GuestStatus;
+pub use runtime::{NodeRuntime, RuntimeError, VolumeFactory};
+pub use tasks::{TaskInfo, TaskLog, TaskRegistry, TaskStatus};

@@ -1,0 +1,154 @@
+//! `GuestFleet`: keeps one supervised `GuestActor` per guest this node owns, in step with
+//! the replicated state (on every applied entry and on a periodic tick).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use horcrux_core::{ClusterState, Guest};
+use horcrux_drivers::{GuestLaunch, Hypervisor, ObservedPower};
+use horcrux_raft::ClusterHandle;
+
+use crate::guest::{GuestActor, Reconcile, Retire, StatusBoard};
+use crate::runtime::{RuntimeError, VolumeFactory};
+use crate::tasks::TaskLog;
+
+/// Re-observe every guest this often even when nothing is committed.
+const TICK: Duration = Duration::from_secs(5);
+
+pub struct GuestFleet {
+    cluster: ClusterHandle,
+    hv: Arc<dyn Hypervisor>,
+    volumes: VolumeFactory,
+    board: StatusBoard,
+    guests: HashMap<u32, Addr<GuestActor>>,
+}
+
+/// Bring every owned guest in line with the state (fire and forget).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SyncAll;
+
+/// Reconcile one guest now and answer with the outcome.
+#[derive(Message)]
+#[rtype(result = "Result<ObservedPower, RuntimeError>")]
+pub struct ReconcileOne {
+    pub vmid: u32,
+    pub task: Option<TaskLog>,
+}
+
+/// Resolves a guest's disks to host paths through its storage pools.
+pub fn launch_for(
+    state: &ClusterState,
+    guest: &Guest,
+    volumes: &VolumeFactory,
+) -> Result<GuestLaunch, RuntimeError> {
+    let spec = guest.vm_spec().clone();
+    let mut disk_paths = Vec::with_capacity(spec.disks.len());
+    for d in &spec.disks {
+        let pool = state
+            .storage
+            .get(&d.storage)
+            .ok_or_else(|| RuntimeError::Driver(format!("storage {} is gone", d.storage)))?;
+        let volid =
+            d.volume.as_deref().ok_or_else(|| RuntimeError::Driver("disk without a volume".into()))?;
+        disk_paths.push(volumes(pool).path(volid).map_err(|e| RuntimeError::Driver(e.to_string()))?);
+    }
+    Ok(GuestLaunch { vmid: guest.vmid, name: guest.name.clone(), spec, disk_paths })
+}
+
+impl GuestFleet {
+    pub fn new(
+        cluster: ClusterHandle,
+        hv: Arc<dyn Hypervisor>,
+        volumes: VolumeFactory,
+        board: StatusBoard,
+    ) -> Self {
+        Self { cluster, hv, volumes, board, guests: HashMap::new() }
+    }
+
+    fn actor(&mut self, vmid: u32) -> Addr<GuestActor> {
+        let (hv, cluster, board) = (self.hv.clone(), self.cluster.clone(), self.board.clone());
+        self.guests
+            .entry(vmid)
+            .or_insert_with(|| Supervisor::start(move |_| GuestActor::new(vmid, hv, cluster, board)))
+            .clone()
+    }
+
+    /// The reconcile message for a guest this node owns, from the current state.
+    fn reconcile_msg(&self, vmid: u32, task: Option<TaskLog>) -> Result<Reconcile, RuntimeError> {
+        let node = self.cluster.node_name().to_string();
+        self.cluster.read_local(|s| {
+            let g = s.guests.get(&vmid).ok_or(RuntimeError::NotFound(vmid))?;
+            if g.node != node {
+                return Err(RuntimeError::NotOwned { vmid, node: g.node.clone() });
+            }
+            Ok(Reconcile {
+                desired: g.desired,
+                revision: g.revision,
+                launch: launch_for(s, g, &self.volumes)?,
+                task,
+            })
+        })
+    }
+}
+
+impl Actor for GuestFleet {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let mut applied = self.cluster.subscribe_applied();
+        let addr = ctx.address();
+        actix::spawn(async move {
+            while applied.changed().await.is_ok() {
+                addr.do_send(SyncAll);
+            }
+        });
+        ctx.run_interval(TICK, |_, ctx| ctx.address().do_send(SyncAll));
+        ctx.address().do_send(SyncAll);
+    }
+}
+
+impl actix::Supervised for GuestFleet {}
+
+impl Handler<SyncAll> for GuestFleet {
+    type Result = ();
+
+    fn handle(&mut self, _: SyncAll, _ctx: &mut Context<Self>) {
+        let node = self.cluster.node_name().to_string();
+        let owned: Vec<u32> = self
+            .cluster
+            .read_local(|s| s.guests.values().filter(|g| g.node == node).map(|g| g.vmid).collect());
+        let gone: Vec<u32> = self.guests.keys().filter(|v| !owned.contains(v)).copied().collect();
+        for vmid in gone {
+            if let Some(addr) = self.guests.remove(&vmid) {
+                addr.do_send(Retire);
+            }
+        }
+        for vmid in owned {
+            match self.reconcile_msg(vmid, None) {
+                // A busy actor already has work queued; the next tick catches up.
+                Ok(msg) => {
+                    let _ = self.actor(vmid).try_send(msg);
+                }
+                Err(e) => tracing::warn!(vmid, "cannot reconcile: {e}"),
+            }
+        }
+    }
+}
+
+impl Handler<ReconcileOne> for GuestFleet {
+    type Result = ResponseFuture<Result<ObservedPower, RuntimeError>>;
+
+    fn handle(&mut self, msg: ReconcileOne, _ctx: &mut Context<Self>) -> Self::Result {
+        let reconcile = match self.reconcile_msg(msg.vmid, msg.task) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let addr = self.actor(msg.vmid);
+        Box::pin(async move {
+            addr.send(reconcile).await.map_err(|_| RuntimeError::ActorGone)?.map_err(RuntimeError::Driver)
+        })
+    }
+}

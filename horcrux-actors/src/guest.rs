@@ -1,0 +1,237 @@
+//! `GuestActor`: one per guest owned by this node. It drives the hypervisor toward the
+//! desired power state, publishes what it observes, notices a guest that exits on its own,
+//! and is restarted by its supervisor (without touching the guest) if it panics.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use horcrux_core::{Command, DesiredPower};
+use horcrux_drivers::{DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome};
+use horcrux_raft::ClusterHandle;
+use serde::Serialize;
+
+use crate::tasks::TaskLog;
+
+/// What this node last observed of a guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestStatus {
+    pub power: ObservedPower,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+pub type StatusBoard = Arc<Mutex<HashMap<u32, GuestStatus>>>;
+
+/// Bring the guest to `desired`. Answers with what the guest is afterwards.
+#[derive(Message)]
+#[rtype(result = "Result<ObservedPower, String>")]
+pub struct Reconcile {
+    pub desired: DesiredPower,
+    /// The guest's revision: a guest that exited by itself is not restarted by a reconcile
+    /// of the same (or an older) revision.
+    pub revision: u64,
+    pub launch: GuestLaunch,
+    pub task: Option<TaskLog>,
+}
+
+/// The hypervisor reported that the guest's process went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Exited {
+    generation: u64,
+}
+
+/// The guest left this node's care (deleted): stop the actor, leave the host alone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+pub struct GuestActor {
+    vmid: u32,
+    hv: Arc<dyn Hypervisor>,
+    cluster: ClusterHandle,
+    board: StatusBoard,
+    /// Bumped whenever an exit would be expected (we stopped it) or stale (actor restarted).
+    generation: u64,
+    last_revision: u64,
+    /// Revision at which the guest exited on its own; no restart until the revision moves.
+    exited_at_revision: Option<u64>,
+    retired: bool,
+}
+
+impl GuestActor {
+    pub fn new(vmid: u32, hv: Arc<dyn Hypervisor>, cluster: ClusterHandle, board: StatusBoard) -> Self {
+        Self {
+            vmid,
+            hv,
+            cluster,
+            board,
+            generation: 0,
+            last_revision: 0,
+            exited_at_revision: None,
+            retired: false,
+        }
+    }
+
+    fn publish(&self, power: ObservedPower, last_error: Option<String>) {
+        self.board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.vmid, GuestStatus { power, last_error });
+    }
+
+    fn watch_exit(&self, ctx: &mut Context<Self>) {
+        let (hv, vmid, generation, addr) = (self.hv.clone(), self.vmid, self.generation, ctx.address());
+        actix::spawn(async move {
+            hv.wait_exit(vmid).await;
+            addr.do_send(Exited { generation });
+        });
+    }
+}
+
+impl Actor for GuestActor {
+    type Context = Context<Self>;
+}
+
+impl actix::Supervised for GuestActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        tracing::warn!(vmid = self.vmid, "guest actor restarting");
+        // Exit watchers of the previous incarnation must not count.
+        self.generation += 1;
+    }
+}
+
+async fn drive(
+    hv: Arc<dyn Hypervisor>,
+    desired: DesiredPower,
+    launch: GuestLaunch,
+    task: Option<TaskLog>,
+    may_start: bool,
+) -> Result<ObservedPower, DriverError> {
+    let log = |l: String| {
+        if let Some(t) = &task {
+            t.log(l);
+        }
+    };
+    let vmid = launch.vmid;
+    let observed = hv.status(vmid).await?;
+    match (desired, observed) {
+        (DesiredPower::Running, ObservedPower::Stopped) if may_start => {
+            log(format!("starting guest {vmid}"));
+            hv.start(&launch).await?;
+            let now = hv.status(vmid).await?;
+            log(format!("guest {vmid} is {now:?}").to_lowercase());
+            Ok(now)
+        }
+        (
+            DesiredPower::Stopped { graceful_timeout_s: None },
+            ObservedPower::Running | ObservedPower::Paused,
+        ) => {
+            log(format!("stopping guest {vmid}"));
+            hv.stop(vmid).await?;
+            Ok(ObservedPower::Stopped)
+        }
+        (
+            DesiredPower::Stopped { graceful_timeout_s: Some(t) },
+            ObservedPower::Running | ObservedPower::Paused,
+        ) => {
+            log(format!("requesting shutdown of guest {vmid} (timeout {t} s)"));
+            match hv.shutdown(vmid, std::time::Duration::from_secs(t.into())).await? {
+                ShutdownOutcome::Graceful => log("guest powered off".into()),
+                ShutdownOutcome::Forced => log(format!("guest did not power off within {t} s; stopped it")),
+            }
+            Ok(ObservedPower::Stopped)
+        }
+        (_, now) => {
+            log(format!("guest {vmid} is already {now:?}").to_lowercase());
+            Ok(now)
+        }
+    }
+}
+
+impl Handler<Reconcile> for GuestActor {
+    type Result = AtomicResponse<Self, Result<ObservedPower, String>>;
+
+    fn handle(&mut self, msg: Reconcile, _ctx: &mut Context<Self>) -> Self::Result {
+        if msg.revision > self.last_revision {
+            self.last_revision = msg.revision;
+        }
+        let may_start = match self.exited_at_revision {
+            Some(r) if msg.revision <= r => false,
+            _ => {
+                self.exited_at_revision = None;
+                true
+            }
+        };
+        let stopping = !msg.desired.is_running();
+        if stopping {
+            // The exit we are about to cause is expected.
+            self.generation += 1;
+        }
+        let fut = drive(self.hv.clone(), msg.desired, msg.launch, msg.task, may_start);
+        AtomicResponse::new(Box::pin(AssertUnwindSafe(fut).catch_unwind().into_actor(self).map(
+            move |res, act, ctx| match res {
+                Err(_) => {
+                    tracing::error!(vmid = act.vmid, "guest actor panicked; its supervisor restarts it");
+                    ctx.stop();
+                    Err("internal error: the guest actor panicked and was restarted; retry".to_string())
+                }
+                Ok(Err(e)) => {
+                    let power =
+                        act.board.lock().unwrap_or_else(|p| p.into_inner()).get(&act.vmid).map(|s| s.power);
+                    act.publish(power.unwrap_or(ObservedPower::Stopped), Some(e.to_string()));
+                    Err(e.to_string())
+                }
+                Ok(Ok(power)) => {
+                    act.publish(power, None);
+                    if power != ObservedPower::Stopped && !stopping {
+                        act.generation += 1;
+                        act.watch_exit(ctx);
+                    }
+                    Ok(power)
+                }
+            },
+        )))
+    }
+}
+
+impl Handler<Exited> for GuestActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Exited, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation || self.retired {
+            return;
+        }
+        self.generation += 1;
+        tracing::warn!(vmid = self.vmid, "guest exited on its own");
+        self.publish(ObservedPower::Stopped, Some("guest exited on its own".into()));
+        self.exited_at_revision = Some(self.last_revision);
+        // Record it in the cluster so the guest stays stopped, as Proxmox does.
+        let (cluster, vmid) = (self.cluster.clone(), self.vmid);
+        let fut = async move {
+            let cmd = Command::SetDesiredPower {
+                vmid,
+                expected_revision: None,
+                desired: DesiredPower::Stopped { graceful_timeout_s: None },
+            };
+            if let Err(e) = cluster.propose(cmd).await {
+                tracing::warn!(vmid, "could not record the guest's exit: {e}");
+            }
+        };
+        ctx.spawn(fut.into_actor(self));
+    }
+}
+
+impl Handler<Retire> for GuestActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        self.retired = true;
+        self.board.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.vmid);
+        // Stopping a supervised actor restarts it; terminate ends it for good.
+        ctx.terminate();
+    }
+}

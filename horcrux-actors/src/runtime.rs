@@ -1,0 +1,96 @@
+//! `NodeRuntime`: the handle the API holds. It runs the actor system on its own thread
+//! (actix needs a local runtime) and exposes reconcile, observed status and tasks.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use horcrux_core::StoragePool;
+use horcrux_drivers::{Hypervisor, ObservedPower, VolumeStore};
+use horcrux_raft::ClusterHandle;
+
+use crate::fleet::{GuestFleet, ReconcileOne};
+use crate::guest::{GuestStatus, StatusBoard};
+use crate::tasks::{TaskLog, TaskRegistry};
+
+/// Builds the volume store behind a storage pool (directory pools with qemu-img in
+/// production, in-memory stores in simulation).
+pub type VolumeFactory = Arc<dyn Fn(&StoragePool) -> Arc<dyn VolumeStore> + Send + Sync>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("guest {0} does not exist")]
+    NotFound(u32),
+    #[error("guest {vmid} is owned by node {node}")]
+    NotOwned { vmid: u32, node: String },
+    #[error("{0}")]
+    Driver(String),
+    #[error("the actor system is not running")]
+    ActorGone,
+}
+
+#[derive(Clone)]
+pub struct NodeRuntime {
+    cluster: ClusterHandle,
+    fleet: Addr<GuestFleet>,
+    board: StatusBoard,
+    tasks: TaskRegistry,
+    volumes: VolumeFactory,
+    hv: Arc<dyn Hypervisor>,
+}
+
+impl NodeRuntime {
+    /// Starts the actor system on a dedicated thread and the guest fleet inside it.
+    pub fn start(
+        cluster: ClusterHandle,
+        hv: Arc<dyn Hypervisor>,
+        volumes: VolumeFactory,
+        tasks: TaskRegistry,
+    ) -> std::io::Result<Self> {
+        let board = StatusBoard::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (c, h, v, b) = (cluster.clone(), hv.clone(), volumes.clone(), board.clone());
+        std::thread::Builder::new().name("horcrux-actors".into()).spawn(move || {
+            let sys = actix::System::new();
+            sys.block_on(async move {
+                let fleet = Supervisor::start(move |_| GuestFleet::new(c, h, v, b));
+                let _ = tx.send(fleet);
+            });
+            if let Err(e) = sys.run() {
+                tracing::error!("actor system ended: {e}");
+            }
+        })?;
+        let fleet = rx.recv().map_err(|_| std::io::Error::other("actor system failed to start"))?;
+        Ok(Self { cluster, fleet, board, tasks, volumes, hv })
+    }
+
+    /// Drives one guest to its replicated desired state now; logs into `task` if given.
+    pub async fn reconcile(&self, vmid: u32, task: Option<TaskLog>) -> Result<ObservedPower, RuntimeError> {
+        self.fleet.send(ReconcileOne { vmid, task }).await.map_err(|_| RuntimeError::ActorGone)?
+    }
+
+    /// The last observation of a guest; a guest never observed counts as stopped.
+    pub fn observed(&self, vmid: u32) -> GuestStatus {
+        self.board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vmid)
+            .cloned()
+            .unwrap_or(GuestStatus { power: ObservedPower::Stopped, last_error: None })
+    }
+
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.cluster
+    }
+
+    pub fn tasks(&self) -> &TaskRegistry {
+        &self.tasks
+    }
+
+    pub fn volume_store(&self, pool: &StoragePool) -> Arc<dyn VolumeStore> {
+        (self.volumes)(pool)
+    }
+
+    pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {
+        &self.hv
+    }
+}

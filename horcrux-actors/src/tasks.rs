@@ -1,0 +1,233 @@
+//! Long operations are tasks with a Proxmox UPID, a log and an exit status. Finished tasks
+//! are written to `DIR/tasks/` so their status and log survive a daemon restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use horcrux_core::Upid;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub upid: String,
+    pub node: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub user: String,
+    pub starttime: u64,
+    pub status: TaskStatus,
+    /// "OK" or the error, once stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exitstatus: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endtime: Option<u64>,
+    #[serde(default)]
+    pub log: Vec<String>,
+}
+
+struct Inner {
+    tasks: HashMap<String, TaskInfo>,
+    last_starttime: u64,
+}
+
+#[derive(Clone)]
+pub struct TaskRegistry {
+    node: Arc<str>,
+    dir: PathBuf,
+    pid: u32,
+    pstart: u64,
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// This process's start time in clock ticks since boot (field 22 of /proc/self/stat),
+/// which Proxmox puts in the UPID as `pstart`.
+fn process_start_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.to_string()))
+        .and_then(|rest| rest.split_whitespace().nth(19).and_then(|f| f.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn file_name(upid: &str) -> String {
+    upid.replace(':', "_")
+}
+
+impl TaskRegistry {
+    /// Tasks found running in `dir` belonged to a daemon that died: they are closed with an
+    /// error so clients polling them stop waiting.
+    pub fn open(node: &str, dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let reg = Self {
+            node: node.into(),
+            dir,
+            pid: std::process::id(),
+            pstart: process_start_ticks(),
+            inner: Arc::new(Mutex::new(Inner { tasks: HashMap::new(), last_starttime: 0 })),
+        };
+        for entry in std::fs::read_dir(&reg.dir)?.flatten() {
+            let Ok(bytes) = std::fs::read(entry.path()) else { continue };
+            let Ok(mut t) = serde_json::from_slice::<TaskInfo>(&bytes) else { continue };
+            if t.status == TaskStatus::Running {
+                t.status = TaskStatus::Stopped;
+                t.exitstatus = Some("unexpected status: daemon restarted while the task ran".into());
+                t.endtime = Some(now_s());
+                reg.persist(&t);
+            }
+        }
+        Ok(reg)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, t: &TaskInfo) {
+        let path = self.dir.join(file_name(&t.upid));
+        let tmp = path.with_extension("tmp");
+        let res = serde_json::to_vec(t)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            tracing::warn!(upid = %t.upid, "could not persist task: {e}");
+        }
+    }
+
+    /// Starts a task and returns the handle its worker logs through.
+    pub fn create(&self, kind: &str, id: &str, user: &str) -> TaskLog {
+        let mut inner = self.lock();
+        // UPIDs must be unique; two tasks in the same second get successive start times.
+        let starttime = now_s().max(inner.last_starttime + 1);
+        inner.last_starttime = starttime;
+        let upid = Upid {
+            node: self.node.to_string(),
+            pid: self.pid,
+            pstart: self.pstart,
+            starttime,
+            kind: kind.into(),
+            id: id.into(),
+            user: user.into(),
+        }
+        .to_string();
+        let info = TaskInfo {
+            upid: upid.clone(),
+            node: self.node.to_string(),
+            kind: kind.into(),
+            id: id.into(),
+            user: user.into(),
+            starttime,
+            status: TaskStatus::Running,
+            exitstatus: None,
+            endtime: None,
+            log: Vec::new(),
+        };
+        self.persist(&info);
+        inner.tasks.insert(upid.clone(), info);
+        TaskLog { registry: self.clone(), upid }
+    }
+
+    pub fn get(&self, upid: &str) -> Option<TaskInfo> {
+        if let Some(t) = self.lock().tasks.get(upid) {
+            return Some(t.clone());
+        }
+        // Only well-formed UPIDs reach the filesystem.
+        upid.parse::<Upid>().ok()?;
+        let bytes = std::fs::read(self.dir.join(file_name(upid))).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Tasks of this daemon's lifetime, newest first.
+    pub fn list(&self) -> Vec<TaskInfo> {
+        let mut v: Vec<TaskInfo> = self.lock().tasks.values().cloned().collect();
+        v.sort_by(|a, b| b.starttime.cmp(&a.starttime));
+        v
+    }
+}
+
+/// A running task's handle: log lines, then `finish`.
+#[derive(Clone)]
+pub struct TaskLog {
+    registry: TaskRegistry,
+    upid: String,
+}
+
+impl TaskLog {
+    pub fn upid(&self) -> &str {
+        &self.upid
+    }
+
+    pub fn log(&self, line: impl Into<String>) {
+        let line = line.into();
+        tracing::info!(upid = %self.upid, "{line}");
+        if let Some(t) = self.registry.lock().tasks.get_mut(&self.upid) {
+            t.log.push(line);
+        }
+    }
+
+    /// Ends the task with "OK" or the error message.
+    pub fn finish<E: std::fmt::Display>(&self, result: Result<(), E>) {
+        let snapshot = {
+            let mut inner = self.registry.lock();
+            let Some(t) = inner.tasks.get_mut(&self.upid) else { return };
+            if let Err(e) = &result {
+                t.log.push(format!("TASK ERROR: {e}"));
+            } else {
+                t.log.push("TASK OK".into());
+            }
+            t.status = TaskStatus::Stopped;
+            t.exitstatus = Some(match result {
+                Ok(()) => "OK".into(),
+                Err(e) => e.to_string(),
+            });
+            t.endtime = Some(now_s());
+            t.clone()
+        };
+        self.registry.persist(&snapshot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upids_are_unique_and_tasks_survive_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = TaskRegistry::open("n1", tmp.path().to_path_buf()).unwrap();
+        let a = reg.create("qmstart", "101", "root@pam");
+        let b = reg.create("qmstart", "101", "root@pam");
+        assert_ne!(a.upid(), b.upid());
+        let parsed: Upid = a.upid().parse().unwrap();
+        assert_eq!(parsed.node, "n1");
+        assert_eq!(parsed.pid, std::process::id());
+        a.log("starting");
+        a.finish(Ok::<(), String>(()));
+        b.finish(Err("boom"));
+        let leftover = reg.create("qmstop", "101", "root@pam");
+        assert_eq!(reg.get(leftover.upid()).unwrap().status, TaskStatus::Running);
+
+        let reg2 = TaskRegistry::open("n1", tmp.path().to_path_buf()).unwrap();
+        let ta = reg2.get(a.upid()).unwrap();
+        assert_eq!(ta.exitstatus.as_deref(), Some("OK"));
+        assert_eq!(ta.log, vec!["starting".to_string(), "TASK OK".to_string()]);
+        assert_eq!(reg2.get(b.upid()).unwrap().exitstatus.as_deref(), Some("boom"));
+        let orphan = reg2.get(leftover.upid()).unwrap();
+        assert_eq!(orphan.status, TaskStatus::Stopped);
+        assert!(orphan.exitstatus.unwrap().contains("unexpected"));
+        assert!(reg2.get("UPID:../../etc:1:1:1:x:y:z:").is_none());
+    }
+}

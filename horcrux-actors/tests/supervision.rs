@@ -1,0 +1,128 @@
+//! Guest actors under their supervisor, against a scripted hypervisor: a panicking actor is
+//! restarted without touching the guest, and a guest that exits on its own is recorded as
+//! stopped in the replicated state and not restarted.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use horcrux_actors::{NodeRuntime, TaskRegistry, VolumeFactory};
+use horcrux_core::{Command, DesiredPower, GuestConfig, VmSpec};
+use horcrux_drivers::{
+    BoxFuture, DirStorage, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, VolumeStore,
+};
+use horcrux_raft::{ClusterHandle, OpenOptions};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct ScriptedHv {
+    running: Mutex<bool>,
+    starts: AtomicU32,
+    stops: AtomicU32,
+    panic_next_status: AtomicBool,
+    exit: Notify,
+}
+
+impl Hypervisor for ScriptedHv {
+    fn start<'a>(&'a self, _l: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        *self.running.lock().unwrap() = true;
+        Box::pin(async { Ok(()) })
+    }
+    fn status(&self, _vmid: u32) -> BoxFuture<'_, Result<ObservedPower, DriverError>> {
+        if self.panic_next_status.swap(false, Ordering::SeqCst) {
+            panic!("scripted driver panic");
+        }
+        let r = *self.running.lock().unwrap();
+        Box::pin(async move { Ok(if r { ObservedPower::Running } else { ObservedPower::Stopped }) })
+    }
+    fn stop(&self, _vmid: u32) -> BoxFuture<'_, Result<(), DriverError>> {
+        self.stops.fetch_add(1, Ordering::SeqCst);
+        *self.running.lock().unwrap() = false;
+        Box::pin(async { Ok(()) })
+    }
+    fn shutdown(&self, vmid: u32, _t: Duration) -> BoxFuture<'_, Result<ShutdownOutcome, DriverError>> {
+        Box::pin(async move {
+            self.stop(vmid).await?;
+            Ok(ShutdownOutcome::Graceful)
+        })
+    }
+    fn wait_exit(&self, _vmid: u32) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            self.exit.notified().await;
+            *self.running.lock().unwrap() = false;
+        })
+    }
+    fn serial_log(&self, _vmid: u32) -> PathBuf {
+        PathBuf::from("/dev/null")
+    }
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_restarts_actor_and_self_exit_is_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = ClusterHandle::open(OpenOptions {
+        dir: tmp.path().join("raft"),
+        node_name: "n1".into(),
+        api_addr: "127.0.0.1:1".into(),
+    })
+    .await
+    .unwrap();
+    let spec = VmSpec { memory_mib: 64, cores: 1, disks: vec![], boot: None };
+    cluster
+        .propose(Command::CreateGuest {
+            vmid: 100,
+            name: "g".into(),
+            node: "n1".into(),
+            config: GuestConfig::Qemu(spec),
+        })
+        .await
+        .unwrap();
+    let hv = Arc::new(ScriptedHv::default());
+    let volumes: VolumeFactory =
+        Arc::new(|p| Arc::new(DirStorage::new(p.id.clone(), "/nonexistent")) as Arc<dyn VolumeStore>);
+    let tasks = TaskRegistry::open("n1", tmp.path().join("tasks")).unwrap();
+    let rt = NodeRuntime::start(cluster.clone(), hv.clone(), volumes, tasks).unwrap();
+
+    cluster
+        .propose(Command::SetDesiredPower {
+            vmid: 100,
+            expected_revision: None,
+            desired: DesiredPower::Running,
+        })
+        .await
+        .unwrap();
+    assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Running);
+    assert_eq!(hv.starts.load(Ordering::SeqCst), 1);
+
+    hv.panic_next_status.store(true, Ordering::SeqCst);
+    let e = rt.reconcile(100, None).await.unwrap_err();
+    assert!(e.to_string().contains("panicked"), "{e}");
+    // The supervisor restarted the actor: it answers again, and the guest was not touched.
+    assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Running);
+    assert_eq!(hv.starts.load(Ordering::SeqCst), 1);
+    assert_eq!(hv.stops.load(Ordering::SeqCst), 0);
+
+    // The guest exits by itself: noticed, committed as stopped, not restarted.
+    hv.exit.notify_waiters();
+    eventually("exit committed", || cluster.read_local(|s| !s.guests[&100].desired.is_running())).await;
+    assert_eq!(rt.observed(100).power, ObservedPower::Stopped);
+    assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Stopped);
+    assert_eq!(hv.starts.load(Ordering::SeqCst), 1);
+
+    // Deleting the guest retires its actor and forgets its status.
+    cluster.propose(Command::DeleteGuest { vmid: 100, expected_revision: None }).await.unwrap();
+    let e = rt.reconcile(100, None).await.unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
