@@ -1,1 +1,51 @@
-fn main() {}
+//! `horcrux`: the daemon (`horcrux serve`) and the CLI that talks to its API.
+
+mod cli;
+mod client;
+mod daemon;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Where Horcrux keeps its state when no `--data-dir` is given.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/horcrux";
+
+#[derive(Parser)]
+#[command(name = "horcrux", version, about = "Virtualization platform: VMs on an embedded Raft cluster")]
+struct Cli {
+    /// API base URL of the server the CLI talks to.
+    #[arg(long, global = true, env = "HORCRUX_API", default_value = "https://127.0.0.1:8006")]
+    api: String,
+    /// File holding the API token (the server writes DATA_DIR/admin.token on first start).
+    #[arg(long, global = true, env = "HORCRUX_TOKEN_FILE", default_value = "/var/lib/horcrux/admin.token")]
+    token_file: PathBuf,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Run the daemon: Raft node, guest actors and the HTTPS API.
+    Serve(daemon::ServeArgs),
+    /// Manage virtual machines (like Proxmox's `qm`).
+    #[command(subcommand)]
+    Vm(cli::VmCmd),
+}
+
+fn main() -> std::process::ExitCode {
+    // Two rustls providers can end up in the graph; pick ring once for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Top::Serve(args) => daemon::run(args),
+        Top::Vm(cmd) => client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli::run_vm(&c, cmd)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -25,10 +25,14 @@ pub struct GuestFleet {
     guests: HashMap<u32, Addr<GuestActor>>,
 }
 
-/// Bring every owned guest in line with the state (fire and forget).
+/// Bring owned guests in line with the state (fire and forget). After a commit only the
+/// set of actors is refreshed: the API's task drives the guest itself so its log tells
+/// what happened; the periodic tick (and start-up) reconciles power for every guest.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SyncAll;
+pub struct SyncAll {
+    pub power: bool,
+}
 
 /// Reconcile one guest now and answer with the outcome.
 #[derive(Message)]
@@ -102,11 +106,11 @@ impl Actor for GuestFleet {
         let addr = ctx.address();
         actix::spawn(async move {
             while applied.changed().await.is_ok() {
-                addr.do_send(SyncAll);
+                addr.do_send(SyncAll { power: false });
             }
         });
-        ctx.run_interval(TICK, |_, ctx| ctx.address().do_send(SyncAll));
-        ctx.address().do_send(SyncAll);
+        ctx.run_interval(TICK, |_, ctx| ctx.address().do_send(SyncAll { power: true }));
+        ctx.address().do_send(SyncAll { power: true });
     }
 }
 
@@ -115,7 +119,7 @@ impl actix::Supervised for GuestFleet {}
 impl Handler<SyncAll> for GuestFleet {
     type Result = ();
 
-    fn handle(&mut self, _: SyncAll, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: SyncAll, _ctx: &mut Context<Self>) {
         let node = self.cluster.node_name().to_string();
         let owned: Vec<u32> = self
             .cluster
@@ -125,6 +129,9 @@ impl Handler<SyncAll> for GuestFleet {
             if let Some(addr) = self.guests.remove(&vmid) {
                 addr.do_send(Retire);
             }
+        }
+        if !msg.power {
+            return;
         }
         for vmid in owned {
             match self.reconcile_msg(vmid, None) {

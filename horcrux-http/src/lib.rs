@@ -1,1 +1,13 @@
+//! The HTTPS API: the native `/api/v1` routes, bearer-token authentication, and the TLS
+//! listener with a self-signed certificate generated on first start (as Proxmox does).
 
+mod auth;
+mod error;
+mod routes;
+mod serve;
+mod tls;
+
+pub use auth::token_sha256;
+pub use routes::{router, ApiState};
+pub use serve::serve;
+pub use tls::{load_or_create_tls, TlsFiles};

@@ -1,0 +1,81 @@
+//! API errors: a status code and a JSON body `{"error": message, "field": name?}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use horcrux_actors::RuntimeError;
+use horcrux_core::{ApplyError, ValidationError};
+use horcrux_raft::ProposeError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), field: None }
+    }
+    pub fn bad_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        let message = format!("{field}: {}", message.into());
+        Self { status: StatusCode::BAD_REQUEST, message, field: Some(field) }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::bad_field(e.field, e.message)
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Invalid(v) => v.into(),
+            ApplyError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
+            ApplyError::Conflict { message } => ApiError::conflict(message),
+        }
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Rejected(a) => a.into(),
+            ProposeError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            ProposeError::Storage(m) => ApiError::internal(m),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::NotFound(_) => ApiError::not_found(e.to_string()),
+            RuntimeError::NotOwned { .. } => ApiError::new(StatusCode::MISDIRECTED_REQUEST, e.to_string()),
+            RuntimeError::Driver(_) | RuntimeError::ActorGone => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(f) = self.field {
+            body["field"] = f.into();
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,423 @@
+//! The native API, `/api/v1`. Mutations of guests go through Raft (`ClusterHandle::propose`)
+//! and then through the owning node's actors; each returns a task UPID.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{middleware, Extension, Json, Router};
+use horcrux_actors::{NodeRuntime, TaskLog};
+use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, GuestConfig, KernelBoot, VmSpec};
+use horcrux_drivers::ObservedPower;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::{require_token, Caller};
+use crate::error::ApiError;
+
+/// Proxmox's default graceful-shutdown timeout.
+const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 60;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub runtime: NodeRuntime,
+    /// Serialises guest creation so two requests never allocate the same disk.
+    create_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub fn router(runtime: NodeRuntime) -> Router {
+    let st = ApiState { runtime, create_lock: Arc::default() };
+    let authed = Router::new()
+        .route("/vms", get(list_vms).post(create_vm))
+        .route("/vms/{vmid}", get(get_vm).delete(delete_vm))
+        .route("/vms/{vmid}/start", post(start_vm))
+        .route("/vms/{vmid}/stop", post(stop_vm))
+        .route("/vms/{vmid}/shutdown", post(shutdown_vm))
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{upid}", get(get_task))
+        .route("/tasks/{upid}/log", get(get_task_log))
+        .route("/cluster/nextid", get(next_id))
+        .route("/nodes", get(list_nodes))
+        .route("/storage", get(list_storage))
+        .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
+    let api = Router::new().route("/version", get(version)).merge(authed);
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(st)
+}
+
+/// Parses a JSON body (an empty body counts as `{}`); errors name the offending field.
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let bytes: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde reports missing/unknown fields at the parent path; name the field itself.
+        let field = inner
+            .split('`')
+            .nth(1)
+            .filter(|_| inner.starts_with("missing field") || inner.starts_with("unknown field"))
+            .map(|f| if path == "." { f.to_string() } else { format!("{path}.{f}") })
+            .unwrap_or(if path == "." { "body".to_string() } else { path });
+        ApiError::bad_field(field, inner)
+    })
+}
+
+fn parse_vmid(raw: &str) -> Result<u32, ApiError> {
+    let n: u64 = raw.parse().map_err(|_| ApiError::bad_field("vmid", format!("{raw:?} is not a number")))?;
+    Ok(ids::validate_vmid("vmid", n)?)
+}
+
+async fn version() -> Json<Value> {
+    Json(
+        json!({ "version": env!("CARGO_PKG_VERSION"), "release": env!("CARGO_PKG_VERSION"), "product": "horcrux" }),
+    )
+}
+
+fn status_word(p: ObservedPower) -> &'static str {
+    match p {
+        ObservedPower::Stopped => "stopped",
+        // Proxmox reports a paused guest as running, with qmpstatus "paused".
+        ObservedPower::Running | ObservedPower::Paused => "running",
+    }
+}
+
+fn vm_json(st: &ApiState, g: &Guest) -> Value {
+    let observed = st.runtime.observed(g.vmid);
+    let spec = g.vm_spec();
+    let mut v = json!({
+        "vmid": g.vmid,
+        "name": g.name,
+        "node": g.node,
+        "type": "qemu",
+        "memory_mib": spec.memory_mib,
+        "cores": spec.cores,
+        "disks": spec.disks,
+        "status": status_word(observed.power),
+        "qmpstatus": observed.power,
+        "desired": g.desired,
+        "revision": g.revision,
+    });
+    if let Some(b) = &spec.boot {
+        v["boot"] = json!(b);
+    }
+    if let Some(e) = observed.last_error {
+        v["last_error"] = e.into();
+    }
+    v
+}
+
+async fn list_vms(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let guests: Vec<Guest> =
+        st.runtime.cluster().read_linearizable(|s| s.guests.values().cloned().collect()).await?;
+    Ok(Json(Value::Array(guests.iter().map(|g| vm_json(&st, g)).collect())))
+}
+
+async fn get_vm(State(st): State<ApiState>, Path(vmid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let vmid = parse_vmid(&vmid)?;
+    let g = st.runtime.cluster().read_linearizable(|s| s.guests.get(&vmid).cloned()).await?;
+    let g = g.ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    Ok(Json(vm_json(&st, &g)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewDisk {
+    storage: String,
+    size_mib: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateVm {
+    vmid: Option<u64>,
+    name: String,
+    memory_mib: u64,
+    #[serde(default = "one")]
+    cores: u32,
+    #[serde(default)]
+    disks: Vec<NewDisk>,
+    boot: Option<KernelBoot>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn task_response(task: &TaskLog) -> Json<Value> {
+    Json(json!({ "upid": task.upid() }))
+}
+
+async fn create_vm(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let req: CreateVm = parse_body(&body)?;
+    let _guard = st.create_lock.lock().await;
+    let cluster = st.runtime.cluster();
+    let state = cluster.read_linearizable(|s| s.clone()).await?;
+    let vmid = match req.vmid {
+        Some(v) => ids::validate_vmid("vmid", v)?,
+        None => state.next_vmid().ok_or_else(|| ApiError::conflict("no free VMID left"))?,
+    };
+    ids::validate_dns_label("name", &req.name)?;
+    let mut spec = VmSpec {
+        memory_mib: req.memory_mib,
+        cores: req.cores,
+        disks: req
+            .disks
+            .iter()
+            .map(|d| DiskSpec { storage: d.storage.clone(), size_mib: d.size_mib, volume: None })
+            .collect(),
+        boot: req.boot,
+    };
+    spec.validate()?;
+    for (i, d) in spec.disks.iter().enumerate() {
+        if !state.storage.contains_key(&d.storage) {
+            return Err(ApiError::bad_field(
+                format!("disks[{i}].storage"),
+                format!("unknown storage {:?}", d.storage),
+            ));
+        }
+    }
+    if let Some(b) = &spec.boot {
+        for (field, path) in [("boot.kernel", Some(&b.kernel)), ("boot.initrd", b.initrd.as_ref())] {
+            if let Some(p) = path {
+                if !std::path::Path::new(p).is_file() {
+                    return Err(ApiError::bad_field(
+                        field,
+                        format!("{p} is not a file on node {}", cluster.node_name()),
+                    ));
+                }
+            }
+        }
+    }
+    if state.guests.contains_key(&vmid) {
+        return Err(ApiError::conflict(format!("VMID {vmid} already exists")));
+    }
+
+    let task = st.runtime.tasks().create("qmcreate", &vmid.to_string(), caller.user());
+    let mut allocated: Vec<(String, String)> = Vec::new();
+    let mut failure: Option<ApiError> = None;
+    for (i, d) in spec.disks.iter_mut().enumerate() {
+        let store = st.runtime.volume_store(&state.storage[&d.storage]);
+        match store.alloc(vmid, i, d.size_mib).await {
+            Ok(volid) => {
+                task.log(format!("allocated {volid} ({} MiB)", d.size_mib));
+                allocated.push((d.storage.clone(), volid.clone()));
+                d.volume = Some(volid);
+            }
+            Err(e) => {
+                failure = Some(ApiError::internal(format!("disks[{i}]: {e}")));
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        let cmd = Command::CreateGuest {
+            vmid,
+            name: req.name.clone(),
+            node: cluster.node_name().to_string(),
+            config: GuestConfig::Qemu(spec),
+        };
+        if let Err(e) = cluster.propose(cmd).await {
+            failure = Some(e.into());
+        }
+    }
+    if let Some(err) = failure {
+        // Leave nothing behind: free what was allocated.
+        for (storage, volid) in &allocated {
+            if let Err(e) = st.runtime.volume_store(&state.storage[storage]).free(volid).await {
+                task.log(format!("could not free {volid}: {e}"));
+            }
+        }
+        task.finish(Err(&err.message));
+        return Err(err);
+    }
+    task.log(format!("created guest {vmid} ({})", req.name));
+    task.finish(Ok::<(), String>(()));
+    Ok((StatusCode::OK, Json(json!({ "upid": task.upid(), "vmid": vmid }))))
+}
+
+/// Commits a new desired power state, then lets the owning actor act on it inside a task.
+async fn power_task(
+    st: ApiState,
+    caller: Caller,
+    vmid: u32,
+    kind: &'static str,
+    desired: DesiredPower,
+) -> Result<Json<Value>, ApiError> {
+    let cluster = st.runtime.cluster().clone();
+    let exists = cluster.read_linearizable(|s| s.guests.contains_key(&vmid)).await?;
+    if !exists {
+        return Err(ApiError::not_found(format!("guest {vmid} does not exist")));
+    }
+    let task = st.runtime.tasks().create(kind, &vmid.to_string(), caller.user());
+    let committed =
+        cluster.propose(Command::SetDesiredPower { vmid, expected_revision: None, desired }).await;
+    let revision = match committed {
+        Ok(ok) => ok.revision,
+        Err(e) => {
+            let err: ApiError = e.into();
+            task.finish(Err(&err.message));
+            return Err(err);
+        }
+    };
+    let (runtime, t) = (st.runtime.clone(), task.clone());
+    tokio::spawn(async move {
+        let result = runtime.reconcile(vmid, Some(t.clone())).await;
+        let outcome = match (desired, result) {
+            (DesiredPower::Running, Ok(ObservedPower::Running | ObservedPower::Paused)) => Ok(()),
+            (DesiredPower::Stopped { .. }, Ok(ObservedPower::Stopped)) => Ok(()),
+            (_, Ok(other)) => Err(format!("guest {vmid} is {other:?} after the operation").to_lowercase()),
+            (_, Err(e)) => Err(e.to_string()),
+        };
+        if outcome.is_err() && desired.is_running() {
+            // A failed start leaves the guest stopped rather than retried forever.
+            let undo = Command::SetDesiredPower {
+                vmid,
+                expected_revision: Some(revision),
+                desired: DesiredPower::Stopped { graceful_timeout_s: None },
+            };
+            let _ = runtime.cluster().propose(undo).await;
+        }
+        t.finish(outcome);
+    });
+    Ok(task_response(&task))
+}
+
+async fn start_vm(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(vmid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = parse_vmid(&vmid)?;
+    power_task(st, caller, vmid, "qmstart", DesiredPower::Running).await
+}
+
+async fn stop_vm(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(vmid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = parse_vmid(&vmid)?;
+    power_task(st, caller, vmid, "qmstop", DesiredPower::Stopped { graceful_timeout_s: None }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShutdownBody {
+    timeout_s: Option<u32>,
+}
+
+async fn shutdown_vm(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(vmid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = parse_vmid(&vmid)?;
+    let b: ShutdownBody = parse_body(&body)?;
+    let timeout = b.timeout_s.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S);
+    if timeout > 86_400 {
+        return Err(ApiError::bad_field("timeout_s", "at most 86400 seconds"));
+    }
+    power_task(st, caller, vmid, "qmshutdown", DesiredPower::Stopped { graceful_timeout_s: Some(timeout) })
+        .await
+}
+
+async fn delete_vm(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(vmid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = parse_vmid(&vmid)?;
+    let cluster = st.runtime.cluster().clone();
+    let (guest, storage) =
+        cluster.read_linearizable(|s| (s.guests.get(&vmid).cloned(), s.storage.clone())).await?;
+    let guest = guest.ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    if guest.desired.is_running() || st.runtime.observed(vmid).power != ObservedPower::Stopped {
+        return Err(ApiError::conflict(format!("guest {vmid} is running; stop it before deleting it")));
+    }
+    let task = st.runtime.tasks().create("qmdestroy", &vmid.to_string(), caller.user());
+    let cmd = Command::DeleteGuest { vmid, expected_revision: Some(guest.revision) };
+    if let Err(e) = cluster.propose(cmd).await {
+        let err: ApiError = e.into();
+        task.finish(Err(&err.message));
+        return Err(err);
+    }
+    task.log(format!("removed guest {vmid} from the cluster configuration"));
+    let mut errors = Vec::new();
+    for d in &guest.vm_spec().disks {
+        let (Some(volid), Some(pool)) = (&d.volume, storage.get(&d.storage)) else { continue };
+        match st.runtime.volume_store(pool).free(volid).await {
+            Ok(()) => task.log(format!("removed volume {volid}")),
+            Err(e) => errors.push(format!("{volid}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        task.finish(Ok::<(), String>(()));
+        Ok(task_response(&task))
+    } else {
+        let msg = format!("guest {vmid} deleted, but volumes could not be removed: {}", errors.join("; "));
+        task.finish(Err(&msg));
+        Err(ApiError::internal(msg))
+    }
+}
+
+async fn list_tasks(State(st): State<ApiState>) -> Json<Value> {
+    let tasks: Vec<Value> = st
+        .runtime
+        .tasks()
+        .list()
+        .into_iter()
+        .map(|mut t| {
+            t.log.clear();
+            let mut v = json!(t);
+            v.as_object_mut().map(|o| o.remove("log"));
+            v
+        })
+        .collect();
+    Json(Value::Array(tasks))
+}
+
+async fn get_task(State(st): State<ApiState>, Path(upid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let t =
+        st.runtime.tasks().get(&upid).ok_or_else(|| ApiError::not_found(format!("task {upid} not found")))?;
+    let mut v = json!(t);
+    v.as_object_mut().map(|o| o.remove("log"));
+    Ok(Json(v))
+}
+
+async fn get_task_log(State(st): State<ApiState>, Path(upid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let t =
+        st.runtime.tasks().get(&upid).ok_or_else(|| ApiError::not_found(format!("task {upid} not found")))?;
+    // Proxmox's shape: [{"n": line number from 1, "t": text}].
+    let lines: Vec<Value> = t.log.iter().enumerate().map(|(i, l)| json!({ "n": i + 1, "t": l })).collect();
+    Ok(Json(Value::Array(lines)))
+}
+
+async fn next_id(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let id = st.runtime.cluster().read_linearizable(|s| s.next_vmid()).await?;
+    let id = id.ok_or_else(|| ApiError::conflict("no free VMID left"))?;
+    Ok(Json(json!({ "vmid": id })))
+}
+
+async fn list_nodes(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let nodes =
+        st.runtime.cluster().read_linearizable(|s| json!(s.nodes.values().collect::<Vec<_>>())).await?;
+    Ok(Json(nodes))
+}
+
+async fn list_storage(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let pools =
+        st.runtime.cluster().read_linearizable(|s| json!(s.storage.values().collect::<Vec<_>>())).await?;
+    Ok(Json(pools))
+}

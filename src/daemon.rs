@@ -1,0 +1,157 @@
+//! `horcrux serve`: opens (or initialises) the single-node cluster in the data dir, makes
+//! sure the `local` storage and the admin token exist, starts the actors and serves HTTPS.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use horcrux_actors::{NodeRuntime, TaskRegistry, VolumeFactory};
+use horcrux_core::{Command, StorageKind, StoragePool};
+use horcrux_drivers::{resolve_accel, Accel, DirStorage, QemuDriver, VolumeStore};
+use horcrux_raft::{ClusterHandle, OpenOptions};
+
+use crate::DEFAULT_DATA_DIR;
+
+const ADMIN_TOKEN_ID: &str = "root@pam!admin";
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// State directory: Raft log, certificates, disks of the `local` storage, tasks.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// HTTPS listen address.
+    #[arg(long, default_value = "0.0.0.0:8006")]
+    listen: SocketAddr,
+    /// This node's name (defaults to the host name). Fixed at first start.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// QEMU accelerator: auto picks KVM only where a probe guest really runs under it.
+    #[arg(long, default_value = "auto", env = "HORCRUX_ACCEL")]
+    accel: Accel,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn random_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn ensure_admin_token(cluster: &ClusterHandle, path: &Path) -> anyhow::Result<()> {
+    if let Ok(secret) = std::fs::read_to_string(path) {
+        let hash = horcrux_http::token_sha256(secret.trim());
+        let known = cluster.read_local(|s| s.api_tokens.get(ADMIN_TOKEN_ID).map(|t| t.secret_sha256 == hash));
+        if known == Some(true) {
+            return Ok(());
+        }
+    }
+    let secret = random_secret();
+    cluster
+        .propose(Command::SetApiToken {
+            id: ADMIN_TOKEN_ID.into(),
+            secret_sha256: horcrux_http::token_sha256(&secret),
+        })
+        .await?;
+    // Written only after the hash is committed: a crash in between just makes a new one.
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    tracing::info!(path = %path.display(), "wrote the admin API token");
+    Ok(())
+}
+
+async fn ensure_local_storage(cluster: &ClusterHandle, data_dir: &Path) -> anyhow::Result<()> {
+    if cluster.read_local(|s| s.storage.contains_key("local")) {
+        return Ok(());
+    }
+    let path = data_dir.join("storage/local");
+    std::fs::create_dir_all(&path)?;
+    let kind = StorageKind::Dir { path: path.display().to_string() };
+    cluster.propose(Command::AddStorage { id: "local".into(), kind }).await?;
+    Ok(())
+}
+
+fn volume_factory() -> VolumeFactory {
+    Arc::new(|pool: &StoragePool| {
+        let StorageKind::Dir { path } = &pool.kind;
+        Arc::new(DirStorage::new(pool.id.clone(), path)) as Arc<dyn VolumeStore>
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HORCRUX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let node_name = args.node_name.unwrap_or_else(hostname);
+    if horcrux_core::ids::validate_dns_label("node-name", &node_name).is_err() {
+        bail!("--node-name {node_name:?} is not a DNS label");
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let cluster = ClusterHandle::open(OpenOptions {
+        dir: data_dir.join("raft"),
+        node_name: node_name.clone(),
+        api_addr: args.listen.to_string(),
+    })
+    .await?;
+    ensure_local_storage(&cluster, &data_dir).await?;
+    ensure_admin_token(&cluster, &data_dir.join("admin.token")).await?;
+
+    let accel = resolve_accel(args.accel).await;
+    tracing::info!(?accel, "QEMU accelerator");
+    let qemu = QemuDriver::new(data_dir.join("run/qemu"), data_dir.join("log/qemu"), accel)?;
+    let tasks = TaskRegistry::open(cluster.node_name(), data_dir.join("tasks"))?;
+    let runtime = NodeRuntime::start(cluster.clone(), Arc::new(qemu), volume_factory(), tasks)?;
+
+    let mut names =
+        vec![cluster.node_name().to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if !args.listen.ip().is_unspecified() {
+        names.push(args.listen.ip().to_string());
+    }
+    names.dedup();
+    let tls = horcrux_http::load_or_create_tls(&horcrux_http::TlsFiles::in_dir(&data_dir), names)?;
+    tracing::info!(listen = %args.listen, node = cluster.node_name(), "serving HTTPS");
+    horcrux_http::serve(listener, horcrux_http::router(runtime), tls, shutdown_signal()).await?;
+    tracing::info!("shutting down; guests keep running and are adopted on the next start");
+    cluster.shutdown().await;
+    Ok(())
+}
