@@ -58,13 +58,14 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        // serde reports missing/unknown fields at the parent path; name the field itself.
-        let field = inner
-            .split('`')
-            .nth(1)
-            .filter(|_| inner.starts_with("missing field") || inner.starts_with("unknown field"))
-            .map(|f| if path == "." { f.to_string() } else { format!("{path}.{f}") })
-            .unwrap_or(if path == "." { "body".to_string() } else { path });
+        // serde reports a missing field at its parent's path; every other error at the field.
+        let missing = inner.strip_prefix("missing field `").and_then(|r| r.split('`').next());
+        let field = match (missing, path.as_str()) {
+            (Some(f), ".") => f.to_string(),
+            (Some(f), parent) => format!("{parent}.{f}"),
+            (None, ".") => "body".to_string(),
+            (None, p) => p.to_string(),
+        };
         ApiError::bad_field(field, inner)
     })
 }

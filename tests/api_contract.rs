@@ -1,0 +1,76 @@
+//! The API's contract for bad input, authentication and conflicts, on a real daemon.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn vm(vmid: Value, name: &str, memory: Value) -> Value {
+    json!({"vmid": vmid, "name": name, "memory_mib": memory, "cores": 1, "disks": []})
+}
+
+#[test]
+fn bad_input_is_refused_with_the_field_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+
+    // Public and protected routes.
+    let (code, v) = api.get_public("/version").unwrap();
+    assert_eq!(code, 200);
+    assert!(v["version"].is_string());
+    for path in ["/vms", "/vms/101", "/tasks", "/cluster/nextid", "/nodes", "/storage"] {
+        assert_eq!(api.get_public(path).unwrap().0, 401, "{path} without a token");
+    }
+    assert_eq!(d.client().with_token("wrong").get("/vms").0, 401);
+    let token_mode = std::fs::metadata(tmp.path().join("admin.token")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&token_mode.permissions()) & 0o777, 0o600);
+
+    let cases = [
+        (vm(json!(5), "t1", json!(256)), "vmid"),
+        (vm(json!(101), "has space", json!(256)), "name"),
+        (vm(json!(101), "t1", json!(0)), "memory_mib"),
+        (vm(json!(101), "t1", json!("lots")), "memory_mib"),
+        (
+            json!({"vmid": 101, "name": "t1", "memory_mib": 256, "disks": [{"storage": "nope", "size_mib": 8}]}),
+            "disks[0].storage",
+        ),
+        (
+            json!({"vmid": 101, "name": "t1", "memory_mib": 256, "disks": [{"storage": "local", "size_mib": 0}]}),
+            "disks[0].size_mib",
+        ),
+        (
+            json!({"vmid": 101, "name": "t1", "memory_mib": 256, "boot": {"kernel": "/no/such/kernel"}}),
+            "boot.kernel",
+        ),
+        (json!({"vmid": 101, "name": "t1", "memory_mib": 256, "colour": "red"}), "colour"),
+        (json!({"vmid": 101, "memory_mib": 256}), "name"),
+    ];
+    for (body, field) in cases {
+        let (code, resp) = api.post("/vms", &body);
+        assert_eq!(code, 400, "{body} -> {resp}");
+        assert_eq!(resp["field"], field, "{body} -> {resp}");
+        assert!(resp["error"].as_str().unwrap().contains(field), "{resp}");
+    }
+    assert_eq!(api.get("/vms").1.as_array().unwrap().len(), 0, "a refused request created something");
+    assert!(!tmp.path().join("storage/local/images/101").exists());
+
+    // A valid VM, then a duplicate (409) that must not touch the original's disk.
+    let ok =
+        json!({"vmid": 101, "name": "t1", "memory_mib": 256, "disks": [{"storage": "local", "size_mib": 8}]});
+    assert_eq!(api.post("/vms", &ok).0, 200);
+    let disk = tmp.path().join("storage/local/images/101/vm-101-disk-0.qcow2");
+    let before = std::fs::metadata(&disk).unwrap().modified().unwrap();
+    let (code, resp) = api.post("/vms", &ok);
+    assert_eq!(code, 409, "{resp}");
+    assert_eq!(std::fs::metadata(&disk).unwrap().modified().unwrap(), before);
+    assert_eq!(api.get("/cluster/nextid").1["vmid"], 100);
+
+    for path in ["/vms/999", "/vms/999/start"] {
+        let code = if path.ends_with("start") { api.post(path, &json!({})).0 } else { api.get(path).0 };
+        assert_eq!(code, 404, "{path}");
+    }
+    let (code, resp) = api.get("/vms/abc");
+    assert_eq!((code, resp["field"].as_str()), (400, Some("vmid")));
+    assert_eq!(api.get("/tasks/UPID:nope").0, 404);
+}

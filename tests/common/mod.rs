@@ -1,0 +1,191 @@
+//! Runs real `horcrux serve` processes for the end-to-end tests and talks to them over
+//! HTTPS, trusting the certificate each daemon generated.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn tiny_guest() -> PathBuf {
+    let dir = std::env::var_os("HORCRUX_TINY_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".lab/tiny-guest"));
+    assert!(dir.join("vmlinuz").exists(), "no tiny guest in {}: run scripts/tiny-guest.sh", dir.display());
+    dir
+}
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Self {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_horcrux"));
+        cmd.args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--node-name", "n1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let d = Daemon { dir: dir.to_path_buf(), port, child: Some(child) };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.dir.join("admin.token").exists() && self.dir.join("ssl/horcrux.pem").exists() {
+                if let Ok(r) = self.client().get_public("/version") {
+                    if r.0 == 200 {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "daemon did not come up; log:\n{}",
+            std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn client(&self) -> Api {
+        Api::new(&format!("https://127.0.0.1:{}", self.port), &self.dir)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Api {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    pub fn new(base: &str, dir: &Path) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pem = std::fs::read(dir.join("ssl/horcrux.pem")).unwrap();
+        let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap_or_default().trim().to_string();
+        Api { base: base.to_string(), token, agent }
+    }
+
+    fn done(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, Value), ureq::Error> {
+        let mut r = r?;
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_json().unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    pub fn get_public(&self, path: &str) -> Result<(u16, Value), ureq::Error> {
+        Self::done(self.agent.get(format!("{}/api/v1{path}", self.base)).call())
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        Self::done(
+            self.agent
+                .get(format!("{}/api/v1{path}", self.base))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .call(),
+        )
+        .unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::done(
+            self.agent
+                .post(format!("{}/api/v1{path}", self.base))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .send_json(body),
+        )
+        .unwrap()
+    }
+
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        Self::done(
+            self.agent
+                .delete(format!("{}/api/v1{path}", self.base))
+                .header("Authorization", format!("Bearer {}", self.token))
+                .call(),
+        )
+        .unwrap()
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = token.to_string();
+        self
+    }
+
+    /// Polls a task until it stops; returns its exit status.
+    pub fn wait_task(&self, upid: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < deadline {
+            let (code, t) = self.get(&format!("/tasks/{upid}"));
+            assert_eq!(code, 200, "task {upid}: {t}");
+            if t["status"] == "stopped" {
+                return t["exitstatus"].as_str().unwrap_or("").to_string();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("task {upid} did not finish");
+    }
+}
+
+pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}

@@ -1,0 +1,107 @@
+//! End to end: the tiny guest boots under TCG through the API, survives a daemon restart
+//! (same QEMU process, still controllable), stops, and is deleted with its disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn tiny_guest_boots_survives_daemon_restart_and_is_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The default accelerator choice (auto) is what users get; keep it here.
+    let mut d = Daemon::start(tmp.path(), port, &[]);
+    let api = d.client();
+    let g = tiny_guest();
+    let (code, body) = api.post(
+        "/vms",
+        &json!({
+            "vmid": 101, "name": "t1", "memory_mib": 256, "cores": 1,
+            "disks": [{"storage": "local", "size_mib": 64}],
+            "boot": {"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"}
+        }),
+    );
+    assert_eq!(code, 200, "{body}");
+    let disk = tmp.path().join("storage/local/images/101/vm-101-disk-0.qcow2");
+    assert!(disk.exists());
+
+    let (code, body) = api.post("/vms/101/start", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    let upid = body["upid"].as_str().unwrap().to_string();
+    assert!(upid.starts_with("UPID:n1:") && upid.contains(":qmstart:101:root@pam:"), "{upid}");
+    assert_eq!(api.wait_task(&upid), "OK");
+    let serial = tmp.path().join("log/qemu/101.serial.log");
+    eventually("GUEST-BOOTED on the serial console", Duration::from_secs(120), || {
+        std::fs::read_to_string(&serial).is_ok_and(|s| s.contains("GUEST-BOOTED"))
+    });
+    let (_, vm) = api.get("/vms/101");
+    assert_eq!(vm["status"], "running");
+    assert_eq!(vm["qmpstatus"], "running");
+    let pid = std::fs::read_to_string(tmp.path().join("run/qemu/101.pid")).unwrap().trim().to_string();
+
+    // Restart the daemon the hard way; the guest keeps running and is adopted, not relaunched.
+    d.kill9();
+    let d = Daemon::start(tmp.path(), port, &[]);
+    let api = d.client();
+    eventually("adopted guest reported running", Duration::from_secs(30), || {
+        api.get("/vms/101").1["status"] == "running"
+    });
+    assert_eq!(std::fs::read_to_string(tmp.path().join("run/qemu/101.pid")).unwrap().trim(), pid);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(
+        std::fs::read_to_string(&serial).unwrap().matches("GUEST-BOOTED").count(),
+        1,
+        "guest was rebooted"
+    );
+
+    // Deleting a running guest is refused and changes nothing.
+    let (code, _) = api.delete("/vms/101");
+    assert_eq!(code, 409);
+    assert!(disk.exists());
+
+    let (code, body) = api.post("/vms/101/stop", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let (_, vm) = api.get("/vms/101");
+    assert_eq!(vm["status"], "stopped");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "QEMU still running after stop: {stat}");
+
+    let (code, body) = api.delete("/vms/101");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    assert_eq!(api.get("/vms/101").0, 404);
+    assert!(!disk.exists(), "disk left behind");
+    let (_, list) = api.get("/vms");
+    assert_eq!(list.as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn shutdown_falls_back_to_hard_stop_after_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+    let g = tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"});
+    let (code, body) = api.post("/vms", &json!({"vmid": 150, "name": "sd", "memory_mib": 128, "boot": boot}));
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = api.post("/vms/150/start", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    // The busybox guest ignores ACPI power-off, so the 2 s timeout forces a stop.
+    let (code, body) = api.post("/vms/150/shutdown", &json!({"timeout_s": 2}));
+    assert_eq!(code, 200, "{body}");
+    let upid = body["upid"].as_str().unwrap().to_string();
+    assert_eq!(api.wait_task(&upid), "OK");
+    let (_, log) = api.get(&format!("/tasks/{upid}/log"));
+    let text: Vec<String> =
+        log.as_array().unwrap().iter().map(|l| l["t"].as_str().unwrap().to_string()).collect();
+    assert!(text.iter().any(|l| l.contains("did not power off within 2 s")), "{text:?}");
+    assert_eq!(api.get("/vms/150").1["status"], "stopped");
+    // A bad timeout is refused with the field named.
+    let (code, body) = api.post("/vms/150/shutdown", &json!({"timeout_s": "soon"}));
+    assert_eq!(code, 400);
+    assert_eq!(body["field"], "timeout_s");
+}
