@@ -99,10 +99,7 @@ pub fn run_vm(c: &ApiClient, cmd: VmCmd) -> anyhow::Result<()> {
     match cmd {
         VmCmd::List => {
             let vms = c.get("/vms")?;
-            println!(
-                "{:>10} {:<24} {:<8} {:>10} {:>5} {}",
-                "VMID", "NAME", "STATUS", "MEM(MiB)", "CORES", "NODE"
-            );
+            println!("{:>10} {:<24} {:<8} {:>10} {:>5} NODE", "VMID", "NAME", "STATUS", "MEM(MiB)", "CORES");
             for v in vms.as_array().into_iter().flatten() {
                 println!(
                     "{:>10} {:<24} {:<8} {:>10} {:>5} {}",

@@ -153,7 +153,7 @@ impl TaskRegistry {
     /// Tasks of this daemon's lifetime, newest first.
     pub fn list(&self) -> Vec<TaskInfo> {
         let mut v: Vec<TaskInfo> = self.lock().tasks.values().cloned().collect();
-        v.sort_by(|a, b| b.starttime.cmp(&a.starttime));
+        v.sort_by_key(|t| std::cmp::Reverse(t.starttime));
         v
     }
 }

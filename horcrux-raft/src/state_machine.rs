@@ -19,6 +19,8 @@ use crate::types::{NodeId, Response, TypeConfig};
 
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
+type Meta = SnapshotMeta<NodeId, BasicNode>;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SmData {
     pub last_applied: Option<LogId<NodeId>>,
@@ -70,7 +72,7 @@ impl StateMachineStore {
         self.shared.applied.subscribe()
     }
 
-    fn snapshot_bytes(&self) -> Result<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>), StorageError<NodeId>> {
+    fn snapshot_bytes(&self) -> Result<(Meta, Vec<u8>), StorageError<NodeId>> {
         let data = self.read();
         let bytes = serde_json::to_vec(&*data).map_err(read_err)?;
         let id = match data.last_applied {

@@ -231,7 +231,7 @@ fn next_vmid_fills_the_lowest_gap() {
 
 #[test]
 fn apply_is_deterministic() {
-    let cmds = vec![
+    let cmds = [
         create(101, spec(101, 1)),
         create(102, spec(102, 0)),
         Command::DeleteGuest { vmid: 102, expected_revision: None },
