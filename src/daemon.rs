@@ -36,7 +36,8 @@ pub struct ServeArgs {
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
+        // A node name is a DNS label: the host name up to its first dot.
+        .map(|s| s.trim().split('.').next().unwrap_or("").to_string())
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())

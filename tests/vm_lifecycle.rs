@@ -40,6 +40,9 @@ fn tiny_guest_boots_survives_daemon_restart_and_is_deleted() {
     let (_, vm) = api.get("/vms/101");
     assert_eq!(vm["status"], "running");
     assert_eq!(vm["qmpstatus"], "running");
+    assert_eq!(vm["serial_log"], serial.display().to_string());
+    let console = api.get_text("/vms/101/serial");
+    assert!(console.contains("GUEST-BOOTED"), "{console}");
     let pid = std::fs::read_to_string(tmp.path().join("run/qemu/101.pid")).unwrap().trim().to_string();
 
     // Restart the daemon the hard way; the guest keeps running and is adopted, not relaunched.

@@ -34,6 +34,8 @@ pub struct TaskInfo {
     pub log: Vec<String>,
 }
 
+const MAX_TASKS_IN_MEMORY: usize = 1000;
+
 struct Inner {
     tasks: HashMap<String, TaskInfo>,
     last_starttime: u64,
@@ -137,6 +139,20 @@ impl TaskRegistry {
         };
         self.persist(&info);
         inner.tasks.insert(upid.clone(), info);
+        if inner.tasks.len() > MAX_TASKS_IN_MEMORY {
+            // Finished tasks stay readable from disk; memory keeps the recent ones.
+            let mut finished: Vec<(u64, String)> = inner
+                .tasks
+                .values()
+                .filter(|t| t.status == TaskStatus::Stopped)
+                .map(|t| (t.starttime, t.upid.clone()))
+                .collect();
+            finished.sort();
+            let excess = inner.tasks.len() - MAX_TASKS_IN_MEMORY;
+            for (_, upid) in finished.into_iter().take(excess) {
+                inner.tasks.remove(&upid);
+            }
+        }
         TaskLog { registry: self.clone(), upid }
     }
 

@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const CRIPPLED: &str = "host doesn't support requested feature";
 
 const PROBE_SECTOR: [u8; 512] = [
     0xfa, 0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0xbc, 0x00, 0x7c, 0xbf, 0x00, 0x10, 0xb9, 0x00,
@@ -78,9 +79,27 @@ pub async fn kvm_boots() -> bool {
             .kill_on_drop(true)
             .spawn()
             .ok()?;
+        // Collect stderr as it comes: QEMU prints the missing-feature warning at once, so a
+        // crippled KVM is recognised without waiting for the timeout.
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(mut e) = child.stderr.take() {
+            let sink = stderr.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = e.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let crippled_now = || stderr.lock().unwrap_or_else(|p| p.into_inner()).contains(CRIPPLED);
         let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
         let mut booted = false;
-        while tokio::time::Instant::now() < deadline {
+        while tokio::time::Instant::now() < deadline && !crippled_now() {
             if std::fs::read(&marker).is_ok_and(|m| m.starts_with(b"K")) {
                 booted = true;
                 break;
@@ -88,15 +107,12 @@ pub async fn kvm_boots() -> bool {
             if child.try_wait().ok().flatten().is_some() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = child.start_kill();
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut stderr)).await;
-        }
         let _ = child.wait().await;
-        let crippled = stderr.contains("host doesn't support requested feature");
+        let stderr = stderr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let crippled = stderr.contains(CRIPPLED);
         tracing::info!(booted, crippled, "KVM probe");
         Some(booted && !crippled)
     }

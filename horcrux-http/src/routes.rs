@@ -37,6 +37,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/start", post(start_vm))
         .route("/vms/{vmid}/stop", post(stop_vm))
         .route("/vms/{vmid}/shutdown", post(shutdown_vm))
+        .route("/vms/{vmid}/serial", get(serial_log))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{upid}", get(get_task))
         .route("/tasks/{upid}/log", get(get_task_log))
@@ -105,6 +106,9 @@ fn vm_json(st: &ApiState, g: &Guest) -> Value {
         "desired": g.desired,
         "revision": g.revision,
     });
+    if g.node == st.runtime.cluster().node_name() {
+        v["serial_log"] = st.runtime.hypervisor().serial_log(g.vmid).display().to_string().into();
+    }
     if let Some(b) = &spec.boot {
         v["boot"] = json!(b);
     }
@@ -371,6 +375,28 @@ async fn delete_vm(
         task.finish(Err(&msg));
         Err(ApiError::internal(msg))
     }
+}
+
+/// The guest's serial console output so far (last 64 KiB), as text.
+async fn serial_log(State(st): State<ApiState>, Path(vmid): Path<String>) -> Result<String, ApiError> {
+    const TAIL: u64 = 64 * 1024;
+    let vmid = parse_vmid(&vmid)?;
+    let g = st.runtime.cluster().read_linearizable(|s| s.guests.get(&vmid).cloned()).await?;
+    let g = g.ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    if g.node != st.runtime.cluster().node_name() {
+        return Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("guest {vmid} runs on node {}", g.node),
+        ));
+    }
+    let path = st.runtime.hypervisor().serial_log(vmid);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
+    };
+    let start = bytes.len().saturating_sub(TAIL as usize);
+    Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
 }
 
 async fn list_tasks(State(st): State<ApiState>) -> Json<Value> {

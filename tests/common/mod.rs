@@ -139,6 +139,17 @@ impl Api {
         .unwrap()
     }
 
+    pub fn get_text(&self, path: &str) -> String {
+        let mut r = self
+            .agent
+            .get(format!("{}/api/v1{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.body_mut().read_to_string().unwrap()
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         Self::done(
             self.agent

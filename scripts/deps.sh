@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Horcrux builds and runs with (RocksDB and libclang to link,
+# QEMU to run guests) and those the tests use (busybox, cpio). Idempotent; needs root.
+set -euo pipefail
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -e /usr/include/rocksdb/c.h ] || need+=(librocksdb-dev)
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Some images carry a newer qemu-utils (backports) that conflicts with Debian 12's
+  # qemu-system-x86; pin the QEMU packages to the version qemu-system-x86 comes in.
+  qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  pins=()
+  for i in "${!need[@]}"; do
+    case "${need[$i]}" in qemu-system-x86|qemu-utils) unset 'need[i]' ;; esac
+  done
+  if ! command -v qemu-system-x86_64 >/dev/null || ! command -v qemu-img >/dev/null; then
+    pins=(qemu-system-x86 "qemu-utils=$qv")
+    dpkg -s qemu-block-extra >/dev/null 2>&1 && pins+=("qemu-block-extra=$qv")
+  fi
+  apt-get install -y -qq --allow-downgrades "${need[@]}" "${pins[@]}" >/dev/null
+fi
