@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use horcrux_core::{ApplyError, ApplyOk, ClusterState, Command, Request};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, Raft};
+use openraft::{Config, Raft};
+
+use crate::node::HorcruxNode;
 use tokio::sync::watch;
 
 use crate::log_store::LogStore;
@@ -109,7 +111,7 @@ impl ClusterHandle {
         let initialized =
             handle.raft.is_initialized().await.map_err(|e| ProposeError::Storage(e.to_string()))?;
         if !initialized {
-            let members = BTreeMap::from([(identity.id, BasicNode { addr: opts.api_addr.clone() })]);
+            let members = BTreeMap::from([(identity.id, HorcruxNode { name: identity.name.clone(), raft_addr: String::new(), api_addr: opts.api_addr.clone() })]);
             handle.raft.initialize(members).await.map_err(|e| ProposeError::Storage(e.to_string()))?;
             tracing::info!(node = %identity.name, "initialised a new single-node cluster");
         }

@@ -6,6 +6,8 @@
 
 mod handle;
 mod log_store;
+mod node;
+pub mod pki;
 mod network;
 mod state_machine;
 mod store;
@@ -13,5 +15,6 @@ mod types;
 
 pub use handle::{ClusterHandle, OpenOptions, ProposeError};
 pub use network::NoPeerNetwork;
+pub use node::HorcruxNode;
 pub use state_machine::StateMachineStore;
 pub use types::{NodeId, Response, TypeConfig};

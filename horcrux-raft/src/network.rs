@@ -8,14 +8,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use crate::node::HorcruxNode;
 
 use crate::types::{NodeId, TypeConfig};
 
 #[derive(Clone, Default)]
 pub struct NoPeerNetwork;
 
-fn unreachable<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, BasicNode, E> {
+fn unreachable<E: std::error::Error>(target: NodeId) -> RPCError<NodeId, HorcruxNode, E> {
     let e =
         std::io::Error::other(format!("node {target} is not reachable: this node has no cluster transport"));
     RPCError::Unreachable(Unreachable::new(&e))
@@ -28,7 +28,7 @@ pub struct NoPeerClient {
 impl RaftNetworkFactory<TypeConfig> for NoPeerNetwork {
     type Network = NoPeerClient;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+    async fn new_client(&mut self, target: NodeId, _node: &HorcruxNode) -> Self::Network {
         NoPeerClient { target }
     }
 }
@@ -38,7 +38,7 @@ impl RaftNetwork<TypeConfig> for NoPeerClient {
         &mut self,
         _rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, HorcruxNode, RaftError<NodeId>>> {
         Err(unreachable(self.target))
     }
 
@@ -48,7 +48,7 @@ impl RaftNetwork<TypeConfig> for NoPeerClient {
         _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, HorcruxNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         Err(unreachable(self.target))
     }
@@ -57,7 +57,7 @@ impl RaftNetwork<TypeConfig> for NoPeerClient {
         &mut self,
         _rpc: VoteRequest<NodeId>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, HorcruxNode, RaftError<NodeId>>> {
         Err(unreachable(self.target))
     }
 }

@@ -7,10 +7,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use horcrux_core::ClusterState;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StoredMembership,
 };
 use rocksdb::DB;
+
+use crate::node::HorcruxNode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -19,18 +21,18 @@ use crate::types::{NodeId, Response, TypeConfig};
 
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
-type Meta = SnapshotMeta<NodeId, BasicNode>;
+type Meta = SnapshotMeta<NodeId, HorcruxNode>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SmData {
     pub last_applied: Option<LogId<NodeId>>,
-    pub last_membership: StoredMembership<NodeId, BasicNode>,
+    pub last_membership: StoredMembership<NodeId, HorcruxNode>,
     pub state: ClusterState,
 }
 
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: SnapshotMeta<NodeId, HorcruxNode>,
     data: Vec<u8>,
 }
 
@@ -89,7 +91,7 @@ impl StateMachineStore {
 
     fn store_snapshot(
         &self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, HorcruxNode>,
         data: &[u8],
     ) -> Result<(), StorageError<NodeId>> {
         let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
@@ -111,7 +113,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError<NodeId>> {
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, HorcruxNode>), StorageError<NodeId>> {
         let d = self.read();
         Ok((d.last_applied, d.last_membership.clone()))
     }
@@ -152,7 +154,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, HorcruxNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();

@@ -13,6 +13,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Request,
         R = Response,
+        Node = crate::node::HorcruxNode,
 );
 
 // `declare_raft_types!` defaults SnapshotData to `Cursor<Vec<u8>>`; keep the import used.
