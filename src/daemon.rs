@@ -12,7 +12,7 @@ use clap::Args;
 use horcrux_actors::{NodeRuntime, TaskRegistry, VolumeFactory};
 use horcrux_core::{Command, StorageKind, StoragePool};
 use horcrux_drivers::{resolve_accel, Accel, DirStorage, QemuDriver, VolumeStore};
-use horcrux_raft::{ClusterHandle, OpenOptions};
+use horcrux_raft::{ClusterHandle, ClusterOptions, OpenOptions};
 
 use crate::DEFAULT_DATA_DIR;
 
@@ -29,6 +29,13 @@ pub struct ServeArgs {
     /// This node's name (defaults to the host name). Fixed at first start.
     #[arg(long)]
     node_name: Option<String>,
+    /// QUIC address for the cluster transport (Raft, joins, forwarding). Without it the node
+    /// runs standalone.
+    #[arg(long)]
+    cluster_listen: Option<SocketAddr>,
+    /// Join an existing cluster with a token from `horcrux cluster token create` (first start only).
+    #[arg(long, requires = "cluster_listen")]
+    join: Option<String>,
     /// QEMU accelerator: auto picks KVM only where a probe guest really runs under it.
     #[arg(long, default_value = "auto", env = "HORCRUX_ACCEL")]
     accel: Accel,
@@ -57,6 +64,13 @@ async fn ensure_admin_token(cluster: &ClusterHandle, path: &Path) -> anyhow::Res
         if known == Some(true) {
             return Ok(());
         }
+    }
+    // In a cluster of several nodes the admin token is shared (replicated): a joined node
+    // must not replace it, or the first node's token would stop working.
+    let exists = cluster.read_local(|s| s.api_tokens.contains_key(ADMIN_TOKEN_ID));
+    if exists && cluster.cluster_status().nodes.len() > 1 {
+        tracing::info!("the cluster's admin token already exists; use the admin.token of the node that created it");
+        return Ok(());
     }
     let secret = random_secret();
     cluster
@@ -132,6 +146,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dir: data_dir.join("raft"),
         node_name: node_name.clone(),
         api_addr: args.listen.to_string(),
+        cluster: args.cluster_listen.map(|listen| ClusterOptions { listen, join: args.join.clone() }),
     })
     .await?;
     ensure_local_storage(&cluster, &data_dir).await?;

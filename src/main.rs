@@ -1,6 +1,7 @@
 //! `horcrux`: the daemon (`horcrux serve`) and the CLI that talks to its API.
 
 mod cli;
+mod cli_cluster;
 mod client;
 mod daemon;
 
@@ -31,6 +32,9 @@ enum Top {
     /// Manage virtual machines (like Proxmox's `qm`).
     #[command(subcommand)]
     Vm(cli::VmCmd),
+    /// Cluster membership, quorum and join tokens.
+    #[command(subcommand)]
+    Cluster(cli_cluster::ClusterCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +44,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Top::Serve(args) => daemon::run(args),
         Top::Vm(cmd) => client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli::run_vm(&c, cmd)),
+        Top::Cluster(cmd) => {
+            client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli_cluster::run_cluster(&c, cmd))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -76,6 +76,7 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
         dir: tmp.path().join("raft"),
         node_name: "n1".into(),
         api_addr: "127.0.0.1:1".into(),
+        cluster: None,
     })
     .await
     .unwrap();

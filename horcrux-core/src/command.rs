@@ -30,6 +30,13 @@ pub enum Command {
     SetDesiredPower { vmid: u32, expected_revision: Option<u64>, desired: DesiredPower },
     /// Remove a guest; refused while it is meant to run.
     DeleteGuest { vmid: u32, expected_revision: Option<u64> },
+    /// Record the cluster CA; set once, at cluster init.
+    SetClusterCa { cert_pem: String, key_pem: String },
+    /// Create a join token valid until `expires_ms`.
+    CreateJoinToken { id: String, secret_sha256: String, expires_ms: u64 },
+    /// Use a join token for `node`: refused if unknown, wrong secret, used, revoked or expired.
+    ConsumeJoinToken { id: String, secret_sha256: String, node: String },
+    RevokeJoinToken { id: String },
 }
 
 /// What a successful apply reports back to the proposer.

@@ -73,6 +73,12 @@ pub fn validate_abs_path(field: &str, s: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Lower-case hex SHA-256: how secrets (API tokens, join tokens) are stored and compared.
+pub fn sha256_hex(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Proxmox-style volume id of a guest disk on a directory pool: `local:101/vm-101-disk-0.qcow2`.
 pub fn volume_id(storage: &str, vmid: u32, index: usize) -> String {
     format!("{storage}:{vmid}/vm-{vmid}-disk-{index}.qcow2")

@@ -181,3 +181,32 @@ pub struct ApiToken {
     pub secret_sha256: String,
     pub revision: u64,
 }
+
+/// The cluster CA, replicated so whichever node leads can sign a joining node's
+/// certificate (Proxmox keeps its CA key in the replicated /etc/pve/priv the same way).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterCaRecord { .. }")
+    }
+}
+
+/// A single-use bootstrap token for joining the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub id: String,
+    pub secret_sha256: String,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// The node that used it; a used token is refused.
+    pub used_by: Option<String>,
+    /// The Raft node id given to that node.
+    #[serde(default)]
+    pub node_id: Option<u64>,
+    pub revoked: bool,
+}

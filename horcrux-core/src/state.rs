@@ -9,12 +9,38 @@ use crate::command::{ApplyError, ApplyOk, Command, Request};
 use crate::ids::{self, ValidationError, VMID_MAX, VMID_MIN};
 use crate::model::*;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeInfo>,
     pub storage: BTreeMap<String, StoragePool>,
     pub guests: BTreeMap<u32, Guest>,
     pub api_tokens: BTreeMap<String, ApiToken>,
+    #[serde(default)]
+    pub cluster_ca: Option<ClusterCaRecord>,
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, JoinToken>,
+    /// Raft node ids are handed out here, in log order, so concurrent joins never collide.
+    /// Node 1 is the node that initialised the cluster.
+    #[serde(default = "first_joined_node_id")]
+    pub next_node_id: u64,
+}
+
+fn first_joined_node_id() -> u64 {
+    2
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        Self {
+            nodes: BTreeMap::new(),
+            storage: BTreeMap::new(),
+            guests: BTreeMap::new(),
+            api_tokens: BTreeMap::new(),
+            cluster_ca: None,
+            join_tokens: BTreeMap::new(),
+            next_node_id: first_joined_node_id(),
+        }
+    }
 }
 
 fn check_revision(vmid: u32, expected: Option<u64>, actual: u64) -> Result<(), ApplyError> {
@@ -23,6 +49,15 @@ fn check_revision(vmid: u32, expected: Option<u64>, actual: u64) -> Result<(), A
             message: format!("guest {vmid} changed: revision is {actual}, request expected {e}"),
         }),
         _ => Ok(()),
+    }
+}
+
+fn check_hex_sha256(field: &str, s: &str) -> Result<(), ValidationError> {
+    let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, "must be 64 lower-case hex digits"))
     }
 }
 
@@ -112,6 +147,71 @@ impl ClusterState {
                     });
                 }
                 self.guests.remove(vmid);
+            }
+            Command::SetClusterCa { cert_pem, key_pem } => {
+                if self.cluster_ca.is_some() {
+                    return Err(ApplyError::Conflict { message: "the cluster CA is already set".into() });
+                }
+                if !cert_pem.contains("BEGIN CERTIFICATE") || !key_pem.contains("PRIVATE KEY") {
+                    return Err(ValidationError::new("cluster_ca", "expected a PEM certificate and key").into());
+                }
+                self.cluster_ca = Some(ClusterCaRecord { cert_pem: cert_pem.clone(), key_pem: key_pem.clone() });
+            }
+            Command::CreateJoinToken { id, secret_sha256, expires_ms } => {
+                check_hex_sha256("secret_sha256", secret_sha256)?;
+                if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(ValidationError::new("id", "1-64 letters or digits").into());
+                }
+                if *expires_ms <= req.ts_ms {
+                    return Err(ValidationError::new("ttl_s", "the token would be expired already").into());
+                }
+                if self.join_tokens.contains_key(id) {
+                    return Err(ApplyError::Conflict { message: format!("join token {id} exists") });
+                }
+                // Forget tokens that can no longer be used, so the map does not grow forever.
+                self.join_tokens.retain(|_, t| t.expires_ms > req.ts_ms && t.used_by.is_none() && !t.revoked);
+                self.join_tokens.insert(
+                    id.clone(),
+                    JoinToken {
+                        id: id.clone(),
+                        secret_sha256: secret_sha256.clone(),
+                        created_ms: req.ts_ms,
+                        expires_ms: *expires_ms,
+                        used_by: None,
+                        node_id: None,
+                        revoked: false,
+                    },
+                );
+            }
+            Command::ConsumeJoinToken { id, secret_sha256, node } => {
+                ids::validate_dns_label("node", node)?;
+                let refused = |why: &str| ApplyError::Conflict { message: format!("join token refused: {why}") };
+                let t = self.join_tokens.get_mut(id).ok_or_else(|| refused("unknown token"))?;
+                if t.secret_sha256 != *secret_sha256 {
+                    return Err(refused("wrong secret"));
+                }
+                if t.revoked {
+                    return Err(refused("revoked"));
+                }
+                if t.used_by.is_some() {
+                    return Err(refused("already used"));
+                }
+                if req.ts_ms >= t.expires_ms {
+                    return Err(refused("expired"));
+                }
+                if self.nodes.contains_key(node) {
+                    return Err(ApplyError::Conflict { message: format!("a node named {node} is already a member") });
+                }
+                t.used_by = Some(node.clone());
+                t.node_id = Some(self.next_node_id);
+                self.next_node_id += 1;
+            }
+            Command::RevokeJoinToken { id } => {
+                let t = self
+                    .join_tokens
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::NotFound { what: format!("join token {id}") })?;
+                t.revoked = true;
             }
         }
         Ok(ApplyOk { revision: index })

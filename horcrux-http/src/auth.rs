@@ -5,13 +5,12 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::routes::ApiState;
 
 pub fn token_sha256(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    horcrux_core::ids::sha256_hex(secret)
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {

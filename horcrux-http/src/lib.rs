@@ -2,6 +2,7 @@
 //! listener with a self-signed certificate generated on first start (as Proxmox does).
 
 mod auth;
+mod cluster_routes;
 mod error;
 mod routes;
 mod serve;

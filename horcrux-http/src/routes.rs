@@ -44,6 +44,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/cluster/nextid", get(next_id))
         .route("/nodes", get(list_nodes))
         .route("/storage", get(list_storage))
+        .merge(crate::cluster_routes::routes())
         .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
     let api = Router::new().route("/version", get(version)).merge(authed);
     Router::new()
@@ -53,7 +54,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
 }
 
 /// Parses a JSON body (an empty body counts as `{}`); errors name the offending field.
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let bytes: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {

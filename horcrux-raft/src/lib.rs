@@ -5,15 +5,18 @@
 #![allow(clippy::result_large_err)]
 
 mod handle;
+pub mod join;
 mod log_store;
 mod node;
 pub mod pki;
 mod network;
 mod state_machine;
+pub mod status;
 mod store;
+pub mod transport;
 mod types;
 
-pub use handle::{ClusterHandle, OpenOptions, ProposeError};
+pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
 pub use state_machine::StateMachineStore;

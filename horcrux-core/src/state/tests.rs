@@ -247,3 +247,51 @@ fn apply_is_deterministic() {
     let back: ClusterState = serde_json::from_str(&json).unwrap();
     assert_eq!(back, run().0);
 }
+
+#[test]
+fn cluster_ca_is_set_once() {
+    let mut s = base();
+    let bad = Command::SetClusterCa { cert_pem: "x".into(), key_pem: "y".into() };
+    assert_eq!(invalid_field(refused(&mut s, bad)), "cluster_ca");
+    let ca = Command::SetClusterCa {
+        cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+        key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+    };
+    s.apply(3, &req(ca.clone())).unwrap();
+    assert!(matches!(refused(&mut s, ca), ApplyError::Conflict { .. }));
+    assert!(!format!("{:?}", s.cluster_ca).contains("PRIVATE"), "the key must not appear in debug output");
+}
+
+#[test]
+fn join_tokens_are_single_use_and_expire() {
+    let mut s = base();
+    let h = "b".repeat(64);
+    let at = |ts_ms, cmd| Request { ts_ms, cmd };
+    let create = |id: &str, expires_ms| Command::CreateJoinToken { id: id.into(), secret_sha256: h.clone(), expires_ms };
+    let consume = |id: &str, secret: &str, node: &str| Command::ConsumeJoinToken {
+        id: id.into(),
+        secret_sha256: secret.into(),
+        node: node.into(),
+    };
+    assert_eq!(invalid_field(s.apply(3, &at(1_000, create("t1", 500))).unwrap_err()), "ttl_s");
+    assert_eq!(invalid_field(s.apply(3, &at(1_000, create("bad id", 5_000))).unwrap_err()), "id");
+    s.apply(3, &at(1_000, create("t1", 5_000))).unwrap();
+    s.apply(4, &at(1_000, create("t2", 2_000))).unwrap();
+    s.apply(5, &at(1_000, create("t3", 9_000))).unwrap();
+    let conflict = |e: ApplyError, why: &str| match e {
+        ApplyError::Conflict { message } => assert!(message.contains(why), "{message} lacks {why}"),
+        other => panic!("{other:?}"),
+    };
+    conflict(s.apply(6, &at(1_500, consume("nope", &h, "n2"))).unwrap_err(), "unknown");
+    conflict(s.apply(6, &at(1_500, consume("t1", &"c".repeat(64), "n2"))).unwrap_err(), "wrong secret");
+    conflict(s.apply(6, &at(1_500, consume("t1", &h, "n1"))).unwrap_err(), "already a member");
+    s.apply(6, &at(1_500, consume("t1", &h, "n2"))).unwrap();
+    assert_eq!(s.join_tokens["t1"].node_id, Some(2));
+    assert_eq!(s.next_node_id, 3);
+    conflict(s.apply(7, &at(1_600, consume("t1", &h, "n3"))).unwrap_err(), "already used");
+    conflict(s.apply(7, &at(2_000, consume("t2", &h, "n3"))).unwrap_err(), "expired");
+    s.apply(8, &at(2_000, Command::RevokeJoinToken { id: "t3".into() })).unwrap();
+    conflict(s.apply(9, &at(2_100, consume("t3", &h, "n3"))).unwrap_err(), "revoked");
+    let e = s.apply(9, &at(2_100, Command::RevokeJoinToken { id: "zz".into() })).unwrap_err();
+    assert!(matches!(e, ApplyError::NotFound { .. }));
+}

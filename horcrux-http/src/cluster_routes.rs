@@ -1,0 +1,73 @@
+//! `/api/v1/cluster/...`: membership and quorum status, and join tokens.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use horcrux_core::Command;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::routes::{parse_body, ApiState};
+
+const DEFAULT_TOKEN_TTL_S: u64 = 3600;
+const MAX_TOKEN_TTL_S: u64 = 7 * 24 * 3600;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/cluster/status", get(status))
+        .route("/cluster/tokens", get(list_tokens).post(create_token))
+        .route("/cluster/tokens/{id}", delete(revoke_token))
+}
+
+async fn status(State(st): State<ApiState>) -> Json<Value> {
+    Json(json!(st.runtime.cluster().cluster_status()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    ttl_s: Option<u64>,
+}
+
+async fn create_token(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: NewToken = parse_body(&body)?;
+    let ttl = req.ttl_s.unwrap_or(DEFAULT_TOKEN_TTL_S);
+    if !(1..=MAX_TOKEN_TTL_S).contains(&ttl) {
+        return Err(ApiError::bad_field("ttl_s", format!("must be 1..={MAX_TOKEN_TTL_S} seconds")));
+    }
+    let token = st.runtime.cluster().create_join_token(Duration::from_secs(ttl)).await?;
+    Ok(Json(json!({ "token": token, "ttl_s": ttl })))
+}
+
+async fn list_tokens(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let now = st.runtime.cluster().now_ms();
+    let tokens = st
+        .runtime
+        .cluster()
+        .read_linearizable(|s| {
+            s.join_tokens
+                .values()
+                .map(|t| {
+                    json!({
+                        "id": t.id,
+                        "created_ms": t.created_ms,
+                        "expires_ms": t.expires_ms,
+                        "expired": now >= t.expires_ms,
+                        "used_by": t.used_by,
+                        "revoked": t.revoked,
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(Json(Value::Array(tokens)))
+}
+
+async fn revoke_token(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    st.runtime.cluster().propose(Command::RevokeJoinToken { id: id.clone() }).await?;
+    Ok(Json(json!({ "id": id, "revoked": true })))
+}

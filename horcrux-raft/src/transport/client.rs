@@ -1,0 +1,221 @@
+//! The sending side: openraft's network factory over QUIC, request forwarding to the
+//! leader, liveness bookkeeping, and the join handshake of a new node.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+
+use super::tls::join_client_config;
+use super::{JoinRequest, JoinResponse, RpcRequest, RpcResponse, MAX_FRAME};
+use crate::node::HorcruxNode;
+use crate::pki::CLUSTER_SERVER_NAME;
+use crate::types::{NodeId, TypeConfig};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(pub String);
+
+fn terr(e: impl std::fmt::Display) -> TransportError {
+    TransportError(e.to_string())
+}
+
+async fn roundtrip(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, TransportError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(terr)?;
+    send.write_all(bytes).await.map_err(terr)?;
+    send.finish().map_err(terr)?;
+    recv.read_to_end(MAX_FRAME).await.map_err(terr)
+}
+
+/// Shared by all peers: the endpoint, one cached connection per address, and when each
+/// node was last heard from.
+#[derive(Clone)]
+pub struct QuicNetwork {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    conns: Arc<Mutex<HashMap<String, quinn::Connection>>>,
+    contact: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl QuicNetwork {
+    pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> Self {
+        Self { endpoint, config, conns: Arc::default(), contact: Arc::default() }
+    }
+
+    async fn connection(&self, addr: &str) -> Result<quinn::Connection, TransportError> {
+        if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let sock = tokio::net::lookup_host(addr)
+            .await
+            .map_err(terr)?
+            .next()
+            .ok_or_else(|| TransportError(format!("{addr} does not resolve")))?;
+        let conn = self
+            .endpoint
+            .connect_with(self.config.clone(), sock, CLUSTER_SERVER_NAME)
+            .map_err(terr)?
+            .await
+            .map_err(terr)?;
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    /// One RPC to the node at `addr`, bounded by `timeout`.
+    pub async fn call(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+        req: &RpcRequest,
+        timeout: Duration,
+    ) -> Result<RpcResponse, TransportError> {
+        let bytes = serde_json::to_vec(req).map_err(terr)?;
+        let fut = async {
+            let conn = self.connection(addr).await?;
+            match roundtrip(&conn, &bytes).await {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    // The connection may be stale (peer restarted): drop it so the next call redials.
+                    self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+                    Err(e)
+                }
+            }
+        };
+        let reply = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| TransportError(format!("no reply from {addr} within {timeout:?}")))??;
+        if let Some(t) = target {
+            self.heard_from(t);
+        }
+        serde_json::from_slice(&reply).map_err(terr)
+    }
+
+    pub fn heard_from(&self, node: NodeId) {
+        self.contact.lock().unwrap_or_else(|p| p.into_inner()).insert(node, Instant::now());
+    }
+
+    pub fn last_contact(&self, node: NodeId) -> Option<Duration> {
+        self.contact.lock().unwrap_or_else(|p| p.into_inner()).get(&node).map(|t| t.elapsed())
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for QuicNetwork {
+    type Network = QuicPeer;
+
+    async fn new_client(&mut self, target: NodeId, node: &HorcruxNode) -> QuicPeer {
+        QuicPeer { net: self.clone(), target, addr: node.raft_addr.clone() }
+    }
+}
+
+pub struct QuicPeer {
+    net: QuicNetwork,
+    target: NodeId,
+    addr: String,
+}
+
+type RpcErr<E> = RPCError<NodeId, HorcruxNode, E>;
+
+impl QuicPeer {
+    async fn rpc<E: std::error::Error>(&self, req: RpcRequest, option: &RPCOption) -> Result<RpcResponse, RpcErr<E>> {
+        self.net
+            .call(Some(self.target), &self.addr, &req, option.hard_ttl())
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+fn unexpected<E: std::error::Error>(what: &str) -> RpcErr<E> {
+    RPCError::Network(NetworkError::new(&TransportError(format!("unexpected reply to {what}"))))
+}
+
+impl RaftNetwork<TypeConfig> for QuicPeer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        match self.rpc(RpcRequest::AppendEntries(rpc), &option).await? {
+            RpcResponse::AppendEntries(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected("append_entries")),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
+        match self.rpc(RpcRequest::InstallSnapshot(rpc), &option).await? {
+            RpcResponse::InstallSnapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected("install_snapshot")),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        match self.rpc(RpcRequest::Vote(rpc), &option).await? {
+            RpcResponse::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(unexpected("vote")),
+        }
+    }
+}
+
+/// Result of a successful join: this node's id and identity.
+pub struct Admitted {
+    pub node_id: NodeId,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+/// Asks the members listed in a token to admit `node`, following redirects to the leader.
+/// The members are trusted only if their CA has the token's fingerprint.
+pub async fn join_cluster(
+    addrs: &[String],
+    ca_fingerprint: &str,
+    token_id: &str,
+    secret: &str,
+    node: &HorcruxNode,
+) -> Result<Admitted, TransportError> {
+    let bind: std::net::SocketAddr = "0.0.0.0:0".parse().map_err(terr)?;
+    let endpoint = quinn::Endpoint::client(bind).map_err(terr)?;
+    let config = join_client_config(ca_fingerprint).map_err(terr)?;
+    let req = serde_json::to_vec(&JoinRequest { token_id: token_id.into(), secret: secret.into(), node: node.clone() })
+        .map_err(terr)?;
+    let mut queue: Vec<String> = addrs.to_vec();
+    let mut last = TransportError("the token lists no member address".into());
+    let mut hops = 0;
+    while let Some(addr) = queue.pop() {
+        hops += 1;
+        if hops > 10 {
+            break;
+        }
+        let attempt = async {
+            let sock = tokio::net::lookup_host(&addr).await.map_err(terr)?.next().ok_or_else(|| terr("no address"))?;
+            let conn = endpoint.connect_with(config.clone(), sock, CLUSTER_SERVER_NAME).map_err(terr)?.await.map_err(terr)?;
+            let reply = roundtrip(&conn, &req).await?;
+            serde_json::from_slice::<JoinResponse>(&reply).map_err(terr)
+        };
+        match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+            Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, key_pem, ca_pem })) => {
+                return Ok(Admitted { node_id, cert_pem, key_pem, ca_pem })
+            }
+            Ok(Ok(JoinResponse::Redirect { leader_addr })) => queue.push(leader_addr),
+            Ok(Ok(JoinResponse::Refused { reason })) => return Err(TransportError(format!("join refused: {reason}"))),
+            Ok(Err(e)) => last = TransportError(format!("{addr}: {e}")),
+            Err(_) => last = TransportError(format!("{addr}: no answer within 30 s")),
+        }
+    }
+    Err(last)
+}

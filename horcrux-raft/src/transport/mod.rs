@@ -1,0 +1,73 @@
+//! The QUIC transport (quinn) with mutual TLS from the cluster CA: Raft RPCs, join
+//! requests and write/read forwarding between nodes. One connection per peer, one
+//! bidirectional stream per RPC, JSON frames.
+
+mod client;
+mod server;
+mod tls;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::HorcruxNode;
+use crate::types::{NodeId, Response, TypeConfig};
+use horcrux_core::Request;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+
+pub use client::{join_cluster, QuicNetwork};
+pub use server::{serve, ServerCtx};
+pub use tls::{NodeIdentity, ALPN_JOIN, ALPN_RAFT};
+
+/// Largest frame accepted: snapshots travel in openraft chunks well below this.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower forwards a client write to the leader.
+    Propose(Request),
+    /// A follower asks the leader for a read index (ReadIndex protocol).
+    ReadIndex,
+    /// Liveness between members, for cluster status and quorum reporting.
+    Ping { from: NodeId },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Propose(Result<Response, ForwardError>),
+    ReadIndex(Result<u64, ForwardError>),
+    Pong,
+}
+
+/// Why a forwarded write or read failed on the node that received it.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Sent by a node that wants to join, on the join ALPN (it has no certificate yet).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token_id: String,
+    pub secret: String,
+    pub node: HorcruxNode,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum JoinResponse {
+    Accepted { node_id: NodeId, cert_pem: String, key_pem: String, ca_pem: String },
+    /// Ask the leader instead (its Raft address).
+    Redirect { leader_addr: String },
+    Refused { reason: String },
+}

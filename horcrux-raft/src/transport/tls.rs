@@ -1,0 +1,150 @@
+//! rustls configurations for QUIC. Members present a node certificate from the cluster
+//! CA and require one from their peer; a joining node has no certificate yet and pins
+//! the CA by fingerprint instead (on the join ALPN only).
+
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::pki::{cert_der, fingerprint_der, key_der, PkiError};
+
+pub const ALPN_RAFT: &[u8] = b"horcrux-raft/1";
+pub const ALPN_JOIN: &[u8] = b"horcrux-join/1";
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(e: impl std::fmt::Display) -> PkiError {
+    PkiError(e.to_string())
+}
+
+/// This node's certificate, key and the cluster CA.
+#[derive(Clone)]
+pub struct NodeIdentity {
+    pub ca: CertificateDer<'static>,
+    pub cert: CertificateDer<'static>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl NodeIdentity {
+    pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        Ok(Self { ca: cert_der(ca_pem)?, cert: cert_der(cert_pem)?, key: Arc::new(key_der(key_pem)?) })
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(tls_err)?;
+        Ok(Arc::new(roots))
+    }
+
+    /// Server side: a client certificate is verified against the CA when presented; the
+    /// Raft ALPN additionally refuses connections without one (checked per connection).
+    pub fn server_config(&self) -> Result<quinn::ServerConfig, PkiError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(tls_err)?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone(), self.ca.clone()], self.key.clone_key())
+            .map_err(tls_err)?;
+        cfg.alpn_protocols = vec![ALPN_RAFT.to_vec(), ALPN_JOIN.to_vec()];
+        let quic = QuicServerConfig::try_from(cfg).map_err(tls_err)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(Arc::new(transport()));
+        Ok(server)
+    }
+
+    /// Client side for member-to-member connections.
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, PkiError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(tls_err)?;
+        cfg.alpn_protocols = vec![ALPN_RAFT.to_vec()];
+        let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).map_err(tls_err)?));
+        c.transport_config(Arc::new(transport()));
+        Ok(c)
+    }
+}
+
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    // A dead peer is noticed within a few seconds, not the default 30.
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(5_000))));
+    t
+}
+
+/// Trusts a server whose chain ends in the CA with this fingerprint (from a join token).
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint_der(c) == self.fingerprint)
+            .ok_or_else(|| rustls::Error::General("the cluster CA does not match the join token's fingerprint".into()))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Client side for a node that joins with a token.
+pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig, PkiError> {
+    let verifier = Arc::new(PinnedCaVerifier { fingerprint: ca_fingerprint.to_string(), provider: provider() });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_JOIN.to_vec()];
+    Ok(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).map_err(tls_err)?)))
+}

@@ -1,0 +1,105 @@
+//! `horcrux cluster ...`: status and join tokens.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::client::ApiClient;
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Members, leader and quorum.
+    Status,
+    /// Join tokens for adding nodes.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Print a single-use join token.
+    Create {
+        /// Lifetime: seconds, or with a unit: 90s, 30m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    List,
+    Revoke { id: String },
+}
+
+/// Parses `90`, `90s`, `30m`, `1h`, `2d` into seconds.
+pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        Some('d') => (&s[..s.len() - 1], 86_400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 90s, 30m, 1h"))?;
+    if n == 0 {
+        bail!("--ttl must be positive");
+    }
+    Ok(n * mult)
+}
+
+pub fn run_cluster(c: &ApiClient, cmd: ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Status => {
+            let s = c.get("/cluster/status")?;
+            println!("leader:   {}", s["leader"].as_str().unwrap_or("(none)"));
+            println!("quorate:  {}", if s["quorate"] == true { "yes" } else { "no" });
+            println!("votes:    {} of {} (quorum {})", s["votes"], s["expected_votes"], s["quorum"]);
+            println!("{:>4} {:<20} {:<8} {:<8} ADDRESS", "ID", "NAME", "ROLE", "ONLINE");
+            for n in s["nodes"].as_array().into_iter().flatten() {
+                println!(
+                    "{:>4} {:<20} {:<8} {:<8} {}",
+                    n["id"].as_u64().unwrap_or(0),
+                    n["name"].as_str().unwrap_or(""),
+                    if n["voter"] == true { "voter" } else { "learner" },
+                    if n["online"] == true { "yes" } else { "no" },
+                    n["address"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        ClusterCmd::Token(TokenCmd::Create { ttl }) => {
+            let r = c.post("/cluster/tokens", &json!({ "ttl_s": parse_ttl(&ttl)? }))?;
+            println!("{}", r["token"].as_str().context("no token in the reply")?);
+            Ok(())
+        }
+        ClusterCmd::Token(TokenCmd::List) => {
+            let list = c.get("/cluster/tokens")?;
+            println!("{:<14} {:<8} {:<8} USED BY", "ID", "EXPIRED", "REVOKED");
+            for t in list.as_array().into_iter().flatten() {
+                println!(
+                    "{:<14} {:<8} {:<8} {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["expired"] == true,
+                    t["revoked"] == true,
+                    t["used_by"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+        ClusterCmd::Token(TokenCmd::Revoke { id }) => {
+            let r: Value = c.delete(&format!("/cluster/tokens/{id}"))?;
+            println!("revoked {}", r["id"].as_str().unwrap_or(&id));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ttl_units() {
+        assert_eq!(super::parse_ttl("90").unwrap(), 90);
+        assert_eq!(super::parse_ttl("30m").unwrap(), 1800);
+        assert_eq!(super::parse_ttl("1h").unwrap(), 3600);
+        assert_eq!(super::parse_ttl("2d").unwrap(), 172_800);
+        assert!(super::parse_ttl("0s").is_err());
+        assert!(super::parse_ttl("soon").is_err());
+    }
+}
