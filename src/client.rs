@@ -1,6 +1,6 @@
-//! The CLI's HTTPS client. It trusts the server certificate found next to the token file
-//! (`DATA_DIR/ssl/horcrux.pem`); without one it falls back to not verifying, like `curl -k`,
-//! and says so.
+//! The CLI's HTTPS client. It trusts the cluster CA found next to the token file
+//! (`DATA_DIR/ssl/ca.pem`, which signs every node's certificate); without one it falls back
+//! to not verifying, like `curl -k`, and says so.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ impl ApiClient {
             .with_context(|| format!("reading the API token from {}", token_file.display()))?
             .trim()
             .to_string();
-        let cert_path = token_file.parent().map(|d| d.join("ssl/horcrux.pem"));
+        let cert_path = token_file.parent().map(|d| d.join("ssl/ca.pem"));
         let tls = match cert_path.as_deref().map(std::fs::read) {
             Some(Ok(pem)) => {
                 let cert =

@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// Join an existing cluster with a token from `horcrux cluster token create` (first start only).
     #[arg(long, requires = "cluster_listen")]
     join: Option<String>,
+    /// Snapshot the state machine and compact the Raft log every N entries (default 5000).
+    #[arg(long, env = "HORCRUX_SNAPSHOT_LOGS")]
+    snapshot_logs: Option<u64>,
     /// QEMU accelerator: auto picks KVM only where a probe guest really runs under it.
     #[arg(long, default_value = "auto", env = "HORCRUX_ACCEL")]
     accel: Accel,
@@ -147,6 +150,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         node_name: node_name.clone(),
         api_addr: args.listen.to_string(),
         cluster: args.cluster_listen.map(|listen| ClusterOptions { listen, join: args.join.clone() }),
+        snapshot_logs: args.snapshot_logs,
     })
     .await?;
     ensure_local_storage(&cluster, &data_dir).await?;
@@ -164,7 +168,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         names.push(args.listen.ip().to_string());
     }
     names.dedup();
-    let tls = horcrux_http::load_or_create_tls(&horcrux_http::TlsFiles::in_dir(&data_dir), names)?;
+    let ca = cluster.cluster_ca();
+    let tls = horcrux_http::load_or_create_tls(&horcrux_http::TlsFiles::in_dir(&data_dir), names, ca.as_ref())?;
     tracing::info!(listen = %args.listen, node = cluster.node_name(), "serving HTTPS");
     horcrux_http::serve(listener, horcrux_http::router(runtime), tls, shutdown_signal()).await?;
     tracing::info!("shutting down; guests keep running and are adopted on the next start");

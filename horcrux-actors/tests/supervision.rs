@@ -77,6 +77,7 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
         node_name: "n1".into(),
         api_addr: "127.0.0.1:1".into(),
         cluster: None,
+        snapshot_logs: None,
     })
     .await
     .unwrap();

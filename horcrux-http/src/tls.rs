@@ -10,14 +10,17 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub struct TlsFiles {
+    /// The node's certificate followed by the cluster CA.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The cluster CA: what clients trust, for every node of the cluster.
+    pub ca: PathBuf,
 }
 
 impl TlsFiles {
     pub fn in_dir(data_dir: &Path) -> Self {
         let ssl = data_dir.join("ssl");
-        Self { cert: ssl.join("horcrux.pem"), key: ssl.join("horcrux.key") }
+        Self { cert: ssl.join("horcrux.pem"), key: ssl.join("horcrux.key"), ca: ssl.join("ca.pem") }
     }
 }
 
@@ -27,18 +30,33 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Loads the certificate, creating it first if absent. `names` become its subject
-/// alternative names (host name, `localhost`, listen addresses).
+/// alternative names (host name, `localhost`, listen addresses). With a cluster CA the
+/// certificate is signed by it (as Proxmox signs node certificates with its cluster CA), so
+/// one trusted CA covers every node; without one it is self-signed.
 pub fn load_or_create_tls(
     files: &TlsFiles,
     names: Vec<String>,
+    ca: Option<&horcrux_raft::pki::ClusterCa>,
 ) -> std::io::Result<Arc<rustls::ServerConfig>> {
-    if !files.cert.exists() || !files.key.exists() {
+    let current_ca = std::fs::read_to_string(&files.ca).ok();
+    let ca_changed = ca.is_some_and(|ca| current_ca.as_deref() != Some(ca.cert_pem.as_str()));
+    if !files.cert.exists() || !files.key.exists() || ca_changed {
         if let Some(dir) = files.cert.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let ck = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
-        write_private(&files.key, ck.signing_key.serialize_pem().as_bytes())?;
-        std::fs::write(&files.cert, ck.cert.pem())?;
+        let (cert_pem, key_pem, ca_pem) = match ca {
+            Some(ca) => {
+                let c = ca.issue_for(&names[0], &names).map_err(std::io::Error::other)?;
+                (format!("{}{}", c.cert_pem, ca.cert_pem), c.key_pem, ca.cert_pem.clone())
+            }
+            None => {
+                let ck = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
+                (ck.cert.pem(), ck.signing_key.serialize_pem(), ck.cert.pem())
+            }
+        };
+        write_private(&files.key, key_pem.as_bytes())?;
+        std::fs::write(&files.cert, cert_pem)?;
+        std::fs::write(&files.ca, ca_pem)?;
     }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(std::io::Error::other)?

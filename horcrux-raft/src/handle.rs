@@ -20,7 +20,7 @@ use crate::network::NoPeerNetwork;
 use crate::node::HorcruxNode;
 use crate::pki::ClusterCa;
 use crate::state_machine::StateMachineStore;
-use crate::status::{quorum_of, ClusterStatus, MemberStatus, ONLINE_WITHIN_MS};
+use crate::status::{quorum_of, ClusterStatus, LocalLog, MemberStatus, ONLINE_WITHIN_MS};
 use crate::store::{cf, open_db, synced, CF_META};
 use crate::transport::{self, ForwardError, JoinRequest, JoinResponse, NodeIdentity, QuicNetwork, RpcRequest, RpcResponse};
 use crate::types::{NodeId, Response, TypeConfig};
@@ -63,6 +63,9 @@ pub struct OpenOptions {
     pub api_addr: String,
     /// `None`: a standalone node without a cluster transport.
     pub cluster: Option<ClusterOptions>,
+    /// Build a snapshot (and compact the log) every this many entries; `None`: openraft's
+    /// default (5000).
+    pub snapshot_logs: Option<u64>,
 }
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -124,6 +127,7 @@ impl ClusterHandle {
         };
 
         let mut joined = false;
+        let mut fresh = false;
         let mut new_ca: Option<ClusterCa> = None;
         let mut identity = match load_identity(&db)? {
             Some(i) => i,
@@ -149,6 +153,7 @@ impl ClusterHandle {
                     ident
                 }
                 None => {
+                    fresh = true;
                     let ident = StoredIdentity { id: 1, name: opts.node_name.clone(), certs: None };
                     save_identity(&db, &ident)?;
                     ident
@@ -158,19 +163,29 @@ impl ClusterHandle {
         if identity.name != opts.node_name {
             tracing::warn!(stored = %identity.name, requested = %opts.node_name, "node name is fixed at first start; keeping the stored one");
         }
-        // A node that serves the cluster transport needs a certificate; the first node of a
-        // cluster creates the CA that signs it.
-        if opts.cluster.is_some() && identity.certs.is_none() {
-            let ca = match sm.read().state.cluster_ca.clone() {
-                Some(rec) => ClusterCa { cert_pem: rec.cert_pem, key_pem: rec.key_pem },
-                None => {
-                    let ca = ClusterCa::create().map_err(storage)?;
-                    new_ca = Some(ca.clone());
-                    ca
-                }
+        // Every cluster has a CA (it also signs each node's HTTPS certificate); the node that
+        // creates the cluster creates it, and gives itself a transport certificate.
+        if fresh {
+            let ca = ClusterCa::create().map_err(storage)?;
+            if opts.cluster.is_some() {
+                let cert = ca.issue(&identity.name).map_err(storage)?;
+                identity.certs =
+                    Some(Certs { ca_pem: ca.cert_pem.clone(), cert_pem: cert.cert_pem, key_pem: cert.key_pem });
+                save_identity(&db, &identity)?;
+            }
+            new_ca = Some(ca);
+        } else if opts.cluster.is_some() && identity.certs.is_none() {
+            // The snapshot may hold the CA; the log after it is replayed only by Raft::new.
+            let Some(rec) = sm.read().state.cluster_ca.clone() else {
+                return Err(ProposeError::Storage(
+                    "this node was started standalone; turning it into a cluster member is not supported yet \
+                     (start a new data dir with --cluster-listen)"
+                        .into(),
+                ));
             };
+            let ca = ClusterCa { cert_pem: rec.cert_pem, key_pem: rec.key_pem };
             let cert = ca.issue(&identity.name).map_err(storage)?;
-            identity.certs = Some(Certs { ca_pem: ca.cert_pem.clone(), cert_pem: cert.cert_pem, key_pem: cert.key_pem });
+            identity.certs = Some(Certs { ca_pem: ca.cert_pem, cert_pem: cert.cert_pem, key_pem: cert.key_pem });
             save_identity(&db, &identity)?;
         }
 
@@ -181,6 +196,15 @@ impl ClusterHandle {
             election_timeout_max: 1000,
             install_snapshot_timeout: 2000,
             ..Default::default()
+        };
+        let config = match opts.snapshot_logs {
+            Some(n) => Config {
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(n),
+                max_in_snapshot_log_to_keep: 0,
+                purge_batch_size: 1,
+                ..config
+            },
+            None => config,
         };
         let config = Arc::new(config.validate().map_err(storage)?);
         let log = LogStore::new(db.clone());
@@ -248,6 +272,11 @@ impl ClusterHandle {
         self.node_id
     }
 
+    /// The cluster CA (replicated), if this cluster has one.
+    pub fn cluster_ca(&self) -> Option<ClusterCa> {
+        self.read_local(|s| s.cluster_ca.clone()).map(|r| ClusterCa { cert_pem: r.cert_pem, key_pem: r.key_pem })
+    }
+
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
     }
@@ -274,7 +303,7 @@ impl ClusterHandle {
                             Ok(RpcResponse::Propose(Ok(resp))) => return Ok(resp?),
                             Ok(RpcResponse::Propose(Err(e))) => Err(e.to_string()),
                             Ok(_) => Err("unexpected reply from the leader".to_string()),
-                            Err(e) => Err(e.to_string()),
+                            Err(e) => Err(format!("quorum lost: leader {} unreachable: {e}", node.name)),
                         }
                     }
                     _ => Err("quorum lost: no leader is elected".to_string()),
@@ -329,7 +358,9 @@ impl ClusterHandle {
                     Ok(RpcResponse::ReadIndex(Ok(i))) => i,
                     Ok(RpcResponse::ReadIndex(Err(e))) => return Err(ProposeError::Unavailable(e.to_string())),
                     Ok(_) => return Err(ProposeError::Unavailable("unexpected reply from the leader".into())),
-                    Err(e) => return Err(ProposeError::Unavailable(format!("leader unreachable: {e}"))),
+                    Err(e) => {
+                        return Err(ProposeError::Unavailable(format!("quorum lost: leader {} unreachable: {e}", node.name)))
+                    }
                 }
             }
             Err(ForwardError::Unavailable(m)) => return Err(ProposeError::Unavailable(m)),
@@ -417,6 +448,11 @@ impl ClusterHandle {
             quorum: quorum_of(expected),
             term: m.current_term,
             nodes,
+            local: LocalLog {
+                last_applied: m.last_applied.map(|l| l.index),
+                snapshot: m.snapshot.map(|l| l.index),
+                purged: m.purged.map(|l| l.index),
+            },
         }
     }
 

@@ -78,13 +78,19 @@ impl ClusterCa {
         Ok(fingerprint_der(&cert_der(&self.cert_pem)?))
     }
 
-    /// Issues a certificate for `node_name`, valid for both ends of a connection.
+    /// Issues a node certificate for `node_name`, valid for both ends of a connection.
     pub fn issue(&self, node_name: &str) -> Result<NodeCert, PkiError> {
+        self.issue_for(node_name, &[node_name.to_string(), CLUSTER_SERVER_NAME.to_string()])
+    }
+
+    /// Issues a certificate with common name `cn` for `names` (host names or IP addresses),
+    /// e.g. a node's HTTPS certificate.
+    pub fn issue_for(&self, cn: &str, names: &[String]) -> Result<NodeCert, PkiError> {
         let ca_key = KeyPair::from_pem(&self.key_pem).map_err(err)?;
         let issuer = Issuer::new(ca_params(), ca_key);
         let key = KeyPair::generate().map_err(err)?;
-        let mut p = CertificateParams::new(vec![node_name.to_string(), CLUSTER_SERVER_NAME.to_string()]).map_err(err)?;
-        p.distinguished_name.push(DnType::CommonName, node_name);
+        let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2124, 1, 1);

@@ -34,6 +34,15 @@ pub struct ClusterStatus {
     pub quorum: u32,
     pub term: u64,
     pub nodes: Vec<MemberStatus>,
+    /// This node's log: what it applied, its last snapshot, and what it compacted away.
+    pub local: LocalLog,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalLog {
+    pub last_applied: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
 }
 
 /// Votes needed for quorum among `expected` voters.

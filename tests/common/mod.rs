@@ -28,19 +28,37 @@ pub struct Daemon {
     child: Option<Child>,
 }
 
+/// `horcrux serve` in `dir` on 127.0.0.1:`port` as node `name`, with extra arguments.
+pub fn serve_command(dir: &Path, port: u16, name: &str, args: &[String], env: &[(&str, &str)]) -> Command {
+    std::fs::create_dir_all(dir).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_horcrux"));
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--node-name", name])
+        .args(args)
+        .env("HORCRUX_ACCEL", "tcg")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 impl Daemon {
     pub fn start(dir: &Path, port: u16, extra_env: &[(&str, &str)]) -> Self {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("daemon.log")).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_horcrux"));
-        cmd.args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--node-name", "n1"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        let mut cmd = serve_command(dir, port, "n1", &[], &[]);
+        // Tests that do not name an accelerator get the default choice (auto).
+        cmd.env_remove("HORCRUX_ACCEL");
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
+        Self::spawn_ready(cmd, dir, port)
+    }
+
+    pub fn spawn_ready(mut cmd: Command, dir: &Path, port: u16) -> Self {
         let child = cmd.spawn().unwrap();
         let d = Daemon { dir: dir.to_path_buf(), port, child: Some(child) };
         d.wait_ready();
@@ -50,8 +68,8 @@ impl Daemon {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if self.dir.join("admin.token").exists() && self.dir.join("ssl/horcrux.pem").exists() {
-                if let Ok(r) = self.client().get_public("/version") {
+            if self.dir.join("ssl/ca.pem").exists() {
+                if let Ok(r) = Api::new(&format!("https://127.0.0.1:{}", self.port), &self.dir).get_public("/version") {
                     if r.0 == 200 {
                         return;
                     }
@@ -67,6 +85,17 @@ impl Daemon {
 
     pub fn client(&self) -> Api {
         Api::new(&format!("https://127.0.0.1:{}", self.port), &self.dir)
+    }
+
+    /// A client for this node that authenticates with another node's admin token (the
+    /// token is replicated, and the cluster CA is the same).
+    pub fn client_with_token_of(&self, other: &Daemon) -> Api {
+        let token = std::fs::read_to_string(other.dir.join("admin.token")).unwrap();
+        self.client().with_token(token.trim())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn kill9(&mut self) {
@@ -103,7 +132,7 @@ pub struct Api {
 impl Api {
     pub fn new(base: &str, dir: &Path) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let pem = std::fs::read(dir.join("ssl/horcrux.pem")).unwrap();
+        let pem = std::fs::read(dir.join("ssl/ca.pem")).unwrap();
         let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))

@@ -171,6 +171,10 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
     }
 }
 
+/// How long one member may take to answer a join request (a dead member in the token's
+/// list must not stall the join).
+const JOIN_ATTEMPT: Duration = Duration::from_secs(5);
+
 /// Result of a successful join: this node's id and identity.
 pub struct Admitted {
     pub node_id: NodeId,
@@ -207,14 +211,14 @@ pub async fn join_cluster(
             let reply = roundtrip(&conn, &req).await?;
             serde_json::from_slice::<JoinResponse>(&reply).map_err(terr)
         };
-        match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+        match tokio::time::timeout(JOIN_ATTEMPT, attempt).await {
             Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, key_pem, ca_pem })) => {
                 return Ok(Admitted { node_id, cert_pem, key_pem, ca_pem })
             }
             Ok(Ok(JoinResponse::Redirect { leader_addr })) => queue.push(leader_addr),
             Ok(Ok(JoinResponse::Refused { reason })) => return Err(TransportError(format!("join refused: {reason}"))),
             Ok(Err(e)) => last = TransportError(format!("{addr}: {e}")),
-            Err(_) => last = TransportError(format!("{addr}: no answer within 30 s")),
+            Err(_) => last = TransportError(format!("{addr}: no answer within {JOIN_ATTEMPT:?}")),
         }
     }
     Err(last)

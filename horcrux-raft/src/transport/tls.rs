@@ -146,5 +146,7 @@ pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig, P
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![ALPN_JOIN.to_vec()];
-    Ok(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).map_err(tls_err)?)))
+    let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).map_err(tls_err)?));
+    c.transport_config(Arc::new(transport()));
+    Ok(c)
 }

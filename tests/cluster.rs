@@ -1,0 +1,232 @@
+//! Multi-process cluster: three `horcrux` processes on 127.0.0.1 form a cluster with join
+//! tokens, replicate writes, fail over when the leader is killed, catch up after a restart,
+//! admit a fourth node by snapshot after log compaction, refuse bad tokens, and refuse
+//! writes (503) without quorum without losing acknowledged ones.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    port: u16,
+    qport: u16,
+    daemon: Option<Daemon>,
+}
+
+const SNAPSHOT_EVERY: &str = "20";
+
+impl Node {
+    fn new(root: &Path, name: &str) -> Self {
+        Node { name: name.into(), dir: root.join(name), port: free_port(), qport: free_udp_port(), daemon: None }
+    }
+
+    fn args(&self, join: Option<&str>) -> Vec<String> {
+        let mut a = vec!["--cluster-listen".to_string(), format!("127.0.0.1:{}", self.qport)];
+        if let Some(t) = join {
+            a.push("--join".into());
+            a.push(t.into());
+        }
+        a
+    }
+
+    fn start(&mut self, join: Option<&str>) {
+        let cmd = serve_command(&self.dir, self.port, &self.name, &self.args(join), &[("HORCRUX_SNAPSHOT_LOGS", SNAPSHOT_EVERY)]);
+        self.daemon = Some(Daemon::spawn_ready(cmd, &self.dir, self.port));
+    }
+
+    /// Starts a joining node that must be refused: returns its exit status and log.
+    fn join_refused(&self, token: &str) -> String {
+        let out = serve_command(&self.dir, self.port, &self.name, &self.args(Some(token)), &[])
+            .status()
+            .expect("horcrux serve runs");
+        assert!(!out.success(), "a refused join must exit non-zero");
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap()
+    }
+
+    fn api(&self, admin: &Path) -> Api {
+        let token = std::fs::read_to_string(admin.join("admin.token")).unwrap();
+        Api::new(&format!("https://127.0.0.1:{}", self.port), &self.dir).with_token(token.trim())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.kill9();
+        }
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn token(api: &Api, ttl_s: u64) -> String {
+    let (code, body) = api.post("/cluster/tokens", &json!({ "ttl_s": ttl_s }));
+    assert_eq!(code, 200, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+fn status(api: &Api) -> Value {
+    let (code, s) = api.get("/cluster/status");
+    assert_eq!(code, 200, "{s}");
+    s
+}
+
+fn voters_online(s: &Value) -> usize {
+    s["nodes"].as_array().unwrap().iter().filter(|n| n["voter"] == true && n["online"] == true).count()
+}
+
+fn create_vm(api: &Api, vmid: u64) -> u16 {
+    api.post("/vms", &json!({"vmid": vmid, "name": format!("v{vmid}"), "memory_mib": 64})).0
+}
+
+fn vmids(api: &Api) -> Vec<u64> {
+    try_vmids(api).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The VMIDs a node lists, or its error (a node still catching up may answer 503).
+fn try_vmids(api: &Api) -> Result<Vec<u64>, String> {
+    let (code, list) = api.get("/vms");
+    if code != 200 {
+        return Err(format!("{code}: {list}"));
+    }
+    let mut v: Vec<u64> = list.as_array().unwrap().iter().map(|v| v["vmid"].as_u64().unwrap()).collect();
+    v.sort();
+    Ok(v)
+}
+
+fn form_cluster(root: &Path, names: &[&str]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(root, n)).collect();
+    nodes[0].start(None);
+    let admin = nodes[0].dir.clone();
+    for i in 1..nodes.len() {
+        let t = token(&nodes[0].api(&admin), 600);
+        nodes[i].start(Some(&t));
+    }
+    let api = nodes[0].api(&admin);
+    eventually("all voters online", Duration::from_secs(30), || voters_online(&status(&api)) == names.len());
+    nodes
+}
+
+#[test]
+fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
+    let t_start = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = form_cluster(tmp.path(), &["n1", "n2", "n3"]);
+    let admin = nodes[0].dir.clone();
+    let s = status(&nodes[0].api(&admin));
+    assert_eq!(s["leader"], "n1");
+    assert_eq!(s["quorate"], true);
+    assert_eq!((s["votes"].as_u64(), s["expected_votes"].as_u64()), (Some(3), Some(3)));
+
+    eprintln!("[{:?}] {}", t_start.elapsed(), "The first node's admin toke");
+    // The first node's admin token works on every node; a write on one is read on the others.
+    assert_eq!(create_vm(&nodes[1].api(&admin), 201), 200);
+    for n in &nodes {
+        assert_eq!(vmids(&n.api(&admin)), vec![201], "on {}", n.name);
+    }
+
+    eprintln!("[{:?}] {}", t_start.elapsed(), "Kill the leader:");
+    // Kill the leader: a new one is elected within 3 s and writes continue.
+    nodes[0].kill();
+    let t0 = Instant::now();
+    let survivor = nodes[1].api(&admin);
+    eventually("a new leader", Duration::from_secs(10), || {
+        let s = status(&survivor);
+        s["leader"].is_string() && s["leader"] != "n1"
+    });
+    let failover = t0.elapsed();
+    assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
+    assert_eq!(create_vm(&nodes[2].api(&admin), 202), 200);
+
+    eprintln!("[{:?}] {}", t_start.elapsed(), "The killed node restarts");
+    // The killed node restarts from its log and catches up.
+    nodes[0].start(None);
+    eventually("n1 caught up", Duration::from_secs(20), || try_vmids(&nodes[0].api(&admin)) == Ok(vec![201, 202]));
+
+    eprintln!("[{:?}] {}", t_start.elapsed(), "Enough writes to snapshot");
+    // Enough writes to snapshot and compact the log, then a 4th node joins by snapshot.
+    for vmid in 300..330 {
+        assert_eq!(create_vm(&nodes[1].api(&admin), vmid), 200);
+    }
+    let leader_api = nodes[1].api(&admin);
+    eventually("log compacted on the leader", Duration::from_secs(20), || {
+        let s = status(&leader_api);
+        s["local"]["purged"].as_u64().unwrap_or(0) > 10
+    });
+    let mut n4 = Node::new(tmp.path(), "n4");
+    n4.start(Some(&token(&nodes[2].api(&admin), 600)));
+    let n4_api = n4.api(&admin);
+    eventually("n4 has every VM", Duration::from_secs(20), || try_vmids(&n4_api).is_ok_and(|v| v.len() == 32));
+    let s4 = status(&n4_api);
+    assert!(s4["local"]["snapshot"].as_u64().is_some(), "n4 should have installed a snapshot: {s4}");
+    eventually("n4 promoted to voter", Duration::from_secs(20), || {
+        status(&n4_api)["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "n4" && n["voter"] == true)
+    });
+    nodes.push(n4);
+
+    eprintln!("[{:?}] {}", t_start.elapsed(), "Tokens: reused");
+    // Tokens: reused, expired and revoked ones are refused and the node exits non-zero.
+    let used = token(&nodes[1].api(&admin), 600);
+    let mut n5 = Node::new(tmp.path(), "n5");
+    n5.start(Some(&used));
+    n5.kill();
+    let log = Node::new(tmp.path(), "n6").join_refused(&used);
+    assert!(log.contains("already used"), "{log}");
+    let short = token(&nodes[1].api(&admin), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = Node::new(tmp.path(), "n7").join_refused(&short);
+    assert!(log.contains("expired"), "{log}");
+    let revoked = token(&nodes[1].api(&admin), 600);
+    let id = horcrux_raft::join::JoinTokenData::decode(&revoked).unwrap().id;
+    assert_eq!(nodes[1].api(&admin).delete(&format!("/cluster/tokens/{id}")).0, 200);
+    let log = Node::new(tmp.path(), "n8").join_refused(&revoked);
+    assert!(log.contains("revoked"), "{log}");
+
+    eprintln!("[{:?}] {}", t_start.elapsed(), "A token whose CA fingerprin");
+    // A token whose CA fingerprint does not match the cluster's is refused at the TLS layer.
+    let mut forged = horcrux_raft::join::JoinTokenData::decode(&token(&nodes[1].api(&admin), 600)).unwrap();
+    forged.ca_fingerprint = "00".repeat(32);
+    let log = Node::new(tmp.path(), "n9").join_refused(&forged.encode());
+    assert!(log.contains("fingerprint") || log.contains("CA"), "{log}");
+}
+
+#[test]
+fn quorum_loss_answers_503_and_recovers_without_losing_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = form_cluster(tmp.path(), &["q1", "q2", "q3"]);
+    let admin = nodes[0].dir.clone();
+    let mut acknowledged = Vec::new();
+    for vmid in 100..110 {
+        assert_eq!(create_vm(&nodes[(vmid % 3) as usize].api(&admin), vmid), 200);
+        acknowledged.push(vmid);
+    }
+    // Two of three down (the leader among them).
+    nodes[0].kill();
+    nodes[1].kill();
+    let api = nodes[2].api(&admin);
+    let t0 = Instant::now();
+    let (code, body) = api.post("/vms", &json!({"vmid": 500, "name": "v500", "memory_mib": 64}));
+    let took = t0.elapsed();
+    assert_eq!(code, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("quorum"), "{body}");
+    assert!(took < Duration::from_secs(5), "503 took {took:?}");
+    let s = status(&api);
+    assert_eq!(s["quorate"], false, "{s}");
+
+    // One comes back: writes succeed again, and nothing acknowledged was lost.
+    nodes[1].start(None);
+    let api = nodes[2].api(&admin);
+    eventually("writes accepted again", Duration::from_secs(30), || create_vm(&api, 600) == 200);
+    acknowledged.push(600);
+    let got = vmids(&api);
+    for vmid in &acknowledged {
+        assert!(got.contains(vmid), "acknowledged VM {vmid} lost: {got:?}");
+    }
+    assert!(!got.contains(&500) || got.len() == acknowledged.len() + 1);
+}
