@@ -24,7 +24,9 @@ pub enum TokenCmd {
         ttl: String,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 /// Parses `90`, `90s`, `30m`, `1h`, `2d` into seconds.

@@ -72,7 +72,9 @@ async fn ensure_admin_token(cluster: &ClusterHandle, path: &Path) -> anyhow::Res
     // must not replace it, or the first node's token would stop working.
     let exists = cluster.read_local(|s| s.api_tokens.contains_key(ADMIN_TOKEN_ID));
     if exists && cluster.cluster_status().nodes.len() > 1 {
-        tracing::info!("the cluster's admin token already exists; use the admin.token of the node that created it");
+        tracing::info!(
+            "the cluster's admin token already exists; use the admin.token of the node that created it"
+        );
         return Ok(());
     }
     let secret = random_secret();
@@ -169,7 +171,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     names.dedup();
     let ca = cluster.cluster_ca();
-    let tls = horcrux_http::load_or_create_tls(&horcrux_http::TlsFiles::in_dir(&data_dir), names, ca.as_ref())?;
+    let tls =
+        horcrux_http::load_or_create_tls(&horcrux_http::TlsFiles::in_dir(&data_dir), names, ca.as_ref())?;
     tracing::info!(listen = %args.listen, node = cluster.node_name(), "serving HTTPS");
     horcrux_http::serve(listener, horcrux_http::router(runtime), tls, shutdown_signal()).await?;
     tracing::info!("shutting down; guests keep running and are adopted on the next start");

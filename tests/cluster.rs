@@ -23,7 +23,13 @@ const SNAPSHOT_EVERY: &str = "20";
 
 impl Node {
     fn new(root: &Path, name: &str) -> Self {
-        Node { name: name.into(), dir: root.join(name), port: free_port(), qport: free_udp_port(), daemon: None }
+        Node {
+            name: name.into(),
+            dir: root.join(name),
+            port: free_port(),
+            qport: free_udp_port(),
+            daemon: None,
+        }
     }
 
     fn args(&self, join: Option<&str>) -> Vec<String> {
@@ -36,7 +42,13 @@ impl Node {
     }
 
     fn start(&mut self, join: Option<&str>) {
-        let cmd = serve_command(&self.dir, self.port, &self.name, &self.args(join), &[("HORCRUX_SNAPSHOT_LOGS", SNAPSHOT_EVERY)]);
+        let cmd = serve_command(
+            &self.dir,
+            self.port,
+            &self.name,
+            &self.args(join),
+            &[("HORCRUX_SNAPSHOT_LOGS", SNAPSHOT_EVERY)],
+        );
         self.daemon = Some(Daemon::spawn_ready(cmd, &self.dir, self.port));
     }
 
@@ -147,7 +159,9 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     eprintln!("[{:?}] {}", t_start.elapsed(), "The killed node restarts");
     // The killed node restarts from its log and catches up.
     nodes[0].start(None);
-    eventually("n1 caught up", Duration::from_secs(20), || try_vmids(&nodes[0].api(&admin)) == Ok(vec![201, 202]));
+    eventually("n1 caught up", Duration::from_secs(20), || {
+        try_vmids(&nodes[0].api(&admin)) == Ok(vec![201, 202])
+    });
 
     eprintln!("[{:?}] {}", t_start.elapsed(), "Enough writes to snapshot");
     // Enough writes to snapshot and compact the log, then a 4th node joins by snapshot.
@@ -162,7 +176,9 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     let mut n4 = Node::new(tmp.path(), "n4");
     n4.start(Some(&token(&nodes[2].api(&admin), 600)));
     let n4_api = n4.api(&admin);
-    eventually("n4 has every VM", Duration::from_secs(20), || try_vmids(&n4_api).is_ok_and(|v| v.len() == 32));
+    eventually("n4 has every VM", Duration::from_secs(20), || {
+        try_vmids(&n4_api).is_ok_and(|v| v.len() == 32)
+    });
     let s4 = status(&n4_api);
     assert!(s4["local"]["snapshot"].as_u64().is_some(), "n4 should have installed a snapshot: {s4}");
     eventually("n4 promoted to voter", Duration::from_secs(20), || {

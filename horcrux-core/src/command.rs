@@ -17,26 +17,65 @@ pub struct Request {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Add a node or update its API address.
-    RegisterNode { name: String, api_addr: String },
+    RegisterNode {
+        name: String,
+        api_addr: String,
+    },
     /// Add a storage pool; refused if the id exists.
-    AddStorage { id: String, kind: StorageKind },
+    AddStorage {
+        id: String,
+        kind: StorageKind,
+    },
     /// Create or rotate an API token (`USER@REALM!TOKENID`).
-    SetApiToken { id: String, secret_sha256: String },
+    SetApiToken {
+        id: String,
+        secret_sha256: String,
+    },
     /// Create a guest, stopped. Disk volumes must already exist and be named in the config.
-    CreateGuest { vmid: u32, name: String, node: String, config: GuestConfig },
+    CreateGuest {
+        vmid: u32,
+        name: String,
+        node: String,
+        config: GuestConfig,
+    },
     /// Replace a guest's name and config.
-    UpdateGuest { vmid: u32, expected_revision: Option<u64>, name: String, config: GuestConfig },
+    UpdateGuest {
+        vmid: u32,
+        expected_revision: Option<u64>,
+        name: String,
+        config: GuestConfig,
+    },
     /// Change the power state the cluster wants.
-    SetDesiredPower { vmid: u32, expected_revision: Option<u64>, desired: DesiredPower },
+    SetDesiredPower {
+        vmid: u32,
+        expected_revision: Option<u64>,
+        desired: DesiredPower,
+    },
     /// Remove a guest; refused while it is meant to run.
-    DeleteGuest { vmid: u32, expected_revision: Option<u64> },
+    DeleteGuest {
+        vmid: u32,
+        expected_revision: Option<u64>,
+    },
     /// Record the cluster CA; set once, at cluster init.
-    SetClusterCa { cert_pem: String, key_pem: String },
+    SetClusterCa {
+        cert_pem: String,
+        key_pem: String,
+    },
     /// Create a join token valid until `expires_ms`.
-    CreateJoinToken { id: String, secret_sha256: String, expires_ms: u64 },
+    CreateJoinToken {
+        id: String,
+        secret_sha256: String,
+        expires_ms: u64,
+    },
     /// Use a join token for `node`: refused if unknown, wrong secret, used, revoked or expired.
-    ConsumeJoinToken { id: String, secret_sha256: String, node: String },
-    RevokeJoinToken { id: String },
+    ConsumeJoinToken {
+        id: String,
+        secret_sha256: String,
+        node: String,
+    },
+    RevokeJoinToken {
+        id: String,
+    },
 }
 
 /// What a successful apply reports back to the proposer.

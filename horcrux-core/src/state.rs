@@ -153,9 +153,12 @@ impl ClusterState {
                     return Err(ApplyError::Conflict { message: "the cluster CA is already set".into() });
                 }
                 if !cert_pem.contains("BEGIN CERTIFICATE") || !key_pem.contains("PRIVATE KEY") {
-                    return Err(ValidationError::new("cluster_ca", "expected a PEM certificate and key").into());
+                    return Err(
+                        ValidationError::new("cluster_ca", "expected a PEM certificate and key").into()
+                    );
                 }
-                self.cluster_ca = Some(ClusterCaRecord { cert_pem: cert_pem.clone(), key_pem: key_pem.clone() });
+                self.cluster_ca =
+                    Some(ClusterCaRecord { cert_pem: cert_pem.clone(), key_pem: key_pem.clone() });
             }
             Command::CreateJoinToken { id, secret_sha256, expires_ms } => {
                 check_hex_sha256("secret_sha256", secret_sha256)?;
@@ -185,7 +188,8 @@ impl ClusterState {
             }
             Command::ConsumeJoinToken { id, secret_sha256, node } => {
                 ids::validate_dns_label("node", node)?;
-                let refused = |why: &str| ApplyError::Conflict { message: format!("join token refused: {why}") };
+                let refused =
+                    |why: &str| ApplyError::Conflict { message: format!("join token refused: {why}") };
                 let t = self.join_tokens.get_mut(id).ok_or_else(|| refused("unknown token"))?;
                 if t.secret_sha256 != *secret_sha256 {
                     return Err(refused("wrong secret"));
@@ -200,7 +204,9 @@ impl ClusterState {
                     return Err(refused("expired"));
                 }
                 if self.nodes.contains_key(node) {
-                    return Err(ApplyError::Conflict { message: format!("a node named {node} is already a member") });
+                    return Err(ApplyError::Conflict {
+                        message: format!("a node named {node} is already a member"),
+                    });
                 }
                 t.used_by = Some(node.clone());
                 t.node_id = Some(self.next_node_id);

@@ -22,7 +22,9 @@ use crate::pki::ClusterCa;
 use crate::state_machine::StateMachineStore;
 use crate::status::{quorum_of, ClusterStatus, LocalLog, MemberStatus, ONLINE_WITHIN_MS};
 use crate::store::{cf, open_db, synced, CF_META};
-use crate::transport::{self, ForwardError, JoinRequest, JoinResponse, NodeIdentity, QuicNetwork, RpcRequest, RpcResponse};
+use crate::transport::{
+    self, ForwardError, JoinRequest, JoinResponse, NodeIdentity, QuicNetwork, RpcRequest, RpcResponse,
+};
 use crate::types::{NodeId, Response, TypeConfig};
 
 /// A write or read that cannot complete within this answers "unavailable" (503).
@@ -107,7 +109,10 @@ pub struct ClusterHandle {
 }
 
 fn system_clock_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl ClusterHandle {
@@ -134,10 +139,15 @@ impl ClusterHandle {
             None => match opts.cluster.as_ref().and_then(|c| c.join.as_deref()) {
                 Some(token) => {
                     let t = JoinTokenData::decode(token).map_err(ProposeError::Unavailable)?;
-                    let admitted =
-                        transport::join_cluster(&t.addrs, &t.ca_fingerprint, &t.id, &t.secret, &me(&opts.node_name))
-                            .await
-                            .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+                    let admitted = transport::join_cluster(
+                        &t.addrs,
+                        &t.ca_fingerprint,
+                        &t.id,
+                        &t.secret,
+                        &me(&opts.node_name),
+                    )
+                    .await
+                    .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
                     joined = true;
                     let ident = StoredIdentity {
                         id: admitted.node_id,
@@ -169,8 +179,11 @@ impl ClusterHandle {
             let ca = ClusterCa::create().map_err(storage)?;
             if opts.cluster.is_some() {
                 let cert = ca.issue(&identity.name).map_err(storage)?;
-                identity.certs =
-                    Some(Certs { ca_pem: ca.cert_pem.clone(), cert_pem: cert.cert_pem, key_pem: cert.key_pem });
+                identity.certs = Some(Certs {
+                    ca_pem: ca.cert_pem.clone(),
+                    cert_pem: cert.cert_pem,
+                    key_pem: cert.key_pem,
+                });
                 save_identity(&db, &identity)?;
             }
             new_ca = Some(ca);
@@ -185,7 +198,8 @@ impl ClusterHandle {
             };
             let ca = ClusterCa { cert_pem: rec.cert_pem, key_pem: rec.key_pem };
             let cert = ca.issue(&identity.name).map_err(storage)?;
-            identity.certs = Some(Certs { ca_pem: ca.cert_pem, cert_pem: cert.cert_pem, key_pem: cert.key_pem });
+            identity.certs =
+                Some(Certs { ca_pem: ca.cert_pem, cert_pem: cert.cert_pem, key_pem: cert.key_pem });
             save_identity(&db, &identity)?;
         }
 
@@ -210,14 +224,20 @@ impl ClusterHandle {
         let log = LogStore::new(db.clone());
         let (raft, net, endpoint) = match (&opts.cluster, &identity.certs) {
             (Some(c), Some(certs)) => {
-                let id = NodeIdentity::from_pem(&certs.ca_pem, &certs.cert_pem, &certs.key_pem).map_err(storage)?;
+                let id = NodeIdentity::from_pem(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)
+                    .map_err(storage)?;
                 let endpoint = quinn::Endpoint::server(id.server_config().map_err(storage)?, c.listen)
                     .map_err(|e| storage(format!("QUIC listen on {}: {e}", c.listen)))?;
                 let net = QuicNetwork::new(endpoint.clone(), id.client_config().map_err(storage)?);
-                let raft = Raft::new(identity.id, config, net.clone(), log, sm.clone()).await.map_err(storage)?;
+                let raft =
+                    Raft::new(identity.id, config, net.clone(), log, sm.clone()).await.map_err(storage)?;
                 (raft, Some(net), Some(endpoint))
             }
-            _ => (Raft::new(identity.id, config, NoPeerNetwork, log, sm.clone()).await.map_err(storage)?, None, None),
+            _ => (
+                Raft::new(identity.id, config, NoPeerNetwork, log, sm.clone()).await.map_err(storage)?,
+                None,
+                None,
+            ),
         };
         let handle = Self {
             raft,
@@ -274,7 +294,8 @@ impl ClusterHandle {
 
     /// The cluster CA (replicated), if this cluster has one.
     pub fn cluster_ca(&self) -> Option<ClusterCa> {
-        self.read_local(|s| s.cluster_ca.clone()).map(|r| ClusterCa { cert_pem: r.cert_pem, key_pem: r.key_pem })
+        self.read_local(|s| s.cluster_ca.clone())
+            .map(|r| ClusterCa { cert_pem: r.cert_pem, key_pem: r.key_pem })
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -299,7 +320,10 @@ impl ClusterHandle {
                 Err(ForwardError::NotLeader { .. }) => match (self.leader_node(), &self.net) {
                     (Some((id, node)), Some(net)) if id != self.node_id => {
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        match net.call(Some(id), &node.raft_addr, &RpcRequest::Propose(req.clone()), left).await {
+                        match net
+                            .call(Some(id), &node.raft_addr, &RpcRequest::Propose(req.clone()), left)
+                            .await
+                        {
                             Ok(RpcResponse::Propose(Ok(resp))) => return Ok(resp?),
                             Ok(RpcResponse::Propose(Err(e))) => Err(e.to_string()),
                             Ok(_) => Err("unexpected reply from the leader".to_string()),
@@ -312,7 +336,9 @@ impl ClusterHandle {
             };
             if tokio::time::Instant::now() >= deadline {
                 let why = res.err().unwrap_or_default();
-                return Err(ProposeError::Unavailable(format!("write not committed within {OP_TIMEOUT:?}: {why}")));
+                return Err(ProposeError::Unavailable(format!(
+                    "write not committed within {OP_TIMEOUT:?}: {why}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -356,10 +382,17 @@ impl ClusterHandle {
                 };
                 match net.call(Some(id), &node.raft_addr, &RpcRequest::ReadIndex, OP_TIMEOUT).await {
                     Ok(RpcResponse::ReadIndex(Ok(i))) => i,
-                    Ok(RpcResponse::ReadIndex(Err(e))) => return Err(ProposeError::Unavailable(e.to_string())),
-                    Ok(_) => return Err(ProposeError::Unavailable("unexpected reply from the leader".into())),
+                    Ok(RpcResponse::ReadIndex(Err(e))) => {
+                        return Err(ProposeError::Unavailable(e.to_string()))
+                    }
+                    Ok(_) => {
+                        return Err(ProposeError::Unavailable("unexpected reply from the leader".into()))
+                    }
                     Err(e) => {
-                        return Err(ProposeError::Unavailable(format!("quorum lost: leader {} unreachable: {e}", node.name)))
+                        return Err(ProposeError::Unavailable(format!(
+                            "quorum lost: leader {} unreachable: {e}",
+                            node.name
+                        )))
                     }
                 }
             }
@@ -400,12 +433,23 @@ impl ClusterHandle {
             tick.tick().await;
             let members: Vec<(NodeId, HorcruxNode)> = {
                 let m = self.raft.metrics().borrow().membership_config.clone();
-                m.membership().nodes().filter(|(id, _)| **id != self.node_id).map(|(id, n)| (*id, n.clone())).collect()
+                m.membership()
+                    .nodes()
+                    .filter(|(id, _)| **id != self.node_id)
+                    .map(|(id, n)| (*id, n.clone()))
+                    .collect()
             };
             for (id, node) in members {
                 let (net, me) = (net.clone(), self.node_id);
                 tokio::spawn(async move {
-                    let _ = net.call(Some(id), &node.raft_addr, &RpcRequest::Ping { from: me }, Duration::from_secs(1)).await;
+                    let _ = net
+                        .call(
+                            Some(id),
+                            &node.raft_addr,
+                            &RpcRequest::Ping { from: me },
+                            Duration::from_secs(1),
+                        )
+                        .await;
                 });
             }
         }
@@ -420,7 +464,11 @@ impl ClusterHandle {
         let mut votes = 0;
         for (id, node) in membership.nodes() {
             let local = *id == self.node_id;
-            let since = if local { Some(Duration::ZERO) } else { self.net.as_ref().and_then(|n| n.last_contact(*id)) };
+            let since = if local {
+                Some(Duration::ZERO)
+            } else {
+                self.net.as_ref().and_then(|n| n.last_contact(*id))
+            };
             let online = since.is_some_and(|d| d.as_millis() as u64 <= ONLINE_WITHIN_MS);
             let voter = voters.contains(id);
             if voter && online {
@@ -464,16 +512,25 @@ impl ClusterHandle {
             ));
         };
         if self.net.is_none() {
-            return Err(ProposeError::Unavailable("start this node with --cluster-listen to add members".into()));
+            return Err(ProposeError::Unavailable(
+                "start this node with --cluster-listen to add members".into(),
+            ));
         }
         use rand::Rng;
         let mut rng = rand::rngs::OsRng;
-        let id: String = (0..12).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)])).collect();
+        let id: String = (0..12)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)]))
+            .collect();
         let secret: String = (0..32).map(|_| format!("{:02x}", rng.gen::<u8>())).collect();
         let expires_ms = self.now_ms() + ttl.as_millis() as u64;
-        self.propose(Command::CreateJoinToken { id: id.clone(), secret_sha256: ids::sha256_hex(&secret), expires_ms })
-            .await?;
-        let fp = ClusterCa { cert_pem: ca.cert_pem, key_pem: String::new() }.fingerprint().map_err(storage)?;
+        self.propose(Command::CreateJoinToken {
+            id: id.clone(),
+            secret_sha256: ids::sha256_hex(&secret),
+            expires_ms,
+        })
+        .await?;
+        let fp =
+            ClusterCa { cert_pem: ca.cert_pem, key_pem: String::new() }.fingerprint().map_err(storage)?;
         let addrs: Vec<String> = self
             .raft
             .metrics()
@@ -508,7 +565,8 @@ impl ClusterHandle {
             return JoinResponse::Refused { reason: e.to_string() };
         }
         // The id was assigned in log order by the token's consumption, applied here already.
-        let Some(node_id) = self.read_local(|s| s.join_tokens.get(&req.token_id).and_then(|t| t.node_id)) else {
+        let Some(node_id) = self.read_local(|s| s.join_tokens.get(&req.token_id).and_then(|t| t.node_id))
+        else {
             return JoinResponse::Refused { reason: "no node id was assigned".into() };
         };
         let Some(ca) = self.read_local(|s| s.cluster_ca.clone()) else {
@@ -524,7 +582,12 @@ impl ClusterHandle {
         }
         tracing::info!(node_id, name = %req.node.name, "admitted a node as learner");
         tokio::spawn(self.clone().promote_when_caught_up(node_id));
-        JoinResponse::Accepted { node_id, cert_pem: cert.cert_pem, key_pem: cert.key_pem, ca_pem: ca.cert_pem }
+        JoinResponse::Accepted {
+            node_id,
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+            ca_pem: ca.cert_pem,
+        }
     }
 
     async fn promote_when_caught_up(self, node_id: NodeId) {
@@ -539,8 +602,10 @@ impl ClusterHandle {
                 tracing::info!(node_id, "voters capped at {MAX_VOTERS}; the node stays a learner");
                 return;
             }
-            let matched = m.replication.as_ref().and_then(|r| r.get(&node_id).cloned()).flatten().map(|l| l.index);
-            let caught_up = matches!((matched, m.last_log_index), (Some(a), Some(b)) if b.saturating_sub(a) <= 10);
+            let matched =
+                m.replication.as_ref().and_then(|r| r.get(&node_id).cloned()).flatten().map(|l| l.index);
+            let caught_up =
+                matches!((matched, m.last_log_index), (Some(a), Some(b)) if b.saturating_sub(a) <= 10);
             if caught_up {
                 let change = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
                 match self.raft.change_membership(change, false).await {

@@ -7,9 +7,9 @@
 mod handle;
 pub mod join;
 mod log_store;
+mod network;
 mod node;
 pub mod pki;
-mod network;
 mod state_machine;
 pub mod status;
 mod store;

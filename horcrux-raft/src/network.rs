@@ -2,13 +2,13 @@
 //! target unreachable; the QUIC transport (cluster issue) and the simulator's in-memory
 //! router implement the same openraft traits.
 
+use crate::node::HorcruxNode;
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use crate::node::HorcruxNode;
 
 use crate::types::{NodeId, TypeConfig};
 

@@ -48,7 +48,8 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::CommonName, "Horcrux cluster CA");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     p
@@ -91,7 +92,8 @@ impl ClusterCa {
         let key = KeyPair::generate().map_err(err)?;
         let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let cert = p.signed_by(&key, &issuer).map_err(err)?;

@@ -4,7 +4,13 @@ use horcrux_core::{ApplyError, Command, StorageKind};
 use horcrux_raft::{ClusterHandle, OpenOptions, ProposeError};
 
 fn opts(dir: &std::path::Path) -> OpenOptions {
-    OpenOptions { dir: dir.join("raft"), node_name: "n1".into(), api_addr: "127.0.0.1:8006".into(), cluster: None, snapshot_logs: None }
+    OpenOptions {
+        dir: dir.join("raft"),
+        node_name: "n1".into(),
+        api_addr: "127.0.0.1:8006".into(),
+        cluster: None,
+        snapshot_logs: None,
+    }
 }
 
 fn add_storage(id: String) -> Command {

@@ -69,7 +69,9 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.dir.join("ssl/ca.pem").exists() {
-                if let Ok(r) = Api::new(&format!("https://127.0.0.1:{}", self.port), &self.dir).get_public("/version") {
+                if let Ok(r) =
+                    Api::new(&format!("https://127.0.0.1:{}", self.port), &self.dir).get_public("/version")
+                {
                     if r.0 == 200 {
                         return;
                     }

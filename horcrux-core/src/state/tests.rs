@@ -267,7 +267,11 @@ fn join_tokens_are_single_use_and_expire() {
     let mut s = base();
     let h = "b".repeat(64);
     let at = |ts_ms, cmd| Request { ts_ms, cmd };
-    let create = |id: &str, expires_ms| Command::CreateJoinToken { id: id.into(), secret_sha256: h.clone(), expires_ms };
+    let create = |id: &str, expires_ms| Command::CreateJoinToken {
+        id: id.into(),
+        secret_sha256: h.clone(),
+        expires_ms,
+    };
     let consume = |id: &str, secret: &str, node: &str| Command::ConsumeJoinToken {
         id: id.into(),
         secret_sha256: secret.into(),

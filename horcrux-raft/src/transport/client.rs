@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 
 use super::tls::join_client_config;
@@ -124,7 +124,11 @@ pub struct QuicPeer {
 type RpcErr<E> = RPCError<NodeId, HorcruxNode, E>;
 
 impl QuicPeer {
-    async fn rpc<E: std::error::Error>(&self, req: RpcRequest, option: &RPCOption) -> Result<RpcResponse, RpcErr<E>> {
+    async fn rpc<E: std::error::Error>(
+        &self,
+        req: RpcRequest,
+        option: &RPCOption,
+    ) -> Result<RpcResponse, RpcErr<E>> {
         self.net
             .call(Some(self.target), &self.addr, &req, option.hard_ttl())
             .await
@@ -143,7 +147,9 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
         match self.rpc(RpcRequest::AppendEntries(rpc), &option).await? {
-            RpcResponse::AppendEntries(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            RpcResponse::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             _ => Err(unexpected("append_entries")),
         }
     }
@@ -154,7 +160,9 @@ impl RaftNetwork<TypeConfig> for QuicPeer {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
         match self.rpc(RpcRequest::InstallSnapshot(rpc), &option).await? {
-            RpcResponse::InstallSnapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            RpcResponse::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             _ => Err(unexpected("install_snapshot")),
         }
     }
@@ -195,8 +203,12 @@ pub async fn join_cluster(
     let bind: std::net::SocketAddr = "0.0.0.0:0".parse().map_err(terr)?;
     let endpoint = quinn::Endpoint::client(bind).map_err(terr)?;
     let config = join_client_config(ca_fingerprint).map_err(terr)?;
-    let req = serde_json::to_vec(&JoinRequest { token_id: token_id.into(), secret: secret.into(), node: node.clone() })
-        .map_err(terr)?;
+    let req = serde_json::to_vec(&JoinRequest {
+        token_id: token_id.into(),
+        secret: secret.into(),
+        node: node.clone(),
+    })
+    .map_err(terr)?;
     let mut queue: Vec<String> = addrs.to_vec();
     let mut last = TransportError("the token lists no member address".into());
     let mut hops = 0;
@@ -206,8 +218,16 @@ pub async fn join_cluster(
             break;
         }
         let attempt = async {
-            let sock = tokio::net::lookup_host(&addr).await.map_err(terr)?.next().ok_or_else(|| terr("no address"))?;
-            let conn = endpoint.connect_with(config.clone(), sock, CLUSTER_SERVER_NAME).map_err(terr)?.await.map_err(terr)?;
+            let sock = tokio::net::lookup_host(&addr)
+                .await
+                .map_err(terr)?
+                .next()
+                .ok_or_else(|| terr("no address"))?;
+            let conn = endpoint
+                .connect_with(config.clone(), sock, CLUSTER_SERVER_NAME)
+                .map_err(terr)?
+                .await
+                .map_err(terr)?;
             let reply = roundtrip(&conn, &req).await?;
             serde_json::from_slice::<JoinResponse>(&reply).map_err(terr)
         };
@@ -216,7 +236,9 @@ pub async fn join_cluster(
                 return Ok(Admitted { node_id, cert_pem, key_pem, ca_pem })
             }
             Ok(Ok(JoinResponse::Redirect { leader_addr })) => queue.push(leader_addr),
-            Ok(Ok(JoinResponse::Refused { reason })) => return Err(TransportError(format!("join refused: {reason}"))),
+            Ok(Ok(JoinResponse::Refused { reason })) => {
+                return Err(TransportError(format!("join refused: {reason}")))
+            }
             Ok(Err(e)) => last = TransportError(format!("{addr}: {e}")),
             Err(_) => last = TransportError(format!("{addr}: no answer within {JOIN_ATTEMPT:?}")),
         }

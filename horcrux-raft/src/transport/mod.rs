@@ -13,8 +13,8 @@ use crate::types::{NodeId, Response, TypeConfig};
 use horcrux_core::Request;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 
 pub use client::{join_cluster, QuicNetwork};
@@ -34,7 +34,9 @@ pub enum RpcRequest {
     /// A follower asks the leader for a read index (ReadIndex protocol).
     ReadIndex,
     /// Liveness between members, for cluster status and quorum reporting.
-    Ping { from: NodeId },
+    Ping {
+        from: NodeId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,8 +68,17 @@ pub struct JoinRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum JoinResponse {
-    Accepted { node_id: NodeId, cert_pem: String, key_pem: String, ca_pem: String },
+    Accepted {
+        node_id: NodeId,
+        cert_pem: String,
+        key_pem: String,
+        ca_pem: String,
+    },
     /// Ask the leader instead (its Raft address).
-    Redirect { leader_addr: String },
-    Refused { reason: String },
+    Redirect {
+        leader_addr: String,
+    },
+    Refused {
+        reason: String,
+    },
 }

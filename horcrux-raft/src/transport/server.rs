@@ -11,7 +11,9 @@ use crate::handle::ClusterHandle;
 pub type ServerCtx = ClusterHandle;
 
 fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
-    conn.handshake_data().and_then(|d: Box<dyn Any>| d.downcast::<HandshakeData>().ok()).and_then(|d| d.protocol)
+    conn.handshake_data()
+        .and_then(|d: Box<dyn Any>| d.downcast::<HandshakeData>().ok())
+        .and_then(|d| d.protocol)
 }
 
 /// Accepts connections until the endpoint closes.

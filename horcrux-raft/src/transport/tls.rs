@@ -101,15 +101,17 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| fingerprint_der(c) == self.fingerprint)
-            .ok_or_else(|| rustls::Error::General("the cluster CA does not match the join token's fingerprint".into()))?;
+        let ca = intermediates.iter().find(|c| fingerprint_der(c) == self.fingerprint).ok_or_else(|| {
+            rustls::Error::General("the cluster CA does not match the join token's fingerprint".into())
+        })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
     }
 
@@ -119,7 +121,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -128,7 +135,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -138,7 +150,8 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
 /// Client side for a node that joins with a token.
 pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig, PkiError> {
-    let verifier = Arc::new(PinnedCaVerifier { fingerprint: ca_fingerprint.to_string(), provider: provider() });
+    let verifier =
+        Arc::new(PinnedCaVerifier { fingerprint: ca_fingerprint.to_string(), provider: provider() });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
