@@ -6,6 +6,7 @@
 
 mod handle;
 pub mod join;
+pub mod corosync;
 mod log_store;
 mod network;
 mod node;
