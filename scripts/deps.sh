@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Horcrux builds and runs with (RocksDB and libclang to link,
-# QEMU to run guests) and those the tests use (busybox, cpio). Idempotent; needs root.
+# QEMU to run guests) and those the tests use (busybox, cpio, corosync, iproute2).
+# Idempotent; needs root.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,9 @@ ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+# The quorumtool comparison test runs the real Corosync in network namespaces.
+command -v corosync >/dev/null || need+=(corosync)
+command -v ip >/dev/null || need+=(iproute2)
 
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

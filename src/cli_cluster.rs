@@ -13,6 +13,8 @@ pub enum ClusterCmd {
     /// Join tokens for adding nodes.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Seed membership and quorum settings from an existing corosync.conf.
+    ImportCorosync { path: std::path::PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +68,17 @@ pub fn run_cluster(c: &ApiClient, cmd: ClusterCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ClusterCmd::ImportCorosync { path } => {
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let c = c.post("/cluster/corosync", &json!({ "config": text }))?;
+            println!(
+                "imported cluster {:?}: {} nodes",
+                c["cluster_name"].as_str().unwrap_or(""),
+                c["nodes"].as_array().map(|n| n.len()).unwrap_or(0)
+            );
+            Ok(())
+        }
         ClusterCmd::Token(TokenCmd::Create { ttl }) => {
             let r = c.post("/cluster/tokens", &json!({ "ttl_s": parse_ttl(&ttl)? }))?;
             println!("{}", r["token"].as_str().context("no token in the reply")?);
@@ -91,6 +104,16 @@ pub fn run_cluster(c: &ApiClient, cmd: ClusterCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `horcrux quorumtool -s`: the same sections and fields as `corosync-quorumtool -s`.
+pub fn quorumtool(c: &ApiClient, status: bool) -> anyhow::Result<()> {
+    if !status {
+        bail!("only -s is supported: horcrux quorumtool -s");
+    }
+    let v: horcrux_raft::corosync::QuorumView = serde_json::from_value(c.get("/cluster/quorum")?)?;
+    print!("{}", horcrux_raft::corosync::render_quorumtool_s(&v));
+    Ok(())
 }
 
 #[cfg(test)]

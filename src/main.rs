@@ -35,6 +35,12 @@ enum Top {
     /// Cluster membership, quorum and join tokens.
     #[command(subcommand)]
     Cluster(cli_cluster::ClusterCmd),
+    /// Quorum status in corosync-quorumtool's format.
+    Quorumtool {
+        /// Show quorum status (the only mode).
+        #[arg(short = 's')]
+        status: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +50,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Top::Serve(args) => daemon::run(args),
         Top::Vm(cmd) => client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli::run_vm(&c, cmd)),
+        Top::Quorumtool { status } => client::ApiClient::new(&cli.api, &cli.token_file)
+            .and_then(|c| cli_cluster::quorumtool(&c, status)),
         Top::Cluster(cmd) => {
             client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli_cluster::run_cluster(&c, cmd))
         }

@@ -136,14 +136,14 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     assert_eq!(s["quorate"], true);
     assert_eq!((s["votes"].as_u64(), s["expected_votes"].as_u64()), (Some(3), Some(3)));
 
-    eprintln!("[{:?}] {}", t_start.elapsed(), "The first node's admin toke");
+    eprintln!("[{:?}] The first nodes admin toke", t_start.elapsed());
     // The first node's admin token works on every node; a write on one is read on the others.
     assert_eq!(create_vm(&nodes[1].api(&admin), 201), 200);
     for n in &nodes {
         assert_eq!(vmids(&n.api(&admin)), vec![201], "on {}", n.name);
     }
 
-    eprintln!("[{:?}] {}", t_start.elapsed(), "Kill the leader:");
+    eprintln!("[{:?}] Kill the leader:", t_start.elapsed());
     // Kill the leader: a new one is elected within 3 s and writes continue.
     nodes[0].kill();
     let t0 = Instant::now();
@@ -156,14 +156,14 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
     assert_eq!(create_vm(&nodes[2].api(&admin), 202), 200);
 
-    eprintln!("[{:?}] {}", t_start.elapsed(), "The killed node restarts");
+    eprintln!("[{:?}] The killed node restarts", t_start.elapsed());
     // The killed node restarts from its log and catches up.
     nodes[0].start(None);
     eventually("n1 caught up", Duration::from_secs(20), || {
         try_vmids(&nodes[0].api(&admin)) == Ok(vec![201, 202])
     });
 
-    eprintln!("[{:?}] {}", t_start.elapsed(), "Enough writes to snapshot");
+    eprintln!("[{:?}] Enough writes to snapshot", t_start.elapsed());
     // Enough writes to snapshot and compact the log, then a 4th node joins by snapshot.
     for vmid in 300..330 {
         assert_eq!(create_vm(&nodes[1].api(&admin), vmid), 200);
@@ -186,7 +186,7 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     });
     nodes.push(n4);
 
-    eprintln!("[{:?}] {}", t_start.elapsed(), "Tokens: reused");
+    eprintln!("[{:?}] Tokens: reused", t_start.elapsed());
     // Tokens: reused, expired and revoked ones are refused and the node exits non-zero.
     let used = token(&nodes[1].api(&admin), 600);
     let mut n5 = Node::new(tmp.path(), "n5");
@@ -204,7 +204,7 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     let log = Node::new(tmp.path(), "n8").join_refused(&revoked);
     assert!(log.contains("revoked"), "{log}");
 
-    eprintln!("[{:?}] {}", t_start.elapsed(), "A token whose CA fingerprin");
+    eprintln!("[{:?}] A token whose CA fingerprin", t_start.elapsed());
     // A token whose CA fingerprint does not match the cluster's is refused at the TLS layer.
     let mut forged = horcrux_raft::join::JoinTokenData::decode(&token(&nodes[1].api(&admin), 600)).unwrap();
     forged.ca_fingerprint = "00".repeat(32);

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ValidationError;
-use crate::model::{DesiredPower, GuestConfig, StorageKind};
+use crate::model::{CorosyncConfig, DesiredPower, GuestConfig, StorageKind};
 
 /// One log entry's payload: a command plus the wall-clock time the proposer assigned,
 /// so that `apply` never reads a clock.
@@ -75,6 +75,10 @@ pub enum Command {
     },
     RevokeJoinToken {
         id: String,
+    },
+    /// Record an imported corosync.conf (node names and ids, votequorum settings).
+    ImportCorosync {
+        config: CorosyncConfig,
     },
 }
 

@@ -210,3 +210,29 @@ pub struct JoinToken {
     pub node_id: Option<u64>,
     pub revoked: bool,
 }
+
+/// A node of an imported `corosync.conf` nodelist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorosyncNode {
+    pub name: String,
+    pub nodeid: u32,
+    pub ring0_addr: String,
+    #[serde(default = "one_vote")]
+    pub quorum_votes: u32,
+}
+
+fn one_vote() -> u32 {
+    1
+}
+
+/// What `horcrux cluster import-corosync` records from a `corosync.conf`: node names and
+/// ids, and the votequorum settings that quorum reporting follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorosyncConfig {
+    pub cluster_name: String,
+    pub nodes: Vec<CorosyncNode>,
+    pub expected_votes: Option<u32>,
+    pub two_node: bool,
+    /// Explicit setting; `None` means votequorum's default (on iff two_node).
+    pub wait_for_all: Option<bool>,
+}

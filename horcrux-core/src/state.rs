@@ -23,6 +23,8 @@ pub struct ClusterState {
     /// Node 1 is the node that initialised the cluster.
     #[serde(default = "first_joined_node_id")]
     pub next_node_id: u64,
+    #[serde(default)]
+    pub corosync: Option<CorosyncConfig>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -39,6 +41,7 @@ impl Default for ClusterState {
             cluster_ca: None,
             join_tokens: BTreeMap::new(),
             next_node_id: first_joined_node_id(),
+            corosync: None,
         }
     }
 }
@@ -211,6 +214,15 @@ impl ClusterState {
                 t.used_by = Some(node.clone());
                 t.node_id = Some(self.next_node_id);
                 self.next_node_id += 1;
+            }
+            Command::ImportCorosync { config } => {
+                if config.nodes.is_empty() {
+                    return Err(ValidationError::new("config", "the nodelist has no node").into());
+                }
+                for n in &config.nodes {
+                    ids::validate_dns_label("config", &n.name)?;
+                }
+                self.corosync = Some(config.clone());
             }
             Command::RevokeJoinToken { id } => {
                 let t = self

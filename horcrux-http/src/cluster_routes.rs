@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use horcrux_core::Command;
+use horcrux_raft::corosync;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,6 +22,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/cluster/status", get(status))
         .route("/cluster/tokens", get(list_tokens).post(create_token))
         .route("/cluster/tokens/{id}", delete(revoke_token))
+        .route("/cluster/quorum", get(quorum))
+        .route("/cluster/corosync", get(get_corosync).post(import_corosync))
 }
 
 async fn status(State(st): State<ApiState>) -> Json<Value> {
@@ -70,4 +73,28 @@ async fn list_tokens(State(st): State<ApiState>) -> Result<Json<Value>, ApiError
 async fn revoke_token(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     st.runtime.cluster().propose(Command::RevokeJoinToken { id: id.clone() }).await?;
     Ok(Json(json!({ "id": id, "revoked": true })))
+}
+
+/// votequorum's view, as `corosync-quorumtool -s` shows it (the CLI renders it).
+async fn quorum(State(st): State<ApiState>) -> Json<Value> {
+    Json(json!(st.runtime.cluster().quorum_view()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportCorosync {
+    /// The text of a corosync.conf.
+    config: String,
+}
+
+async fn import_corosync(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let req: ImportCorosync = parse_body(&body)?;
+    let config = corosync::parse(&req.config).map_err(|e| ApiError::bad_field("config", e.to_string()))?;
+    st.runtime.cluster().propose(Command::ImportCorosync { config: config.clone() }).await?;
+    Ok(Json(json!(config)))
+}
+
+async fn get_corosync(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let c = st.runtime.cluster().read_linearizable(|s| s.corosync.clone()).await?;
+    Ok(Json(json!(c)))
 }

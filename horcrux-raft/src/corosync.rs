@@ -4,28 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CorosyncNode {
-    pub name: String,
-    pub nodeid: u32,
-    pub ring0_addr: String,
-    #[serde(default = "one")]
-    pub quorum_votes: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CorosyncConfig {
-    pub cluster_name: String,
-    pub nodes: Vec<CorosyncNode>,
-    pub expected_votes: Option<u32>,
-    pub two_node: bool,
-    /// Explicit setting; `None` means votequorum's default (on iff two_node).
-    pub wait_for_all: Option<bool>,
-}
+pub use horcrux_core::{CorosyncConfig, CorosyncNode};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("corosync.conf line {line}: {message}")]
@@ -81,7 +60,11 @@ fn parse_sections(text: &str) -> Result<Section, ParseError> {
             if k.is_empty() || k.contains(char::is_whitespace) {
                 return Err(perr(line_no, format!("bad key {k:?}")));
             }
-            stack.last_mut().ok_or_else(|| perr(line_no, "unbalanced braces"))?.values.push((k.into(), v.into(), line_no));
+            stack.last_mut().ok_or_else(|| perr(line_no, "unbalanced braces"))?.values.push((
+                k.into(),
+                v.into(),
+                line_no,
+            ));
         } else {
             return Err(perr(line_no, format!("expected 'key: value', 'name {{' or '}}', got {line:?}")));
         }
@@ -120,7 +103,8 @@ pub fn parse(text: &str) -> Result<CorosyncConfig, ParseError> {
         if nodeid == 0 {
             return Err(perr(l, "nodeid must be positive"));
         }
-        let ring0_addr = n.get("ring0_addr").ok_or_else(|| perr(n.line, "node without ring0_addr"))?.0.to_string();
+        let ring0_addr =
+            n.get("ring0_addr").ok_or_else(|| perr(n.line, "node without ring0_addr"))?.0.to_string();
         let name = n.get("name").map(|(v, _)| v.to_string()).unwrap_or_else(|| ring0_addr.clone());
         let quorum_votes = match n.get("quorum_votes") {
             Some((v, l)) => parse_u32(v, l, "quorum_votes")?,
@@ -204,7 +188,8 @@ impl Votequorum {
 /// `Fri Nov 27 00:26:22 2026`, as ctime(3) writes it (UTC).
 pub fn ctime(unix: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let days = (unix / 86_400) as i64;
     let secs = unix % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -255,7 +240,13 @@ pub fn render_quorumtool_s(v: &QuorumView) -> String {
     o.push_str("\nMembership information\n----------------------\n");
     o.push_str("    Nodeid      Votes Name\n");
     for m in &v.members {
-        o.push_str(&format!("{:>10} {:>10} {}{}\n", m.nodeid, m.votes, m.name, if m.local { " (local)" } else { "" }));
+        o.push_str(&format!(
+            "{:>10} {:>10} {}{}\n",
+            m.nodeid,
+            m.votes,
+            m.name,
+            if m.local { " (local)" } else { "" }
+        ));
     }
     o
 }

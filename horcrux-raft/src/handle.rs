@@ -14,6 +14,7 @@ use openraft::{ChangeMembers, Config, Raft, ServerState};
 use rocksdb::DB;
 use tokio::sync::watch;
 
+use crate::corosync::{QuorumMember, QuorumView, Votequorum};
 use crate::join::JoinTokenData;
 use crate::log_store::LogStore;
 use crate::network::NoPeerNetwork;
@@ -106,6 +107,9 @@ pub struct ClusterHandle {
     node_name: Arc<str>,
     net: Option<QuicNetwork>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Every voter has been online at once since this process started (what votequorum's
+    /// wait_for_all waits for).
+    all_seen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn system_clock_ms() -> u64 {
@@ -246,6 +250,7 @@ impl ClusterHandle {
             node_name: identity.name.clone().into(),
             net,
             clock: Arc::new(system_clock_ms),
+            all_seen: Arc::default(),
         };
         if let Some(endpoint) = endpoint {
             tokio::spawn(transport::serve(endpoint, handle.clone()));
@@ -431,6 +436,7 @@ impl ClusterHandle {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
+            let _ = self.cluster_status();
             let members: Vec<(NodeId, HorcruxNode)> = {
                 let m = self.raft.metrics().borrow().membership_config.clone();
                 m.membership()
@@ -486,6 +492,9 @@ impl ClusterHandle {
             });
         }
         let expected = voters.len() as u32;
+        if votes == expected {
+            self.all_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let leader_id = m.current_leader;
         ClusterStatus {
             leader: leader_id.and_then(|l| membership.get_node(&l)).map(|n| n.name.clone()),
@@ -501,6 +510,74 @@ impl ClusterHandle {
                 snapshot: m.snapshot.map(|l| l.index),
                 purged: m.purged.map(|l| l.index),
             },
+        }
+    }
+
+    /// What `corosync-quorumtool -s` would print on this node: the Raft membership mapped to
+    /// corosync node ids (from an imported corosync.conf, else the Raft ids), with
+    /// votequorum's rules.
+    pub fn quorum_view(&self) -> QuorumView {
+        let status = self.cluster_status();
+        let seed = self.read_local(|s| s.corosync.clone());
+        let nodeid = |name: &str, raft_id: NodeId| {
+            seed.as_ref()
+                .and_then(|c| c.nodes.iter().find(|n| n.name == name))
+                .map(|n| n.nodeid)
+                .unwrap_or(raft_id as u32)
+        };
+        let votes_of = |name: &str, voter: bool| {
+            if !voter {
+                return 0;
+            }
+            seed.as_ref()
+                .and_then(|c| c.nodes.iter().find(|n| n.name == name))
+                .map(|n| n.quorum_votes)
+                .unwrap_or(1)
+        };
+        let mut members: Vec<QuorumMember> = status
+            .nodes
+            .iter()
+            .filter(|n| n.online)
+            .map(|n| QuorumMember {
+                nodeid: nodeid(&n.name, n.id),
+                votes: votes_of(&n.name, n.voter),
+                name: n.name.clone(),
+                local: n.local,
+            })
+            .collect();
+        members.sort_by_key(|m| m.nodeid);
+        let vq = match &seed {
+            Some(c) => {
+                let mut vq = Votequorum::from_config(c);
+                vq.expected_votes = vq.expected_votes.max(status.expected_votes);
+                vq
+            }
+            None => {
+                Votequorum { expected_votes: status.expected_votes, two_node: false, wait_for_all: false }
+            }
+        };
+        let total: u32 = members.iter().map(|m| m.votes).sum();
+        let all_seen = self.all_seen.load(std::sync::atomic::Ordering::Relaxed);
+        let (quorum, quorate) = vq.evaluate(total, all_seen);
+        let local = status.nodes.iter().find(|n| n.local);
+        let local_id = local.map(|n| nodeid(&n.name, n.id)).unwrap_or(self.node_id as u32);
+        let ring_rep = status
+            .leader_id
+            .and_then(|l| status.nodes.iter().find(|n| n.id == l))
+            .map(|n| nodeid(&n.name, n.id))
+            .unwrap_or(local_id);
+        QuorumView {
+            date_unix: self.now_ms() / 1000,
+            node_id: local_id,
+            ring_id: format!("{ring_rep}.{:x}", status.term),
+            expected_votes: vq.expected_votes,
+            highest_expected: vq.expected_votes.max(total),
+            total_votes: total,
+            quorum,
+            quorate,
+            two_node: vq.two_node,
+            wait_for_all: vq.wait_for_all,
+            members,
         }
     }
 

@@ -4,9 +4,9 @@
 // openraft's storage traits fix `StorageError` (large) as the error type; helpers share it.
 #![allow(clippy::result_large_err)]
 
+pub mod corosync;
 mod handle;
 pub mod join;
-pub mod corosync;
 mod log_store;
 mod network;
 mod node;

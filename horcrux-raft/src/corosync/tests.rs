@@ -13,7 +13,8 @@ fn field(text: &str, label: &str) -> String {
 
 /// Parses `Fri Nov 27 00:26:22 2026` back to unix seconds (the fixtures are UTC).
 fn unix_of(date: &str) -> u64 {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let f: Vec<&str> = date.split_whitespace().collect();
     let month = MONTHS.iter().position(|m| *m == f[1]).unwrap() as i64 + 1;
     let day: i64 = f[2].parse().unwrap();
@@ -41,7 +42,12 @@ fn render_like(conf: &str, up: &[u32], recorded: &str) -> String {
         .nodes
         .iter()
         .filter(|n| up.contains(&n.nodeid))
-        .map(|n| QuorumMember { nodeid: n.nodeid, votes: n.quorum_votes, name: n.name.clone(), local: n.nodeid == 1 })
+        .map(|n| QuorumMember {
+            nodeid: n.nodeid,
+            votes: n.quorum_votes,
+            name: n.name.clone(),
+            local: n.nodeid == 1,
+        })
         .collect();
     let total: u32 = members.iter().map(|m| m.votes).sum();
     // In every recording all nodes had been up together before some were stopped.
@@ -95,7 +101,10 @@ fn parses_nodelist_quorum_and_totem() {
     assert_eq!(vq.evaluate(1, false), (1, false));
     let c = parse(&fixture("3node.conf")).unwrap();
     assert_eq!(c.cluster_name, "probe");
-    assert_eq!(c.nodes[2], CorosyncNode { name: "node3".into(), nodeid: 3, ring0_addr: "10.77.0.3".into(), quorum_votes: 1 });
+    assert_eq!(
+        c.nodes[2],
+        CorosyncNode { name: "node3".into(), nodeid: 3, ring0_addr: "10.77.0.3".into(), quorum_votes: 1 }
+    );
     let vq = Votequorum::from_config(&c);
     assert_eq!((vq.expected_votes, vq.two_node, vq.wait_for_all), (3, false, false));
 }
