@@ -13,6 +13,8 @@ pub enum ClusterCmd {
     /// Join tokens for adding nodes.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Remove a node from the cluster (it must own no guests).
+    RemoveNode { name: String },
     /// Seed membership and quorum settings from an existing corosync.conf.
     ImportCorosync { path: std::path::PathBuf },
 }
@@ -66,6 +68,11 @@ pub fn run_cluster(c: &ApiClient, cmd: ClusterCmd) -> anyhow::Result<()> {
                     n["address"].as_str().unwrap_or("")
                 );
             }
+            Ok(())
+        }
+        ClusterCmd::RemoveNode { name } => {
+            c.delete(&format!("/cluster/nodes/{name}"))?;
+            println!("removed {name}");
             Ok(())
         }
         ClusterCmd::ImportCorosync { path } => {

@@ -210,6 +210,17 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     forged.ca_fingerprint = "00".repeat(32);
     let log = Node::new(tmp.path(), "n9").join_refused(&forged.encode());
     assert!(log.contains("fingerprint") || log.contains("CA"), "{log}");
+
+    // Node removal: refused while the node owns guests; the dead n5 can be removed.
+    let api = nodes[2].api(&admin);
+    let (code, body) = api.delete("/cluster/nodes/n2");
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = api.delete("/cluster/nodes/n5");
+    assert_eq!(code, 200, "{body}");
+    let s = status(&api);
+    assert!(s["nodes"].as_array().unwrap().iter().all(|n| n["name"] != "n5"), "{s}");
+    assert_eq!(s["quorate"], true);
+    assert_eq!(api.delete("/cluster/nodes/nope").0, 409);
 }
 
 #[test]

@@ -76,6 +76,10 @@ pub enum Command {
     RevokeJoinToken {
         id: String,
     },
+    /// Forget a node that left the Raft membership; refused while it owns guests.
+    RemoveNode {
+        name: String,
+    },
     /// Record an imported corosync.conf (node names and ids, votequorum settings).
     ImportCorosync {
         config: CorosyncConfig,

@@ -215,6 +215,20 @@ impl ClusterState {
                 t.node_id = Some(self.next_node_id);
                 self.next_node_id += 1;
             }
+            Command::RemoveNode { name } => {
+                if !self.nodes.contains_key(name) {
+                    return Err(ApplyError::NotFound { what: format!("node {name}") });
+                }
+                if let Some(g) = self.guests.values().find(|g| g.node == *name) {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "node {name} still owns guest {}; migrate or delete its guests first",
+                            g.vmid
+                        ),
+                    });
+                }
+                self.nodes.remove(name);
+            }
             Command::ImportCorosync { config } => {
                 if config.nodes.is_empty() {
                     return Err(ValidationError::new("config", "the nodelist has no node").into());

@@ -23,6 +23,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/cluster/tokens", get(list_tokens).post(create_token))
         .route("/cluster/tokens/{id}", delete(revoke_token))
         .route("/cluster/quorum", get(quorum))
+        .route("/cluster/nodes/{name}", delete(remove_node))
         .route("/cluster/corosync", get(get_corosync).post(import_corosync))
 }
 
@@ -97,4 +98,10 @@ async fn import_corosync(State(st): State<ApiState>, body: Bytes) -> Result<Json
 async fn get_corosync(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let c = st.runtime.cluster().read_linearizable(|s| s.corosync.clone()).await?;
     Ok(Json(json!(c)))
+}
+
+async fn remove_node(State(st): State<ApiState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    horcrux_core::ids::validate_dns_label("name", &name)?;
+    st.runtime.cluster().remove_member(&name).await?;
+    Ok(Json(json!({ "removed": name })))
 }

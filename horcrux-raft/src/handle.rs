@@ -337,7 +337,7 @@ impl ClusterHandle {
                     }
                     _ => Err("quorum lost: no leader is elected".to_string()),
                 },
-                Err(ForwardError::Unavailable(m)) => Err(m),
+                Err(ForwardError::Unavailable(m) | ForwardError::Refused(m)) => Err(m),
             };
             if tokio::time::Instant::now() >= deadline {
                 let why = res.err().unwrap_or_default();
@@ -401,7 +401,9 @@ impl ClusterHandle {
                     }
                 }
             }
-            Err(ForwardError::Unavailable(m)) => return Err(ProposeError::Unavailable(m)),
+            Err(ForwardError::Unavailable(m) | ForwardError::Refused(m)) => {
+                return Err(ProposeError::Unavailable(m))
+            }
         };
         self.raft
             .wait(Some(OP_TIMEOUT))
@@ -695,6 +697,76 @@ impl ClusterHandle {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Removes a member (voter or learner) from the cluster, through the leader.
+    pub async fn remove_member(&self, name: &str) -> Result<(), ProposeError> {
+        let res = match self.remove_member_here(name).await {
+            Err(ForwardError::NotLeader { .. }) => match (self.leader_node(), &self.net) {
+                (Some((id, node)), Some(net)) => {
+                    let req = RpcRequest::RemoveMember { name: name.to_string() };
+                    match net.call(Some(id), &node.raft_addr, &req, OP_TIMEOUT * 3).await {
+                        Ok(RpcResponse::RemoveMember(r)) => r,
+                        Ok(_) => Err(ForwardError::Unavailable("unexpected reply from the leader".into())),
+                        Err(e) => {
+                            Err(ForwardError::Unavailable(format!("quorum lost: leader unreachable: {e}")))
+                        }
+                    }
+                }
+                _ => Err(ForwardError::Unavailable("quorum lost: no leader is elected".into())),
+            },
+            other => other,
+        };
+        res.map_err(|e| match e {
+            ForwardError::Refused(m) => {
+                ProposeError::Rejected(horcrux_core::ApplyError::Conflict { message: m })
+            }
+            ForwardError::NotLeader { .. } => ProposeError::Unavailable("no leader".into()),
+            ForwardError::Unavailable(m) => ProposeError::Unavailable(m),
+        })
+    }
+
+    /// Leader only: takes `name` out of the Raft membership and the node table, then
+    /// promotes a learner if that leaves room among the voters.
+    pub async fn remove_member_here(&self, name: &str) -> Result<(), ForwardError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Err(ForwardError::NotLeader { leader: m.current_leader });
+        }
+        let membership = m.membership_config.membership().clone();
+        let Some((id, _)) = membership.nodes().find(|(_, n)| n.name == name).map(|(i, n)| (*i, n.clone()))
+        else {
+            return Err(ForwardError::Refused(format!("no member named {name}")));
+        };
+        if let Some(vmid) = self.read_local(|s| s.guests.values().find(|g| g.node == name).map(|g| g.vmid)) {
+            return Err(ForwardError::Refused(format!(
+                "node {name} still owns guest {vmid}; migrate or delete its guests first"
+            )));
+        }
+        let voter = membership.voter_ids().any(|v| v == id);
+        if voter && membership.voter_ids().count() == 1 {
+            return Err(ForwardError::Refused("cannot remove the last voter".into()));
+        }
+        let change = if voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
+        match self.propose(Command::RemoveNode { name: name.to_string() }).await {
+            Ok(_) | Err(ProposeError::Rejected(horcrux_core::ApplyError::NotFound { .. })) => {}
+            Err(e) => return Err(ForwardError::Unavailable(e.to_string())),
+        }
+        tracing::info!(node_id = id, name, "removed from the cluster");
+        let after = self.raft.metrics().borrow().membership_config.clone();
+        let learner = after.membership().learner_ids().next();
+        if let Some(l) = learner.filter(|_| after.membership().voter_ids().count() < MAX_VOTERS) {
+            tokio::spawn(self.clone().promote_when_caught_up(l));
+        }
+        Ok(())
     }
 
     pub async fn shutdown(&self) {

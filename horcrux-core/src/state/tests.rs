@@ -299,3 +299,18 @@ fn join_tokens_are_single_use_and_expire() {
     let e = s.apply(9, &at(2_100, Command::RevokeJoinToken { id: "zz".into() })).unwrap_err();
     assert!(matches!(e, ApplyError::NotFound { .. }));
 }
+
+#[test]
+fn remove_node_refuses_while_it_owns_guests() {
+    let mut s = base();
+    s.apply(10, &req(create(101, spec(101, 0)))).unwrap();
+    let rm = || Command::RemoveNode { name: "n1".into() };
+    assert!(matches!(refused(&mut s, rm()), ApplyError::Conflict { .. }));
+    assert!(matches!(
+        refused(&mut s, Command::RemoveNode { name: "zz".into() }),
+        ApplyError::NotFound { .. }
+    ));
+    s.apply(11, &req(Command::DeleteGuest { vmid: 101, expected_revision: None })).unwrap();
+    s.apply(12, &req(rm())).unwrap();
+    assert!(s.nodes.is_empty());
+}

@@ -37,6 +37,10 @@ pub enum RpcRequest {
     Ping {
         from: NodeId,
     },
+    /// Remove a member (by name) from the membership; the leader does it.
+    RemoveMember {
+        name: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +51,7 @@ pub enum RpcResponse {
     Propose(Result<Response, ForwardError>),
     ReadIndex(Result<u64, ForwardError>),
     Pong,
+    RemoveMember(Result<(), ForwardError>),
 }
 
 /// Why a forwarded write or read failed on the node that received it.
@@ -56,6 +61,9 @@ pub enum ForwardError {
     NotLeader { leader: Option<NodeId> },
     #[error("{0}")]
     Unavailable(String),
+    /// The request is wrong for the current state (unknown member, owns guests, ...).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Sent by a node that wants to join, on the join ALPN (it has no certificate yet).

@@ -67,6 +67,9 @@ async fn rpc_stream(
         RpcRequest::InstallSnapshot(r) => RpcResponse::InstallSnapshot(raft.install_snapshot(r).await),
         RpcRequest::Propose(r) => RpcResponse::Propose(handle.propose_here(r).await),
         RpcRequest::ReadIndex => RpcResponse::ReadIndex(handle.read_index_here().await),
+        RpcRequest::RemoveMember { name } => {
+            RpcResponse::RemoveMember(handle.remove_member_here(&name).await)
+        }
         RpcRequest::Ping { from } => {
             handle.heard_from(from);
             RpcResponse::Pong
