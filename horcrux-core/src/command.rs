@@ -76,6 +76,12 @@ pub enum Command {
     RevokeJoinToken {
         id: String,
     },
+    /// Set a cluster-wide option (Proxmox's datacenter.cfg keys such as `keyboard`,
+    /// `migration`, `console`); an empty value removes it.
+    SetClusterOption {
+        key: String,
+        value: String,
+    },
     /// Forget a node that left the Raft membership; refused while it owns guests.
     RemoveNode {
         name: String,

@@ -25,6 +25,9 @@ pub struct ClusterState {
     pub next_node_id: u64,
     #[serde(default)]
     pub corosync: Option<CorosyncConfig>,
+    /// Cluster-wide options (datacenter.cfg).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -42,6 +45,7 @@ impl Default for ClusterState {
             join_tokens: BTreeMap::new(),
             next_node_id: first_joined_node_id(),
             corosync: None,
+            options: BTreeMap::new(),
         }
     }
 }
@@ -54,6 +58,8 @@ fn check_revision(vmid: u32, expected: Option<u64>, actual: u64) -> Result<(), A
         _ => Ok(()),
     }
 }
+
+const MAX_OPTION_BYTES: usize = 64 * 1024;
 
 fn check_hex_sha256(field: &str, s: &str) -> Result<(), ValidationError> {
     let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -214,6 +220,24 @@ impl ClusterState {
                 t.used_by = Some(node.clone());
                 t.node_id = Some(self.next_node_id);
                 self.next_node_id += 1;
+            }
+            Command::SetClusterOption { key, value } => {
+                let key_ok = !key.is_empty()
+                    && key.len() <= 64
+                    && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !key_ok {
+                    return Err(ValidationError::new("key", "1-64 letters, digits, '-', '_' or '.'").into());
+                }
+                if value.len() > MAX_OPTION_BYTES {
+                    return Err(
+                        ValidationError::new("value", format!("at most {MAX_OPTION_BYTES} bytes")).into()
+                    );
+                }
+                if value.is_empty() {
+                    self.options.remove(key);
+                } else {
+                    self.options.insert(key.clone(), value.clone());
+                }
             }
             Command::RemoveNode { name } => {
                 if !self.nodes.contains_key(name) {

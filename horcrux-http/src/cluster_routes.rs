@@ -23,6 +23,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/cluster/tokens", get(list_tokens).post(create_token))
         .route("/cluster/tokens/{id}", delete(revoke_token))
         .route("/cluster/quorum", get(quorum))
+        .route("/cluster/options", get(list_options))
+        .route("/cluster/options/{key}", axum::routing::put(set_option))
         .route("/cluster/nodes/{name}", delete(remove_node))
         .route("/cluster/corosync", get(get_corosync).post(import_corosync))
 }
@@ -104,4 +106,29 @@ async fn remove_node(State(st): State<ApiState>, Path(name): Path<String>) -> Re
     horcrux_core::ids::validate_dns_label("name", &name)?;
     st.runtime.cluster().remove_member(&name).await?;
     Ok(Json(json!({ "removed": name })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionValue {
+    value: String,
+}
+
+/// Sets one cluster-wide option; committed through Raft before it answers.
+async fn set_option(
+    State(st): State<ApiState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: OptionValue = parse_body(&body)?;
+    let ok = st
+        .runtime
+        .cluster()
+        .propose(Command::SetClusterOption { key: key.clone(), value: req.value })
+        .await?;
+    Ok(Json(json!({ "key": key, "revision": ok.revision })))
+}
+
+async fn list_options(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(st.runtime.cluster().read_linearizable(|s| s.options.clone()).await?)))
 }

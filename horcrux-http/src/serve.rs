@@ -31,6 +31,8 @@ pub async fn serve(
                 }
             },
         };
+        // Small request/response exchanges must not wait for Nagle + delayed ACK (~40 ms).
+        let _ = tcp.set_nodelay(true);
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {

@@ -314,3 +314,15 @@ fn remove_node_refuses_while_it_owns_guests() {
     s.apply(12, &req(rm())).unwrap();
     assert!(s.nodes.is_empty());
 }
+
+#[test]
+fn cluster_options_validate_key_and_size() {
+    let mut s = base();
+    let set = |k: &str, v: String| Command::SetClusterOption { key: k.into(), value: v };
+    assert_eq!(invalid_field(refused(&mut s, set("bad key", "x".into()))), "key");
+    assert_eq!(invalid_field(refused(&mut s, set("k", "x".repeat(65 * 1024)))), "value");
+    s.apply(3, &req(set("keyboard", "de".into()))).unwrap();
+    assert_eq!(s.options["keyboard"], "de");
+    s.apply(4, &req(set("keyboard", String::new()))).unwrap();
+    assert!(s.options.is_empty());
+}

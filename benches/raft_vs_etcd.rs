@@ -1,0 +1,264 @@
+//! Committed writes of 256-byte values through Horcrux (3 nodes, the API path a config
+//! change takes: HTTPS -> Raft over QUIC -> RocksDB fsync) and through etcd (3 members,
+//! its HTTP gRPC gateway `/v3/kv/put`), in one run on loopback, at 1 and 16 clients.
+//! Prints throughput, p50 and p99 for both and the ratios.
+//!
+//! Run: `bench/raft-vs-etcd` (installs etcd, builds in release) or
+//! `cargo bench --bench raft_vs_etcd`. `BENCH_SECONDS` sets the time per measurement (5).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_udp() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+struct Stats {
+    ops: usize,
+    secs: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Stats {
+    fn throughput(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+}
+
+/// `clients` threads each issue writes back to back for `dur`; `write(agent, client, seq)`
+/// performs one committed write and panics on failure.
+fn load(
+    clients: usize,
+    dur: Duration,
+    write: Arc<dyn Fn(&ureq::Agent, usize, usize) + Send + Sync>,
+) -> Stats {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let write = write.clone();
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut lat = Vec::new();
+                let mut seq = 0;
+                while start.elapsed() < dur {
+                    let t = Instant::now();
+                    write(&agent, c, seq);
+                    lat.push(t.elapsed());
+                    seq += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)].as_secs_f64() * 1000.0;
+    Stats { ops: all.len(), secs, p50_ms: pct(0.50), p99_ms: pct(0.99) }
+}
+
+fn agent() -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder().disable_verification(true).build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out: {what}");
+}
+
+fn start_etcd(root: &Path, procs: &mut Procs) -> String {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_tcp(), free_tcp())).collect();
+    let cluster: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}")).collect();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let child = Command::new("etcd")
+            .args(["--name", &format!("e{i}"), "--data-dir"])
+            .arg(root.join(format!("etcd{i}")))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian etcd-server) must be installed: bench/raft-vs-etcd installs it");
+        procs.0.push(child);
+    }
+    let a = agent();
+    let urls: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
+    wait_until("etcd healthy", || {
+        urls.iter().all(|u| a.get(format!("{u}/health")).call().is_ok_and(|r| r.status() == 200))
+    });
+    // Send writes to the leader, as a client library would after its first redirect.
+    for u in &urls {
+        let mut r = a.post(format!("{u}/v3/maintenance/status")).send_json(json!({})).unwrap();
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        if v["leader"] == v["header"]["member_id"] {
+            return u.clone();
+        }
+    }
+    urls[0].clone()
+}
+
+fn start_horcrux(root: &Path, procs: &mut Procs) -> (String, String) {
+    let bin = env!("CARGO_BIN_EXE_horcrux");
+    let mut api = Vec::new();
+    let mut admin_token = String::new();
+    for i in 0..3 {
+        let dir = root.join(format!("h{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, qport) = (free_tcp(), free_udp());
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--cluster-listen",
+                &format!("127.0.0.1:{qport}"),
+            ])
+            .args(["--node-name", &format!("h{i}"), "--accel", "tcg"])
+            .env("HORCRUX_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap());
+        if i > 0 {
+            let mut r = agent()
+                .post(format!("{}/api/v1/cluster/tokens", api[0]))
+                .header("Authorization", format!("Bearer {admin_token}"))
+                .send_json(json!({}))
+                .unwrap();
+            let t: serde_json::Value = r.body_mut().read_json().unwrap();
+            cmd.args(["--join", t["token"].as_str().unwrap()]);
+        }
+        procs.0.push(cmd.spawn().unwrap());
+        let url = format!("https://127.0.0.1:{port}");
+        let a = agent();
+        wait_until("horcrux up", || {
+            a.get(format!("{url}/api/v1/version")).call().is_ok_and(|r| r.status() == 200)
+        });
+        if i == 0 {
+            admin_token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
+        }
+        api.push(url);
+    }
+    let a = agent();
+    wait_until("3 voters", || {
+        a.get(format!("{}/api/v1/cluster/status", api[0]))
+            .header("Authorization", format!("Bearer {admin_token}"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+            .is_some_and(|s| s["votes"] == 3)
+    });
+    (api[0].clone(), admin_token)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let dur = Duration::from_secs(secs);
+    let tmp = std::env::temp_dir().join(format!("horcrux-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let root: PathBuf = tmp.clone();
+    let mut procs = Procs(Vec::new());
+    let etcd = start_etcd(&root, &mut procs);
+    let (horcrux, token) = start_horcrux(&root, &mut procs);
+    let value = "v".repeat(256);
+
+    let etcd_value = base64(value.as_bytes());
+    let etcd_write: Arc<dyn Fn(&ureq::Agent, usize, usize) + Send + Sync> = Arc::new(move |a, c, seq| {
+        let key = base64(format!("bench/{c}/{}", seq % 1000).as_bytes());
+        let r = a
+            .post(format!("{etcd}/v3/kv/put"))
+            .send_json(json!({ "key": key, "value": etcd_value }))
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    let h_write: Arc<dyn Fn(&ureq::Agent, usize, usize) + Send + Sync> = Arc::new(move |a, c, seq| {
+        let r = a
+            .put(format!("{horcrux}/api/v1/cluster/options/bench-{c}-{}", seq % 1000))
+            .header("Authorization", format!("Bearer {token}"))
+            .send_json(json!({ "value": value }))
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
+
+    println!("committed 256-byte writes, 3 nodes on loopback, {secs} s per run");
+    println!("{:<8} {:>7} {:>12} {:>9} {:>9}", "system", "clients", "writes/s", "p50 ms", "p99 ms");
+    for clients in [1, 16] {
+        let e = load(clients, dur, etcd_write.clone());
+        let h = load(clients, dur, h_write.clone());
+        for (name, s) in [("etcd", &e), ("horcrux", &h)] {
+            println!(
+                "{:<8} {:>7} {:>12.0} {:>9.2} {:>9.2}",
+                name,
+                clients,
+                s.throughput(),
+                s.p50_ms,
+                s.p99_ms
+            );
+        }
+        println!(
+            "ratio horcrux/etcd at {clients} clients: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
+            h.throughput() / e.throughput(),
+            h.p50_ms / e.p50_ms,
+            h.p99_ms / e.p99_ms
+        );
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
