@@ -257,3 +257,44 @@ fn quorum_loss_answers_503_and_recovers_without_losing_writes() {
     }
     assert!(!got.contains(&500) || got.len() == acknowledged.len() + 1);
 }
+
+#[test]
+fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = form_cluster(tmp.path(), &["f1", "f2", "f3"]);
+    let admin = nodes[0].dir.clone();
+    let (a1, a2, a3) = (nodes[0].api(&admin), nodes[1].api(&admin), nodes[2].api(&admin));
+    let g = tiny_guest();
+    // Created through f2: f2 owns it and runs it.
+    let (code, body) = a2.post(
+        "/vms",
+        &json!({"vmid": 700, "name": "fwd", "memory_mib": 128, "disks": [{"storage": "local", "size_mib": 8}],
+                "boot": {"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"}}),
+    );
+    assert_eq!(code, 200, "{body}");
+    // Started through f1; the task runs on f2 and is polled through f3.
+    let (code, body) = a1.post("/vms/700/start", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    let upid = body["upid"].as_str().unwrap().to_string();
+    assert!(upid.starts_with("UPID:f2:"), "the owner runs the task: {upid}");
+    assert_eq!(a3.wait_task(&upid), "OK");
+    let (_, vm) = a1.get("/vms/700");
+    assert_eq!(
+        (vm["node"].as_str(), vm["status"].as_str(), vm["qmpstatus"].as_str()),
+        (Some("f2"), Some("running"), Some("running"))
+    );
+    assert!(nodes[1].dir.join("run/qemu/700.pid").exists(), "QEMU runs on the owner");
+    assert!(!nodes[0].dir.join("run/qemu/700.pid").exists());
+    let (code, _) = a3.delete("/vms/700");
+    assert_eq!(code, 409, "running guest must not be deleted through another node either");
+    let (_, body) = a3.post("/vms/700/stop", &json!({}));
+    assert_eq!(a1.wait_task(body["upid"].as_str().unwrap()), "OK");
+    // The `local` pool's path is replicated (here all nodes share one host, so one path).
+    let (_, pools) = a1.get("/storage");
+    let images = PathBuf::from(pools[0]["path"].as_str().unwrap()).join("images/700");
+    assert!(images.join("vm-700-disk-0.qcow2").exists());
+    let (code, body) = a1.delete("/vms/700");
+    assert_eq!(code, 200, "{body}");
+    assert!(!images.exists(), "the owner removed the disk");
+    assert_eq!(a3.get("/vms/700").0, 404);
+}

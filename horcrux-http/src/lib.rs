@@ -4,6 +4,7 @@
 mod auth;
 mod cluster_routes;
 mod error;
+mod forward;
 mod routes;
 mod serve;
 mod tls;

@@ -45,12 +45,20 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/storage", get(list_storage))
         .merge(crate::cluster_routes::routes())
+        // Layers run outside-in: authenticate first, then carry guest requests to their owner.
+        .route_layer(middleware::from_fn_with_state(st.clone(), crate::forward::forward_to_owner))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
     let api = Router::new().route("/version", get(version)).merge(authed);
-    Router::new()
+    let app = Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such route") })
-        .with_state(st)
+        .with_state(st.clone());
+    let served = app.clone();
+    st.runtime.cluster().set_api_handler(Arc::new(move |call| {
+        let app = served.clone();
+        Box::pin(crate::forward::serve_forwarded(app, call))
+    }));
+    app
 }
 
 /// Parses a JSON body (an empty body counts as `{}`); errors name the offending field.
@@ -92,7 +100,12 @@ fn status_word(p: ObservedPower) -> &'static str {
 }
 
 fn vm_json(st: &ApiState, g: &Guest) -> Value {
-    let observed = st.runtime.observed(g.vmid);
+    let mut observed = st.runtime.observed(g.vmid);
+    if g.node != st.runtime.cluster().node_name() {
+        // Only the owner observes its guests; a list on another node reports the desired
+        // state (GET /vms/{vmid} is forwarded to the owner and reports what it observes).
+        observed.power = if g.desired.is_running() { ObservedPower::Running } else { ObservedPower::Stopped };
+    }
     let spec = g.vm_spec();
     let mut v = json!({
         "vmid": g.vmid,

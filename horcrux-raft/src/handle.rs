@@ -24,7 +24,8 @@ use crate::state_machine::StateMachineStore;
 use crate::status::{quorum_of, ClusterStatus, LocalLog, MemberStatus, ONLINE_WITHIN_MS};
 use crate::store::{cf, open_db, synced, CF_META};
 use crate::transport::{
-    self, ForwardError, JoinRequest, JoinResponse, NodeIdentity, QuicNetwork, RpcRequest, RpcResponse,
+    self, ApiCall, ApiHandler, ApiReply, ForwardError, JoinRequest, JoinResponse, NodeIdentity, QuicNetwork,
+    RpcRequest, RpcResponse,
 };
 use crate::types::{NodeId, Response, TypeConfig};
 
@@ -110,6 +111,7 @@ pub struct ClusterHandle {
     /// Every voter has been online at once since this process started (what votequorum's
     /// wait_for_all waits for).
     all_seen: Arc<std::sync::atomic::AtomicBool>,
+    api: Arc<std::sync::OnceLock<ApiHandler>>,
 }
 
 fn system_clock_ms() -> u64 {
@@ -251,6 +253,7 @@ impl ClusterHandle {
             net,
             clock: Arc::new(system_clock_ms),
             all_seen: Arc::default(),
+            api: Arc::default(),
         };
         if let Some(endpoint) = endpoint {
             tokio::spawn(transport::serve(endpoint, handle.clone()));
@@ -696,6 +699,41 @@ impl ClusterHandle {
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Installs what serves API calls forwarded to this node (once, at start).
+    pub fn set_api_handler(&self, handler: ApiHandler) {
+        let _ = self.api.set(handler);
+    }
+
+    pub async fn serve_api(&self, call: ApiCall) -> ApiReply {
+        match self.api.get() {
+            Some(h) => h(call).await,
+            None => {
+                ApiReply { status: 503, content_type: None, body: "{\"error\":\"API not ready\"}".into() }
+            }
+        }
+    }
+
+    /// Carries an API call to `node` (by name) over the cluster transport.
+    pub async fn forward_api(&self, node: &str, call: ApiCall) -> Result<ApiReply, ProposeError> {
+        let (id, addr) = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            let found = m
+                .membership()
+                .nodes()
+                .find(|(_, n)| n.name == node)
+                .map(|(id, n)| (*id, n.raft_addr.clone()));
+            found.ok_or_else(|| ProposeError::Unavailable(format!("node {node} is not a cluster member")))?
+        };
+        let Some(net) = &self.net else {
+            return Err(ProposeError::Unavailable("this node has no cluster transport".into()));
+        };
+        match net.call(Some(id), &addr, &RpcRequest::Api(call), Duration::from_secs(120)).await {
+            Ok(RpcResponse::Api(r)) => Ok(r),
+            Ok(_) => Err(ProposeError::Unavailable(format!("unexpected reply from node {node}"))),
+            Err(e) => Err(ProposeError::Unavailable(format!("node {node} unreachable: {e}"))),
         }
     }
 

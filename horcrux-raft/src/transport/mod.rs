@@ -41,7 +41,31 @@ pub enum RpcRequest {
     RemoveMember {
         name: String,
     },
+    /// An API request for a guest or task this node owns, forwarded by another node.
+    Api(ApiCall),
 }
+
+/// An HTTP request carried to the node that owns the guest (or ran the task).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiCall {
+    pub method: String,
+    pub uri: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiReply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+/// Serves forwarded API calls on this node (installed by the HTTP layer).
+pub type ApiHandler = std::sync::Arc<
+    dyn Fn(ApiCall) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiReply> + Send>> + Send + Sync,
+>;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcResponse {
@@ -52,6 +76,7 @@ pub enum RpcResponse {
     ReadIndex(Result<u64, ForwardError>),
     Pong,
     RemoveMember(Result<(), ForwardError>),
+    Api(ApiReply),
 }
 
 /// Why a forwarded write or read failed on the node that received it.

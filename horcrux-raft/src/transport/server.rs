@@ -70,6 +70,7 @@ async fn rpc_stream(
         RpcRequest::RemoveMember { name } => {
             RpcResponse::RemoveMember(handle.remove_member_here(&name).await)
         }
+        RpcRequest::Api(call) => RpcResponse::Api(handle.serve_api(call).await),
         RpcRequest::Ping { from } => {
             handle.heard_from(from);
             RpcResponse::Pong

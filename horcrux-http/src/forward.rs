@@ -1,0 +1,105 @@
+//! Any node answers for any guest: requests about a guest owned by another node (and
+//! about a task another node ran) are carried to that node over the cluster transport and
+//! answered there, where the guest's QEMU and the task's log live.
+
+use axum::body::Body;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use horcrux_core::Upid;
+use horcrux_raft::transport::{ApiCall, ApiReply};
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+use crate::routes::ApiState;
+
+/// Marks a request that was already forwarded once, so it is never forwarded again.
+const FORWARDED: &str = "x-horcrux-forwarded";
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// The node that should answer `path` (relative to `/api/v1`), if not this one.
+fn owner_of(st: &ApiState, path: &str) -> Option<String> {
+    let me = st.runtime.cluster().node_name().to_string();
+    let mut parts = path.trim_start_matches('/').split('/');
+    let owner = match (parts.next(), parts.next()) {
+        (Some("vms"), Some(vmid)) => {
+            let vmid: u32 = vmid.parse().ok()?;
+            st.runtime.cluster().read_local(|s| s.guests.get(&vmid).map(|g| g.node.clone()))?
+        }
+        (Some("tasks"), Some(upid)) => upid.parse::<Upid>().ok()?.node,
+        _ => return None,
+    };
+    (owner != me).then_some(owner)
+}
+
+pub async fn forward_to_owner(
+    State(st): State<ApiState>,
+    OriginalUri(original): OriginalUri,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.headers().contains_key(FORWARDED) {
+        return next.run(req).await;
+    }
+    let Some(owner) = owner_of(&st, req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let authorization = header_str(&req, header::AUTHORIZATION);
+    let content_type = header_str(&req, header::CONTENT_TYPE);
+    let method = req.method().to_string();
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return ApiError::bad_field("body", e.to_string()).into_response(),
+    };
+    let Ok(body) = String::from_utf8(body.to_vec()) else {
+        return ApiError::bad_field("body", "not UTF-8").into_response();
+    };
+    let call = ApiCall { method, uri: original.to_string(), authorization, content_type, body };
+    match st.runtime.cluster().forward_api(&owner, call).await {
+        Ok(reply) => reply_response(reply),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn header_str(req: &Request, name: header::HeaderName) -> Option<String> {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn reply_response(reply: ApiReply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (status, reply.body).into_response();
+    if let Some(ct) = reply.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    resp
+}
+
+/// Serves a forwarded call with this node's own router (authentication included).
+pub async fn serve_forwarded(app: Router, call: ApiCall) -> ApiReply {
+    let mut builder =
+        axum::http::Request::builder().method(call.method.as_str()).uri(&call.uri).header(FORWARDED, "1");
+    if let Some(a) = &call.authorization {
+        builder = builder.header(header::AUTHORIZATION, a);
+    }
+    if let Some(c) = &call.content_type {
+        builder = builder.header(header::CONTENT_TYPE, c);
+    }
+    let Ok(req) = builder.body(Body::from(call.body)) else {
+        return ApiReply {
+            status: 400,
+            content_type: None,
+            body: "{\"error\":\"bad forwarded request\"}".into(),
+        };
+    };
+    let resp = match app.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = resp.status().as_u16();
+    let content_type =
+        resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = axum::body::to_bytes(resp.into_body(), MAX_BODY).await.unwrap_or_default();
+    ApiReply { status, content_type, body: String::from_utf8_lossy(&body).into_owned() }
+}
