@@ -49,6 +49,9 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// One committed write: (agent, client number, sequence number); panics on failure.
+type WriteFn = Arc<dyn Fn(&ureq::Agent, usize, usize) + Send + Sync>;
+
 struct Stats {
     ops: usize,
     secs: f64,
@@ -67,7 +70,7 @@ impl Stats {
 fn load(
     clients: usize,
     dur: Duration,
-    write: Arc<dyn Fn(&ureq::Agent, usize, usize) + Send + Sync>,
+    write: WriteFn,
 ) -> Stats {
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
@@ -220,7 +223,7 @@ fn main() {
     let value = "v".repeat(256);
 
     let etcd_value = base64(value.as_bytes());
-    let etcd_write: Arc<dyn Fn(&ureq::Agent, usize, usize) + Send + Sync> = Arc::new(move |a, c, seq| {
+    let etcd_write: WriteFn = Arc::new(move |a, c, seq| {
         let key = base64(format!("bench/{c}/{}", seq % 1000).as_bytes());
         let r = a
             .post(format!("{etcd}/v3/kv/put"))
@@ -228,7 +231,7 @@ fn main() {
             .unwrap();
         assert_eq!(r.status(), 200);
     });
-    let h_write: Arc<dyn Fn(&ureq::Agent, usize, usize) + Send + Sync> = Arc::new(move |a, c, seq| {
+    let h_write: WriteFn = Arc::new(move |a, c, seq| {
         let r = a
             .put(format!("{horcrux}/api/v1/cluster/options/bench-{c}-{}", seq % 1000))
             .header("Authorization", format!("Bearer {token}"))
