@@ -232,12 +232,13 @@ fn main() {
         assert_eq!(r.status(), 200);
     });
     let h_write: WriteFn = Arc::new(move |a, c, seq| {
-        let r = a
+        let mut r = a
             .put(format!("{horcrux}/api/v1/cluster/options/bench-{c}-{}", seq % 1000))
             .header("Authorization", format!("Bearer {token}"))
             .send_json(json!({ "value": value }))
             .unwrap();
         assert_eq!(r.status(), 200);
+        r.body_mut().read_to_vec().unwrap();
     });
 
     println!("committed 256-byte writes, 3 nodes on loopback, {secs} s per run");

@@ -227,7 +227,7 @@ impl ClusterHandle {
             None => config,
         };
         let config = Arc::new(config.validate().map_err(storage)?);
-        let log = LogStore::new(db.clone());
+        let log = LogStore::new(db.clone()).map_err(storage)?;
         let (raft, net, endpoint) = match (&opts.cluster, &identity.certs) {
             (Some(c), Some(certs)) => {
                 let id = NodeIdentity::from_pem(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)
@@ -332,7 +332,12 @@ impl ClusterHandle {
                             .call(Some(id), &node.raft_addr, &RpcRequest::Propose(req.clone()), left)
                             .await
                         {
-                            Ok(RpcResponse::Propose(Ok(resp))) => return Ok(resp?),
+                            Ok(RpcResponse::Propose(Ok(resp))) => {
+                                let ok = resp?;
+                                // Read-your-writes here too: wait until this node applied it.
+                                self.wait_applied(ok.revision).await?;
+                                return Ok(ok);
+                            }
                             Ok(RpcResponse::Propose(Err(e))) => Err(e.to_string()),
                             Ok(_) => Err("unexpected reply from the leader".to_string()),
                             Err(e) => Err(format!("quorum lost: leader {} unreachable: {e}", node.name)),
@@ -350,6 +355,16 @@ impl ClusterHandle {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits until this node has applied the log up to `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), ProposeError> {
+        self.raft
+            .wait(Some(OP_TIMEOUT))
+            .applied_index_at_least(Some(index), "write applied on this node")
+            .await
+            .map(|_| ())
+            .map_err(|e| ProposeError::Unavailable(format!("write committed but not yet applied here: {e}")))
     }
 
     /// Proposes on this node only; says so if it is not the leader.
