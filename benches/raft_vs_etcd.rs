@@ -67,11 +67,7 @@ impl Stats {
 
 /// `clients` threads each issue writes back to back for `dur`; `write(agent, client, seq)`
 /// performs one committed write and panics on failure.
-fn load(
-    clients: usize,
-    dur: Duration,
-    write: WriteFn,
-) -> Stats {
+fn load(clients: usize, dur: Duration, write: WriteFn) -> Stats {
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|c| {

@@ -298,3 +298,36 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     assert!(!images.exists(), "the owner removed the disk");
     assert_eq!(a3.get("/vms/700").0, 404);
 }
+
+#[test]
+fn voters_are_capped_at_five_and_further_nodes_stay_learners() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(tmp.path(), n)).collect();
+    nodes[0].start(None);
+    let admin = nodes[0].dir.clone();
+    let api = nodes[0].api(&admin);
+    for i in 1..nodes.len() {
+        let t = token(&api, 600);
+        nodes[i].start(Some(&t));
+        // Join one at a time so each is promoted before the next arrives.
+        let expected_voters = (i + 1).min(5);
+        eventually("promotion", Duration::from_secs(30), || voters_online(&status(&api)) == expected_voters);
+    }
+    eventually("six members online", Duration::from_secs(20), || {
+        status(&api)["nodes"].as_array().unwrap().iter().filter(|n| n["online"] == true).count() == 6
+    });
+    let s = status(&api);
+    let learners: Vec<&str> = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["voter"] == false)
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(learners, vec!["c6"], "{s}");
+    assert_eq!(s["expected_votes"], 5);
+    // The learner replicates and serves reads.
+    assert_eq!(create_vm(&api, 900), 200);
+    assert_eq!(try_vmids(&nodes[5].api(&admin)), Ok(vec![900]));
+}
