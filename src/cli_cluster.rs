@@ -15,6 +15,9 @@ pub enum ClusterCmd {
     Token(TokenCmd),
     /// Remove a node from the cluster (it must own no guests).
     RemoveNode { name: String },
+    /// Take the node the CLI talks to out of the cluster (it must own no guests); stop its
+    /// daemon afterwards.
+    Leave,
     /// Seed membership and quorum settings from an existing corosync.conf.
     ImportCorosync { path: std::path::PathBuf },
 }
@@ -73,6 +76,18 @@ pub fn run_cluster(c: &ApiClient, cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::RemoveNode { name } => {
             c.delete(&format!("/cluster/nodes/{name}"))?;
             println!("removed {name}");
+            Ok(())
+        }
+        ClusterCmd::Leave => {
+            let s = c.get("/cluster/status")?;
+            let me = s["nodes"]
+                .as_array()
+                .and_then(|n| n.iter().find(|n| n["local"] == true))
+                .and_then(|n| n["name"].as_str())
+                .context("the server did not say which node it is")?
+                .to_string();
+            c.delete(&format!("/cluster/nodes/{me}"))?;
+            println!("{me} left the cluster; stop its daemon now");
             Ok(())
         }
         ClusterCmd::ImportCorosync { path } => {

@@ -307,9 +307,9 @@ fn voters_are_capped_at_five_and_further_nodes_stay_learners() {
     nodes[0].start(None);
     let admin = nodes[0].dir.clone();
     let api = nodes[0].api(&admin);
-    for i in 1..nodes.len() {
+    for (i, node) in nodes.iter_mut().enumerate().skip(1) {
         let t = token(&api, 600);
-        nodes[i].start(Some(&t));
+        node.start(Some(&t));
         // Join one at a time so each is promoted before the next arrives.
         let expected_voters = (i + 1).min(5);
         eventually("promotion", Duration::from_secs(30), || voters_online(&status(&api)) == expected_voters);
