@@ -221,6 +221,16 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     assert!(s["nodes"].as_array().unwrap().iter().all(|n| n["name"] != "n5"), "{s}");
     assert_eq!(s["quorate"], true);
     assert_eq!(api.delete("/cluster/nodes/nope").0, 409);
+
+    // Graceful leave through the CLI, pointed at n4 with the first node's token file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_horcrux"))
+        .args(["cluster", "leave", "--api", &format!("https://127.0.0.1:{}", nodes[3].port), "--token-file"])
+        .arg(admin.join("admin.token"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = status(&api);
+    assert!(s["nodes"].as_array().unwrap().iter().all(|n| n["name"] != "n4"), "{s}");
 }
 
 #[test]
