@@ -37,6 +37,15 @@ const KEY_NODE: &[u8] = b"node";
 /// Voters are capped (odd); further nodes stay learners that replicate and serve reads.
 pub const MAX_VOTERS: usize = 5;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn voter_targets_are_odd_and_capped() {
+        let t: Vec<usize> = (1..=8).map(super::voter_target).collect();
+        assert_eq!(t, vec![1, 1, 3, 3, 5, 5, 5, 5]);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     /// The state machine refused the command; nothing changed.
@@ -112,6 +121,16 @@ pub struct ClusterHandle {
     /// wait_for_all waits for).
     all_seen: Arc<std::sync::atomic::AtomicBool>,
     api: Arc<std::sync::OnceLock<ApiHandler>>,
+}
+
+/// How many voters a cluster of `members` nodes should have: odd, at most `MAX_VOTERS`.
+pub fn voter_target(members: usize) -> usize {
+    let n = members.clamp(1, MAX_VOTERS);
+    if n % 2 == 0 {
+        n - 1
+    } else {
+        n
+    }
 }
 
 fn system_clock_ms() -> u64 {
@@ -687,6 +706,10 @@ impl ClusterHandle {
         }
     }
 
+    /// Promotes caught-up learners (`node_id` first) while the voter count is below its
+    /// target: the largest odd number not above the member count and `MAX_VOTERS`. An odd
+    /// count never costs fault tolerance (4 voters survive one failure, like 3) and keeps
+    /// elections decisive; the rest stay learners that replicate and serve reads.
     async fn promote_when_caught_up(self, node_id: NodeId) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
         while tokio::time::Instant::now() < deadline {
@@ -694,23 +717,32 @@ impl ClusterHandle {
             if m.state != ServerState::Leader {
                 return;
             }
-            let voters = m.membership_config.membership().voter_ids().count();
-            if voters >= MAX_VOTERS {
-                tracing::info!(node_id, "voters capped at {MAX_VOTERS}; the node stays a learner");
+            let membership = m.membership_config.membership();
+            let voters = membership.voter_ids().count();
+            let members = membership.nodes().count();
+            let target = voter_target(members);
+            if voters >= target {
+                if voters >= MAX_VOTERS {
+                    tracing::info!(node_id, "voters capped at {MAX_VOTERS}; the node stays a learner");
+                }
                 return;
             }
-            let matched =
-                m.replication.as_ref().and_then(|r| r.get(&node_id).cloned()).flatten().map(|l| l.index);
-            let caught_up =
-                matches!((matched, m.last_log_index), (Some(a), Some(b)) if b.saturating_sub(a) <= 10);
-            if caught_up {
-                let change = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
-                match self.raft.change_membership(change, false).await {
+            let caught_up = |id: &NodeId| {
+                let matched =
+                    m.replication.as_ref().and_then(|r| r.get(id).cloned()).flatten().map(|l| l.index);
+                matches!((matched, m.last_log_index), (Some(a), Some(b)) if b.saturating_sub(a) <= 10)
+            };
+            let mut ready: Vec<NodeId> = membership.learner_ids().filter(|id| caught_up(id)).collect();
+            ready.sort_by_key(|id| (*id != node_id, *id));
+            let need = target - voters;
+            if ready.len() >= need {
+                let ids: BTreeSet<NodeId> = ready.into_iter().take(need).collect();
+                match self.raft.change_membership(ChangeMembers::AddVoterIds(ids.clone()), false).await {
                     Ok(_) => {
-                        tracing::info!(node_id, "promoted to voter");
+                        tracing::info!(?ids, "promoted to voter");
                         return;
                     }
-                    Err(e) => tracing::warn!(node_id, "promotion failed, retrying: {e}"),
+                    Err(e) => tracing::warn!(?ids, "promotion failed, retrying: {e}"),
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -815,8 +847,7 @@ impl ClusterHandle {
         }
         tracing::info!(node_id = id, name, "removed from the cluster");
         let after = self.raft.metrics().borrow().membership_config.clone();
-        let learner = after.membership().learner_ids().next();
-        if let Some(l) = learner.filter(|_| after.membership().voter_ids().count() < MAX_VOTERS) {
+        if let Some(l) = after.membership().learner_ids().next() {
             tokio::spawn(self.clone().promote_when_caught_up(l));
         }
         Ok(())
