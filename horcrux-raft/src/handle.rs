@@ -126,7 +126,7 @@ pub struct ClusterHandle {
 /// How many voters a cluster of `members` nodes should have: odd, at most `MAX_VOTERS`.
 pub fn voter_target(members: usize) -> usize {
     let n = members.clamp(1, MAX_VOTERS);
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         n - 1
     } else {
         n
