@@ -11,6 +11,7 @@ mod log_store;
 mod network;
 mod node;
 pub mod pki;
+pub mod runtime;
 mod state_machine;
 pub mod status;
 mod store;

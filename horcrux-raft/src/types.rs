@@ -14,6 +14,7 @@ openraft::declare_raft_types!(
         D = Request,
         R = Response,
         Node = crate::node::HorcruxNode,
+        AsyncRuntime = crate::runtime::HorcruxRuntime,
 );
 
 // `declare_raft_types!` defaults SnapshotData to `Cursor<Vec<u8>>`; keep the import used.
