@@ -124,6 +124,6 @@ mod tests {
         assert_eq!(draw(), a);
         seed_thread_rng(43);
         assert_ne!(draw(), a);
-        std::thread::spawn(move || draw()).join().unwrap();
+        std::thread::spawn(draw).join().unwrap();
     }
 }
