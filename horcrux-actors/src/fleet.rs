@@ -102,7 +102,7 @@ impl Actor for GuestFleet {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let mut applied = self.cluster.subscribe_applied();
+        let mut applied = self.cluster.subscribe_guest_changes();
         let addr = ctx.address();
         actix::spawn(async move {
             while applied.changed().await.is_ok() {

@@ -92,6 +92,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether applying it can change which guests exist, where, or how they should run:
+    /// what the node's guest actors must react to.
+    pub fn touches_guests(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateGuest { .. }
+                | Command::UpdateGuest { .. }
+                | Command::SetDesiredPower { .. }
+                | Command::DeleteGuest { .. }
+                | Command::AddStorage { .. }
+        )
+    }
+}
+
 /// What a successful apply reports back to the proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyOk {

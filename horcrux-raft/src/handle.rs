@@ -455,9 +455,9 @@ impl ClusterHandle {
         f(&self.sm.read().state)
     }
 
-    /// Fires with the last applied log index whenever entries are applied.
-    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
-        self.sm.subscribe_applied()
+    /// Fires with the applied log index whenever applied entries changed guests.
+    pub fn subscribe_guest_changes(&self) -> watch::Receiver<u64> {
+        self.sm.subscribe_guest_changes()
     }
 
     pub fn raft(&self) -> &Raft<TypeConfig> {

@@ -38,8 +38,9 @@ struct StoredSnapshot {
 
 struct Shared {
     data: RwLock<SmData>,
-    /// Index of the last applied entry; readers wait on it and reconcilers watch it.
-    applied: watch::Sender<u64>,
+    /// Index of the last applied entry that changed guests (or a snapshot install):
+    /// what guest reconcilers watch. Other entries do not wake them.
+    guests_changed: watch::Sender<u64>,
 }
 
 /// Cheap to clone; every clone sees the same state.
@@ -60,7 +61,7 @@ impl StateMachineStore {
         };
         let applied = data.last_applied.map(|l| l.index).unwrap_or(0);
         let (tx, _) = watch::channel(applied);
-        Ok(Self { db, shared: Arc::new(Shared { data: RwLock::new(data), applied: tx }) })
+        Ok(Self { db, shared: Arc::new(Shared { data: RwLock::new(data), guests_changed: tx }) })
     }
 
     /// A read view of the applied state. Hold it briefly: apply waits for it.
@@ -70,8 +71,8 @@ impl StateMachineStore {
         self.shared.data.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
-        self.shared.applied.subscribe()
+    pub fn subscribe_guest_changes(&self) -> watch::Receiver<u64> {
+        self.shared.guests_changed.subscribe()
     }
 
     fn snapshot_bytes(&self) -> Result<(Meta, Vec<u8>), StorageError<NodeId>> {
@@ -124,13 +125,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
+        let mut guests_changed = false;
         let last_index = {
             let mut d = self.shared.data.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
                 d.last_applied = Some(entry.log_id);
                 let res = match entry.payload {
                     EntryPayload::Blank => Ok(horcrux_core::ApplyOk { revision: entry.log_id.index }),
-                    EntryPayload::Normal(req) => d.state.apply(entry.log_id.index, &req),
+                    EntryPayload::Normal(req) => {
+                        guests_changed |= req.cmd.touches_guests();
+                        d.state.apply(entry.log_id.index, &req)
+                    }
                     EntryPayload::Membership(m) => {
                         d.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         Ok(horcrux_core::ApplyOk { revision: entry.log_id.index })
@@ -140,7 +145,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             d.last_applied.map(|l| l.index).unwrap_or(0)
         };
-        self.shared.applied.send_replace(last_index);
+        if guests_changed {
+            self.shared.guests_changed.send_replace(last_index);
+        }
         Ok(out)
     }
 
@@ -162,7 +169,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.store_snapshot(meta, &bytes)?;
         let index = data.last_applied.map(|l| l.index).unwrap_or(0);
         *self.shared.data.write().unwrap_or_else(|p| p.into_inner()) = data;
-        self.shared.applied.send_replace(index);
+        self.shared.guests_changed.send_replace(index);
         Ok(())
     }
 
