@@ -1,0 +1,208 @@
+//! In-memory Raft storage for the simulation: the log, the vote, and a state machine that
+//! runs the real `horcrux_core::ClusterState::apply`. Both survive a simulated crash (they
+//! stand for the disk); each node records the hash of its state after every applied index
+//! so the simulator can check that all nodes agree.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
+
+use horcrux_core::ClusterState;
+use horcrux_raft::{HorcruxNode, NodeId, Response, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StoredMembership, Vote,
+};
+
+#[derive(Default)]
+pub struct LogInner {
+    pub vote: Option<Vote<NodeId>>,
+    pub committed: Option<LogId<NodeId>>,
+    pub last_purged: Option<LogId<NodeId>>,
+    pub entries: BTreeMap<u64, Entry<TypeConfig>>,
+}
+
+#[derive(Clone, Default)]
+pub struct MemLog(pub Arc<Mutex<LogInner>>);
+
+impl MemLog {
+    pub fn log_ids(&self) -> BTreeMap<u64, LogId<NodeId>> {
+        self.0.lock().unwrap().entries.iter().map(|(i, e)| (*i, e.log_id)).collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for MemLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.0.lock().unwrap().entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for MemLog {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let l = self.0.lock().unwrap();
+        let last = l.entries.values().next_back().map(|e| e.log_id).or(l.last_purged);
+        Ok(LogState { last_purged_log_id: l.last_purged, last_log_id: last })
+    }
+    async fn get_log_reader(&mut self) -> Self {
+        self.clone()
+    }
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.0.lock().unwrap().vote = Some(*vote);
+        Ok(())
+    }
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.0.lock().unwrap().vote)
+    }
+    async fn save_committed(&mut self, c: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        self.0.lock().unwrap().committed = c;
+        Ok(())
+    }
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.0.lock().unwrap().committed)
+    }
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut l = self.0.lock().unwrap();
+        for e in entries {
+            l.entries.insert(e.log_id.index, e);
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.0.lock().unwrap().entries.split_off(&log_id.index);
+        Ok(())
+    }
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut l = self.0.lock().unwrap();
+        l.last_purged = Some(log_id);
+        l.entries = l.entries.split_off(&(log_id.index + 1));
+        Ok(())
+    }
+}
+
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SmData {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, HorcruxNode>,
+    pub state: ClusterState,
+}
+
+#[derive(Default)]
+pub struct SmInner {
+    pub data: SmData,
+    pub snapshot: Option<(SnapshotMeta<NodeId, HorcruxNode>, Vec<u8>)>,
+    /// Hash of the state after each applied index (for the state-agreement invariant).
+    pub history: BTreeMap<u64, u64>,
+    /// Injected bug: skip applying every n-th entry.
+    pub skip_every: Option<u64>,
+}
+
+#[derive(Clone, Default)]
+pub struct MemSm(pub Arc<Mutex<SmInner>>);
+
+/// FNV-1a of the state's canonical JSON: equal states hash equal on every node.
+pub fn state_hash(s: &ClusterState) -> u64 {
+    let bytes = serde_json::to_vec(s).unwrap_or_default();
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MemSm {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let mut inner = self.0.lock().unwrap();
+        let bytes = serde_json::to_vec(&inner.data).unwrap_or_default();
+        let meta = SnapshotMeta {
+            last_log_id: inner.data.last_applied,
+            last_membership: inner.data.membership.clone(),
+            snapshot_id: format!("{:?}", inner.data.last_applied.map(|l| l.index)),
+        };
+        inner.snapshot = Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MemSm {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, HorcruxNode>), StorageError<NodeId>> {
+        let i = self.0.lock().unwrap();
+        Ok((i.data.last_applied, i.data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut i = self.0.lock().unwrap();
+        let mut out = Vec::new();
+        for e in entries {
+            let idx = e.log_id.index;
+            i.data.last_applied = Some(e.log_id);
+            out.push(match e.payload {
+                EntryPayload::Blank => Ok(horcrux_core::ApplyOk { revision: idx }),
+                EntryPayload::Normal(_) if i.skip_every.is_some_and(|n| idx % n == 0) => {
+                    Ok(horcrux_core::ApplyOk { revision: idx })
+                }
+                EntryPayload::Normal(req) => i.data.state.apply(idx, &req),
+                EntryPayload::Membership(m) => {
+                    i.data.membership = StoredMembership::new(Some(e.log_id), m);
+                    Ok(horcrux_core::ApplyOk { revision: idx })
+                }
+            });
+            let h = state_hash(&i.data.state);
+            i.history.insert(idx, h);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, HorcruxNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        let data: SmData = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageError::from(openraft::StorageIOError::read(openraft::AnyError::new(&e))))?;
+        let mut i = self.0.lock().unwrap();
+        if let Some(l) = data.last_applied {
+            let h = state_hash(&data.state);
+            i.history.insert(l.index, h);
+        }
+        i.data = data;
+        i.snapshot = Some((meta.clone(), bytes));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let i = self.0.lock().unwrap();
+        Ok(i.snapshot
+            .as_ref()
+            .map(|(m, b)| Snapshot { meta: m.clone(), snapshot: Box::new(Cursor::new(b.clone())) }))
+    }
+}

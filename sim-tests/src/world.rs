@@ -1,0 +1,346 @@
+//! One simulated run: build the nodes, drive the workload and faults, check invariants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use horcrux_core::{Command, Request};
+use horcrux_raft::{HorcruxNode, NodeId, TypeConfig};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::mem_store::{MemLog, MemSm};
+use crate::net::{Router, RouterInner, SimNet};
+
+/// A deliberately injected bug, to prove the checkers catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    None,
+    /// Node 2's state machine skips every 25th entry.
+    SkipEntry,
+    /// The client counts a write as acknowledged as soon as a node accepts it, before it
+    /// is committed.
+    AckBeforeCommit,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: u64,
+    pub sim_secs: u64,
+    pub faults: bool,
+    pub bug: Bug,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, nodes: 5, sim_secs: 60, faults: true, bug: Bug::None }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub trace: Vec<String>,
+    pub violations: Vec<String>,
+    pub acked: usize,
+}
+
+struct Node {
+    log: MemLog,
+    sm: MemSm,
+    raft: Option<Raft<TypeConfig>>,
+}
+
+/// What the checker reads of one node: id, log ids by index, state hash by applied index,
+/// last applied index.
+type NodeView = (NodeId, BTreeMap<u64, openraft::LogId<NodeId>>, BTreeMap<u64, u64>, u64);
+
+struct World {
+    cfg: SimConfig,
+    router: Router,
+    nodes: BTreeMap<NodeId, Node>,
+    raft_config: Arc<Config>,
+    trace: Arc<Mutex<Vec<String>>>,
+    /// Writes the client saw acknowledged: key -> value.
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    violations: Vec<String>,
+    start: tokio::time::Instant,
+    last_leader: Option<(NodeId, u64)>,
+}
+
+impl World {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn log(&self, line: String) {
+        let t = self.now_ms();
+        self.trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
+    }
+
+    fn member(id: NodeId) -> HorcruxNode {
+        HorcruxNode { name: format!("n{id}"), raft_addr: format!("sim:{id}"), api_addr: String::new() }
+    }
+
+    async fn boot(&mut self, id: NodeId) {
+        let node = self.nodes.get(&id).unwrap();
+        let net = SimNet { router: self.router.clone(), me: id };
+        let raft = Raft::new(id, self.raft_config.clone(), net, node.log.clone(), node.sm.clone())
+            .await
+            .expect("raft starts over in-memory storage");
+        self.router.0.lock().unwrap().rafts.insert(id, raft.clone());
+        self.nodes.get_mut(&id).unwrap().raft = Some(raft);
+    }
+
+    async fn crash(&mut self, id: NodeId) {
+        self.router.0.lock().unwrap().rafts.remove(&id);
+        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.take()) {
+            let _ = r.shutdown().await;
+        }
+        self.log(format!("crash n{id}"));
+    }
+
+    fn running(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.raft.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    fn leader(&self) -> Option<(NodeId, u64)> {
+        self.nodes.iter().find_map(|(id, n)| {
+            let m = n.raft.as_ref()?.metrics().borrow().clone();
+            (m.state == ServerState::Leader).then_some((*id, m.current_term))
+        })
+    }
+
+    fn client_write(&self, via: NodeId, seq: u64) {
+        let Some(raft) = self.nodes[&via].raft.clone() else { return };
+        let key = format!("k{seq}");
+        let value = format!("v{seq}");
+        self.log(format!("write {key} via n{via}"));
+        let req = Request {
+            ts_ms: self.now_ms(),
+            cmd: Command::SetClusterOption { key: key.clone(), value: value.clone() },
+        };
+        let (trace, acked, bug, start) = (self.trace.clone(), self.acked.clone(), self.cfg.bug, self.start);
+        if bug == Bug::AckBeforeCommit {
+            acked.lock().unwrap().insert(key.clone(), value.clone());
+        }
+        tokio::spawn(async move {
+            let res = tokio::time::timeout(Duration::from_secs(3), raft.client_write(req)).await;
+            let t = start.elapsed().as_millis();
+            let line = match res {
+                Ok(Ok(r)) if r.data.is_ok() => {
+                    acked.lock().unwrap().insert(key.clone(), value);
+                    format!("ack {key} at index {}", r.log_id.index)
+                }
+                Ok(Ok(r)) => format!("refused {key}: {:?}", r.data),
+                Ok(Err(e)) => format!("failed {key}: {}", short(&e.to_string())),
+                Err(_) => format!("timeout {key} (indeterminate)"),
+            };
+            trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
+        });
+    }
+
+    /// Committed log prefixes agree, and every node's state after the same index is equal.
+    fn check_safety(&mut self) {
+        let views: Vec<NodeView> = self
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                let sm = n.sm.0.lock().unwrap();
+                let applied = sm.data.last_applied.map(|l| l.index).unwrap_or(0);
+                (*id, n.log.log_ids(), sm.history.clone(), applied)
+            })
+            .collect();
+        for (i, (a, log_a, hist_a, applied_a)) in views.iter().enumerate() {
+            for (b, log_b, hist_b, applied_b) in views.iter().skip(i + 1) {
+                let upto = (*applied_a).min(*applied_b);
+                for (idx, id_a) in log_a.range(..=upto) {
+                    if let Some(id_b) = log_b.get(idx) {
+                        if id_a != id_b {
+                            self.violations.push(format!(
+                                "committed log prefix disagrees at index {idx}: n{a} has {id_a}, n{b} has {id_b}"
+                            ));
+                            return;
+                        }
+                    }
+                }
+                for (idx, h_a) in hist_a {
+                    if let Some(h_b) = hist_b.get(idx) {
+                        if h_a != h_b {
+                            self.violations.push(format!(
+                                "applied state differs at index {idx}: n{a} and n{b} hold different states"
+                            ));
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// Runs one seed to completion and reports its trace and any invariant violations.
+pub fn run(cfg: SimConfig) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    horcrux_raft::runtime::seed_thread_rng(cfg.seed);
+    rt.block_on(simulate(cfg))
+}
+
+async fn simulate(cfg: SimConfig) -> Outcome {
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
+    let router = Router(Arc::new(Mutex::new(RouterInner {
+        rafts: BTreeMap::new(),
+        group: BTreeMap::new(),
+        drop_per_mille: if cfg.faults { 50 } else { 0 },
+        max_delay_ms: if cfg.faults { 20 } else { 1 },
+        rng: StdRng::seed_from_u64(cfg.seed ^ 0x0e7),
+    })));
+    let raft_config = Config {
+        cluster_name: "sim".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(100),
+        max_in_snapshot_log_to_keep: 20,
+        ..Default::default()
+    };
+    let mut w = World {
+        router,
+        nodes: BTreeMap::new(),
+        raft_config: Arc::new(raft_config.validate().expect("valid raft config")),
+        trace: Arc::default(),
+        acked: Arc::default(),
+        violations: Vec::new(),
+        start: tokio::time::Instant::now(),
+        last_leader: None,
+        cfg: cfg.clone(),
+    };
+    for id in 1..=cfg.nodes {
+        let sm = MemSm::default();
+        if cfg.bug == Bug::SkipEntry && id == 2 {
+            sm.0.lock().unwrap().skip_every = Some(25);
+        }
+        w.nodes.insert(id, Node { log: MemLog::default(), sm, raft: None });
+        w.router.0.lock().unwrap().group.insert(id, 0);
+        w.boot(id).await;
+    }
+    let members: BTreeMap<NodeId, HorcruxNode> = (1..=cfg.nodes).map(|id| (id, World::member(id))).collect();
+    w.nodes[&1].raft.as_ref().unwrap().initialize(members).await.expect("initialize");
+    w.log(format!("cluster of {} nodes initialised", cfg.nodes));
+
+    let step = Duration::from_millis(50);
+    let steps = cfg.sim_secs * 1000 / 50;
+    let mut seq = 0u64;
+    for n in 0..steps {
+        tokio::time::sleep(step).await;
+        let leader = w.leader();
+        if leader != w.last_leader {
+            if let Some((id, term)) = leader {
+                w.log(format!("leader n{id} term {term}"));
+            }
+            w.last_leader = leader;
+        }
+        if rng.gen_bool(0.4) {
+            let via = match leader {
+                Some((id, _)) if rng.gen_bool(0.8) => Some(id),
+                _ => {
+                    let running = w.running();
+                    (!running.is_empty()).then(|| running[rng.gen_range(0..running.len())])
+                }
+            };
+            if let Some(via) = via {
+                seq += 1;
+                w.client_write(via, seq);
+            }
+        }
+        if cfg.faults {
+            let roll = rng.gen_range(0..1000);
+            let running = w.running();
+            if roll < 8 && running.len() > 1 {
+                let id = running[rng.gen_range(0..running.len())];
+                w.crash(id).await;
+            } else if roll < 30 {
+                let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !running.contains(id)).collect();
+                if !down.is_empty() {
+                    let id = down[rng.gen_range(0..down.len())];
+                    w.boot(id).await;
+                    w.log(format!("restart n{id}"));
+                }
+            } else if roll < 38 {
+                let ids: Vec<NodeId> = w.nodes.keys().copied().collect();
+                let isolated: BTreeSet<NodeId> = ids.iter().copied().filter(|_| rng.gen_bool(0.4)).collect();
+                let mut r = w.router.0.lock().unwrap();
+                for id in &ids {
+                    r.group.insert(*id, u32::from(isolated.contains(id)));
+                }
+                drop(r);
+                w.log(format!("partition {isolated:?} from the rest"));
+            } else if roll < 60 {
+                let mut r = w.router.0.lock().unwrap();
+                let was = r.group.values().any(|g| *g != 0);
+                r.group.values_mut().for_each(|g| *g = 0);
+                drop(r);
+                if was {
+                    w.log("heal partition".into());
+                }
+            }
+        }
+        if n % 10 == 0 {
+            w.check_safety();
+            if !w.violations.is_empty() {
+                break;
+            }
+        }
+    }
+
+    // Heal everything and require convergence within a bounded time (liveness).
+    w.router.0.lock().unwrap().group.values_mut().for_each(|g| *g = 0);
+    w.router.0.lock().unwrap().drop_per_mille = 0;
+    let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !w.running().contains(id)).collect();
+    for id in down {
+        w.boot(id).await;
+        w.log(format!("restart n{id} (heal)"));
+    }
+    w.log("all faults healed".into());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut converged = false;
+    for _ in 0..400 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let applied: BTreeSet<Option<u64>> =
+            w.nodes.values().map(|n| n.sm.0.lock().unwrap().data.last_applied.map(|l| l.index)).collect();
+        if w.leader().is_some() && applied.len() == 1 {
+            converged = true;
+            break;
+        }
+    }
+    w.check_safety();
+    if !converged {
+        w.violations.push("liveness: the cluster did not converge within 20 s after faults healed".into());
+    }
+    // No acknowledged write is lost: every node holds every acknowledged key.
+    let acked = w.acked.lock().unwrap().clone();
+    for (id, n) in &w.nodes {
+        let sm = n.sm.0.lock().unwrap();
+        if let Some((k, v)) = acked.iter().find(|(k, v)| sm.data.state.options.get(*k) != Some(*v)) {
+            w.violations.push(format!("acknowledged write {k}={v} is missing on n{id}"));
+            break;
+        }
+    }
+    let final_hashes: BTreeSet<u64> =
+        w.nodes.values().map(|n| crate::mem_store::state_hash(&n.sm.0.lock().unwrap().data.state)).collect();
+    w.log(format!("end: {} acknowledged writes, final state hashes {final_hashes:x?}", acked.len()));
+    for id in w.running() {
+        w.crash(id).await;
+    }
+    let trace = w.trace.lock().unwrap().clone();
+    Outcome { trace, violations: w.violations, acked: acked.len() }
+}
