@@ -2,49 +2,37 @@
 //! first start or joins one with a token, proposes commands (forwarding to the leader),
 //! reads linearizably (ReadIndex through the leader), and reports membership and quorum.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use horcrux_core::{ids, ApplyOk, ClusterState, Command, Request};
+use horcrux_core::{ApplyOk, ClusterState, Command, Request};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Config, Raft, ServerState};
+use openraft::{Config, Raft};
 use rocksdb::DB;
 use tokio::sync::watch;
 
-use crate::corosync::{QuorumMember, QuorumView, Votequorum};
 use crate::join::JoinTokenData;
 use crate::log_store::LogStore;
 use crate::network::NoPeerNetwork;
 use crate::node::HorcruxNode;
 use crate::pki::ClusterCa;
 use crate::state_machine::StateMachineStore;
-use crate::status::{quorum_of, ClusterStatus, LocalLog, MemberStatus, ONLINE_WITHIN_MS};
 use crate::store::{cf, open_db, synced, CF_META};
 use crate::transport::{
-    self, ApiCall, ApiHandler, ApiReply, ForwardError, JoinRequest, JoinResponse, NodeIdentity, QuicNetwork,
-    RpcRequest, RpcResponse,
+    self, ApiCall, ApiHandler, ApiReply, ForwardError, NodeIdentity, QuicNetwork, RpcRequest, RpcResponse,
 };
 use crate::types::{NodeId, Response, TypeConfig};
 
 /// A write or read that cannot complete within this answers "unavailable" (503).
-const OP_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long start-up waits for a leader before serving anyway (writes then answer 503).
 const LEADER_WAIT: Duration = Duration::from_secs(15);
 const KEY_NODE: &[u8] = b"node";
 /// Voters are capped (odd); further nodes stay learners that replicate and serve reads.
 pub const MAX_VOTERS: usize = 5;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn voter_targets_are_odd_and_capped() {
-        let t: Vec<usize> = (1..=8).map(super::voter_target).collect();
-        assert_eq!(t, vec![1, 1, 3, 3, 5, 5, 5, 5]);
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -58,7 +46,7 @@ pub enum ProposeError {
     Storage(String),
 }
 
-fn storage(e: impl std::fmt::Display) -> ProposeError {
+pub(crate) fn storage(e: impl std::fmt::Display) -> ProposeError {
     ProposeError::Storage(e.to_string())
 }
 
@@ -111,26 +99,16 @@ fn save_identity(db: &DB, ident: &StoredIdentity) -> Result<(), ProposeError> {
 /// Cheap to clone; shared by the API, the actors and the transport server.
 #[derive(Clone)]
 pub struct ClusterHandle {
-    raft: Raft<TypeConfig>,
+    pub(crate) raft: Raft<TypeConfig>,
     sm: StateMachineStore,
-    node_id: NodeId,
+    pub(crate) node_id: NodeId,
     node_name: Arc<str>,
-    net: Option<QuicNetwork>,
+    pub(crate) net: Option<QuicNetwork>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// Every voter has been online at once since this process started (what votequorum's
     /// wait_for_all waits for).
-    all_seen: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) all_seen: Arc<std::sync::atomic::AtomicBool>,
     api: Arc<std::sync::OnceLock<ApiHandler>>,
-}
-
-/// How many voters a cluster of `members` nodes should have: odd, at most `MAX_VOTERS`.
-pub fn voter_target(members: usize) -> usize {
-    let n = members.clamp(1, MAX_VOTERS);
-    if n.is_multiple_of(2) {
-        n - 1
-    } else {
-        n
-    }
 }
 
 fn system_clock_ms() -> u64 {
@@ -329,7 +307,7 @@ impl ClusterHandle {
         (self.clock)()
     }
 
-    fn leader_node(&self) -> Option<(NodeId, HorcruxNode)> {
+    pub(crate) fn leader_node(&self) -> Option<(NodeId, HorcruxNode)> {
         let m = self.raft.metrics().borrow().clone();
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
@@ -464,291 +442,6 @@ impl ClusterHandle {
         &self.raft
     }
 
-    pub fn heard_from(&self, node: NodeId) {
-        if let Some(net) = &self.net {
-            net.heard_from(node);
-        }
-    }
-
-    async fn ping_loop(self) {
-        let Some(net) = self.net.clone() else { return };
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let _ = self.cluster_status();
-            let members: Vec<(NodeId, HorcruxNode)> = {
-                let m = self.raft.metrics().borrow().membership_config.clone();
-                m.membership()
-                    .nodes()
-                    .filter(|(id, _)| **id != self.node_id)
-                    .map(|(id, n)| (*id, n.clone()))
-                    .collect()
-            };
-            for (id, node) in members {
-                let (net, me) = (net.clone(), self.node_id);
-                tokio::spawn(async move {
-                    let _ = net
-                        .call(
-                            Some(id),
-                            &node.raft_addr,
-                            &RpcRequest::Ping { from: me },
-                            Duration::from_secs(1),
-                        )
-                        .await;
-                });
-            }
-        }
-    }
-
-    /// Membership, liveness and quorum as this node sees them.
-    pub fn cluster_status(&self) -> ClusterStatus {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let mut nodes = Vec::new();
-        let mut votes = 0;
-        for (id, node) in membership.nodes() {
-            let local = *id == self.node_id;
-            let since = if local {
-                Some(Duration::ZERO)
-            } else {
-                self.net.as_ref().and_then(|n| n.last_contact(*id))
-            };
-            let online = since.is_some_and(|d| d.as_millis() as u64 <= ONLINE_WITHIN_MS);
-            let voter = voters.contains(id);
-            if voter && online {
-                votes += 1;
-            }
-            nodes.push(MemberStatus {
-                id: *id,
-                name: node.name.clone(),
-                address: node.raft_addr.clone(),
-                api_address: node.api_addr.clone(),
-                voter,
-                online,
-                local,
-                last_contact_ms: since.map(|d| d.as_millis() as u64),
-            });
-        }
-        let expected = voters.len() as u32;
-        if votes == expected {
-            self.all_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let leader_id = m.current_leader;
-        ClusterStatus {
-            leader: leader_id.and_then(|l| membership.get_node(&l)).map(|n| n.name.clone()),
-            leader_id,
-            quorate: votes >= quorum_of(expected),
-            votes,
-            expected_votes: expected,
-            quorum: quorum_of(expected),
-            term: m.current_term,
-            nodes,
-            local: LocalLog {
-                last_applied: m.last_applied.map(|l| l.index),
-                snapshot: m.snapshot.map(|l| l.index),
-                purged: m.purged.map(|l| l.index),
-            },
-        }
-    }
-
-    /// What `corosync-quorumtool -s` would print on this node: the Raft membership mapped to
-    /// corosync node ids (from an imported corosync.conf, else the Raft ids), with
-    /// votequorum's rules.
-    pub fn quorum_view(&self) -> QuorumView {
-        let status = self.cluster_status();
-        let seed = self.read_local(|s| s.corosync.clone());
-        let nodeid = |name: &str, raft_id: NodeId| {
-            seed.as_ref()
-                .and_then(|c| c.nodes.iter().find(|n| n.name == name))
-                .map(|n| n.nodeid)
-                .unwrap_or(raft_id as u32)
-        };
-        let votes_of = |name: &str, voter: bool| {
-            if !voter {
-                return 0;
-            }
-            seed.as_ref()
-                .and_then(|c| c.nodes.iter().find(|n| n.name == name))
-                .map(|n| n.quorum_votes)
-                .unwrap_or(1)
-        };
-        let mut members: Vec<QuorumMember> = status
-            .nodes
-            .iter()
-            .filter(|n| n.online)
-            .map(|n| QuorumMember {
-                nodeid: nodeid(&n.name, n.id),
-                votes: votes_of(&n.name, n.voter),
-                name: n.name.clone(),
-                local: n.local,
-            })
-            .collect();
-        members.sort_by_key(|m| m.nodeid);
-        let vq = match &seed {
-            Some(c) => {
-                let mut vq = Votequorum::from_config(c);
-                vq.expected_votes = vq.expected_votes.max(status.expected_votes);
-                vq
-            }
-            None => {
-                Votequorum { expected_votes: status.expected_votes, two_node: false, wait_for_all: false }
-            }
-        };
-        let total: u32 = members.iter().map(|m| m.votes).sum();
-        let all_seen = self.all_seen.load(std::sync::atomic::Ordering::Relaxed);
-        let (quorum, quorate) = vq.evaluate(total, all_seen);
-        let local = status.nodes.iter().find(|n| n.local);
-        let local_id = local.map(|n| nodeid(&n.name, n.id)).unwrap_or(self.node_id as u32);
-        let ring_rep = status
-            .leader_id
-            .and_then(|l| status.nodes.iter().find(|n| n.id == l))
-            .map(|n| nodeid(&n.name, n.id))
-            .unwrap_or(local_id);
-        QuorumView {
-            date_unix: self.now_ms() / 1000,
-            node_id: local_id,
-            ring_id: format!("{ring_rep}.{:x}", status.term),
-            expected_votes: vq.expected_votes,
-            highest_expected: vq.expected_votes.max(total),
-            total_votes: total,
-            quorum,
-            quorate,
-            two_node: vq.two_node,
-            wait_for_all: vq.wait_for_all,
-            members,
-        }
-    }
-
-    /// Creates a join token valid for `ttl`; returns it encoded.
-    pub async fn create_join_token(&self, ttl: Duration) -> Result<String, ProposeError> {
-        let Some(ca) = self.read_local(|s| s.cluster_ca.clone()) else {
-            return Err(ProposeError::Unavailable(
-                "this cluster has no transport: start the node with --cluster-listen to add members".into(),
-            ));
-        };
-        if self.net.is_none() {
-            return Err(ProposeError::Unavailable(
-                "start this node with --cluster-listen to add members".into(),
-            ));
-        }
-        use rand::Rng;
-        let mut rng = rand::rngs::OsRng;
-        let id: String = (0..12)
-            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.gen_range(0..36)]))
-            .collect();
-        let secret: String = (0..32).map(|_| format!("{:02x}", rng.gen::<u8>())).collect();
-        let expires_ms = self.now_ms() + ttl.as_millis() as u64;
-        self.propose(Command::CreateJoinToken {
-            id: id.clone(),
-            secret_sha256: ids::sha256_hex(&secret),
-            expires_ms,
-        })
-        .await?;
-        let fp =
-            ClusterCa { cert_pem: ca.cert_pem, key_pem: String::new() }.fingerprint().map_err(storage)?;
-        let addrs: Vec<String> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(_, n)| n.raft_addr.clone())
-            .filter(|a| !a.is_empty())
-            .collect();
-        Ok(JoinTokenData { id, secret, ca_fingerprint: fp, addrs }.encode())
-    }
-
-    /// Admits a joining node (leader only): consumes its token through Raft, issues its
-    /// certificate, adds it as a learner, and promotes it to voter once it caught up.
-    pub async fn admit(&self, req: JoinRequest) -> JoinResponse {
-        if self.raft.metrics().borrow().state != ServerState::Leader {
-            return match self.leader_node() {
-                Some((_, n)) => JoinResponse::Redirect { leader_addr: n.raft_addr },
-                None => JoinResponse::Refused { reason: "no leader: the cluster has lost quorum".into() },
-            };
-        }
-        if req.node.raft_addr.is_empty() {
-            return JoinResponse::Refused { reason: "the joining node has no cluster address".into() };
-        }
-        let consume = Command::ConsumeJoinToken {
-            id: req.token_id.clone(),
-            secret_sha256: ids::sha256_hex(&req.secret),
-            node: req.node.name.clone(),
-        };
-        if let Err(e) = self.propose(consume).await {
-            return JoinResponse::Refused { reason: e.to_string() };
-        }
-        // The id was assigned in log order by the token's consumption, applied here already.
-        let Some(node_id) = self.read_local(|s| s.join_tokens.get(&req.token_id).and_then(|t| t.node_id))
-        else {
-            return JoinResponse::Refused { reason: "no node id was assigned".into() };
-        };
-        let Some(ca) = self.read_local(|s| s.cluster_ca.clone()) else {
-            return JoinResponse::Refused { reason: "the cluster has no CA".into() };
-        };
-        let ca = ClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem };
-        let cert = match ca.issue(&req.node.name) {
-            Ok(c) => c,
-            Err(e) => return JoinResponse::Refused { reason: e.to_string() },
-        };
-        if let Err(e) = self.raft.add_learner(node_id, req.node.clone(), false).await {
-            return JoinResponse::Refused { reason: format!("could not add the node: {e}") };
-        }
-        tracing::info!(node_id, name = %req.node.name, "admitted a node as learner");
-        tokio::spawn(self.clone().promote_when_caught_up(node_id));
-        JoinResponse::Accepted {
-            node_id,
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-            ca_pem: ca.cert_pem,
-        }
-    }
-
-    /// Promotes caught-up learners (`node_id` first) while the voter count is below its
-    /// target: the largest odd number not above the member count and `MAX_VOTERS`. An odd
-    /// count never costs fault tolerance (4 voters survive one failure, like 3) and keeps
-    /// elections decisive; the rest stay learners that replicate and serve reads.
-    async fn promote_when_caught_up(self, node_id: NodeId) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        while tokio::time::Instant::now() < deadline {
-            let m = self.raft.metrics().borrow().clone();
-            if m.state != ServerState::Leader {
-                return;
-            }
-            let membership = m.membership_config.membership();
-            let voters = membership.voter_ids().count();
-            let members = membership.nodes().count();
-            let target = voter_target(members);
-            if voters >= target {
-                if voters >= MAX_VOTERS {
-                    tracing::info!(node_id, "voters capped at {MAX_VOTERS}; the node stays a learner");
-                }
-                return;
-            }
-            let caught_up = |id: &NodeId| {
-                let matched =
-                    m.replication.as_ref().and_then(|r| r.get(id).cloned()).flatten().map(|l| l.index);
-                matches!((matched, m.last_log_index), (Some(a), Some(b)) if b.saturating_sub(a) <= 10)
-            };
-            let mut ready: Vec<NodeId> = membership.learner_ids().filter(|id| caught_up(id)).collect();
-            ready.sort_by_key(|id| (*id != node_id, *id));
-            let need = target - voters;
-            if ready.len() >= need {
-                let ids: BTreeSet<NodeId> = ready.into_iter().take(need).collect();
-                match self.raft.change_membership(ChangeMembers::AddVoterIds(ids.clone()), false).await {
-                    Ok(_) => {
-                        tracing::info!(?ids, "promoted to voter");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(?ids, "promotion failed, retrying: {e}"),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
     /// Installs what serves API calls forwarded to this node (once, at start).
     pub fn set_api_handler(&self, handler: ApiHandler) {
         let _ = self.api.set(handler);
@@ -782,75 +475,6 @@ impl ClusterHandle {
             Ok(_) => Err(ProposeError::Unavailable(format!("unexpected reply from node {node}"))),
             Err(e) => Err(ProposeError::Unavailable(format!("node {node} unreachable: {e}"))),
         }
-    }
-
-    /// Removes a member (voter or learner) from the cluster, through the leader.
-    pub async fn remove_member(&self, name: &str) -> Result<(), ProposeError> {
-        let res = match self.remove_member_here(name).await {
-            Err(ForwardError::NotLeader { .. }) => match (self.leader_node(), &self.net) {
-                (Some((id, node)), Some(net)) => {
-                    let req = RpcRequest::RemoveMember { name: name.to_string() };
-                    match net.call(Some(id), &node.raft_addr, &req, OP_TIMEOUT * 3).await {
-                        Ok(RpcResponse::RemoveMember(r)) => r,
-                        Ok(_) => Err(ForwardError::Unavailable("unexpected reply from the leader".into())),
-                        Err(e) => {
-                            Err(ForwardError::Unavailable(format!("quorum lost: leader unreachable: {e}")))
-                        }
-                    }
-                }
-                _ => Err(ForwardError::Unavailable("quorum lost: no leader is elected".into())),
-            },
-            other => other,
-        };
-        res.map_err(|e| match e {
-            ForwardError::Refused(m) => {
-                ProposeError::Rejected(horcrux_core::ApplyError::Conflict { message: m })
-            }
-            ForwardError::NotLeader { .. } => ProposeError::Unavailable("no leader".into()),
-            ForwardError::Unavailable(m) => ProposeError::Unavailable(m),
-        })
-    }
-
-    /// Leader only: takes `name` out of the Raft membership and the node table, then
-    /// promotes a learner if that leaves room among the voters.
-    pub async fn remove_member_here(&self, name: &str) -> Result<(), ForwardError> {
-        let m = self.raft.metrics().borrow().clone();
-        if m.state != ServerState::Leader {
-            return Err(ForwardError::NotLeader { leader: m.current_leader });
-        }
-        let membership = m.membership_config.membership().clone();
-        let Some((id, _)) = membership.nodes().find(|(_, n)| n.name == name).map(|(i, n)| (*i, n.clone()))
-        else {
-            return Err(ForwardError::Refused(format!("no member named {name}")));
-        };
-        if let Some(vmid) = self.read_local(|s| s.guests.values().find(|g| g.node == name).map(|g| g.vmid)) {
-            return Err(ForwardError::Refused(format!(
-                "node {name} still owns guest {vmid}; migrate or delete its guests first"
-            )));
-        }
-        let voter = membership.voter_ids().any(|v| v == id);
-        if voter && membership.voter_ids().count() == 1 {
-            return Err(ForwardError::Refused("cannot remove the last voter".into()));
-        }
-        let change = if voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        match self.propose(Command::RemoveNode { name: name.to_string() }).await {
-            Ok(_) | Err(ProposeError::Rejected(horcrux_core::ApplyError::NotFound { .. })) => {}
-            Err(e) => return Err(ForwardError::Unavailable(e.to_string())),
-        }
-        tracing::info!(node_id = id, name, "removed from the cluster");
-        let after = self.raft.metrics().borrow().membership_config.clone();
-        if let Some(l) = after.membership().learner_ids().next() {
-            tokio::spawn(self.clone().promote_when_caught_up(l));
-        }
-        Ok(())
     }
 
     pub async fn shutdown(&self) {

@@ -8,6 +8,7 @@ pub mod corosync;
 mod handle;
 pub mod join;
 mod log_store;
+mod membership;
 mod network;
 mod node;
 pub mod pki;
@@ -19,6 +20,7 @@ pub mod transport;
 mod types;
 
 pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
+pub use membership::voter_target;
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
 pub use state_machine::StateMachineStore;
