@@ -23,5 +23,5 @@ pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_V
 pub use membership::voter_target;
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
-pub use state_machine::StateMachineStore;
+pub use state_machine::{SmData, StateMachineStore};
 pub use types::{NodeId, Response, TypeConfig};

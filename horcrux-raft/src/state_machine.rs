@@ -30,6 +30,23 @@ pub struct SmData {
     pub state: ClusterState,
 }
 
+impl SmData {
+    /// Applies one committed entry: the business command through `ClusterState::apply`,
+    /// a membership change by recording it. Shared with the simulator's state machine.
+    pub fn apply_entry(&mut self, entry: Entry<TypeConfig>) -> Response {
+        let index = entry.log_id.index;
+        self.last_applied = Some(entry.log_id);
+        match entry.payload {
+            EntryPayload::Blank => Ok(horcrux_core::ApplyOk { revision: index }),
+            EntryPayload::Normal(req) => self.state.apply(index, &req),
+            EntryPayload::Membership(m) => {
+                self.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                Ok(horcrux_core::ApplyOk { revision: index })
+            }
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, HorcruxNode>,
@@ -129,19 +146,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let last_index = {
             let mut d = self.shared.data.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
-                d.last_applied = Some(entry.log_id);
-                let res = match entry.payload {
-                    EntryPayload::Blank => Ok(horcrux_core::ApplyOk { revision: entry.log_id.index }),
-                    EntryPayload::Normal(req) => {
-                        guests_changed |= req.cmd.touches_guests();
-                        d.state.apply(entry.log_id.index, &req)
-                    }
-                    EntryPayload::Membership(m) => {
-                        d.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                        Ok(horcrux_core::ApplyOk { revision: entry.log_id.index })
-                    }
-                };
-                out.push(res);
+                if let EntryPayload::Normal(req) = &entry.payload {
+                    guests_changed |= req.cmd.touches_guests();
+                }
+                out.push(d.apply_entry(entry));
             }
             d.last_applied.map(|l| l.index).unwrap_or(0)
         };

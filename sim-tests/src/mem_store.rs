@@ -10,7 +10,7 @@ use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 
 use horcrux_core::ClusterState;
-use horcrux_raft::{HorcruxNode, NodeId, Response, TypeConfig};
+use horcrux_raft::{HorcruxNode, NodeId, Response, SmData, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -96,13 +96,6 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     }
 }
 
-#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SmData {
-    pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, HorcruxNode>,
-    pub state: ClusterState,
-}
-
 #[derive(Default)]
 pub struct SmInner {
     pub data: SmData,
@@ -128,7 +121,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MemSm {
         let bytes = serde_json::to_vec(&inner.data).unwrap_or_default();
         let meta = SnapshotMeta {
             last_log_id: inner.data.last_applied,
-            last_membership: inner.data.membership.clone(),
+            last_membership: inner.data.last_membership.clone(),
             snapshot_id: format!("{:?}", inner.data.last_applied.map(|l| l.index)),
         };
         inner.snapshot = Some((meta.clone(), bytes.clone()));
@@ -143,7 +136,7 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, HorcruxNode>), StorageError<NodeId>> {
         let i = self.0.lock().unwrap();
-        Ok((i.data.last_applied, i.data.membership.clone()))
+        Ok((i.data.last_applied, i.data.last_membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeId>>
@@ -153,20 +146,13 @@ impl RaftStateMachine<TypeConfig> for MemSm {
     {
         let mut i = self.0.lock().unwrap();
         let mut out = Vec::new();
-        for e in entries {
+        for mut e in entries {
             let idx = e.log_id.index;
-            i.data.last_applied = Some(e.log_id);
-            out.push(match e.payload {
-                EntryPayload::Blank => Ok(horcrux_core::ApplyOk { revision: idx }),
-                EntryPayload::Normal(_) if i.skip_every.is_some_and(|n| idx % n == 0) => {
-                    Ok(horcrux_core::ApplyOk { revision: idx })
-                }
-                EntryPayload::Normal(req) => i.data.state.apply(idx, &req),
-                EntryPayload::Membership(m) => {
-                    i.data.membership = StoredMembership::new(Some(e.log_id), m);
-                    Ok(horcrux_core::ApplyOk { revision: idx })
-                }
-            });
+            if i.skip_every.is_some_and(|n| idx % n == 0) && matches!(e.payload, EntryPayload::Normal(_)) {
+                // Injected bug: this entry's command is lost.
+                e.payload = EntryPayload::Blank;
+            }
+            out.push(i.data.apply_entry(e));
             let h = state_hash(&i.data.state);
             i.history.insert(idx, h);
         }
