@@ -1,6 +1,7 @@
 //! The in-memory network that replaces QUIC in the simulation: every RPC is a direct call
-//! into the target node's Raft after a seeded delay, unless it is dropped, the target is
-//! down, or a partition separates the two nodes.
+//! into the target node's Raft after a seeded delay (so messages reorder), unless it is
+//! dropped, the target is down, or a partition (symmetric, or a one-way cut) separates the
+//! two nodes; some requests are delivered twice.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ pub struct RouterInner {
     pub rafts: BTreeMap<NodeId, Raft<TypeConfig>>,
     /// Partition group of each node; nodes talk only within a group.
     pub group: BTreeMap<NodeId, u32>,
+    /// One-way cuts (from, to): asymmetric partitions.
+    pub cut: std::collections::BTreeSet<(NodeId, NodeId)>,
+    pub dup_per_mille: u32,
     pub drop_per_mille: u32,
     pub max_delay_ms: u64,
     pub rng: StdRng,
@@ -49,19 +53,27 @@ impl std::error::Error for Down {}
 
 impl Router {
     /// Decides the fate of one message from `from` to `to`: its delay, or that it is lost.
-    fn route(&self, from: NodeId, to: NodeId) -> (Duration, Option<Raft<TypeConfig>>) {
+    /// Decides the fate of one message: its delay, whether it is lost, and whether it is
+    /// delivered twice.
+    fn route(&self, from: NodeId, to: NodeId) -> (Duration, Option<Raft<TypeConfig>>, bool) {
         let mut r = self.0.lock().unwrap();
-        let (max_delay, drop_per_mille) = (r.max_delay_ms, r.drop_per_mille);
+        let (max_delay, drop_per_mille, dup_per_mille) = (r.max_delay_ms, r.drop_per_mille, r.dup_per_mille);
         let delay = Duration::from_millis(r.rng.gen_range(0..=max_delay));
         let dropped = r.rng.gen_range(0..1000) < drop_per_mille;
-        let connected = r.group.get(&from) == r.group.get(&to);
-        let target = if dropped || !connected { None } else { r.rafts.get(&to).cloned() };
-        (delay, target)
+        let duplicated = r.rng.gen_range(0..1000) < dup_per_mille;
+        let target = if dropped || !r.link(from, to) { None } else { r.rafts.get(&to).cloned() };
+        (delay, target, duplicated)
     }
 
     fn connected(&self, from: NodeId, to: NodeId) -> bool {
         let r = self.0.lock().unwrap();
-        r.group.get(&from) == r.group.get(&to) && r.rafts.contains_key(&to) && r.rafts.contains_key(&from)
+        r.link(to, from) && r.rafts.contains_key(&to) && r.rafts.contains_key(&from)
+    }
+}
+
+impl RouterInner {
+    fn link(&self, from: NodeId, to: NodeId) -> bool {
+        self.group.get(&from) == self.group.get(&to) && !self.cut.contains(&(from, to))
     }
 }
 
@@ -85,19 +97,21 @@ fn unreachable<E: std::error::Error>(why: &str) -> RpcErr<E> {
 }
 
 impl SimPeer {
-    /// Delivers the request (after its delay) and the reply (if the link still holds).
-    async fn send<T, E: std::error::Error>(
-        &self,
-        call: impl AsyncFnOnce(Raft<TypeConfig>) -> T,
-    ) -> Result<T, RpcErr<E>> {
-        let (delay, target) = self.net.router.route(self.net.me, self.target);
+    /// Waits out the request's delay; the target's Raft if the request arrives, and whether
+    /// it arrives twice.
+    async fn arrive<E: std::error::Error>(&self) -> Result<(Raft<TypeConfig>, bool), RpcErr<E>> {
+        let (delay, target, duplicated) = self.net.router.route(self.net.me, self.target);
         tokio::time::sleep(delay).await;
-        let Some(raft) = target else { return Err(unreachable("lost")) };
-        let reply = call(raft).await;
-        if !self.net.router.connected(self.net.me, self.target) {
-            return Err(unreachable("reply lost"));
+        target.map(|r| (r, duplicated)).ok_or_else(|| unreachable("lost"))
+    }
+
+    /// The reply is lost if the link back is cut by now.
+    fn reply<T, E: std::error::Error>(&self, reply: T) -> Result<T, RpcErr<E>> {
+        if self.net.router.connected(self.net.me, self.target) {
+            Ok(reply)
+        } else {
+            Err(unreachable("reply lost"))
         }
-        Ok(reply)
     }
 }
 
@@ -107,10 +121,12 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
-        let t = self.target;
-        self.send(async move |r: Raft<TypeConfig>| r.append_entries(rpc).await)
-            .await?
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(t, e)))
+        let (raft, twice) = self.arrive().await?;
+        if twice {
+            let _ = raft.append_entries(rpc.clone()).await;
+        }
+        let r = raft.append_entries(rpc).await;
+        self.reply(r)?.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn install_snapshot(
@@ -118,10 +134,12 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcErr<RaftError<NodeId, InstallSnapshotError>>> {
-        let t = self.target;
-        self.send(async move |r: Raft<TypeConfig>| r.install_snapshot(rpc).await)
-            .await?
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(t, e)))
+        let (raft, twice) = self.arrive().await?;
+        if twice {
+            let _ = raft.install_snapshot(rpc.clone()).await;
+        }
+        let r = raft.install_snapshot(rpc).await;
+        self.reply(r)?.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
     async fn vote(
@@ -129,9 +147,11 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
-        let t = self.target;
-        self.send(async move |r: Raft<TypeConfig>| r.vote(rpc).await)
-            .await?
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(t, e)))
+        let (raft, twice) = self.arrive().await?;
+        if twice {
+            let _ = raft.vote(rpc.clone()).await;
+        }
+        let r = raft.vote(rpc).await;
+        self.reply(r)?.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

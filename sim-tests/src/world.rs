@@ -22,6 +22,19 @@ pub enum Bug {
     /// The client counts a write as acknowledged as soon as a node accepts it, before it
     /// is committed.
     AckBeforeCommit,
+    /// Reads are served from any node's local state, without the leader's read barrier.
+    StaleRead,
+}
+
+/// One client operation in the history the linearizability checker reads.
+#[derive(Debug, Clone)]
+struct Op {
+    key: String,
+    /// `None` for a write; for a read, what it returned (if it completed).
+    read: Option<Option<String>>,
+    invoke_ms: u64,
+    /// When it returned successfully; `None`: failed or timed out (indeterminate).
+    ok_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +77,7 @@ struct World {
     trace: Arc<Mutex<Vec<String>>>,
     /// Writes the client saw acknowledged: key -> value.
     acked: Arc<Mutex<BTreeMap<String, String>>>,
+    history: Arc<Mutex<Vec<Op>>>,
     violations: Vec<String>,
     start: tokio::time::Instant,
     last_leader: Option<(NodeId, u64)>,
@@ -122,8 +136,17 @@ impl World {
             cmd: Command::SetClusterOption { key: key.clone(), value: value.clone() },
         };
         let (trace, acked, bug, start) = (self.trace.clone(), self.acked.clone(), self.cfg.bug, self.start);
+        let history = self.history.clone();
+        let op = history.lock().unwrap().len();
+        history.lock().unwrap().push(Op {
+            key: key.clone(),
+            read: None,
+            invoke_ms: self.now_ms(),
+            ok_ms: None,
+        });
         if bug == Bug::AckBeforeCommit {
             acked.lock().unwrap().insert(key.clone(), value.clone());
+            history.lock().unwrap()[op].ok_ms = Some(self.now_ms());
         }
         tokio::spawn(async move {
             let res = tokio::time::timeout(Duration::from_secs(3), raft.client_write(req)).await;
@@ -131,6 +154,7 @@ impl World {
             let line = match res {
                 Ok(Ok(r)) if r.data.is_ok() => {
                     acked.lock().unwrap().insert(key.clone(), value);
+                    history.lock().unwrap()[op].ok_ms.get_or_insert(t as u64);
                     format!("ack {key} at index {}", r.log_id.index)
                 }
                 Ok(Ok(r)) => format!("refused {key}: {:?}", r.data),
@@ -139,6 +163,74 @@ impl World {
             };
             trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
         });
+    }
+
+    /// A linearizable read of `key` through `via` (the leader confirms leadership and the
+    /// node waits until it applied that far), recorded in the history.
+    fn client_read(&self, via: NodeId, key: String) {
+        let Some(raft) = self.nodes[&via].raft.clone() else { return };
+        let sm = self.nodes[&via].sm.clone();
+        let (history, trace, start, bug) =
+            (self.history.clone(), self.trace.clone(), self.start, self.cfg.bug);
+        let op = history.lock().unwrap().len();
+        history.lock().unwrap().push(Op {
+            key: key.clone(),
+            read: Some(None),
+            invoke_ms: self.now_ms(),
+            ok_ms: None,
+        });
+        tokio::spawn(async move {
+            let barrier = if bug == Bug::StaleRead {
+                Ok(())
+            } else {
+                match tokio::time::timeout(Duration::from_secs(3), raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    _ => Err(()),
+                }
+            };
+            let t = start.elapsed().as_millis() as u64;
+            if barrier.is_ok() {
+                let got = sm.0.lock().unwrap().data.state.options.get(&key).cloned();
+                trace.lock().unwrap().push(format!("t={t:>6}ms read {key} via n{via} = {got:?}"));
+                let mut h = history.lock().unwrap();
+                h[op].read = Some(got);
+                h[op].ok_ms = Some(t);
+            }
+        });
+    }
+
+    /// Linearizability of the key-value view, for write-once keys: a read that began after
+    /// a key's write was acknowledged must see it, and once a read saw a key, every read
+    /// that began after that one returned must see it too.
+    fn check_linearizable(&mut self) {
+        let h = self.history.lock().unwrap().clone();
+        let writes: BTreeMap<&str, &Op> =
+            h.iter().filter(|o| o.read.is_none()).map(|o| (o.key.as_str(), o)).collect();
+        let reads: Vec<&Op> = h.iter().filter(|o| o.read.is_some() && o.ok_ms.is_some()).collect();
+        for r in &reads {
+            let seen = matches!(r.read, Some(Some(_)));
+            if let Some(w) = writes.get(r.key.as_str()) {
+                if w.ok_ms.is_some_and(|acked| acked < r.invoke_ms) && !seen {
+                    self.violations.push(format!(
+                        "linearizability: read of {} at {} ms missed its write acknowledged at {} ms",
+                        r.key,
+                        r.invoke_ms,
+                        w.ok_ms.unwrap_or(0)
+                    ));
+                    return;
+                }
+            }
+            for earlier in &reads {
+                let before = earlier.ok_ms.is_some_and(|e| e < r.invoke_ms);
+                if before && earlier.key == r.key && matches!(earlier.read, Some(Some(_))) && !seen {
+                    self.violations.push(format!(
+                        "linearizability: read of {} at {} ms went back in time (an earlier read saw it)",
+                        r.key, r.invoke_ms
+                    ));
+                    return;
+                }
+            }
+        }
     }
 
     /// Committed log prefixes agree, and every node's state after the same index is equal.
@@ -200,6 +292,8 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     let router = Router(Arc::new(Mutex::new(RouterInner {
         rafts: BTreeMap::new(),
         group: BTreeMap::new(),
+        cut: BTreeSet::new(),
+        dup_per_mille: if cfg.faults { 10 } else { 0 },
         drop_per_mille: if cfg.faults { 50 } else { 0 },
         max_delay_ms: if cfg.faults { 20 } else { 1 },
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x0e7),
@@ -219,6 +313,7 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         raft_config: Arc::new(raft_config.validate().expect("valid raft config")),
         trace: Arc::default(),
         acked: Arc::default(),
+        history: Arc::default(),
         violations: Vec::new(),
         start: tokio::time::Instant::now(),
         last_leader: None,
@@ -262,6 +357,19 @@ async fn simulate(cfg: SimConfig) -> Outcome {
                 w.client_write(via, seq);
             }
         }
+        if seq > 0 && rng.gen_bool(0.2) {
+            let key = format!("k{}", rng.gen_range(1..=seq));
+            let via = match (leader, cfg.bug) {
+                (Some((id, _)), b) if b != Bug::StaleRead => Some(id),
+                _ => {
+                    let running = w.running();
+                    (!running.is_empty()).then(|| running[rng.gen_range(0..running.len())])
+                }
+            };
+            if let Some(via) = via {
+                w.client_read(via, key);
+            }
+        }
         if cfg.faults {
             let roll = rng.gen_range(0..1000);
             let running = w.running();
@@ -284,13 +392,30 @@ async fn simulate(cfg: SimConfig) -> Outcome {
                 }
                 drop(r);
                 w.log(format!("partition {isolated:?} from the rest"));
-            } else if roll < 60 {
+            } else if roll < 43 {
+                if let Some((id, _)) = leader {
+                    let mut r = w.router.0.lock().unwrap();
+                    for other in w.nodes.keys() {
+                        r.group.insert(*other, u32::from(*other == id));
+                    }
+                    drop(r);
+                    w.log(format!("isolate leader n{id}"));
+                }
+            } else if roll < 48 {
+                let ids: Vec<NodeId> = w.nodes.keys().copied().collect();
+                let (a, b) = (ids[rng.gen_range(0..ids.len())], ids[rng.gen_range(0..ids.len())]);
+                if a != b {
+                    w.router.0.lock().unwrap().cut.insert((a, b));
+                    w.log(format!("cut n{a} -> n{b} (one way)"));
+                }
+            } else if roll < 70 {
                 let mut r = w.router.0.lock().unwrap();
-                let was = r.group.values().any(|g| *g != 0);
+                let was = r.group.values().any(|g| *g != 0) || !r.cut.is_empty();
                 r.group.values_mut().for_each(|g| *g = 0);
+                r.cut.clear();
                 drop(r);
                 if was {
-                    w.log("heal partition".into());
+                    w.log("heal partitions".into());
                 }
             }
         }
@@ -303,8 +428,13 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     }
 
     // Heal everything and require convergence within a bounded time (liveness).
-    w.router.0.lock().unwrap().group.values_mut().for_each(|g| *g = 0);
-    w.router.0.lock().unwrap().drop_per_mille = 0;
+    {
+        let mut r = w.router.0.lock().unwrap();
+        r.group.values_mut().for_each(|g| *g = 0);
+        r.cut.clear();
+        r.drop_per_mille = 0;
+        r.dup_per_mille = 0;
+    }
     let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !w.running().contains(id)).collect();
     for id in down {
         w.boot(id).await;
@@ -323,6 +453,7 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         }
     }
     w.check_safety();
+    w.check_linearizable();
     if !converged {
         w.violations.push("liveness: the cluster did not converge within 20 s after faults healed".into());
     }

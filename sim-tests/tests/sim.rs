@@ -42,3 +42,10 @@ fn acknowledging_before_commit_is_caught() {
     });
     assert!(caught.is_some(), "no seed in 0..30 caught a write acknowledged before commit");
 }
+
+#[test]
+fn stale_reads_are_caught_by_the_linearizability_checker() {
+    let caught = (0..30)
+        .find(|&s| run(cfg(s, 60, Bug::StaleRead)).violations.iter().any(|v| v.contains("linearizability")));
+    assert!(caught.is_some(), "no seed in 0..30 caught a stale read");
+}
