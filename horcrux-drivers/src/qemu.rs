@@ -40,12 +40,44 @@ impl std::str::FromStr for Accel {
     }
 }
 
+/// A process identified by pid and start time, so a recycled pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    start: u64,
+}
+
+/// State letter and start time (clock ticks since boot) of a process, from /proc.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+impl Proc {
+    fn of(pid: i32) -> Option<Self> {
+        proc_stat(pid).map(|(_, start)| Proc { pid, start })
+    }
+
+    /// Still there and not yet a zombie. QEMU deletes its pidfile as it starts to exit, and
+    /// an exiting process can linger in the D state while it releases memory and files: only
+    /// this says when it is really gone (and its disk locks with it).
+    fn running(&self) -> bool {
+        matches!(proc_stat(self.pid), Some((state, start)) if start == self.start && state != 'Z' && state != 'X')
+    }
+}
+
 pub struct QemuDriver {
     binary: PathBuf,
     run_dir: PathBuf,
     log_dir: PathBuf,
     accel: Accel,
     monitors: Mutex<HashMap<u32, Arc<QmpClient>>>,
+    /// The QEMU process of each guest this driver started or adopted.
+    procs: Mutex<HashMap<u32, Proc>>,
     /// Serialises launches so two guests never pick the same VNC display.
     launch_lock: tokio::sync::Mutex<()>,
 }
@@ -70,6 +102,7 @@ impl QemuDriver {
             log_dir,
             accel,
             monitors: Mutex::default(),
+            procs: Mutex::default(),
             launch_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -169,6 +202,7 @@ impl QemuDriver {
         }
         let Some(pid) = self.live_pid(vmid) else { return Ok(None) };
         let client = QmpClient::connect(&self.qmp_path(vmid)).await?;
+        self.remember_proc(vmid, pid);
         tracing::info!(vmid, pid, "adopted running QEMU");
         self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid, client.clone());
         Ok(Some(client))
@@ -210,6 +244,9 @@ impl QemuDriver {
                     message: e.to_string(),
                 })?;
             if out.status.success() {
+                if let Some(pid) = self.live_pid(launch.vmid) {
+                    self.remember_proc(launch.vmid, pid);
+                }
                 let qmp = QmpClient::connect(&self.qmp_path(launch.vmid)).await?;
                 self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(launch.vmid, qmp);
                 tracing::info!(vmid = launch.vmid, vnc_display = vnc, "QEMU started");
@@ -224,9 +261,24 @@ impl QemuDriver {
         Err(DriverError::Command { program: "qemu-system-x86_64".into(), message: last_err })
     }
 
+    fn remember_proc(&self, vmid: u32, pid: i32) {
+        if let Some(p) = Proc::of(pid) {
+            self.procs.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid, p);
+        }
+    }
+
+    fn known_proc(&self, vmid: u32) -> Option<Proc> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner()).get(&vmid).copied()
+    }
+
+    /// Whether the guest's QEMU still exists: by pidfile, or by the process we know.
+    fn alive(&self, vmid: u32) -> bool {
+        self.live_pid(vmid).is_some() || self.known_proc(vmid).is_some_and(|p| p.running())
+    }
+
     async fn wait_pid_gone(&self, vmid: u32, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
-        while self.live_pid(vmid).is_some() {
+        while self.alive(vmid) {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -237,6 +289,7 @@ impl QemuDriver {
 
     fn cleanup(&self, vmid: u32) {
         self.monitors.lock().unwrap_or_else(|p| p.into_inner()).remove(&vmid);
+        self.procs.lock().unwrap_or_else(|p| p.into_inner()).remove(&vmid);
         let _ = std::fs::remove_file(self.qmp_path(vmid));
         let _ = std::fs::remove_file(self.pid_path(vmid));
     }
@@ -247,7 +300,8 @@ impl QemuDriver {
             let _ = qmp.execute("quit", None).await;
         }
         if !self.wait_pid_gone(vmid, QUIT_GRACE).await {
-            if let Some(pid) = self.live_pid(vmid) {
+            let pid = self.live_pid(vmid).or(self.known_proc(vmid).filter(|p| p.running()).map(|p| p.pid));
+            if let Some(pid) = pid {
                 tracing::warn!(vmid, pid, "QEMU ignored quit; killing it");
                 // SAFETY: plain kill(2) on a pid verified above to be this guest's QEMU.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -297,7 +351,7 @@ impl Hypervisor for QemuDriver {
             if let Ok(Some(qmp)) = self.monitor(vmid).await {
                 qmp.wait_closed().await;
             }
-            while self.live_pid(vmid).is_some() {
+            while self.alive(vmid) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             self.cleanup(vmid);
