@@ -107,12 +107,19 @@ impl World {
         self.nodes.get_mut(&id).unwrap().raft = Some(raft);
     }
 
-    async fn crash(&mut self, id: NodeId) {
+    async fn crash(&mut self, id: NodeId, lose_unsynced: bool) {
         self.router.0.lock().unwrap().rafts.remove(&id);
         if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.take()) {
             let _ = r.shutdown().await;
         }
-        self.log(format!("crash n{id}"));
+        let log = &self.nodes[&id].log;
+        if lose_unsynced {
+            let lost = log.crash_losing_unsynced();
+            self.log(format!("crash n{id}, losing {lost} unflushed log entries"));
+        } else {
+            log.crash_keeping_all();
+            self.log(format!("crash n{id}"));
+        }
     }
 
     fn running(&self) -> Vec<NodeId> {
@@ -374,8 +381,14 @@ async fn simulate(cfg: SimConfig) -> Outcome {
             let roll = rng.gen_range(0..1000);
             let running = w.running();
             if roll < 8 && running.len() > 1 {
-                let id = running[rng.gen_range(0..running.len())];
-                w.crash(id).await;
+                // Often the leader, at a random instant: possibly mid-flush.
+                let id = match leader {
+                    Some((l, _)) if rng.gen_bool(0.5) => l,
+                    _ => running[rng.gen_range(0..running.len())],
+                };
+                let lose = rng.gen_bool(0.5);
+                tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
+                w.crash(id, lose).await;
             } else if roll < 30 {
                 let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !running.contains(id)).collect();
                 if !down.is_empty() {
@@ -455,6 +468,25 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     w.check_safety();
     w.check_linearizable();
     if !converged {
+        for (id, n) in &w.nodes {
+            let m = n.raft.as_ref().map(|r| r.metrics().borrow().clone());
+            let applied = n.sm.0.lock().unwrap().data.last_applied.map(|l| l.index);
+            let (first, last, purged) = {
+                let l = n.log.0.lock().unwrap();
+                (
+                    l.entries.keys().next().copied(),
+                    l.entries.keys().next_back().copied(),
+                    l.last_purged.map(|p| p.index),
+                )
+            };
+            w.log(format!(
+                "n{id}: applied {applied:?}, log {first:?}..{last:?}, purged {purged:?}, state {:?}, term {:?}, leader {:?}, running {:?}",
+                m.as_ref().map(|m| m.state),
+                m.as_ref().map(|m| m.current_term),
+                m.as_ref().and_then(|m| m.current_leader),
+                m.as_ref().map(|m| m.running_state.clone())
+            ));
+        }
         w.violations.push("liveness: the cluster did not converge within 20 s after faults healed".into());
     }
     // No acknowledged write is lost: every node holds every acknowledged key.
@@ -470,7 +502,7 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         w.nodes.values().map(|n| crate::mem_store::state_hash(&n.sm.0.lock().unwrap().data.state)).collect();
     w.log(format!("end: {} acknowledged writes, final state hashes {final_hashes:x?}", acked.len()));
     for id in w.running() {
-        w.crash(id).await;
+        w.crash(id, false).await;
     }
     let trace = w.trace.lock().unwrap().clone();
     Outcome { trace, violations: w.violations, acked: acked.len() }
