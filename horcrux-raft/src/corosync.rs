@@ -175,6 +175,33 @@ impl Votequorum {
         Self { expected_votes, two_node, wait_for_all: c.wait_for_all.unwrap_or(two_node) }
     }
 
+    /// The whole `corosync-quorumtool -s` view for the `members` online (sorted by the
+    /// caller), as seen by `node_id` at `date_unix`.
+    pub fn view(
+        &self,
+        members: Vec<QuorumMember>,
+        all_seen: bool,
+        date_unix: u64,
+        node_id: u32,
+        ring_id: String,
+    ) -> QuorumView {
+        let total: u32 = members.iter().map(|m| m.votes).sum();
+        let (quorum, quorate) = self.evaluate(total, all_seen);
+        QuorumView {
+            date_unix,
+            node_id,
+            ring_id,
+            expected_votes: self.expected_votes,
+            highest_expected: self.expected_votes.max(total),
+            total_votes: total,
+            quorum,
+            quorate,
+            two_node: self.two_node,
+            wait_for_all: self.wait_for_all,
+            members,
+        }
+    }
+
     /// Quorum and quorate for `total_votes` online; `all_seen` says whether every node has
     /// been online at once since start (what wait_for_all waits for).
     pub fn evaluate(&self, total_votes: u32, all_seen: bool) -> (u32, bool) {

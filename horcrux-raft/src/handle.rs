@@ -224,7 +224,7 @@ impl ClusterHandle {
             None => config,
         };
         let config = Arc::new(config.validate().map_err(storage)?);
-        let log = LogStore::new(db.clone()).map_err(storage)?;
+        let log = LogStore::new(db.clone());
         let (raft, net, endpoint) = match (&opts.cluster, &identity.certs) {
             (Some(c), Some(certs)) => {
                 let id = NodeIdentity::from_pem(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)

@@ -29,8 +29,8 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>) -> std::io::Result<Self> {
-        Ok(Self { db })
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError<NodeId>> {

@@ -158,9 +158,7 @@ impl ClusterHandle {
                 Votequorum { expected_votes: status.expected_votes, two_node: false, wait_for_all: false }
             }
         };
-        let total: u32 = members.iter().map(|m| m.votes).sum();
         let all_seen = self.all_seen.load(std::sync::atomic::Ordering::Relaxed);
-        let (quorum, quorate) = vq.evaluate(total, all_seen);
         let local = status.nodes.iter().find(|n| n.local);
         let local_id = local.map(|n| nodeid(&n.name, n.id)).unwrap_or(self.node_id as u32);
         let ring_rep = status
@@ -168,19 +166,8 @@ impl ClusterHandle {
             .and_then(|l| status.nodes.iter().find(|n| n.id == l))
             .map(|n| nodeid(&n.name, n.id))
             .unwrap_or(local_id);
-        QuorumView {
-            date_unix: self.now_ms() / 1000,
-            node_id: local_id,
-            ring_id: format!("{ring_rep}.{:x}", status.term),
-            expected_votes: vq.expected_votes,
-            highest_expected: vq.expected_votes.max(total),
-            total_votes: total,
-            quorum,
-            quorate,
-            two_node: vq.two_node,
-            wait_for_all: vq.wait_for_all,
-            members,
-        }
+        let ring_id = format!("{ring_rep}.{:x}", status.term);
+        vq.view(members, all_seen, self.now_ms() / 1000, local_id, ring_id)
     }
 
     /// Creates a join token valid for `ttl`; returns it encoded.

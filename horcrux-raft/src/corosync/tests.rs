@@ -49,22 +49,8 @@ fn render_like(conf: &str, up: &[u32], recorded: &str) -> String {
             local: n.nodeid == 1,
         })
         .collect();
-    let total: u32 = members.iter().map(|m| m.votes).sum();
     // In every recording all nodes had been up together before some were stopped.
-    let (quorum, quorate) = vq.evaluate(total, true);
-    let view = QuorumView {
-        date_unix: unix_of(&field(recorded, "Date:")),
-        node_id: 1,
-        ring_id: field(recorded, "Ring ID:"),
-        expected_votes: vq.expected_votes,
-        highest_expected: vq.expected_votes.max(total),
-        total_votes: total,
-        quorum,
-        quorate,
-        two_node: vq.two_node,
-        wait_for_all: vq.wait_for_all,
-        members,
-    };
+    let view = vq.view(members, true, unix_of(&field(recorded, "Date:")), 1, field(recorded, "Ring ID:"));
     render_quorumtool_s(&view)
 }
 
