@@ -221,11 +221,13 @@ fn main() {
     let etcd_value = base64(value.as_bytes());
     let etcd_write: WriteFn = Arc::new(move |a, c, seq| {
         let key = base64(format!("bench/{c}/{}", seq % 1000).as_bytes());
-        let r = a
+        let mut r = a
             .post(format!("{etcd}/v3/kv/put"))
             .send_json(json!({ "key": key, "value": etcd_value }))
             .unwrap();
         assert_eq!(r.status(), 200);
+        // Read the body, so the connection goes back to the pool (as for Horcrux below).
+        r.body_mut().read_to_vec().unwrap();
     });
     let h_write: WriteFn = Arc::new(move |a, c, seq| {
         let mut r = a

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use horcrux_core::{ApplyOk, ClusterState, Command, Request};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{Config, Raft};
 use rocksdb::DB;
 use tokio::sync::watch;
@@ -19,12 +19,13 @@ use crate::log_store::LogStore;
 use crate::network::NoPeerNetwork;
 use crate::node::HorcruxNode;
 use crate::pki::ClusterCa;
+use crate::proposer::Proposer;
 use crate::state_machine::StateMachineStore;
 use crate::store::{cf, open_db, synced, CF_META};
 use crate::transport::{
     self, ApiCall, ApiHandler, ApiReply, ForwardError, NodeIdentity, QuicNetwork, RpcRequest, RpcResponse,
 };
-use crate::types::{NodeId, Response, TypeConfig};
+use crate::types::{ApplyResult, NodeId, TypeConfig};
 
 /// A write or read that cannot complete within this answers "unavailable" (503).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(4);
@@ -100,6 +101,7 @@ fn save_identity(db: &DB, ident: &StoredIdentity) -> Result<(), ProposeError> {
 #[derive(Clone)]
 pub struct ClusterHandle {
     pub(crate) raft: Raft<TypeConfig>,
+    proposer: Proposer,
     sm: StateMachineStore,
     pub(crate) node_id: NodeId,
     node_name: Arc<str>,
@@ -243,6 +245,7 @@ impl ClusterHandle {
             ),
         };
         let handle = Self {
+            proposer: Proposer::spawn(raft.clone()),
             raft,
             sm,
             node_id: identity.id,
@@ -364,18 +367,10 @@ impl ClusterHandle {
             .map_err(|e| ProposeError::Unavailable(format!("write committed but not yet applied here: {e}")))
     }
 
-    /// Proposes on this node only; says so if it is not the leader.
-    pub async fn propose_here(&self, req: Request) -> Result<Response, ForwardError> {
-        match tokio::time::timeout(OP_TIMEOUT, self.raft.client_write(req)).await {
-            Err(_) => Err(ForwardError::Unavailable(format!(
-                "quorum lost: the write was not committed within {OP_TIMEOUT:?}"
-            ))),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ForwardError::NotLeader { leader: f.leader_id })
-            }
-            Ok(Err(e)) => Err(ForwardError::Unavailable(e.to_string())),
-        }
+    /// Proposes on this node only (batched with concurrent proposals); says so if it is
+    /// not the leader.
+    pub async fn propose_here(&self, req: Request) -> Result<ApplyResult, ForwardError> {
+        self.proposer.propose(req).await
     }
 
     /// The leader's read index (ReadIndex), answered only by the leader.

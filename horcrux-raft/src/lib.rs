@@ -12,6 +12,7 @@ mod membership;
 mod network;
 mod node;
 pub mod pki;
+mod proposer;
 pub mod runtime;
 mod state_machine;
 pub mod status;
@@ -23,5 +24,6 @@ pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_V
 pub use membership::voter_target;
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
+pub use proposer::Proposer;
 pub use state_machine::{SmData, StateMachineStore};
-pub use types::{NodeId, Response, TypeConfig};
+pub use types::{ApplyResult, Batch, NodeId, Response, TypeConfig};

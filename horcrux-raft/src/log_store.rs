@@ -1,10 +1,10 @@
 //! Raft log storage in RocksDB. Appends and votes are fsynced before openraft is told they
 //! are durable, so every acknowledged write survives `kill -9`.
 //!
-//! `append` writes each batch with a synced write and reports it durable at once. A group
-//! commit (a syncer thread reporting flushes later) was tried; it measured no faster here,
-//! and the simulation found a failure with delayed flush reports (see the README), so the
-//! simple synchronous path stays until that is understood.
+//! `append` writes each batch with a synced write and reports it durable at once. Writes
+//! are batched before they reach the log (`Proposer`), so one sync serves many writes. A
+//! group commit here (a syncer thread reporting flushes later) was tried; it measured no
+//! faster, and the simulation found a failure with delayed flush reports (see the README).
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;

@@ -37,11 +37,13 @@ impl SmData {
         let index = entry.log_id.index;
         self.last_applied = Some(entry.log_id);
         match entry.payload {
-            EntryPayload::Blank => Ok(horcrux_core::ApplyOk { revision: index }),
-            EntryPayload::Normal(req) => self.state.apply(index, &req),
+            EntryPayload::Blank => Vec::new(),
+            // Each request of a batch is validated and applied on its own: one refused
+            // request leaves the others (and the state) as if it had not been proposed.
+            EntryPayload::Normal(batch) => batch.0.iter().map(|req| self.state.apply(index, req)).collect(),
             EntryPayload::Membership(m) => {
                 self.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                Ok(horcrux_core::ApplyOk { revision: index })
+                Vec::new()
             }
         }
     }
@@ -146,8 +148,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let last_index = {
             let mut d = self.shared.data.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
-                if let EntryPayload::Normal(req) = &entry.payload {
-                    guests_changed |= req.cmd.touches_guests();
+                if let EntryPayload::Normal(batch) = &entry.payload {
+                    guests_changed |= batch.0.iter().any(|req| req.cmd.touches_guests());
                 }
                 out.push(d.apply_entry(entry));
             }

@@ -3,15 +3,25 @@
 use std::io::Cursor;
 
 use horcrux_core::{ApplyError, ApplyOk, Request};
+use serde::{Deserialize, Serialize};
 
 pub type NodeId = u64;
 
-/// What applying one entry produced, sent back to the proposer.
-pub type Response = Result<ApplyOk, ApplyError>;
+/// One log entry's payload: the requests proposed together. The leader gathers concurrent
+/// proposals into one entry, so one fsync and one replication round serve all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Request>);
+
+/// What applying one request produced, sent back to its proposer.
+pub type ApplyResult = Result<ApplyOk, ApplyError>;
+
+/// What applying one entry produced: one result per request of its [`Batch`], in order
+/// (empty for blank and membership entries).
+pub type Response = Vec<ApplyResult>;
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = Request,
+        D = Batch,
         R = Response,
         Node = crate::node::HorcruxNode,
         AsyncRuntime = crate::runtime::HorcruxRuntime,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use horcrux_core::{Command, Request};
-use horcrux_raft::{HorcruxNode, NodeId, TypeConfig};
+use horcrux_raft::{HorcruxNode, NodeId, Proposer, TypeConfig};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -63,6 +63,8 @@ struct Node {
     log: MemLog,
     sm: MemSm,
     raft: Option<Raft<TypeConfig>>,
+    /// The product's write path: batches concurrent writes into one entry.
+    proposer: Option<Proposer>,
 }
 
 /// What the checker reads of one node: id, log ids by index, state hash by applied index,
@@ -104,11 +106,14 @@ impl World {
             .await
             .expect("raft starts over in-memory storage");
         self.router.0.lock().unwrap().rafts.insert(id, raft.clone());
-        self.nodes.get_mut(&id).unwrap().raft = Some(raft);
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.proposer = Some(Proposer::spawn(raft.clone()));
+        node.raft = Some(raft);
     }
 
     async fn crash(&mut self, id: NodeId, lose_unsynced: bool) {
         self.router.0.lock().unwrap().rafts.remove(&id);
+        self.nodes.get_mut(&id).unwrap().proposer = None;
         if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.take()) {
             let _ = r.shutdown().await;
         }
@@ -134,7 +139,7 @@ impl World {
     }
 
     fn client_write(&self, via: NodeId, seq: u64) {
-        let Some(raft) = self.nodes[&via].raft.clone() else { return };
+        let Some(proposer) = self.nodes[&via].proposer.clone() else { return };
         let key = format!("k{seq}");
         let value = format!("v{seq}");
         self.log(format!("write {key} via n{via}"));
@@ -156,15 +161,15 @@ impl World {
             history.lock().unwrap()[op].ok_ms = Some(self.now_ms());
         }
         tokio::spawn(async move {
-            let res = tokio::time::timeout(Duration::from_secs(3), raft.client_write(req)).await;
+            let res = tokio::time::timeout(Duration::from_secs(3), proposer.propose(req)).await;
             let t = start.elapsed().as_millis();
             let line = match res {
-                Ok(Ok(r)) if r.data.is_ok() => {
+                Ok(Ok(Ok(ok))) => {
                     acked.lock().unwrap().insert(key.clone(), value);
                     history.lock().unwrap()[op].ok_ms.get_or_insert(t as u64);
-                    format!("ack {key} at index {}", r.log_id.index)
+                    format!("ack {key} at index {}", ok.revision)
                 }
-                Ok(Ok(r)) => format!("refused {key}: {:?}", r.data),
+                Ok(Ok(Err(e))) => format!("refused {key}: {e}"),
                 Ok(Err(e)) => format!("failed {key}: {}", short(&e.to_string())),
                 Err(_) => format!("timeout {key} (indeterminate)"),
             };
@@ -331,7 +336,7 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         if cfg.bug == Bug::SkipEntry && id == 2 {
             sm.0.lock().unwrap().skip_every = Some(25);
         }
-        w.nodes.insert(id, Node { log: MemLog::default(), sm, raft: None });
+        w.nodes.insert(id, Node { log: MemLog::default(), sm, raft: None, proposer: None });
         w.router.0.lock().unwrap().group.insert(id, 0);
         w.boot(id).await;
     }

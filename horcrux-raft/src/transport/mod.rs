@@ -9,7 +9,7 @@ mod tls;
 use serde::{Deserialize, Serialize};
 
 use crate::node::HorcruxNode;
-use crate::types::{NodeId, Response, TypeConfig};
+use crate::types::{ApplyResult, NodeId, TypeConfig};
 use horcrux_core::Request;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -72,7 +72,7 @@ pub enum RpcResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    Propose(Result<Response, ForwardError>),
+    Propose(Result<ApplyResult, ForwardError>),
     ReadIndex(Result<u64, ForwardError>),
     Pong,
     RemoveMember(Result<(), ForwardError>),
