@@ -1,16 +1,16 @@
 //! `GuestFleet`: keeps one supervised `GuestActor` per guest this node owns, in step with
 //! the replicated state (on every applied entry and on a periodic tick).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use horcrux_core::{ClusterState, Guest};
 use horcrux_drivers::{GuestLaunch, Hypervisor, ObservedPower};
-use horcrux_raft::ClusterHandle;
 
 use crate::guest::{GuestActor, Reconcile, Retire, StatusBoard};
+use crate::port::{read, ClusterPort};
 use crate::runtime::{RuntimeError, VolumeFactory};
 use crate::tasks::TaskLog;
 
@@ -18,11 +18,11 @@ use crate::tasks::TaskLog;
 const TICK: Duration = Duration::from_secs(5);
 
 pub struct GuestFleet {
-    cluster: ClusterHandle,
+    cluster: Arc<dyn ClusterPort>,
     hv: Arc<dyn Hypervisor>,
     volumes: VolumeFactory,
     board: StatusBoard,
-    guests: HashMap<u32, Addr<GuestActor>>,
+    guests: BTreeMap<u32, Addr<GuestActor>>,
 }
 
 /// Bring owned guests in line with the state (fire and forget). After a commit only the
@@ -33,6 +33,12 @@ pub struct GuestFleet {
 pub struct SyncAll {
     pub power: bool,
 }
+
+/// The node is going away (the simulation crashes it): end every guest actor and the fleet
+/// for good, leaving the guests themselves alone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
 
 /// Reconcile one guest now and answer with the outcome.
 #[derive(Message)]
@@ -64,12 +70,12 @@ pub fn launch_for(
 
 impl GuestFleet {
     pub fn new(
-        cluster: ClusterHandle,
+        cluster: Arc<dyn ClusterPort>,
         hv: Arc<dyn Hypervisor>,
         volumes: VolumeFactory,
         board: StatusBoard,
     ) -> Self {
-        Self { cluster, hv, volumes, board, guests: HashMap::new() }
+        Self { cluster, hv, volumes, board, guests: BTreeMap::new() }
     }
 
     fn actor(&mut self, vmid: u32) -> Addr<GuestActor> {
@@ -83,7 +89,7 @@ impl GuestFleet {
     /// The reconcile message for a guest this node owns, from the current state.
     fn reconcile_msg(&self, vmid: u32, task: Option<TaskLog>) -> Result<Reconcile, RuntimeError> {
         let node = self.cluster.node_name().to_string();
-        self.cluster.read_local(|s| {
+        read(&*self.cluster, |s| {
             let g = s.guests.get(&vmid).ok_or(RuntimeError::NotFound(vmid))?;
             if g.node != node {
                 return Err(RuntimeError::NotOwned { vmid, node: g.node.clone() });
@@ -105,7 +111,7 @@ impl Actor for GuestFleet {
         let mut applied = self.cluster.subscribe_guest_changes();
         let addr = ctx.address();
         actix::spawn(async move {
-            while applied.changed().await.is_ok() {
+            while applied.changed().await.is_ok() && addr.connected() {
                 addr.do_send(SyncAll { power: false });
             }
         });
@@ -121,9 +127,8 @@ impl Handler<SyncAll> for GuestFleet {
 
     fn handle(&mut self, msg: SyncAll, _ctx: &mut Context<Self>) {
         let node = self.cluster.node_name().to_string();
-        let owned: Vec<u32> = self
-            .cluster
-            .read_local(|s| s.guests.values().filter(|g| g.node == node).map(|g| g.vmid).collect());
+        let owned: Vec<u32> =
+            read(&*self.cluster, |s| s.guests.values().filter(|g| g.node == node).map(|g| g.vmid).collect());
         let gone: Vec<u32> = self.guests.keys().filter(|v| !owned.contains(v)).copied().collect();
         for vmid in gone {
             if let Some(addr) = self.guests.remove(&vmid) {
@@ -133,6 +138,21 @@ impl Handler<SyncAll> for GuestFleet {
         if !msg.power {
             return;
         }
+        // A guest process this node must not run (deleted, or never ours) is stopped: after
+        // a partition or a crash the state may have moved on without this host.
+        let (hv, keep) = (self.hv.clone(), owned.clone());
+        actix::spawn(async move {
+            let running = match hv.running_guests().await {
+                Ok(r) => r,
+                Err(e) => return tracing::warn!("cannot list running guests: {e}"),
+            };
+            for vmid in running.into_iter().filter(|v| !keep.contains(v)) {
+                tracing::warn!(vmid, "guest runs here but the cluster does not place it here; stopping it");
+                if let Err(e) = hv.stop(vmid).await {
+                    tracing::warn!(vmid, "could not stop the stray guest: {e}");
+                }
+            }
+        });
         for vmid in owned {
             match self.reconcile_msg(vmid, None) {
                 // A busy actor already has work queued; the next tick catches up.
@@ -142,6 +162,17 @@ impl Handler<SyncAll> for GuestFleet {
                 Err(e) => tracing::warn!(vmid, "cannot reconcile: {e}"),
             }
         }
+    }
+}
+
+impl Handler<Shutdown> for GuestFleet {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        for (_, addr) in std::mem::take(&mut self.guests) {
+            addr.do_send(Retire);
+        }
+        ctx.terminate();
     }
 }
 

@@ -10,9 +10,13 @@ use actix::prelude::*;
 use futures_util::FutureExt;
 use horcrux_core::{Command, DesiredPower};
 use horcrux_drivers::{DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome};
-use horcrux_raft::ClusterHandle;
 use serde::Serialize;
 
+use crate::port::ClusterPort;
+use horcrux_raft::ProposeError;
+
+/// How long to wait before retrying to record a guest's own exit.
+const EXIT_RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::tasks::TaskLog;
 
 /// What this node last observed of a guest.
@@ -52,7 +56,7 @@ pub struct Retire;
 pub struct GuestActor {
     vmid: u32,
     hv: Arc<dyn Hypervisor>,
-    cluster: ClusterHandle,
+    cluster: Arc<dyn ClusterPort>,
     board: StatusBoard,
     /// Bumped whenever an exit would be expected (we stopped it) or stale (actor restarted).
     generation: u64,
@@ -63,7 +67,12 @@ pub struct GuestActor {
 }
 
 impl GuestActor {
-    pub fn new(vmid: u32, hv: Arc<dyn Hypervisor>, cluster: ClusterHandle, board: StatusBoard) -> Self {
+    pub fn new(
+        vmid: u32,
+        hv: Arc<dyn Hypervisor>,
+        cluster: Arc<dyn ClusterPort>,
+        board: StatusBoard,
+    ) -> Self {
         Self {
             vmid,
             hv,
@@ -209,16 +218,28 @@ impl Handler<Exited> for GuestActor {
         tracing::warn!(vmid = self.vmid, "guest exited on its own");
         self.publish(ObservedPower::Stopped, Some("guest exited on its own".into()));
         self.exited_at_revision = Some(self.last_revision);
-        // Record it in the cluster so the guest stays stopped, as Proxmox does.
-        let (cluster, vmid) = (self.cluster.clone(), self.vmid);
+        // Record it in the cluster so the guest stays stopped, as Proxmox does. Retry until
+        // it commits: without the record the state says "running" while nothing runs it.
+        // The write is conditional on the revision we saw, so a user's later start wins.
+        let (cluster, vmid, revision) = (self.cluster.clone(), self.vmid, self.last_revision);
         let fut = async move {
             let cmd = Command::SetDesiredPower {
                 vmid,
-                expected_revision: None,
+                expected_revision: Some(revision),
                 desired: DesiredPower::Stopped { graceful_timeout_s: None },
             };
-            if let Err(e) = cluster.propose(cmd).await {
-                tracing::warn!(vmid, "could not record the guest's exit: {e}");
+            loop {
+                match cluster.propose(cmd.clone()).await {
+                    Ok(_) => return,
+                    Err(ProposeError::Rejected(e)) => {
+                        tracing::info!(vmid, "guest changed since it exited; not recording the exit: {e}");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(vmid, "could not record the guest's exit yet: {e}");
+                        tokio::time::sleep(EXIT_RECORD_RETRY).await;
+                    }
+                }
             }
         };
         ctx.spawn(fut.into_actor(self));

@@ -4,9 +4,12 @@
 
 mod fleet;
 mod guest;
+mod port;
 mod runtime;
 mod tasks;
 
-pub use guest::GuestStatus;
-pub use runtime::{NodeRuntime, RuntimeError, VolumeFactory};
+pub use fleet::{GuestFleet, ReconcileOne, Shutdown};
+pub use guest::{GuestStatus, StatusBoard};
+pub use port::{read, ClusterPort};
+pub use runtime::{start_fleet, NodeRuntime, RuntimeError, VolumeFactory};
 pub use tasks::{TaskInfo, TaskLog, TaskRegistry, TaskStatus};

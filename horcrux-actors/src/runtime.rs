@@ -10,6 +10,7 @@ use horcrux_raft::ClusterHandle;
 
 use crate::fleet::{GuestFleet, ReconcileOne};
 use crate::guest::{GuestStatus, StatusBoard};
+use crate::port::ClusterPort;
 use crate::tasks::{TaskLog, TaskRegistry};
 
 /// Builds the volume store behind a storage pool (directory pools with qemu-img in
@@ -26,6 +27,17 @@ pub enum RuntimeError {
     Driver(String),
     #[error("the actor system is not running")]
     ActorGone,
+}
+
+/// Starts a supervised guest fleet in the current actix system (the daemon's actor thread,
+/// or the simulation's runtime).
+pub fn start_fleet(
+    cluster: Arc<dyn ClusterPort>,
+    hv: Arc<dyn Hypervisor>,
+    volumes: VolumeFactory,
+    board: StatusBoard,
+) -> Addr<GuestFleet> {
+    Supervisor::start(move |_| GuestFleet::new(cluster, hv, volumes, board))
 }
 
 #[derive(Clone)]
@@ -48,11 +60,12 @@ impl NodeRuntime {
     ) -> std::io::Result<Self> {
         let board = StatusBoard::default();
         let (tx, rx) = std::sync::mpsc::channel();
-        let (c, h, v, b) = (cluster.clone(), hv.clone(), volumes.clone(), board.clone());
+        let port: Arc<dyn ClusterPort> = Arc::new(cluster.clone());
+        let (h, v, b) = (hv.clone(), volumes.clone(), board.clone());
         std::thread::Builder::new().name("horcrux-actors".into()).spawn(move || {
             let sys = actix::System::new();
             sys.block_on(async move {
-                let fleet = Supervisor::start(move |_| GuestFleet::new(c, h, v, b));
+                let fleet = start_fleet(port, h, v, b);
                 let _ = tx.send(fleet);
             });
             if let Err(e) = sys.run() {

@@ -20,13 +20,15 @@ struct ScriptedHv {
     running: Mutex<bool>,
     starts: AtomicU32,
     stops: AtomicU32,
+    vmid: AtomicU32,
     panic_next_status: AtomicBool,
     exit: Notify,
 }
 
 impl Hypervisor for ScriptedHv {
-    fn start<'a>(&'a self, _l: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn start<'a>(&'a self, l: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>> {
         self.starts.fetch_add(1, Ordering::SeqCst);
+        self.vmid.store(l.vmid, Ordering::SeqCst);
         *self.running.lock().unwrap() = true;
         Box::pin(async { Ok(()) })
     }
@@ -56,6 +58,11 @@ impl Hypervisor for ScriptedHv {
     }
     fn serial_log(&self, _vmid: u32) -> PathBuf {
         PathBuf::from("/dev/null")
+    }
+    fn running_guests(&self) -> BoxFuture<'_, Result<Vec<u32>, DriverError>> {
+        let r = *self.running.lock().unwrap();
+        let vmid = self.vmid.load(Ordering::SeqCst);
+        Box::pin(async move { Ok(if r { vec![vmid] } else { vec![] }) })
     }
 }
 

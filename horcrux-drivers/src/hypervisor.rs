@@ -70,6 +70,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn wait_exit(&self, vmid: u32) -> BoxFuture<'_, ()>;
     /// Where the guest's serial console is logged.
     fn serial_log(&self, vmid: u32) -> PathBuf;
+    /// Every guest whose process runs on this host now, whoever started it.
+    fn running_guests(&self) -> BoxFuture<'_, Result<Vec<u32>, DriverError>>;
 }
 
 pub trait VolumeStore: Send + Sync + 'static {

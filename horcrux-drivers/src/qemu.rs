@@ -361,6 +361,21 @@ impl Hypervisor for QemuDriver {
     fn serial_log(&self, vmid: u32) -> PathBuf {
         self.log_dir.join(format!("{vmid}.serial.log"))
     }
+
+    fn running_guests(&self) -> BoxFuture<'_, Result<Vec<u32>, DriverError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(&self.run_dir)? {
+                let name = entry?.file_name();
+                let vmid = name.to_str().and_then(|n| n.strip_suffix(".pid")).and_then(|v| v.parse().ok());
+                if let Some(vmid) = vmid.filter(|v| self.alive(*v)) {
+                    out.push(vmid);
+                }
+            }
+            out.sort_unstable();
+            Ok(out)
+        })
+    }
 }
 
 /// Resolves `Auto`: KVM only if `/dev/kvm` opens read-write and a probe guest really runs
