@@ -9,6 +9,15 @@ fn arg(name: &str) -> Option<u64> {
 }
 
 fn main() -> std::process::ExitCode {
+    // `SIM_LOG=openraft=debug` adds openraft's own log (stderr) to a replay.
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_ansi(false)
+            .init();
+    }
     let secs = arg("--secs").unwrap_or(60);
     let nodes = arg("--nodes").unwrap_or(5);
     let config = |seed| SimConfig { sim_secs: secs, nodes, ..SimConfig::new(seed) };

@@ -9,6 +9,9 @@ use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use horcrux_core::ClusterState;
 use horcrux_raft::{HorcruxNode, NodeId, Response, SmData, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -27,28 +30,53 @@ pub struct LogInner {
     pub unsynced: std::collections::BTreeSet<u64>,
     /// Bumped by a crash, so flushes started before it do not count after it.
     pub generation: u64,
+    /// The power is off: nothing more reaches this disk until the node boots again.
+    pub dead: bool,
+    /// Seeded slowness and failures of this disk (`None`: instant and reliable).
+    pub faults: Option<StdRng>,
 }
 
-/// How long the simulated disk takes to flush an append. The flush report still arrives in
-/// a later task, so a crash can come between the write and its flush. With 2 ms here, seed
-/// 431 (60 s) ends with a node shut down by `LogIndexNotFound` after a restart: a hole in
-/// its log. Not yet root-caused (this store's handling of flush reports that arrive after a
-/// truncation, or openraft's); production appends report durability synchronously.
-const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(0);
+fn disk_err(what: &str) -> StorageError<NodeId> {
+    StorageError::from(openraft::StorageIOError::write(openraft::AnyError::error(what)))
+}
 
 #[derive(Clone, Default)]
 pub struct MemLog(pub Arc<Mutex<LogInner>>);
 
 impl MemLog {
+    pub fn new(seed: u64, faults: bool) -> Self {
+        let log = Self::default();
+        log.0.lock().unwrap().faults = faults.then(|| StdRng::seed_from_u64(seed ^ 0xd15c));
+        log
+    }
+
+    /// The node boots: its disk takes writes again.
+    pub fn power_on(&self) {
+        self.0.lock().unwrap().dead = false;
+    }
+
+    /// How long the next write takes to become durable, and whether it fails.
+    fn roll(&self) -> (std::time::Duration, bool) {
+        let mut l = self.0.lock().unwrap();
+        let Some(rng) = l.faults.as_mut() else { return (std::time::Duration::ZERO, false) };
+        let ms = match rng.gen_range(0..1000) {
+            0..=9 => rng.gen_range(20..200), // a slow disk
+            10..=299 => rng.gen_range(1..5),
+            _ => 0,
+        };
+        (std::time::Duration::from_millis(ms), rng.gen_range(0..10_000) < 3)
+    }
     pub fn log_ids(&self) -> BTreeMap<u64, LogId<NodeId>> {
         self.0.lock().unwrap().entries.iter().map(|(i, e)| (*i, e.log_id)).collect()
     }
 
-    /// A crash that loses the disk's write cache: every entry from the first unflushed one
-    /// on is gone. Returns how many entries were lost.
+    /// A power loss: the disk's write cache is gone (every entry from the first one whose
+    /// write had not completed) and nothing more is written until `power_on`. Returns how
+    /// many entries were lost.
     pub fn crash_losing_unsynced(&self) -> usize {
         let mut l = self.0.lock().unwrap();
         l.generation += 1;
+        l.dead = true;
         let Some(&first) = l.unsynced.iter().next() else { return 0 };
         let lost = l.entries.split_off(&first).len();
         l.unsynced.clear();
@@ -68,7 +96,25 @@ impl RaftLogReader<TypeConfig> for MemLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.0.lock().unwrap().entries.range(range).map(|(_, e)| e.clone()).collect())
+        // Only the run of entries that starts exactly at the range's start, as the product's
+        // store does (see `horcrux_raft::log_store`): openraft 0.9 replicates what this
+        // returns as if it began at `start`, so a gap after a concurrent purge would reach a
+        // follower as a hole in its log.
+        let l = self.0.lock().unwrap();
+        let mut next = match range.start_bound() {
+            std::ops::Bound::Included(&s) => Some(s),
+            std::ops::Bound::Excluded(&s) => Some(s + 1),
+            std::ops::Bound::Unbounded => None,
+        };
+        let mut out = Vec::new();
+        for (i, e) in l.entries.range(range) {
+            if next.is_some_and(|n| n != *i) {
+                break;
+            }
+            out.push(e.clone());
+            next = Some(i + 1);
+        }
+        Ok(out)
     }
 }
 
@@ -84,14 +130,21 @@ impl RaftLogStorage<TypeConfig> for MemLog {
         self.clone()
     }
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.0.lock().unwrap().vote = Some(*vote);
+        let mut l = self.0.lock().unwrap();
+        if l.dead {
+            return Err(disk_err("the power is off"));
+        }
+        l.vote = Some(*vote);
         Ok(())
     }
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         Ok(self.0.lock().unwrap().vote)
     }
     async fn save_committed(&mut self, c: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
-        self.0.lock().unwrap().committed = c;
+        let mut l = self.0.lock().unwrap();
+        if !l.dead {
+            l.committed = c;
+        }
         Ok(())
     }
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
@@ -108,6 +161,9 @@ impl RaftLogStorage<TypeConfig> for MemLog {
     {
         let (indexes, generation) = {
             let mut l = self.0.lock().unwrap();
+            if l.dead {
+                return Err(disk_err("the power is off"));
+            }
             let mut idx = Vec::new();
             for e in entries {
                 idx.push(e.log_id.index);
@@ -116,29 +172,44 @@ impl RaftLogStorage<TypeConfig> for MemLog {
             }
             (idx, l.generation)
         };
-        // Durable only after the simulated flush; openraft counts it only then.
-        let log = self.0.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(FLUSH_DELAY).await;
-            let mut l = log.lock().unwrap();
-            if l.generation == generation {
-                for i in indexes {
-                    l.unsynced.remove(&i);
-                }
-                drop(l);
-                callback.log_io_completed(Ok(()));
-            }
-        });
+        // Like the production store, `append` returns only once the entries are durable:
+        // openraft 0.9 answers AppendEntries as soon as `append` returns, not when the
+        // flush is reported, so a store that returned earlier would let a leader count
+        // acknowledgements of entries that a crash then loses.
+        let (delay, fail) = self.roll();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut l = self.0.lock().unwrap();
+        if l.generation != generation {
+            return Err(disk_err("the power went off during the write"));
+        }
+        if fail {
+            drop(l);
+            callback.log_io_completed(Err(std::io::Error::other("simulated disk write failure")));
+            return Err(disk_err("simulated disk write failure"));
+        }
+        for i in indexes {
+            l.unsynced.remove(&i);
+        }
+        drop(l);
+        callback.log_io_completed(Ok(()));
         Ok(())
     }
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut l = self.0.lock().unwrap();
+        if l.dead {
+            return Err(disk_err("the power is off"));
+        }
         l.entries.split_off(&log_id.index);
         l.unsynced.split_off(&log_id.index);
         Ok(())
     }
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut l = self.0.lock().unwrap();
+        if l.dead {
+            return Err(disk_err("the power is off"));
+        }
         l.last_purged = Some(log_id);
         l.entries = l.entries.split_off(&(log_id.index + 1));
         Ok(())
@@ -153,6 +224,8 @@ pub struct SmInner {
     pub history: BTreeMap<u64, u64>,
     /// Injected bug: skip applying every n-th entry.
     pub skip_every: Option<u64>,
+    /// Fires with the applied index when an entry changed guests (what the fleet watches).
+    pub guests_changed: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 #[derive(Clone, Default)]
@@ -201,9 +274,16 @@ impl RaftStateMachine<TypeConfig> for MemSm {
                 // Injected bug: this entry's command is lost.
                 e.payload = EntryPayload::Blank;
             }
+            let touches =
+                matches!(&e.payload, EntryPayload::Normal(b) if b.0.iter().any(|r| r.cmd.touches_guests()));
             out.push(i.data.apply_entry(e));
             let h = state_hash(&i.data.state);
             i.history.insert(idx, h);
+            if touches {
+                if let Some(tx) = &i.guests_changed {
+                    tx.send_replace(idx);
+                }
+            }
         }
         Ok(out)
     }
@@ -231,6 +311,9 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         }
         i.data = data;
         i.snapshot = Some((meta.clone(), bytes));
+        if let (Some(tx), Some(l)) = (&i.guests_changed, meta.last_log_id) {
+            tx.send_replace(l.index);
+        }
         Ok(())
     }
 

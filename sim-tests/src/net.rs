@@ -52,7 +52,6 @@ impl std::fmt::Display for Down {
 impl std::error::Error for Down {}
 
 impl Router {
-    /// Decides the fate of one message from `from` to `to`: its delay, or that it is lost.
     /// Decides the fate of one message: its delay, whether it is lost, and whether it is
     /// delivered twice.
     fn route(&self, from: NodeId, to: NodeId) -> (Duration, Option<Raft<TypeConfig>>, bool) {
@@ -65,7 +64,7 @@ impl Router {
         (delay, target, duplicated)
     }
 
-    fn connected(&self, from: NodeId, to: NodeId) -> bool {
+    pub fn connected(&self, from: NodeId, to: NodeId) -> bool {
         let r = self.0.lock().unwrap();
         r.link(to, from) && r.rafts.contains_key(&to) && r.rafts.contains_key(&from)
     }

@@ -4,14 +4,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use horcrux_core::{Command, Request};
+use actix::Addr;
+use horcrux_actors::{ClusterPort, GuestFleet, ReconcileOne, Shutdown, VolumeFactory};
+use horcrux_core::{Command, DesiredPower, GuestConfig, Request, VmSpec};
 use horcrux_raft::{HorcruxNode, NodeId, Proposer, TypeConfig};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::host::Hosts;
 use crate::mem_store::{MemLog, MemSm};
 use crate::net::{Router, RouterInner, SimNet};
+use crate::port::{Proposers, SimPort};
 
 /// A deliberately injected bug, to prove the checkers catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +28,10 @@ pub enum Bug {
     AckBeforeCommit,
     /// Reads are served from any node's local state, without the leader's read barrier.
     StaleRead,
+    /// Node 2's actors believe they are node 1, so they run node 1's guests too.
+    WrongOwner,
+    /// Hosts keep reporting a guest whose QEMU died as running, so nobody restarts it.
+    StaleStatus,
 }
 
 /// One client operation in the history the linearizability checker reads.
@@ -65,6 +73,11 @@ struct Node {
     raft: Option<Raft<TypeConfig>>,
     /// The product's write path: batches concurrent writes into one entry.
     proposer: Option<Proposer>,
+    /// The node's guest actors, over its simulated host.
+    fleet: Option<Addr<GuestFleet>>,
+    port: Option<Arc<SimPort>>,
+    /// This node's clock offset from simulated time (clock skew).
+    skew_ms: i64,
 }
 
 /// What the checker reads of one node: id, log ids by index, state hash by applied index,
@@ -83,7 +96,14 @@ struct World {
     violations: Vec<String>,
     start: tokio::time::Instant,
     last_leader: Option<(NodeId, u64)>,
+    hosts: Hosts,
+    proposers: Proposers,
+    /// Guests the workload created (some may be deleted since).
+    vmids: Vec<u32>,
 }
+
+/// Wall-clock epoch of the simulation (2026-01-01), so timestamps look real.
+const EPOCH_MS: u64 = 1_767_225_600_000;
 
 impl World {
     fn now_ms(&self) -> u64 {
@@ -101,29 +121,91 @@ impl World {
 
     async fn boot(&mut self, id: NodeId) {
         let node = self.nodes.get(&id).unwrap();
+        node.log.power_on();
         let net = SimNet { router: self.router.clone(), me: id };
-        let raft = Raft::new(id, self.raft_config.clone(), net, node.log.clone(), node.sm.clone())
-            .await
-            .expect("raft starts over in-memory storage");
+        let raft = match Raft::new(id, self.raft_config.clone(), net, node.log.clone(), node.sm.clone()).await
+        {
+            Ok(raft) => raft,
+            Err(e) => {
+                let v = format!("n{id} cannot restart from its stored log and state: {e}");
+                self.log(v.clone());
+                self.violations.push(v);
+                return;
+            }
+        };
         self.router.0.lock().unwrap().rafts.insert(id, raft.clone());
+        let proposer = Proposer::spawn(raft.clone());
+        self.proposers.lock().unwrap().insert(id, proposer.clone());
+        let (start, skew) = (self.start, node.skew_ms);
+        let name = if self.cfg.bug == Bug::WrongOwner && id == 2 { "n1".into() } else { format!("n{id}") };
+        let port = Arc::new(SimPort {
+            id,
+            name,
+            sm: node.sm.clone(),
+            proposers: self.proposers.clone(),
+            router: self.router.clone(),
+            clock: Arc::new(move || {
+                (EPOCH_MS + start.elapsed().as_millis() as u64).saturating_add_signed(skew)
+            }),
+        });
+        let volumes: VolumeFactory = Arc::new(|_| unreachable!("simulated guests have no disks"));
+        let fleet = horcrux_actors::start_fleet(
+            port.clone() as Arc<dyn ClusterPort>,
+            self.hosts.hypervisor(id),
+            volumes,
+            Default::default(),
+        );
         let node = self.nodes.get_mut(&id).unwrap();
-        node.proposer = Some(Proposer::spawn(raft.clone()));
+        node.proposer = Some(proposer);
         node.raft = Some(raft);
+        node.fleet = Some(fleet);
+        node.port = Some(port);
     }
 
-    async fn crash(&mut self, id: NodeId, lose_unsynced: bool) {
+    /// Kills node `id`. With `power_loss` the disk loses what it had not made durable (an
+    /// append in progress) at that instant, and the host's guests die too; otherwise only
+    /// the daemon dies and its guests keep running, to be adopted after the restart.
+    async fn crash(&mut self, id: NodeId, power_loss: bool) {
         self.router.0.lock().unwrap().rafts.remove(&id);
-        self.nodes.get_mut(&id).unwrap().proposer = None;
+        self.proposers.lock().unwrap().remove(&id);
+        let lost = power_loss.then(|| self.nodes[&id].log.crash_losing_unsynced());
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.proposer = None;
+        node.port = None;
+        if let Some(fleet) = node.fleet.take() {
+            fleet.do_send(Shutdown);
+        }
         if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.take()) {
             let _ = r.shutdown().await;
         }
-        let log = &self.nodes[&id].log;
-        if lose_unsynced {
-            let lost = log.crash_losing_unsynced();
-            self.log(format!("crash n{id}, losing {lost} unflushed log entries"));
-        } else {
-            log.crash_keeping_all();
-            self.log(format!("crash n{id}"));
+        match lost {
+            Some(lost) => {
+                let killed = self.hosts.power_off(id);
+                self.log(format!(
+                    "power loss on n{id}: {lost} log entries not yet durable lost, guests {killed:?} killed"
+                ));
+            }
+            None => {
+                self.nodes[&id].log.crash_keeping_all();
+                self.log(format!("crash n{id}"));
+            }
+        }
+    }
+
+    /// A node whose Raft stopped by itself (a failed disk write is fatal to openraft) is
+    /// taken down like a crashed one, to be restarted later.
+    async fn reap_failed(&mut self) {
+        let failed: Vec<(NodeId, String)> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| {
+                let state = n.raft.as_ref()?.metrics().borrow().running_state.clone();
+                state.err().map(|e| (*id, e.to_string()))
+            })
+            .collect();
+        for (id, why) in failed {
+            self.log(format!("n{id} stopped on a storage error (disk failure): {}", short(&why)));
+            self.crash(id, false).await;
         }
     }
 
@@ -144,7 +226,7 @@ impl World {
         let value = format!("v{seq}");
         self.log(format!("write {key} via n{via}"));
         let req = Request {
-            ts_ms: self.now_ms(),
+            ts_ms: (EPOCH_MS + self.now_ms()).saturating_add_signed(self.nodes[&via].skew_ms),
             cmd: Command::SetClusterOption { key: key.clone(), value: value.clone() },
         };
         let (trace, acked, bug, start) = (self.trace.clone(), self.acked.clone(), self.cfg.bug, self.start);
@@ -175,6 +257,88 @@ impl World {
             };
             trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
         });
+    }
+
+    /// A guest operation through node `via`'s API path: its port forwards to the leader,
+    /// and a power change is then reconciled on the owner (as the API does by forwarding).
+    fn guest_op(&mut self, via: NodeId, rng: &mut StdRng) {
+        let Some(port) = self.nodes[&via].port.clone() else { return };
+        let roll = rng.gen_range(0..10);
+        let (what, cmd, power_of) = if roll < 3 || self.vmids.is_empty() {
+            let vmid = 100 + self.vmids.len() as u32;
+            self.vmids.push(vmid);
+            let owner = rng.gen_range(1..=self.cfg.nodes);
+            let config = GuestConfig::Qemu(VmSpec { memory_mib: 512, cores: 1, disks: vec![], boot: None });
+            let cmd =
+                Command::CreateGuest { vmid, name: format!("g{vmid}"), node: format!("n{owner}"), config };
+            (format!("create guest {vmid} on n{owner}"), cmd, None)
+        } else {
+            let vmid = self.vmids[rng.gen_range(0..self.vmids.len())];
+            if roll < 9 {
+                let graceful_timeout_s = rng.gen_bool(0.5).then_some(30);
+                let desired = if rng.gen_bool(0.6) {
+                    DesiredPower::Running
+                } else {
+                    DesiredPower::Stopped { graceful_timeout_s }
+                };
+                let word = if desired.is_running() { "running" } else { "stopped" };
+                let cmd = Command::SetDesiredPower { vmid, expected_revision: None, desired };
+                (format!("set guest {vmid} {word}"), cmd, Some(vmid))
+            } else {
+                (format!("delete guest {vmid}"), Command::DeleteGuest { vmid, expected_revision: None }, None)
+            }
+        };
+        self.log(format!("{what} via n{via}"));
+        let fleets: BTreeMap<String, (NodeId, Addr<GuestFleet>)> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| Some((format!("n{id}"), (*id, n.fleet.clone()?))))
+            .collect();
+        let (trace, start, router) = (self.trace.clone(), self.start, self.router.clone());
+        tokio::spawn(async move {
+            let res = port.propose(cmd).await;
+            let t = start.elapsed().as_millis();
+            let line = match &res {
+                Ok(ok) => format!("{what}: committed at {}", ok.revision),
+                Err(horcrux_raft::ProposeError::Rejected(e)) => {
+                    format!("{what}: refused: {}", short(&e.to_string()))
+                }
+                Err(e) => format!("{what}: failed: {}", short(&e.to_string())),
+            };
+            trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
+            if let (Ok(_), Some(vmid)) = (res, power_of) {
+                let owner = horcrux_actors::read(&*port, |s| s.guests.get(&vmid).map(|g| g.node.clone()));
+                if let Some((id, fleet)) = owner.and_then(|o| fleets.get(&o)) {
+                    if router.connected(via, *id) && router.connected(*id, via) {
+                        fleet.do_send(ReconcileOne { vmid, task: None });
+                    }
+                }
+            }
+        });
+    }
+
+    /// Where guests run versus where the state wants them: `Err` names the first mismatch.
+    /// Call when the cluster is quiet (converged, faults healed).
+    fn guest_placement(&self) -> Result<(), String> {
+        let state = self.nodes[&1].sm.0.lock().unwrap().data.state.clone();
+        let placed = self.hosts.placements();
+        for g in state.guests.values() {
+            let want: BTreeSet<NodeId> = match g.desired {
+                DesiredPower::Running => g.node.trim_start_matches('n').parse().into_iter().collect(),
+                DesiredPower::Stopped { .. } => BTreeSet::new(),
+            };
+            let have = placed.get(&g.vmid).cloned().unwrap_or_default();
+            if want != have {
+                return Err(format!(
+                    "guest {} (owner {}, desired {:?}) runs on {have:?}, expected {want:?}",
+                    g.vmid, g.node, g.desired
+                ));
+            }
+        }
+        if let Some((vmid, on)) = placed.iter().find(|(v, _)| !state.guests.contains_key(v)) {
+            return Err(format!("guest {vmid} was deleted but still runs on {on:?}"));
+        }
+        Ok(())
     }
 
     /// A linearizable read of `key` through `via` (the leader confirms leadership and the
@@ -245,8 +409,14 @@ impl World {
         }
     }
 
-    /// Committed log prefixes agree, and every node's state after the same index is equal.
+    /// Committed log prefixes agree, every node's state after the same index is equal, and
+    /// no guest ever ran on two nodes at once.
     fn check_safety(&mut self) {
+        let host_violations = std::mem::take(&mut self.hosts.0.lock().unwrap().violations);
+        if let Some(v) = host_violations.into_iter().next() {
+            self.violations.push(format!("guest safety: {v}"));
+            return;
+        }
         let views: Vec<NodeView> = self
             .nodes
             .iter()
@@ -290,13 +460,16 @@ fn short(s: &str) -> String {
 
 /// Runs one seed to completion and reports its trace and any invariant violations.
 pub fn run(cfg: SimConfig) -> Outcome {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
+    // An actix system (the guest actors need one) over a paused current-thread runtime.
+    let sys = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+    });
     horcrux_raft::runtime::seed_thread_rng(cfg.seed);
-    rt.block_on(simulate(cfg))
+    sys.block_on(simulate(cfg))
 }
 
 async fn simulate(cfg: SimConfig) -> Outcome {
@@ -329,20 +502,36 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         violations: Vec::new(),
         start: tokio::time::Instant::now(),
         last_leader: None,
+        hosts: Hosts::new(cfg.seed, cfg.faults),
+        proposers: Arc::default(),
+        vmids: Vec::new(),
         cfg: cfg.clone(),
     };
+    w.hosts.0.lock().unwrap().stale_status = cfg.bug == Bug::StaleStatus;
     for id in 1..=cfg.nodes {
         let sm = MemSm::default();
         if cfg.bug == Bug::SkipEntry && id == 2 {
             sm.0.lock().unwrap().skip_every = Some(25);
         }
-        w.nodes.insert(id, Node { log: MemLog::default(), sm, raft: None, proposer: None });
+        // Clock skew within the bound the design assumes (500 ms).
+        let skew_ms = if cfg.faults { rng.gen_range(-500..=500) } else { 0 };
+        let log = MemLog::new(cfg.seed ^ (id << 32), cfg.faults);
+        let node = Node { log, sm, raft: None, proposer: None, fleet: None, port: None, skew_ms };
+        w.nodes.insert(id, node);
         w.router.0.lock().unwrap().group.insert(id, 0);
         w.boot(id).await;
     }
     let members: BTreeMap<NodeId, HorcruxNode> = (1..=cfg.nodes).map(|id| (id, World::member(id))).collect();
     w.nodes[&1].raft.as_ref().unwrap().initialize(members).await.expect("initialize");
     w.log(format!("cluster of {} nodes initialised", cfg.nodes));
+    // Guests name their owner, so every node registers first (as each daemon does).
+    let port = w.nodes[&1].port.clone().expect("node 1 runs");
+    for id in 1..=cfg.nodes {
+        let cmd = Command::RegisterNode { name: format!("n{id}"), api_addr: format!("sim:{id}") };
+        if let Err(e) = port.propose(cmd).await {
+            w.log(format!("register n{id}: {e}"));
+        }
+    }
 
     let step = Duration::from_millis(50);
     let steps = cfg.sim_secs * 1000 / 50;
@@ -382,6 +571,32 @@ async fn simulate(cfg: SimConfig) -> Outcome {
                 w.client_read(via, key);
             }
         }
+        w.reap_failed().await;
+        let events = std::mem::take(&mut w.hosts.0.lock().unwrap().events);
+        for e in events {
+            w.log(e);
+        }
+        if rng.gen_bool(0.15) {
+            let running = w.running();
+            if !running.is_empty() {
+                let via = running[rng.gen_range(0..running.len())];
+                w.guest_op(via, &mut rng);
+            }
+        }
+        if cfg.faults && rng.gen_range(0..1000) < 5 {
+            // QEMU dies under a running guest.
+            let placed: Vec<(u32, NodeId)> = w
+                .hosts
+                .placements()
+                .into_iter()
+                .flat_map(|(v, on)| on.into_iter().map(move |n| (v, n)))
+                .collect();
+            if !placed.is_empty() {
+                let (vmid, node) = placed[rng.gen_range(0..placed.len())];
+                w.hosts.kill(node, vmid);
+                w.log(format!("QEMU of guest {vmid} dies on n{node}"));
+            }
+        }
         if cfg.faults {
             let roll = rng.gen_range(0..1000);
             let running = w.running();
@@ -391,9 +606,9 @@ async fn simulate(cfg: SimConfig) -> Outcome {
                     Some((l, _)) if rng.gen_bool(0.5) => l,
                     _ => running[rng.gen_range(0..running.len())],
                 };
-                let lose = rng.gen_bool(0.5);
+                let power_loss = rng.gen_bool(0.5);
                 tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
-                w.crash(id, lose).await;
+                w.crash(id, power_loss).await;
             } else if roll < 30 {
                 let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !running.contains(id)).collect();
                 if !down.is_empty() {
@@ -453,6 +668,11 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         r.drop_per_mille = 0;
         r.dup_per_mille = 0;
     }
+    w.hosts.0.lock().unwrap().faults = false;
+    w.reap_failed().await;
+    for log in w.nodes.values().map(|n| n.log.clone()).collect::<Vec<_>>() {
+        log.0.lock().unwrap().faults = None;
+    }
     let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !w.running().contains(id)).collect();
     for id in down {
         w.boot(id).await;
@@ -472,6 +692,22 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     }
     w.check_safety();
     w.check_linearizable();
+    if converged {
+        // Guests: within 30 s of quiet (six fleet ticks), each runs exactly where the state
+        // wants it: on its owner if meant to run, nowhere otherwise.
+        let mut placed = Err(String::new());
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            placed = w.guest_placement();
+            if placed.is_ok() {
+                break;
+            }
+        }
+        if let Err(why) = placed {
+            w.violations.push(format!("liveness: 30 s after faults healed, {why}"));
+        }
+        w.check_safety();
+    }
     if !converged {
         for (id, n) in &w.nodes {
             let m = n.raft.as_ref().map(|r| r.metrics().borrow().clone());
@@ -506,6 +742,8 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     let final_hashes: BTreeSet<u64> =
         w.nodes.values().map(|n| crate::mem_store::state_hash(&n.sm.0.lock().unwrap().data.state)).collect();
     w.log(format!("end: {} acknowledged writes, final state hashes {final_hashes:x?}", acked.len()));
+    let running_guests = w.hosts.placements().len();
+    w.log(format!("end: {running_guests} guests running, {} created", w.vmids.len()));
     for id in w.running() {
         w.crash(id, false).await;
     }

@@ -1,0 +1,92 @@
+//! `SimPort`: a simulated node as the actors see it (the `ClusterPort` seam). Proposals go
+//! through the product's `Proposer`, forwarded to the leader when the network allows, as
+//! `ClusterHandle::propose` does over QUIC.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use horcrux_actors::ClusterPort;
+use horcrux_core::{ApplyOk, ClusterState, Command, Request};
+use horcrux_drivers::BoxFuture;
+use horcrux_raft::{NodeId, ProposeError, Proposer};
+use tokio::sync::watch;
+
+use crate::mem_store::MemSm;
+use crate::net::Router;
+
+pub type Proposers = Arc<Mutex<BTreeMap<NodeId, Proposer>>>;
+
+pub struct SimPort {
+    pub id: NodeId,
+    /// The name the actors believe this node has (a bug may lie here).
+    pub name: String,
+    pub sm: MemSm,
+    pub proposers: Proposers,
+    pub router: Router,
+    /// This node's clock: simulated time plus its skew.
+    pub clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl ClusterPort for SimPort {
+    fn node_name(&self) -> &str {
+        &self.name
+    }
+
+    fn with_state(&self, f: &mut dyn FnMut(&ClusterState)) {
+        f(&self.sm.0.lock().unwrap().data.state)
+    }
+
+    fn subscribe_guest_changes(&self) -> watch::Receiver<u64> {
+        let mut i = self.sm.0.lock().unwrap();
+        i.guests_changed.get_or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
+        let (id, sm, proposers, router) =
+            (self.id, self.sm.clone(), self.proposers.clone(), self.router.clone());
+        let req = Request { ts_ms: (self.clock)(), cmd };
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+            loop {
+                let mut target = id;
+                let mut res = None;
+                for _ in 0..2 {
+                    let Some(p) = proposers.lock().unwrap().get(&target).cloned() else { break };
+                    match p.propose(req.clone()).await {
+                        Err(horcrux_raft::transport::ForwardError::NotLeader { leader: Some(l) })
+                            if l != target && router.connected(id, l) && router.connected(l, id) =>
+                        {
+                            target = l;
+                        }
+                        other => {
+                            res = Some(other);
+                            break;
+                        }
+                    }
+                }
+                match res {
+                    Some(Ok(Ok(ok))) => {
+                        // Read-your-writes, as the product waits for its own apply. Polled:
+                        // waiters on one tokio `watch` wake in a random order, which would
+                        // make runs of one seed differ.
+                        while sm.0.lock().unwrap().data.last_applied.map(|l| l.index) < Some(ok.revision) {
+                            if tokio::time::Instant::now() >= deadline {
+                                return Err(ProposeError::Unavailable(
+                                    "committed but not applied here".into(),
+                                ));
+                            }
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        return Ok(ok);
+                    }
+                    Some(Ok(Err(e))) => return Err(ProposeError::Rejected(e)),
+                    _ if tokio::time::Instant::now() >= deadline => {
+                        return Err(ProposeError::Unavailable("quorum lost: not committed in time".into()))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+    }
+}
