@@ -69,11 +69,14 @@ async fn boots_adopts_shuts_down_and_notices_exit() {
     let driver = QemuDriver::new(run.clone(), logs, Accel::Tcg).unwrap();
     assert_eq!(driver.status(901).await.unwrap(), ObservedPower::Running);
     assert_eq!(std::fs::read_to_string(run.join("901.pid")).unwrap(), pid);
+    // The restarted driver also lists it among the guests running on this host.
+    assert_eq!(driver.running_guests().await.unwrap(), vec![901]);
 
     // The busybox guest ignores ACPI power-off: shutdown falls back to a hard stop.
     let outcome = driver.shutdown(901, Duration::from_secs(2)).await.unwrap();
     assert_eq!(outcome, ShutdownOutcome::Forced);
     assert_eq!(driver.status(901).await.unwrap(), ObservedPower::Stopped);
+    assert!(driver.running_guests().await.unwrap().is_empty());
     // Gone, or a zombie waiting for an init that does not reap (as in some containers).
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
     assert!(stat.is_empty() || stat.contains(") Z "), "QEMU still alive: {stat}");
