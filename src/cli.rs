@@ -48,6 +48,13 @@ pub enum VmCmd {
         #[arg(long, default_value_t = 60)]
         timeout: u32,
     },
+    /// Move a stopped VM (without local disks) to another node.
+    Migrate {
+        vmid: u32,
+        /// The node that will own the VM.
+        #[arg(long)]
+        target: String,
+    },
     /// Delete a stopped VM and its disks.
     Delete { vmid: u32 },
     /// Show a VM's configuration and status.
@@ -136,6 +143,11 @@ pub fn run_vm(c: &ApiClient, cmd: VmCmd) -> anyhow::Result<()> {
             c,
             c.post(&format!("/vms/{vmid}/shutdown"), &json!({ "timeout_s": timeout }))?,
             &format!("shutdown VM {vmid}"),
+        ),
+        VmCmd::Migrate { vmid, target } => run_task(
+            c,
+            c.post(&format!("/vms/{vmid}/migrate"), &json!({ "target": target }))?,
+            &format!("migrate VM {vmid} to {target}"),
         ),
         VmCmd::Delete { vmid } => {
             run_task(c, c.delete(&format!("/vms/{vmid}"))?, &format!("delete VM {vmid}"))

@@ -297,8 +297,33 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     assert!(!nodes[0].dir.join("run/qemu/700.pid").exists());
     let (code, _) = a3.delete("/vms/700");
     assert_eq!(code, 409, "running guest must not be deleted through another node either");
+    let (code, body) = a3.post("/vms/700/migrate", &json!({"target": "f3"}));
+    assert_eq!(code, 409, "a running guest is not migrated offline: {body}");
     let (_, body) = a3.post("/vms/700/stop", &json!({}));
     assert_eq!(a1.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let (code, body) = a1.post("/vms/700/migrate", &json!({"target": "f3"}));
+    assert_eq!(code, 409, "local disks cannot move yet: {body}");
+    assert_eq!(a1.post("/vms/700/migrate", &json!({"target": ""})).0, 400);
+
+    // Offline migration of a diskless guest, asked of f1: f2 (the owner) checks that its
+    // QEMU is gone and commits the move; f3 then runs it.
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"});
+    let (code, body) =
+        a2.post("/vms", &json!({"vmid": 701, "name": "mover", "memory_mib": 128, "boot": boot}));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = a1.post("/vms/701/migrate", &json!({"target": "f3"}));
+    assert_eq!(code, 200, "{body}");
+    assert!(body["upid"].as_str().unwrap().starts_with("UPID:f2:"), "the source node migrates: {body}");
+    let (code, body) = a1.post("/vms/701/start", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    let upid = body["upid"].as_str().unwrap().to_string();
+    assert!(upid.starts_with("UPID:f3:"), "the new owner starts it: {upid}");
+    assert_eq!(a2.wait_task(&upid), "OK");
+    assert!(nodes[2].dir.join("run/qemu/701.pid").exists(), "QEMU runs on the new owner");
+    assert!(!nodes[1].dir.join("run/qemu/701.pid").exists());
+    let (_, body) = a2.post("/vms/701/stop", &json!({}));
+    assert_eq!(a1.wait_task(body["upid"].as_str().unwrap()), "OK");
+    assert_eq!(a1.delete("/vms/701").0, 200);
     // The `local` pool's path is replicated (here all nodes share one host, so one path).
     let (_, pools) = a1.get("/storage");
     let images = PathBuf::from(pools[0]["path"].as_str().unwrap()).join("images/700");

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use horcrux_core::{ClusterState, Guest};
 use horcrux_drivers::{GuestLaunch, Hypervisor, ObservedPower};
 
-use crate::guest::{GuestActor, Reconcile, Retire, StatusBoard};
+use crate::guest::{GuestActor, MigrateOut, Reconcile, Retire, StatusBoard};
 use crate::port::{read, ClusterPort};
 use crate::runtime::{RuntimeError, VolumeFactory};
 use crate::tasks::TaskLog;
@@ -32,6 +32,14 @@ pub struct GuestFleet {
 #[rtype(result = "()")]
 pub struct SyncAll {
     pub power: bool,
+}
+
+/// Move a stopped guest this node owns to `target` (offline migration).
+#[derive(Message)]
+#[rtype(result = "Result<u64, RuntimeError>")]
+pub struct MigrateOne {
+    pub vmid: u32,
+    pub target: String,
 }
 
 /// The node is going away (the simulation crashes it): end every guest actor and the fleet
@@ -162,6 +170,30 @@ impl Handler<SyncAll> for GuestFleet {
                 Err(e) => tracing::warn!(vmid, "cannot reconcile: {e}"),
             }
         }
+    }
+}
+
+impl Handler<MigrateOne> for GuestFleet {
+    type Result = ResponseFuture<Result<u64, RuntimeError>>;
+
+    fn handle(&mut self, msg: MigrateOne, _ctx: &mut Context<Self>) -> Self::Result {
+        let revision = match self.reconcile_msg(msg.vmid, None) {
+            Ok(r) if r.desired.is_running() => {
+                let e = RuntimeError::Busy(format!(
+                    "guest {} is meant to run; stop it before an offline migration",
+                    msg.vmid
+                ));
+                return Box::pin(async move { Err(e) });
+            }
+            Ok(r) => r.revision,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let addr = self.actor(msg.vmid);
+        Box::pin(async move {
+            addr.send(MigrateOut { target: msg.target, revision })
+                .await
+                .map_err(|_| RuntimeError::ActorGone)?
+        })
     }
 }
 

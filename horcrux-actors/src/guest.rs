@@ -48,6 +48,17 @@ struct Exited {
     generation: u64,
 }
 
+/// Hand the (stopped) guest to another node: the actor checks that its process is gone,
+/// then commits the move. Atomic with the actor's other work, so nothing starts the guest
+/// here in between; the commit is conditional on `revision`, so a start requested
+/// meanwhile makes it fail instead.
+#[derive(Message)]
+#[rtype(result = "Result<u64, crate::RuntimeError>")]
+pub struct MigrateOut {
+    pub target: String,
+    pub revision: u64,
+}
+
 /// The guest left this node's care (deleted): stop the actor, leave the host alone.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -243,6 +254,29 @@ impl Handler<Exited> for GuestActor {
             }
         };
         ctx.spawn(fut.into_actor(self));
+    }
+}
+
+impl Handler<MigrateOut> for GuestActor {
+    type Result = AtomicResponse<Self, Result<u64, crate::RuntimeError>>;
+
+    fn handle(&mut self, msg: MigrateOut, _ctx: &mut Context<Self>) -> Self::Result {
+        let (hv, cluster, vmid) = (self.hv.clone(), self.cluster.clone(), self.vmid);
+        let fut = async move {
+            use crate::RuntimeError;
+            match hv.status(vmid).await.map_err(|e| RuntimeError::Driver(e.to_string()))? {
+                ObservedPower::Stopped => {}
+                other => {
+                    return Err(RuntimeError::Busy(
+                        format!("guest {vmid} is still {other:?} on this node; stop it first").to_lowercase(),
+                    ))
+                }
+            }
+            let cmd =
+                Command::MigrateGuest { vmid, expected_revision: Some(msg.revision), target: msg.target };
+            Ok(cluster.propose(cmd).await?.revision)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self)))
     }
 }
 

@@ -8,7 +8,7 @@ mod port;
 mod runtime;
 mod tasks;
 
-pub use fleet::{GuestFleet, ReconcileOne, Shutdown};
+pub use fleet::{GuestFleet, MigrateOne, ReconcileOne, Shutdown};
 pub use guest::{GuestStatus, StatusBoard};
 pub use port::{read, ClusterPort};
 pub use runtime::{start_fleet, NodeRuntime, RuntimeError, VolumeFactory};

@@ -8,7 +8,7 @@ use horcrux_core::StoragePool;
 use horcrux_drivers::{Hypervisor, ObservedPower, VolumeStore};
 use horcrux_raft::ClusterHandle;
 
-use crate::fleet::{GuestFleet, ReconcileOne};
+use crate::fleet::{GuestFleet, MigrateOne, ReconcileOne};
 use crate::guest::{GuestStatus, StatusBoard};
 use crate::port::ClusterPort;
 use crate::tasks::{TaskLog, TaskRegistry};
@@ -27,6 +27,11 @@ pub enum RuntimeError {
     Driver(String),
     #[error("the actor system is not running")]
     ActorGone,
+    /// The guest is not in a state that allows the operation here.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Cluster(#[from] horcrux_raft::ProposeError),
 }
 
 /// Starts a supervised guest fleet in the current actix system (the daemon's actor thread,
@@ -79,6 +84,13 @@ impl NodeRuntime {
     /// Drives one guest to its replicated desired state now; logs into `task` if given.
     pub async fn reconcile(&self, vmid: u32, task: Option<TaskLog>) -> Result<ObservedPower, RuntimeError> {
         self.fleet.send(ReconcileOne { vmid, task }).await.map_err(|_| RuntimeError::ActorGone)?
+    }
+
+    /// Offline migration, run on the guest's owner: checks that its process is gone here,
+    /// then commits the move to `target` (conditional on the guest's revision). Answers
+    /// with the new revision.
+    pub async fn migrate(&self, vmid: u32, target: String) -> Result<u64, RuntimeError> {
+        self.fleet.send(MigrateOne { vmid, target }).await.map_err(|_| RuntimeError::ActorGone)?
     }
 
     /// The last observation of a guest; a guest never observed counts as stopped.

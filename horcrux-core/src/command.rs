@@ -51,6 +51,13 @@ pub enum Command {
         expected_revision: Option<u64>,
         desired: DesiredPower,
     },
+    /// Move a stopped guest to another node (offline migration). The owner proposes it
+    /// after checking that the guest's process is gone, so it never runs on two nodes.
+    MigrateGuest {
+        vmid: u32,
+        expected_revision: Option<u64>,
+        target: String,
+    },
     /// Remove a guest; refused while it is meant to run.
     DeleteGuest {
         vmid: u32,
@@ -101,6 +108,7 @@ impl Command {
             Command::CreateGuest { .. }
                 | Command::UpdateGuest { .. }
                 | Command::SetDesiredPower { .. }
+                | Command::MigrateGuest { .. }
                 | Command::DeleteGuest { .. }
                 | Command::AddStorage { .. }
         )

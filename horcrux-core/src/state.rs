@@ -147,6 +147,36 @@ impl ClusterState {
                 g.desired = *desired;
                 g.revision = index;
             }
+            Command::MigrateGuest { vmid, expected_revision, target } => {
+                let g = self.guest(*vmid)?;
+                check_revision(*vmid, *expected_revision, g.revision)?;
+                if !self.nodes.contains_key(target) {
+                    return Err(ValidationError::new("target", format!("unknown node {target:?}")).into());
+                }
+                if g.node == *target {
+                    return Err(ValidationError::new(
+                        "target",
+                        format!("guest {vmid} is already on {target}"),
+                    )
+                    .into());
+                }
+                if g.desired.is_running() {
+                    return Err(ApplyError::Conflict {
+                        message: format!("guest {vmid} is meant to run; stop it before an offline migration"),
+                    });
+                }
+                if let Some(d) = g.vm_spec().disks.first() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "guest {vmid} has disks on node-local storage {}; moving disks is not supported yet",
+                            d.storage
+                        ),
+                    });
+                }
+                let g = self.guests.get_mut(vmid).expect("checked above");
+                g.node = target.clone();
+                g.revision = index;
+            }
             Command::DeleteGuest { vmid, expected_revision } => {
                 let g = self.guest(*vmid)?;
                 check_revision(*vmid, *expected_revision, g.revision)?;

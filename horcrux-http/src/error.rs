@@ -66,6 +66,8 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::NotFound(_) => ApiError::not_found(e.to_string()),
             RuntimeError::NotOwned { .. } => ApiError::new(StatusCode::MISDIRECTED_REQUEST, e.to_string()),
             RuntimeError::Driver(_) | RuntimeError::ActorGone => ApiError::internal(e.to_string()),
+            RuntimeError::Busy(m) => ApiError::new(StatusCode::CONFLICT, m),
+            RuntimeError::Cluster(p) => p.into(),
         }
     }
 }

@@ -37,6 +37,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/start", post(start_vm))
         .route("/vms/{vmid}/stop", post(stop_vm))
         .route("/vms/{vmid}/shutdown", post(shutdown_vm))
+        .route("/vms/{vmid}/migrate", post(migrate_vm))
         .route("/vms/{vmid}/serial", get(serial_log))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{upid}", get(get_task))
@@ -350,6 +351,41 @@ async fn shutdown_vm(
     }
     power_task(st, caller, vmid, "qmshutdown", DesiredPower::Stopped { graceful_timeout_s: Some(timeout) })
         .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateBody {
+    target: String,
+}
+
+/// Offline migration; answered by the owner (the request is forwarded there), whose guest
+/// actor checks that the process is gone before committing the move.
+async fn migrate_vm(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(vmid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = parse_vmid(&vmid)?;
+    let b: MigrateBody = parse_body(&body)?;
+    if b.target.is_empty() {
+        return Err(ApiError::bad_field("target", "must name a node"));
+    }
+    let task = st.runtime.tasks().create("qmigrate", &vmid.to_string(), caller.user());
+    task.log(format!("migrating guest {vmid} to {} (offline)", b.target));
+    match st.runtime.migrate(vmid, b.target.clone()).await {
+        Ok(revision) => {
+            task.log(format!("guest {vmid} now belongs to {} (revision {revision})", b.target));
+            task.finish(Ok::<(), String>(()));
+            Ok(task_response(&task))
+        }
+        Err(e) => {
+            let err: ApiError = e.into();
+            task.finish(Err(&err.message));
+            Err(err)
+        }
+    }
 }
 
 async fn delete_vm(

@@ -35,7 +35,7 @@ const KEY_NODE: &[u8] = b"node";
 /// Voters are capped (odd); further nodes stay learners that replicate and serve reads.
 pub const MAX_VOTERS: usize = 5;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
     /// The state machine refused the command; nothing changed.
     #[error(transparent)]

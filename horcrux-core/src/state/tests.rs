@@ -326,3 +326,41 @@ fn cluster_options_validate_key_and_size() {
     s.apply(4, &req(set("keyboard", String::new()))).unwrap();
     assert!(s.options.is_empty());
 }
+
+#[test]
+fn offline_migration_moves_only_stopped_diskless_guests() {
+    let mut s = base();
+    s.apply(3, &req(Command::RegisterNode { name: "n2".into(), api_addr: "127.0.0.1:8007".into() })).unwrap();
+    s.apply(10, &req(create(101, spec(101, 0)))).unwrap();
+    s.apply(11, &req(create(102, spec(102, 1)))).unwrap();
+    let mig = |vmid, rev, target: &str| Command::MigrateGuest {
+        vmid,
+        expected_revision: rev,
+        target: target.into(),
+    };
+    assert_eq!(invalid_field(refused(&mut s, mig(101, None, "nope"))), "target");
+    assert_eq!(invalid_field(refused(&mut s, mig(101, None, "n1"))), "target");
+    assert!(matches!(refused(&mut s, mig(101, Some(9), "n2")), ApplyError::Conflict { .. }));
+    assert!(matches!(refused(&mut s, mig(555, None, "n2")), ApplyError::NotFound { .. }));
+    // Local disks cannot follow yet.
+    assert!(matches!(refused(&mut s, mig(102, None, "n2")), ApplyError::Conflict { .. }));
+    s.apply(
+        12,
+        &req(Command::SetDesiredPower { vmid: 101, expected_revision: None, desired: DesiredPower::Running }),
+    )
+    .unwrap();
+    // A guest meant to run stays where it is.
+    assert!(matches!(refused(&mut s, mig(101, None, "n2")), ApplyError::Conflict { .. }));
+    s.apply(
+        13,
+        &req(Command::SetDesiredPower {
+            vmid: 101,
+            expected_revision: None,
+            desired: DesiredPower::Stopped { graceful_timeout_s: None },
+        }),
+    )
+    .unwrap();
+    s.apply(14, &req(mig(101, Some(13), "n2"))).unwrap();
+    assert_eq!(s.guests[&101].node, "n2");
+    assert_eq!(s.guests[&101].revision, 14);
+}
