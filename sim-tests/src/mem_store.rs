@@ -224,6 +224,8 @@ pub struct SmInner {
     pub history: BTreeMap<u64, u64>,
     /// Injected bug: skip applying every n-th entry.
     pub skip_every: Option<u64>,
+    /// Injected bug: drop guest migrations from applied entries.
+    pub skip_migrate: bool,
     /// Fires with the applied index when an entry changed guests (what the fleet watches).
     pub guests_changed: Option<tokio::sync::watch::Sender<u64>>,
 }
@@ -273,6 +275,9 @@ impl RaftStateMachine<TypeConfig> for MemSm {
             if i.skip_every.is_some_and(|n| idx % n == 0) && matches!(e.payload, EntryPayload::Normal(_)) {
                 // Injected bug: this entry's command is lost.
                 e.payload = EntryPayload::Blank;
+            }
+            if let (true, EntryPayload::Normal(b)) = (i.skip_migrate, &mut e.payload) {
+                b.0.retain(|r| !matches!(r.cmd, horcrux_core::Command::MigrateGuest { .. }));
             }
             let touches =
                 matches!(&e.payload, EntryPayload::Normal(b) if b.0.iter().any(|r| r.cmd.touches_guests()));

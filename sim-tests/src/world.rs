@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Addr;
-use horcrux_actors::{ClusterPort, GuestFleet, ReconcileOne, Shutdown, VolumeFactory};
+use horcrux_actors::{ClusterPort, GuestFleet, MigrateOne, ReconcileOne, Shutdown, VolumeFactory};
 use horcrux_core::{Command, DesiredPower, GuestConfig, Request, VmSpec};
 use horcrux_raft::{HorcruxNode, NodeId, Proposer, TypeConfig};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
@@ -32,6 +32,12 @@ pub enum Bug {
     WrongOwner,
     /// Hosts keep reporting a guest whose QEMU died as running, so nobody restarts it.
     StaleStatus,
+    /// Node 2's state machine ignores guest migrations: an owner change applied on one
+    /// node only.
+    SkipMigrate,
+    /// Migrations are committed by whichever node the client asked, without the owner
+    /// checking that the guest's QEMU is gone.
+    UncheckedMigrate,
 }
 
 /// One client operation in the history the linearizability checker reads.
@@ -264,6 +270,11 @@ impl World {
     fn guest_op(&mut self, via: NodeId, rng: &mut StdRng) {
         let Some(port) = self.nodes[&via].port.clone() else { return };
         let roll = rng.gen_range(0..10);
+        if roll == 9 && !self.vmids.is_empty() {
+            let vmid = self.vmids[rng.gen_range(0..self.vmids.len())];
+            let target = format!("n{}", rng.gen_range(1..=self.cfg.nodes));
+            return self.migrate_op(via, vmid, target);
+        }
         let (what, cmd, power_of) = if roll < 3 || self.vmids.is_empty() {
             let vmid = 100 + self.vmids.len() as u32;
             self.vmids.push(vmid);
@@ -274,7 +285,7 @@ impl World {
             (format!("create guest {vmid} on n{owner}"), cmd, None)
         } else {
             let vmid = self.vmids[rng.gen_range(0..self.vmids.len())];
-            if roll < 9 {
+            if roll < 8 {
                 let graceful_timeout_s = rng.gen_bool(0.5).then_some(30);
                 let desired = if rng.gen_bool(0.6) {
                     DesiredPower::Running
@@ -314,6 +325,46 @@ impl World {
                     }
                 }
             }
+        });
+    }
+
+    /// An offline migration asked of node `via`: forwarded to the owner, whose guest actor
+    /// checks that QEMU is gone before committing (as the API does).
+    fn migrate_op(&mut self, via: NodeId, vmid: u32, target: String) {
+        let Some(port) = self.nodes[&via].port.clone() else { return };
+        let what = format!("migrate guest {vmid} to {target}");
+        self.log(format!("{what} via n{via}"));
+        let (trace, start) = (self.trace.clone(), self.start);
+        if self.cfg.bug == Bug::UncheckedMigrate {
+            tokio::spawn(async move {
+                let cmd = Command::MigrateGuest { vmid, expected_revision: None, target };
+                let line = match port.propose(cmd).await {
+                    Ok(ok) => format!("{what}: committed at {}", ok.revision),
+                    Err(e) => format!("{what}: failed: {}", short(&e.to_string())),
+                };
+                let t = start.elapsed().as_millis();
+                trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
+            });
+            return;
+        }
+        let owner = horcrux_actors::read(&*port, |s| s.guests.get(&vmid).map(|g| g.node.clone()));
+        let owner_id: Option<NodeId> = owner.and_then(|o| o.trim_start_matches('n').parse().ok());
+        let fleet = owner_id.filter(|o| self.router.connected(via, *o) && self.router.connected(*o, via));
+        let Some(fleet) = fleet.and_then(|o| self.nodes[&o].fleet.clone()) else {
+            self.log(format!("{what}: failed: owner unreachable"));
+            return;
+        };
+        tokio::spawn(async move {
+            let line = match fleet.send(MigrateOne { vmid, target }).await {
+                Ok(Ok(rev)) => format!("{what}: committed at {rev}"),
+                Ok(Err(horcrux_actors::RuntimeError::Cluster(horcrux_raft::ProposeError::Rejected(e)))) => {
+                    format!("{what}: refused: {}", short(&e.to_string()))
+                }
+                Ok(Err(e)) => format!("{what}: failed: {}", short(&e.to_string())),
+                Err(_) => format!("{what}: failed: owner's fleet gone"),
+            };
+            let t = start.elapsed().as_millis();
+            trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
         });
     }
 
@@ -512,6 +563,9 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         let sm = MemSm::default();
         if cfg.bug == Bug::SkipEntry && id == 2 {
             sm.0.lock().unwrap().skip_every = Some(25);
+        }
+        if cfg.bug == Bug::SkipMigrate && id == 2 {
+            sm.0.lock().unwrap().skip_migrate = true;
         }
         // Clock skew within the bound the design assumes (500 ms).
         let skew_ms = if cfg.faults { rng.gen_range(-500..=500) } else { 0 };

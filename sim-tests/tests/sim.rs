@@ -85,3 +85,19 @@ fn the_workload_exercises_guests_and_every_fault() {
         assert!(traces.iter().any(|l| l.contains(what)), "no trace line contains {what:?} in 10 seeds");
     }
 }
+
+#[test]
+fn an_owner_change_applied_on_one_node_only_is_caught() {
+    let caught = (0..20).find(|&s| {
+        run(cfg(s, 60, Bug::SkipMigrate)).violations.iter().any(|v| v.contains("applied state differs"))
+    });
+    assert!(caught.is_some(), "no seed in 0..20 caught a migration applied on one node only");
+}
+
+#[test]
+fn a_migration_without_the_owners_check_is_caught() {
+    let caught = (0..40).find(|&s| {
+        run(cfg(s, 60, Bug::UncheckedMigrate)).violations.iter().any(|v| v.contains("guest safety"))
+    });
+    assert!(caught.is_some(), "no seed in 0..40 caught a guest running on two nodes after a migration");
+}
