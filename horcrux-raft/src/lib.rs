@@ -21,7 +21,7 @@ pub mod transport;
 mod types;
 
 pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
-pub use membership::voter_target;
+pub use membership::{promote_when_caught_up, remove_from_membership, voter_target};
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
 pub use proposer::Proposer;

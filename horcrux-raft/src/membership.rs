@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use horcrux_core::{ids, Command};
-use openraft::{ChangeMembers, ServerState};
+use openraft::{ChangeMembers, Raft, ServerState};
 
 use crate::corosync::{QuorumMember, QuorumView, Votequorum};
 use crate::handle::{storage, ClusterHandle, ProposeError, MAX_VOTERS, OP_TIMEOUT};
@@ -14,7 +14,7 @@ use crate::node::HorcruxNode;
 use crate::pki::ClusterCa;
 use crate::status::{quorum_of, ClusterStatus, LocalLog, MemberStatus, ONLINE_WITHIN_MS};
 use crate::transport::{ForwardError, JoinRequest, JoinResponse, RpcRequest, RpcResponse};
-use crate::types::NodeId;
+use crate::types::{NodeId, TypeConfig};
 
 /// How many voters a cluster of `members` nodes should have: odd, at most `MAX_VOTERS`.
 pub fn voter_target(members: usize) -> usize {
@@ -247,55 +247,12 @@ impl ClusterHandle {
             return JoinResponse::Refused { reason: format!("could not add the node: {e}") };
         }
         tracing::info!(node_id, name = %req.node.name, "admitted a node as learner");
-        tokio::spawn(self.clone().promote_when_caught_up(node_id));
+        tokio::spawn(promote_when_caught_up(self.raft.clone(), node_id));
         JoinResponse::Accepted {
             node_id,
             cert_pem: cert.cert_pem,
             key_pem: cert.key_pem,
             ca_pem: ca.cert_pem,
-        }
-    }
-
-    /// Promotes caught-up learners (`node_id` first) while the voter count is below its
-    /// target: the largest odd number not above the member count and `MAX_VOTERS`. An odd
-    /// count never costs fault tolerance (4 voters survive one failure, like 3) and keeps
-    /// elections decisive; the rest stay learners that replicate and serve reads.
-    async fn promote_when_caught_up(self, node_id: NodeId) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        while tokio::time::Instant::now() < deadline {
-            let m = self.raft.metrics().borrow().clone();
-            if m.state != ServerState::Leader {
-                return;
-            }
-            let membership = m.membership_config.membership();
-            let voters = membership.voter_ids().count();
-            let members = membership.nodes().count();
-            let target = voter_target(members);
-            if voters >= target {
-                if voters >= MAX_VOTERS {
-                    tracing::info!(node_id, "voters capped at {MAX_VOTERS}; the node stays a learner");
-                }
-                return;
-            }
-            let caught_up = |id: &NodeId| {
-                let matched =
-                    m.replication.as_ref().and_then(|r| r.get(id).cloned()).flatten().map(|l| l.index);
-                matches!((matched, m.last_log_index), (Some(a), Some(b)) if b.saturating_sub(a) <= 10)
-            };
-            let mut ready: Vec<NodeId> = membership.learner_ids().filter(|id| caught_up(id)).collect();
-            ready.sort_by_key(|id| (*id != node_id, *id));
-            let need = target - voters;
-            if ready.len() >= need {
-                let ids: BTreeSet<NodeId> = ready.into_iter().take(need).collect();
-                match self.raft.change_membership(ChangeMembers::AddVoterIds(ids.clone()), false).await {
-                    Ok(_) => {
-                        tracing::info!(?ids, "promoted to voter");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(?ids, "promotion failed, retrying: {e}"),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -326,46 +283,97 @@ impl ClusterHandle {
         })
     }
 
-    /// Leader only: takes `name` out of the Raft membership and the node table, then
-    /// promotes a learner if that leaves room among the voters.
+    /// Leader only: takes `name` out of the node table (refused there while it owns
+    /// guests), then out of the Raft membership (promoting a learner if that leaves room).
+    /// In this order the leader can remove itself, and a retry after a partial failure
+    /// finishes the job.
     pub async fn remove_member_here(&self, name: &str) -> Result<(), ForwardError> {
         let m = self.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
             return Err(ForwardError::NotLeader { leader: m.current_leader });
         }
         let membership = m.membership_config.membership().clone();
-        let Some((id, _)) = membership.nodes().find(|(_, n)| n.name == name).map(|(i, n)| (*i, n.clone()))
-        else {
-            return Err(ForwardError::Refused(format!("no member named {name}")));
-        };
-        if let Some(vmid) = self.read_local(|s| s.guests.values().find(|g| g.node == name).map(|g| g.vmid)) {
-            return Err(ForwardError::Refused(format!(
-                "node {name} still owns guest {vmid}; migrate or delete its guests first"
-            )));
+        let id = membership.nodes().find(|(_, n)| n.name == name).map(|(i, _)| *i);
+        if let Some(id) = id {
+            if membership.voter_ids().any(|v| v == id) && membership.voter_ids().count() == 1 {
+                return Err(ForwardError::Refused("cannot remove the last voter".into()));
+            }
         }
-        let voter = membership.voter_ids().any(|v| v == id);
-        if voter && membership.voter_ids().count() == 1 {
-            return Err(ForwardError::Refused("cannot remove the last voter".into()));
-        }
-        let change = if voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
-        };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
-        match self.propose(Command::RemoveNode { name: name.to_string() }).await {
-            Ok(_) | Err(ProposeError::Rejected(horcrux_core::ApplyError::NotFound { .. })) => {}
+        let in_table = match self.propose(Command::RemoveNode { name: name.to_string() }).await {
+            Ok(_) => true,
+            Err(ProposeError::Rejected(horcrux_core::ApplyError::NotFound { .. })) => false,
+            Err(ProposeError::Rejected(e)) => return Err(ForwardError::Refused(e.to_string())),
             Err(e) => return Err(ForwardError::Unavailable(e.to_string())),
-        }
+        };
+        let Some(id) = id else {
+            return if in_table {
+                Ok(())
+            } else {
+                Err(ForwardError::Refused(format!("no member named {name}")))
+            };
+        };
+        remove_from_membership(&self.raft, id).await.map_err(ForwardError::Unavailable)?;
         tracing::info!(node_id = id, name, "removed from the cluster");
-        let after = self.raft.metrics().borrow().membership_config.clone();
-        if let Some(l) = after.membership().learner_ids().next() {
-            tokio::spawn(self.clone().promote_when_caught_up(l));
-        }
         Ok(())
+    }
+}
+
+/// Leader only: takes node `id` (voter or learner) out of the Raft membership, then
+/// promotes a learner if that leaves room among the voters. Shared with the simulation.
+pub async fn remove_from_membership(raft: &Raft<TypeConfig>, id: NodeId) -> Result<(), String> {
+    let membership = raft.metrics().borrow().membership_config.membership().clone();
+    let change = if membership.voter_ids().any(|v| v == id) {
+        ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+    } else {
+        ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+    };
+    raft.change_membership(change, false).await.map_err(|e| e.to_string())?;
+    let after = raft.metrics().borrow().membership_config.clone();
+    if let Some(l) = after.membership().learner_ids().next() {
+        tokio::spawn(promote_when_caught_up(raft.clone(), l));
+    }
+    Ok(())
+}
+
+/// Promotes caught-up learners (`node_id` first) while the voter count is below its
+/// target: the largest odd number not above the member count and `MAX_VOTERS`. An odd
+/// count never costs fault tolerance (4 voters survive one failure, like 3) and keeps
+/// elections decisive; the rest stay learners that replicate and serve reads.
+pub async fn promote_when_caught_up(raft: Raft<TypeConfig>, node_id: NodeId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    while tokio::time::Instant::now() < deadline {
+        let m = raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().count();
+        let members = membership.nodes().count();
+        let target = voter_target(members);
+        if voters >= target {
+            if voters >= MAX_VOTERS {
+                tracing::info!(node_id, "voters capped at {MAX_VOTERS}; the node stays a learner");
+            }
+            return;
+        }
+        let caught_up = |id: &NodeId| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned()).flatten().map(|l| l.index);
+            matches!((matched, m.last_log_index), (Some(a), Some(b)) if b.saturating_sub(a) <= 10)
+        };
+        let mut ready: Vec<NodeId> = membership.learner_ids().filter(|id| caught_up(id)).collect();
+        ready.sort_by_key(|id| (*id != node_id, *id));
+        let need = target - voters;
+        if ready.len() >= need {
+            let ids: BTreeSet<NodeId> = ready.into_iter().take(need).collect();
+            match raft.change_membership(ChangeMembers::AddVoterIds(ids.clone()), false).await {
+                Ok(_) => {
+                    tracing::info!(?ids, "promoted to voter");
+                    return;
+                }
+                Err(e) => tracing::warn!(?ids, "promotion failed, retrying: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

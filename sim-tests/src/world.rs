@@ -54,7 +54,10 @@ struct Op {
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub seed: u64,
+    /// Nodes in the initial cluster.
     pub nodes: u64,
+    /// Further nodes the workload joins (and may remove again).
+    pub spares: u64,
     pub sim_secs: u64,
     pub faults: bool,
     pub bug: Bug,
@@ -62,7 +65,7 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn new(seed: u64) -> Self {
-        Self { seed, nodes: 5, sim_secs: 60, faults: true, bug: Bug::None }
+        Self { seed, nodes: 5, spares: 2, sim_secs: 60, faults: true, bug: Bug::None }
     }
 }
 
@@ -84,6 +87,9 @@ struct Node {
     port: Option<Arc<SimPort>>,
     /// This node's clock offset from simulated time (clock skew).
     skew_ms: i64,
+    /// The node belongs to the cluster as far as the workload knows (initial, or joined
+    /// and not removed since): a crashed member is restarted, a non-member is not.
+    member: bool,
 }
 
 /// What the checker reads of one node: id, log ids by index, state hash by applied index,
@@ -196,6 +202,84 @@ impl World {
                 self.log(format!("crash n{id}"));
             }
         }
+    }
+
+    /// A node joins the way `horcrux serve --join` does after admission: it starts on an
+    /// empty store, the leader adds it as a learner and promotes it if the voter target
+    /// allows (`horcrux_raft::promote_when_caught_up`), and it registers its name.
+    async fn join_spare(&mut self, rng: &mut StdRng) {
+        let spares: Vec<NodeId> = self.nodes.iter().filter(|(_, n)| !n.member).map(|(id, _)| *id).collect();
+        let (Some((leader, _)), false) = (self.leader(), spares.is_empty()) else { return };
+        let id = spares[rng.gen_range(0..spares.len())];
+        self.log(format!("join n{id}"));
+        // A fresh data dir, as a (re)joining node must have.
+        let node = self.nodes.get_mut(&id).unwrap();
+        node.log = MemLog::new(self.cfg.seed ^ (id << 32) ^ rng.gen::<u64>(), self.cfg.faults);
+        node.sm = MemSm::default();
+        node.member = true;
+        self.boot(id).await;
+        let raft = self.nodes[&leader].raft.clone().expect("the leader runs");
+        let added =
+            tokio::time::timeout(Duration::from_secs(3), raft.add_learner(id, World::member(id), false))
+                .await;
+        match added {
+            Ok(Ok(_)) => {
+                self.log(format!("join n{id}: added as learner"));
+                tokio::spawn(horcrux_raft::promote_when_caught_up(raft, id));
+                let cmd = Command::RegisterNode { name: format!("n{id}"), api_addr: format!("sim:{id}") };
+                if let Some(port) = self.nodes[&id].port.clone() {
+                    let (trace, start) = (self.trace.clone(), self.start);
+                    tokio::spawn(async move {
+                        let line = match port.propose(cmd).await {
+                            Ok(ok) => format!("register n{id}: committed at {}", ok.revision),
+                            Err(e) => format!("register n{id}: failed: {}", short(&e.to_string())),
+                        };
+                        let t = start.elapsed().as_millis();
+                        trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
+                    });
+                }
+            }
+            // It may still be added later; the end of the run asks the membership itself.
+            Ok(Err(e)) => self.log(format!("join n{id}: failed: {}", short(&e.to_string()))),
+            Err(_) => self.log(format!("join n{id}: timed out (indeterminate)")),
+        }
+    }
+
+    /// `horcrux cluster remove-node`: refused while the node owns guests or is the last
+    /// voter; otherwise the leader takes it out of the membership
+    /// (`horcrux_raft::remove_from_membership`) and the node table, and the node stops.
+    async fn remove_member(&mut self, rng: &mut StdRng) {
+        let Some((leader, _)) = self.leader() else { return };
+        let raft = self.nodes[&leader].raft.clone().expect("the leader runs");
+        let membership = raft.metrics().borrow().membership_config.membership().clone();
+        let ids: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        // Mostly a joined spare (initial nodes usually own guests, which refuses removal).
+        let spares: Vec<NodeId> = ids.iter().copied().filter(|id| *id > self.cfg.nodes).collect();
+        let pool = if !spares.is_empty() && rng.gen_bool(0.7) { &spares } else { &ids };
+        let id = pool[rng.gen_range(0..pool.len())];
+        let name = format!("n{id}");
+        self.log(format!("remove {name}"));
+        // As `ClusterHandle::remove_member_here`: the node table first (refused there
+        // while the node owns guests), then the membership.
+        let port = self.nodes[&leader].port.clone().expect("the leader runs");
+        if membership.voter_ids().count() == 1 && membership.voter_ids().any(|v| v == id) {
+            return self.log(format!("remove {name}: refused: the last voter"));
+        }
+        match port.propose(Command::RemoveNode { name: name.clone() }).await {
+            Ok(_) | Err(horcrux_raft::ProposeError::Rejected(horcrux_core::ApplyError::NotFound { .. })) => {}
+            Err(e) => return self.log(format!("remove {name}: refused: {}", short(&e.to_string()))),
+        }
+        match tokio::time::timeout(Duration::from_secs(3), horcrux_raft::remove_from_membership(&raft, id))
+            .await
+        {
+            Ok(Ok(())) => self.log(format!("remove {name}: out of the membership")),
+            Ok(Err(e)) => return self.log(format!("remove {name}: failed: {}", short(&e))),
+            Err(_) => return self.log(format!("remove {name}: timed out (indeterminate)")),
+        }
+        if self.nodes[&id].raft.is_some() {
+            self.crash(id, false).await;
+        }
+        self.nodes.get_mut(&id).unwrap().member = false;
     }
 
     /// A node whose Raft stopped by itself (a failed disk write is fatal to openraft) is
@@ -371,7 +455,8 @@ impl World {
     /// Where guests run versus where the state wants them: `Err` names the first mismatch.
     /// Call when the cluster is quiet (converged, faults healed).
     fn guest_placement(&self) -> Result<(), String> {
-        let state = self.nodes[&1].sm.0.lock().unwrap().data.state.clone();
+        let Some(member) = self.nodes.values().find(|n| n.member) else { return Ok(()) };
+        let state = member.sm.0.lock().unwrap().data.state.clone();
         let placed = self.hosts.placements();
         for g in state.guests.values() {
             let want: BTreeSet<NodeId> = match g.desired {
@@ -559,7 +644,7 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         cfg: cfg.clone(),
     };
     w.hosts.0.lock().unwrap().stale_status = cfg.bug == Bug::StaleStatus;
-    for id in 1..=cfg.nodes {
+    for id in 1..=cfg.nodes + cfg.spares {
         let sm = MemSm::default();
         if cfg.bug == Bug::SkipEntry && id == 2 {
             sm.0.lock().unwrap().skip_every = Some(25);
@@ -570,9 +655,12 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         // Clock skew within the bound the design assumes (500 ms).
         let skew_ms = if cfg.faults { rng.gen_range(-500..=500) } else { 0 };
         let log = MemLog::new(cfg.seed ^ (id << 32), cfg.faults);
-        let node = Node { log, sm, raft: None, proposer: None, fleet: None, port: None, skew_ms };
+        let member = id <= cfg.nodes;
+        let node = Node { log, sm, raft: None, proposer: None, fleet: None, port: None, skew_ms, member };
         w.nodes.insert(id, node);
         w.router.0.lock().unwrap().group.insert(id, 0);
+    }
+    for id in 1..=cfg.nodes {
         w.boot(id).await;
     }
     let members: BTreeMap<NodeId, HorcruxNode> = (1..=cfg.nodes).map(|id| (id, World::member(id))).collect();
@@ -630,6 +718,12 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         for e in events {
             w.log(e);
         }
+        if rng.gen_range(0..1000) < 3 {
+            w.join_spare(&mut rng).await;
+        }
+        if rng.gen_range(0..1000) < 3 {
+            w.remove_member(&mut rng).await;
+        }
         if rng.gen_bool(0.15) {
             let running = w.running();
             if !running.is_empty() {
@@ -664,7 +758,12 @@ async fn simulate(cfg: SimConfig) -> Outcome {
                 tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
                 w.crash(id, power_loss).await;
             } else if roll < 30 {
-                let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !running.contains(id)).collect();
+                let down: Vec<NodeId> = w
+                    .nodes
+                    .iter()
+                    .filter(|(id, n)| n.member && !running.contains(id))
+                    .map(|(id, _)| *id)
+                    .collect();
                 if !down.is_empty() {
                     let id = down[rng.gen_range(0..down.len())];
                     w.boot(id).await;
@@ -727,18 +826,41 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     for log in w.nodes.values().map(|n| n.log.clone()).collect::<Vec<_>>() {
         log.0.lock().unwrap().faults = None;
     }
-    let down: Vec<NodeId> = w.nodes.keys().copied().filter(|id| !w.running().contains(id)).collect();
+    let down: Vec<NodeId> =
+        w.nodes.iter().filter(|(id, n)| n.member && !w.running().contains(id)).map(|(id, _)| *id).collect();
     for id in down {
         w.boot(id).await;
         w.log(format!("restart n{id} (heal)"));
     }
     w.log("all faults healed".into());
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // Joins and removals that timed out settle now: the committed membership decides who
+    // is a member; a node outside it stops (as a refused joiner exits).
+    if let Some((leader, _)) = w.leader() {
+        let raft = w.nodes[&leader].raft.clone().expect("the leader runs");
+        let members: BTreeSet<NodeId> =
+            raft.metrics().borrow().membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        for id in w.nodes.keys().copied().collect::<Vec<_>>() {
+            let member = members.contains(&id);
+            if !member && w.nodes[&id].raft.is_some() {
+                w.crash(id, false).await;
+            }
+            if member && w.nodes[&id].raft.is_none() {
+                w.boot(id).await;
+            }
+            w.nodes.get_mut(&id).unwrap().member = member;
+        }
+        w.log(format!("members at the end: {members:?}"));
+    }
     let mut converged = false;
     for _ in 0..400 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let applied: BTreeSet<Option<u64>> =
-            w.nodes.values().map(|n| n.sm.0.lock().unwrap().data.last_applied.map(|l| l.index)).collect();
+        let applied: BTreeSet<Option<u64>> = w
+            .nodes
+            .values()
+            .filter(|n| n.member)
+            .map(|n| n.sm.0.lock().unwrap().data.last_applied.map(|l| l.index))
+            .collect();
         if w.leader().is_some() && applied.len() == 1 {
             converged = true;
             break;
@@ -784,17 +906,21 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         }
         w.violations.push("liveness: the cluster did not converge within 20 s after faults healed".into());
     }
-    // No acknowledged write is lost: every node holds every acknowledged key.
+    // No acknowledged write is lost: every member holds every acknowledged key.
     let acked = w.acked.lock().unwrap().clone();
-    for (id, n) in &w.nodes {
+    for (id, n) in w.nodes.iter().filter(|(_, n)| n.member) {
         let sm = n.sm.0.lock().unwrap();
         if let Some((k, v)) = acked.iter().find(|(k, v)| sm.data.state.options.get(*k) != Some(*v)) {
             w.violations.push(format!("acknowledged write {k}={v} is missing on n{id}"));
             break;
         }
     }
-    let final_hashes: BTreeSet<u64> =
-        w.nodes.values().map(|n| crate::mem_store::state_hash(&n.sm.0.lock().unwrap().data.state)).collect();
+    let final_hashes: BTreeSet<u64> = w
+        .nodes
+        .values()
+        .filter(|n| n.member)
+        .map(|n| crate::mem_store::state_hash(&n.sm.0.lock().unwrap().data.state))
+        .collect();
     w.log(format!("end: {} acknowledged writes, final state hashes {final_hashes:x?}", acked.len()));
     let running_guests = w.hosts.placements().len();
     w.log(format!("end: {running_guests} guests running, {} created", w.vmids.len()));
