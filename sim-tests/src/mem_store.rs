@@ -34,6 +34,8 @@ pub struct LogInner {
     pub dead: bool,
     /// Seeded slowness and failures of this disk (`None`: instant and reliable).
     pub faults: Option<StdRng>,
+    /// Injected bug: every n-th entry is stored under a wrong term.
+    pub corrupt_every: Option<u64>,
 }
 
 fn disk_err(what: &str) -> StorageError<NodeId> {
@@ -165,7 +167,10 @@ impl RaftLogStorage<TypeConfig> for MemLog {
                 return Err(disk_err("the power is off"));
             }
             let mut idx = Vec::new();
-            for e in entries {
+            for mut e in entries {
+                if l.corrupt_every.is_some_and(|n| e.log_id.index % n == 0) {
+                    e.log_id.leader_id.term += 1000;
+                }
                 idx.push(e.log_id.index);
                 l.unsynced.insert(e.log_id.index);
                 l.entries.insert(e.log_id.index, e);

@@ -23,6 +23,8 @@ pub enum Bug {
     None,
     /// Node 2's state machine skips every 25th entry.
     SkipEntry,
+    /// Node 2's disk stores every 40th entry under a wrong term.
+    CorruptLog,
     /// The client counts a write as acknowledged as soon as a node accepts it, before it
     /// is committed.
     AckBeforeCommit,
@@ -655,6 +657,9 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         // Clock skew within the bound the design assumes (500 ms).
         let skew_ms = if cfg.faults { rng.gen_range(-500..=500) } else { 0 };
         let log = MemLog::new(cfg.seed ^ (id << 32), cfg.faults);
+        if cfg.bug == Bug::CorruptLog && id == 2 {
+            log.0.lock().unwrap().corrupt_every = Some(40);
+        }
         let member = id <= cfg.nodes;
         let node = Node { log, sm, raft: None, proposer: None, fleet: None, port: None, skew_ms, member };
         w.nodes.insert(id, node);

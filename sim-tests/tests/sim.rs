@@ -101,3 +101,11 @@ fn a_migration_without_the_owners_check_is_caught() {
     });
     assert!(caught.is_some(), "no seed in 0..40 caught a guest running on two nodes after a migration");
 }
+
+#[test]
+fn a_log_entry_that_differs_on_one_node_is_caught() {
+    let caught = (0..10).find(|&s| {
+        run(cfg(s, 30, Bug::CorruptLog)).violations.iter().any(|v| v.contains("committed log prefix disagrees"))
+    });
+    assert!(caught.is_some(), "no seed in 0..10 caught a corrupted log entry");
+}
