@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 scripts/lab.sh
 export HORCRUX_TINY_GUEST="${HORCRUX_TINY_GUEST:-$PWD/.lab/tiny-guest}"
 cargo build --workspace --all-targets --locked
-# The deterministic simulation sweep: 500 seeds x 60 s of simulated time, 5 nodes, every
-# fault kind on (release build: about 25 s to run). A failing seed prints its replay command.
+# The deterministic simulation sweeps: 500 seeds x 60 s of simulated time, 5 nodes (+2 that
+# join and leave), every fault kind on, over the in-memory disk model (about 1 min in
+# release); then 100 seeds over the product's RocksDB stores (about 1 min). A failing seed
+# prints its replay command.
 cargo run --release --locked -p sim-tests -- --seeds 500 --secs 60
+cargo run --release --locked -p sim-tests -- --seeds 100 --secs 60 --store rocksdb
 cargo nextest run --workspace --locked --profile ci "$@"

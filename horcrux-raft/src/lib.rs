@@ -21,9 +21,11 @@ pub mod transport;
 mod types;
 
 pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
+pub use log_store::LogStore;
 pub use membership::{promote_when_caught_up, remove_from_membership, voter_target};
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
 pub use proposer::Proposer;
 pub use state_machine::{SmData, StateMachineStore};
+pub use store::open_db;
 pub use types::{ApplyResult, Batch, NodeId, Response, TypeConfig};

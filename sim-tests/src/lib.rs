@@ -11,6 +11,7 @@ pub mod host;
 pub mod mem_store;
 pub mod net;
 pub mod port;
+pub mod store;
 pub mod world;
 
-pub use world::{run, Bug, Outcome, SimConfig};
+pub use world::{run, Bug, Outcome, SimConfig, StoreKind};

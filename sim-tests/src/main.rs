@@ -1,7 +1,7 @@
 //! `sim-tests --seed S` replays one seed and prints its trace; `--seeds N [--from S]`
 //! sweeps seeds. Exits non-zero on any invariant violation, printing the replay command.
 
-use sim_tests::{run, SimConfig};
+use sim_tests::{run, SimConfig, StoreKind};
 
 fn arg(name: &str) -> Option<u64> {
     let args: Vec<String> = std::env::args().collect();
@@ -20,7 +20,18 @@ fn main() -> std::process::ExitCode {
     }
     let secs = arg("--secs").unwrap_or(60);
     let nodes = arg("--nodes").unwrap_or(5);
-    let config = |seed| SimConfig { sim_secs: secs, nodes, ..SimConfig::new(seed) };
+    let args: Vec<String> = std::env::args().collect();
+    let store =
+        match args.iter().position(|a| a == "--store").and_then(|i| args.get(i + 1)).map(String::as_str) {
+            None | Some("mem") => StoreKind::Mem,
+            Some("rocksdb") => StoreKind::Rocks,
+            Some(other) => {
+                eprintln!("--store {other}: expected mem or rocksdb");
+                return std::process::ExitCode::from(2);
+            }
+        };
+    let store_arg = if store == StoreKind::Rocks { " --store rocksdb" } else { "" };
+    let config = |seed| SimConfig { sim_secs: secs, nodes, store, ..SimConfig::new(seed) };
     if let Some(seed) = arg("--seed") {
         let out = run(config(seed));
         for line in &out.trace {
@@ -45,12 +56,12 @@ fn main() -> std::process::ExitCode {
             failed += 1;
             println!("seed {seed}: {}", out.violations.join("; "));
             println!(
-                "  replay: cargo run --release -p sim-tests -- --seed {seed} --secs {secs} --nodes {nodes}"
+                "  replay: cargo run --release -p sim-tests -- --seed {seed} --secs {secs} --nodes {nodes}{store_arg}"
             );
         }
     }
     println!(
-        "{} seeds x {secs} s simulated, {nodes} nodes: {} passed, {failed} failed ({:.1} s)",
+        "{} seeds x {secs} s simulated, {nodes} nodes{store_arg}: {} passed, {failed} failed ({:.1} s)",
         n,
         n - failed,
         t0.elapsed().as_secs_f64()

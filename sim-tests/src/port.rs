@@ -12,8 +12,8 @@ use horcrux_drivers::BoxFuture;
 use horcrux_raft::{NodeId, ProposeError, Proposer};
 use tokio::sync::watch;
 
-use crate::mem_store::MemSm;
 use crate::net::Router;
+use crate::store::StoreView;
 
 pub type Proposers = Arc<Mutex<BTreeMap<NodeId, Proposer>>>;
 
@@ -21,7 +21,7 @@ pub struct SimPort {
     pub id: NodeId,
     /// The name the actors believe this node has (a bug may lie here).
     pub name: String,
-    pub sm: MemSm,
+    pub sm: StoreView,
     pub proposers: Proposers,
     pub router: Router,
     /// This node's clock: simulated time plus its skew.
@@ -34,12 +34,11 @@ impl ClusterPort for SimPort {
     }
 
     fn with_state(&self, f: &mut dyn FnMut(&ClusterState)) {
-        f(&self.sm.0.lock().unwrap().data.state)
+        self.sm.with_data(|d| f(&d.state))
     }
 
     fn subscribe_guest_changes(&self) -> watch::Receiver<u64> {
-        let mut i = self.sm.0.lock().unwrap();
-        i.guests_changed.get_or_insert_with(|| watch::channel(0).0).subscribe()
+        self.sm.subscribe_guest_changes()
     }
 
     fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
@@ -70,7 +69,7 @@ impl ClusterPort for SimPort {
                         // Read-your-writes, as the product waits for its own apply. Polled:
                         // waiters on one tokio `watch` wake in a random order, which would
                         // make runs of one seed differ.
-                        while sm.0.lock().unwrap().data.last_applied.map(|l| l.index) < Some(ok.revision) {
+                        while sm.applied() < Some(ok.revision) {
                             if tokio::time::Instant::now() >= deadline {
                                 return Err(ProposeError::Unavailable(
                                     "committed but not applied here".into(),

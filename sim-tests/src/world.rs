@@ -16,6 +16,7 @@ use crate::host::Hosts;
 use crate::mem_store::{MemLog, MemSm};
 use crate::net::{Router, RouterInner, SimNet};
 use crate::port::{Proposers, SimPort};
+use crate::store::{NodeStore, RocksStore};
 
 /// A deliberately injected bug, to prove the checkers catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,15 @@ struct Op {
     ok_ms: Option<u64>,
 }
 
+/// Which storage the nodes run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The in-memory model: slow and failing disks, power loss of what is not durable.
+    Mem,
+    /// The product's RocksDB `LogStore` and `StateMachineStore` (no disk faults).
+    Rocks,
+}
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub seed: u64,
@@ -60,6 +70,7 @@ pub struct SimConfig {
     pub nodes: u64,
     /// Further nodes the workload joins (and may remove again).
     pub spares: u64,
+    pub store: StoreKind,
     pub sim_secs: u64,
     pub faults: bool,
     pub bug: Bug,
@@ -67,7 +78,7 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn new(seed: u64) -> Self {
-        Self { seed, nodes: 5, spares: 2, sim_secs: 60, faults: true, bug: Bug::None }
+        Self { seed, nodes: 5, spares: 2, sim_secs: 60, faults: true, bug: Bug::None, store: StoreKind::Mem }
     }
 }
 
@@ -79,8 +90,7 @@ pub struct Outcome {
 }
 
 struct Node {
-    log: MemLog,
-    sm: MemSm,
+    store: NodeStore,
     raft: Option<Raft<TypeConfig>>,
     /// The product's write path: batches concurrent writes into one entry.
     proposer: Option<Proposer>,
@@ -114,6 +124,9 @@ struct World {
     proposers: Proposers,
     /// Guests the workload created (some may be deleted since).
     vmids: Vec<u32>,
+    /// Where RocksDB stores live (`StoreKind::Rocks`); removed at the end.
+    root: Option<tempfile::TempDir>,
+    stores_made: u64,
 }
 
 /// Wall-clock epoch of the simulation (2026-01-01), so timestamps look real.
@@ -133,12 +146,29 @@ impl World {
         HorcruxNode { name: format!("n{id}"), raft_addr: format!("sim:{id}"), api_addr: String::new() }
     }
 
+    /// A fresh store for node `id` (a new data dir).
+    fn new_store(&mut self, id: NodeId, seed: u64) -> NodeStore {
+        self.stores_made += 1;
+        match &self.root {
+            None => NodeStore::Mem { log: MemLog::new(seed, self.cfg.faults), sm: MemSm::default() },
+            Some(root) => {
+                NodeStore::Rocks(RocksStore::open(root.path().join(format!("n{id}-{}", self.stores_made))))
+            }
+        }
+    }
+
     async fn boot(&mut self, id: NodeId) {
         let node = self.nodes.get(&id).unwrap();
-        node.log.power_on();
+        node.store.power_on();
         let net = SimNet { router: self.router.clone(), me: id };
-        let raft = match Raft::new(id, self.raft_config.clone(), net, node.log.clone(), node.sm.clone()).await
-        {
+        let cfg = self.raft_config.clone();
+        let started = match &node.store {
+            NodeStore::Mem { log, sm } => Raft::new(id, cfg, net, log.clone(), sm.clone()).await,
+            NodeStore::Rocks(r) => {
+                Raft::new(id, cfg, net, horcrux_raft::LogStore::new(r.db.clone()), r.sm.clone()).await
+            }
+        };
+        let raft = match started {
             Ok(raft) => raft,
             Err(e) => {
                 let v = format!("n{id} cannot restart from its stored log and state: {e}");
@@ -155,7 +185,7 @@ impl World {
         let port = Arc::new(SimPort {
             id,
             name,
-            sm: node.sm.clone(),
+            sm: node.store.view(),
             proposers: self.proposers.clone(),
             router: self.router.clone(),
             clock: Arc::new(move || {
@@ -182,7 +212,8 @@ impl World {
     async fn crash(&mut self, id: NodeId, power_loss: bool) {
         self.router.0.lock().unwrap().rafts.remove(&id);
         self.proposers.lock().unwrap().remove(&id);
-        let lost = power_loss.then(|| self.nodes[&id].log.crash_losing_unsynced());
+        // A power loss hits the disk at once; the daemon's tasks stop after.
+        let lost = power_loss.then(|| self.nodes.get_mut(&id).unwrap().store.crash(true));
         let node = self.nodes.get_mut(&id).unwrap();
         node.proposer = None;
         node.port = None;
@@ -200,7 +231,7 @@ impl World {
                 ));
             }
             None => {
-                self.nodes[&id].log.crash_keeping_all();
+                self.nodes.get_mut(&id).unwrap().store.crash(false);
                 self.log(format!("crash n{id}"));
             }
         }
@@ -215,9 +246,9 @@ impl World {
         let id = spares[rng.gen_range(0..spares.len())];
         self.log(format!("join n{id}"));
         // A fresh data dir, as a (re)joining node must have.
+        let store = self.new_store(id, self.cfg.seed ^ (id << 32) ^ rng.gen::<u64>());
         let node = self.nodes.get_mut(&id).unwrap();
-        node.log = MemLog::new(self.cfg.seed ^ (id << 32) ^ rng.gen::<u64>(), self.cfg.faults);
-        node.sm = MemSm::default();
+        node.store = store;
         node.member = true;
         self.boot(id).await;
         let raft = self.nodes[&leader].raft.clone().expect("the leader runs");
@@ -458,7 +489,7 @@ impl World {
     /// Call when the cluster is quiet (converged, faults healed).
     fn guest_placement(&self) -> Result<(), String> {
         let Some(member) = self.nodes.values().find(|n| n.member) else { return Ok(()) };
-        let state = member.sm.0.lock().unwrap().data.state.clone();
+        let state = member.store.with_data(|d| d.state.clone());
         let placed = self.hosts.placements();
         for g in state.guests.values() {
             let want: BTreeSet<NodeId> = match g.desired {
@@ -483,7 +514,7 @@ impl World {
     /// node waits until it applied that far), recorded in the history.
     fn client_read(&self, via: NodeId, key: String) {
         let Some(raft) = self.nodes[&via].raft.clone() else { return };
-        let sm = self.nodes[&via].sm.clone();
+        let sm = self.nodes[&via].store.view();
         let (history, trace, start, bug) =
             (self.history.clone(), self.trace.clone(), self.start, self.cfg.bug);
         let op = history.lock().unwrap().len();
@@ -504,7 +535,7 @@ impl World {
             };
             let t = start.elapsed().as_millis() as u64;
             if barrier.is_ok() {
-                let got = sm.0.lock().unwrap().data.state.options.get(&key).cloned();
+                let got = sm.with_data(|d| d.state.options.get(&key).cloned());
                 trace.lock().unwrap().push(format!("t={t:>6}ms read {key} via n{via} = {got:?}"));
                 let mut h = history.lock().unwrap();
                 h[op].read = Some(got);
@@ -559,9 +590,8 @@ impl World {
             .nodes
             .iter()
             .map(|(id, n)| {
-                let sm = n.sm.0.lock().unwrap();
-                let applied = sm.data.last_applied.map(|l| l.index).unwrap_or(0);
-                (*id, n.log.log_ids(), sm.history.clone(), applied)
+                let (ids, history, applied) = n.store.views();
+                (*id, ids, history, applied)
             })
             .collect();
         for (i, (a, log_a, hist_a, applied_a)) in views.iter().enumerate() {
@@ -643,25 +673,37 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         hosts: Hosts::new(cfg.seed, cfg.faults),
         proposers: Arc::default(),
         vmids: Vec::new(),
+        root: (cfg.store == StoreKind::Rocks).then(|| {
+            // On tmpfs when there is one: the stores' fsyncs then cost nothing.
+            let shm = std::path::Path::new("/dev/shm");
+            let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+            tempfile::Builder::new()
+                .prefix("horcrux-sim-")
+                .tempdir_in(base)
+                .expect("a directory for the stores")
+        }),
+        stores_made: 0,
         cfg: cfg.clone(),
     };
     w.hosts.0.lock().unwrap().stale_status = cfg.bug == Bug::StaleStatus;
     for id in 1..=cfg.nodes + cfg.spares {
-        let sm = MemSm::default();
-        if cfg.bug == Bug::SkipEntry && id == 2 {
-            sm.0.lock().unwrap().skip_every = Some(25);
-        }
-        if cfg.bug == Bug::SkipMigrate && id == 2 {
-            sm.0.lock().unwrap().skip_migrate = true;
+        let store = w.new_store(id, cfg.seed ^ (id << 32));
+        if let NodeStore::Mem { log, sm } = &store {
+            let mut sm = sm.0.lock().unwrap();
+            if cfg.bug == Bug::SkipEntry && id == 2 {
+                sm.skip_every = Some(25);
+            }
+            if cfg.bug == Bug::SkipMigrate && id == 2 {
+                sm.skip_migrate = true;
+            }
+            if cfg.bug == Bug::CorruptLog && id == 2 {
+                log.0.lock().unwrap().corrupt_every = Some(40);
+            }
         }
         // Clock skew within the bound the design assumes (500 ms).
         let skew_ms = if cfg.faults { rng.gen_range(-500..=500) } else { 0 };
-        let log = MemLog::new(cfg.seed ^ (id << 32), cfg.faults);
-        if cfg.bug == Bug::CorruptLog && id == 2 {
-            log.0.lock().unwrap().corrupt_every = Some(40);
-        }
         let member = id <= cfg.nodes;
-        let node = Node { log, sm, raft: None, proposer: None, fleet: None, port: None, skew_ms, member };
+        let node = Node { store, raft: None, proposer: None, fleet: None, port: None, skew_ms, member };
         w.nodes.insert(id, node);
         w.router.0.lock().unwrap().group.insert(id, 0);
     }
@@ -828,8 +870,8 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     }
     w.hosts.0.lock().unwrap().faults = false;
     w.reap_failed().await;
-    for log in w.nodes.values().map(|n| n.log.clone()).collect::<Vec<_>>() {
-        log.0.lock().unwrap().faults = None;
+    for n in w.nodes.values() {
+        n.store.heal();
     }
     let down: Vec<NodeId> =
         w.nodes.iter().filter(|(id, n)| n.member && !w.running().contains(id)).map(|(id, _)| *id).collect();
@@ -860,12 +902,8 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     let mut converged = false;
     for _ in 0..400 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let applied: BTreeSet<Option<u64>> = w
-            .nodes
-            .values()
-            .filter(|n| n.member)
-            .map(|n| n.sm.0.lock().unwrap().data.last_applied.map(|l| l.index))
-            .collect();
+        let applied: BTreeSet<Option<u64>> =
+            w.nodes.values().filter(|n| n.member).map(|n| n.store.applied()).collect();
         if w.leader().is_some() && applied.len() == 1 {
             converged = true;
             break;
@@ -892,17 +930,10 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     if !converged {
         for (id, n) in &w.nodes {
             let m = n.raft.as_ref().map(|r| r.metrics().borrow().clone());
-            let applied = n.sm.0.lock().unwrap().data.last_applied.map(|l| l.index);
-            let (first, last, purged) = {
-                let l = n.log.0.lock().unwrap();
-                (
-                    l.entries.keys().next().copied(),
-                    l.entries.keys().next_back().copied(),
-                    l.last_purged.map(|p| p.index),
-                )
-            };
+            let applied = n.store.applied();
+            let (first, last) = n.store.log_bounds();
             w.log(format!(
-                "n{id}: applied {applied:?}, log {first:?}..{last:?}, purged {purged:?}, state {:?}, term {:?}, leader {:?}, running {:?}",
+                "n{id}: applied {applied:?}, log {first:?}..{last:?}, state {:?}, term {:?}, leader {:?}, running {:?}",
                 m.as_ref().map(|m| m.state),
                 m.as_ref().map(|m| m.current_term),
                 m.as_ref().and_then(|m| m.current_leader),
@@ -914,18 +945,19 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     // No acknowledged write is lost: every member holds every acknowledged key.
     let acked = w.acked.lock().unwrap().clone();
     for (id, n) in w.nodes.iter().filter(|(_, n)| n.member) {
-        let sm = n.sm.0.lock().unwrap();
-        if let Some((k, v)) = acked.iter().find(|(k, v)| sm.data.state.options.get(*k) != Some(*v)) {
+        let missing = n.store.with_data(|d| {
+            acked
+                .iter()
+                .find(|(k, v)| d.state.options.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+        });
+        if let Some((k, v)) = missing {
             w.violations.push(format!("acknowledged write {k}={v} is missing on n{id}"));
             break;
         }
     }
-    let final_hashes: BTreeSet<u64> = w
-        .nodes
-        .values()
-        .filter(|n| n.member)
-        .map(|n| crate::mem_store::state_hash(&n.sm.0.lock().unwrap().data.state))
-        .collect();
+    let final_hashes: BTreeSet<u64> =
+        w.nodes.values().filter(|n| n.member).map(|n| n.store.state_hash()).collect();
     w.log(format!("end: {} acknowledged writes, final state hashes {final_hashes:x?}", acked.len()));
     let running_guests = w.hosts.placements().len();
     w.log(format!("end: {running_guests} guests running, {} created", w.vmids.len()));

@@ -1,7 +1,7 @@
 //! The simulator is deterministic, finds no violation on a sweep with every fault enabled,
 //! and its checkers catch deliberately injected bugs.
 
-use sim_tests::{run, Bug, SimConfig};
+use sim_tests::{run, Bug, SimConfig, StoreKind};
 
 fn cfg(seed: u64, secs: u64, bug: Bug) -> SimConfig {
     SimConfig { sim_secs: secs, bug, ..SimConfig::new(seed) }
@@ -105,7 +105,23 @@ fn a_migration_without_the_owners_check_is_caught() {
 #[test]
 fn a_log_entry_that_differs_on_one_node_is_caught() {
     let caught = (0..10).find(|&s| {
-        run(cfg(s, 30, Bug::CorruptLog)).violations.iter().any(|v| v.contains("committed log prefix disagrees"))
+        run(cfg(s, 30, Bug::CorruptLog))
+            .violations
+            .iter()
+            .any(|v| v.contains("committed log prefix disagrees"))
     });
     assert!(caught.is_some(), "no seed in 0..10 caught a corrupted log entry");
+}
+
+#[test]
+fn the_product_rocksdb_stores_replay_identically_and_hold_the_invariants() {
+    let rocks = |seed| SimConfig { sim_secs: 30, store: StoreKind::Rocks, ..SimConfig::new(seed) };
+    let a = run(rocks(11));
+    assert!(a.violations.is_empty(), "{:?}", a.violations);
+    assert!(a.acked > 10);
+    assert_eq!(a.trace, run(rocks(11)).trace);
+    for seed in 12..15 {
+        let out = run(rocks(seed));
+        assert!(out.violations.is_empty(), "seed {seed} (rocksdb): {:?}", out.violations);
+    }
 }
