@@ -12,6 +12,7 @@ use axum::{middleware, Extension, Json, Router};
 use horcrux_actors::{NodeRuntime, TaskLog};
 use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, GuestConfig, KernelBoot, VmSpec};
 use horcrux_drivers::ObservedPower;
+use horcrux_raft::ProposeError;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -247,8 +248,35 @@ async fn create_vm(
             node: cluster.node_name().to_string(),
             config: GuestConfig::Qemu(spec),
         };
-        if let Err(e) = cluster.propose(cmd).await {
-            failure = Some(e.into());
+        match cluster.propose(cmd).await {
+            Ok(_) => {}
+            // Not known to have failed: the entry may still commit. Freeing the disks now
+            // could leave a guest whose disks are gone, so ask the cluster what happened.
+            Err(ProposeError::Unavailable(why)) => {
+                let ours: Vec<String> = allocated.iter().map(|(_, v)| v.clone()).collect();
+                let me = cluster.node_name().to_string();
+                let outcome = cluster
+                    .read_linearizable(|s| {
+                        s.guests.get(&vmid).map(|g| {
+                            let vols: Vec<String> =
+                                g.vm_spec().disks.iter().filter_map(|d| d.volume.clone()).collect();
+                            g.node == me && vols == ours
+                        })
+                    })
+                    .await;
+                match outcome {
+                    Ok(Some(true)) => task.log("the create committed after all".to_string()),
+                    Ok(_) => failure = Some(ProposeError::Unavailable(why).into()),
+                    Err(e) => {
+                        let msg = format!(
+                            "could not tell whether guest {vmid} was created ({why}; {e}); its disks are kept"
+                        );
+                        task.finish(Err(&msg));
+                        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg));
+                    }
+                }
+            }
+            Err(e) => failure = Some(e.into()),
         }
     }
     if let Some(err) = failure {
