@@ -2,12 +2,14 @@
 //! replicated desired power state with what the hypervisor reports; the `GuestFleet` that
 //! starts and retires them as the replicated state changes; and the UPID task registry.
 
+mod create;
 mod fleet;
 mod guest;
 mod port;
 mod runtime;
 mod tasks;
 
+pub use create::{create_with_disks, CreateError};
 pub use fleet::{GuestFleet, MigrateOne, ReconcileOne, Shutdown};
 pub use guest::{GuestStatus, StatusBoard};
 pub use port::{read, ClusterPort};

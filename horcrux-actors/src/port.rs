@@ -15,6 +15,9 @@ pub trait ClusterPort: Send + Sync + 'static {
     fn subscribe_guest_changes(&self) -> watch::Receiver<u64>;
     /// Proposes a command and waits until it is committed and applied here.
     fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>>;
+    /// Returns once this node has applied every write committed before the call (a
+    /// linearizable read barrier through the leader).
+    fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>>;
 }
 
 /// `f` applied to `port`'s state (the typed form of [`ClusterPort::with_state`]).
@@ -45,5 +48,10 @@ impl ClusterPort for ClusterHandle {
     fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
         let h = self.clone();
         Box::pin(async move { ClusterHandle::propose(&h, cmd).await })
+    }
+
+    fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>> {
+        let h = self.clone();
+        Box::pin(async move { h.read_linearizable(|_| ()).await })
     }
 }

@@ -111,6 +111,10 @@ impl NodeRuntime {
         &self.tasks
     }
 
+    pub fn volumes(&self) -> &VolumeFactory {
+        &self.volumes
+    }
+
     pub fn volume_store(&self, pool: &StoragePool) -> Arc<dyn VolumeStore> {
         (self.volumes)(pool)
     }

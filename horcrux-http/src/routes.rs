@@ -9,10 +9,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{middleware, Extension, Json, Router};
-use horcrux_actors::{NodeRuntime, TaskLog};
-use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, GuestConfig, KernelBoot, VmSpec};
+use horcrux_actors::{create_with_disks, ClusterPort, CreateError, NodeRuntime, TaskLog};
+use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, KernelBoot, VmSpec};
 use horcrux_drivers::ObservedPower;
-use horcrux_raft::ProposeError;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -189,7 +188,7 @@ async fn create_vm(
         None => state.next_vmid().ok_or_else(|| ApiError::conflict("no free VMID left"))?,
     };
     ids::validate_dns_label("name", &req.name)?;
-    let mut spec = VmSpec {
+    let spec = VmSpec {
         memory_mib: req.memory_mib,
         cores: req.cores,
         disks: req
@@ -225,67 +224,17 @@ async fn create_vm(
     }
 
     let task = st.runtime.tasks().create("qmcreate", &vmid.to_string(), caller.user());
-    let mut allocated: Vec<(String, String)> = Vec::new();
-    let mut failure: Option<ApiError> = None;
-    for (i, d) in spec.disks.iter_mut().enumerate() {
-        let store = st.runtime.volume_store(&state.storage[&d.storage]);
-        match store.alloc(vmid, i, d.size_mib).await {
-            Ok(volid) => {
-                task.log(format!("allocated {volid} ({} MiB)", d.size_mib));
-                allocated.push((d.storage.clone(), volid.clone()));
-                d.volume = Some(volid);
-            }
-            Err(e) => {
-                failure = Some(ApiError::internal(format!("disks[{i}]: {e}")));
-                break;
-            }
-        }
-    }
-    if failure.is_none() {
-        let cmd = Command::CreateGuest {
-            vmid,
-            name: req.name.clone(),
-            node: cluster.node_name().to_string(),
-            config: GuestConfig::Qemu(spec),
+    let port: &dyn ClusterPort = cluster;
+    let logger = |l: String| task.log(l);
+    let created =
+        create_with_disks(port, st.runtime.volumes(), &state.storage, vmid, req.name.clone(), spec, &logger)
+            .await;
+    if let Err(e) = created {
+        let err = match e {
+            CreateError::Alloc { .. } => ApiError::internal(e.to_string()),
+            CreateError::Cluster(p) => p.into(),
+            CreateError::Unknown { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         };
-        match cluster.propose(cmd).await {
-            Ok(_) => {}
-            // Not known to have failed: the entry may still commit. Freeing the disks now
-            // could leave a guest whose disks are gone, so ask the cluster what happened.
-            Err(ProposeError::Unavailable(why)) => {
-                let ours: Vec<String> = allocated.iter().map(|(_, v)| v.clone()).collect();
-                let me = cluster.node_name().to_string();
-                let outcome = cluster
-                    .read_linearizable(|s| {
-                        s.guests.get(&vmid).map(|g| {
-                            let vols: Vec<String> =
-                                g.vm_spec().disks.iter().filter_map(|d| d.volume.clone()).collect();
-                            g.node == me && vols == ours
-                        })
-                    })
-                    .await;
-                match outcome {
-                    Ok(Some(true)) => task.log("the create committed after all".to_string()),
-                    Ok(_) => failure = Some(ProposeError::Unavailable(why).into()),
-                    Err(e) => {
-                        let msg = format!(
-                            "could not tell whether guest {vmid} was created ({why}; {e}); its disks are kept"
-                        );
-                        task.finish(Err(&msg));
-                        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg));
-                    }
-                }
-            }
-            Err(e) => failure = Some(e.into()),
-        }
-    }
-    if let Some(err) = failure {
-        // Leave nothing behind: free what was allocated.
-        for (storage, volid) in &allocated {
-            if let Err(e) = st.runtime.volume_store(&state.storage[storage]).free(volid).await {
-                task.log(format!("could not free {volid}: {e}"));
-            }
-        }
         task.finish(Err(&err.message));
         return Err(err);
     }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use horcrux_drivers::{BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome};
+use horcrux_drivers::{
+    BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, VolumeStore,
+};
 use horcrux_raft::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -26,6 +28,8 @@ pub struct HostsInner {
     /// (only with `stale_status`).
     pub ghosts: BTreeSet<(NodeId, u32)>,
     pub events: Vec<String>,
+    /// node -> the disk volumes its storage holds.
+    pub volumes: BTreeMap<NodeId, BTreeSet<String>>,
 }
 
 #[derive(Clone)]
@@ -41,6 +45,7 @@ impl Hosts {
             stale_status: false,
             ghosts: BTreeSet::new(),
             events: Vec::new(),
+            volumes: BTreeMap::new(),
         })))
     }
 
@@ -79,6 +84,15 @@ impl Hosts {
             .filter(|(_, n)| !n.is_empty())
             .map(|(v, n)| (*v, n.clone()))
             .collect()
+    }
+
+    /// Node `node`'s directory storage, in memory.
+    pub fn volume_store(&self, node: NodeId) -> Arc<dyn VolumeStore> {
+        Arc::new(SimVolumes { node, hosts: self.clone() })
+    }
+
+    pub fn has_volume(&self, node: NodeId, volid: &str) -> bool {
+        self.0.lock().unwrap().volumes.get(&node).is_some_and(|v| v.contains(volid))
     }
 
     pub fn hypervisor(&self, node: NodeId) -> Arc<dyn Hypervisor> {
@@ -185,6 +199,49 @@ impl Hypervisor for SimHypervisor {
             out.sort_unstable();
             out.dedup();
             Ok(out)
+        })
+    }
+}
+
+struct SimVolumes {
+    node: NodeId,
+    hosts: Hosts,
+}
+
+impl VolumeStore for SimVolumes {
+    fn alloc(&self, vmid: u32, index: usize, _size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>> {
+        Box::pin(async move {
+            let (delay, fail) = self.hosts.roll(30);
+            tokio::time::sleep(delay).await;
+            if fail {
+                return Err(DriverError::Command {
+                    program: "qemu-img".into(),
+                    message: "simulated: no space".into(),
+                });
+            }
+            let volid = horcrux_core::ids::volume_id("local", vmid, index);
+            let mut h = self.hosts.0.lock().unwrap();
+            if !h.volumes.entry(self.node).or_default().insert(volid.clone()) {
+                return Err(DriverError::Invalid(format!("{volid} already exists")));
+            }
+            Ok(volid)
+        })
+    }
+
+    fn path(&self, volid: &str) -> Result<PathBuf, DriverError> {
+        if self.hosts.has_volume(self.node, volid) {
+            Ok(PathBuf::from(format!("/sim/n{}/{volid}", self.node)))
+        } else {
+            Err(DriverError::Invalid(format!("volume {volid} does not exist on n{}", self.node)))
+        }
+    }
+
+    fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            if let Some(v) = self.hosts.0.lock().unwrap().volumes.get_mut(&self.node) {
+                v.remove(volid);
+            }
+            Ok(())
         })
     }
 }

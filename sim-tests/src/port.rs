@@ -41,6 +41,40 @@ impl ClusterPort for SimPort {
         self.sm.subscribe_guest_changes()
     }
 
+    fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>> {
+        let (id, sm, router) = (self.id, self.sm.clone(), self.router.clone());
+        Box::pin(async move {
+            let unavailable = |m: &str| ProposeError::Unavailable(m.to_string());
+            let me =
+                router.0.lock().unwrap().rafts.get(&id).cloned().ok_or_else(|| unavailable("node down"))?;
+            let leader = me.metrics().borrow().current_leader.ok_or_else(|| unavailable("no leader"))?;
+            if leader != id && !(router.connected(id, leader) && router.connected(leader, id)) {
+                return Err(unavailable("leader unreachable"));
+            }
+            let raft = router
+                .0
+                .lock()
+                .unwrap()
+                .rafts
+                .get(&leader)
+                .cloned()
+                .ok_or_else(|| unavailable("leader down"))?;
+            let read = tokio::time::timeout(Duration::from_secs(4), raft.get_read_log_id())
+                .await
+                .map_err(|_| unavailable("leadership not confirmed in time"))?
+                .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+            let index = read.0.map(|l| l.index);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+            while sm.applied() < index {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(unavailable("not caught up with the leader"));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(())
+        })
+    }
+
     fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
         let (id, sm, proposers, router) =
             (self.id, self.sm.clone(), self.proposers.clone(), self.router.clone());

@@ -192,7 +192,8 @@ impl World {
                 (EPOCH_MS + start.elapsed().as_millis() as u64).saturating_add_signed(skew)
             }),
         });
-        let volumes: VolumeFactory = Arc::new(|_| unreachable!("simulated guests have no disks"));
+        let store = self.hosts.volume_store(id);
+        let volumes: VolumeFactory = Arc::new(move |_| store.clone());
         let fleet = horcrux_actors::start_fleet(
             port.clone() as Arc<dyn ClusterPort>,
             self.hosts.hypervisor(id),
@@ -392,6 +393,9 @@ impl World {
             let target = format!("n{}", rng.gen_range(1..=self.cfg.nodes));
             return self.migrate_op(via, vmid, target);
         }
+        if roll < 2 && rng.gen_bool(0.5) {
+            return self.create_with_disk(via);
+        }
         let (what, cmd, power_of) = if roll < 3 || self.vmids.is_empty() {
             let vmid = 100 + self.vmids.len() as u32;
             self.vmids.push(vmid);
@@ -445,6 +449,47 @@ impl World {
         });
     }
 
+    /// `POST /vms` with a disk, on node `via` (which becomes the owner): the product's
+    /// allocate, commit, clean-up sequence over `via`'s simulated storage.
+    fn create_with_disk(&mut self, via: NodeId) {
+        let Some(port) = self.nodes[&via].port.clone() else { return };
+        let vmid = 100 + self.vmids.len() as u32;
+        self.vmids.push(vmid);
+        let what = format!("create guest {vmid} with a disk on n{via}");
+        self.log(what.clone());
+        let store = self.hosts.volume_store(via);
+        let volumes: VolumeFactory = Arc::new(move |_| store.clone());
+        let (trace, start) = (self.trace.clone(), self.start);
+        let spec = VmSpec {
+            memory_mib: 512,
+            cores: 1,
+            disks: vec![horcrux_core::DiskSpec { storage: "local".into(), size_mib: 64, volume: None }],
+            boot: None,
+        };
+        tokio::spawn(async move {
+            let pools = horcrux_actors::read(&*port, |s| s.storage.clone());
+            let res = horcrux_actors::create_with_disks(
+                &*port,
+                &volumes,
+                &pools,
+                vmid,
+                format!("g{vmid}"),
+                spec,
+                &|_| {},
+            )
+            .await;
+            let line = match res {
+                Ok(ok) => format!("{what}: committed at {}", ok.revision),
+                Err(horcrux_actors::CreateError::Cluster(horcrux_raft::ProposeError::Rejected(e))) => {
+                    format!("{what}: refused: {}", short(&e.to_string()))
+                }
+                Err(e) => format!("{what}: failed: {}", short(&e.to_string())),
+            };
+            let t = start.elapsed().as_millis();
+            trace.lock().unwrap().push(format!("t={t:>6}ms {line}"));
+        });
+    }
+
     /// An offline migration asked of node `via`: forwarded to the owner, whose guest actor
     /// checks that QEMU is gone before committing (as the API does).
     fn migrate_op(&mut self, via: NodeId, vmid: u32, target: String) {
@@ -492,6 +537,15 @@ impl World {
         let state = member.store.with_data(|d| d.state.clone());
         let placed = self.hosts.placements();
         for g in state.guests.values() {
+            let owner: Option<NodeId> = g.node.trim_start_matches('n').parse().ok();
+            for volid in g.vm_spec().disks.iter().filter_map(|d| d.volume.as_deref()) {
+                if !owner.is_some_and(|o| self.hosts.has_volume(o, volid)) {
+                    return Err(format!(
+                        "guest {} lost its disk {volid} (not on its owner {})",
+                        g.vmid, g.node
+                    ));
+                }
+            }
             let want: BTreeSet<NodeId> = match g.desired {
                 DesiredPower::Running => g.node.trim_start_matches('n').parse().into_iter().collect(),
                 DesiredPower::Stopped { .. } => BTreeSet::new(),
@@ -713,8 +767,13 @@ async fn simulate(cfg: SimConfig) -> Outcome {
     let members: BTreeMap<NodeId, HorcruxNode> = (1..=cfg.nodes).map(|id| (id, World::member(id))).collect();
     w.nodes[&1].raft.as_ref().unwrap().initialize(members).await.expect("initialize");
     w.log(format!("cluster of {} nodes initialised", cfg.nodes));
-    // Guests name their owner, so every node registers first (as each daemon does).
+    // Guests name their owner, so every node registers first (as each daemon does); the
+    // `local` directory pool every node has.
     let port = w.nodes[&1].port.clone().expect("node 1 runs");
+    let local = horcrux_core::StorageKind::Dir { path: "/var/lib/horcrux".into() };
+    if let Err(e) = port.propose(Command::AddStorage { id: "local".into(), kind: local }).await {
+        w.log(format!("add storage local: {e}"));
+    }
     for id in 1..=cfg.nodes {
         let cmd = Command::RegisterNode { name: format!("n{id}"), api_addr: format!("sim:{id}") };
         if let Err(e) = port.propose(cmd).await {

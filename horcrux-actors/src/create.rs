@@ -1,0 +1,101 @@
+//! Creating a guest with disks: allocate its volumes on this node, commit the guest, and
+//! leave nothing behind if the commit is refused. Shared by the API and the simulation.
+
+use std::collections::BTreeMap;
+
+use horcrux_core::{ApplyError, ApplyOk, Command, GuestConfig, StoragePool, VmSpec};
+use horcrux_raft::ProposeError;
+
+use crate::port::{read, ClusterPort};
+use crate::runtime::VolumeFactory;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CreateError {
+    /// A disk could not be allocated; nothing is left behind.
+    #[error("disks[{index}]: {message}")]
+    Alloc { index: usize, message: String },
+    /// The cluster refused or could not commit; the disks were freed.
+    #[error(transparent)]
+    Cluster(ProposeError),
+    /// Whether the guest was created is unknown (no quorum to ask); its disks are kept
+    /// rather than risk a guest without them.
+    #[error("could not tell whether guest {vmid} was created ({why}); its disks are kept")]
+    Unknown { vmid: u32, why: String },
+}
+
+/// Allocates `spec`'s disks through `volumes` (filling in their volume ids), proposes the
+/// guest with this node as its owner, and frees the disks if the commit surely failed.
+/// When the commit's outcome is unknown it asks the cluster (a linearizable read) before
+/// freeing anything. `log` receives one line per step.
+pub async fn create_with_disks(
+    cluster: &dyn ClusterPort,
+    volumes: &VolumeFactory,
+    pools: &BTreeMap<String, StoragePool>,
+    vmid: u32,
+    name: String,
+    mut spec: VmSpec,
+    log: &(dyn Fn(String) + Sync),
+) -> Result<ApplyOk, CreateError> {
+    let mut allocated: Vec<(String, String)> = Vec::new();
+    let mut failure = None;
+    for (index, d) in spec.disks.iter_mut().enumerate() {
+        let Some(pool) = pools.get(&d.storage) else {
+            failure = Some(CreateError::Alloc { index, message: format!("unknown storage {}", d.storage) });
+            break;
+        };
+        match volumes(pool).alloc(vmid, index, d.size_mib).await {
+            Ok(volid) => {
+                log(format!("allocated {volid} ({} MiB)", d.size_mib));
+                allocated.push((d.storage.clone(), volid.clone()));
+                d.volume = Some(volid);
+            }
+            Err(e) => {
+                failure = Some(CreateError::Alloc { index, message: e.to_string() });
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        let node = cluster.node_name().to_string();
+        let cmd = Command::CreateGuest { vmid, name, node: node.clone(), config: GuestConfig::Qemu(spec) };
+        match cluster.propose(cmd).await {
+            Ok(ok) => return Ok(ok),
+            // A refusal that cannot come from our own earlier attempt: nothing committed.
+            Err(e @ ProposeError::Rejected(ApplyError::Invalid(_) | ApplyError::NotFound { .. })) => {
+                failure = Some(CreateError::Cluster(e))
+            }
+            // Unknown outcome, or "already exists", which may be our own proposal
+            // committed by an attempt whose answer was lost and then retried: freeing the
+            // disks then would leave a guest without them. Ask the cluster.
+            Err(e) => {
+                let ours: Vec<&str> = allocated.iter().map(|(_, v)| v.as_str()).collect();
+                match cluster.read_barrier().await {
+                    Ok(()) => {
+                        let created = read(cluster, |s| {
+                            s.guests.get(&vmid).filter(|g| g.node == node).and_then(|g| {
+                                let vols: Vec<&str> =
+                                    g.vm_spec().disks.iter().filter_map(|d| d.volume.as_deref()).collect();
+                                (vols == ours).then_some(g.revision)
+                            })
+                        });
+                        if let Some(revision) = created {
+                            log("the create committed after all".into());
+                            return Ok(ApplyOk { revision });
+                        }
+                        failure = Some(CreateError::Cluster(e));
+                    }
+                    Err(b) => return Err(CreateError::Unknown { vmid, why: format!("{e}; {b}") }),
+                }
+            }
+        }
+    }
+    // Leave nothing behind: free what was allocated.
+    for (storage, volid) in &allocated {
+        if let Some(pool) = pools.get(storage) {
+            if let Err(e) = volumes(pool).free(volid).await {
+                log(format!("could not free {volid}: {e}"));
+            }
+        }
+    }
+    Err(failure.expect("set on every path that gets here"))
+}
