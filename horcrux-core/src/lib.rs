@@ -3,10 +3,12 @@
 //! Pure code: no I/O, no clocks, no randomness. Every mutation of cluster state is a
 //! [`Command`] applied by [`ClusterState::apply`], a deterministic function of the log.
 
+pub mod access;
 pub mod command;
 pub mod ids;
 pub mod model;
 pub mod state;
+pub mod totp;
 pub mod upid;
 
 pub use command::{ApplyError, ApplyOk, Command, Request};
