@@ -53,13 +53,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn random_secret() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 async fn ensure_admin_token(cluster: &ClusterHandle, path: &Path) -> anyhow::Result<()> {
     if let Ok(secret) = std::fs::read_to_string(path) {
         let hash = horcrux_http::token_sha256(secret.trim());
@@ -77,11 +70,13 @@ async fn ensure_admin_token(cluster: &ClusterHandle, path: &Path) -> anyhow::Res
         );
         return Ok(());
     }
-    let secret = random_secret();
+    let secret = horcrux_core::ids::random_secret();
     cluster
         .propose(Command::SetApiToken {
             id: ADMIN_TOKEN_ID.into(),
             secret_sha256: horcrux_http::token_sha256(&secret),
+            privsep: false,
+            expire: 0,
         })
         .await?;
     // Written only after the hash is committed: a crash in between just makes a new one.

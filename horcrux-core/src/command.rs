@@ -30,6 +30,36 @@ pub enum Command {
     SetApiToken {
         id: String,
         secret_sha256: String,
+        /// The token's rights are what both its user and its own ACL entries grant.
+        #[serde(default)]
+        privsep: bool,
+        /// Unix seconds after which the token is refused; 0: never.
+        #[serde(default)]
+        expire: u64,
+    },
+    /// Add a user (`NAME@pve` or `NAME@pam`); refused if it exists.
+    CreateUser {
+        userid: String,
+        #[serde(default)]
+        comment: String,
+        #[serde(default)]
+        groups: Vec<String>,
+        /// Unix seconds after which the user cannot log in; 0: never.
+        #[serde(default)]
+        expire: u64,
+    },
+    /// Remove a user with its API tokens and ACL entries.
+    DeleteUser {
+        userid: String,
+    },
+    /// Grant (or with `delete`, revoke) a role on a path to a user, group or token.
+    SetAcl {
+        path: String,
+        ugid: crate::access::Ugid,
+        role: String,
+        propagate: bool,
+        #[serde(default)]
+        delete: bool,
     },
     /// Create a guest, stopped. Disk volumes must already exist and be named in the config.
     CreateGuest {

@@ -100,6 +100,44 @@ pub fn parse_volume_id(volid: &str) -> Result<(&str, &str), ValidationError> {
     Ok((storage, rel))
 }
 
+/// `NAME@REALM` with a realm Horcrux serves (`pam`, `pve`).
+pub fn validate_userid(field: &str, userid: &str) -> Result<(), ValidationError> {
+    let Some((name, realm)) = userid.rsplit_once('@') else {
+        return Err(ValidationError::new(field, format!("{userid:?} is not NAME@REALM")));
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !name_ok {
+        return Err(ValidationError::new(field, format!("{name:?}: 1-64 letters, digits, '.', '_' or '-'")));
+    }
+    if !matches!(realm, "pam" | "pve") {
+        return Err(ValidationError::new(field, format!("unknown realm {realm:?} (pam, pve)")));
+    }
+    Ok(())
+}
+
+/// An API token's name (the part after `!`).
+pub fn validate_token_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, format!("{name:?}: a letter, then letters, digits, '.', '_' or '-'")))
+    }
+}
+
+/// 32 random bytes from the OS, as 64 hex digits: API token secrets.
+pub fn random_secret() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut b).expect("the OS random source works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

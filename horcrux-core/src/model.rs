@@ -179,6 +179,28 @@ pub struct ApiToken {
     pub id: String,
     /// Lower-case hex SHA-256 of the secret.
     pub secret_sha256: String,
+    #[serde(default)]
+    pub privsep: bool,
+    /// Unix seconds after which the token is refused; 0: never.
+    #[serde(default)]
+    pub expire: u64,
+    pub revision: u64,
+}
+
+impl ApiToken {
+    /// `alice@pve!ci` -> `alice@pve`.
+    pub fn user(&self) -> &str {
+        self.id.split('!').next().unwrap_or(&self.id)
+    }
+}
+
+/// A user of the built-in `pve` realm or of `pam`. `root@pam` always exists implicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub userid: String,
+    pub comment: String,
+    pub groups: Vec<String>,
+    pub expire: u64,
     pub revision: u64,
 }
 

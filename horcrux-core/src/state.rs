@@ -28,6 +28,10 @@ pub struct ClusterState {
     /// Cluster-wide options (datacenter.cfg).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+    #[serde(default)]
+    pub acl: Vec<crate::access::AclEntry>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -46,6 +50,8 @@ impl Default for ClusterState {
             next_node_id: first_joined_node_id(),
             corosync: None,
             options: BTreeMap::new(),
+            users: BTreeMap::new(),
+            acl: Vec::new(),
         }
     }
 }
@@ -93,7 +99,7 @@ impl ClusterState {
                 }
                 self.storage.insert(id.clone(), pool);
             }
-            Command::SetApiToken { id, secret_sha256 } => {
+            Command::SetApiToken { id, secret_sha256, privsep, expire } => {
                 let hex_ok = secret_sha256.len() == 64
                     && secret_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                 if !hex_ok {
@@ -101,13 +107,84 @@ impl ClusterState {
                         ValidationError::new("secret_sha256", "must be 64 lower-case hex digits").into()
                     );
                 }
-                if !id.contains('@') || !id.contains('!') {
+                let Some((user, tokenid)) = id.split_once('!') else {
                     return Err(ValidationError::new("id", "must look like USER@REALM!TOKENID").into());
+                };
+                ids::validate_userid("id", user)?;
+                ids::validate_token_name("tokenid", tokenid)?;
+                if !self.user_exists(user) {
+                    return Err(ApplyError::NotFound { what: format!("user {user}") });
                 }
-                self.api_tokens.insert(
-                    id.clone(),
-                    ApiToken { id: id.clone(), secret_sha256: secret_sha256.clone(), revision: index },
-                );
+                let token = ApiToken {
+                    id: id.clone(),
+                    secret_sha256: secret_sha256.clone(),
+                    privsep: *privsep,
+                    expire: *expire,
+                    revision: index,
+                };
+                self.api_tokens.insert(id.clone(), token);
+            }
+            Command::CreateUser { userid, comment, groups, expire } => {
+                ids::validate_userid("userid", userid)?;
+                if comment.len() > 256 {
+                    return Err(ValidationError::new("comment", "at most 256 characters").into());
+                }
+                for g in groups {
+                    ids::validate_dns_label("groups", g)?;
+                }
+                if self.user_exists(userid) {
+                    return Err(ApplyError::Conflict { message: format!("user {userid} already exists") });
+                }
+                let user = User {
+                    userid: userid.clone(),
+                    comment: comment.clone(),
+                    groups: groups.clone(),
+                    expire: *expire,
+                    revision: index,
+                };
+                self.users.insert(userid.clone(), user);
+            }
+            Command::DeleteUser { userid } => {
+                if userid == "root@pam" {
+                    return Err(ApplyError::Conflict { message: "root@pam cannot be deleted".into() });
+                }
+                if self.users.remove(userid).is_none() {
+                    return Err(ApplyError::NotFound { what: format!("user {userid}") });
+                }
+                let prefix = format!("{userid}!");
+                self.api_tokens.retain(|id, _| !id.starts_with(&prefix));
+                self.acl.retain(|e| match &e.ugid {
+                    crate::access::Ugid::User(u) => u != userid,
+                    crate::access::Ugid::Token(t) => !t.starts_with(&prefix),
+                    crate::access::Ugid::Group(_) => true,
+                });
+            }
+            Command::SetAcl { path, ugid, role, propagate, delete } => {
+                crate::access::validate_acl_path("path", path)?;
+                if !crate::access::builtin_roles().contains_key(role) {
+                    return Err(ValidationError::new("roles", format!("unknown role {role:?}")).into());
+                }
+                match ugid {
+                    crate::access::Ugid::User(u) if !self.user_exists(u) => {
+                        return Err(ApplyError::NotFound { what: format!("user {u}") })
+                    }
+                    crate::access::Ugid::Token(t) if !self.api_tokens.contains_key(t) => {
+                        return Err(ApplyError::NotFound { what: format!("token {t}") })
+                    }
+                    crate::access::Ugid::Group(g) => ids::validate_dns_label("groups", g)?,
+                    _ => {}
+                }
+                let same =
+                    |e: &crate::access::AclEntry| e.path == *path && e.ugid == *ugid && e.role == *role;
+                self.acl.retain(|e| !same(e));
+                if !*delete {
+                    self.acl.push(crate::access::AclEntry {
+                        path: path.clone(),
+                        ugid: ugid.clone(),
+                        role: role.clone(),
+                        propagate: *propagate,
+                    });
+                }
             }
             Command::CreateGuest { vmid, name, node, config } => {
                 ids::validate_vmid("vmid", *vmid as u64)?;
@@ -334,6 +411,11 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    /// `root@pam` always exists; other users once created.
+    pub fn user_exists(&self, userid: &str) -> bool {
+        userid == "root@pam" || self.users.contains_key(userid)
     }
 
     pub fn guest(&self, vmid: u32) -> Result<&Guest, ApplyError> {

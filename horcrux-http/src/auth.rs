@@ -21,6 +21,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub token_id: String,
+    /// The token's rights are separated from (and at most) its user's.
+    pub privsep: bool,
 }
 
 impl Caller {
@@ -47,18 +49,24 @@ pub async fn require_token(
         .filter(|s| !s.is_empty())
         .ok_or_else(unauthorized)?;
     let presented = token_sha256(secret);
-    let token_id = st.runtime.cluster().read_local(|s| {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let caller = st.runtime.cluster().read_local(|s| {
         let mut found = None;
         // Compare against every token so timing does not reveal which one matched.
         for t in s.api_tokens.values() {
             if ct_eq(t.secret_sha256.as_bytes(), presented.as_bytes()) {
-                found = Some(t.id.clone());
+                found = Some(t.clone());
             }
         }
-        found
+        let t = found?;
+        let expired = |e: u64| e != 0 && e <= now;
+        // A deleted or expired user's tokens stop working with it.
+        let user_ok = t.user() == "root@pam" || s.users.get(t.user()).is_some_and(|u| !expired(u.expire));
+        (user_ok && !expired(t.expire)).then(|| Caller { token_id: t.id.clone(), privsep: t.privsep })
     });
-    let token_id = token_id.ok_or_else(unauthorized)?;
-    req.extensions_mut().insert(Caller { token_id });
+    let caller = caller.ok_or_else(unauthorized)?;
+    req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }
 
@@ -72,7 +80,7 @@ mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
-        let c = Caller { token_id: "root@pam!admin".into() };
+        let c = Caller { token_id: "root@pam!admin".into(), privsep: false };
         assert_eq!(c.user(), "root@pam");
     }
 }

@@ -1,7 +1,9 @@
 //! The HTTPS API: the native `/api/v1` routes, bearer-token authentication, and the TLS
 //! listener with a self-signed certificate generated on first start (as Proxmox does).
 
+mod access_routes;
 mod auth;
+pub mod authz;
 mod cluster_routes;
 mod error;
 mod forward;
@@ -10,6 +12,7 @@ mod serve;
 mod tls;
 
 pub use auth::token_sha256;
+pub use authz::{routes as access_rules, Check, RouteAccess};
 pub use routes::{router, ApiState};
 pub use serve::serve;
 pub use tls::{load_or_create_tls, TlsFiles};

@@ -46,8 +46,11 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/storage", get(list_storage))
         .merge(crate::cluster_routes::routes())
-        // Layers run outside-in: authenticate first, then carry guest requests to their owner.
+        .merge(crate::access_routes::routes())
+        // Layers run outside-in: authenticate, check the route's privilege, then carry guest
+        // requests to their owner (which checks again).
         .route_layer(middleware::from_fn_with_state(st.clone(), crate::forward::forward_to_owner))
+        .route_layer(middleware::from_fn_with_state(st.clone(), crate::authz::authorize))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
     let api = Router::new().route("/version", get(version)).merge(authed);
     let app = Router::new()

@@ -201,6 +201,37 @@ impl Api {
         .unwrap()
     }
 
+    /// Any method; `token` `None` sends no Authorization header.
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let url = format!("{}/api/v1{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let r = match method {
+            "GET" | "DELETE" => {
+                let mut b = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
+                if let Some(a) = &auth {
+                    b = b.header("Authorization", a);
+                }
+                b.call()
+            }
+            _ => {
+                let mut b = match method {
+                    "POST" => self.agent.post(&url),
+                    "PUT" => self.agent.put(&url),
+                    other => panic!("method {other}"),
+                };
+                if let Some(a) = &auth {
+                    b = b.header("Authorization", a);
+                }
+                b.send_json(body)
+            }
+        };
+        Self::done(r).unwrap()
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn with_token(mut self, token: &str) -> Self {
         self.token = token.to_string();
         self

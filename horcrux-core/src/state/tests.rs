@@ -92,12 +92,36 @@ fn add_storage_validation() {
 fn set_api_token_validation() {
     let mut s = base();
     let good_hash = "a".repeat(64);
-    let e =
-        refused(&mut s, Command::SetApiToken { id: "root@pam!admin".into(), secret_sha256: "XYZ".into() });
+    let e = refused(
+        &mut s,
+        Command::SetApiToken {
+            id: "root@pam!admin".into(),
+            secret_sha256: "XYZ".into(),
+            privsep: false,
+            expire: 0,
+        },
+    );
     assert_eq!(invalid_field(e), "secret_sha256");
-    let e = refused(&mut s, Command::SetApiToken { id: "root".into(), secret_sha256: good_hash.clone() });
+    let e = refused(
+        &mut s,
+        Command::SetApiToken {
+            id: "root".into(),
+            secret_sha256: good_hash.clone(),
+            privsep: false,
+            expire: 0,
+        },
+    );
     assert_eq!(invalid_field(e), "id");
-    s.apply(3, &req(Command::SetApiToken { id: "root@pam!admin".into(), secret_sha256: good_hash })).unwrap();
+    s.apply(
+        3,
+        &req(Command::SetApiToken {
+            id: "root@pam!admin".into(),
+            secret_sha256: good_hash,
+            privsep: false,
+            expire: 0,
+        }),
+    )
+    .unwrap();
     assert!(s.api_tokens.contains_key("root@pam!admin"));
 }
 
