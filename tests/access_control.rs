@@ -110,3 +110,61 @@ fn acl_grants_propagate_and_tokens_are_bounded_by_their_user() {
     let (code, body) = admin.post("/access/users", &json!({"userid": "eve@ldap"}));
     assert_eq!((code, body["field"].as_str()), (400, Some("userid")), "{body}");
 }
+
+#[test]
+fn password_login_tickets_csrf_renewal_and_throttling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_LOGIN_WINDOW_S", "3")]);
+    let admin = d.client();
+    assert_eq!(admin.post("/access/users", &json!({"userid": "dave@pve"})).0, 200);
+    let put = |v: Value| admin.request("PUT", "/access/password", Some(admin.token()), &v);
+    let (code, body) = put(json!({"userid": "dave@pve", "password": "short"}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("password")));
+    let (code, body) = put(json!({"userid": "root@pam", "password": "long enough pw"}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("userid")), "{body}");
+    assert_eq!(put(json!({"userid": "dave@pve", "password": "correct horse"})).0, 200);
+    // The hash is replicated, never the password.
+    let (_, users) = admin.get("/access/users");
+    assert!(!users.to_string().contains("correct horse"));
+
+    let login =
+        |pw: &str| admin.raw("POST", "/access/ticket", &[], &json!({"username": "dave@pve", "password": pw}));
+    let (code, body, _) = login("wrong password");
+    assert_eq!(code, 401, "{body}");
+    let (code, _, _) =
+        admin.raw("POST", "/access/ticket", &[], &json!({"username": "nobody@pve", "password": "x"}));
+    assert_eq!(code, 401);
+    let (code, t, cookie) = login("correct horse");
+    assert_eq!(code, 200, "{t}");
+    let ticket = t["ticket"].as_str().unwrap().to_string();
+    let csrf = t["CSRFPreventionToken"].as_str().unwrap().to_string();
+    assert!(ticket.starts_with("PVE:dave@pve:"), "{ticket}");
+    assert!(cookie.starts_with("PVEAuthCookie="), "{cookie}");
+    let cookie_hdr = format!("PVEAuthCookie={ticket}");
+    // GET with the cookie alone; a write needs the CSRF token as well.
+    let (code, perms, _) = admin.raw("GET", "/access/permissions", &[("Cookie", &cookie_hdr)], &json!({}));
+    assert_eq!(code, 200, "{perms}");
+    let (code, body, _) = admin.raw("POST", "/vms", &[("Cookie", &cookie_hdr)], &json!({}));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.to_string().contains("CSRF"), "{body}");
+    let with_csrf = [("Cookie", cookie_hdr.as_str()), ("CSRFPreventionToken", csrf.as_str())];
+    let (code, body, _) = admin.raw("POST", "/vms", &with_csrf, &json!({}));
+    assert_eq!(code, 403, "authenticated, but dave holds no privilege: {body}");
+    // Telmate's header form works too; a forged ticket does not.
+    let auth_hdr = format!("PVEAuthCookie={ticket}");
+    assert_eq!(admin.raw("GET", "/access/permissions", &[("Authorization", &auth_hdr)], &json!({})).0, 200);
+    let forged = format!("PVEAuthCookie={}0", &ticket[..ticket.len() - 1]);
+    assert_eq!(admin.raw("GET", "/access/permissions", &[("Cookie", &forged)], &json!({})).0, 401);
+    // Renewal: the ticket stands for the password.
+    let (code, renewed, _) = login(&ticket);
+    assert_eq!(code, 200, "{renewed}");
+
+    // Brute force: 20 wrong passwords in a row are throttled...
+    let codes: Vec<u16> = (0..20).map(|_| login("guess").0).collect();
+    assert!(codes.iter().filter(|c| **c == 429).count() >= 14, "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 401 || *c == 429), "{codes:?}");
+    // ...so is the right one while the window lasts, and it works once it passed.
+    assert_eq!(login("correct horse").0, 429);
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    assert_eq!(login("correct horse").0, 200);
+}

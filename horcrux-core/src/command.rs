@@ -48,6 +48,11 @@ pub enum Command {
         #[serde(default)]
         expire: u64,
     },
+    /// Set a `@pve` user's password, as an Argon2id hash computed by the API node.
+    SetPassword {
+        userid: String,
+        password_hash: String,
+    },
     /// Remove a user with its API tokens and ACL entries.
     DeleteUser {
         userid: String,

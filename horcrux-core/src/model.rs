@@ -202,6 +202,9 @@ pub struct User {
     pub groups: Vec<String>,
     pub expire: u64,
     pub revision: u64,
+    /// Argon2id PHC string of the password (`@pve` users); never the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
 }
 
 /// The cluster CA, replicated so whichever node leads can sign a joining node's

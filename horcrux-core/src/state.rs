@@ -141,8 +141,26 @@ impl ClusterState {
                     groups: groups.clone(),
                     expire: *expire,
                     revision: index,
+                    password_hash: None,
                 };
                 self.users.insert(userid.clone(), user);
+            }
+            Command::SetPassword { userid, password_hash } => {
+                if !password_hash.starts_with("$argon2id$") || password_hash.len() > 512 {
+                    return Err(ValidationError::new("password", "expected an Argon2id hash").into());
+                }
+                if !userid.ends_with("@pve") {
+                    return Err(ValidationError::new(
+                        "userid",
+                        "only @pve users have passwords here; @pam users authenticate against the host",
+                    )
+                    .into());
+                }
+                let Some(u) = self.users.get_mut(userid) else {
+                    return Err(ApplyError::NotFound { what: format!("user {userid}") });
+                };
+                u.password_hash = Some(password_hash.clone());
+                u.revision = index;
             }
             Command::DeleteUser { userid } => {
                 if userid == "root@pam" {

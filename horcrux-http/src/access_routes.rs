@@ -4,7 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use horcrux_core::access::{builtin_roles, effective_privileges, Subject, Ugid};
 use horcrux_core::Command;
@@ -23,6 +23,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/access/acl", get(list_acl).put(set_acl))
         .route("/access/roles", get(list_roles))
         .route("/access/permissions", get(permissions))
+        .route("/access/password", put(crate::login::set_password))
 }
 
 async fn list_users(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {

@@ -32,39 +32,87 @@ impl Caller {
     }
 }
 
+/// The ticket from `Cookie: PVEAuthCookie=...` or `Authorization: PVEAuthCookie=...`.
+fn ticket_of(req: &Request) -> Option<String> {
+    let h = req.headers();
+    let from_auth = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("PVEAuthCookie="))
+        .map(str::to_string);
+    let from_cookie = h.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+        c.split(';').map(str::trim).find_map(|kv| kv.strip_prefix("PVEAuthCookie=")).map(str::to_string)
+    });
+    from_auth.or(from_cookie).map(|t| t.replace("%3A", ":").replace("%3a", ":"))
+}
+
+/// Authenticates by API token (`Authorization: Bearer SECRET`) or by ticket (cookie
+/// `PVEAuthCookie`; non-GET requests then need the matching `CSRFPreventionToken` header).
 pub async fn require_token(
     State(st): State<ApiState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let unauthorized = || {
-        ApiError::new(StatusCode::UNAUTHORIZED, "authentication required: send Authorization: Bearer <token>")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication required: send Authorization: Bearer <token>, or log in at /access/ticket",
+        )
     };
-    let secret = req
+    let now = crate::login::now_s();
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .ok_or_else(unauthorized)?;
-    let presented = token_sha256(secret);
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let caller = st.runtime.cluster().read_local(|s| {
-        let mut found = None;
-        // Compare against every token so timing does not reveal which one matched.
-        for t in s.api_tokens.values() {
-            if ct_eq(t.secret_sha256.as_bytes(), presented.as_bytes()) {
-                found = Some(t.clone());
+        .map(str::to_string);
+    let caller = match (bearer, ticket_of(&req)) {
+        (Some(secret), _) => {
+            let presented = token_sha256(&secret);
+            st.runtime.cluster().read_local(|s| {
+                let mut found = None;
+                // Compare against every token so timing does not reveal which one matched.
+                for t in s.api_tokens.values() {
+                    if ct_eq(t.secret_sha256.as_bytes(), presented.as_bytes()) {
+                        found = Some(t.clone());
+                    }
+                }
+                let t = found?;
+                let expired = |e: u64| e != 0 && e <= now;
+                // A deleted or expired user's tokens stop working with it.
+                let user_ok =
+                    t.user() == "root@pam" || s.users.get(t.user()).is_some_and(|u| !expired(u.expire));
+                (user_ok && !expired(t.expire)).then(|| Caller { token_id: t.id.clone(), privsep: t.privsep })
+            })
+        }
+        (None, Some(ticket)) => {
+            let csrf =
+                req.headers().get("CSRFPreventionToken").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let needs_csrf = req.method() != axum::http::Method::GET;
+            let checked = st.runtime.cluster().read_local(|s| {
+                let user = crate::login::verify_ticket(s, &ticket, now)?;
+                let live = s.users.get(&user).is_some_and(|u| u.expire == 0 || u.expire > now);
+                if !live {
+                    return None;
+                }
+                let csrf_ok = csrf.as_deref().is_some_and(|c| crate::login::verify_csrf(s, c, &user, now));
+                Some((user, csrf_ok))
+            });
+            match checked {
+                Some((_, false)) if needs_csrf => {
+                    return Err(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "permission denied - invalid CSRF prevention token",
+                    ))
+                }
+                Some((user, _)) => Some(Caller { token_id: user, privsep: false }),
+                None => None,
             }
         }
-        let t = found?;
-        let expired = |e: u64| e != 0 && e <= now;
-        // A deleted or expired user's tokens stop working with it.
-        let user_ok = t.user() == "root@pam" || s.users.get(t.user()).is_some_and(|u| !expired(u.expire));
-        (user_ok && !expired(t.expire)).then(|| Caller { token_id: t.id.clone(), privsep: t.privsep })
-    });
+        (None, None) => None,
+    };
     let caller = caller.ok_or_else(unauthorized)?;
     req.extensions_mut().insert(caller);
     Ok(next.run(req).await)

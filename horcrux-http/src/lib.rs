@@ -7,6 +7,7 @@ pub mod authz;
 mod cluster_routes;
 mod error;
 mod forward;
+pub mod login;
 mod routes;
 mod serve;
 mod tls;

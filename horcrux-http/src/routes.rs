@@ -27,10 +27,11 @@ pub struct ApiState {
     pub runtime: NodeRuntime,
     /// Serialises guest creation so two requests never allocate the same disk.
     create_lock: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) throttle: crate::login::Throttle,
 }
 
 pub fn router(runtime: NodeRuntime) -> Router {
-    let st = ApiState { runtime, create_lock: Arc::default() };
+    let st = ApiState { runtime, create_lock: Arc::default(), throttle: Default::default() };
     let authed = Router::new()
         .route("/vms", get(list_vms).post(create_vm))
         .route("/vms/{vmid}", get(get_vm).delete(delete_vm))
@@ -52,7 +53,11 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route_layer(middleware::from_fn_with_state(st.clone(), crate::forward::forward_to_owner))
         .route_layer(middleware::from_fn_with_state(st.clone(), crate::authz::authorize))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_token));
-    let api = Router::new().route("/version", get(version)).merge(authed);
+    // The only public routes: the version and the login itself.
+    let api = Router::new()
+        .route("/version", get(version))
+        .route("/access/ticket", post(crate::login::ticket))
+        .merge(authed);
     let app = Router::new()
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::not_found("no such route") })

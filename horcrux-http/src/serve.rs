@@ -42,7 +42,8 @@ pub async fn serve(
                     return;
                 }
             };
-            let svc = TowerToHyperService::new(app);
+            // Handlers see the client's address (login throttling per source).
+            let svc = TowerToHyperService::new(app.layer(axum::Extension(crate::login::PeerAddr(peer))));
             if let Err(e) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await
             {
                 tracing::debug!(%peer, "connection: {e}");

@@ -228,6 +228,43 @@ impl Api {
         Self::done(r).unwrap()
     }
 
+    /// Any method with the given headers (no Authorization unless given); answers the
+    /// status, the JSON body and the `Set-Cookie` header.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> (u16, Value, String) {
+        let url = format!("{}/api/v1{path}", self.base);
+        let r = match method {
+            "GET" => {
+                let mut b = self.agent.get(&url);
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                b.call()
+            }
+            _ => {
+                let mut b = match method {
+                    "POST" => self.agent.post(&url),
+                    "PUT" => self.agent.put(&url),
+                    other => panic!("method {other}"),
+                };
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                b.send_json(body)
+            }
+        };
+        let mut r = r.unwrap();
+        let cookie =
+            r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_json().unwrap_or(Value::Null), cookie)
+    }
+
     pub fn token(&self) -> &str {
         &self.token
     }

@@ -1,0 +1,236 @@
+//! Password login with Proxmox-style tickets: `POST /api/v1/access/ticket` checks a `@pve`
+//! user's Argon2id password (or renews a valid ticket passed as the password) and answers
+//! a ticket, valid 2 h, plus the CSRF token that every non-GET request authenticated by the
+//! ticket cookie must carry. Tickets and CSRF tokens are HMAC-SHA256-signed with a key
+//! derived from the replicated cluster CA key, so every node accepts every node's tickets.
+//! Failed logins are throttled per user and per source address.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use horcrux_core::{ClusterState, Command};
+use ring::hmac;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::routes::{parse_body, ApiState};
+
+/// How long a ticket (and its CSRF token) is valid, as in Proxmox.
+pub const TICKET_LIFETIME_S: u64 = 2 * 3600;
+
+/// The client's address, set per connection by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn hash_password(password: &str) -> Result<String, ApiError> {
+    let mut salt = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+        .map_err(|_| ApiError::internal("no randomness"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::internal(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+fn key(state: &ClusterState) -> Option<hmac::Key> {
+    let ca = state.cluster_ca.as_ref()?;
+    let secret =
+        ring::digest::digest(&ring::digest::SHA256, format!("horcrux-ticket\n{}", ca.key_pem).as_bytes());
+    Some(hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sign(key: &hmac::Key, data: &str) -> String {
+    hex(hmac::sign(key, data.as_bytes()).as_ref())
+}
+
+pub fn make_ticket(state: &ClusterState, user: &str, at: u64) -> Option<String> {
+    let data = format!("PVE:{user}:{at:08X}");
+    Some(format!("{data}::{}", sign(&key(state)?, &data)))
+}
+
+pub fn make_csrf(state: &ClusterState, user: &str, at: u64) -> Option<String> {
+    Some(format!("{at:08X}:{}", sign(&key(state)?, &format!("csrf:{at:08X}:{user}"))))
+}
+
+fn fresh(at: u64, now: u64) -> bool {
+    at <= now + 300 && now.saturating_sub(at) <= TICKET_LIFETIME_S
+}
+
+/// The user a valid, unexpired ticket was issued to.
+pub fn verify_ticket(state: &ClusterState, ticket: &str, now: u64) -> Option<String> {
+    let (data, sig) = ticket.rsplit_once("::")?;
+    let mut parts = data.splitn(3, ':');
+    let (prefix, user, time) = (parts.next()?, parts.next()?, parts.next()?);
+    let at = u64::from_str_radix(time, 16).ok()?;
+    let want = sign(&key(state)?, data);
+    (prefix == "PVE" && ct_eq(want.as_bytes(), sig.as_bytes()) && fresh(at, now)).then(|| user.to_string())
+}
+
+pub fn verify_csrf(state: &ClusterState, token: &str, user: &str, now: u64) -> bool {
+    let Some((time, sig)) = token.split_once(':') else { return false };
+    let Ok(at) = u64::from_str_radix(time, 16) else { return false };
+    let Some(k) = key(state) else { return false };
+    ct_eq(sign(&k, &format!("csrf:{time}:{user}")).as_bytes(), sig.as_bytes()) && fresh(at, now)
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Failed logins per user and per source address within a sliding window.
+#[derive(Clone)]
+pub struct Throttle {
+    window: Duration,
+    failures: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
+}
+
+const MAX_PER_USER: usize = 5;
+const MAX_PER_ADDR: usize = 20;
+
+impl Throttle {
+    pub fn new() -> Self {
+        let secs = std::env::var("HORCRUX_LOGIN_WINDOW_S").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        Self { window: Duration::from_secs(secs), failures: Arc::default() }
+    }
+
+    /// `Some(wait)` while `key` has too many recent failures.
+    fn blocked(&self, key: &str, max: usize) -> Option<Duration> {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let q = f.get_mut(key)?;
+        while q.front().is_some_and(|t| t.elapsed() >= self.window) {
+            q.pop_front();
+        }
+        (q.len() >= max)
+            .then(|| self.window.saturating_sub(q.front().map(|t| t.elapsed()).unwrap_or_default()))
+    }
+
+    fn fail(&self, key: String) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .push_back(Instant::now());
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Deserialize)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+pub async fn ticket(
+    State(st): State<ApiState>,
+    peer: Option<Extension<PeerAddr>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let l: Login = parse_body(&body)?;
+    let user_key = format!("user:{}", l.username);
+    let addr_key = format!("addr:{}", peer.map(|p| p.0 .0.ip().to_string()).unwrap_or_default());
+    let throttle = &st.throttle;
+    if let Some(wait) =
+        throttle.blocked(&user_key, MAX_PER_USER).or_else(|| throttle.blocked(&addr_key, MAX_PER_ADDR))
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed logins; try again in {} s", wait.as_secs().max(1)),
+        ));
+    }
+    let now = now_s();
+    let cluster = st.runtime.cluster();
+    let state = cluster.read_local(|s| s.clone());
+    let ok = if l.password.starts_with("PVE:") {
+        // Renewal: a valid ticket of the same user stands for the password.
+        verify_ticket(&state, &l.password, now).is_some_and(|u| u == l.username)
+    } else {
+        let user = state.users.get(&l.username);
+        let hash = user.filter(|u| u.expire == 0 || u.expire > now).and_then(|u| u.password_hash.clone());
+        // Verify against a dummy hash when there is none, so timing does not reveal users.
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
+        let good = verify_password(&hash, &l.password);
+        good && hash != DUMMY_HASH
+    };
+    if !ok {
+        throttle.fail(user_key);
+        throttle.fail(addr_key);
+        tracing::warn!(user = %l.username, "login failed");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "authentication failure"));
+    }
+    let (Some(ticket), Some(csrf)) =
+        (make_ticket(&state, &l.username, now), make_csrf(&state, &l.username, now))
+    else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster has no key to sign tickets yet",
+        ));
+    };
+    let cookie =
+        format!("PVEAuthCookie={}; Path=/; Secure; HttpOnly; SameSite=Lax", ticket.replace(':', "%3A"));
+    let mut resp = Json(json!({
+        "username": l.username,
+        "ticket": ticket,
+        "CSRFPreventionToken": csrf,
+        "clustername": "horcrux",
+    }))
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
+/// Argon2id of a random string: what a login of a user without a password is checked
+/// against, so the answer takes as long as for a real user.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3NCOVHLtlZVw8tSEDYLsTYtDQDfrGmsnXeJyrBxjVjc";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPassword {
+    userid: String,
+    password: String,
+}
+
+/// `PUT /access/password`: sets a `@pve` user's password (stored as an Argon2id hash).
+pub async fn set_password(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let p: NewPassword = parse_body(&body)?;
+    if p.password.chars().count() < 8 || p.password.len() > 256 {
+        return Err(ApiError::bad_field("password", "8 to 256 characters"));
+    }
+    let hash = hash_password(&p.password)?;
+    st.runtime.cluster().propose(Command::SetPassword { userid: p.userid, password_hash: hash }).await?;
+    Ok(Json(json!({})))
+}
