@@ -168,3 +168,77 @@ fn password_login_tickets_csrf_renewal_and_throttling() {
     std::thread::sleep(std::time::Duration::from_millis(3200));
     assert_eq!(login("correct horse").0, 200);
 }
+
+#[test]
+fn second_factor_totp_and_recovery_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let admin = d.client();
+    assert_eq!(admin.post("/access/users", &json!({"userid": "erin@pve"})).0, 200);
+    let pw = json!({"userid": "erin@pve", "password": "a long password"});
+    assert_eq!(admin.request("PUT", "/access/password", Some(admin.token()), &pw).0, 200);
+    let (code, enrol) = admin.post("/access/tfa/erin@pve", &json!({}));
+    assert_eq!(code, 200, "{enrol}");
+    assert!(enrol["uri"].as_str().unwrap().starts_with("otpauth://totp/Horcrux:erin@pve?secret="), "{enrol}");
+    let secret = horcrux_core::totp::base32_decode(enrol["secret"].as_str().unwrap()).unwrap();
+    let recovery: Vec<String> =
+        enrol["recovery"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    assert_eq!(recovery.len(), 8);
+    let (_, users) = admin.get("/access/users");
+    assert!(!users.to_string().contains(enrol["secret"].as_str().unwrap()), "secret leaked: {users}");
+    assert_eq!(users[0]["tfa"], true);
+
+    let step1 = || {
+        let (code, t, _) = admin.raw(
+            "POST",
+            "/access/ticket",
+            &[],
+            &json!({"username": "erin@pve", "password": "a long password"}),
+        );
+        assert_eq!((code, t["NeedTFA"].as_i64()), (200, Some(1)), "{t}");
+        t["ticket"].as_str().unwrap().to_string()
+    };
+    let step2 = |challenge: &str, answer: &str| {
+        admin.raw(
+            "POST",
+            "/access/ticket",
+            &[],
+            &json!({"username": "erin@pve", "password": answer, "tfa-challenge": challenge}),
+        )
+    };
+    let partial = step1();
+    // The partial ticket is no ticket.
+    let cookie = format!("PVEAuthCookie={partial}");
+    assert_eq!(admin.raw("GET", "/access/permissions", &[("Cookie", &cookie)], &json!({})).0, 401);
+    assert_eq!(step2(&partial, "totp:000000").0, 401);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let code =
+        format!("{:06}", horcrux_core::totp::totp(&secret, now, 6, horcrux_core::totp::Algorithm::Sha1));
+    let (status, full, _) = step2(&partial, &format!("totp:{code}"));
+    assert_eq!(status, 200, "{full}");
+    assert!(full["ticket"].as_str().unwrap().starts_with("PVE:erin@pve:"), "{full}");
+    assert!(full["CSRFPreventionToken"].is_string());
+    // The same code does not work twice.
+    assert_eq!(step2(&step1(), &format!("totp:{code}")).0, 401);
+    // A recovery code works once.
+    assert_eq!(step2(&step1(), &format!("recovery:{}", recovery[3])).0, 200);
+    assert_eq!(step2(&step1(), &format!("recovery:{}", recovery[3])).0, 401);
+    // The one-step form with a wrong code fails; without the factor nothing is issued.
+    let (status, _, _) = admin.raw(
+        "POST",
+        "/access/ticket",
+        &[],
+        &json!({"username": "erin@pve", "password": "a long password", "otp": "123456"}),
+    );
+    assert_eq!(status, 401);
+    // Removing the factor brings back the one-step login.
+    assert_eq!(admin.delete("/access/tfa/erin@pve").0, 200);
+    let (status, t, _) = admin.raw(
+        "POST",
+        "/access/ticket",
+        &[],
+        &json!({"username": "erin@pve", "password": "a long password"}),
+    );
+    assert_eq!(status, 200);
+    assert!(t.get("NeedTFA").is_none(), "{t}");
+}

@@ -53,6 +53,18 @@ pub enum Command {
         userid: String,
         password_hash: String,
     },
+    /// Enrol (or with `None`, remove) a user's TOTP second factor.
+    SetTfa {
+        userid: String,
+        tfa: Option<crate::model::Tfa>,
+    },
+    /// A second factor was used at login: TOTP time step `step` (refused unless newer than
+    /// the last one), or recovery code number `recovery` (refused if already used).
+    UseTfa {
+        userid: String,
+        step: Option<u64>,
+        recovery: Option<usize>,
+    },
     /// Remove a user with its API tokens and ACL entries.
     DeleteUser {
         userid: String,

@@ -205,6 +205,19 @@ pub struct User {
     /// Argon2id PHC string of the password (`@pve` users); never the password itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// Second factor, when enrolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tfa: Option<Tfa>,
+}
+
+/// A TOTP second factor: the shared secret (base32, replicated like Proxmox's
+/// `priv/tfa.cfg`), the last time step accepted (no code is accepted twice), and the
+/// SHA-256 hashes of the recovery codes (`None` once used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tfa {
+    pub totp_secret: String,
+    pub last_step: u64,
+    pub recovery: Vec<Option<String>>,
 }
 
 /// The cluster CA, replicated so whichever node leads can sign a joining node's

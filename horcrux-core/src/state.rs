@@ -142,6 +142,7 @@ impl ClusterState {
                     expire: *expire,
                     revision: index,
                     password_hash: None,
+                    tfa: None,
                 };
                 self.users.insert(userid.clone(), user);
             }
@@ -161,6 +162,37 @@ impl ClusterState {
                 };
                 u.password_hash = Some(password_hash.clone());
                 u.revision = index;
+            }
+            Command::SetTfa { userid, tfa } => {
+                if let Some(t) = tfa {
+                    if crate::totp::base32_decode(&t.totp_secret).is_none_or(|b| b.len() < 16) {
+                        return Err(ValidationError::new("totp_secret", "base32, at least 128 bits").into());
+                    }
+                }
+                let Some(u) = self.users.get_mut(userid) else {
+                    return Err(ApplyError::NotFound { what: format!("user {userid}") });
+                };
+                u.tfa = tfa.clone();
+                u.revision = index;
+            }
+            Command::UseTfa { userid, step, recovery } => {
+                let Some(t) = self.users.get_mut(userid).and_then(|u| u.tfa.as_mut()) else {
+                    return Err(ApplyError::NotFound { what: format!("second factor of {userid}") });
+                };
+                if let Some(step) = step {
+                    if *step <= t.last_step {
+                        return Err(ApplyError::Conflict { message: "this code was already used".into() });
+                    }
+                    t.last_step = *step;
+                }
+                if let Some(i) = recovery {
+                    match t.recovery.get_mut(*i) {
+                        Some(slot @ Some(_)) => *slot = None,
+                        _ => {
+                            return Err(ApplyError::Conflict { message: "recovery code already used".into() })
+                        }
+                    }
+                }
             }
             Command::DeleteUser { userid } => {
                 if userid == "root@pam" {

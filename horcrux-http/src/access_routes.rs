@@ -24,11 +24,24 @@ pub fn routes() -> Router<ApiState> {
         .route("/access/roles", get(list_roles))
         .route("/access/permissions", get(permissions))
         .route("/access/password", put(crate::login::set_password))
+        .route("/access/tfa/{userid}", post(crate::login::enrol_tfa).delete(crate::login::remove_tfa))
 }
 
+/// Users without their secrets: no password hash, no TOTP secret.
 async fn list_users(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let users =
-        st.runtime.cluster().read_linearizable(|s| s.users.values().cloned().collect::<Vec<_>>()).await?;
+    let users = st
+        .runtime
+        .cluster()
+        .read_linearizable(|s| {
+            let view = |u: &horcrux_core::User| {
+                json!({
+                    "userid": u.userid, "comment": u.comment, "groups": u.groups, "expire": u.expire,
+                    "enable": 1, "tfa": u.tfa.is_some(),
+                })
+            };
+            s.users.values().map(view).collect::<Vec<_>>()
+        })
+        .await?;
     Ok(Json(json!(users)))
 }
 

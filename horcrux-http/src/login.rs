@@ -147,6 +147,36 @@ impl Default for Throttle {
 struct Login {
     username: String,
     password: String,
+    /// A TOTP code given with the password (Proxmox's older one-step form).
+    #[serde(default)]
+    otp: Option<String>,
+    /// The partial ticket of the first step; `password` then carries `totp:CODE` or
+    /// `recovery:CODE`.
+    #[serde(default, rename = "tfa-challenge")]
+    tfa_challenge: Option<String>,
+}
+
+/// Checks a second factor (`totp:CODE`, `recovery:CODE` or a bare code) and records its
+/// use through Raft, so no code works twice anywhere in the cluster.
+async fn second_factor(st: &ApiState, user: &horcrux_core::User, answer: &str, now: u64) -> bool {
+    let Some(tfa) = &user.tfa else { return false };
+    let (kind, code) = answer.split_once(':').unwrap_or(("totp", answer));
+    let (step, recovery) = match kind {
+        "totp" => {
+            let secret = horcrux_core::totp::base32_decode(&tfa.totp_secret).unwrap_or_default();
+            match horcrux_core::totp::verify(&secret, code.trim(), now) {
+                Some(step) if step > tfa.last_step => (Some(step), None),
+                _ => return false,
+            }
+        }
+        "recovery" => match horcrux_core::totp::match_recovery_code(&tfa.recovery, code) {
+            Some(i) => (None, Some(i)),
+            None => return false,
+        },
+        _ => return false,
+    };
+    let cmd = Command::UseTfa { userid: user.userid.clone(), step, recovery };
+    st.runtime.cluster().propose(cmd).await.is_ok()
 }
 
 pub async fn ticket(
@@ -169,16 +199,42 @@ pub async fn ticket(
     let now = now_s();
     let cluster = st.runtime.cluster();
     let state = cluster.read_local(|s| s.clone());
-    let ok = if l.password.starts_with("PVE:") {
+    let user = state.users.get(&l.username).filter(|u| u.expire == 0 || u.expire > now).cloned();
+    let ok = if let Some(challenge) = &l.tfa_challenge {
+        // Second step: the partial ticket proves the password; `password` is the factor.
+        let pending =
+            verify_ticket(&state, challenge, now).is_some_and(|u| u == format!("!tfa!{}", l.username));
+        match (&user, pending) {
+            (Some(u), true) => second_factor(&st, u, &l.password, now).await,
+            _ => false,
+        }
+    } else if l.password.starts_with("PVE:") {
         // Renewal: a valid ticket of the same user stands for the password.
         verify_ticket(&state, &l.password, now).is_some_and(|u| u == l.username)
     } else {
-        let user = state.users.get(&l.username);
-        let hash = user.filter(|u| u.expire == 0 || u.expire > now).and_then(|u| u.password_hash.clone());
+        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         // Verify against a dummy hash when there is none, so timing does not reveal users.
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
-        let good = verify_password(&hash, &l.password);
-        good && hash != DUMMY_HASH
+        let good = verify_password(&hash, &l.password) && hash != DUMMY_HASH;
+        match (good, &user) {
+            (true, Some(u)) if u.tfa.is_some() => match &l.otp {
+                Some(otp) => second_factor(&st, u, otp, now).await,
+                None => {
+                    // Password right, second factor pending: a partial ticket that only
+                    // the second step accepts.
+                    let partial = make_ticket(&state, &format!("!tfa!{}", l.username), now)
+                        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no ticket key yet"))?;
+                    return Ok(Json(json!({
+                        "username": l.username,
+                        "ticket": partial,
+                        "NeedTFA": 1,
+                        "clustername": "horcrux",
+                    }))
+                    .into_response());
+                }
+            },
+            (good, _) => good,
+        }
     };
     if !ok {
         throttle.fail(user_key);
@@ -232,5 +288,44 @@ pub async fn set_password(
     }
     let hash = hash_password(&p.password)?;
     st.runtime.cluster().propose(Command::SetPassword { userid: p.userid, password_hash: hash }).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /access/tfa/{userid}`: enrols a TOTP factor. Answers the secret, its
+/// `otpauth://` URI (for a QR code) and 8 recovery codes, once; only hashes of the codes
+/// are kept.
+pub async fn enrol_tfa(
+    State(st): State<ApiState>,
+    axum::extract::Path(userid): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut secret = [0u8; 20];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| ApiError::internal("no randomness"))?;
+    let codes: Vec<String> = (0..8)
+        .map(|_| {
+            let r = horcrux_core::ids::random_secret();
+            format!("{}-{}-{}", &r[0..4], &r[4..8], &r[8..12])
+        })
+        .collect();
+    let tfa = horcrux_core::Tfa {
+        totp_secret: horcrux_core::totp::base32_encode(&secret),
+        last_step: 0,
+        recovery: codes.iter().map(|c| Some(horcrux_core::totp::recovery_code_hash(c))).collect(),
+    };
+    let b32 = tfa.totp_secret.clone();
+    st.runtime.cluster().propose(Command::SetTfa { userid: userid.clone(), tfa: Some(tfa) }).await?;
+    Ok(Json(json!({
+        "secret": b32,
+        "uri": horcrux_core::totp::provisioning_uri("Horcrux", &userid, &secret),
+        "recovery": codes,
+    })))
+}
+
+/// `DELETE /access/tfa/{userid}`: removes the second factor.
+pub async fn remove_tfa(
+    State(st): State<ApiState>,
+    axum::extract::Path(userid): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    st.runtime.cluster().propose(Command::SetTfa { userid, tfa: None }).await?;
     Ok(Json(json!({})))
 }

@@ -201,8 +201,23 @@ impl Api {
         .unwrap()
     }
 
-    /// Any method; `token` `None` sends no Authorization header.
+    /// Any method; `token` `None` sends no Authorization header. A request that meets a
+    /// pooled connection the server already closed (after refusing a request without
+    /// reading its body) is sent once more.
     pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        match self.try_request(method, path, token, body) {
+            Ok(r) => r,
+            Err(_) => self.try_request(method, path, token, body).unwrap(),
+        }
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Result<(u16, Value), ureq::Error> {
         let url = format!("{}/api/v1{path}", self.base);
         let auth = token.map(|t| format!("Bearer {t}"));
         let r = match method {
@@ -225,7 +240,7 @@ impl Api {
                 b.send_json(body)
             }
         };
-        Self::done(r).unwrap()
+        Self::done(r)
     }
 
     /// Any method with the given headers (no Authorization unless given); answers the
