@@ -167,6 +167,22 @@ fn password_login_tickets_csrf_renewal_and_throttling() {
     assert_eq!(login("correct horse").0, 429);
     std::thread::sleep(std::time::Duration::from_millis(3200));
     assert_eq!(login("correct horse").0, 200);
+
+    // The audit log has the logins (both outcomes) and the mutating requests, with who.
+    let (code, log) = admin.get("/access/audit?limit=1000");
+    assert_eq!(code, 200, "{log}");
+    let entries = log.as_array().unwrap();
+    let has = |user: &str, action: &str, status: u64| {
+        entries.iter().any(|e| e["user"] == user && e["action"] == action && e["status"] == status)
+    };
+    assert!(has("dave@pve", "login", 401) && has("dave@pve", "login", 200), "{log}");
+    assert!(has("dave@pve", "login", 429), "{log}");
+    assert!(has("root@pam!admin", "POST /api/v1/access/users", 200), "{log}");
+    assert!(has("dave@pve", "POST /api/v1/vms", 403), "{log}");
+    assert!(entries.iter().all(|e| e["time"].as_u64().is_some()));
+    assert!(!log.to_string().contains("correct horse"), "no password in the audit log");
+    let (code, _, _) = admin.raw("GET", "/access/audit", &[("Cookie", &cookie_hdr)], &json!({}));
+    assert_eq!(code, 403, "reading the audit log is privileged");
 }
 
 #[test]

@@ -69,6 +69,11 @@ fn file_name(upid: &str) -> String {
 }
 
 impl TaskRegistry {
+    /// Where task logs are kept (`DATA_DIR/tasks`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Tasks found running in `dir` belonged to a daemon that died: they are closed with an
     /// error so clients polling them stop waiting.
     pub fn open(node: &str, dir: PathBuf) -> std::io::Result<Self> {

@@ -24,6 +24,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/access/roles", get(list_roles))
         .route("/access/permissions", get(permissions))
         .route("/access/password", put(crate::login::set_password))
+        .route("/access/audit", get(crate::audit::read))
         .route("/access/tfa/{userid}", post(crate::login::enrol_tfa).delete(crate::login::remove_tfa))
 }
 

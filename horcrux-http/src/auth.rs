@@ -68,7 +68,7 @@ pub async fn require_token(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    let caller = match (bearer, ticket_of(&req)) {
+    let caller: Option<Caller> = match (bearer, ticket_of(&req)) {
         (Some(secret), _) => {
             let presented = token_sha256(&secret);
             st.runtime.cluster().read_local(|s| {
@@ -113,9 +113,24 @@ pub async fn require_token(
         }
         (None, None) => None,
     };
-    let caller = caller.ok_or_else(unauthorized)?;
+    let mutating = req.method() != axum::http::Method::GET;
+    // Forwarded requests were recorded by the node that received them.
+    let forwarded = req.headers().contains_key("x-horcrux-forwarded");
+    let full = req.extensions().get::<axum::extract::OriginalUri>().map(|u| u.path().to_string());
+    let action = format!("{} {}", req.method(), full.as_deref().unwrap_or(req.uri().path()));
+    let Some(caller) = caller else {
+        if mutating && !forwarded {
+            st.audit.record("-", &action, 401, "not authenticated");
+        }
+        return Err(unauthorized());
+    };
+    let who = caller.token_id.clone();
     req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    let resp = next.run(req).await;
+    if mutating && !forwarded {
+        st.audit.record(&who, &action, resp.status().as_u16(), "");
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]

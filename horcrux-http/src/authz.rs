@@ -76,6 +76,7 @@ pub fn routes() -> Vec<RouteAccess> {
         r!(GET, "/access/roles", AnyUser),
         r!(GET, "/access/permissions", AnyUser),
         r!(PUT, "/access/password", Priv("User.Modify", "/access")),
+        r!(GET, "/access/audit", Priv("Sys.Audit", "/access")),
         r!(POST, "/access/tfa/{userid}", Priv("User.Modify", "/access")),
         r!(DELETE, "/access/tfa/{userid}", Priv("User.Modify", "/access")),
     ]

@@ -2,6 +2,7 @@
 //! listener with a self-signed certificate generated on first start (as Proxmox does).
 
 mod access_routes;
+mod audit;
 mod auth;
 pub mod authz;
 mod cluster_routes;

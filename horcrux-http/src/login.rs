@@ -191,6 +191,7 @@ pub async fn ticket(
     if let Some(wait) =
         throttle.blocked(&user_key, MAX_PER_USER).or_else(|| throttle.blocked(&addr_key, MAX_PER_ADDR))
     {
+        st.audit.record(&l.username, "login", 429, &addr_key);
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many failed logins; try again in {} s", wait.as_secs().max(1)),
@@ -238,10 +239,12 @@ pub async fn ticket(
     };
     if !ok {
         throttle.fail(user_key);
-        throttle.fail(addr_key);
+        throttle.fail(addr_key.clone());
         tracing::warn!(user = %l.username, "login failed");
+        st.audit.record(&l.username, "login", 401, &addr_key);
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "authentication failure"));
     }
+    st.audit.record(&l.username, "login", 200, &addr_key);
     let (Some(ticket), Some(csrf)) =
         (make_ticket(&state, &l.username, now), make_csrf(&state, &l.username, now))
     else {

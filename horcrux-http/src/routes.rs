@@ -28,10 +28,18 @@ pub struct ApiState {
     /// Serialises guest creation so two requests never allocate the same disk.
     create_lock: Arc<tokio::sync::Mutex<()>>,
     pub(crate) throttle: crate::login::Throttle,
+    pub(crate) audit: crate::audit::AuditLog,
 }
 
 pub fn router(runtime: NodeRuntime) -> Router {
-    let st = ApiState { runtime, create_lock: Arc::default(), throttle: Default::default() };
+    let audit_path =
+        runtime.tasks().dir().parent().map(|d| d.join("audit.log")).unwrap_or_else(|| "audit.log".into());
+    let st = ApiState {
+        runtime,
+        create_lock: Arc::default(),
+        throttle: Default::default(),
+        audit: crate::audit::AuditLog::new(audit_path),
+    };
     let authed = Router::new()
         .route("/vms", get(list_vms).post(create_vm))
         .route("/vms/{vmid}", get(get_vm).delete(delete_vm))

@@ -1,0 +1,67 @@
+//! The audit log: every login (success or failure) and every mutating request (who, what,
+//! when, result), one JSON line each in `DATA_DIR/audit.log` on the node that received it,
+//! readable by privileged users at `GET /api/v1/access/audit`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::routes::ApiState;
+
+#[derive(Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+    lock: Arc<Mutex<()>>,
+}
+
+impl AuditLog {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path, lock: Arc::default() }
+    }
+
+    /// Appends one record; a failure to write is logged, not fatal to the request.
+    pub fn record(&self, user: &str, action: &str, result: u16, detail: &str) {
+        let line = json!({
+            "time": crate::login::now_s(),
+            "user": user,
+            "action": action,
+            "status": result,
+            "detail": detail,
+        });
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            tracing::warn!("audit log {}: {e}", self.path.display());
+        }
+    }
+
+    /// The last `n` records, oldest first.
+    pub fn tail(&self, n: usize) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Tail {
+    limit: Option<usize>,
+}
+
+pub async fn read(State(st): State<ApiState>, Query(q): Query<Tail>) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_field("limit", "1 to 10000"));
+    }
+    Ok(Json(json!(st.audit.tail(limit))))
+}
