@@ -33,7 +33,7 @@ impl Caller {
 }
 
 /// The ticket from `Cookie: PVEAuthCookie=...` or `Authorization: PVEAuthCookie=...`.
-fn ticket_of(req: &Request) -> Option<String> {
+pub(crate) fn ticket_of(req: &Request) -> Option<String> {
     let h = req.headers();
     let from_auth = h
         .get(header::AUTHORIZATION)
@@ -68,6 +68,33 @@ pub async fn require_token(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
+    // Proxmox's token header: `PVEAPIToken=USER@REALM!TOKENID=SECRET` (or `:` before the
+    // secret, as some clients send).
+    let pve_token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("PVEAPIToken="))
+        .and_then(|v| {
+            let bang = v.find('!')?;
+            let sep = v[bang..].find(['=', ':']).map(|i| bang + i)?;
+            Some((v[..sep].to_string(), v[sep + 1..].trim().to_string()))
+        });
+    let bearer = match (&bearer, &pve_token) {
+        (None, Some((id, secret))) => {
+            // The id must name the token whose secret this is.
+            let matches = st.runtime.cluster().read_local(|s| {
+                s.api_tokens
+                    .get(id)
+                    .is_some_and(|t| ct_eq(t.secret_sha256.as_bytes(), token_sha256(secret).as_bytes()))
+            });
+            if !matches {
+                return Err(unauthorized());
+            }
+            Some(secret.clone())
+        }
+        _ => bearer,
+    };
     let caller: Option<Caller> = match (bearer, ticket_of(&req)) {
         (Some(secret), _) => {
             let presented = token_sha256(&secret);

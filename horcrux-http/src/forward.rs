@@ -46,7 +46,10 @@ pub async fn forward_to_owner(
     let Some(owner) = owner_of(&st, req.uri().path()) else {
         return next.run(req).await;
     };
-    let authorization = header_str(&req, header::AUTHORIZATION);
+    // A ticket in a cookie travels as the equivalent Authorization header.
+    let cookie_ticket = crate::auth::ticket_of(&req).map(|t| format!("PVEAuthCookie={t}"));
+    let authorization = header_str(&req, header::AUTHORIZATION).or(cookie_ticket);
+    let csrf = req.headers().get("CSRFPreventionToken").and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_type = header_str(&req, header::CONTENT_TYPE);
     let method = req.method().to_string();
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
@@ -56,7 +59,7 @@ pub async fn forward_to_owner(
     let Ok(body) = String::from_utf8(body.to_vec()) else {
         return ApiError::bad_field("body", "not UTF-8").into_response();
     };
-    let call = ApiCall { method, uri: original.to_string(), authorization, content_type, body };
+    let call = ApiCall { method, uri: original.to_string(), authorization, content_type, body, csrf };
     match st.runtime.cluster().forward_api(&owner, call).await {
         Ok(reply) => reply_response(reply),
         Err(e) => ApiError::from(e).into_response(),
@@ -85,6 +88,9 @@ pub async fn serve_forwarded(app: Router, call: ApiCall) -> ApiReply {
     }
     if let Some(c) = &call.content_type {
         builder = builder.header(header::CONTENT_TYPE, c);
+    }
+    if let Some(c) = &call.csrf {
+        builder = builder.header("CSRFPreventionToken", c);
     }
     let Ok(req) = builder.body(Body::from(call.body)) else {
         return ApiReply {

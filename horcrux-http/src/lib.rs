@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 pub mod authz;
 mod cluster_routes;
+mod compat;
 mod error;
 mod forward;
 pub mod login;

@@ -29,6 +29,8 @@ pub struct ApiState {
     create_lock: Arc<tokio::sync::Mutex<()>>,
     pub(crate) throttle: crate::login::Throttle,
     pub(crate) audit: crate::audit::AuditLog,
+    /// The native router, for the `/api2/json` layer to call.
+    pub(crate) native: crate::compat::NativeApp,
 }
 
 pub fn router(runtime: NodeRuntime) -> Router {
@@ -39,6 +41,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         create_lock: Arc::default(),
         throttle: Default::default(),
         audit: crate::audit::AuditLog::new(audit_path),
+        native: Default::default(),
     };
     let authed = Router::new()
         .route("/vms", get(list_vms).post(create_vm))
@@ -68,8 +71,10 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .merge(authed);
     let app = Router::new()
         .nest("/api/v1", api)
+        .nest("/api2/json", crate::compat::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(st.clone());
+    let _ = st.native.set(app.clone());
     let served = app.clone();
     st.runtime.cluster().set_api_handler(Arc::new(move |call| {
         let app = served.clone();

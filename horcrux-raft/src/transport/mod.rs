@@ -53,6 +53,9 @@ pub struct ApiCall {
     pub authorization: Option<String>,
     pub content_type: Option<String>,
     pub body: String,
+    /// The `CSRFPreventionToken` header of a ticket-authenticated write.
+    #[serde(default)]
+    pub csrf: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,0 +1,319 @@
+//! `/api2/json`: Proxmox VE's wire format over the native API. Each route translates the
+//! request (form-encoded or JSON, Proxmox's parameter names) into a call of the native
+//! route, which authenticates, checks the privilege, forwards to the owning node and
+//! acts, and translates the answer into `{"data": ...}` (errors into `{"errors": ...}`).
+//! No logic is forked: what this layer adds is names and shapes.
+
+// Handlers bail out with a ready Proxmox-shaped response; its size does not matter here.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::routes::ApiState;
+
+/// The native router, set once it is built (compat calls go through it).
+pub type NativeApp = Arc<OnceLock<Router>>;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/version", get(version))
+        .route("/access/ticket", post(ticket))
+        .route("/nodes", get(nodes))
+        .route("/cluster/nextid", get(nextid))
+        .route("/nodes/{node}/qemu", get(list_qemu).post(create_qemu))
+        .route("/nodes/{node}/qemu/{vmid}", axum::routing::delete(delete_qemu))
+        .route("/nodes/{node}/qemu/{vmid}/status/current", get(status_current))
+        .route("/nodes/{node}/qemu/{vmid}/status/{action}", post(power))
+        .route("/nodes/{node}/tasks/{upid}/status", get(task_status))
+        .route("/nodes/{node}/tasks/{upid}/log", get(task_log))
+}
+
+/// Parameters from a form-encoded or JSON body (numbers and booleans as strings, as
+/// Proxmox clients send them).
+fn params(headers: &HeaderMap, body: &Bytes) -> Result<BTreeMap<String, String>, Response> {
+    let json =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.contains("json"));
+    if body.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if json {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "body", &e.to_string()))?;
+        let obj =
+            v.as_object().ok_or_else(|| error(StatusCode::BAD_REQUEST, "body", "expected an object"))?;
+        Ok(obj
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect())
+    } else {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+            .map(|v| v.into_iter().collect())
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "body", &e.to_string()))
+    }
+}
+
+/// Proxmox's error shape: `{"data": null, "errors": {"param": "message"}}`, the message
+/// also in `message`.
+fn error(status: StatusCode, field: &str, message: &str) -> Response {
+    (status, Json(json!({ "data": null, "errors": { field: message }, "message": message }))).into_response()
+}
+
+fn ok(data: Value) -> Response {
+    Json(json!({ "data": data })).into_response()
+}
+
+/// Calls the native route `method path` with the caller's credentials.
+async fn native(
+    st: &ApiState,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, HeaderMap) {
+    let Some(app) = st.native.get().cloned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "starting"}), HeaderMap::new());
+    };
+    let mut b = Request::builder().method(method).uri(format!("/api/v1{path}"));
+    for h in [header::AUTHORIZATION, header::COOKIE] {
+        if let Some(v) = headers.get(&h) {
+            b = b.header(h, v);
+        }
+    }
+    if let Some(v) = headers.get("CSRFPreventionToken") {
+        b = b.header("CSRFPreventionToken", v);
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let Ok(req) = b.body(body) else {
+        return (StatusCode::BAD_REQUEST, json!({"error": "bad request"}), HeaderMap::new());
+    };
+    let resp = match app.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, value, parts.headers)
+}
+
+/// A native answer in Proxmox's shape, `shape` applied to successful data.
+fn answer(status: StatusCode, v: Value, shape: impl FnOnce(Value) -> Value) -> Response {
+    if status.is_success() {
+        return ok(shape(v));
+    }
+    let message = v["error"].as_str().unwrap_or("error").to_string();
+    let field = v["field"].as_str().unwrap_or("request").to_string();
+    error(status, &field, &message)
+}
+
+async fn version() -> Response {
+    ok(
+        json!({ "version": "8.3.0", "release": "8.3", "repoid": "horcrux", "horcrux": env!("CARGO_PKG_VERSION") }),
+    )
+}
+
+async fn ticket(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut login = json!({
+        "username": p.get("username").cloned().unwrap_or_default(),
+        "password": p.get("password").cloned().unwrap_or_default(),
+    });
+    if let Some(o) = p.get("otp") {
+        login["otp"] = json!(o);
+    }
+    if let Some(c) = p.get("tfa-challenge") {
+        login["tfa-challenge"] = json!(c);
+    }
+    let (status, v, h) = native(&st, &HeaderMap::new(), Method::POST, "/access/ticket", Some(login)).await;
+    let mut resp = answer(status, v, |v| v);
+    if let Some(c) = h.get(header::SET_COOKIE) {
+        resp.headers_mut().insert(header::SET_COOKIE, c.clone());
+    }
+    resp
+}
+
+async fn nodes(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/nodes", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|n| {
+                        let name = n["name"].as_str().unwrap_or_default();
+                        json!({ "node": name, "status": "online", "type": "node", "id": format!("node/{name}") })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!(list)
+    })
+}
+
+async fn nextid(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/cluster/nextid", None).await;
+    // Proxmox answers the id as a string.
+    answer(status, v, |v| json!(v["vmid"].as_u64().or(v.as_u64()).map(|n| n.to_string())))
+}
+
+fn qemu_entry(v: &Value) -> Value {
+    json!({
+        "vmid": v["vmid"],
+        "name": v["name"],
+        "status": v["status"],
+        "qmpstatus": v["qmpstatus"],
+        "maxmem": v["memory_mib"].as_u64().unwrap_or(0) * 1024 * 1024,
+        "cpus": v["cores"],
+        "node": v["node"],
+    })
+}
+
+async fn list_qemu(State(st): State<ApiState>, headers: HeaderMap, Path(node): Path<String>) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/vms", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .map(|a| a.iter().filter(|g| g["node"] == node.as_str()).map(qemu_entry).collect())
+            .unwrap_or_default();
+        json!(list)
+    })
+}
+
+/// Disk keys Proxmox accepts on create, with `STORAGE:SIZE_GB[,opts]` allocating a disk.
+const DISK_KEYS: &[&str] = &["virtio", "scsi", "sata", "ide"];
+
+async fn create_qemu(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let num = |k: &str, default: u64| -> Result<u64, Response> {
+        match p.get(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| error(StatusCode::BAD_REQUEST, k, "expected an integer")),
+        }
+    };
+    let vmid = match num("vmid", 0) {
+        Ok(0) => return error(StatusCode::BAD_REQUEST, "vmid", "property is missing and it is not optional"),
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let (memory, cores) = match (num("memory", 512), num("cores", 1)) {
+        (Ok(m), Ok(c)) => (m, c),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let mut disks = Vec::new();
+    for (k, v) in &p {
+        if DISK_KEYS.iter().any(|d| k.starts_with(d) && k[d.len()..].parse::<u32>().is_ok()) {
+            let spec = v.split(',').next().unwrap_or_default();
+            let Some((storage, size)) = spec.split_once(':') else {
+                return error(StatusCode::BAD_REQUEST, k, "expected STORAGE:SIZE_GB");
+            };
+            let Ok(gb) = size.parse::<u64>() else {
+                return error(StatusCode::BAD_REQUEST, k, "only new disks (STORAGE:SIZE_GB) are supported");
+            };
+            disks.push(json!({ "storage": storage, "size_mib": gb * 1024 }));
+        }
+    }
+    let name = p.get("name").cloned().unwrap_or_else(|| format!("vm{vmid}"));
+    let req = json!({ "vmid": vmid, "name": name, "memory_mib": memory, "cores": cores, "disks": disks });
+    if node != st.runtime.cluster().node_name() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "node",
+            &format!("address node {node}'s own API to create guests there"),
+        );
+    }
+    let (status, v, _) = native(&st, &headers, Method::POST, "/vms", Some(req)).await;
+    answer(status, v, |v| v["upid"].clone())
+}
+
+async fn delete_qemu(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::DELETE, &format!("/vms/{vmid}"), None).await;
+    answer(status, v, |v| v["upid"].clone())
+}
+
+async fn status_current(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
+    answer(status, v, |v| qemu_entry(&v))
+}
+
+async fn power(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let req = match action.as_str() {
+        "start" | "stop" => json!({}),
+        "shutdown" => match p.get("timeout").map(|t| t.parse::<u32>()) {
+            None => json!({}),
+            Some(Ok(t)) => json!({ "timeout_s": t }),
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "timeout", "expected an integer"),
+        },
+        other => {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                "action",
+                &format!("status/{other} is not supported yet"),
+            )
+        }
+    };
+    let (status, v, _) =
+        native(&st, &headers, Method::POST, &format!("/vms/{vmid}/{action}"), Some(req)).await;
+    answer(status, v, |v| v["upid"].clone())
+}
+
+async fn task_status(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, upid)): Path<(String, String)>,
+) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/tasks/{upid}"), None).await;
+    answer(status, v, |v| v)
+}
+
+async fn task_log(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, upid)): Path<(String, String)>,
+) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/tasks/{upid}/log"), None).await;
+    answer(status, v, |v| v)
+}
