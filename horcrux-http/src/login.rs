@@ -22,6 +22,7 @@ use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::auth::ct_eq;
 use crate::error::ApiError;
 use crate::routes::{parse_body, ApiState};
 
@@ -94,10 +95,6 @@ pub fn verify_csrf(state: &ClusterState, token: &str, user: &str, now: u64) -> b
     let Ok(at) = u64::from_str_radix(time, 16) else { return false };
     let Some(k) = key(state) else { return false };
     ct_eq(sign(&k, &format!("csrf:{time}:{user}")).as_bytes(), sig.as_bytes()) && fresh(at, now)
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Failed logins per user and per source address within a sliding window.
