@@ -36,6 +36,253 @@ pub fn routes() -> Router<ApiState> {
         .route("/nodes/{node}/qemu/{vmid}/status/{action}", post(power))
         .route("/nodes/{node}/tasks/{upid}/status", get(task_status))
         .route("/nodes/{node}/tasks/{upid}/log", get(task_log))
+        .route("/nodes/{node}/tasks", get(list_tasks))
+        .route("/nodes/{node}/status", get(node_status))
+        .route("/nodes/{node}/storage", get(node_storage))
+        .route("/cluster/status", get(cluster_status))
+        .route("/cluster/resources", get(cluster_resources))
+        .route("/access/users", get(access_users).post(access_create_user))
+        .route("/access/users/{userid}/token/{tokenid}", post(access_token))
+        .route("/access/acl", get(access_acl).put(access_set_acl))
+        .route("/access/roles", get(access_roles))
+        .route("/access/permissions", get(access_permissions))
+}
+
+fn query(uri: &axum::http::Uri) -> BTreeMap<String, String> {
+    uri.query()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
+}
+
+async fn list_tasks(State(st): State<ApiState>, headers: HeaderMap, Path(node): Path<String>) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/tasks", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .map(|a| a.iter().filter(|t| t["node"] == node.as_str()).cloned().collect())
+            .unwrap_or_default();
+        json!(list)
+    })
+}
+
+async fn node_status(State(st): State<ApiState>, headers: HeaderMap, Path(node): Path<String>) -> Response {
+    // Needs Sys.Audit like Proxmox: the cluster status route checks it.
+    let (status, v, _) = native(&st, &headers, Method::GET, "/cluster/status", None).await;
+    answer(status, v, |v| {
+        let me = v["nodes"].as_array().and_then(|a| a.iter().find(|n| n["name"] == node.as_str()).cloned());
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        json!({
+            "node": node,
+            "status": if me.as_ref().is_some_and(|m| m["online"] == true) { "online" } else { "offline" },
+            "cpuinfo": { "cpus": cpus },
+            "pveversion": "horcrux/8.3.0",
+        })
+    })
+}
+
+async fn node_storage(State(st): State<ApiState>, headers: HeaderMap, Path(_node): Path<String>) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/storage", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| json!({ "storage": p["id"], "type": p["type"], "content": "images", "active": 1, "enabled": 1 }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!(list)
+    })
+}
+
+async fn cluster_status(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/cluster/status", None).await;
+    answer(status, v, |v| {
+        let mut out = vec![json!({
+            "type": "cluster", "id": "cluster", "name": "horcrux",
+            "quorate": u8::from(v["quorate"] == true), "nodes": v["nodes"].as_array().map(|a| a.len()).unwrap_or(0),
+            "version": v["term"],
+        })];
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            out.push(json!({
+                "type": "node", "id": format!("node/{}", n["name"].as_str().unwrap_or_default()),
+                "name": n["name"], "nodeid": n["id"], "online": u8::from(n["online"] == true),
+                "local": u8::from(n["local"] == true), "ip": n["address"],
+            }));
+        }
+        json!(out)
+    })
+}
+
+async fn cluster_resources(State(st): State<ApiState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let q = query(&uri);
+    let want = q.get("type").cloned();
+    if want.as_deref().is_some_and(|t| !matches!(t, "vm" | "node" | "storage" | "sdn")) {
+        return error(StatusCode::BAD_REQUEST, "type", "value must be one of vm, storage, node, sdn");
+    }
+    let mut out = Vec::new();
+    if want.is_none() || want.as_deref() == Some("vm") {
+        let (status, v, _) = native(&st, &headers, Method::GET, "/vms", None).await;
+        if !status.is_success() {
+            return answer(status, v, |v| v);
+        }
+        for g in v.as_array().into_iter().flatten() {
+            let mut e = qemu_entry(g);
+            e["type"] = json!("qemu");
+            e["id"] = json!(format!("qemu/{}", g["vmid"]));
+            out.push(e);
+        }
+    }
+    if want.is_none() || want.as_deref() == Some("node") {
+        let (status, v, _) = native(&st, &headers, Method::GET, "/nodes", None).await;
+        if !status.is_success() {
+            return answer(status, v, |v| v);
+        }
+        for n in v.as_array().into_iter().flatten() {
+            let name = n["name"].as_str().unwrap_or_default();
+            out.push(
+                json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": "online" }),
+            );
+        }
+    }
+    if want.is_none() || want.as_deref() == Some("storage") {
+        let (status, v, _) = native(&st, &headers, Method::GET, "/storage", None).await;
+        if status.is_success() {
+            for p in v.as_array().into_iter().flatten() {
+                let id = p["id"].as_str().unwrap_or_default();
+                out.push(json!({ "type": "storage", "id": format!("storage/{id}"), "storage": id, "status": "available" }));
+            }
+        } else if want.is_some() {
+            return answer(status, v, |v| v);
+        }
+    }
+    ok(json!(out))
+}
+
+async fn access_users(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/access/users", None).await;
+    answer(status, v, |v| v)
+}
+
+async fn access_create_user(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(userid) = p.get("userid").cloned() else {
+        return error(StatusCode::BAD_REQUEST, "userid", "property is missing and it is not optional");
+    };
+    let groups: Vec<&str> =
+        p.get("groups").map(|g| g.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
+    let req = json!({ "userid": userid, "comment": p.get("comment").cloned().unwrap_or_default(), "groups": groups, "expire": expire });
+    let (status, v, _) = native(&st, &headers, Method::POST, "/access/users", Some(req)).await;
+    if !status.is_success() {
+        return answer(status, v, |v| v);
+    }
+    if let Some(pw) = p.get("password") {
+        let req = json!({ "userid": userid, "password": pw });
+        let (status, v, _) = native(&st, &headers, Method::PUT, "/access/password", Some(req)).await;
+        return answer(status, v, |_| Value::Null);
+    }
+    ok(Value::Null)
+}
+
+async fn access_token(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((userid, tokenid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let privsep = p.get("privsep").map(|v| v != "0").unwrap_or(true);
+    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
+    let path = format!("/access/users/{userid}/token/{tokenid}");
+    let (status, v, _) =
+        native(&st, &headers, Method::POST, &path, Some(json!({ "privsep": privsep, "expire": expire })))
+            .await;
+    answer(status, v, |v| v)
+}
+
+async fn access_acl(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/access/acl", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| json!({ "path": e["path"], "roleid": e["role"], "type": e["ugid"]["type"], "ugid": e["ugid"]["id"], "propagate": u8::from(e["propagate"] == true) }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!(list)
+    })
+}
+
+/// Proxmox's form: `path`, `roles` (list), `users`/`groups`/`tokens` (lists), `propagate`,
+/// `delete`; each (role, subject) pair becomes one native change.
+async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let list = |k: &str| -> Vec<String> {
+        p.get(k)
+            .map(|v| v.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let Some(path) = p.get("path").cloned() else {
+        return error(StatusCode::BAD_REQUEST, "path", "property is missing and it is not optional");
+    };
+    let roles = list("roles");
+    if roles.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "roles", "property is missing and it is not optional");
+    }
+    let propagate = p.get("propagate").map(|v| v != "0").unwrap_or(true);
+    let delete = p.get("delete").is_some_and(|v| v != "0");
+    let mut subjects = Vec::new();
+    for (key, kind) in [("users", "user"), ("groups", "group"), ("tokens", "token")] {
+        subjects.extend(list(key).into_iter().map(|s| (kind, s)));
+    }
+    if subjects.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "users", "give users, groups or tokens");
+    }
+    for role in &roles {
+        for (kind, who) in &subjects {
+            let req = json!({ "path": path, "role": role, kind.to_string(): who, "propagate": propagate, "delete": delete });
+            let (status, v, _) = native(&st, &headers, Method::PUT, "/access/acl", Some(req)).await;
+            if !status.is_success() {
+                return answer(status, v, |v| v);
+            }
+        }
+    }
+    ok(Value::Null)
+}
+
+async fn access_roles(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/access/roles", None).await;
+    answer(status, v, |v| v)
+}
+
+async fn access_permissions(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    let path = match q.get("path") {
+        Some(p) => format!(
+            "/access/permissions?path={}",
+            serde_urlencoded::to_string([("p", p)]).unwrap_or_default().trim_start_matches("p=")
+        ),
+        None => "/access/permissions".to_string(),
+    };
+    let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+    answer(status, v, |v| v)
 }
 
 /// Parameters from a form-encoded or JSON body (numbers and booleans as strings, as

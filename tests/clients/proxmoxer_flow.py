@@ -50,6 +50,36 @@ upid = api.nodes(node).qemu(vmid).delete()
 wait(api, node, upid, "delete")
 assert not any(g["vmid"] == vmid for g in api.nodes(node).qemu.get()), "deleted VM gone"
 
+# Cluster and node views.
+cs = api.cluster.status.get()
+assert cs[0]["type"] == "cluster" and cs[0]["quorate"] == 1, cs
+assert any(e["type"] == "node" and e["name"] == node and e["online"] == 1 for e in cs), cs
+assert api.nodes(node).status.get()["status"] == "online"
+res = api.cluster.resources.get(type="node")
+assert [r["node"] for r in res] == [node], res
+assert all(r["type"] == "qemu" for r in api.cluster.resources.get(type="vm"))
+assert any(s["storage"] == "local" for s in api.nodes(node).storage.get())
+tasks = api.nodes(node).tasks.get()
+assert any(t["type"] == "qmstart" and t["status"] == "stopped" for t in tasks), tasks
+
+# Access control through the Proxmox paths.
+roles = {r["roleid"] for r in api.access.roles.get()}
+assert {"Administrator", "PVEVMUser", "PVEAuditor", "NoAccess"} <= roles, roles
+api.access.users.post(userid="frank@pve", password="frank's password", comment="via proxmoxer")
+assert any(u["userid"] == "frank@pve" for u in api.access.users.get())
+api.access.acl.put(path="/vms", roles="PVEAuditor", users="frank@pve")
+assert any(e["ugid"] == "frank@pve" and e["roleid"] == "PVEAuditor" for e in api.access.acl.get())
+tok = api.access.users("frank@pve").token("ro").post(privsep=0)
+assert tok["full-tokenid"] == "frank@pve!ro" and tok["value"], tok
+fapi = ProxmoxAPI(host, port=int(port), user="frank@pve", token_name="ro", token_value=tok["value"], verify_ssl=False)
+perms = fapi.access.permissions.get(path="/vms/100")
+assert perms["/vms/100"].get("VM.Audit") == 1 and "VM.Allocate" not in perms["/vms/100"], perms
+try:
+    fapi.nodes(node).qemu.create(vmid=999, name="nope", memory=128)
+    raise AssertionError("an auditor created a VM")
+except Exception as e:
+    assert "403" in str(e), e
+
 # Password login (ticket + CSRF), as a user with the Administrator role.
 papi = ProxmoxAPI(host, port=int(port), user=user, password=password, verify_ssl=False)
 assert papi.nodes.get()[0]["node"] == node
