@@ -153,7 +153,8 @@ fn password_login_tickets_csrf_renewal_and_throttling() {
     // Telmate's header form works too; a forged ticket does not.
     let auth_hdr = format!("PVEAuthCookie={ticket}");
     assert_eq!(admin.raw("GET", "/access/permissions", &[("Authorization", &auth_hdr)], &json!({})).0, 200);
-    let forged = format!("PVEAuthCookie={}0", &ticket[..ticket.len() - 1]);
+    let last = if ticket.ends_with('0') { '1' } else { '0' };
+    let forged = format!("PVEAuthCookie={}{last}", &ticket[..ticket.len() - 1]);
     assert_eq!(admin.raw("GET", "/access/permissions", &[("Cookie", &forged)], &json!({})).0, 401);
     // Renewal: the ticket stands for the password.
     let (code, renewed, _) = login(&ticket);
@@ -257,4 +258,51 @@ fn second_factor_totp_and_recovery_codes() {
     );
     assert_eq!(status, 200);
     assert!(t.get("NeedTFA").is_none(), "{t}");
+}
+
+/// The `pam` realm checks passwords with the host's real PAM stack (pam_unix here): a
+/// Unix user created by the test logs in with its password, and not with another.
+#[test]
+fn pam_users_log_in_with_their_unix_password() {
+    let name = format!("hxpam{}", std::process::id() % 100_000);
+    let run = |cmd: &str, args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut c = std::process::Command::new(cmd)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        if let Some(s) = stdin {
+            c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        assert!(c.wait().unwrap().success(), "{cmd} {args:?}");
+    };
+    run("useradd", &["--no-create-home", "--shell", "/usr/sbin/nologin", &name], None);
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("userdel").arg(&self.0).status();
+        }
+    }
+    let _cleanup = Cleanup(name.clone());
+    run("chpasswd", &[], Some(&format!("{name}:unix pass word\n")));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let admin = d.client();
+    let userid = format!("{name}@pam");
+    let login = |user: &str, pw: &str| {
+        admin.raw("POST", "/access/ticket", &[], &json!({"username": user, "password": pw})).0
+    };
+    // Not yet a Horcrux user: refused even with the right password.
+    assert_eq!(login(&userid, "unix pass word"), 401);
+    assert_eq!(admin.post("/access/users", &json!({"userid": userid})).0, 200);
+    assert_eq!(login(&userid, "wrong"), 401);
+    let (code, t, _) =
+        admin.raw("POST", "/access/ticket", &[], &json!({"username": userid, "password": "unix pass word"}));
+    assert_eq!(code, 200, "{t}");
+    assert!(t["ticket"].as_str().unwrap().starts_with(&format!("PVE:{userid}:")));
+    // A password cannot be set here for a pam user.
+    let pw = json!({"userid": userid, "password": "something else"});
+    assert_eq!(admin.request("PUT", "/access/password", Some(admin.token()), &pw).0, 400);
 }

@@ -10,6 +10,7 @@ mod compat;
 mod error;
 mod forward;
 pub mod login;
+mod pam;
 mod routes;
 mod serve;
 mod tls;

@@ -209,6 +209,28 @@ pub async fn ticket(
     } else if l.password.starts_with("PVE:") {
         // Renewal: a valid ticket of the same user stands for the password.
         verify_ticket(&state, &l.password, now).is_some_and(|u| u == l.username)
+    } else if let Some(name) = l.username.strip_suffix("@pam") {
+        // The host's PAM checks `@pam` users; root@pam exists implicitly, others must have
+        // been added to Horcrux.
+        let known = l.username == "root@pam" || user.is_some();
+        let (name, pw) = (name.to_string(), l.password.clone());
+        let good = tokio::task::spawn_blocking(move || crate::pam::authenticate("horcrux", &name, &pw))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let good = match good {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("PAM: {e}");
+                false
+            }
+        };
+        if known && good && user.as_ref().is_some_and(|u| u.tfa.is_some()) && l.otp.is_none() {
+            return pending_tfa(&state, &l.username, now);
+        }
+        match (known && good, &user, &l.otp) {
+            (true, Some(u), Some(otp)) if u.tfa.is_some() => second_factor(&st, u, otp, now).await,
+            (ok, _, _) => ok,
+        }
     } else {
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         // Verify against a dummy hash when there is none, so timing does not reveal users.
@@ -217,19 +239,7 @@ pub async fn ticket(
         match (good, &user) {
             (true, Some(u)) if u.tfa.is_some() => match &l.otp {
                 Some(otp) => second_factor(&st, u, otp, now).await,
-                None => {
-                    // Password right, second factor pending: a partial ticket that only
-                    // the second step accepts.
-                    let partial = make_ticket(&state, &format!("!tfa!{}", l.username), now)
-                        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no ticket key yet"))?;
-                    return Ok(Json(json!({
-                        "username": l.username,
-                        "ticket": partial,
-                        "NeedTFA": 1,
-                        "clustername": "horcrux",
-                    }))
-                    .into_response());
-                }
+                None => return pending_tfa(&state, &l.username, now),
             },
             (good, _) => good,
         }
@@ -263,6 +273,15 @@ pub async fn ticket(
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(resp)
+}
+
+/// Password right, second factor pending: a partial ticket that only the second step
+/// accepts.
+fn pending_tfa(state: &ClusterState, username: &str, now: u64) -> Result<Response, ApiError> {
+    let partial = make_ticket(state, &format!("!tfa!{username}"), now)
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no ticket key yet"))?;
+    Ok(Json(json!({ "username": username, "ticket": partial, "NeedTFA": 1, "clustername": "horcrux" }))
+        .into_response())
 }
 
 /// Argon2id of a random string: what a login of a user without a password is checked
