@@ -33,6 +33,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/nodes/{node}/qemu", get(list_qemu).post(create_qemu))
         .route("/nodes/{node}/qemu/{vmid}", axum::routing::delete(delete_qemu))
         .route("/nodes/{node}/qemu/{vmid}/status/current", get(status_current))
+        .route("/nodes/{node}/qemu/{vmid}/config", get(qemu_config))
         .route("/nodes/{node}/qemu/{vmid}/status/{action}", post(power))
         .route("/nodes/{node}/tasks/{upid}/status", get(task_status))
         .route("/nodes/{node}/tasks/{upid}/log", get(task_log))
@@ -506,6 +507,34 @@ async fn delete_qemu(
 ) -> Response {
     let (status, v, _) = native(&st, &headers, Method::DELETE, &format!("/vms/{vmid}"), None).await;
     answer(status, v, |v| v["upid"].clone())
+}
+
+/// The guest's configuration as Proxmox property strings (`virtio0: local:100/vm-100-disk-0.qcow2,size=1G`).
+async fn qemu_config(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
+    answer(status, v, |v| {
+        let mut c = serde_json::Map::new();
+        c.insert("name".into(), v["name"].clone());
+        c.insert("memory".into(), json!(v["memory_mib"].as_u64().unwrap_or(0).to_string()));
+        c.insert("cores".into(), v["cores"].clone());
+        c.insert("ostype".into(), json!("l26"));
+        for (i, d) in v["disks"].as_array().into_iter().flatten().enumerate() {
+            let size = d["size_mib"].as_u64().unwrap_or(0);
+            let size = if size % 1024 == 0 { format!("{}G", size / 1024) } else { format!("{size}M") };
+            let vol = d["volume"].as_str().unwrap_or_default();
+            c.insert(format!("virtio{i}"), json!(format!("{vol},format=qcow2,size={size}")));
+        }
+        if let Some(b) = v.get("boot").filter(|b| b.is_object()) {
+            c.insert("args".into(), json!(format!("-kernel {}", b["kernel"].as_str().unwrap_or_default())));
+        }
+        // Proxmox's digest: changes whenever the config does (here: the revision).
+        c.insert("digest".into(), json!(format!("{:040x}", v["revision"].as_u64().unwrap_or(0))));
+        Value::Object(c)
+    })
 }
 
 async fn status_current(

@@ -35,6 +35,9 @@ assert upid.startswith(f"UPID:{node}:"), upid
 wait(api, node, upid, "create")
 assert any(g["vmid"] == vmid for g in api.nodes(node).qemu.get()), "created VM listed"
 
+cfg = api.nodes(node).qemu(vmid).config.get()
+assert cfg["name"] == "pxtest" and cfg["memory"] == "128" and cfg["cores"] == 1 and cfg["digest"], cfg
+
 upid = api.nodes(node).qemu(vmid).status.start.post()
 wait(api, node, upid, "start")
 cur = api.nodes(node).qemu(vmid).status.current.get()
