@@ -125,12 +125,14 @@ impl Throttle {
     }
 
     fn fail(&self, key: String) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .push_back(Instant::now());
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded memory under a flood of distinct names: forget keys whose failures all
+        // left the window.
+        if f.len() > 10_000 {
+            let window = self.window;
+            f.retain(|_, q| q.back().is_some_and(|t| t.elapsed() < window));
+        }
+        f.entry(key).or_default().push_back(Instant::now());
     }
 }
 
