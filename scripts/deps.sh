@@ -14,6 +14,9 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 # The quorumtool comparison test runs the real Corosync in network namespaces.
 command -v corosync >/dev/null || need+=(corosync)
 command -v ip >/dev/null || need+=(iproute2)
+# The LDAP realm test runs its own slapd.
+[ -x /usr/sbin/slapd ] || need+=(slapd)
+command -v ldapadd >/dev/null || need+=(ldap-utils)
 
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

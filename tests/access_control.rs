@@ -306,3 +306,77 @@ fn pam_users_log_in_with_their_unix_password() {
     let pw = json!({"userid": userid, "password": "something else"});
     assert_eq!(admin.request("PUT", "/access/password", Some(admin.token()), &pw).0, 400);
 }
+
+/// An LDAP realm against a real OpenLDAP `slapd` started by the test: the right password
+/// logs in, a wrong one, an empty one and an unknown user do not.
+#[test]
+fn ldap_realm_binds_and_searches_a_real_slapd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ldap");
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    let conf = format!(
+        "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
+         include /etc/ldap/schema/inetorgperson.schema\npidfile {d}/slapd.pid\nmodulepath /usr/lib/ldap\n\
+         moduleload back_mdb\ndatabase mdb\nsuffix \"dc=example,dc=org\"\nrootdn \"cn=admin,dc=example,dc=org\"\n\
+         rootpw adminpw\ndirectory {d}/db\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("slapd.conf"), conf).unwrap();
+    let ldap_port = free_port();
+    let url = format!("ldap://127.0.0.1:{ldap_port}/");
+    let st = std::process::Command::new("/usr/sbin/slapd")
+        .args(["-f", dir.join("slapd.conf").to_str().unwrap(), "-h", &url])
+        .status()
+        .expect("slapd (Debian slapd) must be installed: scripts/lab.sh installs it");
+    assert!(st.success());
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _stop = Stop(dir.join("slapd.pid"));
+    let ldif = "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
+                dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n\n\
+                dn: uid=alice,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: alice\ncn: Alice\nsn: A\n\
+                userPassword: alice ldap pw\n";
+    std::fs::write(dir.join("data.ldif"), ldif).unwrap();
+    let mut added = false;
+    for _ in 0..50 {
+        let st = std::process::Command::new("ldapadd")
+            .args(["-x", "-H", &url, "-D", "cn=admin,dc=example,dc=org", "-w", "adminpw", "-f"])
+            .arg(dir.join("data.ldif"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        if st.success() {
+            added = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(added, "could not load the directory");
+
+    let d = Daemon::start(tmp.path().join("hx").as_path(), free_port(), &[]);
+    let admin = d.client();
+    let realm = json!({"realm": "corp", "type": "ldap", "server1": "127.0.0.1", "port": ldap_port,
+                       "base_dn": "ou=people,dc=example,dc=org", "user_attr": "uid"});
+    assert_eq!(admin.post("/access/domains", &realm).0, 200);
+    let (code, body) = admin
+        .post("/access/domains", &json!({"realm": "bad", "type": "ldap", "server1": "x", "base_dn": "nodn"}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("base_dn")), "{body}");
+    assert_eq!(admin.post("/access/users", &json!({"userid": "alice@corp"})).0, 200);
+    assert_eq!(admin.post("/access/users", &json!({"userid": "bob@corp"})).0, 200);
+    let login = |user: &str, pw: &str| {
+        admin.raw("POST", "/access/ticket", &[], &json!({"username": user, "password": pw})).0
+    };
+    assert_eq!(login("alice@corp", "alice ldap pw"), 200);
+    assert_eq!(login("alice@corp", "wrong"), 401);
+    assert_eq!(login("alice@corp", ""), 401, "an empty password is no unauthenticated bind");
+    assert_eq!(login("bob@corp", "alice ldap pw"), 401, "bob is not in the directory");
+    let (_, realms) = admin.get("/access/domains");
+    assert!(realms.to_string().contains("\"corp\""), "{realms}");
+}

@@ -65,6 +65,11 @@ pub enum Command {
         step: Option<u64>,
         recovery: Option<usize>,
     },
+    /// Add or replace (or with `None`, remove) an authentication realm.
+    SetRealm {
+        realm: String,
+        config: Option<crate::model::RealmConfig>,
+    },
     /// Remove a user with its API tokens and ACL entries.
     DeleteUser {
         userid: String,

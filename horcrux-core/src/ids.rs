@@ -100,7 +100,7 @@ pub fn parse_volume_id(volid: &str) -> Result<(&str, &str), ValidationError> {
     Ok((storage, rel))
 }
 
-/// `NAME@REALM` with a realm Horcrux serves (`pam`, `pve`).
+/// `NAME@REALM` (whether the realm exists is the state's business).
 pub fn validate_userid(field: &str, userid: &str) -> Result<(), ValidationError> {
     let Some((name, realm)) = userid.rsplit_once('@') else {
         return Err(ValidationError::new(field, format!("{userid:?} is not NAME@REALM")));
@@ -111,8 +111,8 @@ pub fn validate_userid(field: &str, userid: &str) -> Result<(), ValidationError>
     if !name_ok {
         return Err(ValidationError::new(field, format!("{name:?}: 1-64 letters, digits, '.', '_' or '-'")));
     }
-    if !matches!(realm, "pam" | "pve") {
-        return Err(ValidationError::new(field, format!("unknown realm {realm:?} (pam, pve)")));
+    if realm.is_empty() || realm.len() > 32 || !realm.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(ValidationError::new(field, format!("{realm:?} is not a realm name")));
     }
     Ok(())
 }

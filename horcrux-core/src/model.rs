@@ -274,3 +274,21 @@ pub struct CorosyncConfig {
     /// Explicit setting; `None` means votequorum's default (on iff two_node).
     pub wait_for_all: Option<bool>,
 }
+
+/// An authentication realm besides the built-in `pam` and `pve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RealmConfig {
+    /// LDAP (or Active Directory over LDAP): find the user's entry by `user_attr` under
+    /// `base_dn` (binding as `bind_dn` first if set), then bind as that entry.
+    Ldap {
+        server: String,
+        port: u16,
+        base_dn: String,
+        user_attr: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bind_dn: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bind_password: Option<String>,
+    },
+}

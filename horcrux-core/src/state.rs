@@ -32,6 +32,8 @@ pub struct ClusterState {
     pub users: BTreeMap<String, User>,
     #[serde(default)]
     pub acl: Vec<crate::access::AclEntry>,
+    #[serde(default)]
+    pub realms: BTreeMap<String, RealmConfig>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -52,6 +54,7 @@ impl Default for ClusterState {
             options: BTreeMap::new(),
             users: BTreeMap::new(),
             acl: Vec::new(),
+            realms: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +129,10 @@ impl ClusterState {
             }
             Command::CreateUser { userid, comment, groups, expire } => {
                 ids::validate_userid("userid", userid)?;
+                let realm = userid.rsplit_once('@').map(|(_, r)| r).unwrap_or_default();
+                if !matches!(realm, "pam" | "pve") && !self.realms.contains_key(realm) {
+                    return Err(ValidationError::new("userid", format!("unknown realm {realm:?}")).into());
+                }
                 if comment.len() > 256 {
                     return Err(ValidationError::new("comment", "at most 256 characters").into());
                 }
@@ -190,6 +197,37 @@ impl ClusterState {
                         Some(slot @ Some(_)) => *slot = None,
                         _ => {
                             return Err(ApplyError::Conflict { message: "recovery code already used".into() })
+                        }
+                    }
+                }
+            }
+            Command::SetRealm { realm, config } => {
+                ids::validate_dns_label("realm", realm)?;
+                if matches!(realm.as_str(), "pam" | "pve") {
+                    return Err(ValidationError::new("realm", "pam and pve are built in").into());
+                }
+                match config {
+                    Some(RealmConfig::Ldap { server, base_dn, user_attr, .. }) => {
+                        if server.is_empty() || server.contains(['/', ' ']) {
+                            return Err(ValidationError::new("server1", "a host name or address").into());
+                        }
+                        if !base_dn.contains('=') {
+                            return Err(
+                                ValidationError::new("base_dn", "a DN such as dc=example,dc=org").into()
+                            );
+                        }
+                        if user_attr.is_empty()
+                            || !user_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        {
+                            return Err(
+                                ValidationError::new("user_attr", "an attribute name such as uid").into()
+                            );
+                        }
+                        self.realms.insert(realm.clone(), config.clone().expect("matched Some"));
+                    }
+                    None => {
+                        if self.realms.remove(realm).is_none() {
+                            return Err(ApplyError::NotFound { what: format!("realm {realm}") });
                         }
                     }
                 }

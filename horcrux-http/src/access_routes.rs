@@ -25,6 +25,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/access/permissions", get(permissions))
         .route("/access/password", put(crate::login::set_password))
         .route("/access/audit", get(crate::audit::read))
+        .route("/access/domains", get(list_realms).post(add_realm))
+        .route("/access/domains/{realm}", delete(delete_realm))
         .route("/access/tfa/{userid}", post(crate::login::enrol_tfa).delete(crate::login::remove_tfa))
 }
 
@@ -178,4 +180,62 @@ async fn permissions(
     });
     let map: serde_json::Map<String, Value> = privs.into_iter().map(|p| (p, json!(1))).collect();
     Ok(Json(json!({ path: map })))
+}
+
+/// Realms: the built-in ones and the configured directories (without bind passwords).
+async fn list_realms(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let realms = st.runtime.cluster().read_linearizable(|s| s.realms.clone()).await?;
+    let mut out = vec![json!({"realm": "pam", "type": "pam"}), json!({"realm": "pve", "type": "pve"})];
+    for (name, c) in realms {
+        let horcrux_core::RealmConfig::Ldap { server, port, base_dn, user_attr, bind_dn, .. } = c;
+        out.push(json!({
+            "realm": name, "type": "ldap", "server1": server, "port": port, "base_dn": base_dn,
+            "user_attr": user_attr, "bind_dn": bind_dn,
+        }));
+    }
+    Ok(Json(json!(out)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRealm {
+    realm: String,
+    #[serde(rename = "type")]
+    kind: String,
+    server1: String,
+    port: Option<u16>,
+    base_dn: String,
+    #[serde(default = "uid")]
+    user_attr: String,
+    bind_dn: Option<String>,
+    password: Option<String>,
+}
+
+fn uid() -> String {
+    "uid".into()
+}
+
+async fn add_realm(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let r: NewRealm = parse_body(&body)?;
+    if r.kind != "ldap" {
+        return Err(ApiError::bad_field("type", "only ldap realms can be added (pam and pve are built in)"));
+    }
+    let config = horcrux_core::RealmConfig::Ldap {
+        server: r.server1,
+        port: r.port.unwrap_or(389),
+        base_dn: r.base_dn,
+        user_attr: r.user_attr,
+        bind_dn: r.bind_dn,
+        bind_password: r.password,
+    };
+    let ok = st.runtime.cluster().propose(Command::SetRealm { realm: r.realm, config: Some(config) }).await?;
+    Ok(Json(json!({ "revision": ok.revision })))
+}
+
+async fn delete_realm(
+    State(st): State<ApiState>,
+    Path(realm): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    st.runtime.cluster().propose(Command::SetRealm { realm, config: None }).await?;
+    Ok(Json(json!({})))
 }

@@ -77,6 +77,9 @@ pub fn routes() -> Vec<RouteAccess> {
         r!(GET, "/access/permissions", AnyUser),
         r!(PUT, "/access/password", Priv("User.Modify", "/access")),
         r!(GET, "/access/audit", Priv("Sys.Audit", "/access")),
+        r!(GET, "/access/domains", AnyUser),
+        r!(POST, "/access/domains", Priv("Realm.Allocate", "/access/realm")),
+        r!(DELETE, "/access/domains/{realm}", Priv("Realm.Allocate", "/access/realm")),
         r!(POST, "/access/tfa/{userid}", Priv("User.Modify", "/access")),
         r!(DELETE, "/access/tfa/{userid}", Priv("User.Modify", "/access")),
     ]

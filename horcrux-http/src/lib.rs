@@ -9,6 +9,7 @@ mod cluster_routes;
 mod compat;
 mod error;
 mod forward;
+mod ldap;
 pub mod login;
 mod pam;
 mod routes;

@@ -211,6 +211,25 @@ pub async fn ticket(
     } else if l.password.starts_with("PVE:") {
         // Renewal: a valid ticket of the same user stands for the password.
         verify_ticket(&state, &l.password, now).is_some_and(|u| u == l.username)
+    } else if let Some((name, realm)) =
+        l.username.rsplit_once('@').and_then(|(n, r)| state.realms.get(r).map(|c| (n.to_string(), c.clone())))
+    {
+        // A directory realm: the user must exist here, the directory checks the password.
+        let pw = l.password.clone();
+        let good = tokio::task::spawn_blocking(move || crate::ldap::authenticate(&realm, &name, &pw))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let good = good.unwrap_or_else(|e| {
+            tracing::warn!("LDAP: {e}");
+            false
+        });
+        match (good, &user) {
+            (true, Some(u)) if u.tfa.is_some() => match &l.otp {
+                Some(otp) => second_factor(&st, u, otp, now).await,
+                None => return pending_tfa(&state, &l.username, now),
+            },
+            (good, u) => good && u.is_some(),
+        }
     } else if let Some(name) = l.username.strip_suffix("@pam") {
         // The host's PAM checks `@pam` users; root@pam exists implicitly, others must have
         // been added to Horcrux.
