@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
-use horcrux_core::access::{builtin_roles, effective_privileges, Subject, Ugid};
+use horcrux_core::access::{builtin_roles, Ugid};
 use horcrux_core::Command;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -169,15 +169,8 @@ async fn permissions(
 ) -> Result<Json<Value>, ApiError> {
     let path = q.path.unwrap_or_else(|| "/".into());
     horcrux_core::access::validate_acl_path("path", &path)?;
-    let privs = st.runtime.cluster().read_local(|s| {
-        let groups = s.users.get(caller.user()).map(|u| u.groups.clone()).unwrap_or_default();
-        let subject = Subject {
-            user: caller.user(),
-            groups: &groups,
-            token: Some((caller.token_id.as_str(), caller.privsep)),
-        };
-        effective_privileges(&s.acl, &builtin_roles(), &subject, &path)
-    });
+    let privs = st.runtime.cluster().read_local(|s| crate::authz::caller_privileges(s, &caller, &path));
+
     let map: serde_json::Map<String, Value> = privs.into_iter().map(|p| (p, json!(1))).collect();
     Ok(Json(json!({ path: map })))
 }

@@ -105,6 +105,21 @@ fn fill(template: &str, route: &str, path: &str) -> String {
         .join("/")
 }
 
+/// What `caller` may do on `path` in `state`.
+pub(crate) fn caller_privileges(
+    state: &horcrux_core::ClusterState,
+    caller: &Caller,
+    path: &str,
+) -> std::collections::BTreeSet<String> {
+    let groups = state.users.get(caller.user()).map(|u| u.groups.clone()).unwrap_or_default();
+    let subject = Subject {
+        user: caller.user(),
+        groups: &groups,
+        token: Some((caller.token_id.as_str(), caller.privsep)),
+    };
+    effective_privileges(&state.acl, &builtin_roles(), &subject, path)
+}
+
 pub async fn authorize(State(st): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
     let caller = req.extensions().get::<Caller>().cloned().ok_or_else(|| ApiError::internal("no caller"))?;
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_default();
@@ -131,15 +146,9 @@ pub async fn authorize(State(st): State<ApiState>, req: Request, next: Next) -> 
             }
         }
     };
-    let allowed = st.runtime.cluster().read_local(|s| {
-        let groups = s.users.get(caller.user()).map(|u| u.groups.clone()).unwrap_or_default();
-        let subject = Subject {
-            user: caller.user(),
-            groups: &groups,
-            token: Some((caller.token_id.as_str(), caller.privsep)),
-        };
-        effective_privileges(&s.acl, &builtin_roles(), &subject, &acl_path).contains(privilege)
-    });
+    let allowed =
+        st.runtime.cluster().read_local(|s| caller_privileges(s, &caller, &acl_path).contains(privilege));
+
     if !allowed {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -218,13 +218,24 @@ impl Api {
         token: Option<&str>,
         body: &Value,
     ) -> Result<(u16, Value), ureq::Error> {
-        let url = format!("{}/api/v1{path}", self.base);
         let auth = token.map(|t| format!("Bearer {t}"));
-        let r = match method {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        Self::done(self.send(method, path, &headers, body))
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let url = format!("{}/api/v1{path}", self.base);
+        match method {
             "GET" | "DELETE" => {
                 let mut b = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
-                if let Some(a) = &auth {
-                    b = b.header("Authorization", a);
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
                 }
                 b.call()
             }
@@ -234,13 +245,12 @@ impl Api {
                     "PUT" => self.agent.put(&url),
                     other => panic!("method {other}"),
                 };
-                if let Some(a) = &auth {
-                    b = b.header("Authorization", a);
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
                 }
                 b.send_json(body)
             }
-        };
-        Self::done(r)
+        }
     }
 
     /// Any method with the given headers (no Authorization unless given); answers the
@@ -252,27 +262,7 @@ impl Api {
         headers: &[(&str, &str)],
         body: &Value,
     ) -> (u16, Value, String) {
-        let url = format!("{}/api/v1{path}", self.base);
-        let r = match method {
-            "GET" => {
-                let mut b = self.agent.get(&url);
-                for (k, v) in headers {
-                    b = b.header(*k, *v);
-                }
-                b.call()
-            }
-            _ => {
-                let mut b = match method {
-                    "POST" => self.agent.post(&url),
-                    "PUT" => self.agent.put(&url),
-                    other => panic!("method {other}"),
-                };
-                for (k, v) in headers {
-                    b = b.header(*k, *v);
-                }
-                b.send_json(body)
-            }
-        };
+        let r = self.send(method, path, headers, body);
         let mut r = r.unwrap();
         let cookie =
             r.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
