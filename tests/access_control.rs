@@ -17,6 +17,8 @@ fn concrete(route: &str) -> String {
         .replace("{name}", "nobody")
         .replace("{userid}", "carol@pve")
         .replace("{tokenid}", "t9")
+        .replace("{roleid}", "Custom9")
+        .replace("{groupid}", "grp9")
 }
 
 #[test]
@@ -61,6 +63,10 @@ fn acl_grants_propagate_and_tokens_are_bounded_by_their_user() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(tmp.path(), free_port(), &[]);
     let admin = d.client();
+    // Groups must exist before users join them.
+    let (code, body) = admin.post("/access/users", &json!({"userid": "bob@pve", "groups": ["ops"]}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("groups")), "{body}");
+    assert_eq!(admin.post("/access/groups", &json!({"groupid": "ops", "comment": "operators"})).0, 200);
     assert_eq!(admin.post("/access/users", &json!({"userid": "bob@pve", "groups": ["ops"]})).0, 200);
     let (_, t) = admin.post("/access/users/bob@pve/token/sep", &json!({"privsep": true}));
     let sep = t["value"].as_str().unwrap().to_string();
@@ -101,6 +107,41 @@ fn acl_grants_propagate_and_tokens_are_bounded_by_their_user() {
         200
     );
     assert_eq!(as_(&full, "GET", "/vms/100"), 404);
+    // A custom role: storage auditing only, granted on /storage.
+    let (code, body) =
+        admin.post("/access/roles", &json!({"roleid": "StorageWatch", "privs": "Datastore.Audit,Bogus"}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("privs")), "{body}");
+    assert_eq!(admin.post("/access/roles", &json!({"roleid": "PVEAuditor"})).0, 409);
+    assert_eq!(
+        admin.post("/access/roles", &json!({"roleid": "StorageWatch", "privs": "Datastore.Audit"})).0,
+        200
+    );
+    assert_eq!(put_acl(json!({"path": "/storage", "role": "StorageWatch", "user": "bob@pve"})).0, 200);
+    assert_eq!(as_(&full, "GET", "/storage"), 200);
+    let (_, roles) = admin.get("/access/roles");
+    let mine = roles.as_array().unwrap().iter().find(|r| r["roleid"] == "StorageWatch").cloned().unwrap();
+    assert_eq!((mine["privs"].as_str(), mine["special"].as_bool()), (Some("Datastore.Audit"), Some(false)));
+    // Deleting the role takes its grants away.
+    assert_eq!(admin.delete("/access/roles/StorageWatch").0, 200);
+    assert_eq!(as_(&full, "GET", "/storage"), 403);
+    assert_eq!(admin.delete("/access/roles/PVEAdmin").0, 400);
+    // A disabled user's tokens stop working; enabling it again restores them.
+    let put = |p: &str, v: Value| admin.request("PUT", p, Some(admin.token()), &v).0;
+    assert_eq!(put("/access/users/bob@pve", json!({"enable": false, "comment": "on leave"})), 200);
+    assert_eq!(as_(&full, "GET", "/vms"), 401);
+    let (_, bob) = admin.get("/access/users/bob@pve");
+    assert_eq!((bob["enable"].as_bool(), bob["comment"].as_str()), (Some(false), Some("on leave")), "{bob}");
+    assert_eq!(bob["tokens"].as_array().map(Vec::len), Some(2), "{bob}");
+    assert_eq!(put("/access/users/bob@pve", json!({"enable": true})), 200);
+    assert_eq!(as_(&full, "GET", "/vms"), 200);
+    assert_eq!(put("/access/users/bob@pve", json!({"groups": ["nope"]})), 400);
+    // Deleting a token ends it.
+    assert_eq!(admin.delete("/access/users/bob@pve/token/sep").0, 200);
+    assert_eq!(as_(&sep, "GET", "/vms"), 401);
+    assert_eq!(admin.get("/access/users/bob@pve/token/sep").0, 404);
+    // Deleting the group takes its members' grants away.
+    assert_eq!(admin.delete("/access/groups/ops").0, 200);
+    assert_eq!(as_(&full, "GET", "/vms"), 403);
     // Deleting the user kills its tokens and entries.
     assert_eq!(admin.delete("/access/users/bob@pve").0, 200);
     assert_eq!(as_(&full, "GET", "/vms"), 401);

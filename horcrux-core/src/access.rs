@@ -65,7 +65,12 @@ fn privs(filter: impl Fn(&str) -> bool) -> BTreeSet<String> {
 }
 
 /// The built-in roles, with Proxmox's names and privilege sets. They cannot be changed.
-pub fn builtin_roles() -> BTreeMap<String, BTreeSet<String>> {
+pub fn builtin_roles() -> &'static BTreeMap<String, BTreeSet<String>> {
+    static ROLES: std::sync::OnceLock<BTreeMap<String, BTreeSet<String>>> = std::sync::OnceLock::new();
+    ROLES.get_or_init(make_builtin_roles)
+}
+
+fn make_builtin_roles() -> BTreeMap<String, BTreeSet<String>> {
     let vm_user = [
         "VM.Audit",
         "VM.Backup",
@@ -89,6 +94,45 @@ pub fn builtin_roles() -> BTreeMap<String, BTreeSet<String>> {
         ("PVEDatastoreUser", privs(|p| matches!(p, "Datastore.AllocateSpace" | "Datastore.Audit"))),
     ];
     roles.into_iter().map(|(n, p)| (n.to_string(), p)).collect()
+}
+
+/// The roles ACL entries can name: the built-in ones and the cluster's custom ones.
+#[derive(Clone, Copy)]
+pub struct Roles<'a> {
+    pub custom: &'a BTreeMap<String, BTreeSet<String>>,
+}
+
+impl<'a> Roles<'a> {
+    pub fn get(&self, roleid: &str) -> Option<&'a BTreeSet<String>> {
+        builtin_roles().get(roleid).or_else(|| self.custom.get(roleid))
+    }
+
+    /// Every role, built-in first; `true` marks the built-in ones.
+    pub fn all(&self) -> impl Iterator<Item = (&'a str, &'a BTreeSet<String>, bool)> {
+        let builtin = builtin_roles().iter().map(|(k, v)| (k.as_str(), v, true));
+        builtin.chain(self.custom.iter().map(|(k, v)| (k.as_str(), v, false)))
+    }
+}
+
+/// Checks a custom role: a name that is not a built-in one, and known privileges.
+pub fn validate_role(roleid: &str, privs: &BTreeSet<String>) -> Result<(), ValidationError> {
+    let name_ok = !roleid.is_empty()
+        && roleid.len() <= 64
+        && roleid.starts_with(|c: char| c.is_ascii_alphabetic())
+        && roleid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(ValidationError::new(
+            "roleid",
+            "1-64 letters, digits, '-', '_' or '.', starting with a letter",
+        ));
+    }
+    if builtin_roles().contains_key(roleid) {
+        return Err(ValidationError::new("roleid", format!("{roleid} is a built-in role")));
+    }
+    if let Some(p) = privs.iter().find(|p| !PRIVILEGES.contains(&p.as_str())) {
+        return Err(ValidationError::new("privs", format!("unknown privilege {p:?}")));
+    }
+    Ok(())
 }
 
 /// Who an ACL entry is for.
@@ -152,7 +196,7 @@ pub struct Subject<'a> {
 /// privilege-separated token holds what both the user and the token's own entries grant.
 pub fn effective_privileges(
     acl: &[AclEntry],
-    roles: &BTreeMap<String, BTreeSet<String>>,
+    roles: Roles<'_>,
     subject: &Subject<'_>,
     path: &str,
 ) -> BTreeSet<String> {
@@ -186,7 +230,7 @@ pub fn effective_privileges(
 /// count; a level with chosen entries replaces what was inherited.
 fn walk<'a>(
     acl: &'a [AclEntry],
-    roles: &BTreeMap<String, BTreeSet<String>>,
+    roles: Roles<'_>,
     path: &str,
     pick: impl Fn(&[&'a AclEntry]) -> Vec<&'a AclEntry>,
 ) -> BTreeSet<String> {
@@ -216,10 +260,13 @@ mod tests {
     }
 
     fn has(acl: &[AclEntry], s: &Subject<'_>, path: &str, p: &str) -> bool {
-        effective_privileges(acl, &builtin_roles(), s, path).contains(p)
+        effective_privileges(acl, NO_CUSTOM, s, path).contains(p)
     }
 
     const NOBODY: &[String] = &[];
+
+    static EMPTY: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    const NO_CUSTOM: Roles<'static> = Roles { custom: &EMPTY };
 
     #[test]
     fn builtin_roles_match_proxmox() {
@@ -269,7 +316,7 @@ mod tests {
         assert!(has(&acl, &bob, "/vms/1", "VM.Audit"));
         // Not in the group: nothing.
         let carol = Subject { user: "carol@pve", groups: NOBODY, token: None };
-        assert!(effective_privileges(&acl, &builtin_roles(), &carol, "/vms/1").is_empty());
+        assert!(effective_privileges(&acl, NO_CUSTOM, &carol, "/vms/1").is_empty());
     }
 
     #[test]
@@ -284,7 +331,7 @@ mod tests {
         let shared = Subject { user: "alice@pve", groups: NOBODY, token: Some(("alice@pve!ci", false)) };
         assert!(has(&acl, &shared, "/vms/1", "VM.Console"));
         let bare = Subject { user: "alice@pve", groups: NOBODY, token: Some(("alice@pve!other", true)) };
-        assert!(effective_privileges(&acl, &builtin_roles(), &bare, "/").is_empty());
+        assert!(effective_privileges(&acl, NO_CUSTOM, &bare, "/").is_empty());
         let root = Subject { user: "root@pam", groups: NOBODY, token: Some(("root@pam!admin", false)) };
         assert!(has(&[], &root, "/access", "Permissions.Modify"));
     }

@@ -37,6 +37,10 @@ pub enum Command {
         #[serde(default)]
         expire: u64,
     },
+    /// Remove an API token (`USER@REALM!TOKENID`) and its ACL entries.
+    DeleteApiToken {
+        id: String,
+    },
     /// Add a user (`NAME@pve` or `NAME@pam`); refused if it exists.
     CreateUser {
         userid: String,
@@ -69,6 +73,39 @@ pub enum Command {
     SetRealm {
         realm: String,
         config: Option<crate::model::RealmConfig>,
+    },
+    /// Change a user's properties; `None` leaves one as it is. With `append`, `groups` are
+    /// added to the user's groups instead of replacing them.
+    UpdateUser {
+        userid: String,
+        #[serde(default)]
+        comment: Option<String>,
+        #[serde(default)]
+        email: Option<String>,
+        #[serde(default)]
+        groups: Option<Vec<String>>,
+        #[serde(default)]
+        append: bool,
+        #[serde(default)]
+        expire: Option<u64>,
+        #[serde(default)]
+        enable: Option<bool>,
+    },
+    /// Create or replace (or with `None`, delete) a custom role. Deleting a role also removes
+    /// the ACL entries that grant it.
+    SetRole {
+        roleid: String,
+        privs: Option<std::collections::BTreeSet<String>>,
+    },
+    /// Add a group; refused if it exists.
+    CreateGroup {
+        groupid: String,
+        #[serde(default)]
+        comment: String,
+    },
+    /// Remove a group, its members' membership and its ACL entries.
+    DeleteGroup {
+        groupid: String,
     },
     /// Remove a user with its API tokens and ACL entries.
     DeleteUser {

@@ -208,6 +208,30 @@ pub struct User {
     /// Second factor, when enrolled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tfa: Option<Tfa>,
+    /// A disabled user can neither log in nor use its API tokens.
+    #[serde(default = "yes")]
+    pub enable: bool,
+    #[serde(default)]
+    pub email: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl User {
+    /// Whether the user may authenticate at Unix time `now_s`.
+    pub fn active(&self, now_s: u64) -> bool {
+        self.enable && (self.expire == 0 || self.expire > now_s)
+    }
+}
+
+/// A group of users, named in ACL entries (`@group` in Proxmox's UI).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub groupid: String,
+    pub comment: String,
+    pub revision: u64,
 }
 
 /// A TOTP second factor: the shared secret (base32, replicated like Proxmox's

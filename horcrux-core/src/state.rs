@@ -34,6 +34,11 @@ pub struct ClusterState {
     pub acl: Vec<crate::access::AclEntry>,
     #[serde(default)]
     pub realms: BTreeMap<String, RealmConfig>,
+    /// Custom roles (the built-in ones are in `access::builtin_roles`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, std::collections::BTreeSet<String>>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Group>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -55,6 +60,8 @@ impl Default for ClusterState {
             users: BTreeMap::new(),
             acl: Vec::new(),
             realms: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            groups: BTreeMap::new(),
         }
     }
 }
@@ -102,178 +109,19 @@ impl ClusterState {
                 }
                 self.storage.insert(id.clone(), pool);
             }
-            Command::SetApiToken { id, secret_sha256, privsep, expire } => {
-                let hex_ok = secret_sha256.len() == 64
-                    && secret_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-                if !hex_ok {
-                    return Err(
-                        ValidationError::new("secret_sha256", "must be 64 lower-case hex digits").into()
-                    );
-                }
-                let Some((user, tokenid)) = id.split_once('!') else {
-                    return Err(ValidationError::new("id", "must look like USER@REALM!TOKENID").into());
-                };
-                ids::validate_userid("id", user)?;
-                ids::validate_token_name("tokenid", tokenid)?;
-                if !self.user_exists(user) {
-                    return Err(ApplyError::NotFound { what: format!("user {user}") });
-                }
-                let token = ApiToken {
-                    id: id.clone(),
-                    secret_sha256: secret_sha256.clone(),
-                    privsep: *privsep,
-                    expire: *expire,
-                    revision: index,
-                };
-                self.api_tokens.insert(id.clone(), token);
-            }
-            Command::CreateUser { userid, comment, groups, expire } => {
-                ids::validate_userid("userid", userid)?;
-                let realm = userid.rsplit_once('@').map(|(_, r)| r).unwrap_or_default();
-                if !matches!(realm, "pam" | "pve") && !self.realms.contains_key(realm) {
-                    return Err(ValidationError::new("userid", format!("unknown realm {realm:?}")).into());
-                }
-                if comment.len() > 256 {
-                    return Err(ValidationError::new("comment", "at most 256 characters").into());
-                }
-                for g in groups {
-                    ids::validate_dns_label("groups", g)?;
-                }
-                if self.user_exists(userid) {
-                    return Err(ApplyError::Conflict { message: format!("user {userid} already exists") });
-                }
-                let user = User {
-                    userid: userid.clone(),
-                    comment: comment.clone(),
-                    groups: groups.clone(),
-                    expire: *expire,
-                    revision: index,
-                    password_hash: None,
-                    tfa: None,
-                };
-                self.users.insert(userid.clone(), user);
-            }
-            Command::SetPassword { userid, password_hash } => {
-                if !password_hash.starts_with("$argon2id$") || password_hash.len() > 512 {
-                    return Err(ValidationError::new("password", "expected an Argon2id hash").into());
-                }
-                if !userid.ends_with("@pve") {
-                    return Err(ValidationError::new(
-                        "userid",
-                        "only @pve users have passwords here; @pam users authenticate against the host",
-                    )
-                    .into());
-                }
-                let Some(u) = self.users.get_mut(userid) else {
-                    return Err(ApplyError::NotFound { what: format!("user {userid}") });
-                };
-                u.password_hash = Some(password_hash.clone());
-                u.revision = index;
-            }
-            Command::SetTfa { userid, tfa } => {
-                if let Some(t) = tfa {
-                    if crate::totp::base32_decode(&t.totp_secret).is_none_or(|b| b.len() < 16) {
-                        return Err(ValidationError::new("totp_secret", "base32, at least 128 bits").into());
-                    }
-                }
-                let Some(u) = self.users.get_mut(userid) else {
-                    return Err(ApplyError::NotFound { what: format!("user {userid}") });
-                };
-                u.tfa = tfa.clone();
-                u.revision = index;
-            }
-            Command::UseTfa { userid, step, recovery } => {
-                let Some(t) = self.users.get_mut(userid).and_then(|u| u.tfa.as_mut()) else {
-                    return Err(ApplyError::NotFound { what: format!("second factor of {userid}") });
-                };
-                if let Some(step) = step {
-                    if *step <= t.last_step {
-                        return Err(ApplyError::Conflict { message: "this code was already used".into() });
-                    }
-                    t.last_step = *step;
-                }
-                if let Some(i) = recovery {
-                    match t.recovery.get_mut(*i) {
-                        Some(slot @ Some(_)) => *slot = None,
-                        _ => {
-                            return Err(ApplyError::Conflict { message: "recovery code already used".into() })
-                        }
-                    }
-                }
-            }
-            Command::SetRealm { realm, config } => {
-                ids::validate_dns_label("realm", realm)?;
-                if matches!(realm.as_str(), "pam" | "pve") {
-                    return Err(ValidationError::new("realm", "pam and pve are built in").into());
-                }
-                match config {
-                    Some(RealmConfig::Ldap { server, base_dn, user_attr, .. }) => {
-                        if server.is_empty() || server.contains(['/', ' ']) {
-                            return Err(ValidationError::new("server1", "a host name or address").into());
-                        }
-                        if !base_dn.contains('=') {
-                            return Err(
-                                ValidationError::new("base_dn", "a DN such as dc=example,dc=org").into()
-                            );
-                        }
-                        if user_attr.is_empty()
-                            || !user_attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                        {
-                            return Err(
-                                ValidationError::new("user_attr", "an attribute name such as uid").into()
-                            );
-                        }
-                        self.realms.insert(realm.clone(), config.clone().expect("matched Some"));
-                    }
-                    None => {
-                        if self.realms.remove(realm).is_none() {
-                            return Err(ApplyError::NotFound { what: format!("realm {realm}") });
-                        }
-                    }
-                }
-            }
-            Command::DeleteUser { userid } => {
-                if userid == "root@pam" {
-                    return Err(ApplyError::Conflict { message: "root@pam cannot be deleted".into() });
-                }
-                if self.users.remove(userid).is_none() {
-                    return Err(ApplyError::NotFound { what: format!("user {userid}") });
-                }
-                let prefix = format!("{userid}!");
-                self.api_tokens.retain(|id, _| !id.starts_with(&prefix));
-                self.acl.retain(|e| match &e.ugid {
-                    crate::access::Ugid::User(u) => u != userid,
-                    crate::access::Ugid::Token(t) => !t.starts_with(&prefix),
-                    crate::access::Ugid::Group(_) => true,
-                });
-            }
-            Command::SetAcl { path, ugid, role, propagate, delete } => {
-                crate::access::validate_acl_path("path", path)?;
-                if !crate::access::builtin_roles().contains_key(role) {
-                    return Err(ValidationError::new("roles", format!("unknown role {role:?}")).into());
-                }
-                match ugid {
-                    crate::access::Ugid::User(u) if !self.user_exists(u) => {
-                        return Err(ApplyError::NotFound { what: format!("user {u}") })
-                    }
-                    crate::access::Ugid::Token(t) if !self.api_tokens.contains_key(t) => {
-                        return Err(ApplyError::NotFound { what: format!("token {t}") })
-                    }
-                    crate::access::Ugid::Group(g) => ids::validate_dns_label("groups", g)?,
-                    _ => {}
-                }
-                let same =
-                    |e: &crate::access::AclEntry| e.path == *path && e.ugid == *ugid && e.role == *role;
-                self.acl.retain(|e| !same(e));
-                if !*delete {
-                    self.acl.push(crate::access::AclEntry {
-                        path: path.clone(),
-                        ugid: ugid.clone(),
-                        role: role.clone(),
-                        propagate: *propagate,
-                    });
-                }
-            }
+            c @ (Command::SetApiToken { .. }
+            | Command::DeleteApiToken { .. }
+            | Command::CreateUser { .. }
+            | Command::UpdateUser { .. }
+            | Command::SetPassword { .. }
+            | Command::SetTfa { .. }
+            | Command::UseTfa { .. }
+            | Command::SetRealm { .. }
+            | Command::DeleteUser { .. }
+            | Command::SetAcl { .. }
+            | Command::SetRole { .. }
+            | Command::CreateGroup { .. }
+            | Command::DeleteGroup { .. }) => self.apply_access(index, c)?,
             Command::CreateGuest { vmid, name, node, config } => {
                 ids::validate_vmid("vmid", *vmid as u64)?;
                 ids::validate_dns_label("name", name)?;
@@ -527,5 +375,6 @@ impl ClusterState {
     }
 }
 
+mod access;
 #[cfg(test)]
 mod tests;

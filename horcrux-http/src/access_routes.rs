@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
-use horcrux_core::access::{builtin_roles, Ugid};
+use horcrux_core::access::Ugid;
 use horcrux_core::Command;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,10 +18,17 @@ use crate::routes::{parse_body, ApiState};
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/access/users", get(list_users).post(create_user))
-        .route("/access/users/{userid}", delete(delete_user))
-        .route("/access/users/{userid}/token/{tokenid}", post(create_token))
+        .route("/access/users/{userid}", get(get_user).put(update_user).delete(delete_user))
+        .route("/access/users/{userid}/token", get(list_tokens))
+        .route(
+            "/access/users/{userid}/token/{tokenid}",
+            get(get_token).post(create_token).delete(delete_token),
+        )
         .route("/access/acl", get(list_acl).put(set_acl))
-        .route("/access/roles", get(list_roles))
+        .route("/access/roles", get(list_roles).post(create_role))
+        .route("/access/roles/{roleid}", get(get_role).put(update_role).delete(delete_role))
+        .route("/access/groups", get(list_groups).post(create_group))
+        .route("/access/groups/{groupid}", get(get_group).delete(delete_group))
         .route("/access/permissions", get(permissions))
         .route("/access/password", put(crate::login::set_password))
         .route("/access/audit", get(crate::audit::read))
@@ -30,22 +37,114 @@ pub fn routes() -> Router<ApiState> {
         .route("/access/tfa/{userid}", post(crate::login::enrol_tfa).delete(crate::login::remove_tfa))
 }
 
-/// Users without their secrets: no password hash, no TOTP secret.
+/// A user without its secrets: no password hash, no TOTP secret.
+fn user_view(u: &horcrux_core::User) -> Value {
+    json!({
+        "userid": u.userid, "comment": u.comment, "email": u.email, "groups": u.groups,
+        "expire": u.expire, "enable": u.enable, "tfa": u.tfa.is_some(),
+    })
+}
+
 async fn list_users(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let users = st
         .runtime
         .cluster()
-        .read_linearizable(|s| {
-            let view = |u: &horcrux_core::User| {
-                json!({
-                    "userid": u.userid, "comment": u.comment, "groups": u.groups, "expire": u.expire,
-                    "enable": 1, "tfa": u.tfa.is_some(),
-                })
-            };
-            s.users.values().map(view).collect::<Vec<_>>()
-        })
+        .read_linearizable(|s| s.users.values().map(user_view).collect::<Vec<_>>())
         .await?;
     Ok(Json(json!(users)))
+}
+
+async fn get_user(State(st): State<ApiState>, Path(userid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (user, tokens) = st
+        .runtime
+        .cluster()
+        .read_linearizable(move |s| {
+            let prefix = format!("{userid}!");
+            let tokens: Vec<Value> =
+                s.api_tokens.values().filter(|t| t.id.starts_with(&prefix)).map(token_view).collect();
+            (s.users.get(&userid).map(user_view).ok_or(userid), tokens)
+        })
+        .await?;
+    let mut user = user.map_err(|u| ApiError::not_found(format!("user {u} does not exist")))?;
+    user["tokens"] = json!(tokens);
+    Ok(Json(user))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserChange {
+    comment: Option<String>,
+    email: Option<String>,
+    groups: Option<Vec<String>>,
+    #[serde(default)]
+    append: bool,
+    expire: Option<u64>,
+    enable: Option<bool>,
+}
+
+async fn update_user(
+    State(st): State<ApiState>,
+    Path(userid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let c: UserChange = parse_body(&body)?;
+    if c.append && c.groups.is_none() {
+        return Err(ApiError::bad_field("append", "needs groups"));
+    }
+    let cmd = Command::UpdateUser {
+        userid: userid.clone(),
+        comment: c.comment,
+        email: c.email,
+        groups: c.groups,
+        append: c.append,
+        expire: c.expire,
+        enable: c.enable,
+    };
+    let ok = st.runtime.cluster().propose(cmd).await?;
+    Ok(Json(json!({ "userid": userid, "revision": ok.revision })))
+}
+
+fn token_view(t: &horcrux_core::ApiToken) -> Value {
+    let tokenid = t.id.split_once('!').map(|(_, t)| t).unwrap_or_default();
+    json!({ "tokenid": tokenid, "privsep": t.privsep, "expire": t.expire })
+}
+
+async fn list_tokens(
+    State(st): State<ApiState>,
+    Path(userid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tokens = st
+        .runtime
+        .cluster()
+        .read_linearizable(move |s| {
+            let prefix = format!("{userid}!");
+            s.user_exists(&userid).then(|| {
+                s.api_tokens
+                    .values()
+                    .filter(|t| t.id.starts_with(&prefix))
+                    .map(token_view)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await?;
+    Ok(Json(json!(tokens.ok_or_else(|| ApiError::not_found("no such user"))?)))
+}
+
+async fn get_token(
+    State(st): State<ApiState>,
+    Path((userid, tokenid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let id = format!("{userid}!{tokenid}");
+    let t = st.runtime.cluster().read_linearizable(move |s| s.api_tokens.get(&id).map(token_view)).await?;
+    Ok(Json(t.ok_or_else(|| ApiError::not_found(format!("token {userid}!{tokenid} does not exist")))?))
+}
+
+async fn delete_token(
+    State(st): State<ApiState>,
+    Path((userid, tokenid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    st.runtime.cluster().propose(Command::DeleteApiToken { id: format!("{userid}!{tokenid}") }).await?;
+    Ok(Json(json!({})))
 }
 
 #[derive(Deserialize)]
@@ -148,12 +247,181 @@ async fn set_acl(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>,
     Ok(Json(json!({ "revision": ok.revision })))
 }
 
-async fn list_roles() -> Json<Value> {
-    let roles: Vec<Value> = builtin_roles()
-        .into_iter()
-        .map(|(roleid, privs)| json!({ "roleid": roleid, "privs": privs.into_iter().collect::<Vec<_>>().join(","), "special": 1 }))
-        .collect();
-    Json(json!(roles))
+fn role_view(roleid: &str, privs: &std::collections::BTreeSet<String>, special: bool) -> Value {
+    let privs: Vec<&str> = privs.iter().map(String::as_str).collect();
+    json!({ "roleid": roleid, "privs": privs.join(","), "special": special })
+}
+
+async fn list_roles(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let roles = st
+        .runtime
+        .cluster()
+        .read_linearizable(|s| {
+            s.roles().all().map(|(id, p, special)| role_view(id, p, special)).collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(Json(json!(roles)))
+}
+
+async fn get_role(State(st): State<ApiState>, Path(roleid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let role = st
+        .runtime
+        .cluster()
+        .read_linearizable(move |s| {
+            s.roles().all().find(|(id, _, _)| *id == roleid).map(|(i, p, sp)| role_view(i, p, sp))
+        })
+        .await?;
+    Ok(Json(role.ok_or_else(|| ApiError::not_found("no such role"))?))
+}
+
+/// `privs` as a list or as Proxmox's comma-separated string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PrivList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl PrivList {
+    fn into_set(self) -> std::collections::BTreeSet<String> {
+        match self {
+            PrivList::List(l) => l.into_iter().collect(),
+            PrivList::Text(t) => {
+                t.split([',', ' ', ';']).filter(|p| !p.is_empty()).map(String::from).collect()
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRole {
+    roleid: String,
+    privs: Option<PrivList>,
+}
+
+async fn create_role(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let r: NewRole = parse_body(&body)?;
+    let privs = r.privs.map(PrivList::into_set).unwrap_or_default();
+    let roleid = r.roleid.clone();
+    let exists = st.runtime.cluster().read_linearizable(move |s| s.roles().get(&roleid).is_some()).await?;
+    if exists {
+        return Err(ApiError::conflict(format!("role {} already exists", r.roleid)));
+    }
+    let ok = st
+        .runtime
+        .cluster()
+        .propose(Command::SetRole { roleid: r.roleid.clone(), privs: Some(privs) })
+        .await?;
+    Ok(Json(json!({ "roleid": r.roleid, "revision": ok.revision })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleChange {
+    privs: PrivList,
+    /// Add the privileges to the role's instead of replacing them.
+    #[serde(default)]
+    append: bool,
+}
+
+async fn update_role(
+    State(st): State<ApiState>,
+    Path(roleid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let c: RoleChange = parse_body(&body)?;
+    let id = roleid.clone();
+    let (builtin, current) = st
+        .runtime
+        .cluster()
+        .read_linearizable(move |s| {
+            (horcrux_core::access::builtin_roles().contains_key(&id), s.roles.get(&id).cloned())
+        })
+        .await?;
+    if builtin {
+        return Err(ApiError::bad_field("roleid", format!("{roleid} is a built-in role")));
+    }
+    let mut privs = current.ok_or_else(|| ApiError::not_found(format!("role {roleid} does not exist")))?;
+    if !c.append {
+        privs.clear();
+    }
+    privs.extend(c.privs.into_set());
+    let ok =
+        st.runtime.cluster().propose(Command::SetRole { roleid: roleid.clone(), privs: Some(privs) }).await?;
+    Ok(Json(json!({ "roleid": roleid, "revision": ok.revision })))
+}
+
+async fn delete_role(
+    State(st): State<ApiState>,
+    Path(roleid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    st.runtime.cluster().propose(Command::SetRole { roleid, privs: None }).await?;
+    Ok(Json(json!({})))
+}
+
+async fn list_groups(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let groups = st
+        .runtime
+        .cluster()
+        .read_linearizable(|s| {
+            s.groups
+                .values()
+                .map(|g| {
+                    let members: Vec<&str> = s
+                        .users
+                        .values()
+                        .filter(|u| u.groups.contains(&g.groupid))
+                        .map(|u| u.userid.as_str())
+                        .collect();
+                    json!({ "groupid": g.groupid, "comment": g.comment, "users": members.join(",") })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    Ok(Json(json!(groups)))
+}
+
+async fn get_group(State(st): State<ApiState>, Path(groupid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let g = st
+        .runtime
+        .cluster()
+        .read_linearizable(move |s| {
+            s.groups.get(&groupid).map(|g| {
+                let members: Vec<&str> = s
+                    .users
+                    .values()
+                    .filter(|u| u.groups.contains(&g.groupid))
+                    .map(|u| u.userid.as_str())
+                    .collect();
+                json!({ "groupid": g.groupid, "comment": g.comment, "members": members })
+            })
+        })
+        .await?;
+    Ok(Json(g.ok_or_else(|| ApiError::not_found("no such group"))?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    groupid: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn create_group(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let g: NewGroup = parse_body(&body)?;
+    let cmd = Command::CreateGroup { groupid: g.groupid.clone(), comment: g.comment };
+    let ok = st.runtime.cluster().propose(cmd).await?;
+    Ok(Json(json!({ "groupid": g.groupid, "revision": ok.revision })))
+}
+
+async fn delete_group(
+    State(st): State<ApiState>,
+    Path(groupid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    st.runtime.cluster().propose(Command::DeleteGroup { groupid }).await?;
+    Ok(Json(json!({})))
 }
 
 #[derive(Deserialize)]

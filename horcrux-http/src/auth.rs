@@ -107,11 +107,10 @@ pub async fn require_token(
                     }
                 }
                 let t = found?;
-                let expired = |e: u64| e != 0 && e <= now;
-                // A deleted or expired user's tokens stop working with it.
-                let user_ok =
-                    t.user() == "root@pam" || s.users.get(t.user()).is_some_and(|u| !expired(u.expire));
-                (user_ok && !expired(t.expire)).then(|| Caller { token_id: t.id.clone(), privsep: t.privsep })
+                // A deleted, disabled or expired user's tokens stop working with it.
+                let user_ok = t.user() == "root@pam" || s.users.get(t.user()).is_some_and(|u| u.active(now));
+                let token_live = t.expire == 0 || t.expire > now;
+                (user_ok && token_live).then(|| Caller { token_id: t.id.clone(), privsep: t.privsep })
             })
         }
         (None, Some(ticket)) => {
@@ -120,8 +119,7 @@ pub async fn require_token(
             let needs_csrf = req.method() != axum::http::Method::GET;
             let checked = st.runtime.cluster().read_local(|s| {
                 let user = crate::login::verify_ticket(s, &ticket, now)?;
-                let live =
-                    user == "root@pam" || s.users.get(&user).is_some_and(|u| u.expire == 0 || u.expire > now);
+                let live = user == "root@pam" || s.users.get(&user).is_some_and(|u| u.active(now));
                 if !live {
                     return None;
                 }

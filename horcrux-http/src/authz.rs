@@ -6,7 +6,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use horcrux_core::access::{builtin_roles, effective_privileges, Subject};
+use horcrux_core::access::{effective_privileges, Subject};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -69,8 +69,21 @@ pub fn routes() -> Vec<RouteAccess> {
         r!(POST, "/cluster/corosync", Priv("Sys.Modify", "/")),
         r!(GET, "/access/users", Priv("Sys.Audit", "/access")),
         r!(POST, "/access/users", Priv("User.Modify", "/access")),
+        r!(GET, "/access/users/{userid}", Priv("Sys.Audit", "/access")),
+        r!(PUT, "/access/users/{userid}", Priv("User.Modify", "/access")),
         r!(DELETE, "/access/users/{userid}", Priv("User.Modify", "/access")),
+        r!(GET, "/access/users/{userid}/token", Priv("Sys.Audit", "/access")),
+        r!(GET, "/access/users/{userid}/token/{tokenid}", Priv("Sys.Audit", "/access")),
         r!(POST, "/access/users/{userid}/token/{tokenid}", Priv("User.Modify", "/access")),
+        r!(DELETE, "/access/users/{userid}/token/{tokenid}", Priv("User.Modify", "/access")),
+        r!(GET, "/access/groups", Priv("Sys.Audit", "/access")),
+        r!(POST, "/access/groups", Priv("Group.Allocate", "/access/groups")),
+        r!(GET, "/access/groups/{groupid}", Priv("Sys.Audit", "/access")),
+        r!(DELETE, "/access/groups/{groupid}", Priv("Group.Allocate", "/access/groups")),
+        r!(POST, "/access/roles", Priv("Sys.Modify", "/access")),
+        r!(GET, "/access/roles/{roleid}", AnyUser),
+        r!(PUT, "/access/roles/{roleid}", Priv("Sys.Modify", "/access")),
+        r!(DELETE, "/access/roles/{roleid}", Priv("Sys.Modify", "/access")),
         r!(GET, "/access/acl", Priv("Sys.Audit", "/access")),
         r!(PUT, "/access/acl", Priv("Permissions.Modify", "/access")),
         r!(GET, "/access/roles", AnyUser),
@@ -117,7 +130,7 @@ pub(crate) fn caller_privileges(
         groups: &groups,
         token: Some((caller.token_id.as_str(), caller.privsep)),
     };
-    effective_privileges(&state.acl, &builtin_roles(), &subject, path)
+    effective_privileges(&state.acl, state.roles(), &subject, path)
 }
 
 pub async fn authorize(State(st): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {

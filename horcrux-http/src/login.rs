@@ -199,7 +199,7 @@ pub async fn ticket(
     let now = now_s();
     let cluster = st.runtime.cluster();
     let state = cluster.read_local(|s| s.clone());
-    let user = state.users.get(&l.username).filter(|u| u.expire == 0 || u.expire > now).cloned();
+    let user = state.users.get(&l.username).filter(|u| u.active(now)).cloned();
     let ok = if let Some(challenge) = &l.tfa_challenge {
         // Second step: the partial ticket proves the password; `password` is the factor.
         let pending =
