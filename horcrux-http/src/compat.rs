@@ -7,6 +7,9 @@
 // Handlers bail out with a ready Proxmox-shaped response; its size does not matter here.
 #![allow(clippy::result_large_err)]
 
+mod access;
+mod qemu;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
@@ -20,6 +23,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use crate::routes::ApiState;
+use access::*;
+use qemu::*;
 
 /// The native router, set once it is built (compat calls go through it).
 pub type NativeApp = Arc<OnceLock<Router>>;
@@ -43,9 +48,17 @@ pub fn routes() -> Router<ApiState> {
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/resources", get(cluster_resources))
         .route("/access/users", get(access_users).post(access_create_user))
-        .route("/access/users/{userid}/token/{tokenid}", post(access_token))
+        .route("/access/users/{userid}", get(access_user).put(access_user).delete(access_user))
+        .route("/access/users/{userid}/token", get(access_token_list))
+        .route(
+            "/access/users/{userid}/token/{tokenid}",
+            post(access_token).get(access_token_read_delete).delete(access_token_read_delete),
+        )
         .route("/access/acl", get(access_acl).put(access_set_acl))
-        .route("/access/roles", get(access_roles))
+        .route("/access/roles", get(access_roles).post(access_create_role))
+        .route("/access/roles/{roleid}", get(access_role).put(access_role).delete(access_role))
+        .route("/access/groups", get(access_groups).post(access_groups))
+        .route("/access/groups/{groupid}", get(access_group).delete(access_group))
         .route("/access/permissions", get(access_permissions))
 }
 
@@ -159,131 +172,6 @@ async fn cluster_resources(State(st): State<ApiState>, headers: HeaderMap, uri: 
         }
     }
     ok(json!(out))
-}
-
-async fn access_users(State(st): State<ApiState>, headers: HeaderMap) -> Response {
-    let (status, v, _) = native(&st, &headers, Method::GET, "/access/users", None).await;
-    answer(status, v, |v| v)
-}
-
-async fn access_create_user(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
-    let p = match params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let Some(userid) = p.get("userid").cloned() else {
-        return error(StatusCode::BAD_REQUEST, "userid", "property is missing and it is not optional");
-    };
-    let groups: Vec<&str> =
-        p.get("groups").map(|g| g.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
-    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
-    let req = json!({ "userid": userid, "comment": p.get("comment").cloned().unwrap_or_default(), "groups": groups, "expire": expire });
-    let (status, v, _) = native(&st, &headers, Method::POST, "/access/users", Some(req)).await;
-    if !status.is_success() {
-        return answer(status, v, |v| v);
-    }
-    if let Some(pw) = p.get("password") {
-        let req = json!({ "userid": userid, "password": pw });
-        let (status, v, _) = native(&st, &headers, Method::PUT, "/access/password", Some(req)).await;
-        return answer(status, v, |_| Value::Null);
-    }
-    ok(Value::Null)
-}
-
-async fn access_token(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    Path((userid, tokenid)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    let p = match params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let privsep = p.get("privsep").map(|v| v != "0").unwrap_or(true);
-    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
-    let path = format!("/access/users/{userid}/token/{tokenid}");
-    let (status, v, _) =
-        native(&st, &headers, Method::POST, &path, Some(json!({ "privsep": privsep, "expire": expire })))
-            .await;
-    answer(status, v, |v| v)
-}
-
-async fn access_acl(State(st): State<ApiState>, headers: HeaderMap) -> Response {
-    let (status, v, _) = native(&st, &headers, Method::GET, "/access/acl", None).await;
-    answer(status, v, |v| {
-        let list: Vec<Value> = v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| json!({ "path": e["path"], "roleid": e["role"], "type": e["ugid"]["type"], "ugid": e["ugid"]["id"], "propagate": u8::from(e["propagate"] == true) }))
-                    .collect()
-            })
-            .unwrap_or_default();
-        json!(list)
-    })
-}
-
-/// Proxmox's form: `path`, `roles` (list), `users`/`groups`/`tokens` (lists), `propagate`,
-/// `delete`; each (role, subject) pair becomes one native change.
-async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
-    let p = match params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let list = |k: &str| -> Vec<String> {
-        p.get(k)
-            .map(|v| v.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect())
-            .unwrap_or_default()
-    };
-    let Some(path) = p.get("path").cloned() else {
-        return error(StatusCode::BAD_REQUEST, "path", "property is missing and it is not optional");
-    };
-    let roles = list("roles");
-    if roles.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "roles", "property is missing and it is not optional");
-    }
-    let propagate = p.get("propagate").map(|v| v != "0").unwrap_or(true);
-    let delete = p.get("delete").is_some_and(|v| v != "0");
-    let mut subjects = Vec::new();
-    for (key, kind) in [("users", "user"), ("groups", "group"), ("tokens", "token")] {
-        subjects.extend(list(key).into_iter().map(|s| (kind, s)));
-    }
-    if subjects.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "users", "give users, groups or tokens");
-    }
-    for role in &roles {
-        for (kind, who) in &subjects {
-            let req = json!({ "path": path, "role": role, kind.to_string(): who, "propagate": propagate, "delete": delete });
-            let (status, v, _) = native(&st, &headers, Method::PUT, "/access/acl", Some(req)).await;
-            if !status.is_success() {
-                return answer(status, v, |v| v);
-            }
-        }
-    }
-    ok(Value::Null)
-}
-
-async fn access_roles(State(st): State<ApiState>, headers: HeaderMap) -> Response {
-    let (status, v, _) = native(&st, &headers, Method::GET, "/access/roles", None).await;
-    answer(status, v, |v| v)
-}
-
-async fn access_permissions(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
-    let q = query(&uri);
-    let path = match q.get("path") {
-        Some(p) => format!(
-            "/access/permissions?path={}",
-            serde_urlencoded::to_string([("p", p)]).unwrap_or_default().trim_start_matches("p=")
-        ),
-        None => "/access/permissions".to_string(),
-    };
-    let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
-    answer(status, v, |v| v)
 }
 
 /// Parameters from a form-encoded or JSON body (numbers and booleans as strings, as
@@ -421,159 +309,6 @@ async fn nextid(State(st): State<ApiState>, headers: HeaderMap) -> Response {
     let (status, v, _) = native(&st, &headers, Method::GET, "/cluster/nextid", None).await;
     // Proxmox answers the id as a string.
     answer(status, v, |v| json!(v["vmid"].as_u64().or(v.as_u64()).map(|n| n.to_string())))
-}
-
-fn qemu_entry(v: &Value) -> Value {
-    json!({
-        "vmid": v["vmid"],
-        "name": v["name"],
-        "status": v["status"],
-        "qmpstatus": v["qmpstatus"],
-        "maxmem": v["memory_mib"].as_u64().unwrap_or(0) * 1024 * 1024,
-        "cpus": v["cores"],
-        "node": v["node"],
-    })
-}
-
-async fn list_qemu(State(st): State<ApiState>, headers: HeaderMap, Path(node): Path<String>) -> Response {
-    let (status, v, _) = native(&st, &headers, Method::GET, "/vms", None).await;
-    answer(status, v, |v| {
-        let list: Vec<Value> = v
-            .as_array()
-            .map(|a| a.iter().filter(|g| g["node"] == node.as_str()).map(qemu_entry).collect())
-            .unwrap_or_default();
-        json!(list)
-    })
-}
-
-/// Disk keys Proxmox accepts on create, with `STORAGE:SIZE_GB[,opts]` allocating a disk.
-const DISK_KEYS: &[&str] = &["virtio", "scsi", "sata", "ide"];
-
-async fn create_qemu(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    Path(node): Path<String>,
-    body: Bytes,
-) -> Response {
-    let p = match params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let num = |k: &str, default: u64| -> Result<u64, Response> {
-        match p.get(k) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| error(StatusCode::BAD_REQUEST, k, "expected an integer")),
-        }
-    };
-    let vmid = match num("vmid", 0) {
-        Ok(0) => return error(StatusCode::BAD_REQUEST, "vmid", "property is missing and it is not optional"),
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    let (memory, cores) = match (num("memory", 512), num("cores", 1)) {
-        (Ok(m), Ok(c)) => (m, c),
-        (Err(e), _) | (_, Err(e)) => return e,
-    };
-    let mut disks = Vec::new();
-    for (k, v) in &p {
-        if DISK_KEYS.iter().any(|d| k.starts_with(d) && k[d.len()..].parse::<u32>().is_ok()) {
-            let spec = v.split(',').next().unwrap_or_default();
-            let Some((storage, size)) = spec.split_once(':') else {
-                return error(StatusCode::BAD_REQUEST, k, "expected STORAGE:SIZE_GB");
-            };
-            let Ok(gb) = size.parse::<u64>() else {
-                return error(StatusCode::BAD_REQUEST, k, "only new disks (STORAGE:SIZE_GB) are supported");
-            };
-            disks.push(json!({ "storage": storage, "size_mib": gb * 1024 }));
-        }
-    }
-    let name = p.get("name").cloned().unwrap_or_else(|| format!("vm{vmid}"));
-    let req = json!({ "vmid": vmid, "name": name, "memory_mib": memory, "cores": cores, "disks": disks });
-    if node != st.runtime.cluster().node_name() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "node",
-            &format!("address node {node}'s own API to create guests there"),
-        );
-    }
-    let (status, v, _) = native(&st, &headers, Method::POST, "/vms", Some(req)).await;
-    answer(status, v, |v| v["upid"].clone())
-}
-
-async fn delete_qemu(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    Path((_node, vmid)): Path<(String, String)>,
-) -> Response {
-    let (status, v, _) = native(&st, &headers, Method::DELETE, &format!("/vms/{vmid}"), None).await;
-    answer(status, v, |v| v["upid"].clone())
-}
-
-/// The guest's configuration as Proxmox property strings (`virtio0: local:100/vm-100-disk-0.qcow2,size=1G`).
-async fn qemu_config(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    Path((_node, vmid)): Path<(String, String)>,
-) -> Response {
-    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
-    answer(status, v, |v| {
-        let mut c = serde_json::Map::new();
-        c.insert("name".into(), v["name"].clone());
-        c.insert("memory".into(), json!(v["memory_mib"].as_u64().unwrap_or(0).to_string()));
-        c.insert("cores".into(), v["cores"].clone());
-        c.insert("ostype".into(), json!("l26"));
-        for (i, d) in v["disks"].as_array().into_iter().flatten().enumerate() {
-            let size = d["size_mib"].as_u64().unwrap_or(0);
-            let size = if size % 1024 == 0 { format!("{}G", size / 1024) } else { format!("{size}M") };
-            let vol = d["volume"].as_str().unwrap_or_default();
-            c.insert(format!("virtio{i}"), json!(format!("{vol},format=qcow2,size={size}")));
-        }
-        if let Some(b) = v.get("boot").filter(|b| b.is_object()) {
-            c.insert("args".into(), json!(format!("-kernel {}", b["kernel"].as_str().unwrap_or_default())));
-        }
-        // Proxmox's digest: changes whenever the config does (here: the revision).
-        c.insert("digest".into(), json!(format!("{:040x}", v["revision"].as_u64().unwrap_or(0))));
-        Value::Object(c)
-    })
-}
-
-async fn status_current(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    Path((_node, vmid)): Path<(String, String)>,
-) -> Response {
-    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
-    answer(status, v, |v| qemu_entry(&v))
-}
-
-async fn power(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    Path((_node, vmid, action)): Path<(String, String, String)>,
-    body: Bytes,
-) -> Response {
-    let p = match params(&headers, &body) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    let req = match action.as_str() {
-        "start" | "stop" => json!({}),
-        "shutdown" => match p.get("timeout").map(|t| t.parse::<u32>()) {
-            None => json!({}),
-            Some(Ok(t)) => json!({ "timeout_s": t }),
-            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "timeout", "expected an integer"),
-        },
-        other => {
-            return error(
-                StatusCode::NOT_IMPLEMENTED,
-                "action",
-                &format!("status/{other} is not supported yet"),
-            )
-        }
-    };
-    let (status, v, _) =
-        native(&st, &headers, Method::POST, &format!("/vms/{vmid}/{action}"), Some(req)).await;
-    answer(status, v, |v| v["upid"].clone())
 }
 
 async fn task_status(

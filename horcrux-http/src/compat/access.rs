@@ -1,0 +1,358 @@
+//! `/api2/json/access/...`: users, tokens, groups, roles, ACL entries, permissions.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::{answer, error, native, ok, params, query};
+use crate::routes::ApiState;
+
+pub(super) async fn access_users(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/access/users", None).await;
+    answer(status, v, |v| v)
+}
+
+pub(super) async fn access_create_user(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(userid) = p.get("userid").cloned() else {
+        return error(StatusCode::BAD_REQUEST, "userid", "property is missing and it is not optional");
+    };
+    let groups: Vec<&str> =
+        p.get("groups").map(|g| g.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
+    let req = json!({ "userid": userid, "comment": p.get("comment").cloned().unwrap_or_default(), "groups": groups, "expire": expire });
+    let (status, v, _) = native(&st, &headers, Method::POST, "/access/users", Some(req)).await;
+    if !status.is_success() {
+        return answer(status, v, |v| v);
+    }
+    if p.contains_key("email") || p.contains_key("enable") {
+        let change = match user_change(&p) {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let path = format!("/access/users/{userid}");
+        let (status, v, _) = native(&st, &headers, Method::PUT, &path, Some(change)).await;
+        if !status.is_success() {
+            return answer(status, v, |v| v);
+        }
+    }
+    if let Some(pw) = p.get("password") {
+        let req = json!({ "userid": userid, "password": pw });
+        let (status, v, _) = native(&st, &headers, Method::PUT, "/access/password", Some(req)).await;
+        return answer(status, v, |_| Value::Null);
+    }
+    ok(Value::Null)
+}
+
+pub(super) async fn access_token(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((userid, tokenid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let privsep = p.get("privsep").map(|v| v != "0").unwrap_or(true);
+    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
+    let path = format!("/access/users/{userid}/token/{tokenid}");
+    let (status, v, _) =
+        native(&st, &headers, Method::POST, &path, Some(json!({ "privsep": privsep, "expire": expire })))
+            .await;
+    answer(status, v, |v| v)
+}
+
+pub(super) async fn access_acl(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/access/acl", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| json!({ "path": e["path"], "roleid": e["role"], "type": e["ugid"]["type"], "ugid": e["ugid"]["id"], "propagate": u8::from(e["propagate"] == true) }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!(list)
+    })
+}
+
+/// Proxmox's form: `path`, `roles` (list), `users`/`groups`/`tokens` (lists), `propagate`,
+/// `delete`; each (role, subject) pair becomes one native change.
+pub(super) async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let list = |k: &str| -> Vec<String> {
+        p.get(k)
+            .map(|v| v.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let Some(path) = p.get("path").cloned() else {
+        return error(StatusCode::BAD_REQUEST, "path", "property is missing and it is not optional");
+    };
+    let roles = list("roles");
+    if roles.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "roles", "property is missing and it is not optional");
+    }
+    let propagate = p.get("propagate").map(|v| v != "0").unwrap_or(true);
+    let delete = p.get("delete").is_some_and(|v| v != "0");
+    let mut subjects = Vec::new();
+    for (key, kind) in [("users", "user"), ("groups", "group"), ("tokens", "token")] {
+        subjects.extend(list(key).into_iter().map(|s| (kind, s)));
+    }
+    if subjects.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "users", "give users, groups or tokens");
+    }
+    for role in &roles {
+        for (kind, who) in &subjects {
+            let req = json!({ "path": path, "role": role, kind.to_string(): who, "propagate": propagate, "delete": delete });
+            let (status, v, _) = native(&st, &headers, Method::PUT, "/access/acl", Some(req)).await;
+            if !status.is_success() {
+                return answer(status, v, |v| v);
+            }
+        }
+    }
+    ok(Value::Null)
+}
+
+pub(super) async fn access_roles(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/access/roles", None).await;
+    answer(status, v, |v| v)
+}
+
+pub(super) async fn access_permissions(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    let path = match q.get("path") {
+        Some(p) => format!(
+            "/access/permissions?path={}",
+            serde_urlencoded::to_string([("p", p)]).unwrap_or_default().trim_start_matches("p=")
+        ),
+        None => "/access/permissions".to_string(),
+    };
+    let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+    answer(status, v, |v| v)
+}
+
+/// A Proxmox boolean parameter: `1`/`0` (also `true`/`false`, as JSON clients send them).
+fn flag(p: &std::collections::BTreeMap<String, String>, k: &str) -> Result<Option<bool>, Response> {
+    match p.get(k).map(String::as_str) {
+        None => Ok(None),
+        Some("1" | "true" | "yes" | "on") => Ok(Some(true)),
+        Some("0" | "false" | "no" | "off") => Ok(Some(false)),
+        Some(_) => Err(error(StatusCode::BAD_REQUEST, k, "expected a boolean (0 or 1)")),
+    }
+}
+
+fn list(p: &std::collections::BTreeMap<String, String>, k: &str) -> Option<Vec<String>> {
+    p.get(k).map(|v| v.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect())
+}
+
+/// The native body of a user change from Proxmox's parameters.
+fn user_change(p: &std::collections::BTreeMap<String, String>) -> Result<Value, Response> {
+    let mut change = serde_json::Map::new();
+    for k in ["comment", "email"] {
+        if let Some(v) = p.get(k) {
+            change.insert(k.into(), json!(v));
+        }
+    }
+    if let Some(g) = list(p, "groups") {
+        change.insert("groups".into(), json!(g));
+    }
+    if let Some(e) = p.get("expire") {
+        let e: u64 =
+            e.parse().map_err(|_| error(StatusCode::BAD_REQUEST, "expire", "expected an integer"))?;
+        change.insert("expire".into(), json!(e));
+    }
+    if let Some(e) = flag(p, "enable")? {
+        change.insert("enable".into(), json!(e));
+    }
+    if flag(p, "append")? == Some(true) {
+        change.insert("append".into(), json!(true));
+    }
+    Ok(Value::Object(change))
+}
+
+pub(super) async fn access_user(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path(userid): Path<String>,
+    body: Bytes,
+) -> Response {
+    let path = format!("/access/users/{userid}");
+    match method {
+        Method::GET => {
+            let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+            answer(status, v, |mut v| {
+                let tokens: serde_json::Map<String, Value> = v["tokens"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| (t["tokenid"].as_str().unwrap_or_default().to_string(), token_info(t)))
+                    .collect();
+                v["tokens"] = Value::Object(tokens);
+                v["enable"] = json!(u8::from(v["enable"] == true));
+                v
+            })
+        }
+        Method::PUT => {
+            let p = match params(&headers, &body) {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            let change = match user_change(&p) {
+                Ok(c) => c,
+                Err(e) => return e,
+            };
+            let (status, v, _) = native(&st, &headers, Method::PUT, &path, Some(change)).await;
+            answer(status, v, |_| Value::Null)
+        }
+        _ => {
+            let (status, v, _) = native(&st, &headers, Method::DELETE, &path, None).await;
+            answer(status, v, |_| Value::Null)
+        }
+    }
+}
+
+fn token_info(t: &Value) -> Value {
+    json!({ "privsep": u8::from(t["privsep"] == true), "expire": t["expire"] })
+}
+
+pub(super) async fn access_token_list(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path(userid): Path<String>,
+) -> Response {
+    let (status, v, _) =
+        native(&st, &headers, Method::GET, &format!("/access/users/{userid}/token"), None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let mut i = token_info(t);
+                i["tokenid"] = t["tokenid"].clone();
+                i
+            })
+            .collect();
+        json!(list)
+    })
+}
+
+pub(super) async fn access_token_read_delete(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path((userid, tokenid)): Path<(String, String)>,
+) -> Response {
+    let path = format!("/access/users/{userid}/token/{tokenid}");
+    let get = method == Method::GET;
+    let (status, v, _) = native(&st, &headers, method, &path, None).await;
+    answer(status, v, |v| if get { token_info(&v) } else { Value::Null })
+}
+
+pub(super) async fn access_create_role(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(roleid) = p.get("roleid") else {
+        return error(StatusCode::BAD_REQUEST, "roleid", "property is missing and it is not optional");
+    };
+    let req = json!({ "roleid": roleid, "privs": list(&p, "privs").unwrap_or_default() });
+    let (status, v, _) = native(&st, &headers, Method::POST, "/access/roles", Some(req)).await;
+    answer(status, v, |_| Value::Null)
+}
+
+pub(super) async fn access_role(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path(roleid): Path<String>,
+    body: Bytes,
+) -> Response {
+    let path = format!("/access/roles/{roleid}");
+    match method {
+        Method::GET => {
+            let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+            // Proxmox answers a map privilege -> 1.
+            answer(status, v, |v| {
+                let privs = v["privs"].as_str().unwrap_or_default();
+                let map: serde_json::Map<String, Value> =
+                    privs.split(',').filter(|p| !p.is_empty()).map(|p| (p.to_string(), json!(1))).collect();
+                Value::Object(map)
+            })
+        }
+        Method::PUT => {
+            let p = match params(&headers, &body) {
+                Ok(p) => p,
+                Err(e) => return e,
+            };
+            let append = match flag(&p, "append") {
+                Ok(a) => a.unwrap_or(false),
+                Err(e) => return e,
+            };
+            let req = json!({ "privs": list(&p, "privs").unwrap_or_default(), "append": append });
+            let (status, v, _) = native(&st, &headers, Method::PUT, &path, Some(req)).await;
+            answer(status, v, |_| Value::Null)
+        }
+        _ => {
+            let (status, v, _) = native(&st, &headers, Method::DELETE, &path, None).await;
+            answer(status, v, |_| Value::Null)
+        }
+    }
+}
+
+pub(super) async fn access_groups(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    body: Bytes,
+) -> Response {
+    if method == Method::GET {
+        let (status, v, _) = native(&st, &headers, Method::GET, "/access/groups", None).await;
+        return answer(status, v, |v| v);
+    }
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(groupid) = p.get("groupid") else {
+        return error(StatusCode::BAD_REQUEST, "groupid", "property is missing and it is not optional");
+    };
+    let req = json!({ "groupid": groupid, "comment": p.get("comment").cloned().unwrap_or_default() });
+    let (status, v, _) = native(&st, &headers, Method::POST, "/access/groups", Some(req)).await;
+    answer(status, v, |_| Value::Null)
+}
+
+pub(super) async fn access_group(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path(groupid): Path<String>,
+) -> Response {
+    let get = method == Method::GET;
+    let (status, v, _) = native(&st, &headers, method, &format!("/access/groups/{groupid}"), None).await;
+    answer(status, v, |v| if get { v } else { Value::Null })
+}
