@@ -88,7 +88,7 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
     })
     .await
     .unwrap();
-    let spec = VmSpec { memory_mib: 64, cores: 1, disks: vec![], boot: None };
+    let spec = VmSpec { memory_mib: 64, ..Default::default() };
     cluster
         .propose(Command::CreateGuest {
             vmid: 100,

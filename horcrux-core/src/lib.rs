@@ -10,6 +10,7 @@ pub mod model;
 pub mod state;
 pub mod totp;
 pub mod upid;
+pub mod vmconfig;
 
 pub use command::{ApplyError, ApplyOk, Command, Request};
 pub use ids::ValidationError;

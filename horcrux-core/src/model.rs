@@ -79,19 +79,60 @@ pub struct DiskSpec {
     /// Set once the volume exists: `local:101/vm-101-disk-0.qcow2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// Where the disk is attached (`virtio0`, `scsi1`, `sata0`, `ide2`); `None` is
+    /// `virtio<position in the list>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
     pub memory_mib: u64,
     pub cores: u32,
+    #[serde(default = "one_socket")]
+    pub sockets: u32,
     #[serde(default)]
     pub disks: Vec<DiskSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<KernelBoot>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<crate::vmconfig::NetSpec>,
+    /// Proxmox options kept as given (`vmconfig::KEPT_OPTIONS`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
+fn one_socket() -> u32 {
+    1
+}
+
+impl Default for VmSpec {
+    /// 512 MiB, one core, nothing attached.
+    fn default() -> Self {
+        Self {
+            memory_mib: 512,
+            cores: 1,
+            sockets: 1,
+            disks: Vec::new(),
+            boot: None,
+            nets: Vec::new(),
+            options: Default::default(),
+        }
+    }
+}
+
+pub const SOCKETS_MAX: u32 = 4;
+
 impl VmSpec {
+    /// Each disk's slot (`virtio0`, `scsi1`, ...), in the order of `disks`.
+    pub fn disk_slots(&self) -> Vec<String> {
+        self.disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d.slot.clone().unwrap_or_else(|| format!("virtio{i}")))
+            .collect()
+    }
+
     /// Checks everything that does not depend on cluster state.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if !(MEMORY_MIB_MIN..=MEMORY_MIB_MAX).contains(&self.memory_mib) {
@@ -106,6 +147,31 @@ impl VmSpec {
                 format!("{} out of range 1..={CORES_MAX}", self.cores),
             ));
         }
+        if !(1..=SOCKETS_MAX).contains(&self.sockets) || self.cores * self.sockets > CORES_MAX {
+            return Err(ValidationError::new(
+                "sockets",
+                format!("1..={SOCKETS_MAX}, and at most {CORES_MAX} cores in all"),
+            ));
+        }
+        let mut slots = std::collections::BTreeSet::new();
+        for (i, slot) in self.disk_slots().iter().enumerate() {
+            crate::vmconfig::parse_disk_slot(&format!("disks[{i}].slot"), slot)?;
+            if !slots.insert(slot.clone()) {
+                return Err(ValidationError::new(
+                    format!("disks[{i}].slot"),
+                    format!("{slot} is used twice"),
+                ));
+            }
+        }
+        let mut nets = std::collections::BTreeSet::new();
+        for n in &self.nets {
+            let field = format!("net{}", n.index);
+            n.validate(&field)?;
+            if !nets.insert(n.index) {
+                return Err(ValidationError::new(field, "given twice"));
+            }
+        }
+        crate::vmconfig::validate_options(&self.options)?;
         if self.disks.len() > DISKS_MAX {
             return Err(ValidationError::new("disks", format!("at most {DISKS_MAX} disks")));
         }

@@ -83,6 +83,36 @@ pub struct QemuDriver {
 }
 
 /// QEMU option values separate sub-options with ',': a literal comma is written twice.
+/// Proxmox's tap names: `tap{vmid}i{index}` (at most 15 characters for a 9-digit VMID).
+pub fn tap_name(vmid: u32, index: u8) -> String {
+    format!("tap{vmid}i{index}")
+}
+
+/// Puts each bridged card's tap on its bridge and brings it up; applies `link_down`.
+async fn attach_taps(launch: &GuestLaunch, qmp: &QmpClient) -> Result<(), DriverError> {
+    for n in &launch.spec.nets {
+        if let Some(bridge) = &n.bridge {
+            let tap = tap_name(launch.vmid, n.index);
+            let out = Command::new("ip")
+                .args(["link", "set", "dev", &tap, "master", bridge, "up"])
+                .output()
+                .await
+                .map_err(|e| DriverError::Command { program: "ip".into(), message: e.to_string() })?;
+            if !out.status.success() {
+                return Err(DriverError::Command {
+                    program: "ip".into(),
+                    message: format!("{tap} -> {bridge}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                });
+            }
+        }
+        if n.link_down {
+            let args = serde_json::json!({ "name": format!("net{}", n.index), "up": false });
+            qmp.execute("set_link", Some(args)).await?;
+        }
+    }
+    Ok(())
+}
+
 fn opt_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
@@ -131,7 +161,7 @@ impl QemuDriver {
             "-m".into(),
             spec.memory_mib.to_string(),
             "-smp".into(),
-            format!("{c},sockets=1,cores={c}", c = spec.cores),
+            format!("{},sockets={},cores={}", spec.cores * spec.sockets, spec.sockets, spec.cores),
             "-device".into(),
             "VGA".into(),
             "-vnc".into(),
@@ -143,14 +173,47 @@ impl QemuDriver {
             "-pidfile".into(),
             self.pid_path(launch.vmid).display().to_string(),
             "-daemonize".into(),
-            "-nic".into(),
-            "none".into(),
         ];
+        let slots = spec.disk_slots();
+        let on_bus = |bus: &str| slots.iter().any(|s| s.starts_with(bus));
+        if on_bus("scsi") {
+            a.extend(["-device".into(), "virtio-scsi-pci,id=scsihw0".into()]);
+        }
+        if on_bus("sata") {
+            a.extend(["-device".into(), "ahci,id=ahci0".into()]);
+        }
         for (i, path) in launch.disk_paths.iter().enumerate() {
+            let slot = slots.get(i).cloned().unwrap_or_else(|| format!("virtio{i}"));
             a.push("-drive".into());
-            a.push(format!("file={},if=none,id=drive-virtio{i},format=qcow2", opt_escape(path)));
+            a.push(format!("file={},if=none,id=drive-{slot},format=qcow2", opt_escape(path)));
             a.push("-device".into());
-            a.push(format!("virtio-blk-pci,drive=drive-virtio{i},id=virtio{i}"));
+            let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
+            a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {
+                "scsi" => format!("scsi-hd,bus=scsihw0.0,scsi-id={n},drive=drive-{slot},id={slot}"),
+                "sata" => format!("ide-hd,bus=ahci0.{n},drive=drive-{slot},id={slot}"),
+                "ide" => format!("ide-hd,bus=ide.{},unit={},drive=drive-{slot},id={slot}", n / 2, n % 2),
+                _ => format!("virtio-blk-pci,drive=drive-{slot},id={slot}"),
+            });
+        }
+        if spec.nets.is_empty() {
+            a.extend(["-nic".into(), "none".into()]);
+        }
+        for n in &spec.nets {
+            let id = format!("net{}", n.index);
+            a.push("-netdev".into());
+            a.push(match &n.bridge {
+                // QEMU creates the tap (we run as root); `attach_taps` puts it on the bridge.
+                Some(_) => {
+                    format!("tap,id={id},ifname={},script=no,downscript=no", tap_name(launch.vmid, n.index))
+                }
+                None => format!("user,id={id}"),
+            });
+            let device = match n.model.as_str() {
+                "virtio" => "virtio-net-pci",
+                other => other,
+            };
+            a.push("-device".into());
+            a.push(format!("{device},netdev={id},mac={},id={id}", n.macaddr));
         }
         if let Some(boot) = &spec.boot {
             a.push("-kernel".into());
@@ -228,6 +291,13 @@ impl QemuDriver {
                 return Err(DriverError::Invalid(format!("disk {} does not exist", p.display())));
             }
         }
+        for n in &launch.spec.nets {
+            if let Some(b) = &n.bridge {
+                if !Path::new("/sys/class/net").join(b).join("bridge").exists() {
+                    return Err(DriverError::Invalid(format!("net{}: bridge '{b}' does not exist", n.index)));
+                }
+            }
+        }
         let _ = std::fs::remove_file(self.qmp_path(launch.vmid));
         let _ = std::fs::remove_file(self.pid_path(launch.vmid));
         let mut last_err = String::new();
@@ -248,7 +318,11 @@ impl QemuDriver {
                     self.remember_proc(launch.vmid, pid);
                 }
                 let qmp = QmpClient::connect(&self.qmp_path(launch.vmid)).await?;
-                self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(launch.vmid, qmp);
+                self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(launch.vmid, qmp.clone());
+                if let Err(e) = attach_taps(launch, &qmp).await {
+                    let _ = self.stop_inner(launch.vmid).await;
+                    return Err(e);
+                }
                 tracing::info!(vmid = launch.vmid, vnc_display = vnc, "QEMU started");
                 return Ok(());
             }

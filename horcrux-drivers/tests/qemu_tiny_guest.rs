@@ -31,6 +31,7 @@ fn launch(vmid: u32, cmdline: &str, disk: PathBuf) -> GuestLaunch {
                 initrd: Some(g.join("initrd.gz").display().to_string()),
                 cmdline: cmdline.into(),
             }),
+            ..Default::default()
         },
         disk_paths: vec![disk],
     }
@@ -115,4 +116,72 @@ async fn argv_has_the_contracted_options() {
     assert_eq!(after("-append"), "console=ttyS0 a,b");
     assert!(argv.contains(&"-daemonize".to_string()));
     assert!(after("-serial").ends_with("903.serial.log"));
+}
+
+/// Removes the test bridge however the test ends.
+struct Bridge(&'static str);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nics_join_a_real_bridge_and_disks_sit_on_their_bus() {
+    use horcrux_core::vmconfig::NetSpec;
+    let tmp = tempfile::tempdir().unwrap();
+    let storage = DirStorage::new("local", tmp.path().join("storage"));
+    let disk = storage.path(&storage.alloc(904, 0, 16).await.unwrap()).unwrap();
+    let driver = QemuDriver::new(tmp.path().join("run"), tmp.path().join("log"), Accel::Tcg).unwrap();
+    let mut l = launch(904, "console=ttyS0 stayup", disk);
+    l.spec.disks = vec![horcrux_core::DiskSpec {
+        storage: "local".into(),
+        size_mib: 16,
+        volume: None,
+        slot: Some("scsi2".into()),
+    }];
+    l.spec.sockets = 2;
+    let net = |index: u8, bridge: Option<&str>| NetSpec {
+        index,
+        model: "virtio".into(),
+        macaddr: format!("BC:24:11:00:09:0{index}"),
+        bridge: bridge.map(String::from),
+        tag: None,
+        firewall: false,
+        link_down: index == 1,
+    };
+    l.spec.nets = vec![net(0, Some("hxbr904")), net(1, None)];
+
+    // Proxmox's refusal when the bridge is missing, before anything is launched.
+    let e = driver.start(&l).await.unwrap_err();
+    assert!(e.to_string().contains("bridge 'hxbr904' does not exist"), "{e}");
+    assert_eq!(driver.status(904).await.unwrap(), ObservedPower::Stopped);
+
+    let ok =
+        std::process::Command::new("ip").args(["link", "add", "hxbr904", "type", "bridge"]).status().unwrap();
+    assert!(ok.success());
+    let _bridge = Bridge("hxbr904");
+    driver.start(&l).await.unwrap();
+    let master = std::fs::read_link("/sys/class/net/tap904i0/master").unwrap();
+    assert!(master.ends_with("hxbr904"), "{}", master.display());
+    let argv = std::fs::read_to_string(format!(
+        "/proc/{}/cmdline",
+        std::fs::read_to_string(tmp.path().join("run/904.pid")).unwrap().trim()
+    ))
+    .unwrap()
+    .replace('\0', " ");
+    assert!(argv.contains("-smp 2,sockets=2,cores=1"), "{argv}");
+    assert!(argv.contains("scsi-hd,bus=scsihw0.0,scsi-id=2,drive=drive-scsi2,id=scsi2"), "{argv}");
+    assert!(argv.contains("virtio-net-pci,netdev=net0,mac=BC:24:11:00:09:00,id=net0"), "{argv}");
+    assert!(argv.contains("user,id=net1"), "{argv}");
+    driver.stop(904).await.unwrap();
+    // QEMU removes the tap it created.
+    for _ in 0..50 {
+        if !std::path::Path::new("/sys/class/net/tap904i0").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!std::path::Path::new("/sys/class/net/tap904i0").exists());
 }

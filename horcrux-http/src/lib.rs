@@ -15,6 +15,7 @@ mod pam;
 mod routes;
 mod serve;
 mod tls;
+mod vm_config;
 
 pub use auth::token_sha256;
 pub use authz::{routes as access_rules, Check, RouteAccess};

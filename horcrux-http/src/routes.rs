@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{middleware, Extension, Json, Router};
 use horcrux_actors::{create_with_disks, ClusterPort, CreateError, NodeRuntime, TaskLog};
 use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, KernelBoot, VmSpec};
@@ -50,6 +50,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/stop", post(stop_vm))
         .route("/vms/{vmid}/shutdown", post(shutdown_vm))
         .route("/vms/{vmid}/migrate", post(migrate_vm))
+        .route("/vms/{vmid}/config", put(crate::vm_config::update))
         .route("/vms/{vmid}/serial", get(serial_log))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{upid}", get(get_task))
@@ -102,7 +103,7 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
     })
 }
 
-fn parse_vmid(raw: &str) -> Result<u32, ApiError> {
+pub(crate) fn parse_vmid(raw: &str) -> Result<u32, ApiError> {
     let n: u64 = raw.parse().map_err(|_| ApiError::bad_field("vmid", format!("{raw:?} is not a number")))?;
     Ok(ids::validate_vmid("vmid", n)?)
 }
@@ -136,7 +137,14 @@ fn vm_json(st: &ApiState, g: &Guest) -> Value {
         "type": "qemu",
         "memory_mib": spec.memory_mib,
         "cores": spec.cores,
-        "disks": spec.disks,
+        "sockets": spec.sockets,
+        "disks": spec.disks.iter().zip(spec.disk_slots()).map(|(d, slot)| {
+            let mut d = json!(d);
+            d["slot"] = slot.into();
+            d
+        }).collect::<Vec<_>>(),
+        "nets": spec.nets,
+        "options": spec.options,
         "status": status_word(observed.power),
         "qmpstatus": observed.power,
         "desired": g.desired,
@@ -169,9 +177,51 @@ async fn get_vm(State(st): State<ApiState>, Path(vmid): Path<String>) -> Result<
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewDisk {
-    storage: String,
-    size_mib: u64,
+pub(crate) struct NewDisk {
+    pub storage: String,
+    pub size_mib: u64,
+    /// `virtio0`, `scsi1`, ...; default `virtio<position>`.
+    pub slot: Option<String>,
+}
+
+/// A network card; without `macaddr`, one is generated (Proxmox's `BC:24:11` prefix).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewNet {
+    pub index: u8,
+    #[serde(default = "virtio")]
+    pub model: String,
+    pub macaddr: Option<String>,
+    pub bridge: Option<String>,
+    pub tag: Option<u16>,
+    #[serde(default)]
+    pub firewall: bool,
+    #[serde(default)]
+    pub link_down: bool,
+}
+
+fn virtio() -> String {
+    "virtio".into()
+}
+
+impl NewNet {
+    pub fn into_spec(self) -> horcrux_core::vmconfig::NetSpec {
+        horcrux_core::vmconfig::NetSpec {
+            index: self.index,
+            model: self.model,
+            macaddr: self.macaddr.map(|m| m.to_ascii_uppercase()).unwrap_or_else(random_mac),
+            bridge: self.bridge,
+            tag: self.tag,
+            firewall: self.firewall,
+            link_down: self.link_down,
+        }
+    }
+}
+
+pub(crate) fn random_mac() -> String {
+    let mut b = [0u8; 3];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("OS random source");
+    horcrux_core::vmconfig::mac_from_bytes(b)
 }
 
 #[derive(Deserialize)]
@@ -182,9 +232,15 @@ struct CreateVm {
     memory_mib: u64,
     #[serde(default = "one")]
     cores: u32,
+    #[serde(default = "one")]
+    sockets: u32,
     #[serde(default)]
     disks: Vec<NewDisk>,
     boot: Option<KernelBoot>,
+    #[serde(default)]
+    nets: Vec<NewNet>,
+    #[serde(default)]
+    options: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> u32 {
@@ -212,12 +268,20 @@ async fn create_vm(
     let spec = VmSpec {
         memory_mib: req.memory_mib,
         cores: req.cores,
+        sockets: req.sockets,
         disks: req
             .disks
             .iter()
-            .map(|d| DiskSpec { storage: d.storage.clone(), size_mib: d.size_mib, volume: None })
+            .map(|d| DiskSpec {
+                storage: d.storage.clone(),
+                size_mib: d.size_mib,
+                volume: None,
+                slot: d.slot.clone(),
+            })
             .collect(),
         boot: req.boot,
+        nets: req.nets.into_iter().map(NewNet::into_spec).collect(),
+        options: req.options,
     };
     spec.validate()?;
     for (i, d) in spec.disks.iter().enumerate() {

@@ -13,6 +13,7 @@ fn spec(vmid: u32, disks: usize) -> VmSpec {
                 storage: "local".into(),
                 size_mib: 64,
                 volume: Some(ids::volume_id("local", vmid, i)),
+                slot: None,
             })
             .collect(),
         boot: Some(KernelBoot {
@@ -20,6 +21,7 @@ fn spec(vmid: u32, disks: usize) -> VmSpec {
             initrd: Some("/k/initrd.gz".into()),
             cmdline: "console=ttyS0".into(),
         }),
+        ..Default::default()
     }
 }
 

@@ -22,7 +22,7 @@ impl World {
             let vmid = 100 + self.vmids.len() as u32;
             self.vmids.push(vmid);
             let owner = rng.gen_range(1..=self.cfg.nodes);
-            let config = GuestConfig::Qemu(VmSpec { memory_mib: 512, cores: 1, disks: vec![], boot: None });
+            let config = GuestConfig::Qemu(VmSpec::default());
             let cmd =
                 Command::CreateGuest { vmid, name: format!("g{vmid}"), node: format!("n{owner}"), config };
             (format!("create guest {vmid} on n{owner}"), cmd, None)
@@ -85,8 +85,13 @@ impl World {
         let spec = VmSpec {
             memory_mib: 512,
             cores: 1,
-            disks: vec![horcrux_core::DiskSpec { storage: "local".into(), size_mib: 64, volume: None }],
-            boot: None,
+            disks: vec![horcrux_core::DiskSpec {
+                storage: "local".into(),
+                size_mib: 64,
+                volume: None,
+                slot: None,
+            }],
+            ..Default::default()
         };
         tokio::spawn(async move {
             let pools = horcrux_actors::read(&*port, |s| s.storage.clone());

@@ -1,0 +1,163 @@
+//! `PUT /api/v1/vms/{vmid}/config`: change a guest's configuration. Runs on the owner (the
+//! forwarding layer carries it there), because new disks are allocated on its storage.
+//! The change is compare-and-set on the revision the handler read (or the caller gave), so
+//! two concurrent edits never silently overwrite each other. Changes apply at the next
+//! start, as with Proxmox's pending changes when hotplug is off.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use horcrux_core::{ids, Command, DiskSpec, GuestConfig, VmSpec};
+use horcrux_raft::ProposeError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::routes::{parse_body, ApiState, NewDisk, NewNet};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigChange {
+    /// Refuse the change (409) unless the guest is still at this revision.
+    revision: Option<u64>,
+    name: Option<String>,
+    memory_mib: Option<u64>,
+    cores: Option<u32>,
+    sockets: Option<u32>,
+    /// Network cards to add or replace, by index.
+    #[serde(default)]
+    nets: Vec<NewNet>,
+    /// New disks, allocated on the owner's storage.
+    #[serde(default)]
+    add_disks: Vec<NewDisk>,
+    /// Options to set (`""` removes one).
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+    /// Keys to remove: `netN` or an option name.
+    #[serde(default)]
+    delete: Vec<String>,
+}
+
+pub async fn update(
+    State(st): State<ApiState>,
+    Path(vmid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = crate::routes::parse_vmid(&vmid)?;
+    let change: ConfigChange = parse_body(&body)?;
+    let cluster = st.runtime.cluster();
+    let state = cluster.read_linearizable(|s| s.clone()).await?;
+    let g =
+        state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    if let Some(r) = change.revision {
+        if r != g.revision {
+            return Err(ApiError::conflict(format!(
+                "guest {vmid} changed: revision is {}, not {r}",
+                g.revision
+            )));
+        }
+    }
+    let mut spec: VmSpec = g.vm_spec().clone();
+    let name = change.name.unwrap_or_else(|| g.name.clone());
+    ids::validate_dns_label("name", &name)?;
+    spec.memory_mib = change.memory_mib.unwrap_or(spec.memory_mib);
+    spec.cores = change.cores.unwrap_or(spec.cores);
+    spec.sockets = change.sockets.unwrap_or(spec.sockets);
+    for key in &change.delete {
+        if let Some(index) = key.strip_prefix("net").and_then(|n| n.parse::<u8>().ok()) {
+            spec.nets.retain(|n| n.index != index);
+        } else if horcrux_core::vmconfig::KEPT_OPTIONS.contains(&key.as_str()) {
+            spec.options.remove(key);
+        } else if spec.disk_slots().contains(key) {
+            return Err(ApiError::bad_field(
+                "delete",
+                format!("{key}: detaching disks is not supported yet"),
+            ));
+        } else {
+            return Err(ApiError::bad_field("delete", format!("{key:?} cannot be removed")));
+        }
+    }
+    for n in change.nets {
+        let n = n.into_spec();
+        spec.nets.retain(|x| x.index != n.index);
+        spec.nets.push(n);
+    }
+    spec.nets.sort_by_key(|n| n.index);
+    for (k, v) in change.options {
+        if v.is_empty() {
+            spec.options.remove(&k);
+        } else {
+            spec.options.insert(k, v);
+        }
+    }
+    let first_new = spec.disks.len();
+    for (i, d) in change.add_disks.iter().enumerate() {
+        if !state.storage.contains_key(&d.storage) {
+            return Err(ApiError::bad_field(
+                format!("add_disks[{i}].storage"),
+                format!("unknown storage {:?}", d.storage),
+            ));
+        }
+        let slot = d.slot.clone().unwrap_or_else(|| format!("virtio{}", spec.disks.len()));
+        spec.disks.push(DiskSpec {
+            storage: d.storage.clone(),
+            size_mib: d.size_mib,
+            volume: None,
+            slot: Some(slot),
+        });
+    }
+    spec.validate()?;
+
+    // Allocate the new disks under names no other disk of the guest uses.
+    let mut allocated: Vec<(String, String)> = Vec::new();
+    let used: Vec<String> = spec.disks.iter().filter_map(|d| d.volume.clone()).collect();
+    let mut next_index = 0usize;
+    for d in spec.disks[first_new..].iter_mut() {
+        while used.contains(&ids::volume_id(&d.storage, vmid, next_index)) {
+            next_index += 1;
+        }
+        let pool = &state.storage[&d.storage];
+        match (st.runtime.volumes())(pool).alloc(vmid, next_index, d.size_mib).await {
+            Ok(volid) => {
+                allocated.push((d.storage.clone(), volid.clone()));
+                d.volume = Some(volid);
+                next_index += 1;
+            }
+            Err(e) => {
+                free(&st, &state, &allocated).await;
+                return Err(ApiError::internal(format!("allocating a disk on {}: {e}", d.storage)));
+            }
+        }
+    }
+    let cmd = Command::UpdateGuest {
+        vmid,
+        expected_revision: Some(g.revision),
+        name,
+        config: GuestConfig::Qemu(spec),
+    };
+    match cluster.propose(cmd).await {
+        Ok(ok) => Ok(Json(
+            json!({ "revision": ok.revision, "added": allocated.iter().map(|(_, v)| v).collect::<Vec<_>>() }),
+        )),
+        Err(e) => {
+            // Refused: nothing refers to the new volumes. Unknown outcome: keep them (the
+            // change may have committed) and say so.
+            if matches!(e, ProposeError::Rejected(_)) {
+                free(&st, &state, &allocated).await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+async fn free(st: &ApiState, state: &horcrux_core::ClusterState, allocated: &[(String, String)]) {
+    for (storage, volid) in allocated {
+        if let Some(pool) = state.storage.get(storage) {
+            if let Err(e) = (st.runtime.volumes())(pool).free(volid).await {
+                tracing::warn!("freeing {volid} after a refused config change: {e}");
+            }
+        }
+    }
+}
