@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[test]
 fn tiny_guest_boots_survives_daemon_restart_and_is_deleted() {
@@ -107,4 +107,83 @@ fn shutdown_falls_back_to_hard_stop_after_its_timeout() {
     let (code, body) = api.post("/vms/150/shutdown", &json!({"timeout_s": "soon"}));
     assert_eq!(code, 400);
     assert_eq!(body["field"], "timeout_s");
+}
+
+/// The QEMU command line of a running guest, from its pid file.
+fn qemu_cmdline(dir: &std::path::Path, vmid: u32) -> (String, String) {
+    let pid = std::fs::read_to_string(dir.join(format!("run/qemu/{vmid}.pid"))).unwrap().trim().to_string();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+    (pid, cmdline)
+}
+
+#[test]
+fn config_changes_apply_at_reboot_and_suspend_pauses_the_guest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+    let g = tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"});
+    let (code, body) = api.post("/vms", &json!({"vmid": 160, "name": "cfg", "memory_mib": 128, "boot": boot}));
+    assert_eq!(code, 200, "{body}");
+    let put = |v: Value| api.request("PUT", "/vms/160/config", Some(api.token()), &v);
+    // Reboot and suspend need a running guest.
+    assert_eq!(api.post("/vms/160/reboot", &json!({})).0, 409);
+    assert_eq!(api.post("/vms/160/suspend", &json!({})).0, 409);
+    let (_, body) = api.post("/vms/160/start", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let (pid1, cmd1) = qemu_cmdline(tmp.path(), 160);
+    assert!(cmd1.contains("-m 128 "), "{cmd1}");
+
+    // Change memory, CPU, add a NIC (user-mode) and a SCSI disk while it runs.
+    let rev = api.get("/vms/160").1["revision"].as_u64().unwrap();
+    let change = json!({
+        "revision": rev, "memory_mib": 192, "cores": 2, "options": {"description": "edited", "onboot": "1"},
+        "nets": [{"index": 0, "model": "e1000"}],
+        "add_disks": [{"storage": "local", "size_mib": 16, "slot": "scsi0"}],
+    });
+    let (code, body) = put(change.clone());
+    assert_eq!(code, 200, "{body}");
+    // The same change again carries a stale revision: refused, nothing allocated.
+    let (code, body) = put(change);
+    assert_eq!(code, 409, "{body}");
+    let vm = api.get("/vms/160").1;
+    assert_eq!((vm["memory_mib"].as_u64(), vm["cores"].as_u64()), (Some(192), Some(2)), "{vm}");
+    let mac = vm["nets"][0]["macaddr"].as_str().unwrap().to_string();
+    assert!(mac.starts_with("BC:24:11:"), "{vm}");
+    assert_eq!(vm["disks"][0]["slot"], "scsi0", "{vm}");
+    assert_eq!(vm["options"]["description"], "edited", "{vm}");
+    let volumes: Vec<_> = std::fs::read_dir(tmp.path().join("storage/local/images/160")).unwrap().collect();
+    assert_eq!(volumes.len(), 1, "one disk allocated, not two");
+    // Bad input names the field and changes nothing.
+    let (code, body) = put(json!({"nets": [{"index": 1, "model": "pcnet"}]}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("net1")), "{body}");
+    let (code, body) = put(json!({"options": {"args": "-device evil"}}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("args")), "{body}");
+    let (code, body) = put(json!({"add_disks": [{"storage": "local", "size_mib": 16, "slot": "ide9"}]}));
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(std::fs::read_dir(tmp.path().join("storage/local/images/160")).unwrap().count(), 1);
+
+    // Still the old QEMU; a reboot starts a new one with the new configuration.
+    assert_eq!(qemu_cmdline(tmp.path(), 160).0, pid1);
+    let (code, body) = api.post("/vms/160/reboot", &json!({"timeout_s": 1}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let (pid2, cmd2) = qemu_cmdline(tmp.path(), 160);
+    assert_ne!(pid1, pid2);
+    assert!(cmd2.contains("-m 192 ") && cmd2.contains("-smp 2,sockets=1,cores=2"), "{cmd2}");
+    assert!(cmd2.contains(&format!("e1000,netdev=net0,mac={mac}")), "{cmd2}");
+    assert!(cmd2.contains("scsi-hd,bus=scsihw0.0,scsi-id=0,drive=drive-scsi0"), "{cmd2}");
+
+    // Suspend pauses the vCPUs (QMP reports paused), resume continues; same process.
+    let (code, body) = api.post("/vms/160/suspend", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let vm = api.get("/vms/160").1;
+    assert_eq!((vm["status"].as_str(), vm["qmpstatus"].as_str()), (Some("running"), Some("paused")), "{vm}");
+    let (_, body) = api.post("/vms/160/resume", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    assert_eq!(api.get("/vms/160").1["qmpstatus"], "running");
+    assert_eq!(qemu_cmdline(tmp.path(), 160).0, pid2);
+    let (_, body) = api.post("/vms/160/stop", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
 }

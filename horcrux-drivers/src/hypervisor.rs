@@ -72,6 +72,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn serial_log(&self, vmid: u32) -> PathBuf;
     /// Every guest whose process runs on this host now, whoever started it.
     fn running_guests(&self) -> BoxFuture<'_, Result<Vec<u32>, DriverError>>;
+    /// Pauses (`true`) or resumes (`false`) a running guest's vCPUs: Proxmox's
+    /// suspend/resume. The process keeps running either way.
+    fn set_paused(&self, vmid: u32, paused: bool) -> BoxFuture<'_, Result<(), DriverError>> {
+        let _ = (vmid, paused);
+        Box::pin(async { Err(DriverError::Invalid("this hypervisor cannot pause guests".into())) })
+    }
 }
 
 pub trait VolumeStore: Send + Sync + 'static {

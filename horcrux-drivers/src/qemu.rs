@@ -404,6 +404,17 @@ impl QemuDriver {
 }
 
 impl Hypervisor for QemuDriver {
+    fn set_paused(&self, vmid: u32, paused: bool) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(async move {
+            let qmp = self
+                .monitor(vmid)
+                .await?
+                .ok_or_else(|| DriverError::Invalid(format!("guest {vmid} is not running")))?;
+            qmp.execute(if paused { "stop" } else { "cont" }, None).await?;
+            Ok(())
+        })
+    }
+
     fn start<'a>(&'a self, launch: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.start_inner(launch))
     }

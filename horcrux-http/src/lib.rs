@@ -16,6 +16,7 @@ mod routes;
 mod serve;
 mod tls;
 mod vm_config;
+mod vm_power;
 
 pub use auth::token_sha256;
 pub use authz::{routes as access_rules, Check, RouteAccess};

@@ -20,7 +20,7 @@ use crate::auth::{require_token, Caller};
 use crate::error::ApiError;
 
 /// Proxmox's default graceful-shutdown timeout.
-const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 60;
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 60;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -51,6 +51,9 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/shutdown", post(shutdown_vm))
         .route("/vms/{vmid}/migrate", post(migrate_vm))
         .route("/vms/{vmid}/config", put(crate::vm_config::update))
+        .route("/vms/{vmid}/reboot", post(crate::vm_power::reboot))
+        .route("/vms/{vmid}/suspend", post(crate::vm_power::suspend))
+        .route("/vms/{vmid}/resume", post(crate::vm_power::resume))
         .route("/vms/{vmid}/serial", get(serial_log))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{upid}", get(get_task))

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use horcrux_core::{ids, Command, DiskSpec, GuestConfig, VmSpec};
 use horcrux_raft::ProposeError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::{parse_body, ApiState, NewDisk, NewNet};
 
@@ -40,8 +41,37 @@ struct ConfigChange {
     delete: Vec<String>,
 }
 
+/// The privileges a change needs, as Proxmox checks them per key: (privilege, ACL path).
+fn needed(change: &ConfigChange, vmid: u32) -> Vec<(&'static str, String)> {
+    let vm = format!("/vms/{vmid}");
+    let mut out = Vec::new();
+    if change.memory_mib.is_some() {
+        out.push(("VM.Config.Memory", vm.clone()));
+    }
+    if change.cores.is_some() || change.sockets.is_some() {
+        out.push(("VM.Config.CPU", vm.clone()));
+    }
+    if !change.nets.is_empty() || change.delete.iter().any(|k| k.starts_with("net")) {
+        out.push(("VM.Config.Network", vm.clone()));
+    }
+    if !change.add_disks.is_empty() {
+        out.push(("VM.Config.Disk", vm.clone()));
+    }
+    for d in &change.add_disks {
+        out.push(("Datastore.AllocateSpace", format!("/storage/{}", d.storage)));
+    }
+    if change.name.is_some()
+        || !change.options.is_empty()
+        || change.delete.iter().any(|k| !k.starts_with("net"))
+    {
+        out.push(("VM.Config.Options", vm));
+    }
+    out
+}
+
 pub async fn update(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(vmid): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -49,6 +79,14 @@ pub async fn update(
     let change: ConfigChange = parse_body(&body)?;
     let cluster = st.runtime.cluster();
     let state = cluster.read_linearizable(|s| s.clone()).await?;
+    for (privilege, path) in needed(&change, vmid) {
+        if !crate::authz::caller_privileges(&state, &caller, &path).contains(privilege) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                format!("permission check failed: {} needs {privilege} on {path}", caller.token_id),
+            ));
+        }
+    }
     let g =
         state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
     if let Some(r) = change.revision {
