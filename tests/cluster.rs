@@ -332,6 +332,14 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     assert_eq!(code, 200, "{body}");
     assert!(!images.exists(), "the owner removed the disk");
     assert_eq!(a3.get("/vms/700").0, 404);
+    // Creating for another member: through f1, for f3 (as Proxmox clients address the node).
+    let (code, body) = a1.post("/vms?node=f3", &json!({"vmid": 702, "name": "remote", "memory_mib": 64}));
+    assert_eq!(code, 200, "{body}");
+    assert!(body["upid"].as_str().unwrap().starts_with("UPID:f3:"), "{body}");
+    assert_eq!(a2.get("/vms/702").1["node"], "f3");
+    let (code, body) = a1.post("/vms?node=nowhere", &json!({"vmid": 703, "name": "x", "memory_mib": 64}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("node")), "{body}");
+    assert_eq!(a1.delete("/vms/702").0, 200);
 }
 
 #[test]

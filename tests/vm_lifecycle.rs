@@ -112,7 +112,8 @@ fn shutdown_falls_back_to_hard_stop_after_its_timeout() {
 /// The QEMU command line of a running guest, from its pid file.
 fn qemu_cmdline(dir: &std::path::Path, vmid: u32) -> (String, String) {
     let pid = std::fs::read_to_string(dir.join(format!("run/qemu/{vmid}.pid"))).unwrap().trim().to_string();
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
+    let cmdline =
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ");
     (pid, cmdline)
 }
 
@@ -123,7 +124,8 @@ fn config_changes_apply_at_reboot_and_suspend_pauses_the_guest() {
     let api = d.client();
     let g = tiny_guest();
     let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"});
-    let (code, body) = api.post("/vms", &json!({"vmid": 160, "name": "cfg", "memory_mib": 128, "boot": boot}));
+    let (code, body) =
+        api.post("/vms", &json!({"vmid": 160, "name": "cfg", "memory_mib": 128, "boot": boot}));
     assert_eq!(code, 200, "{body}");
     let put = |v: Value| api.request("PUT", "/vms/160/config", Some(api.token()), &v);
     // Reboot and suspend need a running guest.

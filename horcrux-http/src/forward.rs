@@ -19,11 +19,20 @@ use crate::routes::ApiState;
 const FORWARDED: &str = "x-horcrux-forwarded";
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
-/// The node that should answer `path` (relative to `/api/v1`), if not this one.
-fn owner_of(st: &ApiState, path: &str) -> Option<String> {
+/// The node that should answer `uri` (relative to `/api/v1`), if not this one: a guest's
+/// owner, a task's node, or for a create (`POST /vms?node=NAME`) the named member.
+fn owner_of(st: &ApiState, uri: &axum::http::Uri) -> Option<String> {
     let me = st.runtime.cluster().node_name().to_string();
-    let mut parts = path.trim_start_matches('/').split('/');
+    let mut parts = uri.path().trim_start_matches('/').split('/');
     let owner = match (parts.next(), parts.next()) {
+        (Some("vms"), None) => {
+            let node = serde_urlencoded::from_str::<Vec<(String, String)>>(uri.query()?)
+                .ok()?
+                .into_iter()
+                .find(|(k, _)| k == "node")?
+                .1;
+            st.runtime.cluster().read_local(|s| s.nodes.contains_key(&node)).then_some(node)?
+        }
         (Some("vms"), Some(vmid)) => {
             let vmid: u32 = vmid.parse().ok()?;
             st.runtime.cluster().read_local(|s| s.guests.get(&vmid).map(|g| g.node.clone()))?
@@ -43,7 +52,7 @@ pub async fn forward_to_owner(
     if req.headers().contains_key(FORWARDED) {
         return next.run(req).await;
     }
-    let Some(owner) = owner_of(&st, req.uri().path()) else {
+    let Some(owner) = owner_of(&st, req.uri()) else {
         return next.run(req).await;
     };
     // A ticket in a cookie travels as the equivalent Authorization header.

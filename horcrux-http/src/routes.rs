@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
@@ -254,12 +254,23 @@ fn task_response(task: &TaskLog) -> Json<Value> {
     Json(json!({ "upid": task.upid() }))
 }
 
+#[derive(Deserialize)]
+struct CreateTarget {
+    /// The member that will own the guest (the request is carried there); default: this node.
+    node: Option<String>,
+}
+
 async fn create_vm(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    Query(target): Query<CreateTarget>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let req: CreateVm = parse_body(&body)?;
+    if let Some(node) = target.node.filter(|n| n != st.runtime.cluster().node_name()) {
+        // Known members were forwarded to before this handler ran.
+        return Err(ApiError::bad_field("node", format!("no cluster member is named {node:?}")));
+    }
     let _guard = st.create_lock.lock().await;
     let cluster = st.runtime.cluster();
     let state = cluster.read_linearizable(|s| s.clone()).await?;

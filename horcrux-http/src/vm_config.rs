@@ -176,9 +176,17 @@ pub async fn update(
         config: GuestConfig::Qemu(spec),
     };
     match cluster.propose(cmd).await {
-        Ok(ok) => Ok(Json(
-            json!({ "revision": ok.revision, "added": allocated.iter().map(|(_, v)| v).collect::<Vec<_>>() }),
-        )),
+        Ok(ok) => {
+            // A finished task, so Proxmox's asynchronous form (POST .../config) has a UPID.
+            let task = st.runtime.tasks().create("qmconfig", &vmid.to_string(), caller.user());
+            for (_, v) in &allocated {
+                task.log(format!("allocated {v}"));
+            }
+            task.log(format!("guest {vmid} configuration updated (revision {})", ok.revision));
+            task.finish(Ok::<(), String>(()));
+            let added: Vec<&String> = allocated.iter().map(|(_, v)| v).collect();
+            Ok(Json(json!({ "revision": ok.revision, "added": added, "upid": task.upid() })))
+        }
         Err(e) => {
             // Refused: nothing refers to the new volumes. Unknown outcome: keep them (the
             // change may have committed) and say so.

@@ -45,6 +45,40 @@ assert cur["status"] == "running", cur
 log = api.nodes(node).tasks(upid).log.get()
 assert log and "n" in log[0] and "t" in log[0], log
 
+# Config changes as Proxmox clients send them: property strings, digest, delete.
+cfg = api.nodes(node).qemu(vmid).config.get()
+api.nodes(node).qemu(vmid).config.put(
+    memory=192, sockets=1, net0="virtio,firewall=1", virtio1="local:1,format=qcow2",
+    description="set by proxmoxer", digest=cfg["digest"])
+cfg2 = api.nodes(node).qemu(vmid).config.get()
+assert cfg2["memory"] == "192" and cfg2["description"] == "set by proxmoxer", cfg2
+assert cfg2["net0"].startswith("virtio=BC:24:11:") and "firewall=1" in cfg2["net0"], cfg2
+assert cfg2["virtio1"].startswith("local:") and "size=1G" in cfg2["virtio1"], cfg2
+try:
+    api.nodes(node).qemu(vmid).config.put(memory=256, digest=cfg["digest"])
+    raise AssertionError("a stale digest was accepted")
+except Exception as e:
+    assert "digest" in str(e), e
+try:
+    api.nodes(node).qemu(vmid).config.put(net1="pcnet,bridge=vmbr0")
+    raise AssertionError("a bad net was accepted")
+except Exception as e:
+    assert "net1" in str(e), e
+upid = api.nodes(node).qemu(vmid).config.post(delete="description,net0")
+wait(api, node, upid, "config via POST")
+cfg3 = api.nodes(node).qemu(vmid).config.get()
+assert "description" not in cfg3 and "net0" not in cfg3 and cfg3["virtio1"] == cfg2["virtio1"], cfg3
+
+# Reboot, suspend, resume.
+upid = api.nodes(node).qemu(vmid).status.reboot.post(timeout=1)
+wait(api, node, upid, "reboot")
+upid = api.nodes(node).qemu(vmid).status.suspend.post()
+wait(api, node, upid, "suspend")
+assert api.nodes(node).qemu(vmid).status.current.get()["qmpstatus"] == "paused"
+upid = api.nodes(node).qemu(vmid).status.resume.post()
+wait(api, node, upid, "resume")
+assert api.nodes(node).qemu(vmid).status.current.get()["qmpstatus"] == "running"
+
 upid = api.nodes(node).qemu(vmid).status.stop.post()
 wait(api, node, upid, "stop")
 assert api.nodes(node).qemu(vmid).status.current.get()["status"] == "stopped"
@@ -82,6 +116,30 @@ try:
     raise AssertionError("an auditor created a VM")
 except Exception as e:
     assert "403" in str(e), e
+
+# Users, groups, custom roles and tokens through the Proxmox paths.
+api.access.groups.post(groupid="ops", comment="operators")
+api.access.users("frank@pve").put(groups="ops", email="frank@example.org", comment="edited")
+u = api.access.users("frank@pve").get()
+assert u["groups"] == ["ops"] and u["email"] == "frank@example.org" and "ro" in u["tokens"], u
+assert any(g["groupid"] == "ops" for g in api.access.groups.get())
+api.access.roles.post(roleid="VMWatcher", privs="VM.Audit,VM.Console")
+assert api.access.roles("VMWatcher").get() == {"VM.Audit": 1, "VM.Console": 1}
+api.access.roles("VMWatcher").put(privs="VM.PowerMgmt", append=1)
+assert "VM.PowerMgmt" in api.access.roles("VMWatcher").get()
+api.access.users("frank@pve").put(enable=0)
+try:
+    fapi.nodes.get()
+    raise AssertionError("a disabled user's token still works")
+except Exception as e:
+    assert "401" in str(e), e
+api.access.users("frank@pve").put(enable=1)
+assert fapi.nodes.get()
+assert api.access.users("frank@pve").token("ro").get()["privsep"] == 0
+api.access.users("frank@pve").token("ro").delete()
+api.access.roles("VMWatcher").delete()
+api.access.users("frank@pve").delete()
+assert not any(u["userid"] == "frank@pve" for u in api.access.users.get())
 
 # Password login (ticket + CSRF), as a user with the Administrator role.
 papi = ProxmoxAPI(host, port=int(port), user=user, password=password, verify_ssl=False)

@@ -6,6 +6,10 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use std::collections::BTreeMap;
+
+use horcrux_core::vmconfig::{self, DiskRequest, NetSpec};
+
 use super::{answer, error, native, params};
 use crate::routes::ApiState;
 
@@ -36,8 +40,83 @@ pub(super) async fn list_qemu(
     })
 }
 
-/// Disk keys Proxmox accepts on create, with `STORAGE:SIZE_GB[,opts]` allocating a disk.
-pub(super) const DISK_KEYS: &[&str] = &["virtio", "scsi", "sata", "ide"];
+/// Keys that steer the request rather than describe the guest.
+const CONTROL_KEYS: &[&str] = &["vmid", "node", "digest", "delete", "skiplock", "background_delay", "revert"];
+
+/// Proxmox parameters of a guest (create or config change) as the native API's fields.
+/// `current` is the guest's native view when changing an existing one.
+fn translate(
+    p: &BTreeMap<String, String>,
+    current: Option<&Value>,
+) -> Result<serde_json::Map<String, Value>, Response> {
+    let bad = |k: &str, m: &str| error(StatusCode::BAD_REQUEST, k, m);
+    let mut out = serde_json::Map::new();
+    let mut nets = Vec::new();
+    let mut disks = Vec::new();
+    let mut options = serde_json::Map::new();
+    for (k, v) in p {
+        let k = k.as_str();
+        let int = |v: &str| v.parse::<u64>().map_err(|_| bad(k, "expected an integer"));
+        match k {
+            _ if CONTROL_KEYS.contains(&k) => {}
+            "name" => {
+                out.insert("name".into(), json!(v));
+            }
+            // PVE 8.1+ writes memory as a property string (`current=2048`).
+            "memory" => {
+                let m = v.strip_prefix("current=").unwrap_or(v);
+                out.insert("memory_mib".into(), json!(int(m)?));
+            }
+            "cores" | "sockets" => {
+                out.insert(k.into(), json!(int(v)?));
+            }
+            _ if k.starts_with("net") && k[3..].parse::<u8>().is_ok() => {
+                let index: u8 = k[3..].parse().unwrap_or(0);
+                // Keep the card's MAC address when the new value names none.
+                let old_mac = current
+                    .and_then(|c| c["nets"].as_array().cloned())
+                    .and_then(|a| a.into_iter().find(|n| n["index"] == index))
+                    .and_then(|n| n["macaddr"].as_str().map(str::to_string));
+                let mac = old_mac.unwrap_or_else(crate::routes::random_mac);
+                let net = NetSpec::parse(k, index, v, &mac).map_err(|e| bad(&e.field, &e.message))?;
+                nets.push(json!(net));
+            }
+            _ if vmconfig::parse_disk_slot(k, k).is_ok() => {
+                match vmconfig::parse_disk(k, v).map_err(|e| bad(&e.field, &e.message))? {
+                    DiskRequest::New { storage, size_gb } => {
+                        disks.push(json!({ "storage": storage, "size_mib": size_gb * 1024, "slot": k }))
+                    }
+                    DiskRequest::Existing { volume } => {
+                        // Only the volume already in that slot (options are QEMU's defaults).
+                        let same = current.and_then(|c| c["disks"].as_array().cloned()).is_some_and(|a| {
+                            a.iter().any(|d| d["slot"] == k && d["volume"] == volume.as_str())
+                        });
+                        if !same {
+                            return Err(bad(
+                                k,
+                                "attaching an existing volume is not supported; give STORAGE:SIZE_GB",
+                            ));
+                        }
+                    }
+                }
+            }
+            _ if vmconfig::KEPT_OPTIONS.contains(&k) => {
+                options.insert(k.into(), json!(v));
+            }
+            _ => return Err(bad(k, "property is not defined in schema or not supported by Horcrux")),
+        }
+    }
+    if !nets.is_empty() {
+        out.insert("nets".into(), json!(nets));
+    }
+    if !disks.is_empty() {
+        out.insert(if current.is_some() { "add_disks" } else { "disks" }.into(), json!(disks));
+    }
+    if !options.is_empty() {
+        out.insert("options".into(), Value::Object(options));
+    }
+    Ok(out)
+}
 
 pub(super) async fn create_qemu(
     State(st): State<ApiState>,
@@ -49,45 +128,72 @@ pub(super) async fn create_qemu(
         Ok(p) => p,
         Err(e) => return e,
     };
-    let num = |k: &str, default: u64| -> Result<u64, Response> {
-        match p.get(k) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| error(StatusCode::BAD_REQUEST, k, "expected an integer")),
-        }
+    let vmid = match p.get("vmid").map(|v| v.parse::<u64>()) {
+        None => return error(StatusCode::BAD_REQUEST, "vmid", "property is missing and it is not optional"),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "vmid", "expected an integer"),
     };
-    let vmid = match num("vmid", 0) {
-        Ok(0) => return error(StatusCode::BAD_REQUEST, "vmid", "property is missing and it is not optional"),
-        Ok(v) => v,
+    let mut req = match translate(&p, None) {
+        Ok(r) => r,
         Err(e) => return e,
     };
-    let (memory, cores) = match (num("memory", 512), num("cores", 1)) {
-        (Ok(m), Ok(c)) => (m, c),
-        (Err(e), _) | (_, Err(e)) => return e,
+    req.insert("vmid".into(), json!(vmid));
+    req.entry("name").or_insert_with(|| json!(format!("vm{vmid}")));
+    req.entry("memory_mib").or_insert(json!(512));
+    // The node in the path owns the guest: the native create runs there.
+    let path = format!("/vms?node={}", form_escape(&node));
+    let (status, v, _) = native(&st, &headers, Method::POST, &path, Some(Value::Object(req))).await;
+    answer(status, v, |v| v["upid"].clone())
+}
+
+fn form_escape(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)]).unwrap_or_default().trim_start_matches("v=").to_string()
+}
+
+/// `PUT` (synchronous, answers null) and `POST` (answers a task id) of
+/// `/nodes/{node}/qemu/{vmid}/config`: Proxmox keys, `delete` (a list of keys), `digest`.
+pub(super) async fn update_config(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path((_node, vmid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
     };
-    let mut disks = Vec::new();
-    for (k, v) in &p {
-        if DISK_KEYS.iter().any(|d| k.starts_with(d) && k[d.len()..].parse::<u32>().is_ok()) {
-            let spec = v.split(',').next().unwrap_or_default();
-            let Some((storage, size)) = spec.split_once(':') else {
-                return error(StatusCode::BAD_REQUEST, k, "expected STORAGE:SIZE_GB");
-            };
-            let Ok(gb) = size.parse::<u64>() else {
-                return error(StatusCode::BAD_REQUEST, k, "only new disks (STORAGE:SIZE_GB) are supported");
-            };
-            disks.push(json!({ "storage": storage, "size_mib": gb * 1024 }));
+    let (status, current, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
+    if !status.is_success() {
+        return answer(status, current, |v| v);
+    }
+    let mut req = match translate(&p, Some(&current)) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let revision = current["revision"].as_u64().unwrap_or(0);
+    if let Some(d) = p.get("digest") {
+        match u64::from_str_radix(d, 16) {
+            Ok(r) if r == revision => {}
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "digest",
+                    "detected modified configuration - file changed by other user? Try again.",
+                )
+            }
         }
     }
-    let name = p.get("name").cloned().unwrap_or_else(|| format!("vm{vmid}"));
-    let req = json!({ "vmid": vmid, "name": name, "memory_mib": memory, "cores": cores, "disks": disks });
-    if node != st.runtime.cluster().node_name() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "node",
-            &format!("address node {node}'s own API to create guests there"),
-        );
+    // Compare-and-set on what this change was computed from.
+    req.insert("revision".into(), json!(revision));
+    if let Some(d) = p.get("delete") {
+        let keys: Vec<&str> = d.split([',', ';', ' ']).filter(|k| !k.is_empty()).collect();
+        req.insert("delete".into(), json!(keys));
     }
-    let (status, v, _) = native(&st, &headers, Method::POST, "/vms", Some(req)).await;
-    answer(status, v, |v| v["upid"].clone())
+    let asynchronous = method == Method::POST;
+    let (status, v, _) =
+        native(&st, &headers, Method::PUT, &format!("/vms/{vmid}/config"), Some(Value::Object(req))).await;
+    answer(status, v, |v| if asynchronous { v["upid"].clone() } else { Value::Null })
 }
 
 pub(super) async fn delete_qemu(
@@ -111,12 +217,23 @@ pub(super) async fn qemu_config(
         c.insert("name".into(), v["name"].clone());
         c.insert("memory".into(), json!(v["memory_mib"].as_u64().unwrap_or(0).to_string()));
         c.insert("cores".into(), v["cores"].clone());
-        c.insert("ostype".into(), json!("l26"));
-        for (i, d) in v["disks"].as_array().into_iter().flatten().enumerate() {
+        c.insert("sockets".into(), v["sockets"].clone());
+        for d in v["disks"].as_array().into_iter().flatten() {
             let size = d["size_mib"].as_u64().unwrap_or(0);
             let size = if size % 1024 == 0 { format!("{}G", size / 1024) } else { format!("{size}M") };
             let vol = d["volume"].as_str().unwrap_or_default();
-            c.insert(format!("virtio{i}"), json!(format!("{vol},format=qcow2,size={size}")));
+            let slot = d["slot"].as_str().unwrap_or("virtio0").to_string();
+            c.insert(slot, json!(format!("{vol},format=qcow2,size={size}")));
+        }
+        for n in v["nets"].as_array().into_iter().flatten() {
+            if let Ok(net) = serde_json::from_value::<NetSpec>(n.clone()) {
+                c.insert(format!("net{}", net.index), json!(net.to_property_string()));
+            }
+        }
+        if let Some(o) = v["options"].as_object() {
+            for (k, val) in o {
+                c.insert(k.clone(), val.clone());
+            }
         }
         if let Some(b) = v.get("boot").filter(|b| b.is_object()) {
             c.insert("args".into(), json!(format!("-kernel {}", b["kernel"].as_str().unwrap_or_default())));
@@ -147,7 +264,12 @@ pub(super) async fn power(
         Err(e) => return e,
     };
     let req = match action.as_str() {
-        "start" | "stop" => json!({}),
+        "start" | "stop" | "suspend" | "resume" => json!({}),
+        "reboot" => match p.get("timeout").map(|t| t.parse::<u32>()) {
+            None => json!({}),
+            Some(Ok(t)) => json!({ "timeout_s": t }),
+            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "timeout", "expected an integer"),
+        },
         "shutdown" => match p.get("timeout").map(|t| t.parse::<u32>()) {
             None => json!({}),
             Some(Ok(t)) => json!({ "timeout_s": t }),
