@@ -87,4 +87,18 @@ pub trait VolumeStore: Send + Sync + 'static {
     fn path(&self, volid: &str) -> Result<PathBuf, DriverError>;
     /// Removes a volume; a missing volume is not an error.
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// The guest images this store holds on this host.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>>;
+}
+
+/// One disk image, as Proxmox's storage content lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VolumeInfo {
+    pub volid: String,
+    pub vmid: u32,
+    pub format: String,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Bytes allocated on the host.
+    pub used: u64,
 }

@@ -9,7 +9,7 @@ pub mod qmp;
 pub mod storage;
 
 pub use hypervisor::{
-    BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, VolumeStore,
+    BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, VolumeInfo, VolumeStore,
 };
 pub use qemu::{resolve_accel, Accel, QemuDriver};
 pub use storage::DirStorage;

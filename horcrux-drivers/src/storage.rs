@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use horcrux_core::ids;
 use tokio::process::Command;
 
-use crate::hypervisor::{BoxFuture, DriverError, VolumeStore};
+use crate::hypervisor::{BoxFuture, DriverError, VolumeInfo, VolumeStore};
 
 pub struct DirStorage {
     id: String,
@@ -46,7 +46,57 @@ impl DirStorage {
     }
 }
 
+/// The virtual size recorded in a qcow2 header (big-endian u64 at offset 24, after the
+/// magic `QFI\xfb`), or `None` if `head` is not a qcow2 header.
+pub fn qcow2_virtual_size(head: &[u8]) -> Option<u64> {
+    if head.len() < 32 || &head[..4] != b"QFI\xfb" {
+        return None;
+    }
+    Some(u64::from_be_bytes(head[24..32].try_into().ok()?))
+}
+
+impl DirStorage {
+    async fn list_inner(&self) -> Result<Vec<VolumeInfo>, DriverError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let images = self.root.join("images");
+        let mut guests = match tokio::fs::read_dir(&images).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(dir) = guests.next_entry().await? {
+            let Some(vmid) = dir.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let mut files = tokio::fs::read_dir(dir.path()).await?;
+            while let Some(f) = files.next_entry().await? {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let volid = format!("{}:{vmid}/{name}", self.id);
+                if !name.ends_with(".qcow2") || ids::parse_volume_id(&volid).is_err() {
+                    continue;
+                }
+                let mut head = [0u8; 32];
+                let mut file = tokio::fs::File::open(f.path()).await?;
+                tokio::io::AsyncReadExt::read_exact(&mut file, &mut head).await?;
+                let meta = f.metadata().await?;
+                out.push(VolumeInfo {
+                    volid,
+                    vmid,
+                    format: "qcow2".into(),
+                    size: qcow2_virtual_size(&head).unwrap_or(0),
+                    used: meta.blocks() * 512,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.volid.cmp(&b.volid));
+        Ok(out)
+    }
+}
+
 impl VolumeStore for DirStorage {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>> {
+        Box::pin(self.list_inner())
+    }
+
     fn alloc(&self, vmid: u32, index: usize, size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>> {
         Box::pin(self.alloc_inner(vmid, index, size_mib))
     }
@@ -86,6 +136,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = DirStorage::new("local", tmp.path());
         let vol = s.alloc(101, 0, 64).await.unwrap();
+        // qemu-img's header carries the virtual size the listing reports.
+        let listed = s.list().await.unwrap();
+        assert_eq!((listed.len(), listed[0].vmid, listed[0].size), (1, 101, 64 * 1024 * 1024));
+        assert_eq!(listed[0].volid, vol);
         assert_eq!(vol, "local:101/vm-101-disk-0.qcow2");
         let path = s.path(&vol).unwrap();
         assert_eq!(path, tmp.path().join("images/101/vm-101-disk-0.qcow2"));

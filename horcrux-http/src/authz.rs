@@ -62,6 +62,7 @@ pub fn routes() -> Vec<RouteAccess> {
         r!(GET, "/cluster/nextid", AnyUser),
         r!(GET, "/nodes", AnyUser),
         r!(GET, "/storage", Priv("Datastore.Audit", "/storage")),
+        r!(GET, "/storage/{id}/content", Priv("Datastore.Audit", "/storage/{id}")),
         r!(GET, "/cluster/status", Priv("Sys.Audit", "/")),
         r!(GET, "/cluster/tokens", Priv("Sys.Audit", "/")),
         r!(POST, "/cluster/tokens", Priv("Sys.Modify", "/")),

@@ -45,6 +45,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/nodes/{node}/tasks", get(list_tasks))
         .route("/nodes/{node}/status", get(node_status))
         .route("/nodes/{node}/storage", get(node_storage))
+        .route("/nodes/{node}/storage/{storage}/content", get(storage_content))
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/resources", get(cluster_resources))
         .route("/access/users", get(access_users).post(access_create_user))
@@ -108,6 +109,20 @@ async fn node_storage(State(st): State<ApiState>, headers: HeaderMap, Path(_node
             .unwrap_or_default();
         json!(list)
     })
+}
+
+async fn storage_content(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((node, storage)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Response {
+    let mut path = format!("/storage/{storage}/content?node={}", qemu::form_escape(&node));
+    if let Some(vmid) = query(&uri).get("vmid") {
+        path.push_str(&format!("&vmid={}", qemu::form_escape(vmid)));
+    }
+    let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+    answer(status, v, |v| v)
 }
 
 async fn cluster_status(State(st): State<ApiState>, headers: HeaderMap) -> Response {

@@ -25,7 +25,7 @@ fn owner_of(st: &ApiState, uri: &axum::http::Uri) -> Option<String> {
     let me = st.runtime.cluster().node_name().to_string();
     let mut parts = uri.path().trim_start_matches('/').split('/');
     let owner = match (parts.next(), parts.next()) {
-        (Some("vms"), None) => {
+        (Some("vms"), None) | (Some("storage"), Some(_)) => {
             let node = serde_urlencoded::from_str::<Vec<(String, String)>>(uri.query()?)
                 .ok()?
                 .into_iter()

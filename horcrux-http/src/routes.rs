@@ -61,6 +61,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/cluster/nextid", get(next_id))
         .route("/nodes", get(list_nodes))
         .route("/storage", get(list_storage))
+        .route("/storage/{id}/content", get(storage_content))
         .merge(crate::cluster_routes::routes())
         .merge(crate::access_routes::routes())
         // Layers run outside-in: authenticate, check the route's privilege, then carry guest
@@ -573,4 +574,31 @@ async fn list_storage(State(st): State<ApiState>) -> Result<Json<Value>, ApiErro
     let pools =
         st.runtime.cluster().read_linearizable(|s| json!(s.storage.values().collect::<Vec<_>>())).await?;
     Ok(Json(pools))
+}
+
+#[derive(Deserialize)]
+struct ContentQuery {
+    /// Whose disks to list (the request is carried to that member); default: this node.
+    node: Option<String>,
+    vmid: Option<u64>,
+}
+
+/// The guest images a storage holds on one node (Proxmox's storage content).
+async fn storage_content(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<ContentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(node) = q.node.filter(|n| n != st.runtime.cluster().node_name()) {
+        return Err(ApiError::bad_field("node", format!("no cluster member is named {node:?}")));
+    }
+    let pool = st.runtime.cluster().read_linearizable(move |s| s.storage.get(&id).cloned()).await?;
+    let pool = pool.ok_or_else(|| ApiError::not_found("no such storage"))?;
+    let list = (st.runtime.volumes())(&pool).list().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let items: Vec<Value> = list
+        .into_iter()
+        .filter(|v| q.vmid.is_none_or(|id| id == u64::from(v.vmid)))
+        .map(|v| json!({ "volid": v.volid, "vmid": v.vmid, "format": v.format, "size": v.size, "used": v.used, "content": "images" }))
+        .collect();
+    Ok(Json(json!(items)))
 }

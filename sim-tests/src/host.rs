@@ -209,6 +209,19 @@ struct SimVolumes {
 }
 
 impl VolumeStore for SimVolumes {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<horcrux_drivers::VolumeInfo>, DriverError>> {
+        let h = self.hosts.0.lock().unwrap();
+        let vols = h.volumes.get(&self.node).cloned().unwrap_or_default();
+        let list = vols
+            .into_iter()
+            .map(|volid| {
+                let vmid = volid.split([':', '/']).nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+                horcrux_drivers::VolumeInfo { volid, vmid, format: "qcow2".into(), size: 0, used: 0 }
+            })
+            .collect();
+        Box::pin(async move { Ok(list) })
+    }
+
     fn alloc(&self, vmid: u32, index: usize, _size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>> {
         Box::pin(async move {
             let (delay, fail) = self.hosts.roll(30);

@@ -54,6 +54,9 @@ cfg2 = api.nodes(node).qemu(vmid).config.get()
 assert cfg2["memory"] == "192" and cfg2["description"] == "set by proxmoxer", cfg2
 assert cfg2["net0"].startswith("virtio=BC:24:11:") and "firewall=1" in cfg2["net0"], cfg2
 assert cfg2["virtio1"].startswith("local:") and "size=1G" in cfg2["virtio1"], cfg2
+content = api.nodes(node).storage("local").content.get(vmid=vmid)
+assert [c["volid"] for c in content] == [cfg2["virtio1"].split(",")[0]], content
+assert content[0]["size"] == 1024 ** 3 and content[0]["format"] == "qcow2", content
 try:
     api.nodes(node).qemu(vmid).config.put(memory=256, digest=cfg["digest"])
     raise AssertionError("a stale digest was accepted")

@@ -146,7 +146,7 @@ pub(super) async fn create_qemu(
     answer(status, v, |v| v["upid"].clone())
 }
 
-fn form_escape(s: &str) -> String {
+pub(super) fn form_escape(s: &str) -> String {
     serde_urlencoded::to_string([("v", s)]).unwrap_or_default().trim_start_matches("v=").to_string()
 }
 
