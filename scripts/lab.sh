@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 scripts/tiny-guest.sh "${HORCRUX_TINY_GUEST:-$PWD/.lab/tiny-guest}"
-# proxmoxer (PyPI) for the Proxmox API compatibility test, in a venv under .lab.
-if [ ! -x .lab/venv/bin/python ] || ! .lab/venv/bin/python -c "import proxmoxer, requests" 2>/dev/null; then
+# proxmoxer (PyPI) for the Proxmox API compatibility test and schemathesis for the
+# OpenAPI fuzzing test, in a venv under .lab.
+if [ ! -x .lab/venv/bin/st ] || ! .lab/venv/bin/python -c "import proxmoxer, requests" 2>/dev/null; then
   python3 -m venv .lab/venv 2>/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv .lab/venv
   }
-  .lab/venv/bin/pip install -q proxmoxer requests
+  .lab/venv/bin/pip install -q proxmoxer requests schemathesis
 fi

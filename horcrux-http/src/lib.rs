@@ -11,6 +11,7 @@ mod error;
 mod forward;
 mod ldap;
 pub mod login;
+mod openapi;
 mod pam;
 mod routes;
 mod serve;

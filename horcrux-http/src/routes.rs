@@ -62,6 +62,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/storage", get(list_storage))
         .route("/storage/{id}/content", get(storage_content))
+        .route("/openapi.json", get(crate::openapi::serve))
         .merge(crate::cluster_routes::routes())
         .merge(crate::access_routes::routes())
         // Layers run outside-in: authenticate, check the route's privilege, then carry guest
@@ -78,6 +79,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .nest("/api/v1", api)
         .nest("/api2/json", crate::compat::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(middleware::map_response(crate::error::json_errors))
         .with_state(st.clone());
     let _ = st.native.set(app.clone());
     let served = app.clone();

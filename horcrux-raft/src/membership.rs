@@ -173,14 +173,16 @@ impl ClusterHandle {
     /// Creates a join token valid for `ttl`; returns it encoded.
     pub async fn create_join_token(&self, ttl: Duration) -> Result<String, ProposeError> {
         let Some(ca) = self.read_local(|s| s.cluster_ca.clone()) else {
-            return Err(ProposeError::Unavailable(
-                "this cluster has no transport: start the node with --cluster-listen to add members".into(),
-            ));
+            // The node's configuration, not a passing outage: 409, not 503.
+            return Err(ProposeError::Rejected(horcrux_core::ApplyError::Conflict {
+                message: "this cluster has no transport: start the node with --cluster-listen to add members"
+                    .into(),
+            }));
         };
         if self.net.is_none() {
-            return Err(ProposeError::Unavailable(
-                "start this node with --cluster-listen to add members".into(),
-            ));
+            return Err(ProposeError::Rejected(horcrux_core::ApplyError::Conflict {
+                message: "start this node with --cluster-listen to add members".into(),
+            }));
         }
         use rand::Rng;
         let mut rng = rand::rngs::OsRng;

@@ -120,8 +120,26 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// A daemon still running when its test ends (passed or panicked) takes its guests
+    /// with it; one the test killed itself leaves them for a restarted daemon to adopt.
     fn drop(&mut self) {
+        let ended_by_test = self.child.is_none();
         self.kill9();
+        if !ended_by_test {
+            kill_guests(&self.dir);
+        }
+    }
+}
+
+/// Kills the QEMUs a daemon with data dir `dir` left (a failed test must not leak them).
+pub fn kill_guests(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("run/qemu")) else { return };
+    for e in entries.flatten() {
+        if e.path().extension().is_some_and(|x| x == "pid") {
+            if let Ok(pid) = std::fs::read_to_string(e.path()) {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
     }
 }
 

@@ -1,0 +1,419 @@
+//! The OpenAPI 3.0 document of the native API, served at `GET /api/v1/openapi.json`. It is
+//! written out here, next to the access table: a unit test checks that both name exactly
+//! the same routes, and CI runs schemathesis against a live daemon with it (no 5xx, every
+//! response matching its schema).
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+fn r(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn arr(items: Value) -> Value {
+    json!({ "type": "array", "items": items })
+}
+
+fn obj(props: Value, required: &[&str]) -> Value {
+    let mut o = json!({ "type": "object", "properties": props });
+    if !required.is_empty() {
+        o["required"] = json!(required);
+    }
+    o
+}
+
+/// A JSON body that names no field outside `props`.
+fn body(props: Value, required: &[&str]) -> Value {
+    let mut o = obj(props, required);
+    o["additionalProperties"] = json!(false);
+    o
+}
+
+const S: &str = "string";
+const I: &str = "integer";
+const B: &str = "boolean";
+
+fn t(ty: &str) -> Value {
+    json!({ "type": ty })
+}
+
+/// A DNS label: guest, node, group and realm names.
+fn dns() -> Value {
+    json!({ "type": S, "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" })
+}
+
+fn schemas() -> Value {
+    let error = obj(json!({ "error": t(S), "field": t(S) }), &["error"]);
+    let disk = obj(
+        json!({
+            "storage": t(S), "size_mib": { "type": I, "minimum": 1, "maximum": 64 * 1024 * 1024 },
+            "volume": t(S), "slot": { "type": S, "pattern": "^(virtio|scsi|sata|ide)[0-9]{1,2}$" },
+        }),
+        &["storage", "size_mib"],
+    );
+    let net = obj(
+        json!({
+            "index": { "type": I, "minimum": 0, "maximum": 31 }, "model": t(S), "macaddr": t(S),
+            "bridge": t(S), "tag": t(I), "firewall": t(B), "link_down": t(B),
+        }),
+        &["index"],
+    );
+    let boot = obj(json!({ "kernel": t(S), "initrd": t(S), "cmdline": t(S) }), &["kernel"]);
+    let vm = obj(
+        json!({
+            "vmid": t(I), "name": t(S), "node": t(S), "type": t(S), "memory_mib": t(I), "cores": t(I),
+            "sockets": t(I), "disks": arr(r("Disk")), "nets": arr(r("Net")),
+            "options": { "type": "object", "additionalProperties": t(S) },
+            "status": { "type": S, "enum": ["running", "stopped"] }, "qmpstatus": t(S),
+            "desired": t("object"), "revision": t(I), "serial_log": t(S), "boot": r("KernelBoot"),
+            "last_error": t(S),
+        }),
+        &["vmid", "name", "node", "status", "revision"],
+    );
+    let task = obj(
+        json!({
+            "upid": t(S), "node": t(S), "type": t(S), "id": t(S), "user": t(S),
+            "status": { "type": S, "enum": ["running", "stopped"] }, "exitstatus": t(S),
+            "starttime": t(I), "endtime": t(I), "pid": t(I), "pstart": t(I),
+        }),
+        &["upid", "status"],
+    );
+    let log_line = obj(json!({ "n": t(I), "t": t(S) }), &["n", "t"]);
+    let upid = obj(json!({ "upid": t(S), "vmid": t(I) }), &["upid"]);
+    let user = obj(
+        json!({
+            "userid": t(S), "comment": t(S), "email": t(S), "groups": arr(t(S)), "expire": t(I),
+            "enable": t(B), "tfa": t(B), "tokens": arr(r("Token")),
+        }),
+        &["userid"],
+    );
+    let token = obj(json!({ "tokenid": t(S), "privsep": t(B), "expire": t(I) }), &["tokenid"]);
+    let acl = obj(
+        json!({ "path": t(S), "ugid": t("object"), "role": t(S), "propagate": t(B) }),
+        &["path", "ugid", "role"],
+    );
+    let role = obj(json!({ "roleid": t(S), "privs": t(S), "special": t(B) }), &["roleid", "privs"]);
+    let group =
+        obj(json!({ "groupid": t(S), "comment": t(S), "users": t(S), "members": arr(t(S)) }), &["groupid"]);
+    let pool = obj(json!({ "id": t(S), "type": t(S), "path": t(S), "revision": t(I) }), &["id", "type"]);
+    let content = obj(
+        json!({ "volid": t(S), "vmid": t(I), "format": t(S), "size": t(I), "used": t(I), "content": t(S) }),
+        &["volid", "vmid", "size"],
+    );
+    let node = obj(json!({ "name": t(S), "api_addr": t(S), "revision": t(I) }), &["name"]);
+    let status = obj(
+        json!({ "leader": { "type": S, "nullable": true }, "quorate": t(B), "nodes": arr(t("object")) }),
+        &["quorate", "nodes"],
+    );
+    let revision = obj(json!({ "revision": t(I) }), &["revision"]);
+    json!({
+        "Error": error, "Disk": disk, "Net": net, "KernelBoot": boot, "Vm": vm, "Task": task,
+        "LogLine": log_line, "Upid": upid, "User": user, "Token": token, "AclEntry": acl,
+        "Role": role, "Group": group, "StoragePool": pool, "Content": content, "Node": node,
+        "ClusterStatus": status, "Revision": revision,
+    })
+}
+
+/// One operation: its summary, path parameters (name, schema), query parameters, JSON
+/// request body and the schema of a 200 answer.
+struct Op {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    query: Vec<(&'static str, Value)>,
+    body: Option<Value>,
+    ok: Value,
+    public: bool,
+}
+
+fn op(method: &'static str, path: &'static str, summary: &'static str, ok: Value) -> Op {
+    Op { method, path, summary, query: Vec::new(), body: None, ok, public: false }
+}
+
+impl Op {
+    fn body(mut self, b: Value) -> Self {
+        self.body = Some(b);
+        self
+    }
+    fn query(mut self, name: &'static str, schema: Value) -> Self {
+        self.query.push((name, schema));
+        self
+    }
+    fn public(mut self) -> Self {
+        self.public = true;
+        self
+    }
+}
+
+fn path_param(name: &str) -> Value {
+    let schema = match name {
+        "vmid" => json!({ "type": I, "minimum": 100, "maximum": 999_999_999 }),
+        _ => t(S),
+    };
+    json!({ "name": name, "in": "path", "required": true, "schema": schema })
+}
+
+fn operations() -> Vec<Op> {
+    let any = || t("object");
+    let vm_power = |path, summary| op("POST", path, summary, r("Upid"));
+    let create_vm = body(
+        json!({
+            "vmid": { "type": I, "minimum": 100, "maximum": 999_999_999 }, "name": dns(),
+            "memory_mib": { "type": I, "minimum": 16, "maximum": 4 * 1024 * 1024 },
+            "cores": { "type": I, "minimum": 1, "maximum": 512 }, "sockets": { "type": I, "minimum": 1, "maximum": 4 },
+            "disks": { "type": "array", "items": r("Disk"), "maxItems": 16 },
+            "boot": r("KernelBoot"), "nets": arr(r("Net")),
+            "options": { "type": "object", "additionalProperties": t(S) },
+        }),
+        &["name", "memory_mib"],
+    );
+    let config = body(
+        json!({
+            "revision": t(I), "name": t(S), "memory_mib": t(I), "cores": t(I), "sockets": t(I),
+            "nets": arr(r("Net")), "add_disks": arr(r("Disk")),
+            "options": { "type": "object", "additionalProperties": t(S) }, "delete": arr(t(S)),
+        }),
+        &[],
+    );
+    let timeout = body(json!({ "timeout_s": { "type": I, "minimum": 0 } }), &[]);
+    let user_change = body(
+        json!({
+            "comment": t(S), "email": t(S), "groups": arr(t(S)), "append": t(B), "expire": t(I),
+            "enable": t(B),
+        }),
+        &[],
+    );
+    let acl_change = body(
+        json!({
+            "path": t(S), "role": t(S), "user": t(S), "group": t(S), "token": t(S), "propagate": t(B),
+            "delete": t(B),
+        }),
+        &["path", "role"],
+    );
+    let realm = body(
+        json!({
+            "realm": t(S), "type": t(S), "server1": t(S), "port": t(I), "base_dn": t(S), "user_attr": t(S),
+            "bind_dn": t(S), "password": t(S),
+        }),
+        &["realm", "type", "server1", "base_dn", "user_attr"],
+    );
+    let login = body(
+        json!({ "username": t(S), "password": t(S), "otp": t(S), "tfa-challenge": t(S), "realm": t(S) }),
+        &["username", "password"],
+    );
+    vec![
+        op("GET", "/version", "Product and version", any()).public(),
+        op("POST", "/access/ticket", "Log in (or renew a ticket, or answer a second factor)", any())
+            .body(login)
+            .public(),
+        op("GET", "/openapi.json", "This document", any()),
+        op("GET", "/vms", "Guests", arr(r("Vm"))),
+        op("POST", "/vms", "Create a guest (on `node`, default this one)", r("Upid"))
+            .body(create_vm)
+            .query("node", t(S)),
+        op("GET", "/vms/{vmid}", "One guest, as its owner observes it", r("Vm")),
+        op("DELETE", "/vms/{vmid}", "Delete a stopped guest and its disks", r("Upid")),
+        vm_power("/vms/{vmid}/start", "Start"),
+        vm_power("/vms/{vmid}/stop", "Stop at once"),
+        op("POST", "/vms/{vmid}/shutdown", "Power off (hard after the timeout)", r("Upid"))
+            .body(timeout.clone()),
+        op("POST", "/vms/{vmid}/reboot", "Power off, then start a new QEMU", r("Upid")).body(timeout),
+        vm_power("/vms/{vmid}/suspend", "Pause the vCPUs"),
+        vm_power("/vms/{vmid}/resume", "Resume the vCPUs"),
+        op("POST", "/vms/{vmid}/migrate", "Offline migration", r("Upid"))
+            .body(body(json!({ "target": t(S) }), &["target"])),
+        op(
+            "PUT",
+            "/vms/{vmid}/config",
+            "Change the configuration (applies at the next start)",
+            r("Revision"),
+        )
+        .body(config),
+        op("GET", "/vms/{vmid}/serial", "Serial console log", t(S)),
+        op("GET", "/tasks", "Tasks", arr(r("Task"))),
+        op("GET", "/tasks/{upid}", "One task", r("Task")),
+        op("GET", "/tasks/{upid}/log", "A task's log", arr(r("LogLine"))),
+        op("GET", "/cluster/nextid", "Lowest free VMID", obj(json!({ "vmid": t(I) }), &["vmid"])),
+        op("GET", "/nodes", "Cluster members", arr(r("Node"))),
+        op("GET", "/storage", "Storage pools", arr(r("StoragePool"))),
+        op("GET", "/storage/{id}/content", "Guest images on one node", arr(r("Content")))
+            .query("node", t(S))
+            .query("vmid", t(I)),
+        op("GET", "/cluster/status", "Members, leader, quorum", r("ClusterStatus")),
+        op("GET", "/cluster/tokens", "Join tokens", arr(any())),
+        op("POST", "/cluster/tokens", "Create a join token", obj(json!({ "token": t(S) }), &["token"]))
+            .body(body(json!({ "ttl_s": { "type": I, "minimum": 1 } }), &[])),
+        op("DELETE", "/cluster/tokens/{id}", "Revoke a join token", any()),
+        op("GET", "/cluster/quorum", "Votequorum view", any()),
+        op("GET", "/cluster/options", "Cluster-wide options", {
+            json!({ "type": "object", "additionalProperties": t(S) })
+        }),
+        op("PUT", "/cluster/options/{key}", "Set a cluster-wide option", any())
+            .body(body(json!({ "value": t(S) }), &["value"])),
+        op("DELETE", "/cluster/nodes/{name}", "Remove a member", any()),
+        op("GET", "/cluster/corosync", "The imported corosync.conf", json!({ "type": "object", "nullable": true })),
+        op("POST", "/cluster/corosync", "Import a corosync.conf", any())
+            .body(body(json!({ "config": t(S) }), &["config"])),
+        op("GET", "/access/users", "Users", arr(r("User"))),
+        op("POST", "/access/users", "Create a user", any()).body(body(
+            json!({
+                "userid": { "type": S, "pattern": "^[A-Za-z0-9._-]{1,60}@(pve|pam)$" },
+                "comment": { "type": S, "maxLength": 256 }, "groups": arr(t(S)), "expire": { "type": I, "minimum": 0 },
+            }),
+            &["userid"],
+        )),
+        op("GET", "/access/users/{userid}", "One user with its tokens", r("User")),
+        op("PUT", "/access/users/{userid}", "Change a user", any()).body(user_change),
+        op("DELETE", "/access/users/{userid}", "Delete a user, its tokens and ACL entries", any()),
+        op("GET", "/access/users/{userid}/token", "A user's API tokens", arr(r("Token"))),
+        op("GET", "/access/users/{userid}/token/{tokenid}", "One API token", r("Token")),
+        op(
+            "POST",
+            "/access/users/{userid}/token/{tokenid}",
+            "Create an API token (secret shown once)",
+            any(),
+        )
+        .body(body(json!({ "privsep": t(B), "expire": t(I) }), &[])),
+        op("DELETE", "/access/users/{userid}/token/{tokenid}", "Delete an API token", any()),
+        op("GET", "/access/groups", "Groups", arr(r("Group"))),
+        op("POST", "/access/groups", "Create a group", any())
+            .body(body(json!({ "groupid": dns(), "comment": { "type": S, "maxLength": 256 } }), &["groupid"])),
+        op("GET", "/access/groups/{groupid}", "One group", r("Group")),
+        op("DELETE", "/access/groups/{groupid}", "Delete a group", any()),
+        op("GET", "/access/acl", "ACL entries", arr(r("AclEntry"))),
+        op("PUT", "/access/acl", "Grant or revoke a role on a path", r("Revision")).body(acl_change),
+        op("GET", "/access/roles", "Roles", arr(r("Role"))),
+        op("POST", "/access/roles", "Create a custom role", any())
+            .body(body(
+                json!({
+                    "roleid": { "type": S, "pattern": "^[A-Za-z][A-Za-z0-9._-]{0,63}$" },
+                    "privs": arr(json!({ "type": S, "enum": horcrux_core::access::PRIVILEGES })),
+                }),
+                &["roleid"],
+            )),
+        op("GET", "/access/roles/{roleid}", "One role", r("Role")),
+        op("PUT", "/access/roles/{roleid}", "Change a custom role", any())
+            .body(body(json!({ "privs": arr(t(S)), "append": t(B) }), &["privs"])),
+        op("DELETE", "/access/roles/{roleid}", "Delete a custom role and its grants", any()),
+        op("GET", "/access/permissions", "The caller's privileges on a path", any()).query("path", t(S)),
+        op("PUT", "/access/password", "Set a @pve user's password", any())
+            .body(body(json!({ "userid": t(S), "password": t(S) }), &["userid", "password"])),
+        op("GET", "/access/audit", "The audit log", arr(any()))
+            .query("limit", json!({ "type": I, "minimum": 1, "maximum": 10000 })),
+        op("GET", "/access/domains", "Realms", arr(any())),
+        op("POST", "/access/domains", "Add an LDAP realm", r("Revision")).body(realm),
+        op("DELETE", "/access/domains/{realm}", "Remove a realm", any()),
+        op("POST", "/access/tfa/{userid}", "Enrol a TOTP second factor", any()),
+        op("DELETE", "/access/tfa/{userid}", "Remove the second factor", any()),
+    ]
+}
+
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for o in operations() {
+        let params: Vec<Value> = o
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(path_param)
+            .chain(
+                o.query
+                    .iter()
+                    .map(|(n, s)| json!({ "name": n, "in": "query", "required": false, "schema": s })),
+            )
+            .collect();
+        let ok_content = if o.ok == t(S) {
+            json!({ "text/plain": { "schema": o.ok } })
+        } else {
+            json!({ "application/json": { "schema": o.ok } })
+        };
+        let mut operation = json!({
+            "summary": o.summary,
+            "operationId": format!("{} {}", o.method, o.path),
+            "parameters": params,
+            "responses": {
+                "200": { "description": "OK", "content": ok_content },
+                "default": { "description": "Error", "content": { "application/json": { "schema": r("Error") } } },
+            },
+        });
+        if o.public {
+            operation["security"] = json!([]);
+        }
+        if let Some(b) = o.body {
+            operation["requestBody"] =
+                json!({ "required": false, "content": { "application/json": { "schema": b } } });
+        }
+        let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
+        entry[o.method.to_lowercase()] = operation;
+    }
+    // Links from a create to the operations on what it created, so schemathesis's stateful
+    // phase exercises real objects and not only 404s.
+    let creates = [
+        ("/vms", "/vms/{vmid}", "vmid", "$response.body#/vmid"),
+        ("/access/users", "/access/users/{userid}", "userid", "$request.body#/userid"),
+        ("/access/groups", "/access/groups/{groupid}", "groupid", "$request.body#/groupid"),
+        ("/access/roles", "/access/roles/{roleid}", "roleid", "$request.body#/roleid"),
+    ];
+    for (create, prefix, param, source) in creates {
+        let mut links = Map::new();
+        for (path, item) in &paths {
+            if path.starts_with(prefix) && path.matches('{').count() == 1 {
+                for method in item.as_object().into_iter().flat_map(|o| o.keys()) {
+                    let id = format!("{} {path}", method.to_uppercase());
+                    links.insert(
+                        id.replace(['/', '{', '}', ' '], "_"),
+                        json!({ "operationId": id, "parameters": { param: source } }),
+                    );
+                }
+            }
+        }
+        paths[create]["post"]["responses"]["200"]["links"] = Value::Object(links);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Horcrux native API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Every route but /version and /access/ticket needs an API token (Authorization: Bearer SECRET or PVEAPIToken=USER@REALM!ID=SECRET) or a ticket (PVEAuthCookie cookie; writes also need the CSRFPreventionToken header). The Proxmox-compatible API is served under /api2/json.",
+        },
+        "servers": [{ "url": "/api/v1" }],
+        "security": [{ "bearer": [] }],
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": schemas(),
+        },
+        "paths": paths,
+    })
+}
+
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document names exactly the routes of the access table (and the public ones).
+    #[test]
+    fn documents_every_route_and_nothing_else() {
+        let mut documented: Vec<(String, String)> = operations()
+            .iter()
+            .filter(|o| !o.public)
+            .map(|o| (o.method.to_string(), o.path.to_string()))
+            .collect();
+        let mut declared: Vec<(String, String)> =
+            crate::authz::routes().iter().map(|r| (r.method.to_string(), r.route.to_string())).collect();
+        documented.sort();
+        declared.sort();
+        assert_eq!(documented, declared);
+        let doc = document();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let n = path.matches('{').count();
+                let p = op["parameters"].as_array().unwrap().iter().filter(|p| p["in"] == "path").count();
+                assert_eq!(n, p, "{method} {path}: path parameters");
+            }
+        }
+    }
+}
