@@ -209,6 +209,16 @@ fn password_login_tickets_csrf_renewal_and_throttling() {
     assert_eq!(login("correct horse").0, 429);
     std::thread::sleep(std::time::Duration::from_millis(3200));
     assert_eq!(login("correct horse").0, 200);
+    // Password spraying through /api2/json counts against the address too: many names,
+    // one client.
+    let spray: Vec<u16> = (0..24)
+        .map(|i| {
+            let body = json!({"username": format!("spray{i}@pve"), "password": "x"});
+            admin.raw("POST", "/api2/json/access/ticket", &[], &body).0
+        })
+        .collect();
+    assert!(spray[..20].iter().all(|c| *c == 401) && spray[20..].iter().all(|c| *c == 429), "{spray:?}");
+    std::thread::sleep(std::time::Duration::from_millis(3200));
 
     // The audit log has the logins (both outcomes) and the mutating requests, with who.
     let (code, log) = admin.get("/access/audit?limit=1000");

@@ -340,6 +340,13 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     let (code, body) = a1.post("/vms?node=nowhere", &json!({"vmid": 703, "name": "x", "memory_mib": 64}));
     assert_eq!((code, body["field"].as_str()), (400, Some("node")), "{body}");
     assert_eq!(a1.delete("/vms/702").0, 200);
+    // Each member's audit log is readable through any member.
+    let (code, log) = a1.get("/access/audit?node=f2&limit=1000");
+    assert_eq!(code, 200, "{log}");
+    let created_on_f2 = |e: &Value| e["action"] == "POST /api/v1/vms" && e["status"] == 200;
+    assert!(log.as_array().unwrap().iter().any(created_on_f2), "f2 logged the create it served: {log}");
+    let (_, own) = a1.get("/access/audit?limit=1000");
+    assert_ne!(own, log, "f1's own log is another one");
 }
 
 #[test]

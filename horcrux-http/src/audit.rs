@@ -56,9 +56,14 @@ impl AuditLog {
 #[derive(Deserialize)]
 pub struct Tail {
     limit: Option<usize>,
+    /// Whose log (the request is carried to that member); default: this node's.
+    node: Option<String>,
 }
 
 pub async fn read(State(st): State<ApiState>, Query(q): Query<Tail>) -> Result<Json<Value>, ApiError> {
+    if let Some(node) = q.node.filter(|n| n != st.runtime.cluster().node_name()) {
+        return Err(ApiError::bad_field("node", format!("no cluster member is named {node:?}")));
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::bad_field("limit", "1 to 10000"));

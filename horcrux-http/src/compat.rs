@@ -231,6 +231,18 @@ async fn native(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value, HeaderMap) {
+    native_from(st, headers, method, path, body, None).await
+}
+
+/// `native`, keeping the client's address (login throttling counts per address).
+async fn native_from(
+    st: &ApiState,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    peer: Option<crate::login::PeerAddr>,
+) -> (StatusCode, Value, HeaderMap) {
     let Some(app) = st.native.get().cloned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "starting"}), HeaderMap::new());
     };
@@ -250,9 +262,12 @@ async fn native(
         }
         None => Body::empty(),
     };
-    let Ok(req) = b.body(body) else {
+    let Ok(mut req) = b.body(body) else {
         return (StatusCode::BAD_REQUEST, json!({"error": "bad request"}), HeaderMap::new());
     };
+    if let Some(p) = peer {
+        req.extensions_mut().insert(p);
+    }
     let resp = match app.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -279,7 +294,12 @@ async fn version() -> Response {
     )
 }
 
-async fn ticket(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn ticket(
+    State(st): State<ApiState>,
+    peer: Option<axum::Extension<crate::login::PeerAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let p = match params(&headers, &body) {
         Ok(p) => p,
         Err(e) => return e,
@@ -294,7 +314,9 @@ async fn ticket(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> 
     if let Some(c) = p.get("tfa-challenge") {
         login["tfa-challenge"] = json!(c);
     }
-    let (status, v, h) = native(&st, &HeaderMap::new(), Method::POST, "/access/ticket", Some(login)).await;
+    let peer = peer.map(|axum::Extension(p)| p);
+    let (status, v, h) =
+        native_from(&st, &HeaderMap::new(), Method::POST, "/access/ticket", Some(login), peer).await;
     let mut resp = answer(status, v, |v| v);
     if let Some(c) = h.get(header::SET_COOKIE) {
         resp.headers_mut().insert(header::SET_COOKIE, c.clone());

@@ -20,12 +20,13 @@ const FORWARDED: &str = "x-horcrux-forwarded";
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The node that should answer `uri` (relative to `/api/v1`), if not this one: a guest's
-/// owner, a task's node, or for a create (`POST /vms?node=NAME`) the named member.
+/// owner, a task's node, or the member named by `?node=NAME` for a create (`POST /vms`),
+/// a storage's content and the audit log.
 fn owner_of(st: &ApiState, uri: &axum::http::Uri) -> Option<String> {
     let me = st.runtime.cluster().node_name().to_string();
     let mut parts = uri.path().trim_start_matches('/').split('/');
     let owner = match (parts.next(), parts.next()) {
-        (Some("vms"), None) | (Some("storage"), Some(_)) => {
+        (Some("vms"), None) | (Some("storage"), Some(_)) | (Some("access"), Some("audit")) => {
             let node = serde_urlencoded::from_str::<Vec<(String, String)>>(uri.query()?)
                 .ok()?
                 .into_iter()

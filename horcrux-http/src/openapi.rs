@@ -298,8 +298,9 @@ fn operations() -> Vec<Op> {
         op("GET", "/access/permissions", "The caller's privileges on a path", any()).query("path", t(S)),
         op("PUT", "/access/password", "Set a @pve user's password", any())
             .body(body(json!({ "userid": t(S), "password": t(S) }), &["userid", "password"])),
-        op("GET", "/access/audit", "The audit log", arr(any()))
-            .query("limit", json!({ "type": I, "minimum": 1, "maximum": 10000 })),
+        op("GET", "/access/audit", "A member's audit log", arr(any()))
+            .query("limit", json!({ "type": I, "minimum": 1, "maximum": 10000 }))
+            .query("node", t(S)),
         op("GET", "/access/domains", "Realms", arr(any())),
         op("POST", "/access/domains", "Add an LDAP realm", r("Revision")).body(realm),
         op("DELETE", "/access/domains/{realm}", "Remove a realm", any()),

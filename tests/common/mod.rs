@@ -248,7 +248,12 @@ impl Api {
         headers: &[(&str, &str)],
         body: &Value,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        let url = format!("{}/api/v1{path}", self.base);
+        // Native paths are relative to /api/v1; Proxmox-compatible ones are given whole.
+        let url = if path.starts_with("/api2/") {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/api/v1{path}", self.base)
+        };
         match method {
             "GET" | "DELETE" => {
                 let mut b = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
