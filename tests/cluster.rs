@@ -340,6 +340,27 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     let (code, body) = a1.post("/vms?node=nowhere", &json!({"vmid": 703, "name": "x", "memory_mib": 64}));
     assert_eq!((code, body["field"].as_str()), (400, Some("node")), "{body}");
     assert_eq!(a1.delete("/vms/702").0, 200);
+    // Proxmox's migrate through the compatibility API, addressed to any member.
+    assert_eq!(a2.post("/vms", &json!({"vmid": 704, "name": "pxmove", "memory_mib": 64})).0, 200);
+    let auth = format!("PVEAPIToken=root@pam!admin={}", a1.token());
+    let (code, body, _) = a1.raw(
+        "POST",
+        "/api2/json/nodes/f2/qemu/704/migrate",
+        &[("Authorization", &auth)],
+        &json!({"target": "f3", "online": 0}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body["data"].as_str().unwrap().starts_with("UPID:f2:"), "{body}");
+    assert_eq!(a1.wait_task(body["data"].as_str().unwrap()), "OK");
+    assert_eq!(a1.get("/vms/704").1["node"], "f3");
+    let (code, body, _) = a1.raw(
+        "POST",
+        "/api2/json/nodes/f3/qemu/704/migrate",
+        &[("Authorization", &auth)],
+        &json!({"target": "f1", "online": 1}),
+    );
+    assert_eq!((code, body["errors"]["online"].is_string()), (400, true), "{body}");
+    assert_eq!(a1.delete("/vms/704").0, 200);
     // Each member's audit log is readable through any member.
     let (code, log) = a1.get("/access/audit?node=f2&limit=1000");
     assert_eq!(code, 200, "{log}");

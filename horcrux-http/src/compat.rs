@@ -40,6 +40,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/nodes/{node}/qemu/{vmid}/status/current", get(status_current))
         .route("/nodes/{node}/qemu/{vmid}/config", get(qemu_config).post(update_config).put(update_config))
         .route("/nodes/{node}/qemu/{vmid}/status/{action}", post(power))
+        .route("/nodes/{node}/qemu/{vmid}/migrate", post(migrate_qemu))
         .route("/nodes/{node}/tasks/{upid}/status", get(task_status))
         .route("/nodes/{node}/tasks/{upid}/log", get(task_log))
         .route("/nodes/{node}/tasks", get(list_tasks))

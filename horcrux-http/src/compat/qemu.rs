@@ -287,3 +287,33 @@ pub(super) async fn power(
         native(&st, &headers, Method::POST, &format!("/vms/{vmid}/{action}"), Some(req)).await;
     answer(status, v, |v| v["upid"].clone())
 }
+
+/// Offline migration (`target`; `online=1` and `with-local-disks=1` are refused: not
+/// supported yet).
+pub(super) async fn migrate_qemu(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(target) = p.get("target") else {
+        return error(StatusCode::BAD_REQUEST, "target", "property is missing and it is not optional");
+    };
+    for k in ["online", "with-local-disks"] {
+        if p.get(k).is_some_and(|v| v != "0") {
+            return error(
+                StatusCode::BAD_REQUEST,
+                k,
+                "only offline migration of guests without local disks is supported",
+            );
+        }
+    }
+    let req = json!({ "target": target });
+    let (status, v, _) =
+        native(&st, &headers, Method::POST, &format!("/vms/{vmid}/migrate"), Some(req)).await;
+    answer(status, v, |v| v["upid"].clone())
+}
