@@ -19,6 +19,7 @@ fn concrete(route: &str) -> String {
         .replace("{tokenid}", "t9")
         .replace("{roleid}", "Custom9")
         .replace("{groupid}", "grp9")
+        .replace("{poolid}", "pool9")
 }
 
 #[test]
@@ -430,4 +431,56 @@ fn ldap_realm_binds_and_searches_a_real_slapd() {
     assert_eq!(login("bob@corp", "alice ldap pw"), 401, "bob is not in the directory");
     let (_, realms) = admin.get("/access/domains");
     assert!(realms.to_string().contains("\"corp\""), "{realms}");
+}
+
+#[test]
+fn rights_on_a_pool_apply_to_its_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let admin = d.client();
+    assert_eq!(admin.post("/pools", &json!({"poolid": "team", "comment": "team A"})).0, 200);
+    assert_eq!(admin.post("/pools", &json!({"poolid": "team"})).0, 409);
+    assert_eq!(admin.post("/pools", &json!({"poolid": "bad pool"})).1["field"], "poolid");
+    let vm = |vmid: u32, pool: Option<&str>| {
+        let mut b = json!({"vmid": vmid, "name": format!("p{vmid}"), "memory_mib": 64});
+        if let Some(p) = pool {
+            b["pool"] = json!(p);
+        }
+        admin.post("/vms", &b)
+    };
+    assert_eq!(vm(100, Some("team")).0, 200);
+    assert_eq!(vm(101, None).0, 200);
+    let (code, body) = vm(102, Some("nowhere"));
+    assert_eq!((code, body["field"].as_str()), (400, Some("pool")), "{body}");
+    assert_eq!(admin.get("/vms/102").0, 404, "nothing created");
+    assert_eq!(admin.post("/access/users", &json!({"userid": "carol@pve"})).0, 200);
+    let (_, t) = admin.post("/access/users/carol@pve/token/t", &json!({"privsep": false}));
+    let carol = t["value"].as_str().unwrap().to_string();
+    let acl = json!({"path": "/pool/team", "role": "PVEVMUser", "user": "carol@pve"});
+    assert_eq!(admin.request("PUT", "/access/acl", Some(admin.token()), &acl).0, 200);
+    let as_carol = |m: &str, p: &str| admin.request(m, p, Some(&carol), &json!({})).0;
+    assert_eq!(as_carol("GET", "/vms/100"), 200, "member of the pool");
+    assert_eq!(as_carol("GET", "/vms/101"), 403, "not a member");
+    let (_, pools) = admin.request("GET", "/pools", Some(&carol), &json!({}));
+    assert_eq!(pools, json!([]), "PVEVMUser cannot audit the pool itself");
+    // Moving 101 in extends carol's rights; out again removes them.
+    let put = |v: Value| admin.request("PUT", "/pools/team", Some(admin.token()), &v).0;
+    assert_eq!(put(json!({"vms": [101]})), 200);
+    assert_eq!(as_carol("GET", "/vms/101"), 200);
+    let (_, p) = admin.get("/pools/team");
+    assert_eq!(p["vms"].as_array().map(Vec::len), Some(2), "{p}");
+    assert_eq!(put(json!({"vms": [101], "delete": true})), 200);
+    assert_eq!(as_carol("GET", "/vms/101"), 403);
+    assert_eq!(put(json!({"vms": [999]})), 400);
+    // A guest belongs to one pool at most; a pool with members cannot be deleted.
+    assert_eq!(admin.post("/pools", &json!({"poolid": "other"})).0, 200);
+    assert_eq!(admin.request("PUT", "/pools/other", Some(admin.token()), &json!({"vms": [100]})).0, 409);
+    assert_eq!(admin.delete("/pools/team").0, 409);
+    // Deleting the guest takes it out of its pool.
+    assert_eq!(admin.delete("/vms/100").0, 200);
+    let (_, p) = admin.get("/pools/team");
+    assert_eq!(p["vms"], json!([]), "{p}");
+    assert_eq!(admin.delete("/pools/team").0, 200);
+    let (_, acl) = admin.get("/access/acl");
+    assert!(!acl.to_string().contains("/pool/team"), "its ACL entries went with it: {acl}");
 }

@@ -9,6 +9,14 @@ use horcrux_raft::ProposeError;
 use crate::port::{read, ClusterPort};
 use crate::runtime::VolumeFactory;
 
+/// What to create: the guest's id, name, hardware, and the resource pool it joins.
+pub struct NewGuest {
+    pub vmid: u32,
+    pub name: String,
+    pub spec: VmSpec,
+    pub pool: Option<String>,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CreateError {
     /// A disk could not be allocated; nothing is left behind.
@@ -31,11 +39,10 @@ pub async fn create_with_disks(
     cluster: &dyn ClusterPort,
     volumes: &VolumeFactory,
     pools: &BTreeMap<String, StoragePool>,
-    vmid: u32,
-    name: String,
-    mut spec: VmSpec,
+    guest: NewGuest,
     log: &(dyn Fn(String) + Sync),
 ) -> Result<ApplyOk, CreateError> {
+    let NewGuest { vmid, name, mut spec, pool } = guest;
     let mut allocated: Vec<(String, String)> = Vec::new();
     let mut failure = None;
     for (index, d) in spec.disks.iter_mut().enumerate() {
@@ -57,7 +64,8 @@ pub async fn create_with_disks(
     }
     if failure.is_none() {
         let node = cluster.node_name().to_string();
-        let cmd = Command::CreateGuest { vmid, name, node: node.clone(), config: GuestConfig::Qemu(spec) };
+        let cmd =
+            Command::CreateGuest { vmid, name, node: node.clone(), config: GuestConfig::Qemu(spec), pool };
         match cluster.propose(cmd).await {
             Ok(ok) => return Ok(ok),
             // A refusal that cannot come from our own earlier attempt: nothing committed.

@@ -9,7 +9,7 @@ mod port;
 mod runtime;
 mod tasks;
 
-pub use create::{create_with_disks, CreateError};
+pub use create::{create_with_disks, CreateError, NewGuest};
 pub use fleet::{GuestFleet, MigrateOne, ReconcileOne, Shutdown};
 pub use guest::{GuestStatus, StatusBoard};
 pub use port::{read, ClusterPort};

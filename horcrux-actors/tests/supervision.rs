@@ -95,6 +95,7 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
             name: "g".into(),
             node: "n1".into(),
             config: GuestConfig::Qemu(spec),
+            pool: None,
         })
         .await
         .unwrap();

@@ -107,6 +107,29 @@ pub enum Command {
     DeleteGroup {
         groupid: String,
     },
+    /// Add a resource pool; refused if it exists.
+    CreatePool {
+        poolid: String,
+        #[serde(default)]
+        comment: String,
+    },
+    /// Change a pool's comment, or add (with `delete`, remove) guests and storages. A guest
+    /// belongs to at most one pool.
+    UpdatePool {
+        poolid: String,
+        #[serde(default)]
+        comment: Option<String>,
+        #[serde(default)]
+        vms: Vec<u32>,
+        #[serde(default)]
+        storage: Vec<String>,
+        #[serde(default)]
+        delete: bool,
+    },
+    /// Remove an empty pool and the ACL entries on it.
+    DeletePool {
+        poolid: String,
+    },
     /// Remove a user with its API tokens and ACL entries.
     DeleteUser {
         userid: String,
@@ -126,6 +149,9 @@ pub enum Command {
         name: String,
         node: String,
         config: GuestConfig,
+        /// Also make it a member of this resource pool (which must exist).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
     },
     /// Replace a guest's name and config.
     UpdateGuest {

@@ -292,6 +292,17 @@ impl User {
     }
 }
 
+/// A resource pool: guests and storages grouped so that rights granted on `/pool/{id}`
+/// apply to each member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub poolid: String,
+    pub comment: String,
+    pub vms: std::collections::BTreeSet<u32>,
+    pub storage: std::collections::BTreeSet<String>,
+    pub revision: u64,
+}
+
 /// A group of users, named in ACL entries (`@group` in Proxmox's UI).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {

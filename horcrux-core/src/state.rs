@@ -39,6 +39,8 @@ pub struct ClusterState {
     pub roles: BTreeMap<String, std::collections::BTreeSet<String>>,
     #[serde(default)]
     pub groups: BTreeMap<String, Group>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, Pool>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -62,6 +64,7 @@ impl Default for ClusterState {
             realms: BTreeMap::new(),
             roles: BTreeMap::new(),
             groups: BTreeMap::new(),
+            pools: BTreeMap::new(),
         }
     }
 }
@@ -121,9 +124,17 @@ impl ClusterState {
             | Command::SetAcl { .. }
             | Command::SetRole { .. }
             | Command::CreateGroup { .. }
-            | Command::DeleteGroup { .. }) => self.apply_access(index, c)?,
-            Command::CreateGuest { vmid, name, node, config } => {
+            | Command::DeleteGroup { .. }
+            | Command::CreatePool { .. }
+            | Command::UpdatePool { .. }
+            | Command::DeletePool { .. }) => self.apply_access(index, c)?,
+            Command::CreateGuest { vmid, name, node, config, pool } => {
                 ids::validate_vmid("vmid", *vmid as u64)?;
+                if let Some(p) = pool {
+                    if !self.pools.contains_key(p) {
+                        return Err(ValidationError::new("pool", format!("unknown pool {p:?}")).into());
+                    }
+                }
                 ids::validate_dns_label("name", name)?;
                 self.validate_config(*vmid, config)?;
                 if !self.nodes.contains_key(node) {
@@ -144,6 +155,10 @@ impl ClusterState {
                         created_ms: req.ts_ms,
                     },
                 );
+                if let Some(p) = pool.as_ref().and_then(|p| self.pools.get_mut(p)) {
+                    p.vms.insert(*vmid);
+                    p.revision = index;
+                }
             }
             Command::UpdateGuest { vmid, expected_revision, name, config } => {
                 ids::validate_dns_label("name", name)?;
@@ -199,6 +214,9 @@ impl ClusterState {
                     });
                 }
                 self.guests.remove(vmid);
+                for p in self.pools.values_mut() {
+                    p.vms.remove(vmid);
+                }
             }
             Command::SetClusterCa { cert_pem, key_pem } => {
                 if self.cluster_ca.is_some() {

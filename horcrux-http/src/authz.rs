@@ -6,7 +6,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use horcrux_core::access::{effective_privileges, Subject};
+use horcrux_core::access::Subject;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -74,6 +74,11 @@ pub fn routes() -> Vec<RouteAccess> {
         r!(DELETE, "/cluster/nodes/{name}", Priv("Sys.Modify", "/")),
         r!(GET, "/cluster/corosync", Priv("Sys.Audit", "/")),
         r!(POST, "/cluster/corosync", Priv("Sys.Modify", "/")),
+        r!(GET, "/pools", AnyUser),
+        r!(POST, "/pools", Priv("Pool.Allocate", "/pool")),
+        r!(GET, "/pools/{poolid}", Priv("Pool.Audit", "/pool/{poolid}")),
+        r!(PUT, "/pools/{poolid}", Priv("Pool.Allocate", "/pool/{poolid}")),
+        r!(DELETE, "/pools/{poolid}", Priv("Pool.Allocate", "/pool/{poolid}")),
         r!(GET, "/access/users", Priv("Sys.Audit", "/access")),
         r!(POST, "/access/users", Priv("User.Modify", "/access")),
         r!(GET, "/access/users/{userid}", Priv("Sys.Audit", "/access")),
@@ -137,7 +142,7 @@ pub(crate) fn caller_privileges(
         groups: &groups,
         token: Some((caller.token_id.as_str(), caller.privsep)),
     };
-    effective_privileges(&state.acl, state.roles(), &subject, path)
+    state.privileges(&subject, path)
 }
 
 pub async fn authorize(State(st): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
@@ -198,8 +203,12 @@ mod tests {
     /// method, and nothing is declared that is not registered.
     #[test]
     fn every_registered_route_is_declared() {
-        let sources =
-            [include_str!("routes.rs"), include_str!("cluster_routes.rs"), include_str!("access_routes.rs")];
+        let sources = [
+            include_str!("routes.rs"),
+            include_str!("cluster_routes.rs"),
+            include_str!("access_routes.rs"),
+            include_str!("pool_routes.rs"),
+        ];
         // (vm_config.rs and vm_power.rs hold handlers only; their routes are in routes.rs.)
         let mut registered = std::collections::BTreeSet::new();
         for src in sources {

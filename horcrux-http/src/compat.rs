@@ -62,6 +62,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/access/groups", get(access_groups).post(access_groups))
         .route("/access/groups/{groupid}", get(access_group).delete(access_group))
         .route("/access/permissions", get(access_permissions))
+        .route("/pools", get(pools).post(pools).put(pools))
+        .route("/pools/{poolid}", get(pool).put(pool).delete(pool))
 }
 
 fn query(uri: &axum::http::Uri) -> BTreeMap<String, String> {

@@ -13,6 +13,7 @@ mod ldap;
 pub mod login;
 mod openapi;
 mod pam;
+mod pool_routes;
 mod routes;
 mod serve;
 mod tls;

@@ -106,11 +106,15 @@ fn schemas() -> Value {
         &["quorate", "nodes"],
     );
     let revision = obj(json!({ "revision": t(I) }), &["revision"]);
+    let pool_schema = obj(
+        json!({ "poolid": t(S), "comment": t(S), "vms": arr(t("object")), "storage": arr(t(S)) }),
+        &["poolid", "vms", "storage"],
+    );
     json!({
         "Error": error, "Disk": disk, "Net": net, "KernelBoot": boot, "Vm": vm, "Task": task,
         "LogLine": log_line, "Upid": upid, "User": user, "Token": token, "AclEntry": acl,
         "Role": role, "Group": group, "StoragePool": pool, "Content": content, "Node": node,
-        "ClusterStatus": status, "Revision": revision,
+        "ClusterStatus": status, "Revision": revision, "Pool": pool_schema,
     })
 }
 
@@ -162,7 +166,7 @@ fn operations() -> Vec<Op> {
             "memory_mib": { "type": I, "minimum": 16, "maximum": 4 * 1024 * 1024 },
             "cores": { "type": I, "minimum": 1, "maximum": 512 }, "sockets": { "type": I, "minimum": 1, "maximum": 4 },
             "disks": { "type": "array", "items": r("Disk"), "maxItems": 16 },
-            "boot": r("KernelBoot"), "nets": arr(r("Net")),
+            "boot": r("KernelBoot"), "nets": arr(r("Net")), "pool": t(S),
             "options": { "type": "object", "additionalProperties": t(S) },
         }),
         &["name", "memory_mib"],
@@ -254,6 +258,17 @@ fn operations() -> Vec<Op> {
         op("GET", "/cluster/corosync", "The imported corosync.conf", json!({ "type": "object", "nullable": true })),
         op("POST", "/cluster/corosync", "Import a corosync.conf", any())
             .body(body(json!({ "config": t(S) }), &["config"])),
+        op("GET", "/pools", "Resource pools the caller may audit", arr(r("Pool"))),
+        op("POST", "/pools", "Create a pool", any()).body(body(
+            json!({ "poolid": { "type": S, "pattern": "^[A-Za-z0-9_-]{1,64}$" }, "comment": { "type": S, "maxLength": 256 } }),
+            &["poolid"],
+        )),
+        op("GET", "/pools/{poolid}", "One pool with its members", r("Pool")),
+        op("PUT", "/pools/{poolid}", "Change a pool's comment or members", any()).body(body(
+            json!({ "comment": t(S), "vms": arr(json!({ "type": I, "minimum": 100, "maximum": 999_999_999 })), "storage": arr(t(S)), "delete": t(B) }),
+            &[],
+        )),
+        op("DELETE", "/pools/{poolid}", "Delete an empty pool", any()),
         op("GET", "/access/users", "Users", arr(r("User"))),
         op("POST", "/access/users", "Create a user", any()).body(body(
             json!({
@@ -354,6 +369,7 @@ pub fn document() -> Value {
         ("/access/users", "/access/users/{userid}", "userid", "$request.body#/userid"),
         ("/access/groups", "/access/groups/{groupid}", "groupid", "$request.body#/groupid"),
         ("/access/roles", "/access/roles/{roleid}", "roleid", "$request.body#/roleid"),
+        ("/pools", "/pools/{poolid}", "poolid", "$request.body#/poolid"),
     ];
     for (create, prefix, param, source) in creates {
         let mut links = Map::new();

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{middleware, Extension, Json, Router};
-use horcrux_actors::{create_with_disks, ClusterPort, CreateError, NodeRuntime, TaskLog};
+use horcrux_actors::{create_with_disks, ClusterPort, CreateError, NewGuest, NodeRuntime, TaskLog};
 use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, KernelBoot, VmSpec};
 use horcrux_drivers::ObservedPower;
 use serde::de::DeserializeOwned;
@@ -65,6 +65,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/openapi.json", get(crate::openapi::serve))
         .merge(crate::cluster_routes::routes())
         .merge(crate::access_routes::routes())
+        .merge(crate::pool_routes::routes())
         // Layers run outside-in: authenticate, check the route's privilege, then carry guest
         // requests to their owner (which checks again).
         .route_layer(middleware::from_fn_with_state(st.clone(), crate::forward::forward_to_owner))
@@ -247,6 +248,8 @@ struct CreateVm {
     nets: Vec<NewNet>,
     #[serde(default)]
     options: std::collections::BTreeMap<String, String>,
+    /// A resource pool the guest joins.
+    pool: Option<String>,
 }
 
 fn one() -> u32 {
@@ -324,13 +327,15 @@ async fn create_vm(
     if state.guests.contains_key(&vmid) {
         return Err(ApiError::conflict(format!("VMID {vmid} already exists")));
     }
+    if let Some(p) = req.pool.as_ref().filter(|p| !state.pools.contains_key(*p)) {
+        return Err(ApiError::bad_field("pool", format!("unknown pool {p:?}")));
+    }
 
     let task = st.runtime.tasks().create("qmcreate", &vmid.to_string(), caller.user());
     let port: &dyn ClusterPort = cluster;
     let logger = |l: String| task.log(l);
-    let created =
-        create_with_disks(port, st.runtime.volumes(), &state.storage, vmid, req.name.clone(), spec, &logger)
-            .await;
+    let guest = NewGuest { vmid, name: req.name.clone(), spec, pool: req.pool };
+    let created = create_with_disks(port, st.runtime.volumes(), &state.storage, guest, &logger).await;
     if let Err(e) = created {
         let err = match e {
             CreateError::Alloc { .. } => ApiError::internal(e.to_string()),

@@ -144,6 +144,21 @@ api.access.roles("VMWatcher").delete()
 api.access.users("frank@pve").delete()
 assert not any(u["userid"] == "frank@pve" for u in api.access.users.get())
 
+# Resource pools.
+api.pools.post(poolid="pxpool", comment="from proxmoxer")
+pvmid = int(api.cluster.nextid.get())
+upid = api.nodes(node).qemu.create(vmid=pvmid, name="pooled", memory=64, pool="pxpool")
+wait(api, node, upid, "create in a pool")
+members = api.pools.get(poolid="pxpool")[0]["members"]
+assert [m["id"] for m in members] == [f"qemu/{pvmid}"], members
+assert api.pools("pxpool").get()["members"][0]["vmid"] == pvmid
+api.pools("pxpool").put(vms=str(pvmid), delete=1)
+assert api.pools("pxpool").get()["members"] == []
+upid = api.nodes(node).qemu(pvmid).delete()
+wait(api, node, upid, "delete the pooled VM")
+api.pools("pxpool").delete()
+assert not any(p["poolid"] == "pxpool" for p in api.pools.get())
+
 # Password login (ticket + CSRF), as a user with the Administrator role.
 papi = ProxmoxAPI(host, port=int(port), user=user, password=password, verify_ssl=False)
 assert papi.nodes.get()[0]["node"] == node

@@ -6,6 +6,18 @@ use crate::command::{ApplyError, Command};
 use crate::ids::{self, ValidationError};
 use crate::model::*;
 
+/// Pool ids follow Proxmox: letters, digits, '-' and '_', at most 64.
+fn validate_pool_id(id: &str) -> Result<(), ValidationError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new("poolid", format!("{id:?}: 1-64 letters, digits, '-' or '_'")))
+    }
+}
+
 fn check_comment(c: &str) -> Result<(), ValidationError> {
     if c.len() > 256 || c.contains(['\n', '\0']) {
         return Err(ValidationError::new("comment", "at most 256 characters, one line"));
@@ -14,6 +26,33 @@ fn check_comment(c: &str) -> Result<(), ValidationError> {
 }
 
 impl ClusterState {
+    /// What `subject` may do on `path`, as Proxmox evaluates it: the ACL entries along the
+    /// path, and for a pool member (`/vms/{vmid}`, `/storage/{id}`) also those on its pool.
+    pub fn privileges(
+        &self,
+        subject: &access::Subject<'_>,
+        path: &str,
+    ) -> std::collections::BTreeSet<String> {
+        let mut privs = access::effective_privileges(&self.acl, self.roles(), subject, path);
+        let mut parts = path.trim_start_matches('/').split('/');
+        let pool = match (parts.next(), parts.next(), parts.next()) {
+            (Some("vms"), Some(id), None) => {
+                id.parse::<u32>().ok().and_then(|v| self.pools.values().find(|p| p.vms.contains(&v)))
+            }
+            (Some("storage"), Some(id), None) => self.pools.values().find(|p| p.storage.contains(id)),
+            _ => None,
+        };
+        if let Some(p) = pool {
+            privs.extend(access::effective_privileges(
+                &self.acl,
+                self.roles(),
+                subject,
+                &format!("/pool/{}", p.poolid),
+            ));
+        }
+        privs
+    }
+
     /// The roles ACL entries may name: built-in and custom.
     pub fn roles(&self) -> Roles<'_> {
         Roles { custom: &self.roles }
@@ -200,6 +239,74 @@ impl ClusterState {
                         propagate: *propagate,
                     });
                 }
+            }
+            Command::CreatePool { poolid, comment } => {
+                validate_pool_id(poolid)?;
+                check_comment(comment)?;
+                if self.pools.contains_key(poolid) {
+                    return Err(ApplyError::Conflict { message: format!("pool {poolid} already exists") });
+                }
+                let pool = Pool {
+                    poolid: poolid.clone(),
+                    comment: comment.clone(),
+                    vms: Default::default(),
+                    storage: Default::default(),
+                    revision: index,
+                };
+                self.pools.insert(poolid.clone(), pool);
+            }
+            Command::UpdatePool { poolid, comment, vms, storage, delete } => {
+                if let Some(c) = comment {
+                    check_comment(c)?;
+                }
+                if !self.pools.contains_key(poolid) {
+                    return Err(ApplyError::NotFound { what: format!("pool {poolid}") });
+                }
+                for vmid in vms {
+                    if !self.guests.contains_key(vmid) {
+                        return Err(
+                            ValidationError::new("vms", format!("guest {vmid} does not exist")).into()
+                        );
+                    }
+                    let elsewhere = self.pools.values().find(|p| p.poolid != *poolid && p.vms.contains(vmid));
+                    if let (false, Some(p)) = (*delete, elsewhere) {
+                        return Err(ApplyError::Conflict {
+                            message: format!("guest {vmid} is already in pool {}", p.poolid),
+                        });
+                    }
+                }
+                for s in storage {
+                    if !self.storage.contains_key(s) {
+                        return Err(ValidationError::new("storage", format!("unknown storage {s:?}")).into());
+                    }
+                }
+                let p = self.pools.get_mut(poolid).expect("checked above");
+                if let Some(c) = comment {
+                    p.comment = c.clone();
+                }
+                if *delete {
+                    vms.iter().for_each(|v| {
+                        p.vms.remove(v);
+                    });
+                    storage.iter().for_each(|s| {
+                        p.storage.remove(s);
+                    });
+                } else {
+                    p.vms.extend(vms.iter().copied());
+                    p.storage.extend(storage.iter().cloned());
+                }
+                p.revision = index;
+            }
+            Command::DeletePool { poolid } => {
+                let Some(p) = self.pools.get(poolid) else {
+                    return Err(ApplyError::NotFound { what: format!("pool {poolid}") });
+                };
+                if !p.vms.is_empty() || !p.storage.is_empty() {
+                    return Err(ApplyError::Conflict { message: format!("pool {poolid} is not empty") });
+                }
+                self.pools.remove(poolid);
+                let path = format!("/pool/{poolid}");
+                self.acl.retain(|e| e.path != path);
             }
             Command::DeleteApiToken { id } => {
                 if self.api_tokens.remove(id).is_none() {

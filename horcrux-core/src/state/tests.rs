@@ -26,7 +26,13 @@ fn spec(vmid: u32, disks: usize) -> VmSpec {
 }
 
 fn create(vmid: u32, s: VmSpec) -> Command {
-    Command::CreateGuest { vmid, name: "t1".into(), node: "n1".into(), config: GuestConfig::Qemu(s) }
+    Command::CreateGuest {
+        vmid,
+        name: "t1".into(),
+        node: "n1".into(),
+        config: GuestConfig::Qemu(s),
+        pool: None,
+    }
 }
 
 /// A state with node `n1` and storage `local`, built through `apply` itself.
@@ -145,6 +151,7 @@ fn create_guest_validation() {
             name: "has space".into(),
             node: "n1".into(),
             config: GuestConfig::Qemu(spec(101, 0)),
+            pool: None,
         },
     );
     assert_eq!(invalid_field(e), "name");
@@ -155,6 +162,7 @@ fn create_guest_validation() {
             name: "t1".into(),
             node: "nope".into(),
             config: GuestConfig::Qemu(spec(101, 0)),
+            pool: None,
         },
     );
     assert_eq!(invalid_field(e), "node");

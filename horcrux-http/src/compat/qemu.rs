@@ -62,6 +62,9 @@ fn translate(
             "name" => {
                 out.insert("name".into(), json!(v));
             }
+            "pool" if current.is_none() => {
+                out.insert("pool".into(), json!(v));
+            }
             // PVE 8.1+ writes memory as a property string (`current=2048`).
             "memory" => {
                 let m = v.strip_prefix("current=").unwrap_or(v);

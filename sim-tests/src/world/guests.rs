@@ -23,8 +23,13 @@ impl World {
             self.vmids.push(vmid);
             let owner = rng.gen_range(1..=self.cfg.nodes);
             let config = GuestConfig::Qemu(VmSpec::default());
-            let cmd =
-                Command::CreateGuest { vmid, name: format!("g{vmid}"), node: format!("n{owner}"), config };
+            let cmd = Command::CreateGuest {
+                vmid,
+                name: format!("g{vmid}"),
+                node: format!("n{owner}"),
+                config,
+                pool: None,
+            };
             (format!("create guest {vmid} on n{owner}"), cmd, None)
         } else {
             let vmid = self.vmids[rng.gen_range(0..self.vmids.len())];
@@ -99,9 +104,7 @@ impl World {
                 &*port,
                 &volumes,
                 &pools,
-                vmid,
-                format!("g{vmid}"),
-                spec,
+                horcrux_actors::NewGuest { vmid, name: format!("g{vmid}"), spec, pool: None },
                 &|_| {},
             )
             .await;
