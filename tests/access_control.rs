@@ -368,10 +368,11 @@ fn ldap_realm_binds_and_searches_a_real_slapd() {
     std::fs::create_dir_all(dir.join("db")).unwrap();
     let conf = format!(
         "include /etc/ldap/schema/core.schema\ninclude /etc/ldap/schema/cosine.schema\n\
-         include /etc/ldap/schema/inetorgperson.schema\npidfile {d}/slapd.pid\nmodulepath /usr/lib/ldap\n\
+         include /etc/ldap/schema/inetorgperson.schema\n{ad}pidfile {d}/slapd.pid\nmodulepath /usr/lib/ldap\n\
          moduleload back_mdb\ndatabase mdb\nsuffix \"dc=example,dc=org\"\nrootdn \"cn=admin,dc=example,dc=org\"\n\
          rootpw adminpw\ndirectory {d}/db\n",
-        d = dir.display()
+        d = dir.display(),
+        ad = AD_SCHEMA
     );
     std::fs::write(dir.join("slapd.conf"), conf).unwrap();
     let ldap_port = free_port();
@@ -393,7 +394,10 @@ fn ldap_realm_binds_and_searches_a_real_slapd() {
     let ldif = "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
                 dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n\n\
                 dn: uid=alice,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nuid: alice\ncn: Alice\nsn: A\n\
-                userPassword: alice ldap pw\n";
+                userPassword: alice ldap pw\n\n\
+                dn: cn=Carol Jones,ou=people,dc=example,dc=org\nobjectClass: inetOrgPerson\nobjectClass: adAccount\n\
+                cn: Carol Jones\nsn: Jones\nsAMAccountName: carol\nuserPrincipalName: carol@corp.example\n\
+                userPassword: carol ad pw\n";
     std::fs::write(dir.join("data.ldif"), ldif).unwrap();
     let mut added = false;
     for _ in 0..50 {
@@ -431,7 +435,32 @@ fn ldap_realm_binds_and_searches_a_real_slapd() {
     assert_eq!(login("bob@corp", "alice ldap pw"), 401, "bob is not in the directory");
     let (_, realms) = admin.get("/access/domains");
     assert!(realms.to_string().contains("\"corp\""), "{realms}");
+
+    // An Active Directory realm: users found by sAMAccountName (or userPrincipalName
+    // NAME@DOMAIN) through a service bind, then bound as.
+    let ad = json!({"realm": "win", "type": "ad", "server1": "127.0.0.1", "port": ldap_port,
+                    "domain": "corp.example", "base_dn": "ou=people,dc=example,dc=org",
+                    "bind_dn": "cn=admin,dc=example,dc=org", "password": "adminpw"});
+    assert_eq!(admin.post("/access/domains", &ad).0, 200);
+    let no_domain = json!({"realm": "win2", "type": "ad", "server1": "h", "base_dn": "dc=x"});
+    assert_eq!(admin.post("/access/domains", &no_domain).1["field"], "domain");
+    assert_eq!(admin.post("/access/users", &json!({"userid": "carol@win"})).0, 200);
+    assert_eq!(admin.post("/access/users", &json!({"userid": "jones@win"})).0, 200);
+    assert_eq!(login("carol@win", "carol ad pw"), 200);
+    assert_eq!(login("carol@win", "alice ldap pw"), 401);
+    assert_eq!(login("jones@win", "carol ad pw"), 401, "the cn is no account name");
+    let (_, realms) = admin.get("/access/domains");
+    let win = realms.as_array().unwrap().iter().find(|r| r["realm"] == "win").cloned().unwrap();
+    assert_eq!((win["type"].as_str(), win["user_attr"].as_str()), (Some("ad"), Some("sAMAccountName")));
+    assert!(!realms.to_string().contains("adminpw"), "no bind password in the listing");
 }
+
+/// The two Active Directory attributes the AD realm searches by, for OpenLDAP.
+const AD_SCHEMA: &str = "attributetype ( 1.3.6.1.4.1.99999.1.1 NAME 'sAMAccountName' EQUALITY caseIgnoreMatch \
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )\n\
+    attributetype ( 1.3.6.1.4.1.99999.1.2 NAME 'userPrincipalName' EQUALITY caseIgnoreMatch \
+    SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )\n\
+    objectclass ( 1.3.6.1.4.1.99999.2.1 NAME 'adAccount' SUP top AUXILIARY MAY ( sAMAccountName $ userPrincipalName ) )\n";
 
 #[test]
 fn rights_on_a_pool_apply_to_its_members() {

@@ -391,5 +391,9 @@ pub enum RealmConfig {
         bind_dn: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bind_password: Option<String>,
+        /// Active Directory: the domain; a user is then also found by its
+        /// `userPrincipalName` `NAME@DOMAIN`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
     },
 }

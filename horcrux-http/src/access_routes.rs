@@ -448,10 +448,11 @@ async fn list_realms(State(st): State<ApiState>) -> Result<Json<Value>, ApiError
     let realms = st.runtime.cluster().read_linearizable(|s| s.realms.clone()).await?;
     let mut out = vec![json!({"realm": "pam", "type": "pam"}), json!({"realm": "pve", "type": "pve"})];
     for (name, c) in realms {
-        let horcrux_core::RealmConfig::Ldap { server, port, base_dn, user_attr, bind_dn, .. } = c;
+        let horcrux_core::RealmConfig::Ldap { server, port, base_dn, user_attr, bind_dn, domain, .. } = c;
+        let kind = if domain.is_some() { "ad" } else { "ldap" };
         out.push(json!({
-            "realm": name, "type": "ldap", "server1": server, "port": port, "base_dn": base_dn,
-            "user_attr": user_attr, "bind_dn": bind_dn,
+            "realm": name, "type": kind, "server1": server, "port": port, "base_dn": base_dn,
+            "user_attr": user_attr, "bind_dn": bind_dn, "domain": domain,
         }));
     }
     Ok(Json(json!(out)))
@@ -466,28 +467,31 @@ struct NewRealm {
     server1: String,
     port: Option<u16>,
     base_dn: String,
-    #[serde(default = "uid")]
-    user_attr: String,
+    /// Default: `uid` (LDAP), `sAMAccountName` (AD).
+    user_attr: Option<String>,
     bind_dn: Option<String>,
     password: Option<String>,
-}
-
-fn uid() -> String {
-    "uid".into()
+    /// Active Directory's domain (type `ad`).
+    domain: Option<String>,
 }
 
 async fn add_realm(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let r: NewRealm = parse_body(&body)?;
-    if r.kind != "ldap" {
-        return Err(ApiError::bad_field("type", "only ldap realms can be added (pam and pve are built in)"));
-    }
+    let (default_attr, domain) = match (r.kind.as_str(), r.domain) {
+        ("ldap", None) => ("uid", None),
+        ("ldap", Some(_)) => return Err(ApiError::bad_field("domain", "only for type ad")),
+        ("ad", Some(d)) => ("sAMAccountName", Some(d)),
+        ("ad", None) => return Err(ApiError::bad_field("domain", "an ad realm needs its domain")),
+        _ => return Err(ApiError::bad_field("type", "ldap or ad (pam and pve are built in)")),
+    };
     let config = horcrux_core::RealmConfig::Ldap {
         server: r.server1,
         port: r.port.unwrap_or(389),
         base_dn: r.base_dn,
-        user_attr: r.user_attr,
+        user_attr: r.user_attr.unwrap_or_else(|| default_attr.into()),
         bind_dn: r.bind_dn,
         bind_password: r.password,
+        domain,
     };
     let ok = st.runtime.cluster().propose(Command::SetRealm { realm: r.realm, config: Some(config) }).await?;
     Ok(Json(json!({ "revision": ok.revision })))

@@ -8,7 +8,7 @@ use ldap3::{ldap_escape, LdapConn, LdapConnSettings, Scope, SearchEntry};
 
 /// Blocking; call it on a blocking thread. `Ok(false)`: wrong password or no such user.
 pub fn authenticate(realm: &RealmConfig, name: &str, password: &str) -> Result<bool, String> {
-    let RealmConfig::Ldap { server, port, base_dn, user_attr, bind_dn, bind_password } = realm;
+    let RealmConfig::Ldap { server, port, base_dn, user_attr, bind_dn, bind_password, domain } = realm;
     // An empty password would be an unauthenticated bind, which LDAP servers accept.
     if password.is_empty() {
         return Ok(false);
@@ -21,7 +21,17 @@ pub fn authenticate(realm: &RealmConfig, name: &str, password: &str) -> Result<b
             .and_then(|r| r.success())
             .map_err(|e| format!("service bind as {dn}: {e}"))?;
     }
-    let filter = format!("({}={})", user_attr, ldap_escape(name));
+    let filter = match domain {
+        // Active Directory: the account name or the user principal name.
+        Some(d) => format!(
+            "(|({}={})(userPrincipalName={}@{}))",
+            user_attr,
+            ldap_escape(name),
+            ldap_escape(name),
+            ldap_escape(d.as_str())
+        ),
+        None => format!("({}={})", user_attr, ldap_escape(name)),
+    };
     let (entries, _) = conn
         .search(base_dn, Scope::Subtree, &filter, vec!["1.1"])
         .and_then(|r| r.success())

@@ -197,9 +197,9 @@ fn operations() -> Vec<Op> {
     let realm = body(
         json!({
             "realm": t(S), "type": t(S), "server1": t(S), "port": t(I), "base_dn": t(S), "user_attr": t(S),
-            "bind_dn": t(S), "password": t(S),
+            "bind_dn": t(S), "password": t(S), "domain": t(S),
         }),
-        &["realm", "type", "server1", "base_dn", "user_attr"],
+        &["realm", "type", "server1", "base_dn"],
     );
     let login = body(
         json!({ "username": t(S), "password": t(S), "otp": t(S), "tfa-challenge": t(S), "realm": t(S) }),

@@ -172,7 +172,17 @@ impl ClusterState {
                     return Err(ValidationError::new("realm", "pam and pve are built in").into());
                 }
                 match config {
-                    Some(RealmConfig::Ldap { server, base_dn, user_attr, .. }) => {
+                    Some(RealmConfig::Ldap { server, base_dn, user_attr, domain, .. }) => {
+                        if let Some(d) = domain {
+                            let ok = d.split('.').all(|l| ids::validate_dns_label("domain", l).is_ok());
+                            if !ok {
+                                return Err(ValidationError::new(
+                                    "domain",
+                                    "a DNS domain such as example.org",
+                                )
+                                .into());
+                            }
+                        }
                         if server.is_empty() || server.contains(['/', ' ']) {
                             return Err(ValidationError::new("server1", "a host name or address").into());
                         }
