@@ -17,12 +17,13 @@ use crate::routes::ApiState;
 #[derive(Clone)]
 pub struct AuditLog {
     path: PathBuf,
-    lock: Arc<Mutex<()>>,
+    /// Opened (append-only) at the first record and kept: one write(2) per record.
+    file: Arc<Mutex<Option<std::fs::File>>>,
 }
 
 impl AuditLog {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, lock: Arc::default() }
+        Self { path, file: Arc::default() }
     }
 
     /// Appends one record; a failure to write is logged, not fatal to the request.
@@ -34,14 +35,18 @@ impl AuditLog {
             "status": result,
             "detail": detail,
         });
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = written {
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if file.is_none() {
+            match std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+                Ok(f) => *file = Some(f),
+                Err(e) => return tracing::warn!("audit log {}: {e}", self.path.display()),
+            }
+        }
+        let mut text = line.to_string();
+        text.push('\n');
+        if let Some(Err(e)) = file.as_mut().map(|f| f.write_all(text.as_bytes())) {
             tracing::warn!("audit log {}: {e}", self.path.display());
+            *file = None;
         }
     }
 
