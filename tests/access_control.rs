@@ -292,6 +292,19 @@ fn second_factor_totp_and_recovery_codes() {
     // A recovery code works once.
     assert_eq!(step2(&step1(), &format!("recovery:{}", recovery[3])).0, 200);
     assert_eq!(step2(&step1(), &format!("recovery:{}", recovery[3])).0, 401);
+    // The same flow through /api2/json, as Proxmox clients drive it (form fields).
+    let (code, t, _) = admin.raw(
+        "POST",
+        "/api2/json/access/ticket",
+        &[],
+        &json!({"username": "erin@pve", "password": "a long password"}),
+    );
+    assert_eq!((code, t["data"]["NeedTFA"].as_i64()), (200, Some(1)), "{t}");
+    let challenge = t["data"]["ticket"].as_str().unwrap().to_string();
+    let answer = json!({"username": "erin@pve", "password": format!("recovery:{}", recovery[5]), "tfa-challenge": challenge});
+    let (code, t, _) = admin.raw("POST", "/api2/json/access/ticket", &[], &answer);
+    assert_eq!(code, 200, "{t}");
+    assert!(t["data"]["ticket"].as_str().unwrap().starts_with("PVE:erin@pve:"), "{t}");
     // The one-step form with a wrong code fails; without the factor nothing is issued.
     let (status, _, _) = admin.raw(
         "POST",
