@@ -34,7 +34,7 @@ fn every_route_refuses_anonymous_and_unprivileged_callers() {
     let alice = tok["value"].as_str().unwrap().to_string();
     let rules = horcrux_http::access_rules();
     assert!(rules.len() >= 30, "the table covers the router");
-    for r in &rules {
+    for r in rules {
         let path = concrete(r.route);
         let method = r.method.as_str();
         let (code, body) = admin.request(method, &path, None, &json!({}));

@@ -40,8 +40,13 @@ macro_rules! r {
 use Check::*;
 
 /// Every authenticated route. `GET /version` and `POST /access/ticket` (the login) are the
-/// only public ones (outside this table).
-pub fn routes() -> Vec<RouteAccess> {
+/// only public ones (outside this table). Built once.
+pub fn routes() -> &'static [RouteAccess] {
+    static TABLE: std::sync::OnceLock<Vec<RouteAccess>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(table)
+}
+
+fn table() -> Vec<RouteAccess> {
     vec![
         r!(GET, "/openapi.json", AnyUser),
         r!(GET, "/vms", Priv("VM.Audit", "/vms")),

@@ -22,8 +22,19 @@ use crate::error::ApiError;
 /// Proxmox's default graceful-shutdown timeout.
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 60;
 
+/// What every handler shares: one `Arc`, so the per-request clones the middleware layers
+/// make cost one reference count, not one per field.
 #[derive(Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<ApiShared>);
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+pub struct ApiShared {
     pub runtime: NodeRuntime,
     /// Serialises guest creation so two requests never allocate the same disk.
     create_lock: Arc<tokio::sync::Mutex<()>>,
@@ -36,13 +47,13 @@ pub struct ApiState {
 pub fn router(runtime: NodeRuntime) -> Router {
     let audit_path =
         runtime.tasks().dir().parent().map(|d| d.join("audit.log")).unwrap_or_else(|| "audit.log".into());
-    let st = ApiState {
+    let st = ApiState(Arc::new(ApiShared {
         runtime,
         create_lock: Arc::default(),
         throttle: Default::default(),
         audit: crate::audit::AuditLog::new(audit_path),
         native: Default::default(),
-    };
+    }));
     let authed = Router::new()
         .route("/vms", get(list_vms).post(create_vm))
         .route("/vms/{vmid}", get(get_vm).delete(delete_vm))
