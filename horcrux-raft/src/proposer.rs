@@ -18,7 +18,7 @@ use crate::transport::ForwardError;
 use crate::types::{ApplyResult, Batch, TypeConfig};
 
 /// Batches being committed at once; further writes wait and join the next batch.
-pub const MAX_IN_FLIGHT: usize = 2;
+pub const MAX_IN_FLIGHT: usize = 1;
 /// Most requests in one entry.
 pub const MAX_BATCH: usize = 256;
 

@@ -19,7 +19,13 @@ use tokio::sync::watch;
 use crate::store::{cf, read_err, synced, write_err, CF_SM};
 use crate::types::{NodeId, Response, TypeConfig};
 
+/// Earlier layout: meta and data in one JSON document (the data as an array of numbers).
+/// Still read; replaced by the next snapshot.
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
+/// The snapshot's metadata (JSON) and its data (the serialized state, stored as is),
+/// written together in one synced batch.
+const KEY_SNAPSHOT_META: &[u8] = b"snapshot-meta";
+const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot-data";
 
 type Meta = SnapshotMeta<NodeId, HorcruxNode>;
 
@@ -55,6 +61,23 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// The stored snapshot's metadata and data, in either layout.
+fn load_snapshot(db: &DB) -> Result<Option<(Meta, Vec<u8>)>, StorageError<NodeId>> {
+    let sm = cf(db, CF_SM);
+    if let Some(meta) = db.get_cf(sm, KEY_SNAPSHOT_META).map_err(read_err)? {
+        let meta: Meta = serde_json::from_slice(&meta).map_err(read_err)?;
+        let data = db.get_cf(sm, KEY_SNAPSHOT_DATA).map_err(read_err)?.unwrap_or_default();
+        return Ok(Some((meta, data)));
+    }
+    match db.get_cf(sm, KEY_SNAPSHOT).map_err(read_err)? {
+        Some(bytes) => {
+            let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_err)?;
+            Ok(Some((stored.meta, stored.data)))
+        }
+        None => Ok(None),
+    }
+}
+
 struct Shared {
     data: RwLock<SmData>,
     /// Index of the last applied entry that changed guests (or a snapshot install):
@@ -71,12 +94,9 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     pub fn open(db: Arc<DB>) -> Result<Self, StorageError<NodeId>> {
-        let data = match db.get_cf(cf(&db, CF_SM), KEY_SNAPSHOT).map_err(read_err)? {
+        let data = match load_snapshot(&db)? {
             None => SmData::default(),
-            Some(bytes) => {
-                let snap: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_err)?;
-                serde_json::from_slice(&snap.data).map_err(read_err)?
-            }
+            Some((_, bytes)) => serde_json::from_slice(&bytes).map_err(read_err)?,
         };
         let applied = data.last_applied.map(|l| l.index).unwrap_or(0);
         let (tx, _) = watch::channel(applied);
@@ -95,8 +115,9 @@ impl StateMachineStore {
     }
 
     fn snapshot_bytes(&self) -> Result<(Meta, Vec<u8>), StorageError<NodeId>> {
-        let data = self.read();
-        let bytes = serde_json::to_vec(&*data).map_err(read_err)?;
+        // Copy under the lock, serialize outside it: apply is not held up meanwhile.
+        let data = self.read().clone();
+        let bytes = serde_json::to_vec(&data).map_err(read_err)?;
         let id = match data.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, bytes.len()),
             None => format!("0-0-{}", bytes.len()),
@@ -114,9 +135,13 @@ impl StateMachineStore {
         meta: &SnapshotMeta<NodeId, HorcruxNode>,
         data: &[u8],
     ) -> Result<(), StorageError<NodeId>> {
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.to_vec() };
-        let bytes = serde_json::to_vec(&stored).map_err(write_err)?;
-        self.db.put_cf_opt(cf(&self.db, CF_SM), KEY_SNAPSHOT, bytes, &synced()).map_err(write_err)
+        let meta = serde_json::to_vec(meta).map_err(write_err)?;
+        let sm = cf(&self.db, CF_SM);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(sm, KEY_SNAPSHOT_META, meta);
+        batch.put_cf(sm, KEY_SNAPSHOT_DATA, data);
+        batch.delete_cf(sm, KEY_SNAPSHOT);
+        self.db.write_opt(batch, &synced()).map_err(write_err)
     }
 }
 
@@ -184,10 +209,51 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
-        let Some(bytes) = self.db.get_cf(cf(&self.db, CF_SM), KEY_SNAPSHOT).map_err(read_err)? else {
-            return Ok(None);
-        };
-        let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_err)?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(load_snapshot(&self.db)?
+            .map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(key: &str) -> SmData {
+        let mut d = SmData::default();
+        d.state.options.insert(key.into(), "v".repeat(300));
+        d
+    }
+
+    /// A snapshot stores its data as is (not as a JSON array of numbers) and comes back
+    /// after a restart; a snapshot in the earlier layout is still read.
+    #[tokio::test]
+    async fn snapshots_survive_restart_in_both_layouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::store::open_db(tmp.path()).unwrap();
+        // The earlier layout.
+        let old =
+            StoredSnapshot { meta: Meta::default(), data: serde_json::to_vec(&state_with("old")).unwrap() };
+        #[derive(Serialize)]
+        struct Old<'a> {
+            meta: &'a Meta,
+            data: &'a [u8],
+        }
+        let bytes = serde_json::to_vec(&Old { meta: &old.meta, data: &old.data }).unwrap();
+        db.put_cf(cf(&db, CF_SM), KEY_SNAPSHOT, bytes).unwrap();
+        let mut sm = StateMachineStore::open(db.clone()).unwrap();
+        assert!(sm.read().state.options.contains_key("old"));
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+
+        // A new snapshot replaces it, in the new layout.
+        sm.shared.data.write().unwrap().state.options.insert("new".into(), "x".into());
+        let snap = sm.build_snapshot().await.unwrap();
+        let raw = db.get_cf(cf(&db, CF_SM), KEY_SNAPSHOT_DATA).unwrap().unwrap();
+        assert_eq!(raw, snap.snapshot.into_inner(), "the data is stored as built");
+        assert!(raw.starts_with(b"{"), "the serialized state, not an array of bytes");
+        assert!(db.get_cf(cf(&db, CF_SM), KEY_SNAPSHOT).unwrap().is_none());
+        drop(sm);
+        let sm = StateMachineStore::open(db).unwrap();
+        let d = sm.read();
+        assert!(d.state.options.contains_key("old") && d.state.options.contains_key("new"));
     }
 }
