@@ -53,18 +53,56 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// How long start-up waits to see the cluster's committed state before deciding on the
+/// admin token and the `local` storage.
+const STARTUP_READ: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `f` on the cluster's committed state, or `None` if it cannot be confirmed in time (no
+/// quorum yet). A restarted node's own copy may lag behind what was committed (its last
+/// commit point is written without fsync), so start-up decisions are not taken on it.
+async fn committed<R>(
+    cluster: &ClusterHandle,
+    f: impl FnOnce(&horcrux_core::ClusterState) -> R,
+) -> Option<R> {
+    match tokio::time::timeout(STARTUP_READ, cluster.read_linearizable(f)).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::warn!("start-up: cluster state not confirmed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("start-up: cluster state not confirmed within {STARTUP_READ:?}");
+            None
+        }
+    }
+}
+
 async fn ensure_admin_token(cluster: &ClusterHandle, path: &Path) -> anyhow::Result<()> {
-    if let Ok(secret) = std::fs::read_to_string(path) {
+    let file = std::fs::read_to_string(path).ok();
+    if let Some(secret) = &file {
         let hash = horcrux_http::token_sha256(secret.trim());
-        let known = cluster.read_local(|s| s.api_tokens.get(ADMIN_TOKEN_ID).map(|t| t.secret_sha256 == hash));
-        if known == Some(true) {
+        let matches = |s: &horcrux_core::ClusterState| {
+            s.api_tokens.get(ADMIN_TOKEN_ID).map(|t| t.secret_sha256 == hash)
+        };
+        if cluster.read_local(matches) == Some(true) {
             return Ok(());
+        }
+        match committed(cluster, matches).await {
+            Some(Some(true)) => return Ok(()),
+            Some(_) => {}
+            // Unconfirmed: never replace a token on a possibly stale view.
+            None => return Ok(()),
         }
     }
     // In a cluster of several nodes the admin token is shared (replicated): a joined node
     // must not replace it, or the first node's token would stop working.
-    let exists = cluster.read_local(|s| s.api_tokens.contains_key(ADMIN_TOKEN_ID));
-    if exists && cluster.cluster_status().nodes.len() > 1 {
+    let Some((exists, members)) =
+        committed(cluster, |s| (s.api_tokens.contains_key(ADMIN_TOKEN_ID), s.nodes.len())).await
+    else {
+        tracing::warn!("no admin token written: the cluster state could not be confirmed");
+        return Ok(());
+    };
+    if exists && members > 1 {
         tracing::info!(
             "the cluster's admin token already exists; use the admin.token of the node that created it"
         );
@@ -92,6 +130,14 @@ async fn ensure_admin_token(cluster: &ClusterHandle, path: &Path) -> anyhow::Res
 async fn ensure_local_storage(cluster: &ClusterHandle, data_dir: &Path) -> anyhow::Result<()> {
     if cluster.read_local(|s| s.storage.contains_key("local")) {
         return Ok(());
+    }
+    match committed(cluster, |s| s.storage.contains_key("local")).await {
+        Some(false) => {}
+        Some(true) => return Ok(()),
+        None => {
+            tracing::warn!("the local storage is not added yet: the cluster state could not be confirmed");
+            return Ok(());
+        }
     }
     let path = data_dir.join("storage/local");
     std::fs::create_dir_all(&path)?;

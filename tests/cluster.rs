@@ -157,11 +157,22 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     assert_eq!(create_vm(&nodes[2].api(&admin), 202), 200);
 
     eprintln!("[{:?}] The killed node restarts", t_start.elapsed());
-    // The killed node restarts from its log and catches up.
+    // The killed node restarts from its log and catches up, even with its commit point lost
+    // (it is written without fsync, so a power loss can take it): start-up then must not
+    // act on its lagging copy of the state (it once re-proposed the local storage and
+    // stalled, and could have replaced the cluster's admin token).
+    {
+        let db = horcrux_raft::open_db(&nodes[0].dir.join("raft")).unwrap();
+        db.put_cf(db.cf_handle("meta").unwrap(), b"committed", b"null").unwrap();
+        db.flush_wal(true).unwrap();
+    }
+    let admin_token = std::fs::read_to_string(admin.join("admin.token")).unwrap();
     nodes[0].start(None);
     eventually("n1 caught up", Duration::from_secs(20), || {
         try_vmids(&nodes[0].api(&admin)) == Ok(vec![201, 202])
     });
+    assert_eq!(std::fs::read_to_string(admin.join("admin.token")).unwrap(), admin_token, "token kept");
+    assert_eq!(nodes[2].api(&admin).get("/vms").0, 200, "the admin token still works cluster-wide");
 
     eprintln!("[{:?}] Enough writes to snapshot", t_start.elapsed());
     // Enough writes to snapshot and compact the log, then a 4th node joins by snapshot.
