@@ -360,6 +360,11 @@ async fn delete_role(
     Ok(Json(json!({})))
 }
 
+/// The users of a group.
+fn members<'a>(s: &'a horcrux_core::ClusterState, g: &horcrux_core::Group) -> Vec<&'a str> {
+    s.users.values().filter(|u| u.groups.contains(&g.groupid)).map(|u| u.userid.as_str()).collect()
+}
+
 async fn list_groups(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let groups = st
         .runtime
@@ -367,15 +372,7 @@ async fn list_groups(State(st): State<ApiState>) -> Result<Json<Value>, ApiError
         .read_linearizable(|s| {
             s.groups
                 .values()
-                .map(|g| {
-                    let members: Vec<&str> = s
-                        .users
-                        .values()
-                        .filter(|u| u.groups.contains(&g.groupid))
-                        .map(|u| u.userid.as_str())
-                        .collect();
-                    json!({ "groupid": g.groupid, "comment": g.comment, "users": members.join(",") })
-                })
+                .map(|g| json!({ "groupid": g.groupid, "comment": g.comment, "users": members(s, g).join(",") }))
                 .collect::<Vec<_>>()
         })
         .await?;
@@ -387,15 +384,9 @@ async fn get_group(State(st): State<ApiState>, Path(groupid): Path<String>) -> R
         .runtime
         .cluster()
         .read_linearizable(move |s| {
-            s.groups.get(&groupid).map(|g| {
-                let members: Vec<&str> = s
-                    .users
-                    .values()
-                    .filter(|u| u.groups.contains(&g.groupid))
-                    .map(|u| u.userid.as_str())
-                    .collect();
-                json!({ "groupid": g.groupid, "comment": g.comment, "members": members })
-            })
+            s.groups
+                .get(&groupid)
+                .map(|g| json!({ "groupid": g.groupid, "comment": g.comment, "members": members(s, g) }))
         })
         .await?;
     Ok(Json(g.ok_or_else(|| ApiError::not_found("no such group"))?))

@@ -20,7 +20,7 @@ use crate::auth::{require_token, Caller};
 use crate::error::ApiError;
 
 /// Proxmox's default graceful-shutdown timeout.
-pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 60;
+const DEFAULT_SHUTDOWN_TIMEOUT_S: u32 = 60;
 
 /// What every handler shares: one `Arc`, so the per-request clones the middleware layers
 /// make cost one reference count, not one per field.
@@ -429,7 +429,18 @@ async fn stop_vm(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShutdownBody {
+    /// How long the guest may take to power off before it is stopped hard.
     timeout_s: Option<u32>,
+}
+
+/// The power-off timeout of a shutdown or reboot body: default 60 s, at most a day.
+pub(crate) fn power_off_timeout(body: &Bytes) -> Result<u32, ApiError> {
+    let b: ShutdownBody = parse_body(body)?;
+    let timeout = b.timeout_s.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S);
+    if timeout > 86_400 {
+        return Err(ApiError::bad_field("timeout_s", "at most 86400 seconds"));
+    }
+    Ok(timeout)
 }
 
 async fn shutdown_vm(
@@ -439,11 +450,7 @@ async fn shutdown_vm(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let vmid = parse_vmid(&vmid)?;
-    let b: ShutdownBody = parse_body(&body)?;
-    let timeout = b.timeout_s.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S);
-    if timeout > 86_400 {
-        return Err(ApiError::bad_field("timeout_s", "at most 86400 seconds"));
-    }
+    let timeout = power_off_timeout(&body)?;
     power_task(st, caller, vmid, "qmshutdown", DesiredPower::Stopped { graceful_timeout_s: Some(timeout) })
         .await
 }

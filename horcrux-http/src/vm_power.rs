@@ -7,12 +7,11 @@ use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use horcrux_core::{Command, DesiredPower};
 use horcrux_drivers::ObservedPower;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::{parse_body, parse_vmid, ApiState};
+use crate::routes::{parse_vmid, ApiState};
 
 /// The guest must exist, be meant to run, and run here.
 async fn running_guest(st: &ApiState, vmid: u32) -> Result<u64, ApiError> {
@@ -24,13 +23,6 @@ async fn running_guest(st: &ApiState, vmid: u32) -> Result<u64, ApiError> {
     Ok(g.revision)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RebootBody {
-    /// How long the guest may take to power off before it is stopped hard.
-    timeout_s: Option<u32>,
-}
-
 /// A clean reboot as Proxmox does it: power off (hard after the timeout), then start a
 /// new QEMU, so configuration changes made meanwhile take effect.
 pub async fn reboot(
@@ -40,11 +32,7 @@ pub async fn reboot(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let vmid = parse_vmid(&vmid)?;
-    let b: RebootBody = parse_body(&body)?;
-    let timeout = b.timeout_s.unwrap_or(crate::routes::DEFAULT_SHUTDOWN_TIMEOUT_S);
-    if timeout > 86_400 {
-        return Err(ApiError::bad_field("timeout_s", "at most 86400 seconds"));
-    }
+    let timeout = crate::routes::power_off_timeout(&body)?;
     let revision = running_guest(&st, vmid).await?;
     let task = st.runtime.tasks().create("qmreboot", &vmid.to_string(), caller.user());
     let (runtime, t) = (st.runtime.clone(), task.clone());

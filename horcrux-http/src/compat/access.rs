@@ -94,11 +94,7 @@ pub(super) async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMa
         Ok(p) => p,
         Err(e) => return e,
     };
-    let list = |k: &str| -> Vec<String> {
-        p.get(k)
-            .map(|v| v.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect())
-            .unwrap_or_default()
-    };
+    let list = |k: &str| list(&p, k).unwrap_or_default();
     let Some(path) = p.get("path").cloned() else {
         return error(StatusCode::BAD_REQUEST, "path", "property is missing and it is not optional");
     };

@@ -268,12 +268,7 @@ pub(super) async fn power(
     };
     let req = match action.as_str() {
         "start" | "stop" | "suspend" | "resume" => json!({}),
-        "reboot" => match p.get("timeout").map(|t| t.parse::<u32>()) {
-            None => json!({}),
-            Some(Ok(t)) => json!({ "timeout_s": t }),
-            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "timeout", "expected an integer"),
-        },
-        "shutdown" => match p.get("timeout").map(|t| t.parse::<u32>()) {
+        "shutdown" | "reboot" => match p.get("timeout").map(|t| t.parse::<u32>()) {
             None => json!({}),
             Some(Ok(t)) => json!({ "timeout_s": t }),
             Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "timeout", "expected an integer"),
