@@ -36,6 +36,8 @@ pub struct LogInner {
     pub faults: Option<StdRng>,
     /// Injected bug: every n-th entry is stored under a wrong term.
     pub corrupt_every: Option<u64>,
+    /// Appends stay unflushed while this is set (tests hold a disk mid-write).
+    pub hold_flushes: bool,
 }
 
 fn disk_err(what: &str) -> StorageError<NodeId> {
@@ -177,28 +179,35 @@ impl RaftLogStorage<TypeConfig> for MemLog {
             }
             (idx, l.generation)
         };
-        // Like the production store, `append` returns only once the entries are durable:
-        // openraft 0.9 answers AppendEntries as soon as `append` returns, not when the
-        // flush is reported, so a store that returned earlier would let a leader count
-        // acknowledgements of entries that a crash then loses.
+        // Like the production store (`LogStore::with_syncer`), `append` returns once the
+        // entries are written and readable, and reports them durable later: the patched
+        // openraft replicates them meanwhile (vendor/README.md), and counts them, or answers
+        // the leader, only once the flush is reported. A power loss before that loses them.
         let (delay, fail) = self.roll();
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let mut l = self.0.lock().unwrap();
-        if l.generation != generation {
-            return Err(disk_err("the power went off during the write"));
-        }
-        if fail {
+        let log = self.0.clone();
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            while log.lock().unwrap().hold_flushes {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let mut l = log.lock().unwrap();
+            if l.generation != generation {
+                // The power went off meanwhile: the node is down, nobody waits for this.
+                return;
+            }
+            if fail {
+                drop(l);
+                callback.log_io_completed(Err(std::io::Error::other("simulated disk write failure")));
+                return;
+            }
+            for i in indexes {
+                l.unsynced.remove(&i);
+            }
             drop(l);
-            callback.log_io_completed(Err(std::io::Error::other("simulated disk write failure")));
-            return Err(disk_err("simulated disk write failure"));
-        }
-        for i in indexes {
-            l.unsynced.remove(&i);
-        }
-        drop(l);
-        callback.log_io_completed(Ok(()));
+            callback.log_io_completed(Ok(()));
+        });
         Ok(())
     }
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -29,6 +29,8 @@ pub struct RouterInner {
     pub drop_per_mille: u32,
     pub max_delay_ms: u64,
     pub rng: StdRng,
+    /// AppendEntries requests sent so far (what a test of the commit notification counts).
+    pub append_entries_sent: u64,
 }
 
 #[derive(Clone)]
@@ -120,6 +122,7 @@ impl RaftNetwork<TypeConfig> for SimPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr<RaftError<NodeId>>> {
+        self.net.router.0.lock().unwrap().append_entries_sent += 1;
         let (raft, twice) = self.arrive().await?;
         if twice {
             let _ = raft.append_entries(rpc.clone()).await;

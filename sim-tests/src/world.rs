@@ -448,6 +448,7 @@ async fn simulate(cfg: SimConfig) -> Outcome {
         drop_per_mille: if cfg.faults { 50 } else { 0 },
         max_delay_ms: if cfg.faults { 20 } else { 1 },
         rng: StdRng::seed_from_u64(cfg.seed ^ 0x0e7),
+        append_entries_sent: 0,
     })));
     let raft_config = Config {
         cluster_name: "sim".into(),

@@ -89,6 +89,7 @@ use crate::storage::RaftLogReaderExt;
 use crate::storage::RaftLogStorage;
 use crate::storage::RaftStateMachine;
 use crate::type_config::alias::InstantOf;
+use crate::type_config::alias::OneshotReceiverOf;
 use crate::type_config::alias::ResponderOf;
 use crate::type_config::TypeConfigExt;
 use crate::AsyncRuntime;
@@ -704,14 +705,16 @@ where
         self.engine.state.membership_state.effective().get_node(&leader_id).cloned()
     }
 
-    /// A temp wrapper to make non-blocking `append_to_log` a blocking.
+    /// Horcrux patch: upstream's `append_to_log` (a blocking wrapper around the non-blocking
+    /// `append`) in two halves. This one hands the entries to the log store and returns what
+    /// reports their flush.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub(crate) async fn append_to_log<I>(
+    pub(crate) async fn submit_to_log<I>(
         &mut self,
         entries: I,
         vote: Vote<C::NodeId>,
         last_log_id: LogId<C::NodeId>,
-    ) -> Result<(), StorageError<C::NodeId>>
+    ) -> Result<OneshotReceiverOf<C, Result<LogIOId<C::NodeId>, std::io::Error>>, StorageError<C::NodeId>>
     where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -724,9 +727,44 @@ where
         let callback = LogFlushed::new(log_io_id, tx);
 
         self.log_store.append(entries, callback).await?;
-        rx.await
+        Ok(rx)
+    }
+
+    /// Horcrux patch: the second half of upstream's `append_to_log`: waits until the log
+    /// store reports the appended entries durable.
+    pub(crate) async fn wait_log_flushed(
+        flushed: OneshotReceiverOf<C, Result<LogIOId<C::NodeId>, std::io::Error>>,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        flushed
+            .await
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?
             .map_err(|e| StorageIOError::write_logs(AnyError::error(e)))?;
+        Ok(())
+    }
+
+    /// Sends one replication request to its replication task (the `Command::Replicate`
+    /// arm, shared with the Horcrux patch in `AppendInputEntries`).
+    fn send_replicate(
+        &mut self,
+        req: Inflight<C::NodeId>,
+        target: C::NodeId,
+    ) -> Result<(), StorageError<C::NodeId>> {
+        let node = self.replications.get(&target).expect("replication to target node exists");
+
+        match req {
+            Inflight::None => {
+                let _ = node.tx_repl.send(Replicate::Heartbeat);
+            }
+            Inflight::Logs { id, log_id_range } => {
+                let _ = node.tx_repl.send(Replicate::logs(RequestId::new_append_entries(id), log_id_range));
+            }
+            Inflight::Snapshot { id, last_log_id } => {
+                // unwrap: The replication channel must not be dropped or it is a bug.
+                node.tx_repl.send(Replicate::snapshot(RequestId::new_snapshot(id), last_log_id)).map_err(|_e| {
+                    StorageIOError::read_snapshot(None, AnyError::error("replication channel closed"))
+                })?;
+            }
+        }
         Ok(())
     }
 
@@ -1637,7 +1675,17 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
-                self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                // Horcrux patch (see vendor/README.md): write the entries, then hand the
+                // replication requests queued right behind them to the replication tasks,
+                // and only then wait for the flush. Followers write while the leader
+                // flushes; the leader still counts its own copy only once it is durable.
+                let flushed = self.submit_to_log(entries, vote, last_log_id.clone()).await?;
+                while matches!(self.engine.output.iter_commands().next(), Some(Command::Replicate { .. })) {
+                    if let Some(Command::Replicate { req, target }) = self.engine.output.pop_command() {
+                        self.send_replicate(req, target)?;
+                    }
+                }
+                Self::wait_log_flushed(flushed).await?;
 
                 // The leader may have changed.
                 // But reporting to a different leader is not a problem.
@@ -1700,22 +1748,7 @@ where
                 self.apply_to_state_machine(seq, already_committed.next_index(), upto.index).await?;
             }
             Command::Replicate { req, target } => {
-                let node = self.replications.get(&target).expect("replication to target node exists");
-
-                match req {
-                    Inflight::None => {
-                        let _ = node.tx_repl.send(Replicate::Heartbeat);
-                    }
-                    Inflight::Logs { id, log_id_range } => {
-                        let _ = node.tx_repl.send(Replicate::logs(RequestId::new_append_entries(id), log_id_range));
-                    }
-                    Inflight::Snapshot { id, last_log_id } => {
-                        // unwrap: The replication channel must not be dropped or it is a bug.
-                        node.tx_repl.send(Replicate::snapshot(RequestId::new_snapshot(id), last_log_id)).map_err(
-                            |_e| StorageIOError::read_snapshot(None, AnyError::error("replication channel closed")),
-                        )?;
-                    }
-                }
+                self.send_replicate(req, target)?;
             }
             Command::RebuildReplicationStreams { targets } => {
                 self.remove_all_replication();

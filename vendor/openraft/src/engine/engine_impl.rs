@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,17 +153,15 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
+        // Horcrux patch (see vendor/README.md): upstream restores a node that was the leader
+        // before a restart as leader at once, under the same vote. But a leader sends entries
+        // before its own flush completes, so a power loss can take entries from its log that
+        // followers hold; a leader resumed under the same vote would then write different
+        // entries under the same log ids. Such a node stands for election at once instead:
+        // it leads again only under a new term (at once if it is the only voter).
         if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
+            self.state.server_state = ServerState::Follower;
+            self.elect();
             return;
         }
 

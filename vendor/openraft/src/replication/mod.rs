@@ -25,6 +25,10 @@ use tokio::sync::Mutex;
 use tracing_futures::Instrument;
 
 use crate::config::Config;
+
+/// Horcrux patch: how long a new committed index waits for an AppendEntries to carry it
+/// before a heartbeat is sent for it alone.
+const COMMIT_NOTIFY_DELAY: Duration = Duration::from_millis(1);
 use crate::core::notify::Notify;
 use crate::core::sm::handle::SnapshotReader;
 use crate::display_ext::DisplayOptionExt;
@@ -124,6 +128,10 @@ where
     /// It will be reset to `None` when an successful response is received.
     backoff: Option<Backoff>,
 
+    /// Horcrux patch (see vendor/README.md): when a new committed index, if nothing else
+    /// carries it first, goes out in a heartbeat of its own.
+    commit_notify_at: Option<InstantOf<C>>,
+
     /// The `RaftLogReader` of a `RaftStorage` interface.
     log_reader: LS::LogReader,
 
@@ -188,6 +196,7 @@ where
             snapshot_network: Arc::new(Mutex::new(snapshot_network)),
             snapshot_state: None,
             backoff: None,
+            commit_notify_at: None,
             log_reader,
             snapshot_reader,
             config,
@@ -217,6 +226,9 @@ where
                 self.drain_events_with_backoff().await?;
                 continue;
             };
+
+            // Whatever is sent now carries the committed index.
+            self.commit_notify_at = None;
 
             // Backup the log data for retrying.
             let mut log_data = None;
@@ -630,12 +642,36 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
-            self.process_event(event);
+            match self.commit_notify_at {
+                // Horcrux patch: wait for the next event, but no later than the deadline for
+                // telling the follower the committed index.
+                Some(at) => {
+                    select! {
+                        _ = C::sleep_until(at) => {
+                            self.commit_notify_at = None;
+                            if self.next_action.is_none() {
+                                self.next_action = Some(Data::new_heartbeat());
+                            }
+                        }
+                        recv_res = self.rx_event.recv() => {
+                            let event = recv_res.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                            self.process_event(event);
+                        }
+                    }
+                }
+                None => {
+                    let event = self
+                        .rx_event
+                        .recv()
+                        .await
+                        .ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+                    self.process_event(event);
+                }
+            }
         }
 
-        // Returning from process_event(), next_action is never None.
+        // Returning from process_event(), next_action is never None, except after a
+        // `Committed` event that only armed `commit_notify_at` (Horcrux patch).
 
         self.try_drain_events().await?;
 
@@ -679,9 +715,13 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
-                if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                // Horcrux patch: upstream sends a heartbeat with the new committed index at
+                // once. Replication has one RPC in flight per follower, so the next entries
+                // waited a round trip behind it. Now the index rides on the next
+                // AppendEntries if one comes within COMMIT_NOTIFY_DELAY, and goes out in a
+                // heartbeat of its own only after that.
+                if self.next_action.is_none() && self.commit_notify_at.is_none() {
+                    self.commit_notify_at = Some(C::now() + COMMIT_NOTIFY_DELAY);
                 }
             }
             Replicate::Heartbeat => {
