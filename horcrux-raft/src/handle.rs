@@ -20,6 +20,7 @@ use crate::network::NoPeerNetwork;
 use crate::node::HorcruxNode;
 use crate::pki::ClusterCa;
 use crate::proposer::Proposer;
+use crate::raft_thread::RaftThread;
 use crate::state_machine::StateMachineStore;
 use crate::store::{cf, open_db, synced, CF_META};
 use crate::transport::{
@@ -111,6 +112,10 @@ pub struct ClusterHandle {
     /// wait_for_all waits for).
     pub(crate) all_seen: Arc<std::sync::atomic::AtomicBool>,
     api: Arc<std::sync::OnceLock<ApiHandler>>,
+    /// Where forwarded API calls run (the caller's runtime, not the Raft thread).
+    api_runtime: tokio::runtime::Handle,
+    /// Runs openraft, the proposer and the QUIC endpoint; stops with the last clone.
+    _raft_thread: Arc<RaftThread>,
 }
 
 fn system_clock_ms() -> u64 {
@@ -226,26 +231,40 @@ impl ClusterHandle {
             None => config,
         };
         let config = Arc::new(config.validate().map_err(storage)?);
-        let log = LogStore::new(db.clone());
+        let log = LogStore::with_syncer(db.clone()).map_err(storage)?;
+        let thread = Arc::new(RaftThread::start().map_err(storage)?);
         let (raft, net, endpoint) = match (&opts.cluster, &identity.certs) {
             (Some(c), Some(certs)) => {
                 let id = NodeIdentity::from_pem(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)
                     .map_err(storage)?;
-                let endpoint = quinn::Endpoint::server(id.server_config().map_err(storage)?, c.listen)
-                    .map_err(|e| storage(format!("QUIC listen on {}: {e}", c.listen)))?;
+                // The endpoint's driver runs where it is created: on the Raft thread.
+                let endpoint = {
+                    let _rt = thread.handle().enter();
+                    quinn::Endpoint::server(id.server_config().map_err(storage)?, c.listen)
+                        .map_err(|e| storage(format!("QUIC listen on {}: {e}", c.listen)))?
+                };
                 let net = QuicNetwork::new(endpoint.clone(), id.client_config().map_err(storage)?);
-                let raft =
-                    Raft::new(identity.id, config, net.clone(), log, sm.clone()).await.map_err(storage)?;
+                let raft = thread
+                    .run(Raft::new(identity.id, config, net.clone(), log, sm.clone()))
+                    .await
+                    .map_err(storage)?
+                    .map_err(storage)?;
                 (raft, Some(net), Some(endpoint))
             }
             _ => (
-                Raft::new(identity.id, config, NoPeerNetwork, log, sm.clone()).await.map_err(storage)?,
+                thread
+                    .run(Raft::new(identity.id, config, NoPeerNetwork, log, sm.clone()))
+                    .await
+                    .map_err(storage)?
+                    .map_err(storage)?,
                 None,
                 None,
             ),
         };
         let handle = Self {
-            proposer: Proposer::spawn(raft.clone()),
+            proposer: Proposer::spawn(thread.handle(), raft.clone()),
+            api_runtime: tokio::runtime::Handle::current(),
+            _raft_thread: thread.clone(),
             raft,
             sm,
             node_id: identity.id,
@@ -256,8 +275,8 @@ impl ClusterHandle {
             api: Arc::default(),
         };
         if let Some(endpoint) = endpoint {
-            tokio::spawn(transport::serve(endpoint, handle.clone()));
-            tokio::spawn(handle.clone().ping_loop());
+            thread.handle().spawn(transport::serve(endpoint, handle.clone()));
+            thread.handle().spawn(handle.clone().ping_loop());
         }
 
         let initialized = handle.raft.is_initialized().await.map_err(storage)?;
@@ -443,11 +462,11 @@ impl ClusterHandle {
     }
 
     pub async fn serve_api(&self, call: ApiCall) -> ApiReply {
+        let not_ready =
+            || ApiReply { status: 503, content_type: None, body: "{\"error\":\"API not ready\"}".into() };
         match self.api.get() {
-            Some(h) => h(call).await,
-            None => {
-                ApiReply { status: 503, content_type: None, body: "{\"error\":\"API not ready\"}".into() }
-            }
+            Some(h) => self.api_runtime.spawn(h(call)).await.unwrap_or_else(|_| not_ready()),
+            None => not_ready(),
         }
     }
 

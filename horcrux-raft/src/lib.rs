@@ -13,6 +13,7 @@ mod network;
 mod node;
 pub mod pki;
 mod proposer;
+mod raft_thread;
 pub mod runtime;
 mod state_machine;
 pub mod status;

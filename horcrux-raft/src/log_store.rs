@@ -1,10 +1,11 @@
 //! Raft log storage in RocksDB. Appends and votes are fsynced before openraft is told they
 //! are durable, so every acknowledged write survives `kill -9`.
 //!
-//! `append` writes each batch with a synced write and reports it durable at once. Writes
-//! are batched before they reach the log (`Proposer`), so one sync serves many writes. A
-//! group commit here (a syncer thread reporting flushes later) was tried; it measured no
-//! faster, and the simulation found a failure with delayed flush reports (see the README).
+//! `append` writes the entries (readable at once, which replication needs) and hands the
+//! flush to a syncer thread, which syncs the WAL (covering every write made before it) and
+//! then reports them durable. openraft (patched, see `vendor/README.md`) sends the entries
+//! to the followers between the two, so a leader's fsync overlaps the followers' writes;
+//! it counts its own copy, and a follower answers, only once the flush is reported.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -33,18 +34,43 @@ pub struct LogStore {
     /// leader reads each new entry back once per follower; serving that from here saves
     /// a RocksDB seek and a JSON parse each time.
     tail: Arc<std::sync::Mutex<std::collections::VecDeque<Entry<TypeConfig>>>>,
+    /// Appends waiting for the syncer thread's next WAL sync (`None`: each append is synced
+    /// before it returns). The thread ends when the last clone of this store is dropped.
+    syncer: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+}
+
+/// Syncs the WAL for each queued append (and any that queued meanwhile), then reports them.
+fn run_syncer(db: Arc<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let res = db.flush_wal(true).map_err(|e| e.to_string());
+        for cb in waiting {
+            cb.log_io_completed(res.clone().map_err(std::io::Error::other));
+        }
+    }
 }
 
 impl LogStore {
+    /// A store whose appends are synced before `append` returns: what the deterministic
+    /// simulation runs (a syncer thread would make it depend on thread timing).
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db, tail: Arc::default() }
+        Self { db, tail: Arc::default(), syncer: None }
+    }
+
+    /// A store whose appends are synced by a syncer thread: what a node runs.
+    pub fn with_syncer(db: Arc<DB>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sync_db = db.clone();
+        std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || run_syncer(sync_db, rx))?;
+        Ok(Self { syncer: Some(tx), ..Self::new(db) })
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Entry<TypeConfig>>> {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds durably written entries to the tail, keeping it a gap-free run.
+    /// Adds written entries to the tail, keeping it a gap-free run.
     fn remember(&self, entries: Vec<Entry<TypeConfig>>) {
         let mut tail = self.tail();
         for e in entries {
@@ -181,15 +207,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = serde_json::to_vec(e).map_err(write_err)?;
             batch.put_cf(log_cf, index_key(e.log_id.index), bytes);
         }
-        let res = self.db.write_opt(batch, &synced());
-        if res.is_ok() {
-            self.remember(entries);
-        } else {
+        // With a syncer: written (visible to readers) now, durable once its sync covers it.
+        let opts = if self.syncer.is_some() { rocksdb::WriteOptions::default() } else { synced() };
+        if let Err(e) = self.db.write_opt(batch, &opts) {
             self.tail().clear();
+            return Err(write_err(e));
         }
-        let io_res = res.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(io_res);
-        res.map_err(write_err)
+        self.remember(entries);
+        match &self.syncer {
+            None => callback.log_io_completed(Ok(())),
+            Some(syncer) => {
+                if let Err(std::sync::mpsc::SendError(cb)) = syncer.send(callback) {
+                    cb.log_io_completed(Err(std::io::Error::other("the log syncer thread is gone")));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {

@@ -31,10 +31,10 @@ pub struct Proposer {
 }
 
 impl Proposer {
-    /// Starts the batching task for `raft` on the current runtime.
-    pub fn spawn(raft: Raft<TypeConfig>) -> Self {
+    /// Starts the batching task for `raft` on `rt` (the Raft thread).
+    pub fn spawn(rt: &tokio::runtime::Handle, raft: Raft<TypeConfig>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(raft, rx));
+        rt.spawn(run(raft, rx));
         Self { tx }
     }
 

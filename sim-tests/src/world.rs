@@ -181,7 +181,7 @@ impl World {
             }
         };
         self.router.0.lock().unwrap().rafts.insert(id, raft.clone());
-        let proposer = Proposer::spawn(raft.clone());
+        let proposer = Proposer::spawn(&tokio::runtime::Handle::current(), raft.clone());
         self.proposers.lock().unwrap().insert(id, proposer.clone());
         let (start, skew) = (self.start, node.skew_ms);
         let name = if self.cfg.bug == Bug::WrongOwner && id == 2 { "n1".into() } else { format!("n{id}") };
