@@ -6,6 +6,8 @@
 //! Run: `bench/raft-vs-etcd` (installs etcd, builds in release) or
 //! `cargo bench --bench raft_vs_etcd`. `BENCH_SECONDS` sets the time per measurement (5),
 //! `BENCH_ROUNDS` the number of interleaved rounds whose medians are reported (3).
+//! `BENCH_ONLY=horcrux` (or `etcd`) loads one system only, with `BENCH_CLIENTS` clients
+//! (16), and keeps the data dirs and daemon logs: for profiling.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -104,7 +106,10 @@ fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .tls_config(tls)
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
+        // Not `timeout_global`: a resolve timeout makes ureq resolve on a new thread for
+        // every request, which cost the load generator a thread per write.
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(Duration::from_secs(30)))
         .build()
         .into()
 }
@@ -221,6 +226,8 @@ fn main() {
     std::fs::create_dir_all(&tmp).unwrap();
     let root: PathBuf = tmp.clone();
     let mut procs = Procs(Vec::new());
+    // `BENCH_ONLY=horcrux` (or `etcd`): load one system only, 16 clients, for profiling.
+    let only = std::env::var("BENCH_ONLY").ok();
     let etcd = start_etcd(&root, &mut procs);
     let (horcrux, token) = start_horcrux(&root, &mut procs);
     let value = "v".repeat(256);
@@ -246,6 +253,19 @@ fn main() {
         r.body_mut().read_to_vec().unwrap();
     });
 
+    if let Some(only) = only {
+        let write = if only == "etcd" { etcd_write } else { h_write };
+        let clients = std::env::var("BENCH_CLIENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
+        let s = load(clients, dur, write);
+        println!(
+            "{only} {clients} clients: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms",
+            s.throughput(),
+            s.p50_ms,
+            s.p99_ms
+        );
+        println!("data and daemon logs kept in {}", tmp.display());
+        return;
+    }
     println!("committed 256-byte writes, 3 nodes on loopback, {secs} s per run, median of {rounds_n} interleaved rounds");
     println!("{:<8} {:>7} {:>12} {:>9} {:>9}", "system", "clients", "writes/s", "p50 ms", "p99 ms");
     for clients in [1, 16] {
