@@ -461,12 +461,21 @@ impl ClusterHandle {
         let _ = self.api.set(handler);
     }
 
+    /// Serves an API call forwarded from another node, on the API runtime (this is called
+    /// on the Raft thread, which must not run request handlers).
     pub async fn serve_api(&self, call: ApiCall) -> ApiReply {
-        let not_ready =
-            || ApiReply { status: 503, content_type: None, body: "{\"error\":\"API not ready\"}".into() };
+        let error = |status, msg: &str| ApiReply {
+            status,
+            content_type: None,
+            body: serde_json::json!({ "error": msg }).to_string(),
+        };
         match self.api.get() {
-            Some(h) => self.api_runtime.spawn(h(call)).await.unwrap_or_else(|_| not_ready()),
-            None => not_ready(),
+            Some(h) => self
+                .api_runtime
+                .spawn(h(call))
+                .await
+                .unwrap_or_else(|e| error(500, &format!("the forwarded request failed: {e}"))),
+            None => error(503, "API not ready"),
         }
     }
 
