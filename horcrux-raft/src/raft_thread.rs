@@ -11,7 +11,8 @@ use tokio::sync::oneshot;
 
 pub(crate) struct RaftThread {
     handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropped with this value, which ends the thread's `block_on`.
+    _stop: oneshot::Sender<()>,
 }
 
 impl RaftThread {
@@ -20,13 +21,13 @@ impl RaftThread {
         let handle = rt.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         std::thread::Builder::new().name("horcrux-raft".into()).spawn(move || {
-            // Runs the spawned tasks until told to stop (or the owner is gone).
+            // Runs the spawned tasks until the owner is gone.
             rt.block_on(async {
                 let _ = stopped.await;
             });
             rt.shutdown_background();
         })?;
-        Ok(Self { handle, stop: Some(stop) })
+        Ok(Self { handle, _stop: stop })
     }
 
     pub(crate) fn handle(&self) -> &Handle {
@@ -39,13 +40,5 @@ impl RaftThread {
         fut: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
         self.handle.spawn(fut).await
-    }
-}
-
-impl Drop for RaftThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
