@@ -37,11 +37,20 @@ fn every_route_refuses_anonymous_and_unprivileged_callers() {
     for r in rules {
         let path = concrete(r.route);
         let method = r.method.as_str();
-        let (code, body) = admin.request(method, &path, None, &json!({}));
+        // The password route names its target in the body.
+        let body = match r.route {
+            "/access/password" => json!({"userid": "carol@pve", "password": "0123456789"}),
+            _ => json!({}),
+        };
+        let (code, body) = admin.request(method, &path, None, &body);
         assert_eq!(code, 401, "anonymous {method} {path}: {body}");
         let (code, body) = admin.request(method, &path, Some("not-a-token"), &json!({}));
         assert_eq!(code, 401, "bad token {method} {path}: {body}");
-        let (code, body) = admin.request(method, &path, Some(&alice), &json!({}));
+        let req = match r.route {
+            "/access/password" => json!({"userid": "carol@pve", "password": "0123456789"}),
+            _ => json!({}),
+        };
+        let (code, body) = admin.request(method, &path, Some(&alice), &req);
         match r.check {
             Check::AnyUser => {
                 assert!(code != 401 && code != 403, "{method} {path} is open to users: {code} {body}")
@@ -57,6 +66,117 @@ fn every_route_refuses_anonymous_and_unprivileged_callers() {
     }
     // The version is public.
     assert_eq!(admin.request("GET", "/version", None, &json!({})).0, 200);
+}
+
+/// The escalations review reproduced, each refused now (the router walk's column "caller
+/// with the route's privilege but not over the target"): a user manager holding
+/// User.Modify and Permissions.Modify on /access cannot act on root@pam's or an
+/// administrator's credentials, nor grant itself or anyone more than it holds; the
+/// neighbouring cases it may do still work; and no client hides a write from the audit log.
+#[test]
+fn a_user_manager_cannot_take_over_administrators_or_grant_itself_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let admin = d.client();
+    let ok = |(code, body): (u16, Value)| assert_eq!(code, 200, "{body}");
+    ok(admin.post("/access/groups", &json!({"groupid": "admins"})));
+    ok(admin.post("/access/groups", &json!({"groupid": "staff"})));
+    ok(admin.post("/access/users", &json!({"userid": "carol@pve", "groups": ["admins"]})));
+    ok(admin.post("/access/users", &json!({"userid": "mgr@pve"})));
+    ok(admin.post("/access/users", &json!({"userid": "dan@pve", "groups": ["staff"]})));
+    let put = |p: &str, v: Value| admin.request("PUT", p, Some(admin.token()), &v);
+    ok(put("/access/acl", json!({"path": "/", "role": "Administrator", "group": "admins"})));
+    let role = json!({"roleid": "UserManager", "privs": "User.Modify,Permissions.Modify,Sys.Audit"});
+    ok(admin.post("/access/roles", &role));
+    ok(put("/access/acl", json!({"path": "/access", "role": "UserManager", "user": "mgr@pve"})));
+    ok(put("/access/password", json!({"userid": "carol@pve", "password": "carol's own password"})));
+    let (_, t) = admin.post("/access/users/mgr@pve/token/t", &json!({"privsep": false}));
+    let mgr = t["value"].as_str().unwrap().to_string();
+    let as_mgr = |m: &str, p: &str, v: Value| admin.request(m, p, Some(&mgr), &v);
+    let refused = [
+        ("POST", "/access/users/root@pam/token/x", json!({"privsep": false})),
+        ("POST", "/access/users/carol@pve/token/x", json!({"privsep": false})),
+        ("POST", "/access/users/carol@pve/token/y", json!({"privsep": true})),
+        ("DELETE", "/access/users/root@pam/token/admin", json!({})),
+        ("PUT", "/access/password", json!({"userid": "carol@pve", "password": "mgr knows it now"})),
+        ("PUT", "/access/password", json!({"userid": "root@pam", "password": "mgr knows it now"})),
+        ("POST", "/access/tfa/carol@pve", json!({})),
+        ("DELETE", "/access/tfa/carol@pve", json!({})),
+        ("PUT", "/access/users/carol@pve", json!({"enable": false})),
+        ("DELETE", "/access/users/carol@pve", json!({})),
+        ("PUT", "/access/users/mgr@pve", json!({"groups": ["admins"], "append": true})),
+        ("POST", "/access/users", json!({"userid": "sock@pve", "groups": ["admins"]})),
+        ("PUT", "/access/acl", json!({"path": "/", "role": "Administrator", "user": "mgr@pve"})),
+        ("PUT", "/access/acl", json!({"path": "/access", "role": "Administrator", "user": "mgr@pve"})),
+    ];
+    for (m, p, v) in &refused {
+        let (code, body) = as_mgr(m, p, v.clone());
+        assert_eq!(code, 403, "{m} {p} {v}: {body}");
+        assert!(body.to_string().contains("permission check failed"), "{m} {p}: {body}");
+    }
+    // Through Proxmox's API the same.
+    let (code, body) = as_mgr("POST", "/api2/json/access/users/root@pam/token/x", json!({"privsep": 0}));
+    assert_eq!(code, 403, "{body}");
+    let acl = json!({"path": "/", "roles": "Administrator", "users": "mgr@pve"});
+    assert_eq!(as_mgr("PUT", "/api2/json/access/acl", acl).0, 403);
+    // Nothing of it happened.
+    let login = |u: &str, pw: &str| {
+        admin.raw("POST", "/access/ticket", &[], &json!({"username": u, "password": pw})).0
+    };
+    assert_eq!(login("carol@pve", "carol's own password"), 200);
+    assert_eq!(login("carol@pve", "mgr knows it now"), 401);
+    let (_, root) = admin.get("/access/users/root@pam/token");
+    assert_eq!(root.as_array().map(Vec::len), Some(1), "{root}");
+    let (_, perms) = as_mgr("GET", "/access/permissions?path=/", json!({}));
+    assert_eq!(perms["/"], json!({}), "{perms}");
+    let (_, carol) = admin.get("/access/users/carol@pve");
+    assert_eq!((carol["enable"].as_bool(), carol["tfa"].as_bool()), (Some(true), Some(false)), "{carol}");
+    // The neighbours: mgr manages dan (no rights beyond mgr's), grants what it holds where
+    // it holds it, and everyone changes their own password.
+    ok(as_mgr("PUT", "/access/password", json!({"userid": "dan@pve", "password": "dan's first pw"})));
+    ok(as_mgr("POST", "/access/users/dan@pve/token/ci", json!({"privsep": true})));
+    ok(as_mgr("PUT", "/access/users/dan@pve", json!({"comment": "managed"})));
+    ok(as_mgr(
+        "PUT",
+        "/access/acl",
+        json!({"path": "/access/groups/staff", "role": "UserManager", "user": "dan@pve"}),
+    ));
+    ok(as_mgr("POST", "/access/users", json!({"userid": "erin@pve", "groups": ["staff"]})));
+    let (code, t, _) = admin.raw(
+        "POST",
+        "/access/ticket",
+        &[],
+        &json!({"username": "dan@pve", "password": "dan's first pw"}),
+    );
+    assert_eq!(code, 200, "{t}");
+    let dan = [
+        ("Cookie", format!("PVEAuthCookie={}", t["ticket"].as_str().unwrap())),
+        ("CSRFPreventionToken", t["CSRFPreventionToken"].as_str().unwrap().to_string()),
+    ];
+    let dan: Vec<(&str, &str)> = dan.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let own = json!({"userid": "dan@pve", "password": "dan's second pw"});
+    assert_eq!(admin.raw("PUT", "/access/password", &dan, &own).0, 200);
+    let other = json!({"userid": "mgr@pve", "password": "dan's second pw"});
+    assert_eq!(admin.raw("PUT", "/access/password", &dan, &other).0, 403);
+    // dan manages staff now, but not a staff member with more rights than dan.
+    ok(put("/access/acl", json!({"path": "/vms", "role": "PVEVMAdmin", "user": "erin@pve"})));
+    let erin = json!({"userid": "erin@pve", "password": "taken over?"});
+    assert_eq!(admin.raw("PUT", "/access/password", &dan, &erin).0, 403);
+
+    // A client's "forwarded" header does not keep its write out of the audit log.
+    let bearer = format!("Bearer {}", admin.token());
+    let hdrs = [("Authorization", bearer.as_str()), ("x-horcrux-forwarded", "1")];
+    let (code, body, _) = admin.raw("POST", "/access/groups", &hdrs, &json!({"groupid": "hidden"}));
+    assert_eq!(code, 200, "{body}");
+    let (_, log) = admin.get("/access/audit?limit=1000");
+    let hit = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "POST /api/v1/access/groups" && e["status"] == 200 && e["detail"] == "");
+    assert!(hit, "{log}");
+    let refusals = log.as_array().unwrap().iter().filter(|e| e["user"] == "mgr@pve!t" && e["status"] == 403);
+    assert!(refusals.count() >= 15, "refused writes are audited: {log}");
 }
 
 #[test]

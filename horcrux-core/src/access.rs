@@ -181,6 +181,30 @@ fn path_chain(path: &str) -> Vec<String> {
     out
 }
 
+/// The API caller a command was proposed by: a user (logged in with a ticket) or one of
+/// its API tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub userid: String,
+    /// `USER@REALM!TOKENID` when the caller used a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The token's rights are separated from (and at most) its user's.
+    #[serde(default)]
+    pub privsep: bool,
+}
+
+impl Actor {
+    pub fn user(userid: &str) -> Self {
+        Actor { userid: userid.to_string(), token: None, privsep: false }
+    }
+
+    /// `root@pam` acting with its full rights (not through a privilege-separated token).
+    pub fn is_root(&self) -> bool {
+        self.userid == "root@pam" && !self.privsep
+    }
+}
+
 /// Everything access control needs to know about the caller.
 pub struct Subject<'a> {
     pub user: &'a str,

@@ -11,6 +11,12 @@ use crate::model::{CorosyncConfig, DesiredPower, GuestConfig, StorageKind};
 pub struct Request {
     pub ts_ms: u64,
     pub cmd: Command,
+    /// Who asked, when an API caller did: `apply` then refuses a change of access control
+    /// (users, credentials, ACL entries, roles, groups, pools) that would give anyone a
+    /// right the caller does not hold (`state/authority.rs`). `None`: the daemon itself
+    /// (bootstrap, login bookkeeping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<crate::access::Actor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +253,9 @@ pub enum ApplyError {
     NotFound { what: String },
     #[error("{message}")]
     Conflict { message: String },
+    /// The caller lacks a right the change needs (HTTP 403).
+    #[error("{message}")]
+    Forbidden { message: String },
 }
 
 impl From<ValidationError> for ApplyError {

@@ -91,8 +91,26 @@ fn check_hex_sha256(field: &str, s: &str) -> Result<(), ValidationError> {
 
 impl ClusterState {
     /// Applies one committed entry at log `index`. Deterministic: the result depends only on
-    /// the state, the index and the request.
+    /// the state, the index and the request. An access-control change an API caller
+    /// proposed is first authorized against this state (`authority.rs`).
     pub fn apply(&mut self, index: u64, req: &Request) -> Result<ApplyOk, ApplyError> {
+        let checked = req.actor.as_ref().filter(|a| !a.is_root() && authority::is_access_change(&req.cmd));
+        let Some(actor) = checked else {
+            return self.apply_command(index, req);
+        };
+        self.authorize(actor, &req.cmd)?;
+        if matches!(req.cmd, Command::SetPassword { .. } | Command::SetTfa { .. }) {
+            // Credentials only: nobody's privileges change.
+            return self.apply_command(index, req);
+        }
+        let mut next = self.clone();
+        let ok = next.apply_command(index, req)?;
+        self.check_no_gain(&next, actor)?;
+        *self = next;
+        Ok(ok)
+    }
+
+    fn apply_command(&mut self, index: u64, req: &Request) -> Result<ApplyOk, ApplyError> {
         match &req.cmd {
             Command::RegisterNode { name, api_addr } => {
                 ids::validate_dns_label("node", name)?;
@@ -394,5 +412,6 @@ impl ClusterState {
 }
 
 mod access;
+pub mod authority;
 #[cfg(test)]
 mod tests;

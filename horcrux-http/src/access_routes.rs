@@ -84,6 +84,7 @@ struct UserChange {
 
 async fn update_user(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(userid): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -100,7 +101,7 @@ async fn update_user(
         expire: c.expire,
         enable: c.enable,
     };
-    let ok = st.runtime.cluster().propose(cmd).await?;
+    let ok = st.propose_by(&caller, cmd).await?;
     Ok(Json(json!({ "userid": userid, "revision": ok.revision })))
 }
 
@@ -141,9 +142,10 @@ async fn get_token(
 
 async fn delete_token(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((userid, tokenid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    st.runtime.cluster().propose(Command::DeleteApiToken { id: format!("{userid}!{tokenid}") }).await?;
+    st.propose_by(&caller, Command::DeleteApiToken { id: format!("{userid}!{tokenid}") }).await?;
     Ok(Json(json!({})))
 }
 
@@ -159,7 +161,11 @@ struct NewUser {
     expire: u64,
 }
 
-async fn create_user(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn create_user(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let u: NewUser = parse_body(&body)?;
     let cmd = Command::CreateUser {
         userid: u.userid.clone(),
@@ -167,15 +173,16 @@ async fn create_user(State(st): State<ApiState>, body: Bytes) -> Result<Json<Val
         groups: u.groups,
         expire: u.expire,
     };
-    let ok = st.runtime.cluster().propose(cmd).await?;
+    let ok = st.propose_by(&caller, cmd).await?;
     Ok(Json(json!({ "userid": u.userid, "revision": ok.revision })))
 }
 
 async fn delete_user(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(userid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    st.runtime.cluster().propose(Command::DeleteUser { userid }).await?;
+    st.propose_by(&caller, Command::DeleteUser { userid }).await?;
     Ok(Json(json!({})))
 }
 
@@ -196,6 +203,7 @@ fn yes() -> bool {
 /// Creates (or rotates) `USERID!TOKENID` and answers its secret, once.
 async fn create_token(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((userid, tokenid)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -209,7 +217,7 @@ async fn create_token(
         privsep: t.privsep,
         expire: t.expire,
     };
-    st.runtime.cluster().propose(cmd).await?;
+    st.propose_by(&caller, cmd).await?;
     Ok(Json(
         json!({ "full-tokenid": id, "value": secret, "info": { "privsep": t.privsep, "expire": t.expire } }),
     ))
@@ -234,7 +242,11 @@ struct AclChange {
     delete: bool,
 }
 
-async fn set_acl(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn set_acl(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let c: AclChange = parse_body(&body)?;
     let ugid = match (c.user, c.group, c.token) {
         (Some(u), None, None) => Ugid::User(u),
@@ -243,7 +255,7 @@ async fn set_acl(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>,
         _ => return Err(ApiError::bad_field("user", "give exactly one of user, group or token")),
     };
     let cmd = Command::SetAcl { path: c.path, ugid, role: c.role, propagate: c.propagate, delete: c.delete };
-    let ok = st.runtime.cluster().propose(cmd).await?;
+    let ok = st.propose_by(&caller, cmd).await?;
     Ok(Json(json!({ "revision": ok.revision })))
 }
 
@@ -300,7 +312,11 @@ struct NewRole {
     privs: Option<PrivList>,
 }
 
-async fn create_role(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn create_role(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let r: NewRole = parse_body(&body)?;
     let privs = r.privs.map(PrivList::into_set).unwrap_or_default();
     let roleid = r.roleid.clone();
@@ -308,11 +324,8 @@ async fn create_role(State(st): State<ApiState>, body: Bytes) -> Result<Json<Val
     if exists {
         return Err(ApiError::conflict(format!("role {} already exists", r.roleid)));
     }
-    let ok = st
-        .runtime
-        .cluster()
-        .propose(Command::SetRole { roleid: r.roleid.clone(), privs: Some(privs) })
-        .await?;
+    let ok =
+        st.propose_by(&caller, Command::SetRole { roleid: r.roleid.clone(), privs: Some(privs) }).await?;
     Ok(Json(json!({ "roleid": r.roleid, "revision": ok.revision })))
 }
 
@@ -327,6 +340,7 @@ struct RoleChange {
 
 async fn update_role(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(roleid): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -347,16 +361,16 @@ async fn update_role(
         privs.clear();
     }
     privs.extend(c.privs.into_set());
-    let ok =
-        st.runtime.cluster().propose(Command::SetRole { roleid: roleid.clone(), privs: Some(privs) }).await?;
+    let ok = st.propose_by(&caller, Command::SetRole { roleid: roleid.clone(), privs: Some(privs) }).await?;
     Ok(Json(json!({ "roleid": roleid, "revision": ok.revision })))
 }
 
 async fn delete_role(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(roleid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    st.runtime.cluster().propose(Command::SetRole { roleid, privs: None }).await?;
+    st.propose_by(&caller, Command::SetRole { roleid, privs: None }).await?;
     Ok(Json(json!({})))
 }
 
@@ -400,18 +414,23 @@ struct NewGroup {
     comment: String,
 }
 
-async fn create_group(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn create_group(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let g: NewGroup = parse_body(&body)?;
     let cmd = Command::CreateGroup { groupid: g.groupid.clone(), comment: g.comment };
-    let ok = st.runtime.cluster().propose(cmd).await?;
+    let ok = st.propose_by(&caller, cmd).await?;
     Ok(Json(json!({ "groupid": g.groupid, "revision": ok.revision })))
 }
 
 async fn delete_group(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(groupid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    st.runtime.cluster().propose(Command::DeleteGroup { groupid }).await?;
+    st.propose_by(&caller, Command::DeleteGroup { groupid }).await?;
     Ok(Json(json!({})))
 }
 
@@ -466,7 +485,11 @@ struct NewRealm {
     domain: Option<String>,
 }
 
-async fn add_realm(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn add_realm(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let r: NewRealm = parse_body(&body)?;
     let (default_attr, domain) = match (r.kind.as_str(), r.domain) {
         ("ldap", None) => ("uid", None),
@@ -484,14 +507,15 @@ async fn add_realm(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value
         bind_password: r.password,
         domain,
     };
-    let ok = st.runtime.cluster().propose(Command::SetRealm { realm: r.realm, config: Some(config) }).await?;
+    let ok = st.propose_by(&caller, Command::SetRealm { realm: r.realm, config: Some(config) }).await?;
     Ok(Json(json!({ "revision": ok.revision })))
 }
 
 async fn delete_realm(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(realm): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    st.runtime.cluster().propose(Command::SetRealm { realm, config: None }).await?;
+    st.propose_by(&caller, Command::SetRealm { realm, config: None }).await?;
     Ok(Json(json!({})))
 }

@@ -30,6 +30,12 @@ impl Caller {
     pub fn user(&self) -> &str {
         self.token_id.split('!').next().unwrap_or(&self.token_id)
     }
+
+    /// Who the cluster's state machine checks an access-control change against.
+    pub fn actor(&self) -> horcrux_core::access::Actor {
+        let token = self.token_id.contains('!').then(|| self.token_id.clone());
+        horcrux_core::access::Actor { userid: self.user().to_string(), token, privsep: self.privsep }
+    }
 }
 
 /// The ticket from `Cookie: PVEAuthCookie=...` or `Authorization: PVEAuthCookie=...`.
@@ -140,12 +146,14 @@ pub async fn require_token(
         (None, None) => None,
     };
     let mutating = req.method() != axum::http::Method::GET;
-    // Forwarded requests were recorded by the node that received them.
-    let forwarded = req.headers().contains_key("x-horcrux-forwarded");
+    // A call another member forwarded over the cluster transport is recorded here too, where
+    // it is executed (the receiving node recorded it as well). Only the transport marks one:
+    // the marker is a request extension, which no client can set.
+    let detail = if req.extensions().get::<crate::forward::Forwarded>().is_some() { "forwarded" } else { "" };
     let full = req.extensions().get::<axum::extract::OriginalUri>().map(|u| u.path().to_string());
     let action = format!("{} {}", req.method(), full.as_deref().unwrap_or(req.uri().path()));
     let Some(caller) = caller else {
-        if mutating && !forwarded {
+        if mutating {
             st.audit.record("-", &action, 401, "not authenticated");
         }
         return Err(unauthorized());
@@ -153,8 +161,8 @@ pub async fn require_token(
     let who = caller.token_id.clone();
     req.extensions_mut().insert(caller);
     let resp = next.run(req).await;
-    if mutating && !forwarded {
-        st.audit.record(&who, &action, resp.status().as_u16(), "");
+    if mutating {
+        st.audit.record(&who, &action, resp.status().as_u16(), detail);
     }
     Ok(resp)
 }

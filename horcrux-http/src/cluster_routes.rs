@@ -5,7 +5,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+
+use crate::auth::Caller;
 use horcrux_core::Command;
 use horcrux_raft::corosync;
 use serde::Deserialize;
@@ -73,8 +75,12 @@ async fn list_tokens(State(st): State<ApiState>) -> Result<Json<Value>, ApiError
     Ok(Json(Value::Array(tokens)))
 }
 
-async fn revoke_token(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    st.runtime.cluster().propose(Command::RevokeJoinToken { id: id.clone() }).await?;
+async fn revoke_token(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    st.propose_by(&caller, Command::RevokeJoinToken { id: id.clone() }).await?;
     Ok(Json(json!({ "id": id, "revoked": true })))
 }
 
@@ -90,10 +96,14 @@ struct ImportCorosync {
     config: String,
 }
 
-async fn import_corosync(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn import_corosync(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let req: ImportCorosync = parse_body(&body)?;
     let config = corosync::parse(&req.config).map_err(|e| ApiError::bad_field("config", e.to_string()))?;
-    st.runtime.cluster().propose(Command::ImportCorosync { config: config.clone() }).await?;
+    st.propose_by(&caller, Command::ImportCorosync { config: config.clone() }).await?;
     Ok(Json(json!(config)))
 }
 
@@ -117,15 +127,12 @@ struct OptionValue {
 /// Sets one cluster-wide option; committed through Raft before it answers.
 async fn set_option(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: OptionValue = parse_body(&body)?;
-    let ok = st
-        .runtime
-        .cluster()
-        .propose(Command::SetClusterOption { key: key.clone(), value: req.value })
-        .await?;
+    let ok = st.propose_by(&caller, Command::SetClusterOption { key: key.clone(), value: req.value }).await?;
     Ok(Json(json!({ "key": key, "revision": ok.revision })))
 }
 

@@ -46,6 +46,7 @@ impl From<ApplyError> for ApiError {
             ApplyError::Invalid(v) => v.into(),
             ApplyError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
             ApplyError::Conflict { message } => ApiError::conflict(message),
+            ApplyError::Forbidden { message } => ApiError::new(StatusCode::FORBIDDEN, message),
         }
     }
 }

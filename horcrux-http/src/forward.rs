@@ -15,8 +15,13 @@ use tower::ServiceExt;
 use crate::error::ApiError;
 use crate::routes::ApiState;
 
-/// Marks a request that was already forwarded once, so it is never forwarded again.
-const FORWARDED: &str = "x-horcrux-forwarded";
+/// Marks (as a request extension, which no client can set) a call that arrived over the
+/// cluster transport: it is served here and never forwarded again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarded;
+
+/// Headers that only this daemon may mean: removed from every client request.
+pub(crate) const INTERNAL_HEADERS: &[&str] = &["x-horcrux-forwarded"];
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The node that should answer `uri` (relative to `/api/v1`), if not this one: a guest's
@@ -50,7 +55,7 @@ pub async fn forward_to_owner(
     req: Request,
     next: Next,
 ) -> Response {
-    if req.headers().contains_key(FORWARDED) {
+    if req.extensions().get::<Forwarded>().is_some() {
         return next.run(req).await;
     }
     let Some(owner) = owner_of(&st, req.uri()) else {
@@ -91,8 +96,7 @@ fn reply_response(reply: ApiReply) -> Response {
 
 /// Serves a forwarded call with this node's own router (authentication included).
 pub async fn serve_forwarded(app: Router, call: ApiCall) -> ApiReply {
-    let mut builder =
-        axum::http::Request::builder().method(call.method.as_str()).uri(&call.uri).header(FORWARDED, "1");
+    let mut builder = axum::http::Request::builder().method(call.method.as_str()).uri(&call.uri);
     if let Some(a) = &call.authorization {
         builder = builder.header(header::AUTHORIZATION, a);
     }
@@ -102,13 +106,14 @@ pub async fn serve_forwarded(app: Router, call: ApiCall) -> ApiReply {
     if let Some(c) = &call.csrf {
         builder = builder.header("CSRFPreventionToken", c);
     }
-    let Ok(req) = builder.body(Body::from(call.body)) else {
+    let Ok(mut req) = builder.body(Body::from(call.body)) else {
         return ApiReply {
             status: 400,
             content_type: None,
             body: "{\"error\":\"bad forwarded request\"}".into(),
         };
     };
+    req.extensions_mut().insert(Forwarded);
     let resp = match app.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},

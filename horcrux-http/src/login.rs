@@ -22,7 +22,7 @@ use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::ct_eq;
+use crate::auth::{ct_eq, Caller};
 use crate::error::ApiError;
 use crate::routes::{parse_body, ApiState};
 
@@ -320,6 +320,7 @@ struct NewPassword {
 /// `PUT /access/password`: sets a `@pve` user's password (stored as an Argon2id hash).
 pub async fn set_password(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let p: NewPassword = parse_body(&body)?;
@@ -327,7 +328,7 @@ pub async fn set_password(
         return Err(ApiError::bad_field("password", "8 to 256 characters"));
     }
     let hash = hash_password(&p.password)?;
-    st.runtime.cluster().propose(Command::SetPassword { userid: p.userid, password_hash: hash }).await?;
+    st.propose_by(&caller, Command::SetPassword { userid: p.userid, password_hash: hash }).await?;
     Ok(Json(json!({})))
 }
 
@@ -336,6 +337,7 @@ pub async fn set_password(
 /// are kept.
 pub async fn enrol_tfa(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     axum::extract::Path(userid): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let mut secret = [0u8; 20];
@@ -353,7 +355,7 @@ pub async fn enrol_tfa(
         recovery: codes.iter().map(|c| Some(horcrux_core::totp::recovery_code_hash(c))).collect(),
     };
     let b32 = tfa.totp_secret.clone();
-    st.runtime.cluster().propose(Command::SetTfa { userid: userid.clone(), tfa: Some(tfa) }).await?;
+    st.propose_by(&caller, Command::SetTfa { userid: userid.clone(), tfa: Some(tfa) }).await?;
     Ok(Json(json!({
         "secret": b32,
         "uri": horcrux_core::totp::provisioning_uri("Horcrux", &userid, &secret),
@@ -364,8 +366,9 @@ pub async fn enrol_tfa(
 /// `DELETE /access/tfa/{userid}`: removes the second factor.
 pub async fn remove_tfa(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     axum::extract::Path(userid): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    st.runtime.cluster().propose(Command::SetTfa { userid, tfa: None }).await?;
+    st.propose_by(&caller, Command::SetTfa { userid, tfa: None }).await?;
     Ok(Json(json!({})))
 }

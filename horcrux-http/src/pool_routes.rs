@@ -65,13 +65,14 @@ struct NewPool {
     comment: String,
 }
 
-async fn create(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn create(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let p: NewPool = parse_body(&body)?;
-    let ok = st
-        .runtime
-        .cluster()
-        .propose(Command::CreatePool { poolid: p.poolid.clone(), comment: p.comment })
-        .await?;
+    let ok =
+        st.propose_by(&caller, Command::CreatePool { poolid: p.poolid.clone(), comment: p.comment }).await?;
     Ok(Json(json!({ "poolid": p.poolid, "revision": ok.revision })))
 }
 
@@ -124,11 +125,15 @@ async fn update(
         storage: c.storage,
         delete: c.delete,
     };
-    let ok = st.runtime.cluster().propose(cmd).await?;
+    let ok = st.propose_by(&caller, cmd).await?;
     Ok(Json(json!({ "poolid": poolid, "revision": ok.revision })))
 }
 
-async fn remove(State(st): State<ApiState>, Path(poolid): Path<String>) -> Result<Json<Value>, ApiError> {
-    st.runtime.cluster().propose(Command::DeletePool { poolid }).await?;
+async fn remove(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(poolid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    st.propose_by(&caller, Command::DeletePool { poolid }).await?;
     Ok(Json(json!({})))
 }

@@ -44,6 +44,18 @@ pub struct ApiShared {
     pub(crate) native: crate::compat::NativeApp,
 }
 
+impl ApiShared {
+    /// Proposes `cmd` on behalf of `caller`: the state machine checks an access-control
+    /// change against the caller's rights at the point the change meets in the log.
+    pub(crate) async fn propose_by(
+        &self,
+        caller: &Caller,
+        cmd: Command,
+    ) -> Result<horcrux_core::ApplyOk, ApiError> {
+        Ok(self.runtime.cluster().propose_as(Some(caller.actor()), cmd).await?)
+    }
+}
+
 pub fn router(runtime: NodeRuntime) -> Router {
     let audit_path =
         runtime.tasks().dir().parent().map(|d| d.join("audit.log")).unwrap_or_else(|| "audit.log".into());

@@ -42,8 +42,17 @@ pub async fn serve(
                     return;
                 }
             };
-            // Handlers see the client's address (login throttling per source).
-            let svc = TowerToHyperService::new(app.layer(axum::Extension(crate::login::PeerAddr(peer))));
+            // Handlers see the client's address (login throttling per source); headers only
+            // the daemon may set are dropped.
+            let app = app.layer(axum::Extension(crate::login::PeerAddr(peer))).layer(
+                tower::util::MapRequestLayer::new(|mut r: axum::extract::Request| {
+                    for h in crate::forward::INTERNAL_HEADERS {
+                        r.headers_mut().remove(*h);
+                    }
+                    r
+                }),
+            );
+            let svc = TowerToHyperService::new(app);
             if let Err(e) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await
             {
                 tracing::debug!(%peer, "connection: {e}");

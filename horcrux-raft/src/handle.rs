@@ -339,7 +339,17 @@ impl ClusterHandle {
     /// Proposes a command and waits until it is committed and applied (on the leader,
     /// forwarded there if this node follows).
     pub async fn propose(&self, cmd: Command) -> Result<ApplyOk, ProposeError> {
-        let req = Request { ts_ms: self.now_ms(), cmd };
+        self.propose_as(None, cmd).await
+    }
+
+    /// `propose` on behalf of an API caller: `apply` refuses an access-control change that
+    /// would give anyone a right `actor` does not hold (`ApplyError::Forbidden`).
+    pub async fn propose_as(
+        &self,
+        actor: Option<horcrux_core::access::Actor>,
+        cmd: Command,
+    ) -> Result<ApplyOk, ProposeError> {
+        let req = Request { ts_ms: self.now_ms(), cmd, actor };
         let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
         loop {
             let res: Result<(), String> = match self.propose_here(req.clone()).await {

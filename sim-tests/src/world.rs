@@ -277,6 +277,7 @@ impl World {
         let req = Request {
             ts_ms: (EPOCH_MS + self.now_ms()).saturating_add_signed(self.nodes[&via].skew_ms),
             cmd: Command::SetClusterOption { key: key.clone(), value: value.clone() },
+            actor: None,
         };
         let (trace, acked, bug, start) = (self.trace.clone(), self.acked.clone(), self.cfg.bug, self.start);
         let history = self.history.clone();

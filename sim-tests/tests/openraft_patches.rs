@@ -105,7 +105,8 @@ impl Cluster {
     /// Writes option `key` through node `via`; the index it committed at.
     async fn write(&self, via: NodeId, key: &str) -> u64 {
         let cmd = Command::SetClusterOption { key: key.into(), value: format!("v-{key}") };
-        let resp = self.raft(via).client_write(Batch(vec![Request { ts_ms: 0, cmd }])).await.unwrap();
+        let resp =
+            self.raft(via).client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None }])).await.unwrap();
         resp.log_id.index
     }
 
@@ -179,7 +180,9 @@ fn a_leader_replicates_while_its_own_flush_is_pending() {
         let raft = c.raft(leader);
         let write = tokio::spawn(async move {
             let cmd = Command::SetClusterOption { key: "held".into(), value: "v".into() };
-            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd }])).await.map(|r| r.log_id.index)
+            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None }]))
+                .await
+                .map(|r| r.log_id.index)
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         let followers: Vec<NodeId> = (1..=3).filter(|id| *id != leader).collect();
@@ -204,7 +207,7 @@ fn a_leader_that_lost_its_unflushed_tail_leads_again_only_under_a_new_term() {
         let raft = c.raft(leader);
         let lost_write = tokio::spawn(async move {
             let cmd = Command::SetClusterOption { key: "lost".into(), value: "v".into() };
-            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd }])).await
+            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None }])).await
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(c.power_loss(leader).await >= 1, "the held entry should be lost with the power");

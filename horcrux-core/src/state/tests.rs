@@ -1,7 +1,7 @@
 use super::*;
 
 fn req(cmd: Command) -> Request {
-    Request { ts_ms: 1_000, cmd }
+    Request { ts_ms: 1_000, cmd, actor: None }
 }
 
 fn spec(vmid: u32, disks: usize) -> VmSpec {
@@ -300,7 +300,7 @@ fn cluster_ca_is_set_once() {
 fn join_tokens_are_single_use_and_expire() {
     let mut s = base();
     let h = "b".repeat(64);
-    let at = |ts_ms, cmd| Request { ts_ms, cmd };
+    let at = |ts_ms, cmd| Request { ts_ms, cmd, actor: None };
     let create = |id: &str, expires_ms| Command::CreateJoinToken {
         id: id.into(),
         secret_sha256: h.clone(),
