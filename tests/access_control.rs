@@ -646,3 +646,84 @@ fn rights_on_a_pool_apply_to_its_members() {
     let (_, acl) = admin.get("/access/acl");
     assert!(!acl.to_string().contains("/pool/team"), "its ACL entries went with it: {acl}");
 }
+
+/// Host paths are not user input: a guest's kernel and initrd come from volumes the caller
+/// may read; only root@pam names host files, and the answer to anyone else is the same
+/// whether the file exists or not.
+#[test]
+fn guests_boot_from_volumes_the_caller_may_read_and_never_from_host_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let admin = d.client();
+    let snippets = tmp.path().join("storage/local/snippets");
+    std::fs::create_dir_all(&snippets).unwrap();
+    std::fs::write(snippets.join("vmlinuz"), b"not really a kernel").unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", snippets.join("shadow")).unwrap();
+    let ok = |(code, body): (u16, Value)| assert_eq!(code, 200, "{body}");
+    ok(admin.post("/access/users", &json!({"userid": "vmadm@pve"})));
+    ok(admin.request(
+        "PUT",
+        "/access/acl",
+        Some(admin.token()),
+        &json!({"path": "/", "role": "PVEVMAdmin", "user": "vmadm@pve"}),
+    ));
+    let (_, t) = admin.post("/access/users/vmadm@pve/token/t", &json!({"privsep": false}));
+    let vmadm = t["value"].as_str().unwrap().to_string();
+    let create = |tok: &str, vmid: u32, kernel: &str, initrd: Option<&str>| {
+        let mut boot = json!({"kernel": kernel, "cmdline": "console=ttyS0"});
+        if let Some(i) = initrd {
+            boot["initrd"] = json!(i);
+        }
+        let body = json!({"vmid": vmid, "name": format!("b{vmid}"), "memory_mib": 64, "boot": boot});
+        admin.request("POST", "/vms", Some(tok), &body)
+    };
+    // Any host path, existing or not: the same refusal.
+    let (code, shadow) = create(&vmadm, 200, "/etc/shadow", None);
+    assert_eq!(code, 403, "{shadow}");
+    let (code, missing) = create(&vmadm, 200, "/no/such/file", None);
+    assert_eq!(code, 403, "{missing}");
+    assert_eq!(
+        shadow.to_string().replace("/etc/shadow", "X"),
+        missing.to_string().replace("/no/such/file", "X"),
+        "no file-existence oracle"
+    );
+    let token_file = tmp.path().join("admin.token");
+    let (code, body) = create(&vmadm, 200, "local:snippets/vmlinuz", Some(token_file.to_str().unwrap()));
+    assert_eq!(
+        (code, body["error"].as_str().map(|e| e.contains("boot.initrd"))),
+        (403, Some(true)),
+        "{body}"
+    );
+    assert_eq!(admin.get("/vms/200").0, 404, "nothing created");
+    // A volume on a storage vmadm may use: created.
+    ok(create(&vmadm, 201, "local:snippets/vmlinuz", None));
+    let (code, body) = create(&vmadm, 202, "local:snippets/missing", None);
+    assert_eq!((code, body["field"].as_str()), (400, Some("boot.kernel")), "{body}");
+    let (code, body) = create(&vmadm, 202, "local:snippets/shadow", None);
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("boot.kernel")),
+        "a link out of the storage: {body}"
+    );
+    let (code, body) = create(&vmadm, 202, "local:101/vm-101-disk-0.qcow2", None);
+    assert_eq!((code, body["field"].as_str()), (400, Some("boot.kernel")), "{body}");
+    // Without rights on the storage, not even a volume.
+    ok(admin.post("/access/users", &json!({"userid": "nods@pve"})));
+    ok(admin.post("/access/roles", &json!({"roleid": "VmOnly", "privs": "VM.Allocate,VM.Audit"})));
+    ok(admin.request(
+        "PUT",
+        "/access/acl",
+        Some(admin.token()),
+        &json!({"path": "/vms", "role": "VmOnly", "user": "nods@pve"}),
+    ));
+    let (_, t) = admin.post("/access/users/nods@pve/token/t", &json!({"privsep": false}));
+    let nods = t["value"].as_str().unwrap().to_string();
+    let (code, body) = create(&nods, 203, "local:snippets/vmlinuz", None);
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("/storage/local"), "{body}");
+    // root@pam may name host files (and is told when one is missing).
+    let root = admin.token().to_string();
+    let (code, body) = create(&root, 204, "/no/such/file", None);
+    assert_eq!((code, body["field"].as_str()), (400, Some("boot.kernel")), "{body}");
+    ok(create(&root, 204, snippets.join("vmlinuz").to_str().unwrap(), None));
+}

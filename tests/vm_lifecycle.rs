@@ -16,12 +16,17 @@ fn tiny_guest_boots_survives_daemon_restart_and_is_deleted() {
     let mut d = Daemon::start(tmp.path(), port, &[]);
     let api = d.client();
     let g = tiny_guest();
+    // The guest boots from volumes of the `local` storage (Proxmox's snippets directory).
+    let snippets = tmp.path().join("storage/local/snippets");
+    std::fs::create_dir_all(&snippets).unwrap();
+    std::fs::copy(g.join("vmlinuz"), snippets.join("vmlinuz")).unwrap();
+    std::fs::copy(g.join("initrd.gz"), snippets.join("initrd.gz")).unwrap();
     let (code, body) = api.post(
         "/vms",
         &json!({
             "vmid": 101, "name": "t1", "memory_mib": 256, "cores": 1,
             "disks": [{"storage": "local", "size_mib": 64}],
-            "boot": {"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"}
+            "boot": {"kernel": "local:snippets/vmlinuz", "initrd": "local:snippets/initrd.gz", "cmdline": "console=ttyS0 stayup"}
         }),
     );
     assert_eq!(code, 200, "{body}");
@@ -44,6 +49,15 @@ fn tiny_guest_boots_survives_daemon_restart_and_is_deleted() {
     let console = api.get_text("/vms/101/serial");
     assert!(console.contains("GUEST-BOOTED"), "{console}");
     let pid = std::fs::read_to_string(tmp.path().join("run/qemu/101.pid")).unwrap().trim().to_string();
+    // Confined QEMU: seccomp sandbox on, VNC on a unix socket (no TCP port).
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let after = |flag: &str| argv.iter().position(|a| a == flag).map(|i| argv[i + 1].clone());
+    assert!(after("-sandbox").is_some_and(|s| s.starts_with("on,")), "{argv:?}");
+    assert!(after("-vnc").is_some_and(|s| s.starts_with("unix:")), "{argv:?}");
 
     // Restart the daemon the hard way; the guest keeps running and is adopted, not relaunched.
     d.kill9();

@@ -56,7 +56,7 @@ pub struct ReconcileOne {
     pub task: Option<TaskLog>,
 }
 
-/// Resolves a guest's disks to host paths through its storage pools.
+/// Resolves a guest's disks and boot files to host paths through its storage pools.
 pub fn launch_for(
     state: &ClusterState,
     guest: &Guest,
@@ -72,6 +72,26 @@ pub fn launch_for(
         let volid =
             d.volume.as_deref().ok_or_else(|| RuntimeError::Driver("disk without a volume".into()))?;
         disk_paths.push(volumes(pool).path(volid).map_err(|e| RuntimeError::Driver(e.to_string()))?);
+    }
+    let mut spec = spec;
+    if let Some(boot) = spec.boot.as_mut() {
+        // Boot files on a storage become that storage's host paths here, on the owner.
+        for file in [Some(&mut boot.kernel), boot.initrd.as_mut()].into_iter().flatten() {
+            let parsed = horcrux_core::ids::parse_boot_file("boot", file);
+            let resolved = match parsed.map_err(|e| RuntimeError::Driver(e.to_string()))? {
+                horcrux_core::ids::BootFile::Host(_) => None,
+                horcrux_core::ids::BootFile::Volume { storage, volid } => {
+                    let pool = state
+                        .storage
+                        .get(storage)
+                        .ok_or_else(|| RuntimeError::Driver(format!("storage {storage} is gone")))?;
+                    Some(volumes(pool).path(volid).map_err(|e| RuntimeError::Driver(e.to_string()))?)
+                }
+            };
+            if let Some(path) = resolved {
+                *file = path.display().to_string();
+            }
+        }
     }
     Ok(GuestLaunch { vmid: guest.vmid, name: guest.name.clone(), spec, disk_paths })
 }

@@ -73,6 +73,33 @@ pub fn validate_abs_path(field: &str, s: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A file a guest boots from (kernel, initrd): a volume on a storage, or a host path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFile<'a> {
+    /// `STORAGE:snippets/NAME` or `STORAGE:iso/NAME`: checked against the caller's rights
+    /// on `/storage/STORAGE`, resolved to a path by the storage on the owning node.
+    Volume { storage: &'a str, volid: &'a str },
+    /// An absolute host path: only `root@pam` may name one (as Proxmox's `args`).
+    Host(&'a str),
+}
+
+pub fn parse_boot_file<'a>(field: &str, s: &'a str) -> Result<BootFile<'a>, ValidationError> {
+    if s.starts_with('/') {
+        validate_abs_path(field, s)?;
+        return Ok(BootFile::Host(s));
+    }
+    let (storage, rel) = parse_volume_id(s).map_err(|e| ValidationError::new(field, e.message))?;
+    match rel.split_once('/') {
+        Some(("snippets" | "iso", name)) if !name.contains('/') => Ok(BootFile::Volume { storage, volid: s }),
+        _ => Err(ValidationError::new(
+            field,
+            format!(
+                "{s:?}: a volume STORAGE:snippets/NAME or STORAGE:iso/NAME (or, for root@pam, a host path)"
+            ),
+        )),
+    }
+}
+
 /// Lower-case hex SHA-256: how secrets (API tokens, join tokens) are stored and compared.
 pub fn sha256_hex(secret: &str) -> String {
     use sha2::Digest;

@@ -62,7 +62,8 @@ impl DesiredPower {
     }
 }
 
-/// Direct kernel boot: how tests boot a real guest in seconds.
+/// Direct kernel boot: how tests boot a real guest in seconds. `kernel` and `initrd` are
+/// volumes (`local:snippets/vmlinuz`) or, set by root@pam only, host paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelBoot {
     pub kernel: String,
@@ -70,6 +71,15 @@ pub struct KernelBoot {
     pub initrd: Option<String>,
     #[serde(default)]
     pub cmdline: String,
+}
+
+impl KernelBoot {
+    /// The files it boots from, each with the field that names it.
+    pub fn files(&self) -> Vec<(&'static str, &str)> {
+        let mut out = vec![("boot.kernel", self.kernel.as_str())];
+        out.extend(self.initrd.as_deref().map(|i| ("boot.initrd", i)));
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,9 +205,9 @@ impl VmSpec {
             }
         }
         if let Some(b) = &self.boot {
-            ids::validate_abs_path("boot.kernel", &b.kernel)?;
+            ids::parse_boot_file("boot.kernel", &b.kernel)?;
             if let Some(initrd) = &b.initrd {
-                ids::validate_abs_path("boot.initrd", initrd)?;
+                ids::parse_boot_file("boot.initrd", initrd)?;
             }
             if b.cmdline.len() > CMDLINE_MAX || b.cmdline.contains(['\0', '\n']) {
                 return Err(ValidationError::new(

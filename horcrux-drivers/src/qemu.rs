@@ -1,10 +1,12 @@
 //! The QEMU driver: launches `qemu-system-x86_64` from an argument vector (never a shell),
-//! daemonized with a pidfile so guests outlive the daemon, and controls it over QMP.
-//! After a daemon restart it adopts still-running guests through pidfile + QMP.
+//! in its own process group with a pidfile so guests outlive the daemon, and controls it
+//! over QMP. After a daemon restart it adopts still-running guests through pidfile + QMP.
+//! QEMU runs confined: a seccomp sandbox (no spawning, no privilege changes, no obsolete
+//! syscalls, no resource-control calls) and no TCP listener at all: QMP and VNC are unix
+//! sockets in the run directory (0700, root's).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -17,8 +19,11 @@ use crate::qmp::QmpClient;
 
 /// How long `quit` may take before the process is killed.
 const QUIT_GRACE: Duration = Duration::from_secs(10);
-/// VNC displays tried: ports 5900+N (RFB) and 5700+N (websocket).
-const VNC_DISPLAYS: std::ops::Range<u16> = 0..100;
+/// How long a QEMU may take from exec to answering on its QMP socket.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// QEMU's seccomp sandbox, as libvirt sets it. `spawn=deny` is why QEMU is not started
+/// with `-daemonize` (which forks).
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -78,7 +83,7 @@ pub struct QemuDriver {
     monitors: Mutex<HashMap<u32, Arc<QmpClient>>>,
     /// The QEMU process of each guest this driver started or adopted.
     procs: Mutex<HashMap<u32, Proc>>,
-    /// Serialises launches so two guests never pick the same VNC display.
+    /// Serialises launches (a start checks, then creates, the guest's sockets).
     launch_lock: tokio::sync::Mutex<()>,
 }
 
@@ -117,14 +122,12 @@ fn opt_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-fn port_free(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-}
-
 impl QemuDriver {
     /// `accel` must already be resolved (see [`crate::qemu::resolve_accel`]).
     pub fn new(run_dir: PathBuf, log_dir: PathBuf, accel: Accel) -> Result<Self, DriverError> {
         std::fs::create_dir_all(&run_dir)?;
+        // The sockets in it (QMP, VNC) are for this daemon alone.
+        std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         std::fs::create_dir_all(&log_dir)?;
         Ok(Self {
             binary: PathBuf::from("qemu-system-x86_64"),
@@ -149,8 +152,18 @@ impl QemuDriver {
         self.run_dir.join(format!("{vmid}.pid"))
     }
 
+    /// The guest's VNC server (RFB on a unix socket; the console proxy connects to it).
+    pub fn vnc_path(&self, vmid: u32) -> PathBuf {
+        self.run_dir.join(format!("{vmid}.vnc"))
+    }
+
+    /// What QEMU printed on stderr at its last start.
+    fn stderr_path(&self, vmid: u32) -> PathBuf {
+        self.log_dir.join(format!("{vmid}.qemu.log"))
+    }
+
     /// The full argument vector for one guest (without the program name).
-    pub fn argv(&self, launch: &GuestLaunch, vnc_display: u16) -> Vec<OsString> {
+    pub fn argv(&self, launch: &GuestLaunch) -> Vec<OsString> {
         let spec = &launch.spec;
         let mut a: Vec<String> = vec![
             "-name".into(),
@@ -165,14 +178,15 @@ impl QemuDriver {
             "-device".into(),
             "VGA".into(),
             "-vnc".into(),
-            format!("127.0.0.1:{vnc_display},websocket=on"),
+            format!("unix:{}", opt_escape(&self.vnc_path(launch.vmid))),
+            "-sandbox".into(),
+            SANDBOX.into(),
             "-serial".into(),
             format!("file:{}", self.serial_log(launch.vmid).display()),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", opt_escape(&self.qmp_path(launch.vmid))),
             "-pidfile".into(),
             self.pid_path(launch.vmid).display().to_string(),
-            "-daemonize".into(),
         ];
         let slots = spec.disk_slots();
         let on_bus = |bus: &str| slots.iter().any(|s| s.starts_with(bus));
@@ -298,41 +312,59 @@ impl QemuDriver {
                 }
             }
         }
-        let _ = std::fs::remove_file(self.qmp_path(launch.vmid));
-        let _ = std::fs::remove_file(self.pid_path(launch.vmid));
-        let mut last_err = String::new();
-        for vnc in VNC_DISPLAYS.filter(|d| port_free(5900 + d) && port_free(5700 + d)).take(3) {
-            let out = Command::new(&self.binary)
-                .args(self.argv(launch, vnc))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .await
-                .map_err(|e| DriverError::Command {
-                    program: self.binary.display().to_string(),
-                    message: e.to_string(),
-                })?;
-            if out.status.success() {
-                if let Some(pid) = self.live_pid(launch.vmid) {
-                    self.remember_proc(launch.vmid, pid);
-                }
-                let qmp = QmpClient::connect(&self.qmp_path(launch.vmid)).await?;
-                self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(launch.vmid, qmp.clone());
-                if let Err(e) = attach_taps(launch, &qmp).await {
-                    let _ = self.stop_inner(launch.vmid).await;
-                    return Err(e);
-                }
-                tracing::info!(vmid = launch.vmid, vnc_display = vnc, "QEMU started");
-                return Ok(());
-            }
-            last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            // Another process took the display between our probe and QEMU's bind: try the next.
-            if !last_err.contains("Address already in use") {
-                break;
-            }
+        let vmid = launch.vmid;
+        for p in [self.qmp_path(vmid), self.pid_path(vmid), self.vnc_path(vmid)] {
+            let _ = std::fs::remove_file(p);
         }
-        Err(DriverError::Command { program: "qemu-system-x86_64".into(), message: last_err })
+        let stderr = std::fs::File::create(self.stderr_path(vmid))?;
+        let spawn_error = |e: std::io::Error| DriverError::Command {
+            program: self.binary.display().to_string(),
+            message: e.to_string(),
+        };
+        // Its own process group: a signal to the daemon's group (Ctrl-C) leaves guests alone.
+        // Dropping the handle does not kill it; tokio reaps it when it exits.
+        let mut child = Command::new(&self.binary)
+            .args(self.argv(launch))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .map_err(spawn_error)?;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let qmp = loop {
+            if let Some(status) = child.try_wait().map_err(spawn_error)? {
+                let err = std::fs::read_to_string(self.stderr_path(vmid)).unwrap_or_default();
+                let err = if err.trim().is_empty() {
+                    format!("QEMU exited with {status}")
+                } else {
+                    err.trim().to_string()
+                };
+                return Err(DriverError::Command { program: "qemu-system-x86_64".into(), message: err });
+            }
+            if self.qmp_path(vmid).exists() {
+                if let Ok(c) = QmpClient::connect(&self.qmp_path(vmid)).await {
+                    break c;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(DriverError::Io(format!(
+                    "QEMU of guest {vmid} did not answer on QMP in {START_TIMEOUT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(pid) = child.id() {
+            self.remember_proc(vmid, pid as i32);
+        }
+        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid, qmp.clone());
+        if let Err(e) = attach_taps(launch, &qmp).await {
+            let _ = self.stop_inner(vmid).await;
+            return Err(e);
+        }
+        tracing::info!(vmid, "QEMU started");
+        Ok(())
     }
 
     fn remember_proc(&self, vmid: u32, pid: i32) {

@@ -1,5 +1,6 @@
 //! A directory storage pool (Proxmox's `dir`): qcow2 images under
-//! `PATH/images/VMID/vm-VMID-disk-N.qcow2`, created with qemu-img.
+//! `PATH/images/VMID/vm-VMID-disk-N.qcow2`, created with qemu-img; boot files under
+//! `PATH/snippets/`, ISO images under `PATH/template/iso/`.
 
 use std::path::PathBuf;
 
@@ -106,7 +107,12 @@ impl VolumeStore for DirStorage {
         if storage != self.id {
             return Err(DriverError::Invalid(format!("volume {volid} is not on storage {}", self.id)));
         }
-        Ok(self.root.join("images").join(rel))
+        // Proxmox's layout: boot files in `snippets/`, ISO images in `template/iso/`.
+        Ok(match rel.split_once('/') {
+            Some(("snippets", name)) => self.root.join("snippets").join(name),
+            Some(("iso", name)) => self.root.join("template/iso").join(name),
+            _ => self.root.join("images").join(rel),
+        })
     }
 
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {

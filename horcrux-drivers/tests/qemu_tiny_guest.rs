@@ -64,6 +64,16 @@ async fn boots_adopts_shuts_down_and_notices_exit() {
     // Starting a running guest does not launch a second QEMU.
     driver.start(&l).await.unwrap();
     let pid = std::fs::read_to_string(run.join("901.pid")).unwrap();
+    // Confined: a seccomp filter, no TCP listener; VNC answers RFB on its unix socket.
+    let pid_n: i32 = pid.trim().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid_n}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "no seccomp filter: {status}");
+    assert_eq!(tcp_listeners_of(pid_n), Vec::<String>::new());
+    let mut vnc = std::os::unix::net::UnixStream::connect(run.join("901.vnc")).unwrap();
+    let mut banner = [0u8; 12];
+    std::io::Read::read_exact(&mut vnc, &mut banner).unwrap();
+    assert!(banner.starts_with(b"RFB 003."), "{banner:?}");
+    drop(vnc);
 
     // A fresh driver (as after a daemon restart) adopts the same process.
     drop(driver);
@@ -89,6 +99,25 @@ async fn boots_adopts_shuts_down_and_notices_exit() {
     driver.stop(901).await.unwrap();
 }
 
+/// The TCP sockets process `pid` listens on (from /proc/net/tcp{,6} and its fds).
+fn tcp_listeners_of(pid: i32) -> Vec<String> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                out.push(f[1].to_string());
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn missing_disk_is_refused_before_launch() {
     let tmp = tempfile::tempdir().unwrap();
@@ -103,18 +132,20 @@ async fn argv_has_the_contracted_options() {
     let tmp = tempfile::tempdir().unwrap();
     let driver = QemuDriver::new(tmp.path().join("r,un"), tmp.path().join("log"), Accel::Tcg).unwrap();
     let argv: Vec<String> = driver
-        .argv(&launch(903, "console=ttyS0 a,b", PathBuf::from("/d/x,y.qcow2")), 7)
+        .argv(&launch(903, "console=ttyS0 a,b", PathBuf::from("/d/x,y.qcow2")))
         .into_iter()
         .map(|s| s.into_string().unwrap())
         .collect();
     let after = |flag: &str| argv[argv.iter().position(|a| a == flag).unwrap() + 1].clone();
     assert_eq!(after("-accel"), "tcg");
     assert_eq!(after("-name"), "tiny903,debug-threads=on");
-    assert_eq!(after("-vnc"), "127.0.0.1:7,websocket=on");
+    // No TCP listener: VNC on a unix socket beside QMP; confined by seccomp.
+    assert!(after("-vnc").starts_with("unix:") && after("-vnc").ends_with("r,,un/903.vnc"), "{argv:?}");
+    assert_eq!(after("-sandbox"), "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
     assert!(after("-qmp").contains("r,,un/903.qmp,server=on,wait=off"), "commas escaped: {argv:?}");
     assert!(after("-drive").starts_with("file=/d/x,,y.qcow2,if=none"));
     assert_eq!(after("-append"), "console=ttyS0 a,b");
-    assert!(argv.contains(&"-daemonize".to_string()));
+    assert!(!argv.contains(&"-daemonize".to_string()), "-daemonize forks, which the sandbox forbids");
     assert!(after("-serial").ends_with("903.serial.log"));
 }
 

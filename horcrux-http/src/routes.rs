@@ -336,16 +336,7 @@ async fn create_vm(
         }
     }
     if let Some(b) = &spec.boot {
-        for (field, path) in [("boot.kernel", Some(&b.kernel)), ("boot.initrd", b.initrd.as_ref())] {
-            if let Some(p) = path {
-                if !std::path::Path::new(p).is_file() {
-                    return Err(ApiError::bad_field(
-                        field,
-                        format!("{p} is not a file on node {}", cluster.node_name()),
-                    ));
-                }
-            }
-        }
+        check_boot_files(&st, &state, &caller, b)?;
     }
     if state.guests.contains_key(&vmid) {
         return Err(ApiError::conflict(format!("VMID {vmid} already exists")));
@@ -371,6 +362,70 @@ async fn create_vm(
     task.log(format!("created guest {vmid} ({})", req.name));
     task.finish(Ok::<(), String>(()));
     Ok((StatusCode::OK, Json(json!({ "upid": task.upid(), "vmid": vmid }))))
+}
+
+/// A guest boots from volumes the caller may read (`Datastore.Audit` or
+/// `Datastore.AllocateSpace` on their storage, as Proxmox's ISO and snippet volumes), or,
+/// for root@pam only, from host paths. Rights are checked before anything is looked up,
+/// so the answer says nothing about files the caller may not see.
+fn check_boot_files(
+    st: &ApiState,
+    state: &horcrux_core::ClusterState,
+    caller: &Caller,
+    boot: &KernelBoot,
+) -> Result<(), ApiError> {
+    for (field, file) in boot.files() {
+        let path = match ids::parse_boot_file(field, file)? {
+            ids::BootFile::Host(p) => {
+                if !caller.actor().is_root() {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "permission check failed: {field}: only root@pam boots from host paths; \
+                             name a volume such as local:snippets/vmlinuz"
+                        ),
+                    ));
+                }
+                std::path::PathBuf::from(p)
+            }
+            ids::BootFile::Volume { storage, volid } => {
+                let held = crate::authz::caller_privileges(state, caller, &format!("/storage/{storage}"));
+                if !held.contains("Datastore.Audit") && !held.contains("Datastore.AllocateSpace") {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "permission check failed: {field}: {} needs Datastore.Audit or \
+                             Datastore.AllocateSpace on /storage/{storage}",
+                            caller.token_id
+                        ),
+                    ));
+                }
+                let pool = state
+                    .storage
+                    .get(storage)
+                    .ok_or_else(|| ApiError::bad_field(field, format!("unknown storage {storage:?}")))?;
+                let path = (st.runtime.volumes())(pool)
+                    .path(volid)
+                    .map_err(|e| ApiError::bad_field(field, e.to_string()))?;
+                // The file must be in the storage's own directory, not a link out of it.
+                let inside = match (std::fs::canonicalize(&path), path.parent().map(std::fs::canonicalize)) {
+                    (Ok(real), Some(Ok(dir))) => real.parent() == Some(dir.as_path()),
+                    _ => false,
+                };
+                if !inside {
+                    return Err(ApiError::bad_field(field, format!("volume {volid} does not exist")));
+                }
+                path
+            }
+        };
+        if !path.is_file() {
+            return Err(ApiError::bad_field(
+                field,
+                format!("{file} is not a file on node {}", st.runtime.cluster().node_name()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Commits a new desired power state, then lets the owning actor act on it inside a task.
