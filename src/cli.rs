@@ -29,7 +29,8 @@ pub enum VmCmd {
         /// A disk as STORAGE:SIZE_MIB, e.g. local:64; repeatable.
         #[arg(long = "disk")]
         disks: Vec<String>,
-        /// Direct kernel boot: kernel image (absolute path on the node).
+        /// Direct kernel boot: kernel image, a volume (local:snippets/vmlinuz) or, for
+        /// root@pam, an absolute path on the node.
         #[arg(long)]
         kernel: Option<String>,
         #[arg(long, requires = "kernel")]

@@ -198,6 +198,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     ensure_local_storage(&cluster, &data_dir).await?;
     ensure_admin_token(&cluster, &data_dir.join("admin.token")).await?;
+    // Logins need a ticket key from the first request on; then it is kept and rotated.
+    for attempt in 0.. {
+        match horcrux_http::login::rotate_ticket_key_if_due(&cluster).await {
+            Ok(_) => break,
+            Err(e) if attempt < 25 => {
+                tracing::debug!("ticket key not installed yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::warn!("no ticket key yet ({e}); logins answer 503 until one is installed");
+                break;
+            }
+        }
+    }
+    tokio::spawn(horcrux_http::login::keep_ticket_key(cluster.clone()));
 
     let accel = resolve_accel(args.accel).await;
     tracing::info!(?accel, "QEMU accelerator");

@@ -142,20 +142,23 @@ fn a_user_manager_cannot_take_over_administrators_or_grant_itself_more() {
         json!({"path": "/access/groups/staff", "role": "UserManager", "user": "dan@pve"}),
     ));
     ok(as_mgr("POST", "/access/users", json!({"userid": "erin@pve", "groups": ["staff"]})));
-    let (code, t, _) = admin.raw(
-        "POST",
-        "/access/ticket",
-        &[],
-        &json!({"username": "dan@pve", "password": "dan's first pw"}),
-    );
-    assert_eq!(code, 200, "{t}");
-    let dan = [
-        ("Cookie", format!("PVEAuthCookie={}", t["ticket"].as_str().unwrap())),
-        ("CSRFPreventionToken", t["CSRFPreventionToken"].as_str().unwrap().to_string()),
-    ];
-    let dan: Vec<(&str, &str)> = dan.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let session = |pw: &str| {
+        let (code, t, _) =
+            admin.raw("POST", "/access/ticket", &[], &json!({"username": "dan@pve", "password": pw}));
+        assert_eq!(code, 200, "{t}");
+        [
+            ("Cookie", format!("PVEAuthCookie={}", t["ticket"].as_str().unwrap())),
+            ("CSRFPreventionToken", t["CSRFPreventionToken"].as_str().unwrap().to_string()),
+        ]
+    };
+    let first = session("dan's first pw");
+    let dan: Vec<(&str, &str)> = first.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let own = json!({"userid": "dan@pve", "password": "dan's second pw"});
     assert_eq!(admin.raw("PUT", "/access/password", &dan, &own).0, 200);
+    // The change ended dan's ticket too; he logs in with the new password.
+    assert_eq!(admin.raw("GET", "/access/permissions", &dan, &json!({})).0, 401);
+    let second = session("dan's second pw");
+    let dan: Vec<(&str, &str)> = second.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let other = json!({"userid": "mgr@pve", "password": "dan's second pw"});
     assert_eq!(admin.raw("PUT", "/access/password", &dan, &other).0, 403);
     // dan manages staff now, but not a staff member with more rights than dan.
@@ -356,6 +359,12 @@ fn password_login_tickets_csrf_renewal_and_throttling() {
     assert!(!log.to_string().contains("correct horse"), "no password in the audit log");
     let (code, _, _) = admin.raw("GET", "/access/audit", &[("Cookie", &cookie_hdr)], &json!({}));
     assert_eq!(code, 403, "reading the audit log is privileged");
+    // A password change ends the tickets issued before it, and their renewal.
+    assert_eq!(put(json!({"userid": "dave@pve", "password": "battery staple"})).0, 200);
+    let (code, _, _) = admin.raw("GET", "/access/permissions", &[("Cookie", &cookie_hdr)], &json!({}));
+    assert_eq!(code, 401, "the old ticket died with the old password");
+    assert_eq!(login(&ticket).0, 401);
+    assert_eq!(login("battery staple").0, 200);
 }
 
 #[test]

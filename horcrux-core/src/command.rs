@@ -214,6 +214,13 @@ pub enum Command {
     RemoveNode {
         name: String,
     },
+    /// Install a new ticket-signing key; the current one becomes the previous one. Refused
+    /// unless `replaces` names the current key (`None`: there is none yet), so nodes that
+    /// rotate at the same time install one key, not two.
+    RotateTicketKey {
+        secret_hex: String,
+        replaces: Option<u64>,
+    },
     /// Record an imported corosync.conf (node names and ids, votequorum settings).
     ImportCorosync {
         config: CorosyncConfig,

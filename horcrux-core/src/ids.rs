@@ -158,6 +158,14 @@ pub fn validate_token_name(field: &str, name: &str) -> Result<(), ValidationErro
 }
 
 /// 32 random bytes from the OS, as 64 hex digits: API token secrets.
+/// Lower- or upper-case hex to bytes; `None` if it is not hex.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
 pub fn random_secret() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 32];

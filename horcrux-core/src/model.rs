@@ -289,6 +289,11 @@ pub struct User {
     pub enable: bool,
     #[serde(default)]
     pub email: String,
+    /// The log index of the last change to the user's credentials or account (password,
+    /// second factor, enable, expiry): tickets are signed over it, so such a change ends
+    /// every ticket issued before it.
+    #[serde(default)]
+    pub credentials_revision: u64,
 }
 
 fn yes() -> bool {
@@ -343,6 +348,32 @@ impl std::fmt::Debug for ClusterCaRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ClusterCaRecord { .. }")
     }
+}
+
+/// A key tickets and CSRF tokens are signed with (HMAC-SHA256), of its own: not derived
+/// from any other secret. Replicated so every node accepts every node's tickets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketKey {
+    /// The log index that installed it.
+    pub id: u64,
+    /// 32 random bytes, lower-case hex.
+    pub secret_hex: String,
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TicketKey {{ id: {}, created_ms: {}, .. }}", self.id, self.created_ms)
+    }
+}
+
+/// The current ticket key and the one it replaced: tickets signed with either are accepted,
+/// so a rotation (every 24 h) never logs anyone out (tickets live 2 h).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketKeys {
+    pub current: TicketKey,
+    #[serde(default)]
+    pub previous: Option<TicketKey>,
 }
 
 /// A single-use bootstrap token for joining the cluster.

@@ -41,6 +41,8 @@ pub struct ClusterState {
     pub groups: BTreeMap<String, Group>,
     #[serde(default)]
     pub pools: BTreeMap<String, Pool>,
+    #[serde(default)]
+    pub ticket_keys: Option<TicketKeys>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -65,6 +67,7 @@ impl Default for ClusterState {
             roles: BTreeMap::new(),
             groups: BTreeMap::new(),
             pools: BTreeMap::new(),
+            ticket_keys: None,
         }
     }
 }
@@ -79,6 +82,11 @@ fn check_revision(vmid: u32, expected: Option<u64>, actual: u64) -> Result<(), A
 }
 
 const MAX_OPTION_BYTES: usize = 64 * 1024;
+
+/// The cluster option bounding how long a login lasts through ticket renewals (seconds).
+pub const TICKET_MAX_AGE_OPTION: &str = "ticket-max-age";
+/// Its default: a day, after which the user logs in again.
+pub const TICKET_MAX_AGE_DEFAULT_S: u64 = 86_400;
 
 fn check_hex_sha256(field: &str, s: &str) -> Result<(), ValidationError> {
     let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
@@ -312,11 +320,29 @@ impl ClusterState {
                         ValidationError::new("value", format!("at most {MAX_OPTION_BYTES} bytes")).into()
                     );
                 }
+                if key == TICKET_MAX_AGE_OPTION && !value.is_empty() {
+                    let ok = value.parse::<u64>().is_ok_and(|v| (60..=30 * 86_400).contains(&v));
+                    if !ok {
+                        return Err(ValidationError::new("value", "seconds, 60 to 2592000").into());
+                    }
+                }
                 if value.is_empty() {
                     self.options.remove(key);
                 } else {
                     self.options.insert(key.clone(), value.clone());
                 }
+            }
+            Command::RotateTicketKey { secret_hex, replaces } => {
+                check_hex_sha256("secret_hex", secret_hex)?;
+                let current = self.ticket_keys.as_ref().map(|k| k.current.id);
+                if current != *replaces {
+                    return Err(ApplyError::Conflict {
+                        message: format!("the ticket key changed (now {current:?}, expected {replaces:?})"),
+                    });
+                }
+                let key = TicketKey { id: index, secret_hex: secret_hex.clone(), created_ms: req.ts_ms };
+                let previous = self.ticket_keys.take().map(|k| k.current);
+                self.ticket_keys = Some(TicketKeys { current: key, previous });
             }
             Command::RemoveNode { name } => {
                 if !self.nodes.contains_key(name) {
@@ -383,6 +409,19 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    /// How long a login may be renewed for, in seconds (the `ticket-max-age` option).
+    pub fn ticket_max_age_s(&self) -> u64 {
+        self.options
+            .get(TICKET_MAX_AGE_OPTION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(TICKET_MAX_AGE_DEFAULT_S)
+    }
+
+    /// What a user's tickets are signed over: changing it ends them (`root@pam`: 0).
+    pub fn credentials_revision(&self, userid: &str) -> u64 {
+        self.users.get(userid).map(|u| u.credentials_revision).unwrap_or(0)
     }
 
     /// `root@pam` always exists; other users once created.

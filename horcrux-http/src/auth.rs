@@ -124,7 +124,7 @@ pub async fn require_token(
                 req.headers().get("CSRFPreventionToken").and_then(|v| v.to_str().ok()).map(str::to_string);
             let needs_csrf = req.method() != axum::http::Method::GET;
             let checked = st.runtime.cluster().read_local(|s| {
-                let user = crate::login::verify_ticket(s, &ticket, now)?;
+                let user = crate::login::verify_ticket(s, &ticket, now)?.user;
                 let live = user == "root@pam" || s.users.get(&user).is_some_and(|u| u.active(now));
                 if !live {
                     return None;

@@ -1,8 +1,11 @@
 //! Password login with Proxmox-style tickets: `POST /api/v1/access/ticket` checks a `@pve`
 //! user's Argon2id password (or renews a valid ticket passed as the password) and answers
 //! a ticket, valid 2 h, plus the CSRF token that every non-GET request authenticated by the
-//! ticket cookie must carry. Tickets and CSRF tokens are HMAC-SHA256-signed with a key
-//! derived from the replicated cluster CA key, so every node accepts every node's tickets.
+//! ticket cookie must carry. Tickets and CSRF tokens are HMAC-SHA256-signed with the
+//! replicated ticket key (random, of its own, rotated every 24 h; the previous key stays
+//! valid), over the user's credentials revision, so a password, second-factor, enable or
+//! expiry change ends the user's tickets. A ticket carries the time of the login it
+//! descends from: renewals never extend a login past `ticket-max-age` (default 24 h).
 //! Failed logins are throttled per user and per source address.
 
 use std::collections::{HashMap, VecDeque};
@@ -52,49 +55,119 @@ fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
-fn key(state: &ClusterState) -> Option<hmac::Key> {
-    let ca = state.cluster_ca.as_ref()?;
-    let secret =
-        ring::digest::digest(&ring::digest::SHA256, format!("horcrux-ticket\n{}", ca.key_pem).as_bytes());
-    Some(hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref()))
+/// How often the ticket key is replaced.
+pub const TICKET_KEY_ROTATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The keys tickets verify against: the current one first, then the previous one.
+fn keys(state: &ClusterState) -> Vec<hmac::Key> {
+    let Some(k) = &state.ticket_keys else { return Vec::new() };
+    std::iter::once(&k.current)
+        .chain(k.previous.as_ref())
+        .filter_map(|k| horcrux_core::ids::hex_decode(&k.secret_hex))
+        .map(|secret| hmac::Key::new(hmac::HMAC_SHA256, &secret))
+        .collect()
 }
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn sign(key: &hmac::Key, data: &str) -> String {
-    hex(hmac::sign(key, data.as_bytes()).as_ref())
+/// `data` signed for `user` (whose credentials revision the signature covers).
+fn sign(key: &hmac::Key, state: &ClusterState, user: &str, data: &str) -> String {
+    let rev = state.credentials_revision(user.strip_prefix("!tfa!").unwrap_or(user));
+    hex(hmac::sign(key, format!("{data}\n{rev}").as_bytes()).as_ref())
 }
 
-pub fn make_ticket(state: &ClusterState, user: &str, at: u64) -> Option<String> {
-    let data = format!("PVE:{user}:{at:08X}");
-    Some(format!("{data}::{}", sign(&key(state)?, &data)))
+fn signed_by_any(state: &ClusterState, user: &str, data: &str, sig: &str) -> bool {
+    keys(state).iter().any(|k| ct_eq(sign(k, state, user, data).as_bytes(), sig.as_bytes()))
+}
+
+/// `PVE:USER:ISSUED:LOGIN::SIG`, times in hex seconds: `ISSUED` this ticket, `LOGIN` the
+/// password login it descends from through renewals.
+pub fn make_ticket(state: &ClusterState, user: &str, at: u64, login: u64) -> Option<String> {
+    let key = keys(state).into_iter().next()?;
+    let data = format!("PVE:{user}:{at:08X}:{login:08X}");
+    Some(format!("{data}::{}", sign(&key, state, user, &data)))
 }
 
 pub fn make_csrf(state: &ClusterState, user: &str, at: u64) -> Option<String> {
-    Some(format!("{at:08X}:{}", sign(&key(state)?, &format!("csrf:{at:08X}:{user}"))))
+    let key = keys(state).into_iter().next()?;
+    Some(format!("{at:08X}:{}", sign(&key, state, user, &format!("csrf:{at:08X}:{user}"))))
 }
 
 fn fresh(at: u64, now: u64) -> bool {
     at <= now + 300 && now.saturating_sub(at) <= TICKET_LIFETIME_S
 }
 
-/// The user a valid, unexpired ticket was issued to.
-pub fn verify_ticket(state: &ClusterState, ticket: &str, now: u64) -> Option<String> {
+/// A valid ticket: whose it is and when its login was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketInfo {
+    pub user: String,
+    pub login: u64,
+}
+
+/// The user a valid, unexpired ticket was issued to, and when they logged in.
+pub fn verify_ticket(state: &ClusterState, ticket: &str, now: u64) -> Option<TicketInfo> {
     let (data, sig) = ticket.rsplit_once("::")?;
-    let mut parts = data.splitn(3, ':');
-    let (prefix, user, time) = (parts.next()?, parts.next()?, parts.next()?);
-    let at = u64::from_str_radix(time, 16).ok()?;
-    let want = sign(&key(state)?, data);
-    (prefix == "PVE" && ct_eq(want.as_bytes(), sig.as_bytes()) && fresh(at, now)).then(|| user.to_string())
+    let mut parts = data.split(':');
+    let (prefix, user, at, login) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let at = u64::from_str_radix(at, 16).ok()?;
+    let login = u64::from_str_radix(login, 16).ok()?;
+    let ok = prefix == "PVE"
+        && parts.next().is_none()
+        && login <= at
+        && fresh(at, now)
+        && signed_by_any(state, user, data, sig);
+    ok.then(|| TicketInfo { user: user.to_string(), login })
+}
+
+/// A renewal: `ticket` is a valid ticket of `user` whose login is no older than the
+/// cluster's `ticket-max-age`; answers that login's time, which the new ticket keeps.
+pub fn renewable(state: &ClusterState, ticket: &str, user: &str, now: u64) -> Option<u64> {
+    let t = verify_ticket(state, ticket, now)?;
+    (t.user == user && now.saturating_sub(t.login) <= state.ticket_max_age_s()).then_some(t.login)
 }
 
 pub fn verify_csrf(state: &ClusterState, token: &str, user: &str, now: u64) -> bool {
     let Some((time, sig)) = token.split_once(':') else { return false };
     let Ok(at) = u64::from_str_radix(time, 16) else { return false };
-    let Some(k) = key(state) else { return false };
-    ct_eq(sign(&k, &format!("csrf:{time}:{user}")).as_bytes(), sig.as_bytes()) && fresh(at, now)
+    fresh(at, now) && signed_by_any(state, user, &format!("csrf:{time}:{user}"), sig)
+}
+
+/// Keeps a ticket key: installs one if there is none and replaces it once it is a day old.
+/// Every node runs this; the compare-and-set in `RotateTicketKey` lets one rotation through.
+pub async fn keep_ticket_key(cluster: horcrux_raft::ClusterHandle) {
+    loop {
+        let wait = match rotate_ticket_key_if_due(&cluster).await {
+            Ok(_) => Duration::from_secs(60),
+            Err(e) => {
+                tracing::debug!("ticket key: {e}");
+                Duration::from_secs(2)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One check: `Ok(true)` if this call installed a new key.
+pub async fn rotate_ticket_key_if_due(
+    cluster: &horcrux_raft::ClusterHandle,
+) -> Result<bool, horcrux_raft::ProposeError> {
+    let current =
+        cluster.read_local(|s| s.ticket_keys.as_ref().map(|k| (k.current.id, k.current.created_ms)));
+    let now_ms = now_s() * 1000;
+    let due = current
+        .is_none_or(|(_, created)| now_ms.saturating_sub(created) >= TICKET_KEY_ROTATION.as_millis() as u64);
+    if !due {
+        return Ok(false);
+    }
+    let secret_hex = horcrux_core::ids::random_secret();
+    match cluster.propose(Command::RotateTicketKey { secret_hex, replaces: current.map(|c| c.0) }).await {
+        Ok(_) => Ok(true),
+        // Another node rotated first.
+        Err(horcrux_raft::ProposeError::Rejected(horcrux_core::ApplyError::Conflict { .. })) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Failed logins per user and per source address within a sliding window.
@@ -200,17 +273,25 @@ pub async fn ticket(
     let cluster = st.runtime.cluster();
     let state = cluster.read_local(|s| s.clone());
     let user = state.users.get(&l.username).filter(|u| u.active(now)).cloned();
+    let mut login_time = now;
     let ok = if let Some(challenge) = &l.tfa_challenge {
         // Second step: the partial ticket proves the password; `password` is the factor.
         let pending =
-            verify_ticket(&state, challenge, now).is_some_and(|u| u == format!("!tfa!{}", l.username));
+            verify_ticket(&state, challenge, now).is_some_and(|t| t.user == format!("!tfa!{}", l.username));
         match (&user, pending) {
             (Some(u), true) => second_factor(&st, u, &l.password, now).await,
             _ => false,
         }
     } else if l.password.starts_with("PVE:") {
-        // Renewal: a valid ticket of the same user stands for the password.
-        verify_ticket(&state, &l.password, now).is_some_and(|u| u == l.username)
+        // Renewal: a valid ticket of the same user stands for the password, within the
+        // login's maximum age.
+        match renewable(&state, &l.password, &l.username, now) {
+            Some(login) => {
+                login_time = login;
+                true
+            }
+            None => false,
+        }
     } else if let Some((name, realm)) =
         l.username.rsplit_once('@').and_then(|(n, r)| state.realms.get(r).map(|c| (n.to_string(), c.clone())))
     {
@@ -274,7 +355,7 @@ pub async fn ticket(
     }
     st.audit.record(&l.username, "login", 200, &addr_key);
     let (Some(ticket), Some(csrf)) =
-        (make_ticket(&state, &l.username, now), make_csrf(&state, &l.username, now))
+        (make_ticket(&state, &l.username, now, login_time), make_csrf(&state, &l.username, now))
     else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -299,7 +380,7 @@ pub async fn ticket(
 /// Password right, second factor pending: a partial ticket that only the second step
 /// accepts.
 fn pending_tfa(state: &ClusterState, username: &str, now: u64) -> Result<Response, ApiError> {
-    let partial = make_ticket(state, &format!("!tfa!{username}"), now)
+    let partial = make_ticket(state, &format!("!tfa!{username}"), now, now)
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no ticket key yet"))?;
     Ok(Json(json!({ "username": username, "ticket": partial, "NeedTFA": 1, "clustername": "horcrux" }))
         .into_response())
@@ -371,4 +452,140 @@ pub async fn remove_tfa(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     st.propose_by(&caller, Command::SetTfa { userid, tfa: None }).await?;
     Ok(Json(json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use horcrux_core::state::TICKET_MAX_AGE_DEFAULT_S;
+    use horcrux_core::Request;
+
+    fn apply(s: &mut ClusterState, index: u64, ts_ms: u64, cmd: Command) {
+        s.apply(index, &Request { ts_ms, cmd, actor: None }).unwrap();
+    }
+
+    fn rotate(s: &mut ClusterState, index: u64, secret: char) {
+        let replaces = s.ticket_keys.as_ref().map(|k| k.current.id);
+        let secret_hex = secret.to_string().repeat(64);
+        apply(s, index, index * 1000, Command::RotateTicketKey { secret_hex, replaces });
+    }
+
+    fn with_user() -> ClusterState {
+        let mut s = ClusterState::default();
+        rotate(&mut s, 1, 'a');
+        let user =
+            Command::CreateUser { userid: "u@pve".into(), comment: String::new(), groups: vec![], expire: 0 };
+        apply(&mut s, 2, 2000, user);
+        s
+    }
+
+    const NOW: u64 = 1_000_000;
+
+    #[test]
+    fn tickets_survive_one_key_rotation_not_two() {
+        let mut s = with_user();
+        let t = make_ticket(&s, "u@pve", NOW, NOW).unwrap();
+        let csrf = make_csrf(&s, "u@pve", NOW).unwrap();
+        assert_eq!(verify_ticket(&s, &t, NOW), Some(TicketInfo { user: "u@pve".into(), login: NOW }));
+        rotate(&mut s, 3, 'b');
+        assert!(verify_ticket(&s, &t, NOW).is_some(), "the previous key still verifies");
+        assert!(verify_csrf(&s, &csrf, "u@pve", NOW));
+        // New tickets are signed with the new key.
+        let t2 = make_ticket(&s, "u@pve", NOW, NOW).unwrap();
+        assert_ne!(t, t2);
+        rotate(&mut s, 4, 'c');
+        assert_eq!(verify_ticket(&s, &t, NOW), None, "two rotations later");
+        assert!(!verify_csrf(&s, &csrf, "u@pve", NOW));
+        assert!(verify_ticket(&s, &t2, NOW).is_some());
+        // A stale rotation (replacing a key that is no longer current) is refused.
+        let stale = Command::RotateTicketKey { secret_hex: "d".repeat(64), replaces: Some(3) };
+        assert!(s.apply(5, &Request { ts_ms: 5, cmd: stale, actor: None }).is_err());
+    }
+
+    #[test]
+    fn credential_changes_end_outstanding_tickets() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3NCOVHLtlZVw8tSEDYLsTYtDQDfrGmsnXeJyrBxjVjc";
+        let changes = [
+            Command::SetPassword { userid: "u@pve".into(), password_hash: hash.into() },
+            Command::SetTfa { userid: "u@pve".into(), tfa: None },
+            Command::UpdateUser {
+                userid: "u@pve".into(),
+                comment: None,
+                email: None,
+                groups: None,
+                append: false,
+                expire: None,
+                enable: Some(false),
+            },
+            Command::UpdateUser {
+                userid: "u@pve".into(),
+                comment: None,
+                email: None,
+                groups: None,
+                append: false,
+                expire: Some(NOW + 10),
+                enable: None,
+            },
+        ];
+        for cmd in changes {
+            let mut s = with_user();
+            let t = make_ticket(&s, "u@pve", NOW, NOW).unwrap();
+            let csrf = make_csrf(&s, "u@pve", NOW).unwrap();
+            apply(&mut s, 10, 10_000, cmd.clone());
+            assert_eq!(verify_ticket(&s, &t, NOW), None, "{cmd:?}");
+            assert!(!verify_csrf(&s, &csrf, "u@pve", NOW), "{cmd:?}");
+        }
+        // A comment is no credential.
+        let mut s = with_user();
+        let t = make_ticket(&s, "u@pve", NOW, NOW).unwrap();
+        let comment = Command::UpdateUser {
+            userid: "u@pve".into(),
+            comment: Some("hi".into()),
+            email: None,
+            groups: None,
+            append: false,
+            expire: None,
+            enable: None,
+        };
+        apply(&mut s, 10, 10_000, comment);
+        assert!(verify_ticket(&s, &t, NOW).is_some());
+    }
+
+    #[test]
+    fn renewal_keeps_the_login_time_and_stops_at_the_maximum_age() {
+        let mut s = with_user();
+        let login = NOW;
+        // Renewed every hour: each ticket is fresh, the login stays the same.
+        let mut t = make_ticket(&s, "u@pve", login, login).unwrap();
+        let mut now = login;
+        while now + 3600 <= login + TICKET_MAX_AGE_DEFAULT_S {
+            now += 3600;
+            let kept = renewable(&s, &t, "u@pve", now).expect("renewable within a day");
+            assert_eq!(kept, login);
+            t = make_ticket(&s, "u@pve", now, kept).unwrap();
+        }
+        assert_eq!(renewable(&s, &t, "u@pve", login + TICKET_MAX_AGE_DEFAULT_S + 1), None, "past a day");
+        assert_eq!(renewable(&s, &t, "v@pve", now), None, "someone else's ticket");
+        // The cluster option shortens it.
+        apply(
+            &mut s,
+            20,
+            20_000,
+            Command::SetClusterOption { key: "ticket-max-age".into(), value: "600".into() },
+        );
+        let t = make_ticket(&s, "u@pve", login + 500, login).unwrap();
+        assert!(renewable(&s, &t, "u@pve", login + 590).is_some());
+        assert_eq!(renewable(&s, &t, "u@pve", login + 601), None);
+        // A forged login time breaks the signature.
+        let forged = t.replacen(&format!(":{login:08X}::"), &format!(":{:08X}::", login + 500), 1);
+        assert_ne!(forged, t);
+        assert_eq!(verify_ticket(&s, &forged, login + 590), None);
+    }
+
+    #[test]
+    fn no_key_no_ticket() {
+        let s = ClusterState::default();
+        assert_eq!(make_ticket(&s, "root@pam", NOW, NOW), None);
+        assert_eq!(verify_ticket(&s, "PVE:root@pam:0:0::00", NOW), None);
+    }
 }

@@ -115,6 +115,7 @@ impl ClusterState {
                     tfa: None,
                     enable: true,
                     email: String::new(),
+                    credentials_revision: index,
                 };
                 self.users.insert(userid.clone(), user);
             }
@@ -134,6 +135,7 @@ impl ClusterState {
                 };
                 u.password_hash = Some(password_hash.clone());
                 u.revision = index;
+                u.credentials_revision = index;
             }
             Command::SetTfa { userid, tfa } => {
                 if let Some(t) = tfa {
@@ -146,6 +148,7 @@ impl ClusterState {
                 };
                 u.tfa = tfa.clone();
                 u.revision = index;
+                u.credentials_revision = index;
             }
             Command::UseTfa { userid, step, recovery } => {
                 let Some(t) = self.users.get_mut(userid).and_then(|u| u.tfa.as_mut()) else {
@@ -365,6 +368,9 @@ impl ClusterState {
                 }
                 if let Some(e) = enable {
                     u.enable = *e;
+                }
+                if expire.is_some() || enable.is_some() {
+                    u.credentials_revision = index;
                 }
                 u.revision = index;
             }
