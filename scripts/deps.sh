@@ -14,6 +14,8 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 # The quorumtool comparison test runs the real Corosync in network namespaces.
 command -v corosync >/dev/null || need+=(corosync)
 command -v ip >/dev/null || need+=(iproute2)
+# The slow-loris test drives the HTTPS listener with openssl s_client.
+command -v openssl >/dev/null || need+=(openssl)
 # The LDAP realm test runs its own slapd.
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapadd >/dev/null || need+=(ldap-utils)

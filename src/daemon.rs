@@ -217,7 +217,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let accel = resolve_accel(args.accel).await;
     tracing::info!(?accel, "QEMU accelerator");
     let qemu = QemuDriver::new(data_dir.join("run/qemu"), data_dir.join("log/qemu"), accel)?;
-    let tasks = TaskRegistry::open(cluster.node_name(), data_dir.join("tasks"))?;
+    let options = cluster.clone();
+    let history = move || {
+        options.read_local(|s| {
+            let v = s.options.get(horcrux_core::state::TASK_HISTORY_OPTION);
+            v.and_then(|v| v.parse().ok()).unwrap_or(horcrux_actors::DEFAULT_TASK_HISTORY)
+        })
+    };
+    let tasks = TaskRegistry::open(cluster.node_name(), data_dir.join("tasks"))?
+        .with_history_limit(Arc::new(history));
     let runtime = NodeRuntime::start(cluster.clone(), Arc::new(qemu), volume_factory(), tasks)?;
 
     let mut names =

@@ -74,3 +74,55 @@ fn bad_input_is_refused_with_the_field_and_leaves_nothing_behind() {
     assert_eq!((code, resp["field"].as_str()), (400, Some("vmid")));
     assert_eq!(api.get("/tasks/UPID:nope").0, 404);
 }
+
+/// The HTTPS listener bounds slow and greedy clients: a request whose headers trickle in
+/// one byte at a time is dropped after the header timeout (while other clients are served),
+/// and one address holds at most 64 connections.
+#[test]
+fn slow_and_greedy_clients_are_cut_off() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = Daemon::start(tmp.path(), port, &[("HORCRUX_HEADER_TIMEOUT_S", "2")]);
+    let api = d.client();
+    let mut loris = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl (Debian openssl) must be installed: scripts/deps.sh installs it");
+    let mut stdin = loris.stdin.take().unwrap();
+    let start = Instant::now();
+    let request = b"GET /api/v1/version HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut dropped_after = None;
+    for b in request {
+        // One byte a second, as a slow-loris client sends them.
+        std::thread::sleep(Duration::from_millis(1000));
+        if loris.try_wait().unwrap().is_some() || stdin.write_all(&[*b]).and_then(|_| stdin.flush()).is_err()
+        {
+            dropped_after = Some(start.elapsed());
+            break;
+        }
+        // Meanwhile everyone else is served.
+        assert_eq!(api.get_public("/version").unwrap().0, 200);
+    }
+    let _ = loris.kill();
+    let _ = loris.wait();
+    let after = dropped_after.expect("the trickling client was never dropped");
+    assert!(after < Duration::from_secs(8), "dropped only after {after:?}");
+
+    // 64 idle connections from one address fill its share; the 65th is refused at once.
+    let idle: Vec<std::net::TcpStream> =
+        (0..64).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = Api::new(&format!("https://127.0.0.1:{port}"), tmp.path()).get_public("/version");
+    assert!(refused.is_err(), "a 65th connection was served: {refused:?}");
+    drop(idle);
+    eventually("connections freed", Duration::from_secs(5), || {
+        Api::new(&format!("https://127.0.0.1:{port}"), tmp.path())
+            .get_public("/version")
+            .is_ok_and(|r| r.0 == 200)
+    });
+}

@@ -14,4 +14,4 @@ pub use fleet::{GuestFleet, MigrateOne, ReconcileOne, Shutdown};
 pub use guest::{GuestStatus, StatusBoard};
 pub use port::{read, ClusterPort};
 pub use runtime::{start_fleet, NodeRuntime, RuntimeError, VolumeFactory};
-pub use tasks::{TaskInfo, TaskLog, TaskRegistry, TaskStatus};
+pub use tasks::{HistoryLimit, TaskInfo, TaskLog, TaskRegistry, TaskStatus, DEFAULT_TASK_HISTORY};

@@ -35,10 +35,20 @@ pub struct TaskInfo {
 }
 
 const MAX_TASKS_IN_MEMORY: usize = 1000;
+/// Finished tasks a node keeps on disk unless the `task-history` cluster option says
+/// otherwise (Proxmox keeps an index of its recent tasks the same way).
+pub const DEFAULT_TASK_HISTORY: usize = 1000;
+/// Log lines one task keeps; later lines replace a marker's count.
+const MAX_LOG_LINES: usize = 10_000;
+
+/// How many finished tasks to keep: read at every finish, so a changed option applies.
+pub type HistoryLimit = Arc<dyn Fn() -> usize + Send + Sync>;
 
 struct Inner {
     tasks: HashMap<String, TaskInfo>,
     last_starttime: u64,
+    /// Finished tasks on disk, oldest first: what rotation removes.
+    finished: std::collections::BTreeSet<(u64, String)>,
 }
 
 #[derive(Clone)]
@@ -48,6 +58,7 @@ pub struct TaskRegistry {
     pid: u32,
     pstart: u64,
     inner: Arc<Mutex<Inner>>,
+    limit: HistoryLimit,
 }
 
 fn now_s() -> u64 {
@@ -78,13 +89,16 @@ impl TaskRegistry {
     /// error so clients polling them stop waiting.
     pub fn open(node: &str, dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
+        let inner = Inner { tasks: HashMap::new(), last_starttime: 0, finished: Default::default() };
         let reg = Self {
             node: node.into(),
             dir,
             pid: std::process::id(),
             pstart: process_start_ticks(),
-            inner: Arc::new(Mutex::new(Inner { tasks: HashMap::new(), last_starttime: 0 })),
+            inner: Arc::new(Mutex::new(inner)),
+            limit: Arc::new(|| DEFAULT_TASK_HISTORY),
         };
+        let mut finished = std::collections::BTreeSet::new();
         for entry in std::fs::read_dir(&reg.dir)?.flatten() {
             let Ok(bytes) = std::fs::read(entry.path()) else { continue };
             let Ok(mut t) = serde_json::from_slice::<TaskInfo>(&bytes) else { continue };
@@ -94,8 +108,38 @@ impl TaskRegistry {
                 t.endtime = Some(now_s());
                 reg.persist(&t);
             }
+            finished.insert((t.starttime, t.upid));
         }
+        reg.lock().finished = finished;
+        reg.rotate();
         Ok(reg)
+    }
+
+    /// Keep `limit()` finished tasks on disk (the daemon reads the cluster option).
+    pub fn with_history_limit(mut self, limit: HistoryLimit) -> Self {
+        self.limit = limit;
+        self.rotate();
+        self
+    }
+
+    /// Removes the oldest finished tasks beyond the limit, from disk and memory.
+    fn rotate(&self) {
+        let keep = (self.limit)().max(1);
+        let doomed: Vec<String> = {
+            let mut inner = self.lock();
+            let excess = inner.finished.len().saturating_sub(keep);
+            let doomed: Vec<(u64, String)> = inner.finished.iter().take(excess).cloned().collect();
+            for d in &doomed {
+                inner.finished.remove(d);
+                inner.tasks.remove(&d.1);
+            }
+            doomed.into_iter().map(|(_, u)| u).collect()
+        };
+        for upid in doomed {
+            if let Err(e) = std::fs::remove_file(self.dir.join(file_name(&upid))) {
+                tracing::warn!(%upid, "could not remove an old task: {e}");
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -195,7 +239,11 @@ impl TaskLog {
         let line = line.into();
         tracing::info!(upid = %self.upid, "{line}");
         if let Some(t) = self.registry.lock().tasks.get_mut(&self.upid) {
-            t.log.push(line);
+            if t.log.len() < MAX_LOG_LINES {
+                t.log.push(line);
+            } else if t.log.len() == MAX_LOG_LINES {
+                t.log.push("(further lines are in the daemon's log only)".into());
+            }
         }
     }
 
@@ -215,9 +263,12 @@ impl TaskLog {
                 Err(e) => e.to_string(),
             });
             t.endtime = Some(now_s());
-            t.clone()
+            let snapshot = t.clone();
+            inner.finished.insert((snapshot.starttime, snapshot.upid.clone()));
+            snapshot
         };
         self.registry.persist(&snapshot);
+        self.registry.rotate();
     }
 }
 
@@ -250,5 +301,39 @@ mod tests {
         assert_eq!(orphan.status, TaskStatus::Stopped);
         assert!(orphan.exitstatus.unwrap().contains("unexpected"));
         assert!(reg2.get("UPID:../../etc:1:1:1:x:y:z:").is_none());
+    }
+
+    #[test]
+    fn only_the_last_finished_tasks_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keep = Arc::new(std::sync::atomic::AtomicUsize::new(5));
+        let k = keep.clone();
+        let limit: HistoryLimit = Arc::new(move || k.load(std::sync::atomic::Ordering::Relaxed));
+        let reg =
+            TaskRegistry::open("n1", tmp.path().to_path_buf()).unwrap().with_history_limit(limit.clone());
+        let running = reg.create("qmstart", "100", "root@pam");
+        let upids: Vec<String> = (0..12)
+            .map(|i| {
+                let t = reg.create("qmstop", &i.to_string(), "root@pam");
+                t.finish(Ok::<(), String>(()));
+                t.upid().to_string()
+            })
+            .collect();
+        let files = || std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(files(), 6, "5 finished + the running one");
+        assert!(reg.get(&upids[6]).is_none() && reg.get(&upids[7]).is_some());
+        assert!(reg.get(running.upid()).is_some(), "a running task is never rotated away");
+        // A smaller limit applies at the next finish; a restart applies it too.
+        keep.store(2, std::sync::atomic::Ordering::Relaxed);
+        running.finish(Ok::<(), String>(()));
+        assert_eq!(files(), 2);
+        let reg2 = TaskRegistry::open("n1", tmp.path().to_path_buf()).unwrap().with_history_limit(limit);
+        assert_eq!(reg2.get(&upids[11]).unwrap().exitstatus.as_deref(), Some("OK"));
+        // Log lines are bounded per task.
+        let chatty = reg2.create("qmigrate", "1", "root@pam");
+        for i in 0..(MAX_LOG_LINES + 50) {
+            chatty.log(format!("line {i}"));
+        }
+        assert_eq!(reg2.get(chatty.upid()).unwrap().log.len(), MAX_LOG_LINES + 1);
     }
 }

@@ -85,6 +85,8 @@ const MAX_OPTION_BYTES: usize = 64 * 1024;
 
 /// The cluster option bounding how long a login lasts through ticket renewals (seconds).
 pub const TICKET_MAX_AGE_OPTION: &str = "ticket-max-age";
+/// The cluster option: how many finished tasks each node keeps.
+pub const TASK_HISTORY_OPTION: &str = "task-history";
 /// Its default: a day, after which the user logs in again.
 pub const TICKET_MAX_AGE_DEFAULT_S: u64 = 86_400;
 
@@ -320,10 +322,14 @@ impl ClusterState {
                         ValidationError::new("value", format!("at most {MAX_OPTION_BYTES} bytes")).into()
                     );
                 }
-                if key == TICKET_MAX_AGE_OPTION && !value.is_empty() {
-                    let ok = value.parse::<u64>().is_ok_and(|v| (60..=30 * 86_400).contains(&v));
-                    if !ok {
-                        return Err(ValidationError::new("value", "seconds, 60 to 2592000").into());
+                let range = match key.as_str() {
+                    TICKET_MAX_AGE_OPTION => Some((60, 30 * 86_400, "seconds")),
+                    TASK_HISTORY_OPTION => Some((1, 1_000_000, "finished tasks per node")),
+                    _ => None,
+                };
+                if let (Some((lo, hi, what)), false) = (range, value.is_empty()) {
+                    if !value.parse::<u64>().is_ok_and(|v| (lo..=hi).contains(&v)) {
+                        return Err(ValidationError::new("value", format!("{what}, {lo} to {hi}")).into());
                     }
                 }
                 if value.is_empty() {

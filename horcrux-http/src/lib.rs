@@ -16,6 +16,7 @@ mod pam;
 mod pool_routes;
 mod routes;
 mod serve;
+mod tail;
 mod tls;
 mod vm_config;
 mod vm_power;

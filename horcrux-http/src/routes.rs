@@ -609,13 +609,9 @@ async fn serial_log(State(st): State<ApiState>, Path(vmid): Path<String>) -> Res
         ));
     }
     let path = st.runtime.hypervisor().serial_log(vmid);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(ApiError::internal(format!("{}: {e}", path.display()))),
-    };
-    let start = bytes.len().saturating_sub(TAIL as usize);
-    Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
+    let bytes = crate::tail::last_bytes(&path, TAIL)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 async fn list_tasks(State(st): State<ApiState>) -> Json<Value> {
