@@ -204,6 +204,13 @@ pub enum Command {
     RevokeJoinToken {
         id: String,
     },
+    /// Record member `node_id`'s transport certificate (its SHA-256 fingerprint): the
+    /// transport accepts a peer only with a recorded certificate of a current member.
+    SetMemberCert {
+        node_id: u64,
+        name: String,
+        fingerprint: String,
+    },
     /// Set a cluster-wide option (Proxmox's datacenter.cfg keys such as `keyboard`,
     /// `migration`, `console`); an empty value removes it.
     SetClusterOption {

@@ -158,6 +158,11 @@ pub fn validate_token_name(field: &str, name: &str) -> Result<(), ValidationErro
 }
 
 /// 32 random bytes from the OS, as 64 hex digits: API token secrets.
+/// Constant-time equality of two byte strings (of equal length; unequal lengths differ).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Lower- or upper-case hex to bytes; `None` if it is not hex.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {

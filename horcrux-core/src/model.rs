@@ -376,6 +376,13 @@ pub struct TicketKeys {
     pub previous: Option<TicketKey>,
 }
 
+/// A member's transport certificate, named by its SHA-256 fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberCert {
+    pub name: String,
+    pub fingerprint: String,
+}
+
 /// A single-use bootstrap token for joining the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {

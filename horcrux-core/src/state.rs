@@ -43,6 +43,10 @@ pub struct ClusterState {
     pub pools: BTreeMap<String, Pool>,
     #[serde(default)]
     pub ticket_keys: Option<TicketKeys>,
+    /// Each member's transport certificate (by Raft node id): the only certificates the
+    /// cluster transport accepts.
+    #[serde(default)]
+    pub member_certs: BTreeMap<u64, MemberCert>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -68,6 +72,7 @@ impl Default for ClusterState {
             groups: BTreeMap::new(),
             pools: BTreeMap::new(),
             ticket_keys: None,
+            member_certs: BTreeMap::new(),
         }
     }
 }
@@ -285,30 +290,22 @@ impl ClusterState {
                 );
             }
             Command::ConsumeJoinToken { id, secret_sha256, node } => {
-                ids::validate_dns_label("node", node)?;
-                let refused =
-                    |why: &str| ApplyError::Conflict { message: format!("join token refused: {why}") };
-                let t = self.join_tokens.get_mut(id).ok_or_else(|| refused("unknown token"))?;
-                if t.secret_sha256 != *secret_sha256 {
-                    return Err(refused("wrong secret"));
-                }
-                if t.revoked {
-                    return Err(refused("revoked"));
-                }
-                if t.used_by.is_some() {
-                    return Err(refused("already used"));
-                }
-                if req.ts_ms >= t.expires_ms {
-                    return Err(refused("expired"));
-                }
-                if self.nodes.contains_key(node) {
-                    return Err(ApplyError::Conflict {
-                        message: format!("a node named {node} is already a member"),
-                    });
-                }
+                self.check_join(id, secret_sha256, node, req.ts_ms)?;
+                let t = self.join_tokens.get_mut(id).expect("checked above");
                 t.used_by = Some(node.clone());
                 t.node_id = Some(self.next_node_id);
                 self.next_node_id += 1;
+            }
+            Command::SetMemberCert { node_id, name, fingerprint } => {
+                ids::validate_dns_label("name", name)?;
+                check_hex_sha256("fingerprint", fingerprint)?;
+                if self.member_certs.iter().any(|(id, c)| c.fingerprint == *fingerprint && id != node_id) {
+                    return Err(ApplyError::Conflict {
+                        message: "that certificate is another member's".into(),
+                    });
+                }
+                self.member_certs
+                    .insert(*node_id, MemberCert { name: name.clone(), fingerprint: fingerprint.clone() });
             }
             Command::SetClusterOption { key, value } => {
                 let key_ok = !key.is_empty()
@@ -363,6 +360,8 @@ impl ClusterState {
                     });
                 }
                 self.nodes.remove(name);
+                // Its transport certificate stops working at once.
+                self.member_certs.retain(|_, c| c.name != *name);
             }
             Command::ImportCorosync { config } => {
                 if config.nodes.is_empty() {
@@ -415,6 +414,45 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+
+    /// Whether join token `id` would admit `node` with this secret at `now_ms`: what
+    /// `ConsumeJoinToken` checks, asked before proposing so that a wrong guess writes
+    /// nothing to the log.
+    pub fn check_join(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        node: &str,
+        now_ms: u64,
+    ) -> Result<(), ApplyError> {
+        ids::validate_dns_label("node", node)?;
+        let refused = |why: &str| ApplyError::Conflict { message: format!("join token refused: {why}") };
+        let t = self.join_tokens.get(id).ok_or_else(|| refused("unknown token"))?;
+        if !ids::ct_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()) {
+            return Err(refused("wrong secret"));
+        }
+        if t.revoked {
+            return Err(refused("revoked"));
+        }
+        if t.used_by.is_some() {
+            return Err(refused("already used"));
+        }
+        if now_ms >= t.expires_ms {
+            return Err(refused("expired"));
+        }
+        if self.nodes.contains_key(node) {
+            return Err(ApplyError::Conflict { message: format!("a node named {node} is already a member") });
+        }
+        Ok(())
+    }
+
+    /// The member whose transport certificate has this SHA-256 fingerprint.
+    pub fn member_by_fingerprint(&self, fingerprint: &str) -> Option<u64> {
+        self.member_certs
+            .iter()
+            .find(|(_, c)| ids::ct_eq(c.fingerprint.as_bytes(), fingerprint.as_bytes()))
+            .map(|(id, _)| *id)
     }
 
     /// How long a login may be renewed for, in seconds (the `ticket-max-age` option).

@@ -13,9 +13,7 @@ pub fn token_sha256(secret: &str) -> String {
     horcrux_core::ids::sha256_hex(secret)
 }
 
-pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use horcrux_core::ids::ct_eq;
 
 /// Who made the request: the token id, and the user it belongs to.
 #[derive(Debug, Clone)]

@@ -84,6 +84,10 @@ struct StoredIdentity {
     name: String,
     #[serde(default)]
     certs: Option<Certs>,
+    /// The members' certificate fingerprints the join answer named: what this node's
+    /// transport trusts until its copy of the state records members' certificates.
+    #[serde(default)]
+    pinned: BTreeMap<NodeId, String>,
 }
 
 fn load_identity(db: &DB) -> Result<Option<StoredIdentity>, ProposeError> {
@@ -116,6 +120,12 @@ pub struct ClusterHandle {
     api_runtime: tokio::runtime::Handle,
     /// Runs openraft, the proposer and the QUIC endpoint; stops with the last clone.
     _raft_thread: Arc<RaftThread>,
+    /// Fingerprint of this node's own transport certificate.
+    pub(crate) own_fingerprint: Option<String>,
+    /// Members' certificates as the join answer named them (see `StoredIdentity`).
+    pinned: Arc<BTreeMap<NodeId, String>>,
+    /// Failed join attempts per source address (rate limit).
+    pub(crate) join_failures: Arc<std::sync::Mutex<BTreeMap<std::net::IpAddr, Vec<u64>>>>,
 }
 
 fn system_clock_ms() -> u64 {
@@ -167,6 +177,7 @@ impl ClusterHandle {
                             cert_pem: admitted.cert_pem,
                             key_pem: admitted.key_pem,
                         }),
+                        pinned: admitted.members,
                     };
                     save_identity(&db, &ident)?;
                     tracing::info!(node_id = ident.id, "joined the cluster");
@@ -174,7 +185,12 @@ impl ClusterHandle {
                 }
                 None => {
                     fresh = true;
-                    let ident = StoredIdentity { id: 1, name: opts.node_name.clone(), certs: None };
+                    let ident = StoredIdentity {
+                        id: 1,
+                        name: opts.node_name.clone(),
+                        certs: None,
+                        pinned: BTreeMap::new(),
+                    };
                     save_identity(&db, &ident)?;
                     ident
                 }
@@ -188,7 +204,7 @@ impl ClusterHandle {
         if fresh {
             let ca = ClusterCa::create().map_err(storage)?;
             if opts.cluster.is_some() {
-                let cert = ca.issue(&identity.name).map_err(storage)?;
+                let cert = ca.issue(identity.id, &identity.name).map_err(storage)?;
                 identity.certs = Some(Certs {
                     ca_pem: ca.cert_pem.clone(),
                     cert_pem: cert.cert_pem,
@@ -207,7 +223,7 @@ impl ClusterHandle {
                 ));
             };
             let ca = ClusterCa { cert_pem: rec.cert_pem, key_pem: rec.key_pem };
-            let cert = ca.issue(&identity.name).map_err(storage)?;
+            let cert = ca.issue(identity.id, &identity.name).map_err(storage)?;
             identity.certs =
                 Some(Certs { ca_pem: ca.cert_pem, cert_pem: cert.cert_pem, key_pem: cert.key_pem });
             save_identity(&db, &identity)?;
@@ -273,6 +289,13 @@ impl ClusterHandle {
             clock: Arc::new(system_clock_ms),
             all_seen: Arc::default(),
             api: Arc::default(),
+            own_fingerprint: identity
+                .certs
+                .as_ref()
+                .and_then(|c| crate::pki::cert_der(&c.cert_pem).ok())
+                .map(|d| crate::pki::fingerprint_der(&d)),
+            pinned: Arc::new(identity.pinned.clone()),
+            join_failures: Arc::default(),
         };
         if let Some(endpoint) = endpoint {
             thread.handle().spawn(transport::serve(endpoint, handle.clone()));
@@ -301,6 +324,22 @@ impl ClusterHandle {
         if let Some(ca) = new_ca {
             handle.propose(Command::SetClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem }).await?;
         }
+        // The node that made its own certificate (the cluster's first node) records it; a
+        // joined node's was recorded by the leader that signed it.
+        if let Some(fp) = &handle.own_fingerprint {
+            let recorded =
+                handle.read_local(|s| s.member_certs.get(&identity.id).map(|c| c.fingerprint.clone()));
+            if recorded.as_deref() != Some(fp.as_str()) && !joined {
+                let cmd = Command::SetMemberCert {
+                    node_id: identity.id,
+                    name: identity.name.clone(),
+                    fingerprint: fp.clone(),
+                };
+                if let Err(e) = handle.propose(cmd).await {
+                    tracing::warn!("could not record this node's transport certificate: {e}");
+                }
+            }
+        }
         let registered = handle.read_local(|s| s.nodes.get(&*handle.node_name).map(|n| n.api_addr.clone()));
         if registered.as_deref() != Some(opts.api_addr.as_str()) {
             let cmd = Command::RegisterNode { name: identity.name.clone(), api_addr: opts.api_addr.clone() };
@@ -313,6 +352,21 @@ impl ClusterHandle {
 
     pub fn node_name(&self) -> &str {
         &self.node_name
+    }
+
+    /// The current member whose transport certificate has this fingerprint: from the
+    /// replicated record, or, while this node's copy has none yet (just joined, catching
+    /// up), from the fingerprints its join answer named.
+    pub fn member_by_fingerprint(&self, fingerprint: &str) -> Option<NodeId> {
+        let (found, any) =
+            self.read_local(|s| (s.member_by_fingerprint(fingerprint), !s.member_certs.is_empty()));
+        if any {
+            return found;
+        }
+        self.pinned
+            .iter()
+            .find(|(_, f)| horcrux_core::ids::ct_eq(f.as_bytes(), fingerprint.as_bytes()))
+            .map(|(id, _)| *id)
     }
 
     pub fn node_id(&self) -> NodeId {

@@ -22,8 +22,9 @@ pub mod transport;
 mod types;
 
 pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
+pub use join::JoinTokenData;
 pub use log_store::LogStore;
-pub use membership::{promote_when_caught_up, remove_from_membership, voter_target};
+pub use membership::{promote_when_caught_up, remove_from_membership, voter_target, MAX_JOIN_FAILURES};
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
 pub use proposer::Proposer;

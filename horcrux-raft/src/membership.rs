@@ -12,6 +12,10 @@ use crate::handle::{storage, ClusterHandle, ProposeError, MAX_VOTERS, OP_TIMEOUT
 use crate::join::JoinTokenData;
 use crate::node::HorcruxNode;
 use crate::pki::ClusterCa;
+
+/// Failed join attempts one source address may make per minute.
+pub const MAX_JOIN_FAILURES: usize = 10;
+const JOIN_FAILURE_WINDOW_MS: u64 = 60_000;
 use crate::status::{quorum_of, ClusterStatus, LocalLog, MemberStatus, ONLINE_WITHIN_MS};
 use crate::transport::{ForwardError, JoinRequest, JoinResponse, RpcRequest, RpcResponse};
 use crate::types::{NodeId, TypeConfig};
@@ -214,19 +218,63 @@ impl ClusterHandle {
 
     /// Admits a joining node (leader only): consumes its token through Raft, issues its
     /// certificate, adds it as a learner, and promotes it to voter once it caught up.
-    pub async fn admit(&self, req: JoinRequest) -> JoinResponse {
+    pub async fn admit(&self, req: JoinRequest, source: std::net::IpAddr) -> JoinResponse {
         if self.raft.metrics().borrow().state != ServerState::Leader {
             return match self.leader_node() {
                 Some((_, n)) => JoinResponse::Redirect { leader_addr: n.raft_addr },
                 None => JoinResponse::Refused { reason: "no leader: the cluster has lost quorum".into() },
             };
         }
+        if self.join_throttled(source) {
+            return JoinResponse::Refused {
+                reason: format!("too many failed join attempts from {source}; try again in a minute"),
+            };
+        }
+        let answer = self.admit_checked(req).await;
+        if matches!(answer, JoinResponse::Refused { .. }) {
+            self.join_failed(source);
+        }
+        answer
+    }
+
+    /// Whether `source` failed `MAX_JOIN_FAILURES` times within the last minute.
+    fn join_throttled(&self, source: std::net::IpAddr) -> bool {
+        let now = self.now_ms();
+        let mut f = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+        let times = f.entry(source).or_default();
+        times.retain(|t| now.saturating_sub(*t) < JOIN_FAILURE_WINDOW_MS);
+        times.len() >= MAX_JOIN_FAILURES
+    }
+
+    fn join_failed(&self, source: std::net::IpAddr) {
+        let now = self.now_ms();
+        let mut f = self.join_failures.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded under a flood of sources: forget those whose failures are all old.
+        if f.len() > 10_000 {
+            f.retain(|_, t| t.iter().any(|t| now.saturating_sub(*t) < JOIN_FAILURE_WINDOW_MS));
+        }
+        f.entry(source).or_default().push(now);
+    }
+
+    async fn admit_checked(&self, req: JoinRequest) -> JoinResponse {
         if req.node.raft_addr.is_empty() {
             return JoinResponse::Refused { reason: "the joining node has no cluster address".into() };
         }
+        let Some(public_key) = ids::hex_decode(&req.public_key_hex) else {
+            return JoinResponse::Refused { reason: "the join request's public key is not hex".into() };
+        };
+        let secret_sha256 = ids::sha256_hex(&req.secret);
+        // Checked on the leader's state before anything is proposed: a wrong guess writes
+        // nothing to the log.
+        let now = self.now_ms();
+        let check = self.read_local(|s| s.check_join(&req.token_id, &secret_sha256, &req.node.name, now));
+        if let Err(e) = check {
+            tracing::warn!(node = %req.node.name, "refused a join: {e}");
+            return JoinResponse::Refused { reason: e.to_string() };
+        }
         let consume = Command::ConsumeJoinToken {
             id: req.token_id.clone(),
-            secret_sha256: ids::sha256_hex(&req.secret),
+            secret_sha256,
             node: req.node.name.clone(),
         };
         if let Err(e) = self.propose(consume).await {
@@ -241,21 +289,26 @@ impl ClusterHandle {
             return JoinResponse::Refused { reason: "the cluster has no CA".into() };
         };
         let ca = ClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem };
-        let cert = match ca.issue(&req.node.name) {
+        let cert_pem = match ca.issue_member(node_id, &req.node.name, &public_key) {
             Ok(c) => c,
             Err(e) => return JoinResponse::Refused { reason: e.to_string() },
         };
+        let fingerprint = match crate::pki::cert_der(&cert_pem) {
+            Ok(d) => crate::pki::fingerprint_der(&d),
+            Err(e) => return JoinResponse::Refused { reason: e.to_string() },
+        };
+        let record = Command::SetMemberCert { node_id, name: req.node.name.clone(), fingerprint };
+        if let Err(e) = self.propose(record).await {
+            return JoinResponse::Refused { reason: format!("could not record the certificate: {e}") };
+        }
         if let Err(e) = self.raft.add_learner(node_id, req.node.clone(), false).await {
             return JoinResponse::Refused { reason: format!("could not add the node: {e}") };
         }
         tracing::info!(node_id, name = %req.node.name, "admitted a node as learner");
         tokio::spawn(promote_when_caught_up(self.raft.clone(), node_id));
-        JoinResponse::Accepted {
-            node_id,
-            cert_pem: cert.cert_pem,
-            key_pem: cert.key_pem,
-            ca_pem: ca.cert_pem,
-        }
+        let members =
+            self.read_local(|s| s.member_certs.iter().map(|(id, c)| (*id, c.fingerprint.clone())).collect());
+        JoinResponse::Accepted { node_id, cert_pem, ca_pem: ca.cert_pem, members }
     }
 
     /// Removes a member (voter or learner) from the cluster, through the leader.

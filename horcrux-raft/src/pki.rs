@@ -4,7 +4,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, PublicKeyData,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -79,26 +79,77 @@ impl ClusterCa {
         Ok(fingerprint_der(&cert_der(&self.cert_pem)?))
     }
 
-    /// Issues a node certificate for `node_name`, valid for both ends of a connection.
-    pub fn issue(&self, node_name: &str) -> Result<NodeCert, PkiError> {
-        self.issue_for(node_name, &[node_name.to_string(), CLUSTER_SERVER_NAME.to_string()])
+    /// Issues a transport certificate for member `node_id` named `node_name`, with a key
+    /// made here (the node that creates a cluster, and tests).
+    pub fn issue(&self, node_id: u64, node_name: &str) -> Result<NodeCert, PkiError> {
+        let key = KeyPair::generate().map_err(err)?;
+        let cert_pem = self.issue_member(node_id, node_name, key.public_key_raw())?;
+        Ok(NodeCert { cert_pem, key_pem: key.serialize_pem() })
     }
 
-    /// Issues a certificate with common name `cn` for `names` (host names or IP addresses),
-    /// e.g. a node's HTTPS certificate.
+    /// Signs a transport certificate for member `node_id` over a public key the member made
+    /// itself (a joining node sends only its public key: its private key never travels).
+    /// The certificate names the node (`node_name`), its id (`id-N.horcrux-cluster`) and
+    /// the cluster, and is valid for both ends of a connection.
+    pub fn issue_member(&self, node_id: u64, node_name: &str, public_key: &[u8]) -> Result<String, PkiError> {
+        if public_key.len() != 65 || public_key[0] != 4 {
+            return Err(PkiError("expected an uncompressed P-256 public key (65 bytes)".into()));
+        }
+        let names = vec![node_name.to_string(), CLUSTER_SERVER_NAME.to_string(), member_san(node_id)];
+        let eku = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = self.sign(node_name, &names, eku, &P256Public(public_key.to_vec()))?;
+        Ok(cert)
+    }
+
+    /// Issues a server certificate with common name `cn` for `names` (host names or IP
+    /// addresses): a node's HTTPS certificate. It cannot authenticate a client, so it is
+    /// useless on the cluster transport.
     pub fn issue_for(&self, cn: &str, names: &[String]) -> Result<NodeCert, PkiError> {
+        let key = KeyPair::generate().map_err(err)?;
+        let cert_pem = self.sign(cn, names, vec![ExtendedKeyUsagePurpose::ServerAuth], &key)?;
+        Ok(NodeCert { cert_pem, key_pem: key.serialize_pem() })
+    }
+
+    fn sign(
+        &self,
+        cn: &str,
+        names: &[String],
+        eku: Vec<ExtendedKeyUsagePurpose>,
+        public_key: &impl PublicKeyData,
+    ) -> Result<String, PkiError> {
         let ca_key = KeyPair::from_pem(&self.key_pem).map_err(err)?;
         let issuer = Issuer::new(ca_params(), ca_key);
-        let key = KeyPair::generate().map_err(err)?;
         let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = eku;
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2124, 1, 1);
-        let cert = p.signed_by(&key, &issuer).map_err(err)?;
-        Ok(NodeCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(p.signed_by(public_key, &issuer).map_err(err)?.pem())
     }
+}
+
+/// The DNS name in a member's certificate that carries its Raft node id.
+pub fn member_san(node_id: u64) -> String {
+    format!("id-{node_id}.{CLUSTER_SERVER_NAME}")
+}
+
+/// A P-256 public key (uncompressed point) to sign a certificate over.
+struct P256Public(Vec<u8>);
+
+impl PublicKeyData for P256Public {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// A new key for this node's transport certificate: (private key PEM, public key raw).
+pub fn new_member_key() -> Result<(String, Vec<u8>), PkiError> {
+    let key = KeyPair::generate().map_err(err)?;
+    Ok((key.serialize_pem(), key.public_key_raw().to_vec()))
 }
 
 #[cfg(test)]
@@ -111,7 +162,7 @@ mod tests {
         let ca = ClusterCa::create().unwrap();
         let other = ClusterCa::create().unwrap();
         assert_ne!(ca.fingerprint().unwrap(), other.fingerprint().unwrap());
-        let node = ca.issue("n1").unwrap();
+        let node = ca.issue(1, "n1").unwrap();
         let verify = |ca: &ClusterCa| {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(cert_der(&ca.cert_pem).unwrap()).unwrap();
@@ -120,5 +171,11 @@ mod tests {
         };
         assert!(verify(&ca).is_ok());
         assert!(verify(&other).is_err(), "a certificate from another CA must be refused");
+        // A certificate over a key the member made itself works with that key.
+        let (key_pem, public) = new_member_key().unwrap();
+        let cert_pem = ca.issue_member(2, "n2", &public).unwrap();
+        let id = crate::transport::NodeIdentity::from_pem(&ca.cert_pem, &cert_pem, &key_pem).unwrap();
+        assert!(id.client_config().is_ok());
+        assert!(ca.issue_member(2, "n2", &public[1..]).is_err());
     }
 }

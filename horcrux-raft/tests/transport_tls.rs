@@ -1,11 +1,17 @@
-//! The cluster transport refuses peers whose certificate does not come from the cluster
-//! CA, and peers without a certificate, on the Raft protocol; a member's certificate works.
+//! The cluster transport authenticates members, not just the CA: only a current member's
+//! recorded certificate is accepted on the Raft protocol, and a message naming its sender
+//! must name the certificate's node. A removed node's certificate, a certificate the CA
+//! signed for no member, an HTTPS certificate, a foreign CA's and none at all are refused;
+//! a wrong join secret writes nothing to the log and is rate-limited per source.
 
 use std::time::Duration;
 
-use horcrux_raft::pki::ClusterCa;
-use horcrux_raft::transport::{NodeIdentity, QuicNetwork, RpcRequest, RpcResponse};
-use horcrux_raft::{ClusterHandle, ClusterOptions, OpenOptions};
+use horcrux_core::Command;
+use horcrux_raft::pki::{cert_der, fingerprint_der, ClusterCa};
+use horcrux_raft::transport::{
+    JoinRequest, JoinResponse, NodeIdentity, QuicNetwork, RpcRequest, RpcResponse,
+};
+use horcrux_raft::{ClusterHandle, ClusterOptions, HorcruxNode, OpenOptions};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -16,55 +22,153 @@ fn client(identity: &NodeIdentity) -> QuicNetwork {
     QuicNetwork::new(endpoint, identity.client_config().unwrap())
 }
 
-fn identity_from(ca: &ClusterCa, name: &str) -> NodeIdentity {
-    let cert = ca.issue(name).unwrap();
-    NodeIdentity::from_pem(&ca.cert_pem, &cert.cert_pem, &cert.key_pem).unwrap()
+fn identity(ca_pem: &str, cert_pem: &str, key_pem: &str) -> NodeIdentity {
+    NodeIdentity::from_pem(ca_pem, cert_pem, key_pem).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_ca_and_anonymous_peers_are_refused() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let tmp = tempfile::tempdir().unwrap();
-    let port = free_udp_port();
-    let addr = format!("127.0.0.1:{port}");
-    let handle = ClusterHandle::open(OpenOptions {
-        dir: tmp.path().join("raft"),
+async fn open(dir: &std::path::Path, addr: &str) -> ClusterHandle {
+    ClusterHandle::open(OpenOptions {
+        dir: dir.join("raft"),
         node_name: "n1".into(),
         api_addr: "127.0.0.1:1".into(),
         cluster: Some(ClusterOptions { listen: addr.parse().unwrap(), join: None }),
         snapshot_logs: None,
     })
     .await
-    .unwrap();
-    let ping = RpcRequest::Ping { from: 99 };
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_current_members_certificates_are_accepted() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let handle = open(tmp.path(), &addr).await;
     let t = Duration::from_secs(3);
-
-    // A member's certificate (signed by the cluster CA) is accepted.
-    let member = identity_from(&handle.cluster_ca().unwrap(), "n2");
-    let r = client(&member).call(None, &addr, &ping, t).await.unwrap();
-    assert!(matches!(r, RpcResponse::Pong));
-
-    // A certificate from another CA: the handshake fails (the server does not know the
-    // CA, and the client does not trust the server's).
-    let foreign = identity_from(&ClusterCa::create().unwrap(), "n2");
-    let e = client(&foreign).call(None, &addr, &ping, t).await.unwrap_err();
-    assert!(!e.to_string().is_empty());
-
-    // Even a client that trusts the cluster CA but presents a foreign certificate is refused.
     let ca = handle.cluster_ca().unwrap();
-    let rogue_ca = ClusterCa::create().unwrap();
-    let rogue = rogue_ca.issue("n2").unwrap();
-    let half = NodeIdentity::from_pem(&ca.cert_pem, &rogue.cert_pem, &rogue.key_pem).unwrap();
-    assert!(client(&half).call(None, &addr, &ping, t).await.is_err(), "foreign client certificate accepted");
+    // The first node recorded its own certificate.
+    let recorded = handle.read_local(|s| s.member_certs.clone());
+    assert_eq!(recorded.keys().copied().collect::<Vec<_>>(), vec![1], "{recorded:?}");
 
+    // A certificate the CA signed for node 2, recorded as member 2's: accepted, as node 2.
+    let n2 = ca.issue(2, "n2").unwrap();
+    let fp = fingerprint_der(&cert_der(&n2.cert_pem).unwrap());
+    handle
+        .propose(Command::RegisterNode { name: "n2".into(), api_addr: "127.0.0.1:2".into() })
+        .await
+        .unwrap();
+    handle.propose(Command::SetMemberCert { node_id: 2, name: "n2".into(), fingerprint: fp }).await.unwrap();
+    let member = client(&identity(&ca.cert_pem, &n2.cert_pem, &n2.key_pem));
+    let r = member.call(None, &addr, &RpcRequest::Ping { from: 2 }, t).await.unwrap();
+    assert!(matches!(r, RpcResponse::Pong));
+    // Node 2's certificate speaking for node 1: refused.
+    let e = member.call(None, &addr, &RpcRequest::Ping { from: 1 }, t).await;
+    assert!(e.is_err(), "a ping in another node's name was answered: {e:?}");
+
+    // Signed by the right CA, but for no member: refused.
+    let stray = ca.issue(3, "n3").unwrap();
+    let e = client(&identity(&ca.cert_pem, &stray.cert_pem, &stray.key_pem))
+        .call(None, &addr, &RpcRequest::Ping { from: 3 }, t)
+        .await;
+    assert!(e.is_err(), "a non-member certificate was accepted: {e:?}");
+    // A node's HTTPS certificate (same CA, server-only) cannot be used on the transport.
+    let https = ca.issue_for("n1", &["n1".into(), "127.0.0.1".into()]).unwrap();
+    let e = client(&identity(&ca.cert_pem, &https.cert_pem, &https.key_pem))
+        .call(None, &addr, &RpcRequest::Ping { from: 1 }, t)
+        .await;
+    assert!(e.is_err(), "an HTTPS certificate was accepted: {e:?}");
+    // Another CA's certificate, with or without trusting ours.
+    let foreign = ClusterCa::create().unwrap();
+    let f = foreign.issue(2, "n2").unwrap();
+    assert!(client(&identity(&foreign.cert_pem, &f.cert_pem, &f.key_pem))
+        .call(None, &addr, &RpcRequest::Ping { from: 2 }, t)
+        .await
+        .is_err());
+    assert!(client(&identity(&ca.cert_pem, &f.cert_pem, &f.key_pem))
+        .call(None, &addr, &RpcRequest::Ping { from: 2 }, t)
+        .await
+        .is_err());
     // No client certificate at all on the Raft protocol: the server closes the connection.
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(horcrux_raft::pki::cert_der(&ca.cert_pem).unwrap()).unwrap();
+    roots.add(cert_der(&ca.cert_pem).unwrap()).unwrap();
     let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     cfg.alpn_protocols = vec![horcrux_raft::transport::ALPN_RAFT.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let anon = QuicNetwork::new(endpoint, quinn::ClientConfig::new(std::sync::Arc::new(quic)));
-    assert!(anon.call(None, &addr, &ping, t).await.is_err(), "anonymous Raft peer accepted");
+    assert!(
+        anon.call(None, &addr, &RpcRequest::Ping { from: 2 }, t).await.is_err(),
+        "anonymous peer accepted"
+    );
+
+    // Node 2 is removed: its certificate stops working at once, on its open connection
+    // too, and it cannot write anything.
+    handle.propose(Command::RemoveNode { name: "n2".into() }).await.unwrap();
+    let e = member.call(None, &addr, &RpcRequest::Ping { from: 2 }, t).await;
+    assert!(e.is_err(), "a removed node was answered: {e:?}");
+    let before = handle.raft().metrics().borrow().last_log_index;
+    let write = horcrux_core::Request {
+        ts_ms: 0,
+        cmd: Command::SetClusterOption { key: "evil".into(), value: "1".into() },
+        actor: None,
+    };
+    let fresh = client(&identity(&ca.cert_pem, &n2.cert_pem, &n2.key_pem));
+    assert!(fresh.call(None, &addr, &RpcRequest::Propose(write), t).await.is_err());
+    assert_eq!(handle.raft().metrics().borrow().last_log_index, before, "the removed node wrote");
+    assert!(handle.read_local(|s| !s.options.contains_key("evil")));
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_join_secrets_write_nothing_and_are_rate_limited() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let handle = open(tmp.path(), &addr).await;
+    let token = handle.create_join_token(Duration::from_secs(600)).await.unwrap();
+    let token_id = handle.read_local(|s| s.join_tokens.keys().next().cloned()).unwrap();
+    let (_, public) = horcrux_raft::pki::new_member_key().unwrap();
+    let public_key_hex: String = public.iter().map(|b| format!("{b:02x}")).collect();
+    let request = |secret: &str| JoinRequest {
+        token_id: token_id.clone(),
+        secret: secret.into(),
+        node: HorcruxNode { name: "mallory".into(), raft_addr: "127.0.0.1:9".into(), api_addr: "x".into() },
+        public_key_hex: public_key_hex.clone(),
+    };
+    let before = handle.raft().metrics().borrow().last_log_index;
+    let attacker: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+    let mut throttled = 0;
+    for i in 0..1000 {
+        match handle.admit(request(&format!("guess-{i}")), attacker).await {
+            JoinResponse::Refused { reason } if reason.contains("too many") => throttled += 1,
+            JoinResponse::Refused { .. } => {}
+            _ => panic!("a wrong secret was accepted"),
+        }
+    }
+    assert_eq!(
+        throttled,
+        1000 - horcrux_raft::MAX_JOIN_FAILURES,
+        "the source is throttled after 10 failures"
+    );
+    assert_eq!(handle.raft().metrics().borrow().last_log_index, before, "wrong secrets grew the Raft log");
+    // Another source is still heard (and still refused for a wrong secret) ...
+    let other: std::net::IpAddr = "127.0.0.10".parse().unwrap();
+    match handle.admit(request("wrong"), other).await {
+        JoinResponse::Refused { reason } => assert!(reason.contains("wrong secret"), "{reason}"),
+        _ => panic!("accepted"),
+    }
+    // ... and the token itself still works from a source that did not guess.
+    let secret = horcrux_raft::JoinTokenData::decode(&token).unwrap().secret;
+    let honest: std::net::IpAddr = "127.0.0.11".parse().unwrap();
+    match handle.admit(request(&secret), honest).await {
+        JoinResponse::Accepted { node_id, cert_pem, members, .. } => {
+            assert_eq!(node_id, 2);
+            let fp = fingerprint_der(&cert_der(&cert_pem).unwrap());
+            assert_eq!(handle.read_local(|s| s.member_by_fingerprint(&fp)), Some(2));
+            assert!(members.contains_key(&1) && members.contains_key(&2), "{members:?}");
+        }
+        JoinResponse::Refused { reason } => panic!("refused: {reason}"),
+        JoinResponse::Redirect { .. } => panic!("redirected"),
+    }
     handle.shutdown().await;
 }

@@ -187,8 +187,11 @@ const JOIN_ATTEMPT: Duration = Duration::from_secs(5);
 pub struct Admitted {
     pub node_id: NodeId,
     pub cert_pem: String,
+    /// Made here; never sent.
     pub key_pem: String,
     pub ca_pem: String,
+    /// The members' certificate fingerprints at the time of joining.
+    pub members: std::collections::BTreeMap<NodeId, String>,
 }
 
 /// Asks the members listed in a token to admit `node`, following redirects to the leader.
@@ -203,10 +206,12 @@ pub async fn join_cluster(
     let bind: std::net::SocketAddr = "0.0.0.0:0".parse().map_err(terr)?;
     let endpoint = quinn::Endpoint::client(bind).map_err(terr)?;
     let config = join_client_config(ca_fingerprint).map_err(terr)?;
+    let (key_pem, public_key) = crate::pki::new_member_key().map_err(terr)?;
     let req = serde_json::to_vec(&JoinRequest {
         token_id: token_id.into(),
         secret: secret.into(),
         node: node.clone(),
+        public_key_hex: public_key.iter().map(|b| format!("{b:02x}")).collect(),
     })
     .map_err(terr)?;
     let mut queue: Vec<String> = addrs.to_vec();
@@ -232,8 +237,8 @@ pub async fn join_cluster(
             serde_json::from_slice::<JoinResponse>(&reply).map_err(terr)
         };
         match tokio::time::timeout(JOIN_ATTEMPT, attempt).await {
-            Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, key_pem, ca_pem })) => {
-                return Ok(Admitted { node_id, cert_pem, key_pem, ca_pem })
+            Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, ca_pem, members })) => {
+                return Ok(Admitted { node_id, cert_pem, key_pem, ca_pem, members })
             }
             Ok(Ok(JoinResponse::Redirect { leader_addr })) => queue.push(leader_addr),
             Ok(Ok(JoinResponse::Refused { reason })) => {

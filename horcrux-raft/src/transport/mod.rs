@@ -100,6 +100,9 @@ pub struct JoinRequest {
     pub token_id: String,
     pub secret: String,
     pub node: HorcruxNode,
+    /// The P-256 public key (uncompressed point, hex) the joining node made for its
+    /// certificate; its private key stays on the node.
+    pub public_key_hex: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -107,8 +110,10 @@ pub enum JoinResponse {
     Accepted {
         node_id: NodeId,
         cert_pem: String,
-        key_pem: String,
         ca_pem: String,
+        /// The members' certificate fingerprints, trusted until this node's own copy of
+        /// the state has them.
+        members: std::collections::BTreeMap<NodeId, String>,
     },
     /// Ask the leader instead (its Raft address).
     Redirect {

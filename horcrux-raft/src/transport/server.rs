@@ -1,5 +1,7 @@
-//! The receiving side: accepts QUIC connections, requires a CA-signed client certificate
-//! on the Raft ALPN, and dispatches each stream's request.
+//! The receiving side: accepts QUIC connections, requires on the Raft ALPN a client
+//! certificate that is a *current member's* recorded one (not merely CA-signed: a removed
+//! node's, an HTTPS certificate or any other the CA signed is refused), checks it again on
+//! every RPC, and dispatches each stream's request.
 
 use std::any::Any;
 
@@ -29,32 +31,56 @@ pub async fn serve(endpoint: quinn::Endpoint, handle: ClusterHandle) {
                 }
             };
             let protocol = alpn(&conn);
-            let authenticated = conn.peer_identity().is_some();
-            if protocol.as_deref() == Some(ALPN_RAFT) && authenticated {
-                while let Ok((send, recv)) = conn.accept_bi().await {
-                    let handle = handle.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = rpc_stream(&handle, send, recv).await {
-                            tracing::debug!("RPC stream: {e}");
-                        }
-                    });
-                }
-            } else if protocol.as_deref() == Some(ALPN_JOIN) {
+            let remote = conn.remote_address();
+            if protocol.as_deref() == Some(ALPN_JOIN) {
                 if let Ok((send, recv)) = conn.accept_bi().await {
-                    if let Err(e) = join_stream(&handle, send, recv).await {
+                    if let Err(e) = join_stream(&handle, send, recv, remote.ip()).await {
                         tracing::debug!("join stream: {e}");
                     }
                 }
-            } else {
-                tracing::warn!(remote = %conn.remote_address(), "refused a connection without a cluster certificate");
-                conn.close(quinn::VarInt::from_u32(1), b"cluster certificate required");
+                return;
+            }
+            let fingerprint = peer_fingerprint(&conn);
+            let member = fingerprint.as_deref().and_then(|f| handle.member_by_fingerprint(f));
+            let (Some(ALPN_RAFT), Some(fingerprint), Some(peer)) =
+                (protocol.as_deref(), fingerprint.clone(), member)
+            else {
+                let why = match (protocol.as_deref(), &fingerprint) {
+                    (Some(ALPN_RAFT), None) => "no client certificate",
+                    (Some(ALPN_RAFT), Some(_)) => "the certificate is not a current member's",
+                    _ => "unknown protocol",
+                };
+                tracing::warn!(%remote, fingerprint = ?fingerprint.as_deref().map(|f| &f[..16]), "refused a cluster connection: {why}");
+                conn.close(quinn::VarInt::from_u32(1), why.as_bytes());
+                return;
+            };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                // Membership is checked per RPC too: a node removed while connected is cut off.
+                if handle.member_by_fingerprint(&fingerprint) != Some(peer) {
+                    tracing::warn!(%remote, peer, "refused an RPC: the peer is no longer a member");
+                    conn.close(quinn::VarInt::from_u32(2), b"no longer a member");
+                    return;
+                }
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = rpc_stream(&handle, peer, send, recv).await {
+                        tracing::debug!("RPC stream: {e}");
+                    }
+                });
             }
         });
     }
 }
 
+/// SHA-256 of the peer's certificate, if it presented one.
+fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    certs.first().map(|c| crate::pki::fingerprint_der(c))
+}
+
 async fn rpc_stream(
     handle: &ClusterHandle,
+    peer: crate::types::NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -71,9 +97,17 @@ async fn rpc_stream(
             RpcResponse::RemoveMember(handle.remove_member_here(&name).await)
         }
         RpcRequest::Api(call) => RpcResponse::Api(handle.serve_api(call).await),
-        RpcRequest::Ping { from } => {
+        RpcRequest::Ping { from } if from == peer => {
             handle.heard_from(from);
             RpcResponse::Pong
+        }
+        RpcRequest::Ping { from } => {
+            tracing::warn!(
+                peer,
+                claimed = from,
+                "refused a ping: it names another node than its certificate"
+            );
+            return Err(format!("node {peer} sent a ping as node {from}").into());
         }
     };
     send.write_all(&serde_json::to_vec(&resp)?).await?;
@@ -85,10 +119,11 @@ async fn join_stream(
     handle: &ClusterHandle,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    source: std::net::IpAddr,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let bytes = recv.read_to_end(64 * 1024).await?;
     let resp = match serde_json::from_slice::<JoinRequest>(&bytes) {
-        Ok(req) => handle.admit(req).await,
+        Ok(req) => handle.admit(req, source).await,
         Err(e) => JoinResponse::Refused { reason: format!("malformed join request: {e}") },
     };
     send.write_all(&serde_json::to_vec(&resp)?).await?;
