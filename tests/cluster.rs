@@ -379,6 +379,23 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     assert!(log.as_array().unwrap().iter().any(created_on_f2), "f2 logged the create it served: {log}");
     let (_, own) = a1.get("/access/audit?limit=1000");
     assert_ne!(own, log, "f1's own log is another one");
+    // A write forwarded to its owner is audited there too, marked as forwarded.
+    let forwarded = |e: &Value| e["action"] == "POST /api/v1/vms" && e["detail"] == "forwarded";
+    let (_, f3_log) = a1.get("/access/audit?node=f3&limit=1000");
+    assert!(f3_log.as_array().unwrap().iter().any(forwarded), "f3 audited the create it executed: {f3_log}");
+
+    // Failed logins count on every member: guessing at f1 is throttled at f2 as well.
+    assert_eq!(a1.post("/access/users", &json!({"userid": "gus@pve"})).0, 200);
+    let pw = json!({"userid": "gus@pve", "password": "the real password"});
+    assert_eq!(a1.request("PUT", "/access/password", Some(a1.token()), &pw).0, 200);
+    let login = |api: &Api, pw: &str| {
+        api.raw("POST", "/access/ticket", &[], &json!({"username": "gus@pve", "password": pw})).0
+    };
+    for _ in 0..5 {
+        assert_eq!(login(&a1, "guess"), 401);
+    }
+    eventually("f2 counts f1's failures", Duration::from_secs(5), || login(&a2, "the real password") == 429);
+    assert_eq!(login(&a3, "guess"), 429);
 }
 
 #[test]

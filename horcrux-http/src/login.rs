@@ -6,7 +6,11 @@
 //! valid), over the user's credentials revision, so a password, second-factor, enable or
 //! expiry change ends the user's tickets. A ticket carries the time of the login it
 //! descends from: renewals never extend a login past `ticket-max-age` (default 24 h).
-//! Failed logins are throttled per user and per source address.
+//! Failed logins are throttled per (user, source address) and per source address, on every
+//! node: each failure is counted here and sent to the other members. So a guesser is
+//! slowed everywhere, but cannot lock a user out from other clients; root@pam is never
+//! locked out even from the guessing address: its attempts there are delayed, more with
+//! each failure, instead of refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -170,15 +174,32 @@ pub async fn rotate_ticket_key_if_due(
     }
 }
 
-/// Failed logins per user and per source address within a sliding window.
+/// Failed logins per (user, source address) and per source address within a sliding
+/// window, counted on every node.
 #[derive(Clone)]
 pub struct Throttle {
     window: Duration,
     failures: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
 }
 
-const MAX_PER_USER: usize = 5;
+const MAX_PER_USER_ADDR: usize = 5;
 const MAX_PER_ADDR: usize = 20;
+/// The longest delay a throttled root@pam login waits.
+const ROOT_DELAY_MAX: Duration = Duration::from_secs(30);
+
+/// The throttle keys of a login of `user` from `ip`.
+fn throttle_keys(user: &str, ip: &str) -> (String, String) {
+    (format!("user:{user}|{ip}"), format!("addr:{ip}"))
+}
+
+/// How long a root@pam login from an address with `failures` recent failures waits:
+/// nothing below the limit, then 1 s doubling per failure, at most `ROOT_DELAY_MAX`.
+fn root_delay(failures: usize) -> Duration {
+    match failures.checked_sub(MAX_PER_USER_ADDR) {
+        None => Duration::ZERO,
+        Some(n) => Duration::from_secs(1u64 << n.min(16)).min(ROOT_DELAY_MAX),
+    }
+}
 
 impl Throttle {
     pub fn new() -> Self {
@@ -195,6 +216,21 @@ impl Throttle {
         }
         (q.len() >= max)
             .then(|| self.window.saturating_sub(q.front().map(|t| t.elapsed()).unwrap_or_default()))
+    }
+
+    /// Recent failures of `key`.
+    fn count(&self, key: &str) -> usize {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.get(key).map(|q| q.iter().filter(|t| t.elapsed() < self.window).count()).unwrap_or(0)
+    }
+
+    /// Failures another member saw (only well-formed keys count).
+    pub fn note_remote(&self, keys: Vec<String>) {
+        for k in keys {
+            if k.len() <= 400 && (k.starts_with("user:") || k.starts_with("addr:")) {
+                self.fail(k);
+            }
+        }
     }
 
     fn fail(&self, key: String) {
@@ -257,17 +293,25 @@ pub async fn ticket(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let l: Login = parse_body(&body)?;
-    let user_key = format!("user:{}", l.username);
-    let addr_key = format!("addr:{}", peer.map(|p| p.0 .0.ip().to_string()).unwrap_or_default());
+    let ip = peer.map(|p| p.0 .0.ip().to_string()).unwrap_or_default();
+    let (user_key, addr_key) = throttle_keys(&l.username, &ip);
     let throttle = &st.throttle;
-    if let Some(wait) =
-        throttle.blocked(&user_key, MAX_PER_USER).or_else(|| throttle.blocked(&addr_key, MAX_PER_ADDR))
-    {
+    let too_many = |wait: Duration| {
         st.audit.record(&l.username, "login", 429, &addr_key);
-        return Err(ApiError::new(
+        Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many failed logins; try again in {} s", wait.as_secs().max(1)),
-        ));
+        ))
+    };
+    if let Some(wait) = throttle.blocked(&addr_key, MAX_PER_ADDR) {
+        return too_many(wait);
+    }
+    if let Some(wait) = throttle.blocked(&user_key, MAX_PER_USER_ADDR) {
+        if l.username != "root@pam" {
+            return too_many(wait);
+        }
+        // root@pam is slowed, never locked out.
+        tokio::time::sleep(root_delay(throttle.count(&user_key))).await;
     }
     let now = now_s();
     let cluster = st.runtime.cluster();
@@ -347,8 +391,9 @@ pub async fn ticket(
         }
     };
     if !ok {
-        throttle.fail(user_key);
+        throttle.fail(user_key.clone());
         throttle.fail(addr_key.clone());
+        st.runtime.cluster().broadcast_login_failures(vec![user_key, addr_key.clone()]);
         tracing::warn!(user = %l.username, "login failed");
         st.audit.record(&l.username, "login", 401, &addr_key);
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "authentication failure"));
@@ -580,6 +625,31 @@ mod tests {
         let forged = t.replacen(&format!(":{login:08X}::"), &format!(":{:08X}::", login + 500), 1);
         assert_ne!(forged, t);
         assert_eq!(verify_ticket(&s, &forged, login + 590), None);
+    }
+
+    #[test]
+    fn throttling_is_per_user_and_address_and_never_locks_root_out() {
+        let t = Throttle { window: Duration::from_secs(60), failures: Arc::default() };
+        let (alice_a, addr_a) = throttle_keys("alice@pve", "10.0.0.1");
+        let (alice_b, addr_b) = throttle_keys("alice@pve", "10.0.0.2");
+        for _ in 0..MAX_PER_USER_ADDR {
+            t.fail(alice_a.clone());
+            t.fail(addr_a.clone());
+        }
+        assert!(t.blocked(&alice_a, MAX_PER_USER_ADDR).is_some(), "the guessing address is throttled");
+        assert!(t.blocked(&alice_b, MAX_PER_USER_ADDR).is_none(), "alice still logs in from elsewhere");
+        assert!(t.blocked(&addr_b, MAX_PER_ADDR).is_none());
+        // Failures reported by another member count as if seen here; junk keys do not.
+        let (bob, _) = throttle_keys("bob@pve", "10.0.0.3");
+        t.note_remote(vec![bob.clone(); MAX_PER_USER_ADDR]);
+        t.note_remote(vec!["whatever".into(); 10]);
+        assert!(t.blocked(&bob, MAX_PER_USER_ADDR).is_some());
+        assert_eq!(t.count("whatever"), 0);
+        // root@pam waits longer with each failure, up to a cap, but is never refused.
+        assert_eq!(root_delay(MAX_PER_USER_ADDR - 1), Duration::ZERO);
+        assert_eq!(root_delay(MAX_PER_USER_ADDR), Duration::from_secs(1));
+        assert_eq!(root_delay(MAX_PER_USER_ADDR + 3), Duration::from_secs(8));
+        assert_eq!(root_delay(MAX_PER_USER_ADDR + 40), ROOT_DELAY_MAX);
     }
 
     #[test]

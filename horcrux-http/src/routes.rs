@@ -106,6 +106,8 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .layer(middleware::map_response(crate::error::json_errors))
         .with_state(st.clone());
     let _ = st.native.set(app.clone());
+    let throttle = st.throttle.clone();
+    st.runtime.cluster().set_login_failure_hook(Arc::new(move |keys| throttle.note_remote(keys)));
     let served = app.clone();
     st.runtime.cluster().set_api_handler(Arc::new(move |call| {
         let app = served.clone();

@@ -124,6 +124,8 @@ pub struct ClusterHandle {
     pub(crate) own_fingerprint: Option<String>,
     /// Members' certificates as the join answer named them (see `StoredIdentity`).
     pinned: Arc<BTreeMap<NodeId, String>>,
+    /// Counts login failures other members report (set by the HTTP layer).
+    login_failures: Arc<std::sync::OnceLock<transport::LoginFailureHook>>,
     /// Failed join attempts per source address (rate limit).
     pub(crate) join_failures: Arc<std::sync::Mutex<BTreeMap<std::net::IpAddr, Vec<u64>>>>,
 }
@@ -296,6 +298,7 @@ impl ClusterHandle {
                 .map(|d| crate::pki::fingerprint_der(&d)),
             pinned: Arc::new(identity.pinned.clone()),
             join_failures: Arc::default(),
+            login_failures: Arc::default(),
         };
         if let Some(endpoint) = endpoint {
             thread.handle().spawn(transport::serve(endpoint, handle.clone()));
@@ -523,6 +526,37 @@ impl ClusterHandle {
     /// Installs what serves API calls forwarded to this node (once, at start).
     pub fn set_api_handler(&self, handler: ApiHandler) {
         let _ = self.api.set(handler);
+    }
+
+    /// Where login failures reported by other members are counted.
+    pub fn set_login_failure_hook(&self, hook: transport::LoginFailureHook) {
+        let _ = self.login_failures.set(hook);
+    }
+
+    pub(crate) fn note_login_failures(&self, keys: Vec<String>) {
+        if let Some(h) = self.login_failures.get() {
+            h(keys.into_iter().take(16).collect());
+        }
+    }
+
+    /// Tells every other member about login failures seen here (best effort, not waited
+    /// for: a member that misses one counts a little less).
+    pub fn broadcast_login_failures(&self, keys: Vec<String>) {
+        let Some(net) = self.net.clone() else { return };
+        let members: Vec<(NodeId, String)> = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            m.membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.node_id)
+                .map(|(id, n)| (*id, n.raft_addr.clone()))
+                .collect()
+        };
+        for (id, addr) in members {
+            let (net, req) = (net.clone(), RpcRequest::LoginFailures { keys: keys.clone() });
+            self.api_runtime.spawn(async move {
+                let _ = net.call(Some(id), &addr, &req, Duration::from_secs(2)).await;
+            });
+        }
     }
 
     /// Serves an API call forwarded from another node, on the API runtime (this is called

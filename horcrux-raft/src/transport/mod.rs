@@ -43,6 +43,10 @@ pub enum RpcRequest {
     },
     /// An API request for a guest or task this node owns, forwarded by another node.
     Api(ApiCall),
+    /// Failed logins another member saw (throttle keys), so that every node counts them.
+    LoginFailures {
+        keys: Vec<String>,
+    },
 }
 
 /// An HTTP request carried to the node that owns the guest (or ran the task).
@@ -64,6 +68,9 @@ pub struct ApiReply {
     pub content_type: Option<String>,
     pub body: String,
 }
+
+/// Counts login failures reported by another member (installed by the HTTP layer).
+pub type LoginFailureHook = std::sync::Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
 /// Serves forwarded API calls on this node (installed by the HTTP layer).
 pub type ApiHandler = std::sync::Arc<

@@ -97,6 +97,10 @@ async fn rpc_stream(
             RpcResponse::RemoveMember(handle.remove_member_here(&name).await)
         }
         RpcRequest::Api(call) => RpcResponse::Api(handle.serve_api(call).await),
+        RpcRequest::LoginFailures { keys } => {
+            handle.note_login_failures(keys);
+            RpcResponse::Pong
+        }
         RpcRequest::Ping { from } if from == peer => {
             handle.heard_from(from);
             RpcResponse::Pong
