@@ -15,6 +15,9 @@ pub struct NewGuest {
     pub name: String,
     pub spec: VmSpec,
     pub pool: Option<String>,
+    /// The API caller creating it (checked by the state machine when `pool` is set: the
+    /// pool's entries must not hand anyone rights on the guest the caller lacks).
+    pub actor: Option<horcrux_core::access::Actor>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,7 +45,7 @@ pub async fn create_with_disks(
     guest: NewGuest,
     log: &(dyn Fn(String) + Sync),
 ) -> Result<ApplyOk, CreateError> {
-    let NewGuest { vmid, name, mut spec, pool } = guest;
+    let NewGuest { vmid, name, mut spec, pool, actor } = guest;
     let mut allocated: Vec<(String, String)> = Vec::new();
     let mut failure = None;
     for (index, d) in spec.disks.iter_mut().enumerate() {
@@ -66,7 +69,7 @@ pub async fn create_with_disks(
         let node = cluster.node_name().to_string();
         let cmd =
             Command::CreateGuest { vmid, name, node: node.clone(), config: GuestConfig::Qemu(spec), pool };
-        match cluster.propose(cmd).await {
+        match cluster.propose_as(actor.clone(), cmd).await {
             Ok(ok) => return Ok(ok),
             // A refusal that cannot come from our own earlier attempt: nothing committed.
             Err(e @ ProposeError::Rejected(ApplyError::Invalid(_) | ApplyError::NotFound { .. })) => {

@@ -13,8 +13,18 @@ pub trait ClusterPort: Send + Sync + 'static {
     fn with_state(&self, f: &mut dyn FnMut(&ClusterState));
     /// Fires with the applied index whenever applied entries changed guests.
     fn subscribe_guest_changes(&self) -> watch::Receiver<u64>;
-    /// Proposes a command and waits until it is committed and applied here.
-    fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>>;
+    /// Proposes a command on behalf of `actor` (an API caller; `None`: this daemon) and
+    /// waits until it is committed and applied here. The state machine checks an
+    /// access-relevant command (a guest created into a pool) against the actor.
+    fn propose_as(
+        &self,
+        actor: Option<horcrux_core::access::Actor>,
+        cmd: Command,
+    ) -> BoxFuture<'static, Result<ApplyOk, ProposeError>>;
+    /// `propose_as` for this daemon's own commands.
+    fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
+        self.propose_as(None, cmd)
+    }
     /// Returns once this node has applied every write committed before the call (a
     /// linearizable read barrier through the leader).
     fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>>;
@@ -45,9 +55,13 @@ impl ClusterPort for ClusterHandle {
         ClusterHandle::subscribe_guest_changes(self)
     }
 
-    fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
+    fn propose_as(
+        &self,
+        actor: Option<horcrux_core::access::Actor>,
+        cmd: Command,
+    ) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
         let h = self.clone();
-        Box::pin(async move { ClusterHandle::propose(&h, cmd).await })
+        Box::pin(async move { ClusterHandle::propose_as(&h, actor, cmd).await })
     }
 
     fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>> {

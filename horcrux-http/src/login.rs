@@ -453,6 +453,8 @@ pub async fn set_password(
     if p.password.chars().count() < 8 || p.password.len() > 256 {
         return Err(ApiError::bad_field("password", "8 to 256 characters"));
     }
+    // Refused before the (deliberately slow) hashing; `apply` checks again.
+    st.runtime.cluster().read_local(|s| s.check_credentials_change(&caller.actor(), &p.userid))?;
     let hash = hash_password(&p.password)?;
     st.propose_by(&caller, Command::SetPassword { userid: p.userid, password_hash: hash }).await?;
     Ok(Json(json!({})))

@@ -350,7 +350,7 @@ async fn create_vm(
     let task = st.runtime.tasks().create("qmcreate", &vmid.to_string(), caller.user());
     let port: &dyn ClusterPort = cluster;
     let logger = |l: String| task.log(l);
-    let guest = NewGuest { vmid, name: req.name.clone(), spec, pool: req.pool };
+    let guest = NewGuest { vmid, name: req.name.clone(), spec, pool: req.pool, actor: Some(caller.actor()) };
     let created = create_with_disks(port, st.runtime.volumes(), &state.storage, guest, &logger).await;
     if let Err(e) = created {
         let err = match e {

@@ -102,6 +102,25 @@ fn save_identity(db: &DB, ident: &StoredIdentity) -> Result<(), ProposeError> {
     db.put_cf_opt(cf(db, CF_META), KEY_NODE, bytes, &synced()).map_err(storage)
 }
 
+/// See `ClusterHandle::member_by_fingerprint`.
+fn lookup_member(
+    sm: &StateMachineStore,
+    pinned: &BTreeMap<NodeId, String>,
+    fingerprint: &str,
+) -> Option<NodeId> {
+    let (found, any) = {
+        let data = sm.read();
+        (data.state.member_by_fingerprint(fingerprint), !data.state.member_certs.is_empty())
+    };
+    if any {
+        return found;
+    }
+    pinned
+        .iter()
+        .find(|(_, f)| horcrux_core::ids::ct_eq(f.as_bytes(), fingerprint.as_bytes()))
+        .map(|(id, _)| *id)
+}
+
 /// Cheap to clone; shared by the API, the actors and the transport server.
 #[derive(Clone)]
 pub struct ClusterHandle {
@@ -300,6 +319,11 @@ impl ClusterHandle {
             join_failures: Arc::default(),
             login_failures: Arc::default(),
         };
+        if let Some(net) = &handle.net {
+            // The dialing side checks the server is a current member too.
+            let (sm, pinned) = (handle.sm.clone(), handle.pinned.clone());
+            net.set_peer_check(Arc::new(move |fp| lookup_member(&sm, &pinned, fp)));
+        }
         if let Some(endpoint) = endpoint {
             thread.handle().spawn(transport::serve(endpoint, handle.clone()));
             thread.handle().spawn(handle.clone().ping_loop());

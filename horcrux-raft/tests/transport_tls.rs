@@ -38,6 +38,14 @@ async fn open(dir: &std::path::Path, addr: &str) -> ClusterHandle {
     .unwrap()
 }
 
+/// Issues member 2's certificate (`n2`) and records it, as a leader does at a join.
+async fn record_n2(handle: &ClusterHandle, ca: &ClusterCa) -> horcrux_raft::pki::NodeCert {
+    let n2 = ca.issue(2, "n2").unwrap();
+    let fingerprint = fingerprint_der(&cert_der(&n2.cert_pem).unwrap());
+    handle.propose(Command::SetMemberCert { node_id: 2, name: "n2".into(), fingerprint }).await.unwrap();
+    n2
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_current_members_certificates_are_accepted() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -51,13 +59,11 @@ async fn only_current_members_certificates_are_accepted() {
     assert_eq!(recorded.keys().copied().collect::<Vec<_>>(), vec![1], "{recorded:?}");
 
     // A certificate the CA signed for node 2, recorded as member 2's: accepted, as node 2.
-    let n2 = ca.issue(2, "n2").unwrap();
-    let fp = fingerprint_der(&cert_der(&n2.cert_pem).unwrap());
     handle
         .propose(Command::RegisterNode { name: "n2".into(), api_addr: "127.0.0.1:2".into() })
         .await
         .unwrap();
-    handle.propose(Command::SetMemberCert { node_id: 2, name: "n2".into(), fingerprint: fp }).await.unwrap();
+    let n2 = record_n2(&handle, &ca).await;
     let member = client(&identity(&ca.cert_pem, &n2.cert_pem, &n2.key_pem));
     let r = member.call(None, &addr, &RpcRequest::Ping { from: 2 }, t).await.unwrap();
     assert!(matches!(r, RpcResponse::Pong));
@@ -170,5 +176,49 @@ async fn wrong_join_secrets_write_nothing_and_are_rate_limited() {
         JoinResponse::Refused { reason } => panic!("refused: {reason}"),
         JoinResponse::Redirect { .. } => panic!("redirected"),
     }
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dialing_side_talks_only_to_current_members() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let handle = open(tmp.path(), &addr).await;
+    let t = Duration::from_secs(3);
+    let ca = handle.cluster_ca().unwrap();
+    // A server whose certificate the CA signed, but for no member.
+    let stray = ca.issue(5, "n5").unwrap();
+    let stray_id = identity(&ca.cert_pem, &stray.cert_pem, &stray.key_pem);
+    let fake_addr = format!("127.0.0.1:{}", free_udp_port());
+    let fake =
+        quinn::Endpoint::server(stray_id.server_config().unwrap(), fake_addr.parse().unwrap()).unwrap();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = answered.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = fake.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                if let Ok(conn) = incoming.await {
+                    if conn.accept_bi().await.is_ok() {
+                        seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    // A client with member 2's certificate that checks servers as every node does.
+    let n2 = record_n2(&handle, &ca).await;
+    let net = client(&identity(&ca.cert_pem, &n2.cert_pem, &n2.key_pem));
+    let h = handle.clone();
+    net.set_peer_check(std::sync::Arc::new(move |fp| h.member_by_fingerprint(fp)));
+    let ping = RpcRequest::Ping { from: 2 };
+    assert!(matches!(net.call(Some(1), &addr, &ping, t).await.unwrap(), RpcResponse::Pong));
+    let e = net.call(Some(5), &fake_addr, &ping, t).await.unwrap_err();
+    assert!(e.to_string().contains("not a current member"), "{e}");
+    assert!(!answered.load(std::sync::atomic::Ordering::SeqCst), "a request reached the impostor");
+    // The real node 1 dialled as if it were node 3: refused too.
+    let e = net.call(Some(3), &addr, &ping, t).await.unwrap_err();
+    assert!(e.to_string().contains("not node 3's"), "{e}");
     handle.shutdown().await;
 }

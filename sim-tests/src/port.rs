@@ -75,10 +75,14 @@ impl ClusterPort for SimPort {
         })
     }
 
-    fn propose(&self, cmd: Command) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
+    fn propose_as(
+        &self,
+        actor: Option<horcrux_core::access::Actor>,
+        cmd: Command,
+    ) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
         let (id, sm, proposers, router) =
             (self.id, self.sm.clone(), self.proposers.clone(), self.router.clone());
-        let req = Request { ts_ms: (self.clock)(), cmd, actor: None };
+        let req = Request { ts_ms: (self.clock)(), cmd, actor };
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
             loop {

@@ -148,6 +148,16 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Whether `actor` may change `target`'s password, tokens or second factor (rule 1):
+    /// what `apply` will check, asked early by handlers that have costly work to do first
+    /// (hashing a password).
+    pub fn check_credentials_change(&self, actor: &Actor, target: &str) -> Result<(), ApplyError> {
+        if actor.is_root() {
+            return Ok(());
+        }
+        self.control_user(actor, target, true)
+    }
+
     /// The checks that depend on the command's target, before it is applied.
     pub(super) fn authorize(&self, actor: &Actor, cmd: &Command) -> Result<(), ApplyError> {
         let owner = |id: &str| id.split('!').next().unwrap_or(id).to_string();

@@ -33,6 +33,9 @@ async fn roundtrip(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, Tr
     recv.read_to_end(MAX_FRAME).await.map_err(terr)
 }
 
+/// Which current member (if any) a certificate fingerprint belongs to.
+pub type PeerCheck = Arc<dyn Fn(&str) -> Option<NodeId> + Send + Sync>;
+
 /// Shared by all peers: the endpoint, one cached connection per address, and when each
 /// node was last heard from.
 #[derive(Clone)]
@@ -41,11 +44,42 @@ pub struct QuicNetwork {
     config: quinn::ClientConfig,
     conns: Arc<Mutex<HashMap<String, quinn::Connection>>>,
     contact: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// Once set, a server must present a current member's certificate (the expected
+    /// member's, when the call names its target), not merely one the CA signed.
+    peer_check: Arc<std::sync::OnceLock<PeerCheck>>,
 }
 
 impl QuicNetwork {
     pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> Self {
-        Self { endpoint, config, conns: Arc::default(), contact: Arc::default() }
+        Self { endpoint, config, conns: Arc::default(), contact: Arc::default(), peer_check: Arc::default() }
+    }
+
+    pub fn set_peer_check(&self, check: PeerCheck) {
+        let _ = self.peer_check.set(check);
+    }
+
+    fn verify_peer(
+        &self,
+        conn: &quinn::Connection,
+        target: Option<NodeId>,
+        addr: &str,
+    ) -> Result<(), TransportError> {
+        let Some(check) = self.peer_check.get() else { return Ok(()) };
+        let fingerprint = conn
+            .peer_identity()
+            .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+            .and_then(|c| c.first().map(|c| crate::pki::fingerprint_der(c)));
+        let member = fingerprint.as_deref().and_then(|f| check(f));
+        match (member, target) {
+            (Some(m), Some(t)) if m != t => {
+                Err(TransportError(format!("{addr} presented member {m}'s certificate, not node {t}'s")))
+            }
+            (Some(_), _) => Ok(()),
+            (None, _) => {
+                tracing::warn!(%addr, "refused to talk to a server whose certificate is not a current member's");
+                Err(TransportError(format!("{addr} presented a certificate that is not a current member's")))
+            }
+        }
     }
 
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, TransportError> {
@@ -80,6 +114,10 @@ impl QuicNetwork {
         let bytes = serde_json::to_vec(req).map_err(terr)?;
         let fut = async {
             let conn = self.connection(addr).await?;
+            if let Err(e) = self.verify_peer(&conn, target, addr) {
+                self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+                return Err(e);
+            }
             match roundtrip(&conn, &bytes).await {
                 Ok(r) => Ok(r),
                 Err(e) => {

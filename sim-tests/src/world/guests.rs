@@ -104,7 +104,7 @@ impl World {
                 &*port,
                 &volumes,
                 &pools,
-                horcrux_actors::NewGuest { vmid, name: format!("g{vmid}"), spec, pool: None },
+                horcrux_actors::NewGuest { vmid, name: format!("g{vmid}"), spec, pool: None, actor: None },
                 &|_| {},
             )
             .await;

@@ -209,6 +209,24 @@ fn pool_members_count_as_paths() {
     assert!(m.contains("/vms/100"), "{m}");
     by(&mut s, &Actor::user("admin@pve"), add).unwrap();
     assert!(s.user_privileges("bob@pve", "/vms/100").contains("VM.Allocate"));
+    // Creating a guest into the pool is the same hand-over.
+    sys(&mut s, user("carol@pve", &[]));
+    let alloc = ["VM.Allocate"].map(String::from).into();
+    sys(&mut s, Command::SetRole { roleid: "Creator".into(), privs: Some(alloc) });
+    sys(&mut s, acl("/vms", Ugid::User("carol@pve".into()), "Creator"));
+    let create = |vmid: u32, pool: Option<&str>| Command::CreateGuest {
+        vmid,
+        name: "g".into(),
+        node: "n1".into(),
+        config: GuestConfig::Qemu(VmSpec { memory_mib: 64, cores: 1, ..Default::default() }),
+        pool: pool.map(String::from),
+    };
+    let carol = Actor::user("carol@pve");
+    let m = forbidden(by(&mut s, &carol, create(101, Some("p"))));
+    assert!(m.contains("bob@pve") && m.contains("/vms/101"), "{m}");
+    by(&mut s, &carol, create(101, None)).unwrap();
+    sys(&mut s, acl("/vms", Ugid::User("carol@pve".into()), "PVEVMAdmin"));
+    by(&mut s, &carol, create(102, Some("p"))).unwrap();
 }
 
 #[test]
