@@ -210,6 +210,9 @@ pub enum Command {
         node_id: u64,
         name: String,
         fingerprint: String,
+        /// A renewal: the member's current certificate stays accepted (until it expires).
+        #[serde(default)]
+        keep_previous: bool,
     },
     /// Set a cluster-wide option (Proxmox's datacenter.cfg keys such as `keyboard`,
     /// `migration`, `console`); an empty value removes it.

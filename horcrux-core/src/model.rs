@@ -381,6 +381,10 @@ pub struct TicketKeys {
 pub struct MemberCert {
     pub name: String,
     pub fingerprint: String,
+    /// The certificate this one renewed: still accepted until it expires (TLS refuses it
+    /// then), so a member that crashed before saving its new certificate is not locked out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// A single-use bootstrap token for joining the cluster.

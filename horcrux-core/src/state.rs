@@ -296,16 +296,20 @@ impl ClusterState {
                 t.node_id = Some(self.next_node_id);
                 self.next_node_id += 1;
             }
-            Command::SetMemberCert { node_id, name, fingerprint } => {
+            Command::SetMemberCert { node_id, name, fingerprint, keep_previous } => {
                 ids::validate_dns_label("name", name)?;
                 check_hex_sha256("fingerprint", fingerprint)?;
-                if self.member_certs.iter().any(|(id, c)| c.fingerprint == *fingerprint && id != node_id) {
+                if self.member_by_fingerprint(fingerprint).is_some_and(|id| id != *node_id) {
                     return Err(ApplyError::Conflict {
                         message: "that certificate is another member's".into(),
                     });
                 }
-                self.member_certs
-                    .insert(*node_id, MemberCert { name: name.clone(), fingerprint: fingerprint.clone() });
+                let previous = match (keep_previous, self.member_certs.get(node_id)) {
+                    (true, Some(c)) if c.name == *name => Some(c.fingerprint.clone()),
+                    _ => None,
+                };
+                let cert = MemberCert { name: name.clone(), fingerprint: fingerprint.clone(), previous };
+                self.member_certs.insert(*node_id, cert);
             }
             Command::SetClusterOption { key, value } => {
                 let key_ok = !key.is_empty()
@@ -449,9 +453,10 @@ impl ClusterState {
 
     /// The member whose transport certificate has this SHA-256 fingerprint.
     pub fn member_by_fingerprint(&self, fingerprint: &str) -> Option<u64> {
+        let is = |f: &str| ids::ct_eq(f.as_bytes(), fingerprint.as_bytes());
         self.member_certs
             .iter()
-            .find(|(_, c)| ids::ct_eq(c.fingerprint.as_bytes(), fingerprint.as_bytes()))
+            .find(|(_, c)| is(&c.fingerprint) || c.previous.as_deref().is_some_and(is))
             .map(|(id, _)| *id)
     }
 

@@ -78,7 +78,7 @@ struct Certs {
     key_pem: String,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct StoredIdentity {
     id: NodeId,
     name: String,
@@ -88,6 +88,10 @@ struct StoredIdentity {
     /// transport trusts until its copy of the state records members' certificates.
     #[serde(default)]
     pinned: BTreeMap<NodeId, String>,
+    /// When the transport certificate expires (Unix seconds; 0: a certificate from before
+    /// lifetimes, not renewed).
+    #[serde(default)]
+    cert_expires_s: u64,
 }
 
 fn load_identity(db: &DB) -> Result<Option<StoredIdentity>, ProposeError> {
@@ -145,6 +149,13 @@ pub struct ClusterHandle {
     pinned: Arc<BTreeMap<NodeId, String>>,
     /// Counts login failures other members report (set by the HTTP layer).
     login_failures: Arc<std::sync::OnceLock<transport::LoginFailureHook>>,
+    /// This node's stored identity and where it is kept (rewritten when the certificate is
+    /// renewed), and the endpoint that presents it.
+    stored: Arc<std::sync::Mutex<StoredIdentity>>,
+    db: Arc<DB>,
+    endpoint: Option<quinn::Endpoint>,
+    /// Set by `shutdown`: the node's background loops end, releasing the store.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Failed join attempts per source address (rate limit).
     pub(crate) join_failures: Arc<std::sync::Mutex<BTreeMap<std::net::IpAddr, Vec<u64>>>>,
 }
@@ -199,6 +210,7 @@ impl ClusterHandle {
                             key_pem: admitted.key_pem,
                         }),
                         pinned: admitted.members,
+                        cert_expires_s: admitted.expires_s,
                     };
                     save_identity(&db, &ident)?;
                     tracing::info!(node_id = ident.id, "joined the cluster");
@@ -211,6 +223,7 @@ impl ClusterHandle {
                         name: opts.node_name.clone(),
                         certs: None,
                         pinned: BTreeMap::new(),
+                        cert_expires_s: 0,
                     };
                     save_identity(&db, &ident)?;
                     ident
@@ -226,6 +239,7 @@ impl ClusterHandle {
             let ca = ClusterCa::create().map_err(storage)?;
             if opts.cluster.is_some() {
                 let cert = ca.issue(identity.id, &identity.name).map_err(storage)?;
+                identity.cert_expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
                 identity.certs = Some(Certs {
                     ca_pem: ca.cert_pem.clone(),
                     cert_pem: cert.cert_pem,
@@ -245,6 +259,7 @@ impl ClusterHandle {
             };
             let ca = ClusterCa { cert_pem: rec.cert_pem, key_pem: rec.key_pem };
             let cert = ca.issue(identity.id, &identity.name).map_err(storage)?;
+            identity.cert_expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
             identity.certs =
                 Some(Certs { ca_pem: ca.cert_pem, cert_pem: cert.cert_pem, key_pem: cert.key_pem });
             save_identity(&db, &identity)?;
@@ -318,6 +333,10 @@ impl ClusterHandle {
             pinned: Arc::new(identity.pinned.clone()),
             join_failures: Arc::default(),
             login_failures: Arc::default(),
+            stored: Arc::new(std::sync::Mutex::new(identity.clone())),
+            db: db.clone(),
+            endpoint: endpoint.clone(),
+            stopping: Arc::default(),
         };
         if let Some(net) = &handle.net {
             // The dialing side checks the server is a current member too.
@@ -327,6 +346,7 @@ impl ClusterHandle {
         if let Some(endpoint) = endpoint {
             thread.handle().spawn(transport::serve(endpoint, handle.clone()));
             thread.handle().spawn(handle.clone().ping_loop());
+            thread.handle().spawn(handle.clone().renew_loop());
         }
 
         let initialized = handle.raft.is_initialized().await.map_err(storage)?;
@@ -361,6 +381,7 @@ impl ClusterHandle {
                     node_id: identity.id,
                     name: identity.name.clone(),
                     fingerprint: fp.clone(),
+                    keep_previous: false,
                 };
                 if let Err(e) = handle.propose(cmd).await {
                     tracing::warn!("could not record this node's transport certificate: {e}");
@@ -552,6 +573,116 @@ impl ClusterHandle {
         let _ = self.api.set(handler);
     }
 
+    /// SHA-256 of the transport certificate this node presents.
+    pub fn certificate_fingerprint(&self) -> Option<String> {
+        let stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let der = crate::pki::cert_der(&stored.certs.as_ref()?.cert_pem).ok()?;
+        Some(crate::pki::fingerprint_der(&der))
+    }
+
+    /// When this node's transport certificate expires (Unix seconds; 0: never renewed).
+    pub fn cert_expires_s(&self) -> u64 {
+        self.stored.lock().unwrap_or_else(|p| p.into_inner()).cert_expires_s
+    }
+
+    /// Renews the certificate when it is within `RENEW_BEFORE_S` of expiring; checks hourly.
+    async fn renew_loop(self) {
+        let mut pause = Duration::from_secs(10);
+        while self.sleep_unless_stopping(pause).await {
+            let expires = self.cert_expires_s();
+            let due = expires != 0 && crate::pki::now_s() + crate::pki::RENEW_BEFORE_S >= expires;
+            pause = match due {
+                false => Duration::from_secs(3600),
+                true => match self.renew_certificate().await {
+                    Ok(()) => Duration::from_secs(3600),
+                    Err(e) => {
+                        tracing::warn!("transport certificate renewal failed (retrying in a minute): {e}");
+                        Duration::from_secs(60)
+                    }
+                },
+            };
+        }
+    }
+
+    /// Sleeps `d`, waking each second to see whether the node is stopping; `false` once it is.
+    async fn sleep_unless_stopping(&self, d: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + d;
+        while !self.is_stopping() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+        }
+        false
+    }
+
+    /// Replaces this node's transport certificate: a new key made here, a certificate the
+    /// leader signs and records (the old one stays accepted until it expires), saved, then
+    /// presented on new connections in both directions.
+    pub async fn renew_certificate(&self) -> Result<(), ProposeError> {
+        let (Some(net), Some(endpoint)) = (&self.net, &self.endpoint) else {
+            return Err(ProposeError::Unavailable("this node has no cluster transport".into()));
+        };
+        let (key_pem, public) = crate::pki::new_member_key().map_err(storage)?;
+        let public_key_hex: String = public.iter().map(|b| format!("{b:02x}")).collect();
+        let renewed = match self.leader_node() {
+            Some((id, _)) if id == self.node_id => self.renew_for_member(id, &public_key_hex).await,
+            Some((id, leader)) => {
+                let req = RpcRequest::RenewCert { public_key_hex };
+                match net.call(Some(id), &leader.raft_addr, &req, OP_TIMEOUT).await {
+                    Ok(RpcResponse::RenewCert(r)) => r,
+                    Ok(_) => Err(ForwardError::Unavailable("unexpected reply from the leader".into())),
+                    Err(e) => Err(ForwardError::Unavailable(e.to_string())),
+                }
+            }
+            None => Err(ForwardError::Unavailable("no leader is elected".into())),
+        }
+        .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ca_pem = stored.certs.as_ref().map(|c| c.ca_pem.clone()).unwrap_or_default();
+        let identity = NodeIdentity::from_pem(&ca_pem, &renewed.cert_pem, &key_pem).map_err(storage)?;
+        stored.certs = Some(Certs { ca_pem, cert_pem: renewed.cert_pem, key_pem });
+        stored.cert_expires_s = renewed.expires_s;
+        save_identity(&self.db, &stored)?;
+        endpoint.set_server_config(Some(identity.server_config().map_err(storage)?));
+        net.set_client_config(identity.client_config().map_err(storage)?);
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+        tracing::info!(expires_s = renewed.expires_s, "renewed this node's transport certificate");
+        Ok(())
+    }
+
+    /// Leader only: signs a new certificate for member `peer` over `public_key_hex` and
+    /// records it, keeping the member's current one accepted until it expires.
+    pub(crate) async fn renew_for_member(
+        &self,
+        peer: NodeId,
+        public_key_hex: &str,
+    ) -> Result<transport::RenewedCert, ForwardError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.node_id) {
+            return Err(ForwardError::NotLeader { leader: m.current_leader });
+        }
+        let public = horcrux_core::ids::hex_decode(public_key_hex)
+            .ok_or_else(|| ForwardError::Refused("the public key is not hex".into()))?;
+        let (name, ca) =
+            self.read_local(|s| (s.member_certs.get(&peer).map(|c| c.name.clone()), s.cluster_ca.clone()));
+        let name = name.ok_or_else(|| ForwardError::Refused(format!("node {peer} is not a member")))?;
+        let ca = ca.ok_or_else(|| ForwardError::Refused("the cluster has no CA".into()))?;
+        let ca = ClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem };
+        let expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
+        let cert_pem = ca
+            .issue_member(peer, &name, &public, expires_s)
+            .map_err(|e| ForwardError::Refused(e.to_string()))?;
+        let fingerprint = crate::pki::cert_der(&cert_pem)
+            .map(|d| crate::pki::fingerprint_der(&d))
+            .map_err(|e| ForwardError::Refused(e.to_string()))?;
+        let record = Command::SetMemberCert { node_id: peer, name, fingerprint, keep_previous: true };
+        self.propose(record).await.map_err(|e| ForwardError::Unavailable(e.to_string()))?;
+        tracing::info!(node_id = peer, "renewed a member's transport certificate");
+        Ok(transport::RenewedCert { cert_pem, expires_s })
+    }
+
     /// Where login failures reported by other members are counted.
     pub fn set_login_failure_hook(&self, hook: transport::LoginFailureHook) {
         let _ = self.login_failures.set(hook);
@@ -622,9 +753,19 @@ impl ClusterHandle {
         }
     }
 
+    /// Stops Raft, the transport and the background loops; once the last clone of the
+    /// handle is dropped the store is closed (and can be opened again in this process).
     pub async fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(e) = &self.endpoint {
+            e.close(quinn::VarInt::from_u32(0), b"shutting down");
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

@@ -40,7 +40,7 @@ impl ClusterHandle {
     pub(crate) async fn ping_loop(self) {
         let Some(net) = self.net.clone() else { return };
         let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        while !self.is_stopping() {
             tick.tick().await;
             let _ = self.cluster_status();
             let members: Vec<(NodeId, HorcruxNode)> = {
@@ -289,7 +289,8 @@ impl ClusterHandle {
             return JoinResponse::Refused { reason: "the cluster has no CA".into() };
         };
         let ca = ClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem };
-        let cert_pem = match ca.issue_member(node_id, &req.node.name, &public_key) {
+        let expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
+        let cert_pem = match ca.issue_member(node_id, &req.node.name, &public_key, expires_s) {
             Ok(c) => c,
             Err(e) => return JoinResponse::Refused { reason: e.to_string() },
         };
@@ -297,7 +298,12 @@ impl ClusterHandle {
             Ok(d) => crate::pki::fingerprint_der(&d),
             Err(e) => return JoinResponse::Refused { reason: e.to_string() },
         };
-        let record = Command::SetMemberCert { node_id, name: req.node.name.clone(), fingerprint };
+        let record = Command::SetMemberCert {
+            node_id,
+            name: req.node.name.clone(),
+            fingerprint,
+            keep_previous: false,
+        };
         if let Err(e) = self.propose(record).await {
             return JoinResponse::Refused { reason: format!("could not record the certificate: {e}") };
         }
@@ -308,7 +314,7 @@ impl ClusterHandle {
         tokio::spawn(promote_when_caught_up(self.raft.clone(), node_id));
         let members =
             self.read_local(|s| s.member_certs.iter().map(|(id, c)| (*id, c.fingerprint.clone())).collect());
-        JoinResponse::Accepted { node_id, cert_pem, ca_pem: ca.cert_pem, members }
+        JoinResponse::Accepted { node_id, cert_pem, ca_pem: ca.cert_pem, members, expires_s }
     }
 
     /// Removes a member (voter or learner) from the cluster, through the leader.

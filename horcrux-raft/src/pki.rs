@@ -15,6 +15,30 @@ use sha2::{Digest, Sha256};
 /// the name of the member it dials) can verify it.
 pub const CLUSTER_SERVER_NAME: &str = "horcrux-cluster";
 
+/// How long a member's transport certificate is valid.
+pub const CERT_LIFETIME_S: u64 = 365 * 86_400;
+/// A member renews its certificate this long before it expires.
+pub const RENEW_BEFORE_S: u64 = 30 * 86_400;
+
+/// Unix seconds now.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The UTC calendar date of Unix time `secs` (Howard Hinnant's civil_from_days).
+fn civil_date(secs: u64) -> (i32, u8, u8) {
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+    (year, month, day)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("PKI: {0}")]
 pub struct PkiError(pub String);
@@ -83,7 +107,8 @@ impl ClusterCa {
     /// made here (the node that creates a cluster, and tests).
     pub fn issue(&self, node_id: u64, node_name: &str) -> Result<NodeCert, PkiError> {
         let key = KeyPair::generate().map_err(err)?;
-        let cert_pem = self.issue_member(node_id, node_name, key.public_key_raw())?;
+        let cert_pem =
+            self.issue_member(node_id, node_name, key.public_key_raw(), now_s() + CERT_LIFETIME_S)?;
         Ok(NodeCert { cert_pem, key_pem: key.serialize_pem() })
     }
 
@@ -91,14 +116,21 @@ impl ClusterCa {
     /// itself (a joining node sends only its public key: its private key never travels).
     /// The certificate names the node (`node_name`), its id (`id-N.horcrux-cluster`) and
     /// the cluster, and is valid for both ends of a connection.
-    pub fn issue_member(&self, node_id: u64, node_name: &str, public_key: &[u8]) -> Result<String, PkiError> {
+    pub fn issue_member(
+        &self,
+        node_id: u64,
+        node_name: &str,
+        public_key: &[u8],
+        valid_until_s: u64,
+    ) -> Result<String, PkiError> {
         if public_key.len() != 65 || public_key[0] != 4 {
             return Err(PkiError("expected an uncompressed P-256 public key (65 bytes)".into()));
         }
         let names = vec![node_name.to_string(), CLUSTER_SERVER_NAME.to_string(), member_san(node_id)];
         let eku = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = self.sign(node_name, &names, eku, &P256Public(public_key.to_vec()))?;
-        Ok(cert)
+        // Valid from yesterday (a member's clock may lag a little) to `valid_until_s`.
+        let validity = (now_s().saturating_sub(86_400), valid_until_s);
+        self.sign(node_name, &names, eku, &P256Public(public_key.to_vec()), Some(validity))
     }
 
     /// Issues a server certificate with common name `cn` for `names` (host names or IP
@@ -106,7 +138,7 @@ impl ClusterCa {
     /// useless on the cluster transport.
     pub fn issue_for(&self, cn: &str, names: &[String]) -> Result<NodeCert, PkiError> {
         let key = KeyPair::generate().map_err(err)?;
-        let cert_pem = self.sign(cn, names, vec![ExtendedKeyUsagePurpose::ServerAuth], &key)?;
+        let cert_pem = self.sign(cn, names, vec![ExtendedKeyUsagePurpose::ServerAuth], &key, None)?;
         Ok(NodeCert { cert_pem, key_pem: key.serialize_pem() })
     }
 
@@ -116,14 +148,21 @@ impl ClusterCa {
         names: &[String],
         eku: Vec<ExtendedKeyUsagePurpose>,
         public_key: &impl PublicKeyData,
+        validity: Option<(u64, u64)>,
     ) -> Result<String, PkiError> {
         let ca_key = KeyPair::from_pem(&self.key_pem).map_err(err)?;
         let issuer = Issuer::new(ca_params(), ca_key);
         let mut p = CertificateParams::new(names.to_vec()).map_err(err)?;
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = eku;
-        p.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        let date = |secs| {
+            let (y, m, d) = civil_date(secs);
+            rcgen::date_time_ymd(y, m, d)
+        };
+        // (HTTPS certificates are not renewed yet, so they keep a long validity.)
+        let (from, until) = validity.unwrap_or((1_704_067_200, 4_859_740_800));
+        p.not_before = date(from);
+        p.not_after = date(until);
         Ok(p.signed_by(public_key, &issuer).map_err(err)?.pem())
     }
 }
@@ -173,9 +212,26 @@ mod tests {
         assert!(verify(&other).is_err(), "a certificate from another CA must be refused");
         // A certificate over a key the member made itself works with that key.
         let (key_pem, public) = new_member_key().unwrap();
-        let cert_pem = ca.issue_member(2, "n2", &public).unwrap();
+        let cert_pem = ca.issue_member(2, "n2", &public, now_s() + CERT_LIFETIME_S).unwrap();
         let id = crate::transport::NodeIdentity::from_pem(&ca.cert_pem, &cert_pem, &key_pem).unwrap();
         assert!(id.client_config().is_ok());
-        assert!(ca.issue_member(2, "n2", &public[1..]).is_err());
+        assert!(ca.issue_member(2, "n2", &public[1..], now_s() + 60).is_err());
+        // An expired member certificate is refused by the TLS layer.
+        let old = ca.issue_member(2, "n2", &public, now_s() - 3 * 86_400).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der(&ca.cert_pem).unwrap()).unwrap();
+        let v = rustls::server::WebPkiClientVerifier::builder(roots.into()).build().unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        assert!(v.verify_client_cert(&cert_der(&old).unwrap(), &[], now).is_err(), "expired accepted");
+        assert!(v.verify_client_cert(&cert_der(&cert_pem).unwrap(), &[], now).is_ok());
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(951_782_400), (2000, 2, 29));
+        assert_eq!(civil_date(1_704_067_200), (2024, 1, 1));
+        assert_eq!(civil_date(4_859_740_800), (2124, 1, 1));
+        assert_eq!(civil_date(1_798_761_599), (2026, 12, 31));
     }
 }

@@ -42,7 +42,8 @@ async fn open(dir: &std::path::Path, addr: &str) -> ClusterHandle {
 async fn record_n2(handle: &ClusterHandle, ca: &ClusterCa) -> horcrux_raft::pki::NodeCert {
     let n2 = ca.issue(2, "n2").unwrap();
     let fingerprint = fingerprint_der(&cert_der(&n2.cert_pem).unwrap());
-    handle.propose(Command::SetMemberCert { node_id: 2, name: "n2".into(), fingerprint }).await.unwrap();
+    let cmd = Command::SetMemberCert { node_id: 2, name: "n2".into(), fingerprint, keep_previous: false };
+    handle.propose(cmd).await.unwrap();
     n2
 }
 
@@ -221,4 +222,99 @@ async fn the_dialing_side_talks_only_to_current_members() {
     let e = net.call(Some(3), &addr, &ping, t).await.unwrap_err();
     assert!(e.to_string().contains("not node 3's"), "{e}");
     handle.shutdown().await;
+}
+
+/// A member renews its certificate (new key, signed and recorded by the leader) and keeps
+/// talking in both directions; the leader renews its own the same way. Certificates carry
+/// a lifetime of a year.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_renew_their_certificates_without_losing_contact() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let (addr1, addr2) = (format!("127.0.0.1:{}", free_udp_port()), format!("127.0.0.1:{}", free_udp_port()));
+    let n1 = open(&tmp.path().join("1"), &addr1).await;
+    let token = n1.create_join_token(Duration::from_secs(600)).await.unwrap();
+    let n2 = ClusterHandle::open(OpenOptions {
+        dir: tmp.path().join("2/raft"),
+        node_name: "n2".into(),
+        api_addr: "127.0.0.1:2".into(),
+        cluster: Some(ClusterOptions { listen: addr2.parse().unwrap(), join: Some(token) }),
+        snapshot_logs: None,
+    })
+    .await
+    .unwrap();
+    let year = horcrux_raft::pki::CERT_LIFETIME_S;
+    let now = horcrux_raft::pki::now_s();
+    for h in [&n1, &n2] {
+        assert!((now + year - 86_400..=now + year + 60).contains(&h.cert_expires_s()), "a year's lifetime");
+    }
+    let wait_option = |h: &ClusterHandle, key: &str| {
+        let (h, key) = (h.clone(), key.to_string());
+        async move {
+            for _ in 0..100 {
+                if h.read_local(|s| s.options.contains_key(&key)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{key} never reached the node");
+        }
+    };
+    let set = |key: &str| Command::SetClusterOption { key: key.into(), value: "1".into() };
+    n2.propose(set("before")).await.unwrap();
+    let before = n1.read_local(|s| s.member_certs[&2].clone());
+
+    n2.renew_certificate().await.unwrap();
+    let after = n1.read_local(|s| s.member_certs[&2].clone());
+    assert_eq!(n2.certificate_fingerprint().as_deref(), Some(after.fingerprint.as_str()));
+    assert_ne!(after.fingerprint, before.fingerprint);
+    assert_eq!(
+        after.previous.as_deref(),
+        Some(before.fingerprint.as_str()),
+        "the old one runs out by itself"
+    );
+    // n2 writes through the leader with its new certificate, and the leader replicates to it.
+    n2.propose(set("after-renewal")).await.unwrap();
+    wait_option(&n2, "after-renewal").await;
+    n1.propose(set("from-leader")).await.unwrap();
+    wait_option(&n2, "from-leader").await;
+    // The leader renews its own.
+    let own = n1.read_local(|s| s.member_certs[&1].fingerprint.clone());
+    n1.renew_certificate().await.unwrap();
+    assert_ne!(n1.read_local(|s| s.member_certs[&1].fingerprint.clone()), own);
+    n2.propose(set("after-leader-renewal")).await.unwrap();
+    wait_option(&n1, "after-leader-renewal").await;
+    // The renewed certificate was saved: a restarted n2 presents it and is accepted.
+    let renewed = n1.read_local(|s| s.member_certs[&2].fingerprint.clone());
+    n2.shutdown().await;
+    drop(n2);
+    let mut reopened = None;
+    for _ in 0..50 {
+        // The store closes once the old node's background tasks have ended.
+        let opened = ClusterHandle::open(OpenOptions {
+            dir: tmp.path().join("2/raft"),
+            node_name: "n2".into(),
+            api_addr: "127.0.0.1:2".into(),
+            cluster: Some(ClusterOptions { listen: addr2.parse().unwrap(), join: None }),
+            snapshot_logs: None,
+        })
+        .await;
+        match opened {
+            Ok(h) => {
+                reopened = Some(h);
+                break;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("lock"), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let n2 = reopened.expect("the store was never released");
+    assert_eq!(n2.certificate_fingerprint().as_deref(), Some(renewed.as_str()), "the renewed one was saved");
+    n2.propose(set("after-restart")).await.unwrap();
+    wait_option(&n1, "after-restart").await;
+    assert_eq!(n1.read_local(|s| s.member_certs[&2].fingerprint.clone()), renewed, "no second renewal");
+    n2.shutdown().await;
+    n1.shutdown().await;
 }

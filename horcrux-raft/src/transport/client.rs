@@ -41,7 +41,12 @@ pub type PeerCheck = Arc<dyn Fn(&str) -> Option<NodeId> + Send + Sync>;
 #[derive(Clone)]
 pub struct QuicNetwork {
     endpoint: quinn::Endpoint,
-    config: quinn::ClientConfig,
+    /// Replaced when this node's certificate is renewed.
+    config: Arc<Mutex<quinn::ClientConfig>>,
+    /// The identity before the last renewal: tried when a peer refuses the new one (a
+    /// member that has not yet applied the entry recording it, which it can only learn
+    /// from a peer it accepts).
+    previous_config: Arc<Mutex<Option<quinn::ClientConfig>>>,
     conns: Arc<Mutex<HashMap<String, quinn::Connection>>>,
     contact: Arc<Mutex<HashMap<NodeId, Instant>>>,
     /// Once set, a server must present a current member's certificate (the expected
@@ -51,7 +56,22 @@ pub struct QuicNetwork {
 
 impl QuicNetwork {
     pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig) -> Self {
-        Self { endpoint, config, conns: Arc::default(), contact: Arc::default(), peer_check: Arc::default() }
+        Self {
+            endpoint,
+            config: Arc::new(Mutex::new(config)),
+            previous_config: Arc::default(),
+            conns: Arc::default(),
+            contact: Arc::default(),
+            peer_check: Arc::default(),
+        }
+    }
+
+    /// Dials with a new identity from now on (a renewed certificate); open connections are
+    /// dropped so the next call presents it.
+    pub fn set_client_config(&self, config: quinn::ClientConfig) {
+        let old = std::mem::replace(&mut *self.config.lock().unwrap_or_else(|p| p.into_inner()), config);
+        *self.previous_config.lock().unwrap_or_else(|p| p.into_inner()) = Some(old);
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     pub fn set_peer_check(&self, check: PeerCheck) {
@@ -82,12 +102,28 @@ impl QuicNetwork {
         }
     }
 
-    async fn connection(&self, addr: &str) -> Result<quinn::Connection, TransportError> {
-        if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+    /// The cached connection to `addr`, or a new one with the current identity (with the
+    /// previous one when `previous`; `None` if there is no previous one).
+    async fn connection(
+        &self,
+        addr: &str,
+        previous: bool,
+    ) -> Result<Option<quinn::Connection>, TransportError> {
+        if !previous {
+            if let Some(c) = self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
+                if c.close_reason().is_none() {
+                    return Ok(Some(c.clone()));
+                }
             }
         }
+        let config = if previous {
+            let Some(c) = self.previous_config.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+                return Ok(None);
+            };
+            c
+        } else {
+            self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
         let sock = tokio::net::lookup_host(addr)
             .await
             .map_err(terr)?
@@ -95,12 +131,38 @@ impl QuicNetwork {
             .ok_or_else(|| TransportError(format!("{addr} does not resolve")))?;
         let conn = self
             .endpoint
-            .connect_with(self.config.clone(), sock, CLUSTER_SERVER_NAME)
+            .connect_with(config, sock, CLUSTER_SERVER_NAME)
             .map_err(terr)?
             .await
             .map_err(terr)?;
         self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), conn.clone());
-        Ok(conn)
+        Ok(Some(conn))
+    }
+
+    /// One request over a connection to `addr` (see `connection`).
+    async fn exchange(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+        bytes: &[u8],
+        previous: bool,
+    ) -> Result<Option<Vec<u8>>, TransportError> {
+        let Some(conn) = self.connection(addr, previous).await? else { return Ok(None) };
+        let drop_it = || {
+            // Stale (peer restarted) or refused: the next call redials.
+            self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+        };
+        if let Err(e) = self.verify_peer(&conn, target, addr) {
+            drop_it();
+            return Err(e);
+        }
+        match roundtrip(&conn, bytes).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                drop_it();
+                Err(e)
+            }
+        }
     }
 
     /// One RPC to the node at `addr`, bounded by `timeout`.
@@ -113,18 +175,16 @@ impl QuicNetwork {
     ) -> Result<RpcResponse, TransportError> {
         let bytes = serde_json::to_vec(req).map_err(terr)?;
         let fut = async {
-            let conn = self.connection(addr).await?;
-            if let Err(e) = self.verify_peer(&conn, target, addr) {
-                self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
-                return Err(e);
-            }
-            match roundtrip(&conn, &bytes).await {
-                Ok(r) => Ok(r),
-                Err(e) => {
-                    // The connection may be stale (peer restarted): drop it so the next call redials.
-                    self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
-                    Err(e)
-                }
+            match self.exchange(target, addr, &bytes, false).await {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => Err(TransportError("no connection".into())),
+                // A peer that does not know this node's renewed certificate yet still knows
+                // the previous one.
+                Err(e) => match self.exchange(target, addr, &bytes, true).await {
+                    Ok(Some(r)) => Ok(r),
+                    Ok(None) => Err(e),
+                    Err(_) => Err(e),
+                },
             }
         };
         let reply = tokio::time::timeout(timeout, fut)
@@ -230,6 +290,7 @@ pub struct Admitted {
     pub ca_pem: String,
     /// The members' certificate fingerprints at the time of joining.
     pub members: std::collections::BTreeMap<NodeId, String>,
+    pub expires_s: u64,
 }
 
 /// Asks the members listed in a token to admit `node`, following redirects to the leader.
@@ -275,8 +336,8 @@ pub async fn join_cluster(
             serde_json::from_slice::<JoinResponse>(&reply).map_err(terr)
         };
         match tokio::time::timeout(JOIN_ATTEMPT, attempt).await {
-            Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, ca_pem, members })) => {
-                return Ok(Admitted { node_id, cert_pem, key_pem, ca_pem, members })
+            Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, ca_pem, members, expires_s })) => {
+                return Ok(Admitted { node_id, cert_pem, key_pem, ca_pem, members, expires_s })
             }
             Ok(Ok(JoinResponse::Redirect { leader_addr })) => queue.push(leader_addr),
             Ok(Ok(JoinResponse::Refused { reason })) => {

@@ -47,6 +47,18 @@ pub enum RpcRequest {
     LoginFailures {
         keys: Vec<String>,
     },
+    /// A member asks the leader for a new certificate over a new public key (the caller is
+    /// the member its current certificate names).
+    RenewCert {
+        public_key_hex: String,
+    },
+}
+
+/// A renewed member certificate, recorded in the state before it is answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewedCert {
+    pub cert_pem: String,
+    pub expires_s: u64,
 }
 
 /// An HTTP request carried to the node that owns the guest (or ran the task).
@@ -87,6 +99,7 @@ pub enum RpcResponse {
     Pong,
     RemoveMember(Result<(), ForwardError>),
     Api(ApiReply),
+    RenewCert(Result<RenewedCert, ForwardError>),
 }
 
 /// Why a forwarded write or read failed on the node that received it.
@@ -121,6 +134,9 @@ pub enum JoinResponse {
         /// The members' certificate fingerprints, trusted until this node's own copy of
         /// the state has them.
         members: std::collections::BTreeMap<NodeId, String>,
+        /// When the certificate expires (Unix seconds); the node renews it before.
+        #[serde(default)]
+        expires_s: u64,
     },
     /// Ask the leader instead (its Raft address).
     Redirect {

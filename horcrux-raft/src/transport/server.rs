@@ -101,6 +101,9 @@ async fn rpc_stream(
             handle.note_login_failures(keys);
             RpcResponse::Pong
         }
+        RpcRequest::RenewCert { public_key_hex } => {
+            RpcResponse::RenewCert(handle.renew_for_member(peer, &public_key_hex).await)
+        }
         RpcRequest::Ping { from } if from == peer => {
             handle.heard_from(from);
             RpcResponse::Pong
