@@ -18,9 +18,11 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's headers (slow-loris); tests shorten it
-/// with `HORCRUX_HEADER_TIMEOUT_S`.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers (slow-loris). hyper also counts
+/// a kept-alive connection's idle time before its next request against it, so this is
+/// also how long an idle connection stays open: long enough that clients reusing pooled
+/// connections rarely race its closing. Tests shorten it with `HORCRUX_HEADER_TIMEOUT_S`.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections one client address may hold open at once.
 pub const MAX_CONNS_PER_ADDR: usize = 64;
 
