@@ -77,7 +77,7 @@ fn bad_input_is_refused_with_the_field_and_leaves_nothing_behind() {
 
 /// The HTTPS listener bounds slow and greedy clients: a request whose headers trickle in
 /// one byte at a time is dropped after the header timeout (while other clients are served),
-/// and one address holds at most 64 connections.
+/// and one address holds at most `MAX_CONNS_PER_ADDR` (256) connections.
 #[test]
 fn slow_and_greedy_clients_are_cut_off() {
     use std::io::Write;
@@ -113,12 +113,13 @@ fn slow_and_greedy_clients_are_cut_off() {
     let after = dropped_after.expect("the trickling client was never dropped");
     assert!(after < Duration::from_secs(8), "dropped only after {after:?}");
 
-    // 64 idle connections from one address fill its share; the 65th is refused at once.
+    // Idle connections from one address fill its share; the next one is refused at once.
+    let cap = horcrux_http::MAX_CONNS_PER_ADDR;
     let idle: Vec<std::net::TcpStream> =
-        (0..64).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        (0..cap).map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
     let refused = Api::new(&format!("https://127.0.0.1:{port}"), tmp.path()).get_public("/version");
-    assert!(refused.is_err(), "a 65th connection was served: {refused:?}");
+    assert!(refused.is_err(), "connection {} was served: {refused:?}", cap + 1);
     drop(idle);
     eventually("connections freed", Duration::from_secs(5), || {
         Api::new(&format!("https://127.0.0.1:{port}"), tmp.path())

@@ -24,5 +24,5 @@ mod vm_power;
 pub use auth::token_sha256;
 pub use authz::{routes as access_rules, Check, RouteAccess};
 pub use routes::{router, ApiState};
-pub use serve::serve;
+pub use serve::{serve, MAX_CONNS_PER_ADDR};
 pub use tls::{load_or_create_tls, TlsFiles};
