@@ -103,7 +103,7 @@ pub fn parse_boot_file<'a>(field: &str, s: &'a str) -> Result<BootFile<'a>, Vali
 /// Lower-case hex SHA-256: how secrets (API tokens, join tokens) are stored and compared.
 pub fn sha256_hex(secret: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex_encode(&sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// Proxmox-style volume id of a guest disk on a directory pool: `local:101/vm-101-disk-0.qcow2`.
@@ -163,6 +163,11 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Bytes as lower-case hex.
+pub fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// Lower- or upper-case hex to bytes; `None` if it is not hex.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
@@ -175,7 +180,7 @@ pub fn random_secret() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 32];
     ring::rand::SystemRandom::new().fill(&mut b).expect("the OS random source works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex_encode(&b)
 }
 
 #[cfg(test)]

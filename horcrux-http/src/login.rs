@@ -72,14 +72,10 @@ fn keys(state: &ClusterState) -> Vec<hmac::Key> {
         .collect()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// `data` signed for `user` (whose credentials revision the signature covers).
 fn sign(key: &hmac::Key, state: &ClusterState, user: &str, data: &str) -> String {
     let rev = state.credentials_revision(user.strip_prefix("!tfa!").unwrap_or(user));
-    hex(hmac::sign(key, format!("{data}\n{rev}").as_bytes()).as_ref())
+    horcrux_core::ids::hex_encode(hmac::sign(key, format!("{data}\n{rev}").as_bytes()).as_ref())
 }
 
 fn signed_by_any(state: &ClusterState, user: &str, data: &str, sig: &str) -> bool {

@@ -143,8 +143,6 @@ pub struct ClusterHandle {
     api_runtime: tokio::runtime::Handle,
     /// Runs openraft, the proposer and the QUIC endpoint; stops with the last clone.
     _raft_thread: Arc<RaftThread>,
-    /// Fingerprint of this node's own transport certificate.
-    pub(crate) own_fingerprint: Option<String>,
     /// Members' certificates as the join answer named them (see `StoredIdentity`).
     pinned: Arc<BTreeMap<NodeId, String>>,
     /// Counts login failures other members report (set by the HTTP layer).
@@ -325,11 +323,6 @@ impl ClusterHandle {
             clock: Arc::new(system_clock_ms),
             all_seen: Arc::default(),
             api: Arc::default(),
-            own_fingerprint: identity
-                .certs
-                .as_ref()
-                .and_then(|c| crate::pki::cert_der(&c.cert_pem).ok())
-                .map(|d| crate::pki::fingerprint_der(&d)),
             pinned: Arc::new(identity.pinned.clone()),
             join_failures: Arc::default(),
             login_failures: Arc::default(),
@@ -373,7 +366,7 @@ impl ClusterHandle {
         }
         // The node that made its own certificate (the cluster's first node) records it; a
         // joined node's was recorded by the leader that signed it.
-        if let Some(fp) = &handle.own_fingerprint {
+        if let Some(fp) = &handle.certificate_fingerprint() {
             let recorded =
                 handle.read_local(|s| s.member_certs.get(&identity.id).map(|c| c.fingerprint.clone()));
             if recorded.as_deref() != Some(fp.as_str()) && !joined {
@@ -576,8 +569,7 @@ impl ClusterHandle {
     /// SHA-256 of the transport certificate this node presents.
     pub fn certificate_fingerprint(&self) -> Option<String> {
         let stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-        let der = crate::pki::cert_der(&stored.certs.as_ref()?.cert_pem).ok()?;
-        Some(crate::pki::fingerprint_der(&der))
+        crate::pki::fingerprint_pem(&stored.certs.as_ref()?.cert_pem).ok()
     }
 
     /// When this node's transport certificate expires (Unix seconds; 0: never renewed).
@@ -625,7 +617,7 @@ impl ClusterHandle {
             return Err(ProposeError::Unavailable("this node has no cluster transport".into()));
         };
         let (key_pem, public) = crate::pki::new_member_key().map_err(storage)?;
-        let public_key_hex: String = public.iter().map(|b| format!("{b:02x}")).collect();
+        let public_key_hex = horcrux_core::ids::hex_encode(&public);
         let renewed = match self.leader_node() {
             Some((id, _)) if id == self.node_id => self.renew_for_member(id, &public_key_hex).await,
             Some((id, leader)) => {
@@ -674,9 +666,8 @@ impl ClusterHandle {
         let cert_pem = ca
             .issue_member(peer, &name, &public, expires_s)
             .map_err(|e| ForwardError::Refused(e.to_string()))?;
-        let fingerprint = crate::pki::cert_der(&cert_pem)
-            .map(|d| crate::pki::fingerprint_der(&d))
-            .map_err(|e| ForwardError::Refused(e.to_string()))?;
+        let fingerprint =
+            crate::pki::fingerprint_pem(&cert_pem).map_err(|e| ForwardError::Refused(e.to_string()))?;
         let record = Command::SetMemberCert { node_id: peer, name, fingerprint, keep_previous: true };
         self.propose(record).await.map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         tracing::info!(node_id = peer, "renewed a member's transport certificate");

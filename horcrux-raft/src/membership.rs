@@ -294,8 +294,8 @@ impl ClusterHandle {
             Ok(c) => c,
             Err(e) => return JoinResponse::Refused { reason: e.to_string() },
         };
-        let fingerprint = match crate::pki::cert_der(&cert_pem) {
-            Ok(d) => crate::pki::fingerprint_der(&d),
+        let fingerprint = match crate::pki::fingerprint_pem(&cert_pem) {
+            Ok(f) => f,
             Err(e) => return JoinResponse::Refused { reason: e.to_string() },
         };
         let record = Command::SetMemberCert {

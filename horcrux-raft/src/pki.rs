@@ -81,7 +81,12 @@ fn ca_params() -> CertificateParams {
 
 /// SHA-256 of a certificate's DER, lower-case hex.
 pub fn fingerprint_der(der: &[u8]) -> String {
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    horcrux_core::ids::hex_encode(&Sha256::digest(der))
+}
+
+/// SHA-256 of a PEM certificate's DER, lower-case hex.
+pub fn fingerprint_pem(pem: &str) -> Result<String, PkiError> {
+    Ok(fingerprint_der(&cert_der(pem)?))
 }
 
 pub fn cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {

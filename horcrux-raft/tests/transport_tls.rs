@@ -135,7 +135,7 @@ async fn wrong_join_secrets_write_nothing_and_are_rate_limited() {
     let token = handle.create_join_token(Duration::from_secs(600)).await.unwrap();
     let token_id = handle.read_local(|s| s.join_tokens.keys().next().cloned()).unwrap();
     let (_, public) = horcrux_raft::pki::new_member_key().unwrap();
-    let public_key_hex: String = public.iter().map(|b| format!("{b:02x}")).collect();
+    let public_key_hex = horcrux_core::ids::hex_encode(&public);
     let request = |secret: &str| JoinRequest {
         token_id: token_id.clone(),
         secret: secret.into(),

@@ -310,7 +310,7 @@ pub async fn join_cluster(
         token_id: token_id.into(),
         secret: secret.into(),
         node: node.clone(),
-        public_key_hex: public_key.iter().map(|b| format!("{b:02x}")).collect(),
+        public_key_hex: horcrux_core::ids::hex_encode(&public_key),
     })
     .map_err(terr)?;
     let mut queue: Vec<String> = addrs.to_vec();
