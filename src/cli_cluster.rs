@@ -20,6 +20,16 @@ pub enum ClusterCmd {
     Leave,
     /// Seed membership and quorum settings from an existing corosync.conf.
     ImportCorosync { path: std::path::PathBuf },
+    /// Roll the cluster CA without downtime: a new CA signs from now on, every member
+    /// renews its certificate from it, then the old CA stops being trusted.
+    RotateCa {
+        /// Return once the roll has started instead of waiting for it to complete.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for every member to renew (seconds, or 90s, 30m, 1h).
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +110,39 @@ pub fn run_cluster(c: &ApiClient, cmd: ClusterCmd) -> anyhow::Result<()> {
                 c["nodes"].as_array().map(|n| n.len()).unwrap_or(0)
             );
             Ok(())
+        }
+        ClusterCmd::RotateCa { no_wait, timeout } => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(parse_ttl(&timeout)?);
+            let r = c.post("/cluster/ca/rotate", &json!({}))?;
+            let new = r["fingerprint"].as_str().context("no fingerprint in the reply")?.to_string();
+            println!("new CA {new}; the previous CA stays trusted until every member renewed");
+            if no_wait {
+                return Ok(());
+            }
+            let mut last = String::new();
+            loop {
+                let s = c.reopen()?.get("/cluster/ca")?;
+                if s["rotating"] != true && s["fingerprint"] == new.as_str() {
+                    println!("done: every member holds a certificate from the new CA; the old CA is no longer trusted");
+                    return Ok(());
+                }
+                let pending: Vec<&str> = s["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m["current_ca"] != true || m["confirmed"] != true)
+                    .filter_map(|m| m["name"].as_str())
+                    .collect();
+                let line = format!("waiting for: {}", pending.join(", "));
+                if std::time::Instant::now() >= deadline {
+                    bail!("the CA roll has not completed yet ({line}); it goes on in the background");
+                }
+                if line != last {
+                    println!("{line}");
+                    last = line;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
         }
         ClusterCmd::Token(TokenCmd::Create { ttl }) => {
             let r = c.post("/cluster/tokens", &json!({ "ttl_s": parse_ttl(&ttl)? }))?;

@@ -13,6 +13,7 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig};
 pub struct ApiClient {
     base: String,
     token: String,
+    token_file: std::path::PathBuf,
     agent: ureq::Agent,
 }
 
@@ -25,9 +26,19 @@ impl ApiClient {
         let cert_path = token_file.parent().map(|d| d.join("ssl/ca.pem"));
         let tls = match cert_path.as_deref().map(std::fs::read) {
             Some(Ok(pem)) => {
-                let cert =
-                    Certificate::from_pem(&pem).map_err(|e| anyhow!("server certificate: {e}"))?.to_owned();
-                TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(vec![cert]))).build()
+                // One CA, or two during a CA roll.
+                let mut cas: Vec<Certificate<'static>> = Vec::new();
+                for item in ureq::tls::parse_pem(&pem) {
+                    if let ureq::tls::PemItem::Certificate(c) =
+                        item.map_err(|e| anyhow!("server certificate: {e}"))?
+                    {
+                        cas.push(c.to_owned());
+                    }
+                }
+                if cas.is_empty() {
+                    bail!("no certificate in {}", cert_path.as_deref().unwrap_or(token_file).display());
+                }
+                TlsConfig::builder().root_certs(RootCerts::Specific(Arc::new(cas))).build()
             }
             _ => {
                 eprintln!("warning: no server certificate next to the token file; not verifying TLS");
@@ -40,7 +51,13 @@ impl ApiClient {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Ok(Self { base: api.trim_end_matches('/').to_string(), token, agent })
+        Ok(Self { base: api.trim_end_matches('/').to_string(), token, token_file: token_file.into(), agent })
+    }
+
+    /// A client that trusts the CAs in `ssl/ca.pem` as they are now (they change during a
+    /// CA roll, and so does the server's certificate).
+    pub fn reopen(&self) -> anyhow::Result<Self> {
+        Self::new(&self.base, &self.token_file)
     }
 
     fn url(&self, path: &str) -> String {

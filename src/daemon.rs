@@ -234,9 +234,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         names.push(args.listen.ip().to_string());
     }
     names.dedup();
-    let ca = cluster.cluster_ca();
-    let tls =
-        horcrux_http::load_or_create_tls(&horcrux_http::TlsFiles::in_dir(&data_dir), names, ca.as_ref())?;
+    let ca = cluster.read_local(|s| s.cluster_ca.clone());
+    let (tls, https_cert) =
+        horcrux_http::load_or_create_tls(horcrux_http::TlsFiles::in_dir(&data_dir), names, ca.as_ref())?;
+    tokio::spawn(horcrux_http::keep_https_cert(cluster.clone(), https_cert));
     tracing::info!(listen = %args.listen, node = cluster.node_name(), "serving HTTPS");
     horcrux_http::serve(listener, horcrux_http::router(runtime), tls, shutdown_signal()).await?;
     tracing::info!("shutting down; guests keep running and are adopted on the next start");

@@ -396,6 +396,48 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     }
     eventually("f2 counts f1's failures", Duration::from_secs(5), || login(&a2, "the real password") == 429);
     assert_eq!(login(&a3, "guess"), 429);
+
+    // `horcrux cluster rotate-ca` rolls the CA and waits until every member renewed.
+    let old_ca = std::fs::read_to_string(admin.join("ssl/ca.pem")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_horcrux"))
+        .args([
+            "cluster",
+            "rotate-ca",
+            "--timeout",
+            "60s",
+            "--api",
+            &format!("https://127.0.0.1:{}", nodes[0].port),
+        ])
+        .arg("--token-file")
+        .arg(admin.join("admin.token"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("done"), "{stdout}");
+    // Every node's HTTPS certificate comes from the new CA, and clients are told to trust
+    // only it: a client that trusts each node's ca.pem reaches the node and, through it, the
+    // others over the cluster transport.
+    eventually("HTTPS certificates from the new CA", Duration::from_secs(30), || {
+        nodes.iter().all(|n| {
+            let ca = std::fs::read_to_string(n.dir.join("ssl/ca.pem")).unwrap();
+            ca != old_ca
+                && ca.matches("BEGIN CERTIFICATE").count() == 1
+                && n.api(&admin).get_public("/version").is_ok()
+        })
+    });
+    let a1 = nodes[0].api(&admin);
+    let (_, ca) = a1.get("/cluster/ca");
+    assert_eq!(ca["rotating"], false, "{ca}");
+    assert_eq!(ca["members"].as_array().unwrap().len(), 3, "{ca}");
+    assert!(ca["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["current_ca"] == true && m["confirmed"] == true));
+    assert_eq!(a1.get("/access/audit?node=f3&limit=1").0, 200, "forwarding works after the roll");
+    assert_eq!(a1.post("/vms?node=f2", &json!({"vmid": 705, "name": "after-roll", "memory_mib": 64})).0, 200);
+    assert_eq!(nodes[2].api(&admin).delete("/vms/705").0, 200);
 }
 
 #[test]

@@ -188,7 +188,20 @@ pub enum Command {
     SetClusterCa {
         cert_pem: String,
         key_pem: String,
+        /// SHA-256 of the certificate's DER (member records name their signer by it).
+        #[serde(default)]
+        fingerprint: String,
     },
+    /// Start a CA roll: `cert_pem` becomes the CA that signs, the current one stays trusted
+    /// until every member holds (and has confirmed) a certificate from the new one.
+    RotateClusterCa {
+        cert_pem: String,
+        key_pem: String,
+        fingerprint: String,
+    },
+    /// End a CA roll: the previous CA (and every certificate it signed) stops being trusted.
+    /// Refused while a member has not confirmed a certificate from the current CA.
+    FinishCaRotation,
     /// Create a join token valid until `expires_ms`.
     CreateJoinToken {
         id: String,
@@ -213,6 +226,9 @@ pub enum Command {
         /// A renewal: the member's current certificate stays accepted (until it expires).
         #[serde(default)]
         keep_previous: bool,
+        /// Fingerprint of the CA that signed it.
+        #[serde(default)]
+        ca: String,
     },
     /// Set a cluster-wide option (Proxmox's datacenter.cfg keys such as `keyboard`,
     /// `migration`, `console`); an empty value removes it.

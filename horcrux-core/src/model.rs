@@ -342,6 +342,20 @@ pub struct Tfa {
 pub struct ClusterCaRecord {
     pub cert_pem: String,
     pub key_pem: String,
+    /// SHA-256 of `cert_pem`'s DER.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// During a CA roll: the CA being replaced, still trusted (certificate only; its key is
+    /// not kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_cert_pem: Option<String>,
+}
+
+impl ClusterCaRecord {
+    /// The CA certificates members trust: the current one, and the previous during a roll.
+    pub fn trusted_pems(&self) -> Vec<&str> {
+        std::iter::once(self.cert_pem.as_str()).chain(self.previous_cert_pem.as_deref()).collect()
+    }
 }
 
 impl std::fmt::Debug for ClusterCaRecord {
@@ -385,6 +399,9 @@ pub struct MemberCert {
     /// then), so a member that crashed before saving its new certificate is not locked out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// Fingerprint of the CA that signed it (empty: recorded before CA rolls existed).
+    #[serde(default)]
+    pub ca: String,
 }
 
 /// A single-use bootstrap token for joining the cluster.

@@ -104,6 +104,13 @@ fn check_hex_sha256(field: &str, s: &str) -> Result<(), ValidationError> {
     }
 }
 
+fn check_ca_pems(cert_pem: &str, key_pem: &str) -> Result<(), ValidationError> {
+    if !cert_pem.contains("BEGIN CERTIFICATE") || !key_pem.contains("PRIVATE KEY") {
+        return Err(ValidationError::new("cluster_ca", "expected a PEM certificate and key"));
+    }
+    Ok(())
+}
+
 impl ClusterState {
     /// Applies one committed entry at log `index`. Deterministic: the result depends only on
     /// the state, the index and the request. An access-control change an API caller
@@ -251,17 +258,66 @@ impl ClusterState {
                     p.vms.remove(vmid);
                 }
             }
-            Command::SetClusterCa { cert_pem, key_pem } => {
+            Command::SetClusterCa { cert_pem, key_pem, fingerprint } => {
                 if self.cluster_ca.is_some() {
                     return Err(ApplyError::Conflict { message: "the cluster CA is already set".into() });
                 }
-                if !cert_pem.contains("BEGIN CERTIFICATE") || !key_pem.contains("PRIVATE KEY") {
-                    return Err(
-                        ValidationError::new("cluster_ca", "expected a PEM certificate and key").into()
-                    );
+                check_ca_pems(cert_pem, key_pem)?;
+                if !fingerprint.is_empty() {
+                    check_hex_sha256("fingerprint", fingerprint)?;
                 }
-                self.cluster_ca =
-                    Some(ClusterCaRecord { cert_pem: cert_pem.clone(), key_pem: key_pem.clone() });
+                self.cluster_ca = Some(ClusterCaRecord {
+                    cert_pem: cert_pem.clone(),
+                    key_pem: key_pem.clone(),
+                    fingerprint: fingerprint.clone(),
+                    previous_cert_pem: None,
+                });
+            }
+            Command::RotateClusterCa { cert_pem, key_pem, fingerprint } => {
+                let Some(current) = &self.cluster_ca else {
+                    return Err(ApplyError::Conflict { message: "the cluster has no CA".into() });
+                };
+                if current.previous_cert_pem.is_some() {
+                    return Err(ApplyError::Conflict {
+                        message: "a CA rotation is already under way; it ends once every member holds a \
+                                  certificate from the new CA"
+                            .into(),
+                    });
+                }
+                check_ca_pems(cert_pem, key_pem)?;
+                check_hex_sha256("fingerprint", fingerprint)?;
+                if *fingerprint == current.fingerprint {
+                    return Err(ValidationError::new("fingerprint", "that is the current CA").into());
+                }
+                self.cluster_ca = Some(ClusterCaRecord {
+                    cert_pem: cert_pem.clone(),
+                    key_pem: key_pem.clone(),
+                    fingerprint: fingerprint.clone(),
+                    previous_cert_pem: Some(current.cert_pem.clone()),
+                });
+            }
+            Command::FinishCaRotation => {
+                let Some(ca) = &mut self.cluster_ca else {
+                    return Err(ApplyError::Conflict { message: "the cluster has no CA".into() });
+                };
+                if ca.previous_cert_pem.is_none() {
+                    return Err(ApplyError::Conflict { message: "no CA rotation is under way".into() });
+                }
+                let pending: Vec<&str> = self
+                    .member_certs
+                    .values()
+                    .filter(|c| c.ca != ca.fingerprint || c.previous.is_some())
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if !pending.is_empty() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "members without a confirmed certificate from the new CA: {}",
+                            pending.join(", ")
+                        ),
+                    });
+                }
+                ca.previous_cert_pem = None;
             }
             Command::CreateJoinToken { id, secret_sha256, expires_ms } => {
                 check_hex_sha256("secret_sha256", secret_sha256)?;
@@ -296,19 +352,29 @@ impl ClusterState {
                 t.node_id = Some(self.next_node_id);
                 self.next_node_id += 1;
             }
-            Command::SetMemberCert { node_id, name, fingerprint, keep_previous } => {
+            Command::SetMemberCert { node_id, name, fingerprint, keep_previous, ca } => {
                 ids::validate_dns_label("name", name)?;
                 check_hex_sha256("fingerprint", fingerprint)?;
+                if !ca.is_empty() {
+                    check_hex_sha256("ca", ca)?;
+                }
                 if self.member_by_fingerprint(fingerprint).is_some_and(|id| id != *node_id) {
                     return Err(ApplyError::Conflict {
                         message: "that certificate is another member's".into(),
                     });
                 }
                 let previous = match (keep_previous, self.member_certs.get(node_id)) {
-                    (true, Some(c)) if c.name == *name => Some(c.fingerprint.clone()),
+                    (true, Some(c)) if c.name == *name && c.fingerprint != *fingerprint => {
+                        Some(c.fingerprint.clone())
+                    }
                     _ => None,
                 };
-                let cert = MemberCert { name: name.clone(), fingerprint: fingerprint.clone(), previous };
+                let cert = MemberCert {
+                    name: name.clone(),
+                    fingerprint: fingerprint.clone(),
+                    previous,
+                    ca: ca.clone(),
+                };
                 self.member_certs.insert(*node_id, cert);
             }
             Command::SetClusterOption { key, value } => {

@@ -84,6 +84,8 @@ fn table() -> Vec<RouteAccess> {
         r!(GET, "/cluster/options", Priv("Sys.Audit", "/")),
         r!(PUT, "/cluster/options/{key}", Priv("Sys.Modify", "/")),
         r!(DELETE, "/cluster/nodes/{name}", Priv("Sys.Modify", "/")),
+        r!(GET, "/cluster/ca", Priv("Sys.Audit", "/")),
+        r!(POST, "/cluster/ca/rotate", Priv("Sys.Modify", "/")),
         r!(GET, "/cluster/corosync", Priv("Sys.Audit", "/")),
         r!(POST, "/cluster/corosync", Priv("Sys.Modify", "/")),
         r!(GET, "/pools", AnyUser),

@@ -29,6 +29,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/cluster/options/{key}", axum::routing::put(set_option))
         .route("/cluster/nodes/{name}", delete(remove_node))
         .route("/cluster/corosync", get(get_corosync).post(import_corosync))
+        .route("/cluster/ca", get(get_ca))
+        .route("/cluster/ca/rotate", axum::routing::post(rotate_ca))
 }
 
 async fn status(State(st): State<ApiState>) -> Json<Value> {
@@ -106,6 +108,50 @@ async fn import_corosync(
     st.propose_by(&caller, Command::ImportCorosync { config: config.clone() }).await?;
     Ok(Json(json!(config)))
 }
+
+/// The CA members trust and, during a roll, the previous one and which members still hold a
+/// certificate from it (or have not confirmed their new one).
+async fn get_ca(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let view = st
+        .runtime
+        .cluster()
+        .read_linearizable(|s| {
+            let ca = s.cluster_ca.as_ref()?;
+            let fp = |pem: &str| horcrux_raft::pki::fingerprint_pem(pem).unwrap_or_default();
+            let current = fp(&ca.cert_pem);
+            let members: Vec<Value> = s
+                .member_certs
+                .iter()
+                .map(|(id, c)| {
+                    json!({
+                        "node_id": id,
+                        "name": c.name,
+                        "current_ca": c.ca == current,
+                        "confirmed": c.previous.is_none(),
+                    })
+                })
+                .collect();
+            Some(json!({
+                "fingerprint": current,
+                "rotating": ca.previous_cert_pem.is_some(),
+                "previous_fingerprint": ca.previous_cert_pem.as_deref().map(fp),
+                "members": members,
+            }))
+        })
+        .await?;
+    view.map(Json).ok_or_else(|| ApiError::conflict("this cluster has no CA"))
+}
+
+/// Starts a CA roll; it completes on its own (`GET /cluster/ca` shows the progress).
+async fn rotate_ca(State(st): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let _: Empty = parse_body(&body)?;
+    let fingerprint = st.runtime.cluster().rotate_ca().await?;
+    Ok(Json(json!({ "fingerprint": fingerprint })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
 
 async fn get_corosync(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let c = st.runtime.cluster().read_linearizable(|s| s.corosync.clone()).await?;

@@ -25,4 +25,4 @@ pub use auth::token_sha256;
 pub use authz::{routes as access_rules, Check, RouteAccess};
 pub use routes::{router, ApiState};
 pub use serve::{serve, MAX_CONNS_PER_ADDR};
-pub use tls::{load_or_create_tls, TlsFiles};
+pub use tls::{keep_https_cert, load_or_create_tls, HttpsCert, TlsFiles};

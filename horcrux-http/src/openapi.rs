@@ -106,6 +106,17 @@ fn schemas() -> Value {
         &["quorate", "nodes"],
     );
     let revision = obj(json!({ "revision": t(I) }), &["revision"]);
+    let ca_member = obj(
+        json!({ "node_id": t(I), "name": t(S), "current_ca": t(B), "confirmed": t(B) }),
+        &["node_id", "name", "current_ca", "confirmed"],
+    );
+    let cluster_ca = obj(
+        json!({
+            "fingerprint": t(S), "rotating": t(B),
+            "previous_fingerprint": { "type": S, "nullable": true }, "members": arr(ca_member),
+        }),
+        &["fingerprint", "rotating", "members"],
+    );
     let pool_schema = obj(
         json!({ "poolid": t(S), "comment": t(S), "vms": arr(t("object")), "storage": arr(t(S)) }),
         &["poolid", "vms", "storage"],
@@ -114,7 +125,7 @@ fn schemas() -> Value {
         "Error": error, "Disk": disk, "Net": net, "KernelBoot": boot, "Vm": vm, "Task": task,
         "LogLine": log_line, "Upid": upid, "User": user, "Token": token, "AclEntry": acl,
         "Role": role, "Group": group, "StoragePool": pool, "Content": content, "Node": node,
-        "ClusterStatus": status, "Revision": revision, "Pool": pool_schema,
+        "ClusterStatus": status, "Revision": revision, "Pool": pool_schema, "ClusterCa": cluster_ca,
     })
 }
 
@@ -255,6 +266,8 @@ fn operations() -> Vec<Op> {
         op("PUT", "/cluster/options/{key}", "Set a cluster-wide option", any())
             .body(body(json!({ "value": t(S) }), &["value"])),
         op("DELETE", "/cluster/nodes/{name}", "Remove a member", any()),
+        op("GET", "/cluster/ca", "The cluster CA and the progress of a CA roll", r("ClusterCa")),
+        op("POST", "/cluster/ca/rotate", "Start a CA roll", obj(json!({ "fingerprint": t(S) }), &["fingerprint"])),
         op("GET", "/cluster/corosync", "The imported corosync.conf", json!({ "type": "object", "nullable": true })),
         op("POST", "/cluster/corosync", "Import a corosync.conf", any())
             .body(body(json!({ "config": t(S) }), &["config"])),

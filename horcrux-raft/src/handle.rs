@@ -107,6 +107,18 @@ fn save_identity(db: &DB, ident: &StoredIdentity) -> Result<(), ProposeError> {
 }
 
 /// See `ClusterHandle::member_by_fingerprint`.
+/// How long a node waits after seeing a CA roll begin before it swaps its certificate for
+/// one from the new CA (peers apply the roll within a heartbeat or so).
+const ROLL_GRACE: Duration = Duration::from_secs(4);
+
+/// The fingerprint of a record's signing CA (computed for records from before it was kept).
+pub(crate) fn ca_fingerprint(rec: &horcrux_core::model::ClusterCaRecord) -> String {
+    if !rec.fingerprint.is_empty() {
+        return rec.fingerprint.clone();
+    }
+    crate::pki::fingerprint_pem(&rec.cert_pem).unwrap_or_default()
+}
+
 fn lookup_member(
     sm: &StateMachineStore,
     pinned: &BTreeMap<NodeId, String>,
@@ -191,7 +203,7 @@ impl ClusterHandle {
                     let t = JoinTokenData::decode(token).map_err(ProposeError::Unavailable)?;
                     let admitted = transport::join_cluster(
                         &t.addrs,
-                        &t.ca_fingerprint,
+                        &t.ca_fingerprints(),
                         &t.id,
                         &t.secret,
                         &me(&opts.node_name),
@@ -362,7 +374,10 @@ impl ClusterHandle {
             let _ = handle.read_linearizable(|_| ()).await;
         }
         if let Some(ca) = new_ca {
-            handle.propose(Command::SetClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem }).await?;
+            let fingerprint = ca.fingerprint().map_err(storage)?;
+            handle
+                .propose(Command::SetClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem, fingerprint })
+                .await?;
         }
         // The node that made its own certificate (the cluster's first node) records it; a
         // joined node's was recorded by the leader that signed it.
@@ -370,11 +385,13 @@ impl ClusterHandle {
             let recorded =
                 handle.read_local(|s| s.member_certs.get(&identity.id).map(|c| c.fingerprint.clone()));
             if recorded.as_deref() != Some(fp.as_str()) && !joined {
+                let ca = handle.read_local(|s| s.cluster_ca.as_ref().map(ca_fingerprint)).unwrap_or_default();
                 let cmd = Command::SetMemberCert {
                     node_id: identity.id,
                     name: identity.name.clone(),
                     fingerprint: fp.clone(),
                     keep_previous: false,
+                    ca,
                 };
                 if let Err(e) = handle.propose(cmd).await {
                     tracing::warn!("could not record this node's transport certificate: {e}");
@@ -577,23 +594,92 @@ impl ClusterHandle {
         self.stored.lock().unwrap_or_else(|p| p.into_inner()).cert_expires_s
     }
 
-    /// Renews the certificate when it is within `RENEW_BEFORE_S` of expiring; checks hourly.
+    /// Keeps this node's transport identity in line with the replicated state, every two
+    /// seconds: trusts the CAs the state trusts (two during a roll), renews the certificate
+    /// when it is within `RENEW_BEFORE_S` of expiring or was signed by a CA being rolled
+    /// out, and, on the leader, ends a roll once every member confirmed a new certificate.
     async fn renew_loop(self) {
-        let mut pause = Duration::from_secs(10);
-        while self.sleep_unless_stopping(pause).await {
+        let mut roll_seen: Option<std::time::Instant> = None;
+        let mut retry_at = std::time::Instant::now();
+        while self.sleep_unless_stopping(Duration::from_secs(2)).await {
+            let Some(ca) = self.read_local(|s| s.cluster_ca.clone()) else { continue };
+            if let Err(e) = self.trust_cas(&ca) {
+                tracing::warn!("could not update the trusted cluster CAs: {e}");
+            }
+            let current = ca_fingerprint(&ca);
+            let mine = self.read_local(|s| s.member_certs.get(&self.node_id).map(|c| c.ca.clone()));
+            let rolling = ca.previous_cert_pem.is_some();
+            roll_seen = if rolling { roll_seen.or_else(|| Some(std::time::Instant::now())) } else { None };
+            // Peers apply the roll within a heartbeat or so; give them a moment before
+            // presenting a certificate only the new CA vouches for.
+            let rolled_out = rolling
+                && mine.as_deref().is_some_and(|m| m != current)
+                && roll_seen.is_some_and(|t| t.elapsed() >= ROLL_GRACE);
             let expires = self.cert_expires_s();
-            let due = expires != 0 && crate::pki::now_s() + crate::pki::RENEW_BEFORE_S >= expires;
-            pause = match due {
-                false => Duration::from_secs(3600),
-                true => match self.renew_certificate().await {
-                    Ok(()) => Duration::from_secs(3600),
-                    Err(e) => {
-                        tracing::warn!("transport certificate renewal failed (retrying in a minute): {e}");
-                        Duration::from_secs(60)
+            let expiring = expires != 0 && crate::pki::now_s() + crate::pki::RENEW_BEFORE_S >= expires;
+            if (rolled_out || expiring) && std::time::Instant::now() >= retry_at {
+                if let Err(e) = self.renew_certificate().await {
+                    tracing::warn!("transport certificate renewal failed (retrying in a minute): {e}");
+                    retry_at = std::time::Instant::now() + Duration::from_secs(60);
+                }
+            }
+            if rolling && self.is_leader() {
+                let done = self
+                    .read_local(|s| s.member_certs.values().all(|c| c.ca == current && c.previous.is_none()));
+                if done {
+                    match self.propose(Command::FinishCaRotation).await {
+                        Ok(_) => {
+                            tracing::info!(ca = %current, "CA rotation complete: the previous CA is no longer trusted")
+                        }
+                        Err(e) => tracing::warn!("could not end the CA rotation: {e}"),
                     }
-                },
-            };
+                }
+            }
         }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.node_id)
+    }
+
+    /// Trusts exactly the CAs of `ca` (the current one, and the previous during a roll),
+    /// for new connections in both directions; saved, so a restart trusts the same.
+    fn trust_cas(&self, ca: &horcrux_core::model::ClusterCaRecord) -> Result<(), ProposeError> {
+        let (Some(net), Some(endpoint)) = (&self.net, &self.endpoint) else { return Ok(()) };
+        let bundle: String = ca.trusted_pems().concat();
+        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(certs) = stored.certs.as_mut() else { return Ok(()) };
+        if certs.ca_pem == bundle {
+            return Ok(());
+        }
+        let identity = NodeIdentity::from_pem(&bundle, &certs.cert_pem, &certs.key_pem).map_err(storage)?;
+        certs.ca_pem = bundle;
+        save_identity(&self.db, &stored)?;
+        endpoint.set_server_config(Some(identity.server_config().map_err(storage)?));
+        net.set_client_config(identity.client_config().map_err(storage)?);
+        tracing::info!(cas = identity.cas.len(), "the transport trusts a new set of cluster CAs");
+        Ok(())
+    }
+
+    /// Starts a CA roll: a new CA signs from now on; members renew their certificates from
+    /// it and the leader ends the roll (the old CA stops being trusted) once all confirmed.
+    /// Returns the new CA's fingerprint.
+    pub async fn rotate_ca(&self) -> Result<String, ProposeError> {
+        if self.net.is_none() {
+            return Err(ProposeError::Rejected(horcrux_core::ApplyError::Conflict {
+                message: "this node has no cluster transport".into(),
+            }));
+        }
+        let ca = ClusterCa::create().map_err(storage)?;
+        let fingerprint = ca.fingerprint().map_err(storage)?;
+        let cmd = Command::RotateClusterCa {
+            cert_pem: ca.cert_pem,
+            key_pem: ca.key_pem,
+            fingerprint: fingerprint.clone(),
+        };
+        self.propose(cmd).await?;
+        tracing::info!(ca = %fingerprint, "started a CA rotation");
+        Ok(fingerprint)
     }
 
     /// Sleeps `d`, waking each second to see whether the node is stopping; `false` once it is.
@@ -631,16 +717,30 @@ impl ClusterHandle {
             None => Err(ForwardError::Unavailable("no leader is elected".into())),
         }
         .map_err(|e| ProposeError::Unavailable(e.to_string()))?;
-        let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let ca_pem = stored.certs.as_ref().map(|c| c.ca_pem.clone()).unwrap_or_default();
-        let identity = NodeIdentity::from_pem(&ca_pem, &renewed.cert_pem, &key_pem).map_err(storage)?;
-        stored.certs = Some(Certs { ca_pem, cert_pem: renewed.cert_pem, key_pem });
-        stored.cert_expires_s = renewed.expires_s;
-        save_identity(&self.db, &stored)?;
-        endpoint.set_server_config(Some(identity.server_config().map_err(storage)?));
-        net.set_client_config(identity.client_config().map_err(storage)?);
-        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = stored;
+        let fingerprint = crate::pki::fingerprint_pem(&renewed.cert_pem).map_err(storage)?;
+        {
+            let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+            let ca_pem = match self.read_local(|s| s.cluster_ca.clone()) {
+                Some(ca) => ca.trusted_pems().concat(),
+                None => stored.certs.as_ref().map(|c| c.ca_pem.clone()).unwrap_or_default(),
+            };
+            let identity = NodeIdentity::from_pem(&ca_pem, &renewed.cert_pem, &key_pem).map_err(storage)?;
+            stored.certs = Some(Certs { ca_pem, cert_pem: renewed.cert_pem, key_pem });
+            stored.cert_expires_s = renewed.expires_s;
+            save_identity(&self.db, &stored)?;
+            endpoint.set_server_config(Some(identity.server_config().map_err(storage)?));
+            net.set_client_config(identity.client_config().map_err(storage)?);
+        }
         tracing::info!(expires_s = renewed.expires_s, "renewed this node's transport certificate");
+        // Saved: the previous certificate is no longer needed (a roll waits for this).
+        let confirm = Command::SetMemberCert {
+            node_id: self.node_id,
+            name: self.node_name.to_string(),
+            fingerprint,
+            keep_previous: false,
+            ca: renewed.ca,
+        };
+        self.propose(confirm).await?;
         Ok(())
     }
 
@@ -660,18 +760,25 @@ impl ClusterHandle {
         let (name, ca) =
             self.read_local(|s| (s.member_certs.get(&peer).map(|c| c.name.clone()), s.cluster_ca.clone()));
         let name = name.ok_or_else(|| ForwardError::Refused(format!("node {peer} is not a member")))?;
-        let ca = ca.ok_or_else(|| ForwardError::Refused("the cluster has no CA".into()))?;
-        let ca = ClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem };
+        let rec = ca.ok_or_else(|| ForwardError::Refused("the cluster has no CA".into()))?;
+        let ca = ClusterCa::from_record(&rec);
         let expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
         let cert_pem = ca
             .issue_member(peer, &name, &public, expires_s)
             .map_err(|e| ForwardError::Refused(e.to_string()))?;
         let fingerprint =
             crate::pki::fingerprint_pem(&cert_pem).map_err(|e| ForwardError::Refused(e.to_string()))?;
-        let record = Command::SetMemberCert { node_id: peer, name, fingerprint, keep_previous: true };
+        let signer = ca_fingerprint(&rec);
+        let record = Command::SetMemberCert {
+            node_id: peer,
+            name,
+            fingerprint,
+            keep_previous: true,
+            ca: signer.clone(),
+        };
         self.propose(record).await.map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         tracing::info!(node_id = peer, "renewed a member's transport certificate");
-        Ok(transport::RenewedCert { cert_pem, expires_s })
+        Ok(transport::RenewedCert { cert_pem, expires_s, ca: signer })
     }
 
     /// Where login failures reported by other members are counted.

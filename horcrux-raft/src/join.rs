@@ -13,6 +13,17 @@ pub struct JoinTokenData {
     pub ca_fingerprint: String,
     /// Raft (QUIC) addresses of members to ask.
     pub addrs: Vec<String>,
+    /// During a CA roll: the CA being rolled out, which members that have not renewed yet
+    /// still present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_ca_fingerprint: Option<String>,
+}
+
+impl JoinTokenData {
+    /// The CA fingerprints a joining node accepts a member's certificate from.
+    pub fn ca_fingerprints(&self) -> Vec<String> {
+        std::iter::once(self.ca_fingerprint.clone()).chain(self.previous_ca_fingerprint.clone()).collect()
+    }
 }
 
 impl JoinTokenData {
@@ -52,6 +63,7 @@ mod tests {
             secret: "s3cret".into(),
             ca_fingerprint: "ff".repeat(32),
             addrs: vec!["127.0.0.1:7000".into()],
+            previous_ca_fingerprint: Some("ee".repeat(32)),
         };
         assert_eq!(JoinTokenData::decode(&t.encode()).unwrap(), t);
         assert!(JoinTokenData::decode("nope").is_err());

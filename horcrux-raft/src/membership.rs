@@ -8,7 +8,7 @@ use horcrux_core::{ids, Command};
 use openraft::{ChangeMembers, Raft, ServerState};
 
 use crate::corosync::{QuorumMember, QuorumView, Votequorum};
-use crate::handle::{storage, ClusterHandle, ProposeError, MAX_VOTERS, OP_TIMEOUT};
+use crate::handle::{ClusterHandle, ProposeError, MAX_VOTERS, OP_TIMEOUT};
 use crate::join::JoinTokenData;
 use crate::node::HorcruxNode;
 use crate::pki::ClusterCa;
@@ -201,8 +201,7 @@ impl ClusterHandle {
             expires_ms,
         })
         .await?;
-        let fp =
-            ClusterCa { cert_pem: ca.cert_pem, key_pem: String::new() }.fingerprint().map_err(storage)?;
+        let fp = crate::handle::ca_fingerprint(&ca);
         let addrs: Vec<String> = self
             .raft
             .metrics()
@@ -213,7 +212,9 @@ impl ClusterHandle {
             .map(|(_, n)| n.raft_addr.clone())
             .filter(|a| !a.is_empty())
             .collect();
-        Ok(JoinTokenData { id, secret, ca_fingerprint: fp, addrs }.encode())
+        let previous = ca.previous_cert_pem.as_deref().and_then(|p| crate::pki::fingerprint_pem(p).ok());
+        Ok(JoinTokenData { id, secret, ca_fingerprint: fp, addrs, previous_ca_fingerprint: previous }
+            .encode())
     }
 
     /// Admits a joining node (leader only): consumes its token through Raft, issues its
@@ -285,10 +286,10 @@ impl ClusterHandle {
         else {
             return JoinResponse::Refused { reason: "no node id was assigned".into() };
         };
-        let Some(ca) = self.read_local(|s| s.cluster_ca.clone()) else {
+        let Some(rec) = self.read_local(|s| s.cluster_ca.clone()) else {
             return JoinResponse::Refused { reason: "the cluster has no CA".into() };
         };
-        let ca = ClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem };
+        let ca = ClusterCa::from_record(&rec);
         let expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
         let cert_pem = match ca.issue_member(node_id, &req.node.name, &public_key, expires_s) {
             Ok(c) => c,
@@ -303,6 +304,7 @@ impl ClusterHandle {
             name: req.node.name.clone(),
             fingerprint,
             keep_previous: false,
+            ca: crate::handle::ca_fingerprint(&rec),
         };
         if let Err(e) = self.propose(record).await {
             return JoinResponse::Refused { reason: format!("could not record the certificate: {e}") };
@@ -314,7 +316,10 @@ impl ClusterHandle {
         tokio::spawn(promote_when_caught_up(self.raft.clone(), node_id));
         let members =
             self.read_local(|s| s.member_certs.iter().map(|(id, c)| (*id, c.fingerprint.clone())).collect());
-        JoinResponse::Accepted { node_id, cert_pem, ca_pem: ca.cert_pem, members, expires_s }
+        // Every CA the members trust (two during a roll: some members still present a
+        // certificate from the previous one).
+        let ca_pem = rec.trusted_pems().concat();
+        JoinResponse::Accepted { node_id, cert_pem, ca_pem, members, expires_s }
     }
 
     /// Removes a member (voter or learner) from the cluster, through the leader.

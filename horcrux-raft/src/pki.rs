@@ -93,11 +93,21 @@ pub fn cert_der(pem: &str) -> Result<CertificateDer<'static>, PkiError> {
     CertificateDer::from_pem_slice(pem.as_bytes()).map_err(err)
 }
 
+/// Every certificate in a PEM bundle.
+pub fn certs_der(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().map_err(err)
+}
+
 pub fn key_der(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(err)
 }
 
 impl ClusterCa {
+    /// The signing CA of a replicated record.
+    pub fn from_record(r: &horcrux_core::model::ClusterCaRecord) -> Self {
+        Self { cert_pem: r.cert_pem.clone(), key_pem: r.key_pem.clone() }
+    }
+
     pub fn create() -> Result<Self, PkiError> {
         let key = KeyPair::generate().map_err(err)?;
         let cert = ca_params().self_signed(&key).map_err(err)?;
@@ -135,15 +145,16 @@ impl ClusterCa {
         let eku = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         // Valid from yesterday (a member's clock may lag a little) to `valid_until_s`.
         let validity = (now_s().saturating_sub(86_400), valid_until_s);
-        self.sign(node_name, &names, eku, &P256Public(public_key.to_vec()), Some(validity))
+        self.sign(node_name, &names, eku, &P256Public(public_key.to_vec()), validity)
     }
 
     /// Issues a server certificate with common name `cn` for `names` (host names or IP
-    /// addresses): a node's HTTPS certificate. It cannot authenticate a client, so it is
-    /// useless on the cluster transport.
-    pub fn issue_for(&self, cn: &str, names: &[String]) -> Result<NodeCert, PkiError> {
+    /// addresses), valid until `valid_until_s`: a node's HTTPS certificate. It cannot
+    /// authenticate a client, so it is useless on the cluster transport.
+    pub fn issue_for(&self, cn: &str, names: &[String], valid_until_s: u64) -> Result<NodeCert, PkiError> {
         let key = KeyPair::generate().map_err(err)?;
-        let cert_pem = self.sign(cn, names, vec![ExtendedKeyUsagePurpose::ServerAuth], &key, None)?;
+        let validity = (now_s().saturating_sub(86_400), valid_until_s);
+        let cert_pem = self.sign(cn, names, vec![ExtendedKeyUsagePurpose::ServerAuth], &key, validity)?;
         Ok(NodeCert { cert_pem, key_pem: key.serialize_pem() })
     }
 
@@ -153,7 +164,7 @@ impl ClusterCa {
         names: &[String],
         eku: Vec<ExtendedKeyUsagePurpose>,
         public_key: &impl PublicKeyData,
-        validity: Option<(u64, u64)>,
+        validity: (u64, u64),
     ) -> Result<String, PkiError> {
         let ca_key = KeyPair::from_pem(&self.key_pem).map_err(err)?;
         let issuer = Issuer::new(ca_params(), ca_key);
@@ -164,8 +175,7 @@ impl ClusterCa {
             let (y, m, d) = civil_date(secs);
             rcgen::date_time_ymd(y, m, d)
         };
-        // (HTTPS certificates are not renewed yet, so they keep a long validity.)
-        let (from, until) = validity.unwrap_or((1_704_067_200, 4_859_740_800));
+        let (from, until) = validity;
         p.not_before = date(from);
         p.not_after = date(until);
         Ok(p.signed_by(public_key, &issuer).map_err(err)?.pem())

@@ -42,7 +42,13 @@ async fn open(dir: &std::path::Path, addr: &str) -> ClusterHandle {
 async fn record_n2(handle: &ClusterHandle, ca: &ClusterCa) -> horcrux_raft::pki::NodeCert {
     let n2 = ca.issue(2, "n2").unwrap();
     let fingerprint = fingerprint_der(&cert_der(&n2.cert_pem).unwrap());
-    let cmd = Command::SetMemberCert { node_id: 2, name: "n2".into(), fingerprint, keep_previous: false };
+    let cmd = Command::SetMemberCert {
+        node_id: 2,
+        name: "n2".into(),
+        fingerprint,
+        keep_previous: false,
+        ca: String::new(),
+    };
     handle.propose(cmd).await.unwrap();
     n2
 }
@@ -79,7 +85,8 @@ async fn only_current_members_certificates_are_accepted() {
         .await;
     assert!(e.is_err(), "a non-member certificate was accepted: {e:?}");
     // A node's HTTPS certificate (same CA, server-only) cannot be used on the transport.
-    let https = ca.issue_for("n1", &["n1".into(), "127.0.0.1".into()]).unwrap();
+    let https =
+        ca.issue_for("n1", &["n1".into(), "127.0.0.1".into()], horcrux_raft::pki::now_s() + 86_400).unwrap();
     let e = client(&identity(&ca.cert_pem, &https.cert_pem, &https.key_pem))
         .call(None, &addr, &RpcRequest::Ping { from: 1 }, t)
         .await;
@@ -268,11 +275,7 @@ async fn members_renew_their_certificates_without_losing_contact() {
     let after = n1.read_local(|s| s.member_certs[&2].clone());
     assert_eq!(n2.certificate_fingerprint().as_deref(), Some(after.fingerprint.as_str()));
     assert_ne!(after.fingerprint, before.fingerprint);
-    assert_eq!(
-        after.previous.as_deref(),
-        Some(before.fingerprint.as_str()),
-        "the old one runs out by itself"
-    );
+    assert_eq!(after.previous, None, "n2 confirmed it saved the new one: the old one is no longer accepted");
     // n2 writes through the leader with its new certificate, and the leader replicates to it.
     n2.propose(set("after-renewal")).await.unwrap();
     wait_option(&n2, "after-renewal").await;
@@ -317,4 +320,112 @@ async fn members_renew_their_certificates_without_losing_contact() {
     assert_eq!(n1.read_local(|s| s.member_certs[&2].fingerprint.clone()), renewed, "no second renewal");
     n2.shutdown().await;
     n1.shutdown().await;
+}
+
+async fn join(tmp: &std::path::Path, name: &str, addr: &str, token: String) -> ClusterHandle {
+    ClusterHandle::open(OpenOptions {
+        dir: tmp.join(format!("{name}/raft")),
+        node_name: name.into(),
+        api_addr: "127.0.0.1:2".into(),
+        cluster: Some(ClusterOptions { listen: addr.parse().unwrap(), join: Some(token) }),
+        snapshot_logs: None,
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    for _ in 0..secs * 10 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within {secs} s");
+}
+
+/// `rotate-ca`: a new CA signs from the start of the roll; both CAs are trusted while the
+/// members renew (a node that joins meanwhile talks to members still on the old one); the
+/// leader ends the roll once every member confirmed a certificate from the new CA, and from
+/// then on a certificate from the old CA is refused, even one recorded for a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ca_rolls_without_losing_contact() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
+    let n1 = open(&tmp.path().join("n1"), &addrs[0]).await;
+    let n2 = join(tmp.path(), "n2", &addrs[1], n1.create_join_token(Duration::from_secs(600)).await.unwrap())
+        .await;
+    let old = n1.cluster_ca().unwrap();
+    let old_fp = old.fingerprint().unwrap();
+    let set = |key: &str| Command::SetClusterOption { key: key.into(), value: "1".into() };
+
+    let new_fp = n1.rotate_ca().await.unwrap();
+    assert_ne!(new_fp, old_fp);
+    let token = n1.create_join_token(Duration::from_secs(600)).await.unwrap();
+    let n3 = join(tmp.path(), "n3", &addrs[2], token).await;
+    assert_eq!(
+        n3.read_local(|s| s.member_certs[&3].ca.clone()),
+        new_fp,
+        "a joiner gets a new-CA certificate"
+    );
+    n3.propose(set("n3-during-roll")).await.unwrap();
+
+    let n1c = n1.clone();
+    wait_for("the roll to complete", 30, move || {
+        n1c.read_local(|s| s.cluster_ca.as_ref().is_some_and(|c| c.previous_cert_pem.is_none()))
+    })
+    .await;
+    for (id, c) in n1.read_local(|s| s.member_certs.clone()) {
+        assert_eq!(c.ca, new_fp, "member {id} was not renewed from the new CA");
+        assert_eq!(c.previous, None);
+    }
+    // Everyone still talks to everyone: writes from each node reach the others.
+    for (i, h) in [&n1, &n2, &n3].into_iter().enumerate() {
+        let key = format!("after-roll-{i}");
+        h.propose(set(&key)).await.unwrap();
+        for other in [&n1, &n2, &n3] {
+            let (o, k) = (other.clone(), key.clone());
+            wait_for("replication after the roll", 10, move || o.read_local(|s| s.options.contains_key(&k)))
+                .await;
+        }
+    }
+    // A certificate from the old CA is refused even when recorded for a member; the same
+    // member's certificate from the new CA is accepted.
+    let stale = old.issue(7, "n7").unwrap();
+    let fresh = n1.cluster_ca().unwrap().issue(8, "n8").unwrap();
+    for (id, c, ca) in [(7, &stale, &old_fp), (8, &fresh, &new_fp)] {
+        let fingerprint = fingerprint_der(&cert_der(&c.cert_pem).unwrap());
+        let cmd = Command::SetMemberCert {
+            node_id: id,
+            name: format!("n{id}"),
+            fingerprint,
+            keep_previous: false,
+            ca: ca.clone(),
+        };
+        n1.propose(cmd).await.unwrap();
+    }
+    let t = Duration::from_secs(3);
+    let both = format!("{}{}", n1.cluster_ca().unwrap().cert_pem, old.cert_pem);
+    let fresh_ok = client(&identity(&both, &fresh.cert_pem, &fresh.key_pem))
+        .call(None, &addrs[0], &RpcRequest::Ping { from: 8 }, t)
+        .await;
+    assert!(matches!(fresh_ok, Ok(RpcResponse::Pong)), "{fresh_ok:?}");
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = client(&identity(&both, &stale.cert_pem, &stale.key_pem))
+            .call(None, &addrs[0], &RpcRequest::Ping { from: 7 }, t)
+            .await;
+        if r.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refused, "a certificate from the rolled-out CA is still accepted");
+    // A second roll can start once the first is over.
+    assert!(n2.rotate_ca().await.is_ok());
+    for h in [n3, n2, n1] {
+        h.shutdown().await;
+    }
 }

@@ -153,10 +153,15 @@ impl Api {
     pub fn new(base: &str, dir: &Path) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pem = std::fs::read(dir.join("ssl/ca.pem")).unwrap();
-        let cert = ureq::tls::Certificate::from_pem(&pem).unwrap().to_owned();
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![cert])))
-            .build();
+        // One CA, two during a CA roll.
+        let cas: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i.unwrap() {
+                ureq::tls::PemItem::Certificate(c) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect();
+        let tls =
+            ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::Specific(Arc::new(cas))).build();
         let agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)

@@ -285,15 +285,57 @@ fn apply_is_deterministic() {
 #[test]
 fn cluster_ca_is_set_once() {
     let mut s = base();
-    let bad = Command::SetClusterCa { cert_pem: "x".into(), key_pem: "y".into() };
+    let bad = Command::SetClusterCa { cert_pem: "x".into(), key_pem: "y".into(), fingerprint: String::new() };
     assert_eq!(invalid_field(refused(&mut s, bad)), "cluster_ca");
     let ca = Command::SetClusterCa {
         cert_pem: "-----BEGIN CERTIFICATE-----".into(),
         key_pem: "-----BEGIN PRIVATE KEY-----".into(),
+        fingerprint: String::new(),
     };
     s.apply(3, &req(ca.clone())).unwrap();
     assert!(matches!(refused(&mut s, ca), ApplyError::Conflict { .. }));
     assert!(!format!("{:?}", s.cluster_ca).contains("PRIVATE"), "the key must not appear in debug output");
+}
+
+#[test]
+fn a_ca_roll_ends_only_when_every_member_confirmed_a_certificate_from_the_new_ca() {
+    let (old, new) = ("a".repeat(64), "b".repeat(64));
+    let pem = |n: &str| format!("-----BEGIN CERTIFICATE-----{n}");
+    let key = || "-----BEGIN PRIVATE KEY-----".to_string();
+    let mut s = base();
+    let set = Command::SetClusterCa { cert_pem: pem("old"), key_pem: key(), fingerprint: old.clone() };
+    s.apply(3, &req(set)).unwrap();
+    let member = |id: u64, fp: char, ca: &str, keep_previous| Command::SetMemberCert {
+        node_id: id,
+        name: format!("n{id}"),
+        fingerprint: fp.to_string().repeat(64),
+        keep_previous,
+        ca: ca.to_string(),
+    };
+    s.apply(4, &req(member(1, '1', &old, false))).unwrap();
+    s.apply(5, &req(member(2, '2', &old, false))).unwrap();
+    assert!(matches!(refused(&mut s, Command::FinishCaRotation), ApplyError::Conflict { .. }));
+    let rotate = Command::RotateClusterCa { cert_pem: pem("new"), key_pem: key(), fingerprint: new.clone() };
+    s.apply(6, &req(rotate.clone())).unwrap();
+    let ca = s.cluster_ca.clone().unwrap();
+    assert_eq!(
+        ca.trusted_pems(),
+        vec![pem("new").as_str(), pem("old").as_str()],
+        "both trusted while rolling"
+    );
+    assert!(matches!(refused(&mut s, rotate), ApplyError::Conflict { .. }), "one roll at a time");
+    // n1 renewed (the leader recorded it, keeping the old one) and confirmed; n2 only renewed.
+    s.apply(7, &req(member(1, '3', &new, true))).unwrap();
+    assert_eq!(s.member_by_fingerprint(&"1".repeat(64)), Some(1), "the old certificate still works");
+    s.apply(8, &req(member(1, '3', &new, false))).unwrap();
+    assert_eq!(s.member_by_fingerprint(&"1".repeat(64)), None, "confirmed: the old one is gone");
+    s.apply(9, &req(member(2, '4', &new, true))).unwrap();
+    let ApplyError::Conflict { message } = refused(&mut s, Command::FinishCaRotation) else { panic!() };
+    assert!(message.contains("n2") && !message.contains("n1"), "{message}");
+    s.apply(10, &req(member(2, '4', &new, false))).unwrap();
+    s.apply(11, &req(Command::FinishCaRotation)).unwrap();
+    assert_eq!(s.cluster_ca.as_ref().unwrap().trusted_pems(), vec![pem("new").as_str()]);
+    assert!(matches!(refused(&mut s, Command::FinishCaRotation), ApplyError::Conflict { .. }));
 }
 
 #[test]

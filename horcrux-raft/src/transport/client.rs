@@ -297,14 +297,14 @@ pub struct Admitted {
 /// The members are trusted only if their CA has the token's fingerprint.
 pub async fn join_cluster(
     addrs: &[String],
-    ca_fingerprint: &str,
+    ca_fingerprints: &[String],
     token_id: &str,
     secret: &str,
     node: &HorcruxNode,
 ) -> Result<Admitted, TransportError> {
     let bind: std::net::SocketAddr = "0.0.0.0:0".parse().map_err(terr)?;
     let endpoint = quinn::Endpoint::client(bind).map_err(terr)?;
-    let config = join_client_config(ca_fingerprint).map_err(terr)?;
+    let config = join_client_config(ca_fingerprints).map_err(terr)?;
     let (key_pem, public_key) = crate::pki::new_member_key().map_err(terr)?;
     let req = serde_json::to_vec(&JoinRequest {
         token_id: token_id.into(),

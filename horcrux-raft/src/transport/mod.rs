@@ -59,6 +59,9 @@ pub enum RpcRequest {
 pub struct RenewedCert {
     pub cert_pem: String,
     pub expires_s: u64,
+    /// Fingerprint of the CA that signed it.
+    #[serde(default)]
+    pub ca: String,
 }
 
 /// An HTTP request carried to the node that owns the guest (or ran the task).

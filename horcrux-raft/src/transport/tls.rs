@@ -10,7 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::pki::{cert_der, fingerprint_der, key_der, PkiError};
+use crate::pki::{cert_der, certs_der, fingerprint_der, key_der, PkiError};
 
 pub const ALPN_RAFT: &[u8] = b"horcrux-raft/1";
 pub const ALPN_JOIN: &[u8] = b"horcrux-join/1";
@@ -23,22 +23,29 @@ fn tls_err(e: impl std::fmt::Display) -> PkiError {
     PkiError(e.to_string())
 }
 
-/// This node's certificate, key and the cluster CA.
+/// This node's certificate, key and the cluster CAs it trusts (one; two during a CA roll).
 #[derive(Clone)]
 pub struct NodeIdentity {
-    pub ca: CertificateDer<'static>,
+    pub cas: Vec<CertificateDer<'static>>,
     pub cert: CertificateDer<'static>,
     pub key: Arc<PrivateKeyDer<'static>>,
 }
 
 impl NodeIdentity {
+    /// `ca_pem` holds one or more CA certificates.
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
-        Ok(Self { ca: cert_der(ca_pem)?, cert: cert_der(cert_pem)?, key: Arc::new(key_der(key_pem)?) })
+        let cas = certs_der(ca_pem)?;
+        if cas.is_empty() {
+            return Err(PkiError("no CA certificate".into()));
+        }
+        Ok(Self { cas, cert: cert_der(cert_pem)?, key: Arc::new(key_der(key_pem)?) })
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
         let mut roots = RootCertStore::empty();
-        roots.add(self.ca.clone()).map_err(tls_err)?;
+        for ca in &self.cas {
+            roots.add(ca.clone()).map_err(tls_err)?;
+        }
         Ok(Arc::new(roots))
     }
 
@@ -53,7 +60,10 @@ impl NodeIdentity {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![self.cert.clone(), self.ca.clone()], self.key.clone_key())
+            .with_single_cert(
+                std::iter::once(self.cert.clone()).chain(self.cas.iter().cloned()).collect(),
+                self.key.clone_key(),
+            )
             .map_err(tls_err)?;
         cfg.alpn_protocols = vec![ALPN_RAFT.to_vec(), ALPN_JOIN.to_vec()];
         let quic = QuicServerConfig::try_from(cfg).map_err(tls_err)?;
@@ -85,10 +95,11 @@ fn transport() -> quinn::TransportConfig {
     t
 }
 
-/// Trusts a server whose chain ends in the CA with this fingerprint (from a join token).
+/// Trusts a server whose certificate one of the CAs with these fingerprints (from a join
+/// token: one, or two during a CA roll) signed; the server sends its CAs in its chain.
 #[derive(Debug)]
 struct PinnedCaVerifier {
-    fingerprint: String,
+    fingerprints: Vec<String>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -101,18 +112,24 @@ impl ServerCertVerifier for PinnedCaVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates.iter().find(|c| fingerprint_der(c) == self.fingerprint).ok_or_else(|| {
-            rustls::Error::General("the cluster CA does not match the join token's fingerprint".into())
-        })?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+        let pinned = |c: &&CertificateDer<'_>| self.fingerprints.iter().any(|f| *f == fingerprint_der(c));
+        let mut last =
+            rustls::Error::General("the cluster CA does not match the join token's fingerprint".into());
+        for ca in intermediates.iter().filter(pinned) {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.clone().into_owned())?;
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                self.provider.clone(),
+            )
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            match inner.verify_server_cert(end_entity, &[], server_name, ocsp, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     fn verify_tls12_signature(
@@ -149,9 +166,9 @@ impl ServerCertVerifier for PinnedCaVerifier {
 }
 
 /// Client side for a node that joins with a token.
-pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig, PkiError> {
+pub fn join_client_config(ca_fingerprints: &[String]) -> Result<quinn::ClientConfig, PkiError> {
     let verifier =
-        Arc::new(PinnedCaVerifier { fingerprint: ca_fingerprint.to_string(), provider: provider() });
+        Arc::new(PinnedCaVerifier { fingerprints: ca_fingerprints.to_vec(), provider: provider() });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_err)?
