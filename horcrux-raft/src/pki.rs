@@ -200,6 +200,36 @@ impl PublicKeyData for P256Public {
     }
 }
 
+/// A joining node's self-signed certificate over its new key, presented on the join ALPN
+/// (valid for an hour: a join takes seconds).
+pub fn joiner_cert(key_pem: &str) -> Result<CertificateDer<'static>, PkiError> {
+    let key = KeyPair::from_pem(key_pem).map_err(err)?;
+    let mut p = CertificateParams::new(vec!["horcrux-joiner".to_string()]).map_err(err)?;
+    p.distinguished_name.push(DnType::CommonName, "horcrux joining node");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let now = now_s();
+    let date = |secs| {
+        let (y, m, d) = civil_date(secs);
+        rcgen::date_time_ymd(y, m, d)
+    };
+    p.not_before = date(now.saturating_sub(86_400));
+    p.not_after = date(now + 86_400);
+    Ok(p.self_signed(&key).map_err(err)?.der().clone())
+}
+
+/// The public key (for P-256: the uncompressed point) a certificate carries.
+pub fn cert_public_key(der: &CertificateDer<'_>) -> Result<Vec<u8>, PkiError> {
+    let ee = webpki::EndEntityCert::try_from(der).map_err(err)?;
+    let spki = ee.subject_public_key_info();
+    // SubjectPublicKeyInfo ::= SEQUENCE { algorithm, BIT STRING }: for P-256 the point is
+    // the last 65 bytes (the BIT STRING's content after its unused-bits octet).
+    let bytes = spki.as_ref();
+    if bytes.len() < 65 || bytes[bytes.len() - 65] != 4 {
+        return Err(PkiError("not a P-256 public key".into()));
+    }
+    Ok(bytes[bytes.len() - 65..].to_vec())
+}
+
 /// A new key for this node's transport certificate: (private key PEM, public key raw).
 pub fn new_member_key() -> Result<(String, Vec<u8>), PkiError> {
     let key = KeyPair::generate().map_err(err)?;

@@ -429,3 +429,113 @@ async fn the_cluster_ca_rolls_without_losing_contact() {
         h.shutdown().await;
     }
 }
+
+/// A raw QUIC connection to `addr` with `cfg`: the handshake's outcome.
+async fn handshake(
+    addr: &str,
+    cfg: rustls::ClientConfig,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(cfg).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(quic));
+    endpoint
+        .connect_with(config, addr.parse().unwrap(), horcrux_raft::pki::CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+}
+
+async fn ask(conn: &quinn::Connection, req: &JoinRequest) -> JoinResponse {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&serde_json::to_vec(req).unwrap()).await.unwrap();
+    send.finish().unwrap();
+    serde_json::from_slice(&recv.read_to_end(1 << 20).await.unwrap()).unwrap()
+}
+
+/// The TLS layer requires a client certificate on both protocols: none at all fails the
+/// handshake. A joining node presents a self-signed certificate over the key it asks a
+/// certificate for, and a request for any other key is refused (it must hold the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_requires_a_client_certificate_and_a_joiner_proves_its_key() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let handle = open(tmp.path(), &addr).await;
+    let ca = handle.cluster_ca().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der(&ca.cert_pem).unwrap()).unwrap();
+    for alpn in [horcrux_raft::transport::ALPN_RAFT, horcrux_raft::transport::ALPN_JOIN] {
+        let mut cfg =
+            rustls::ClientConfig::builder().with_root_certificates(roots.clone()).with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        // TLS 1.3 finishes the client's side before the server checks its certificate: the
+        // server's refusal (alert 116, certificate required) then aborts the connection.
+        let refused = match handshake(&addr, cfg).await {
+            Err(_) => true,
+            Ok(c) => {
+                let why = c.closed().await.to_string();
+                assert!(why.contains("handshake failed") && why.contains("no certificates"), "{why}");
+                true
+            }
+        };
+        assert!(refused, "a connection without a client certificate was served");
+    }
+    // A self-signed certificate gets through TLS but is no member: refused on Raft.
+    let (key_a, public_a) = horcrux_raft::pki::new_member_key().unwrap();
+    let own_a = horcrux_raft::pki::joiner_cert(&key_a).unwrap();
+    let own_identity = NodeIdentity {
+        cas: vec![cert_der(&ca.cert_pem).unwrap()],
+        cert: own_a.clone(),
+        key: std::sync::Arc::new(horcrux_raft::pki::key_der(&key_a).unwrap()),
+    };
+    let e =
+        client(&own_identity).call(None, &addr, &RpcRequest::Ping { from: 2 }, Duration::from_secs(3)).await;
+    assert!(e.is_err(), "a self-signed certificate was accepted on the Raft protocol: {e:?}");
+
+    let token = horcrux_raft::JoinTokenData::decode(
+        &handle.create_join_token(Duration::from_secs(600)).await.unwrap(),
+    )
+    .unwrap();
+    let (_, public_b) = horcrux_raft::pki::new_member_key().unwrap();
+    let request = |public: &[u8]| JoinRequest {
+        token_id: token.id.clone(),
+        secret: token.secret.clone(),
+        node: HorcruxNode { name: "n2".into(), raft_addr: "127.0.0.1:9".into(), api_addr: "x".into() },
+        public_key_hex: horcrux_core::ids::hex_encode(public),
+    };
+    let join_cfg = || {
+        horcrux_raft::transport::join_client_config(
+            &token.ca_fingerprints(),
+            own_a.clone(),
+            horcrux_raft::pki::key_der(&key_a).unwrap(),
+        )
+        .unwrap()
+    };
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(join_cfg(), addr.parse().unwrap(), horcrux_raft::pki::CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let before = handle.raft().metrics().borrow().last_log_index;
+    match ask(&conn, &request(&public_b)).await {
+        JoinResponse::Refused { reason } => {
+            assert!(reason.contains("not the one of the certificate"), "{reason}")
+        }
+        other => panic!("a certificate for a key the joiner does not hold: {other:?}"),
+    }
+    assert_eq!(handle.raft().metrics().borrow().last_log_index, before, "the refused join wrote");
+    let conn = endpoint
+        .connect_with(join_cfg(), addr.parse().unwrap(), horcrux_raft::pki::CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    match ask(&conn, &request(&public_a)).await {
+        JoinResponse::Accepted { node_id, cert_pem, .. } => {
+            assert_eq!(node_id, 2);
+            let issued = horcrux_raft::pki::cert_public_key(&cert_der(&cert_pem).unwrap()).unwrap();
+            assert_eq!(issued, public_a, "the certificate is over the key the joiner proved it holds");
+        }
+        other => panic!("{other:?}"),
+    }
+    handle.shutdown().await;
+}

@@ -304,8 +304,10 @@ pub async fn join_cluster(
 ) -> Result<Admitted, TransportError> {
     let bind: std::net::SocketAddr = "0.0.0.0:0".parse().map_err(terr)?;
     let endpoint = quinn::Endpoint::client(bind).map_err(terr)?;
-    let config = join_client_config(ca_fingerprints).map_err(terr)?;
     let (key_pem, public_key) = crate::pki::new_member_key().map_err(terr)?;
+    let own = crate::pki::joiner_cert(&key_pem).map_err(terr)?;
+    let config = join_client_config(ca_fingerprints, own, crate::pki::key_der(&key_pem).map_err(terr)?)
+        .map_err(terr)?;
     let req = serde_json::to_vec(&JoinRequest {
         token_id: token_id.into(),
         secret: secret.into(),

@@ -19,7 +19,7 @@ use openraft::raft::{
 
 pub use client::{join_cluster, PeerCheck, QuicNetwork};
 pub use server::{serve, ServerCtx};
-pub use tls::{NodeIdentity, ALPN_JOIN, ALPN_RAFT};
+pub use tls::{join_client_config, NodeIdentity, ALPN_JOIN, ALPN_RAFT};
 
 /// Largest frame accepted: snapshots travel in openraft chunks well below this.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;

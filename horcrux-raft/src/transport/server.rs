@@ -1,4 +1,5 @@
-//! The receiving side: accepts QUIC connections, requires on the Raft ALPN a client
+//! The receiving side: accepts QUIC connections (TLS requires a client certificate: a
+//! cluster CA's, or a joining node's self-signed one), requires on the Raft ALPN a client
 //! certificate that is a *current member's* recorded one (not merely CA-signed: a removed
 //! node's, an HTTPS certificate or any other the CA signed is refused), checks it again on
 //! every RPC, and dispatches each stream's request.
@@ -33,8 +34,9 @@ pub async fn serve(endpoint: quinn::Endpoint, handle: ClusterHandle) {
             let protocol = alpn(&conn);
             let remote = conn.remote_address();
             if protocol.as_deref() == Some(ALPN_JOIN) {
+                let presented = peer_certificate(&conn);
                 if let Ok((send, recv)) = conn.accept_bi().await {
-                    if let Err(e) = join_stream(&handle, send, recv, remote.ip()).await {
+                    if let Err(e) = join_stream(&handle, send, recv, remote.ip(), presented).await {
                         tracing::debug!("join stream: {e}");
                     }
                 }
@@ -72,10 +74,15 @@ pub async fn serve(endpoint: quinn::Endpoint, handle: ClusterHandle) {
     }
 }
 
-/// SHA-256 of the peer's certificate, if it presented one.
-fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+/// The certificate the peer presented (TLS requires one).
+fn peer_certificate(conn: &quinn::Connection) -> Option<rustls::pki_types::CertificateDer<'static>> {
     let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
-    certs.first().map(|c| crate::pki::fingerprint_der(c))
+    certs.first().cloned()
+}
+
+/// SHA-256 of the peer's certificate.
+fn peer_fingerprint(conn: &quinn::Connection) -> Option<String> {
+    peer_certificate(conn).map(|c| crate::pki::fingerprint_der(&c))
 }
 
 async fn rpc_stream(
@@ -127,10 +134,24 @@ async fn join_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     source: std::net::IpAddr,
+    presented: Option<rustls::pki_types::CertificateDer<'static>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let bytes = recv.read_to_end(64 * 1024).await?;
+    // The joining node proves it holds the key it asks a certificate for: the TLS handshake
+    // was signed with the key of the certificate it presented.
+    let holds = |req: &JoinRequest| {
+        let key = presented.as_ref().and_then(|c| crate::pki::cert_public_key(c).ok());
+        let asked = horcrux_core::ids::hex_decode(&req.public_key_hex);
+        key.is_some() && key == asked
+    };
     let resp = match serde_json::from_slice::<JoinRequest>(&bytes) {
-        Ok(req) => handle.admit(req, source).await,
+        Ok(req) if holds(&req) => handle.admit(req, source).await,
+        Ok(req) => {
+            tracing::warn!(%source, node = %req.node.name, "refused a join: the key asked for is not the one the connection presented");
+            JoinResponse::Refused {
+                reason: "the public key in the request is not the one of the certificate presented".into(),
+            }
+        }
         Err(e) => JoinResponse::Refused { reason: format!("malformed join request: {e}") },
     };
     send.write_all(&serde_json::to_vec(&resp)?).await?;

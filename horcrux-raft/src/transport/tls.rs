@@ -8,7 +8,8 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
 use crate::pki::{cert_der, certs_der, fingerprint_der, key_der, PkiError};
 
@@ -49,13 +50,15 @@ impl NodeIdentity {
         Ok(Arc::new(roots))
     }
 
-    /// Server side: a client certificate is verified against the CA when presented; the
-    /// Raft ALPN additionally refuses connections without one (checked per connection).
+    /// Server side: a client certificate is required at the TLS layer, signed by a trusted
+    /// cluster CA (a member's) or self-signed (a joining node's, over the key it asks a
+    /// certificate for). The Raft ALPN then accepts only a current member's recorded
+    /// certificate; the join ALPN only a request for the presented key.
     pub fn server_config(&self) -> Result<quinn::ServerConfig, PkiError> {
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-            .allow_unauthenticated()
+        let members = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .build()
             .map_err(tls_err)?;
+        let verifier = Arc::new(MemberOrJoiner { members, provider: provider() });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -165,8 +168,74 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-/// Client side for a node that joins with a token.
-pub fn join_client_config(ca_fingerprints: &[String]) -> Result<quinn::ClientConfig, PkiError> {
+/// Accepts a client certificate a trusted CA signed, or a self-signed one (a joining node's).
+#[derive(Debug)]
+struct MemberOrJoiner {
+    members: Arc<dyn ClientCertVerifier>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for MemberOrJoiner {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.members.root_hint_subjects()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let refused = match self.members.verify_client_cert(end_entity, intermediates, now) {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        // A certificate that is its own issuer (the joiner's); valid dates are checked too.
+        let mut own = RootCertStore::empty();
+        if own.add(end_entity.clone().into_owned()).is_err() {
+            return Err(refused);
+        }
+        let joiner =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(own), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        joiner.verify_client_cert(end_entity, &[], now).map_err(|_| refused)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.members.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.members.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.members.supported_verify_schemes()
+    }
+}
+
+/// Client side for a node that joins with a token: it presents a self-signed certificate
+/// over the key it asks the cluster to certify (proving it holds that key).
+pub fn join_client_config(
+    ca_fingerprints: &[String],
+    joiner_cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ClientConfig, PkiError> {
     let verifier =
         Arc::new(PinnedCaVerifier { fingerprints: ca_fingerprints.to_vec(), provider: provider() });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -174,7 +243,8 @@ pub fn join_client_config(ca_fingerprints: &[String]) -> Result<quinn::ClientCon
         .map_err(tls_err)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_client_auth_cert(vec![joiner_cert], key)
+        .map_err(tls_err)?;
     cfg.alpn_protocols = vec![ALPN_JOIN.to_vec()];
     let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(cfg).map_err(tls_err)?));
     c.transport_config(Arc::new(transport()));
