@@ -2,9 +2,10 @@
 """Start latency: Horcrux vs bare QEMU, same command line, same run.
 
 Horcrux: time from `POST /api/v1/vms/{id}/start` until its task ends, which happens when
-QMP reports the guest `running`. Bare: time from launching the identical QEMU argv (taken
-from /proc/PID/cmdline of the guest Horcrux started) until its QMP `query-status` says
-`running`. Prints per-run figures, medians and the ratio.
+QMP reports the guest `running`. Bare: time from launching the same QEMU command line
+(taken from /proc/PID/cmdline of the guest Horcrux started, with the descriptors Horcrux
+hands QEMU replaced by the paths they stand for, as one would type it) until its QMP
+`query-status` says `running`. Prints per-run figures, medians and the ratio.
 
 usage: bench/vm-start.py HORCRUX_BINARY TINY_GUEST_DIR [RUNS]
 """
@@ -85,25 +86,45 @@ try:
             pid = open(os.path.join(tmp, "run/qemu/100.pid")).read().strip()
             argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1]
         wait_task(call("POST", "/vms/100/stop", {})["upid"])
-    qmp = os.path.join(tmp, "run/qemu/100.qmp")
+    qmp = os.path.join(tmp, "bare.qmp")
+    disk = os.path.join(tmp, "images/100/vm-100-disk-0.qcow2")
+    bare_argv, skip = [], False
+    for i, a in enumerate(argv):
+        a = a.decode()
+        if skip:
+            skip = False
+            continue
+        if a == "-add-fd":
+            skip = True
+            continue
+        if a.startswith("socket,id=qmp,fd="):
+            bare_argv[-1] = "-qmp"
+            a = f"unix:{qmp},server=on,wait=off"
+        elif a == "chardev=qmp,mode=control":
+            bare_argv.pop()
+            continue
+        elif a.startswith("file=/dev/fdset/1,"):
+            a = a.replace("/dev/fdset/1", disk)
+        elif a.startswith("file:/proc/self/fd/"):
+            a = "file:" + os.path.join(tmp, "bare.serial.log")
+        elif bare_argv and bare_argv[-1] == "-kernel":
+            a = f"{guest}/vmlinuz"
+        elif bare_argv and bare_argv[-1] == "-initrd":
+            a = f"{guest}/initrd.gz"
+        bare_argv.append(a)
     bare = []
     for _ in range(runs):
+        if os.path.exists(qmp):
+            os.unlink(qmp)
         t0 = time.perf_counter()
-        subprocess.run(argv, check=True)
+        q = subprocess.Popen(bare_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         s, f = qmp_running(qmp)
         bare.append(time.perf_counter() - t0)
         f.write('{"execute":"quit"}\n'); f.flush()
         s.close()
-        pid = int(open(os.path.join(tmp, "run/qemu/100.pid")).read())
-        for _ in range(1000):
-            try:
-                st = open(f"/proc/{pid}/stat").read()
-                if ") Z " in st:
-                    break
-            except FileNotFoundError:
-                break
-            time.sleep(0.01)
+        q.wait()
     print("argv:", " ".join(a.decode() for a in argv))
+    print("bare argv:", " ".join(bare_argv))
     print("run  horcrux_ms  bare_qemu_ms")
     for i, (a, b) in enumerate(zip(ours, bare)):
         print(f"{i:>3}  {a*1000:>10.1f}  {b*1000:>12.1f}")

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// QEMU accelerator: auto picks KVM only where a probe guest really runs under it.
     #[arg(long, default_value = "auto", env = "HORCRUX_ACCEL")]
     accel: Accel,
+    /// Each guest's QEMU runs as uid and gid BASE + VMID (no account needed); 0 runs QEMU as
+    /// the daemon's user instead.
+    #[arg(long, default_value_t = horcrux_drivers::qemu::DEFAULT_GUEST_UID_BASE, env = "HORCRUX_QEMU_UID_BASE")]
+    qemu_uid_base: u32,
 }
 
 fn hostname() -> String {
@@ -216,7 +220,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let accel = resolve_accel(args.accel).await;
     tracing::info!(?accel, "QEMU accelerator");
-    let qemu = QemuDriver::new(data_dir.join("run/qemu"), data_dir.join("log/qemu"), accel)?;
+    let qemu = QemuDriver::new(data_dir.join("run/qemu"), data_dir.join("log/qemu"), accel)?
+        .with_guest_uid_base((args.qemu_uid_base != 0).then_some(args.qemu_uid_base));
     let options = cluster.clone();
     let history = move || {
         options.read_local(|s| {

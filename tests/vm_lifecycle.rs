@@ -49,7 +49,8 @@ fn tiny_guest_boots_survives_daemon_restart_and_is_deleted() {
     let console = api.get_text("/vms/101/serial");
     assert!(console.contains("GUEST-BOOTED"), "{console}");
     let pid = std::fs::read_to_string(tmp.path().join("run/qemu/101.pid")).unwrap().trim().to_string();
-    // Confined QEMU: seccomp sandbox on, VNC on a unix socket (no TCP port).
+    // Confined QEMU: seccomp sandbox on, no VNC socket (a console is handed over QMP), its
+    // own user, and no path to any file on its command line.
     let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap()
         .split(|b| *b == 0)
@@ -57,7 +58,14 @@ fn tiny_guest_boots_survives_daemon_restart_and_is_deleted() {
         .collect();
     let after = |flag: &str| argv.iter().position(|a| a == flag).map(|i| argv[i + 1].clone());
     assert!(after("-sandbox").is_some_and(|s| s.starts_with("on,")), "{argv:?}");
-    assert!(after("-vnc").is_some_and(|s| s.starts_with("unix:")), "{argv:?}");
+    assert_eq!(after("-vnc").as_deref(), Some("none"), "{argv:?}");
+    assert!(
+        !argv.iter().any(|a| a.contains(&tmp.path().display().to_string())),
+        "a path reaches QEMU: {argv:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = horcrux_drivers::qemu::DEFAULT_GUEST_UID_BASE + 101;
+    assert!(status.contains(&format!("Uid:\t{uid}\t")), "QEMU does not run as its own user: {status}");
 
     // Restart the daemon the hard way; the guest keeps running and is adopted, not relaunched.
     d.kill9();

@@ -101,6 +101,26 @@ impl QmpClient {
 
     /// Runs one command and returns its `return` value.
     pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, None).await
+    }
+
+    /// Runs one command sent together with a file descriptor (SCM_RIGHTS), as `getfd` and
+    /// `add-fd` expect.
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.execute_inner(command, arguments, Some(fd)).await
+    }
+
+    async fn execute_inner(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         if self.is_closed() {
             return Err(QmpError::Closed);
         }
@@ -113,8 +133,14 @@ impl QmpClient {
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
         let mut line = msg.to_string();
         line.push('\n');
-        let written = self.writer.lock().await.write_all(line.as_bytes()).await;
-        if written.is_err() {
+        let written = {
+            let mut w = self.writer.lock().await;
+            match fd {
+                None => w.write_all(line.as_bytes()).await.is_ok(),
+                Some(fd) => send_with_fd(w.as_ref(), line.as_bytes(), fd).await.is_ok(),
+            }
+        };
+        if !written {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return Err(QmpError::Closed);
         }
@@ -157,6 +183,60 @@ impl QmpClient {
     pub async fn wait_closed(&self) {
         let mut rx = self.closed.clone();
         let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// Sends `bytes` with `fd` attached as SCM_RIGHTS ancillary data, in one message (QEMU
+/// takes the descriptor with the command it arrived with).
+async fn send_with_fd(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut sent = 0;
+    while sent < bytes.len() {
+        stream.writable().await?;
+        let rest = &bytes[sent..];
+        // The descriptor rides with the first chunk only.
+        let with_fd = sent == 0;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg(stream.as_raw_fd(), rest, with_fd.then_some(fd.as_raw_fd()))
+        }) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn sendmsg(socket: i32, bytes: &[u8], fd: Option<i32>) -> std::io::Result<usize> {
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() };
+    // Room for one int, aligned as cmsghdr requires.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; every pointer in it refers to locals alive for the call,
+    // and the control buffer is large enough for one descriptor (CMSG_SPACE(4) <= 32).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+            std::ptr::copy_nonoverlapping(&fd as *const i32 as *const u8, libc::CMSG_DATA(cmsg), 4);
+        }
+        let n = libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 }
 

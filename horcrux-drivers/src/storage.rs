@@ -43,6 +43,8 @@ impl DirStorage {
                 message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
+        // Root's alone: QEMU gets the guest's disks as descriptors, nobody else reads them.
+        tokio::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).await?;
         Ok(volid)
     }
 }

@@ -64,16 +64,45 @@ async fn boots_adopts_shuts_down_and_notices_exit() {
     // Starting a running guest does not launch a second QEMU.
     driver.start(&l).await.unwrap();
     let pid = std::fs::read_to_string(run.join("901.pid")).unwrap();
-    // Confined: a seccomp filter, no TCP listener; VNC answers RFB on its unix socket.
+    // Confined: a seccomp filter, no listening socket of its own (TCP or unix); VNC answers
+    // RFB on a socket pair handed over QMP.
     let pid_n: i32 = pid.trim().parse().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid_n}/status")).unwrap();
     assert!(status.lines().any(|l| l == "Seccomp:\t2"), "no seccomp filter: {status}");
     assert_eq!(tcp_listeners_of(pid_n), Vec::<String>::new());
-    let mut vnc = std::os::unix::net::UnixStream::connect(run.join("901.vnc")).unwrap();
+    assert!(!run.join("901.vnc").exists());
+    let mut vnc = driver.vnc_connect(901).await.unwrap();
     let mut banner = [0u8; 12];
     std::io::Read::read_exact(&mut vnc, &mut banner).unwrap();
     assert!(banner.starts_with(b"RFB 003."), "{banner:?}");
     drop(vnc);
+    // Its own user (uid = base + vmid, no groups), which may open no file but its own: it
+    // was handed its disk; another guest's disk, root's secrets and the daemon's run
+    // directory are refused when QEMU itself tries to open them.
+    let owner = horcrux_drivers::qemu::DEFAULT_GUEST_UID_BASE + 901;
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert_eq!(uids, format!("Uid:\t{owner}\t{owner}\t{owner}\t{owner}"));
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap().trim().to_string();
+    assert_eq!(groups, "Groups:");
+    let other = storage.path(&storage.alloc(911, 0, 16).await.unwrap()).unwrap();
+    let open_dir = tmp.path().join("shared");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(&open_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let exposed = open_dir.join("other.qcow2");
+    std::fs::copy(&other, &exposed).unwrap();
+    std::fs::set_permissions(&exposed, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let qmp = driver.qmp(901).await.unwrap();
+    for (n, target) in
+        [exposed.display().to_string(), "/etc/shadow".into(), other.display().to_string()].iter().enumerate()
+    {
+        let args = serde_json::json!({
+            "driver": "file", "node-name": format!("intruder{n}"), "filename": target, "read-only": true,
+        });
+        let e = qmp.execute("blockdev-add", Some(args)).await.unwrap_err().to_string();
+        assert!(e.contains("Permission denied"), "QEMU opened {target}: {e}");
+    }
+    // (QEMU serves one QMP client at a time: the next driver's turn.)
+    drop(qmp);
 
     // A fresh driver (as after a daemon restart) adopts the same process.
     drop(driver);
@@ -139,14 +168,22 @@ async fn argv_has_the_contracted_options() {
     let after = |flag: &str| argv[argv.iter().position(|a| a == flag).unwrap() + 1].clone();
     assert_eq!(after("-accel"), "tcg");
     assert_eq!(after("-name"), "tiny903,debug-threads=on");
-    // No TCP listener: VNC on a unix socket beside QMP; confined by seccomp.
-    assert!(after("-vnc").starts_with("unix:") && after("-vnc").ends_with("r,,un/903.vnc"), "{argv:?}");
+    // No listener of QEMU's own: VNC without a socket; QMP on the descriptor the daemon
+    // bound; confined by seccomp.
+    assert_eq!(after("-vnc"), "none");
     assert_eq!(after("-sandbox"), "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
-    assert!(after("-qmp").contains("r,,un/903.qmp,server=on,wait=off"), "commas escaped: {argv:?}");
-    assert!(after("-drive").starts_with("file=/d/x,,y.qcow2,if=none"));
+    assert_eq!(after("-chardev"), "socket,id=qmp,fd=3,server=on,wait=off");
+    assert_eq!(after("-mon"), "chardev=qmp,mode=control");
+    // No path at all: the disk is fd set 1 (read-write 4, read-only 5), the serial log fd
+    // 6, the kernel and initrd 7 and 8.
+    let add_fds: Vec<&String> = argv.windows(2).filter(|w| w[0] == "-add-fd").map(|w| &w[1]).collect();
+    assert_eq!(add_fds, ["fd=4,set=1", "fd=5,set=1"]);
+    assert_eq!(after("-drive"), "file=/dev/fdset/1,if=none,id=drive-virtio0,format=qcow2");
+    assert_eq!(after("-serial"), "file:/proc/self/fd/6");
+    assert_eq!((after("-kernel"), after("-initrd")), ("/proc/self/fd/7".into(), "/proc/self/fd/8".into()));
     assert_eq!(after("-append"), "console=ttyS0 a,b");
     assert!(!argv.contains(&"-daemonize".to_string()), "-daemonize forks, which the sandbox forbids");
-    assert!(after("-serial").ends_with("903.serial.log"));
+    assert!(!argv.iter().any(|a| a.contains("/d/x") || a.contains("r,un")), "no path reaches QEMU: {argv:?}");
 }
 
 /// Removes the test bridge however the test ends.
@@ -205,9 +242,11 @@ async fn nics_join_a_real_bridge_and_disks_sit_on_their_bus() {
     assert!(argv.contains("-smp 2,sockets=2,cores=1"), "{argv}");
     assert!(argv.contains("scsi-hd,bus=scsihw0.0,scsi-id=2,drive=drive-scsi2,id=scsi2"), "{argv}");
     assert!(argv.contains("virtio-net-pci,netdev=net0,mac=BC:24:11:00:09:00,id=net0"), "{argv}");
+    // The daemon made the tap and handed it over: QEMU needs no network privilege.
+    assert!(argv.contains("-netdev tap,id=net0,fd="), "{argv}");
     assert!(argv.contains("user,id=net1"), "{argv}");
     driver.stop(904).await.unwrap();
-    // QEMU removes the tap it created.
+    // The tap goes with the last descriptor to it, QEMU's.
     for _ in 0..50 {
         if !std::path::Path::new("/sys/class/net/tap904i0").exists() {
             break;

@@ -1,9 +1,12 @@
 //! The QEMU driver: launches `qemu-system-x86_64` from an argument vector (never a shell),
 //! in its own process group with a pidfile so guests outlive the daemon, and controls it
 //! over QMP. After a daemon restart it adopts still-running guests through pidfile + QMP.
-//! QEMU runs confined: a seccomp sandbox (no spawning, no privilege changes, no obsolete
-//! syscalls, no resource-control calls) and no TCP listener at all: QMP and VNC are unix
-//! sockets in the run directory (0700, root's).
+//! QEMU runs confined: as a user of its own per guest (uid `base + vmid`, no groups) when the
+//! daemon is root, handed descriptors for exactly its own disks, serial log, boot files,
+//! taps and QMP socket (see `fds.rs`), so it can open nothing else; under a seccomp sandbox
+//! (no spawning, no privilege changes, no obsolete syscalls, no resource-control calls); and
+//! with no listener of its own at all: QMP is a socket the daemon bound in its run directory
+//! (0700, root's), VNC has no socket (a console is a socket pair handed over QMP).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -16,6 +19,16 @@ use tokio::process::Command;
 
 use crate::hypervisor::{BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome};
 use crate::qmp::QmpClient;
+
+mod fds;
+pub use fds::{open_tap, FdLayout};
+
+/// Guest `vmid`'s QEMU runs as uid and gid `DEFAULT_GUEST_UID_BASE + vmid` (above any
+/// subordinate-id range containers use; no account needs to exist).
+pub const DEFAULT_GUEST_UID_BASE: u32 = 3_000_000_000;
+/// Set in each QEMU's environment to its QMP socket path: how a restarted daemon knows a
+/// process is that guest's QEMU (a recycled pid is not).
+const GUEST_ENV: &str = "HORCRUX_QMP";
 
 /// How long `quit` may take before the process is killed.
 const QUIT_GRACE: Duration = Duration::from_secs(10);
@@ -85,9 +98,10 @@ pub struct QemuDriver {
     procs: Mutex<HashMap<u32, Proc>>,
     /// Serialises launches (a start checks, then creates, the guest's sockets).
     launch_lock: tokio::sync::Mutex<()>,
+    /// QEMU runs as `base + vmid`; `None`: as the daemon's user.
+    guest_uid_base: Option<u32>,
 }
 
-/// QEMU option values separate sub-options with ',': a literal comma is written twice.
 /// Proxmox's tap names: `tap{vmid}i{index}` (at most 15 characters for a 9-digit VMID).
 pub fn tap_name(vmid: u32, index: u8) -> String {
     format!("tap{vmid}i{index}")
@@ -118,10 +132,6 @@ async fn attach_taps(launch: &GuestLaunch, qmp: &QmpClient) -> Result<(), Driver
     Ok(())
 }
 
-fn opt_escape(p: &Path) -> String {
-    p.display().to_string().replace(',', ",,")
-}
-
 impl QemuDriver {
     /// `accel` must already be resolved (see [`crate::qemu::resolve_accel`]).
     pub fn new(run_dir: PathBuf, log_dir: PathBuf, accel: Accel) -> Result<Self, DriverError> {
@@ -137,7 +147,27 @@ impl QemuDriver {
             monitors: Mutex::default(),
             procs: Mutex::default(),
             launch_lock: tokio::sync::Mutex::new(()),
+            // SAFETY: geteuid has no preconditions.
+            guest_uid_base: (unsafe { libc::geteuid() } == 0).then_some(DEFAULT_GUEST_UID_BASE),
         })
+    }
+
+    /// Runs each guest's QEMU as `base + vmid` (`None`: as the daemon's own user). Only a
+    /// root daemon can change users; otherwise QEMU runs as the daemon's user.
+    pub fn with_guest_uid_base(mut self, base: Option<u32>) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if base.is_some() && !root {
+            tracing::warn!("not root: QEMU runs as the daemon's user, not a user of its own per guest");
+        }
+        self.guest_uid_base = base.filter(|_| root);
+        self
+    }
+
+    /// The uid and gid guest `vmid`'s QEMU runs as, if not the daemon's.
+    pub fn guest_owner(&self, vmid: u32) -> Option<(u32, u32)> {
+        let uid = self.guest_uid_base?.checked_add(vmid)?;
+        Some((uid, uid))
     }
 
     pub fn accel(&self) -> Accel {
@@ -152,9 +182,17 @@ impl QemuDriver {
         self.run_dir.join(format!("{vmid}.pid"))
     }
 
-    /// The guest's VNC server (RFB on a unix socket; the console proxy connects to it).
-    pub fn vnc_path(&self, vmid: u32) -> PathBuf {
-        self.run_dir.join(format!("{vmid}.vnc"))
+    /// A new connection to the guest's VNC server: one end of a socket pair whose other end
+    /// is handed to QEMU over QMP (`getfd`, `add_client`). QEMU listens nowhere.
+    pub async fn vnc_connect(&self, vmid: u32) -> Result<std::os::unix::net::UnixStream, DriverError> {
+        let qmp = self.qmp(vmid).await?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let name = format!("vnc-{}", std::process::id());
+        let fdname = serde_json::json!({ "fdname": name });
+        qmp.execute_with_fd("getfd", Some(fdname), std::os::fd::AsFd::as_fd(&theirs)).await?;
+        let add = serde_json::json!({ "protocol": "vnc", "fdname": name, "skipauth": true });
+        qmp.execute("add_client", Some(add)).await?;
+        Ok(ours)
     }
 
     /// What QEMU printed on stderr at its last start.
@@ -162,9 +200,11 @@ impl QemuDriver {
         self.log_dir.join(format!("{vmid}.qemu.log"))
     }
 
-    /// The full argument vector for one guest (without the program name).
+    /// The full argument vector for one guest (without the program name). Files, sockets and
+    /// taps are descriptors numbered by `FdLayout::of(launch)`.
     pub fn argv(&self, launch: &GuestLaunch) -> Vec<OsString> {
         let spec = &launch.spec;
+        let fds = FdLayout::of(launch);
         let mut a: Vec<String> = vec![
             "-name".into(),
             format!("{},debug-threads=on", launch.name),
@@ -178,15 +218,15 @@ impl QemuDriver {
             "-device".into(),
             "VGA".into(),
             "-vnc".into(),
-            format!("unix:{}", opt_escape(&self.vnc_path(launch.vmid))),
+            "none".into(),
             "-sandbox".into(),
             SANDBOX.into(),
             "-serial".into(),
-            format!("file:{}", self.serial_log(launch.vmid).display()),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", opt_escape(&self.qmp_path(launch.vmid))),
-            "-pidfile".into(),
-            self.pid_path(launch.vmid).display().to_string(),
+            format!("file:{}", fds::proc_fd(fds.serial)),
+            "-chardev".into(),
+            format!("socket,id=qmp,fd={},server=on,wait=off", fds::QMP_FD),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
         ];
         let slots = spec.disk_slots();
         let on_bus = |bus: &str| slots.iter().any(|s| s.starts_with(bus));
@@ -196,10 +236,17 @@ impl QemuDriver {
         if on_bus("sata") {
             a.extend(["-device".into(), "ahci,id=ahci0".into()]);
         }
-        for (i, path) in launch.disk_paths.iter().enumerate() {
+        for (i, (rw, ro)) in fds.disks.iter().enumerate() {
             let slot = slots.get(i).cloned().unwrap_or_else(|| format!("virtio{i}"));
+            let set = i + 1;
+            a.extend([
+                "-add-fd".into(),
+                format!("fd={rw},set={set}"),
+                "-add-fd".into(),
+                format!("fd={ro},set={set}"),
+            ]);
             a.push("-drive".into());
-            a.push(format!("file={},if=none,id=drive-{slot},format=qcow2", opt_escape(path)));
+            a.push(format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format=qcow2"));
             a.push("-device".into());
             let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
             a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {
@@ -215,11 +262,9 @@ impl QemuDriver {
         for n in &spec.nets {
             let id = format!("net{}", n.index);
             a.push("-netdev".into());
-            a.push(match &n.bridge {
-                // QEMU creates the tap (we run as root); `attach_taps` puts it on the bridge.
-                Some(_) => {
-                    format!("tap,id={id},ifname={},script=no,downscript=no", tap_name(launch.vmid, n.index))
-                }
+            a.push(match fds.tap(n.index) {
+                // The daemon made the tap and hands it over; `attach_taps` bridges it.
+                Some(fd) => format!("tap,id={id},fd={fd}"),
                 None => format!("user,id={id}"),
             });
             let device = match n.model.as_str() {
@@ -229,12 +274,12 @@ impl QemuDriver {
             a.push("-device".into());
             a.push(format!("{device},netdev={id},mac={},id={id}", n.macaddr));
         }
-        if let Some(boot) = &spec.boot {
+        if let (Some(boot), Some(kernel)) = (&spec.boot, fds.kernel) {
             a.push("-kernel".into());
-            a.push(boot.kernel.clone());
-            if let Some(initrd) = &boot.initrd {
+            a.push(fds::proc_fd(kernel));
+            if let Some(initrd) = fds.initrd {
                 a.push("-initrd".into());
-                a.push(initrd.clone());
+                a.push(fds::proc_fd(initrd));
             }
             if !boot.cmdline.is_empty() {
                 a.push("-append".into());
@@ -244,7 +289,7 @@ impl QemuDriver {
         a.into_iter().map(OsString::from).collect()
     }
 
-    /// The pid of the guest's QEMU if it is alive and really ours (its command line names
+    /// The pid of the guest's QEMU if it is alive and really ours (its environment names
     /// our QMP socket, so a recycled pid is never mistaken for the guest).
     fn live_pid(&self, vmid: u32) -> Option<i32> {
         let pid: i32 = std::fs::read_to_string(self.pid_path(vmid)).ok()?.trim().parse().ok()?;
@@ -254,9 +299,14 @@ impl QemuDriver {
         if state == 'Z' || state == 'X' {
             return None;
         }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let qmp = opt_escape(&self.qmp_path(vmid));
-        cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(&qmp)).then_some(pid)
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let marker = format!("{GUEST_ENV}={}", self.qmp_path(vmid).display());
+        environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()).then_some(pid)
+    }
+
+    /// The QMP connection of a running guest (QEMU serves one at a time: this one).
+    pub async fn qmp(&self, vmid: u32) -> Result<Arc<QmpClient>, DriverError> {
+        self.monitor(vmid).await?.ok_or_else(|| DriverError::Invalid(format!("guest {vmid} is not running")))
     }
 
     fn cached_monitor(&self, vmid: u32) -> Option<Arc<QmpClient>> {
@@ -313,7 +363,7 @@ impl QemuDriver {
             }
         }
         let vmid = launch.vmid;
-        for p in [self.qmp_path(vmid), self.pid_path(vmid), self.vnc_path(vmid)] {
+        for p in [self.qmp_path(vmid), self.pid_path(vmid)] {
             let _ = std::fs::remove_file(p);
         }
         let stderr = std::fs::File::create(self.stderr_path(vmid))?;
@@ -321,16 +371,41 @@ impl QemuDriver {
             program: self.binary.display().to_string(),
             message: e.to_string(),
         };
+        let owner = self.guest_owner(vmid);
+        let qmp_listener = std::os::unix::net::UnixListener::bind(self.qmp_path(vmid))?;
+        let layout = FdLayout::of(launch);
+        let handed = fds::open_all(launch, &layout, qmp_listener.into(), &self.serial_log(vmid), owner)?;
+        let plan = fds::plan(&handed);
+        // With KVM, the guest's user needs /dev/kvm's group.
+        let groups: Vec<libc::gid_t> = match (owner, self.accel) {
+            (Some(_), Accel::Kvm) => std::fs::metadata("/dev/kvm")
+                .map(|m| vec![std::os::unix::fs::MetadataExt::gid(&m)])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         // Its own process group: a signal to the daemon's group (Ctrl-C) leaves guests alone.
         // Dropping the handle does not kill it; tokio reaps it when it exits.
-        let mut child = Command::new(&self.binary)
-            .args(self.argv(launch))
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.argv(launch))
+            .env(GUEST_ENV, self.qmp_path(vmid))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .process_group(0)
-            .spawn()
-            .map_err(spawn_error)?;
+            .process_group(0);
+        // SAFETY: the hook only calls dup2/fcntl/setgroups/setgid/setuid on data prepared
+        // before the fork (async-signal-safe, no allocation).
+        unsafe {
+            cmd.pre_exec(move || fds::install(&plan, owner, &groups));
+        }
+        let spawned = cmd.spawn();
+        // The daemon's copies: QEMU holds its own now (and a tap must vanish with QEMU).
+        drop(handed);
+        let mut child = spawned.map_err(spawn_error)?;
+        if let Some(pid) = child.id() {
+            let pid_file = self.pid_path(vmid);
+            let tmp = pid_file.with_extension("pid.new");
+            std::fs::write(&tmp, format!("{pid}\n")).and_then(|_| std::fs::rename(&tmp, &pid_file))?;
+        }
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         let qmp = loop {
             if let Some(status) = child.try_wait().map_err(spawn_error)? {
