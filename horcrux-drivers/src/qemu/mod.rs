@@ -98,6 +98,10 @@ pub struct QemuDriver {
     procs: Mutex<HashMap<u32, Proc>>,
     /// Serialises launches (a start checks, then creates, the guest's sockets).
     launch_lock: tokio::sync::Mutex<()>,
+    /// Serialises QMP connects: QEMU serves one client at a time, so a second connection
+    /// made concurrently (status poll, exit watcher and a stop racing after adoption) gets
+    /// no greeting and everything sent on it waits out the timeouts.
+    connect_lock: tokio::sync::Mutex<()>,
     /// QEMU runs as `base + vmid`; `None`: as the daemon's user.
     guest_uid_base: Option<u32>,
 }
@@ -147,6 +151,7 @@ impl QemuDriver {
             monitors: Mutex::default(),
             procs: Mutex::default(),
             launch_lock: tokio::sync::Mutex::new(()),
+            connect_lock: tokio::sync::Mutex::new(()),
             // SAFETY: geteuid has no preconditions.
             guest_uid_base: (unsafe { libc::geteuid() } == 0).then_some(DEFAULT_GUEST_UID_BASE),
         })
@@ -327,6 +332,10 @@ impl QemuDriver {
         if let Some(c) = self.cached_monitor(vmid) {
             return Ok(Some(c));
         }
+        let _one_at_a_time = self.connect_lock.lock().await;
+        if let Some(c) = self.cached_monitor(vmid) {
+            return Ok(Some(c));
+        }
         let Some(pid) = self.live_pid(vmid) else { return Ok(None) };
         let client = QmpClient::connect(&self.qmp_path(vmid)).await?;
         self.remember_proc(vmid, pid);
@@ -417,8 +426,14 @@ impl QemuDriver {
                 };
                 return Err(DriverError::Command { program: "qemu-system-x86_64".into(), message: err });
             }
-            if self.qmp_path(vmid).exists() {
+            {
+                // A status poll may have connected first (the one connection QEMU serves).
+                let _one_at_a_time = self.connect_lock.lock().await;
+                if let Some(c) = self.cached_monitor(vmid) {
+                    break c;
+                }
                 if let Ok(c) = QmpClient::connect(&self.qmp_path(vmid)).await {
+                    self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid, c.clone());
                     break c;
                 }
             }
@@ -433,7 +448,6 @@ impl QemuDriver {
         if let Some(pid) = child.id() {
             self.remember_proc(vmid, pid as i32);
         }
-        self.monitors.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid, qmp.clone());
         if let Err(e) = attach_taps(launch, &qmp).await {
             let _ = self.stop_inner(vmid).await;
             return Err(e);
