@@ -87,7 +87,7 @@ try:
             argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:-1]
         wait_task(call("POST", "/vms/100/stop", {})["upid"])
     qmp = os.path.join(tmp, "bare.qmp")
-    disk = os.path.join(tmp, "images/100/vm-100-disk-0.qcow2")
+    disk = os.path.join(call("GET", "/storage")[0]["path"], "images/100/vm-100-disk-0.qcow2")
     bare_argv, skip = [], False
     for i, a in enumerate(argv):
         a = a.decode()

@@ -299,3 +299,52 @@ fn three_node_ring_matches_corosync_as_nodes_go_down() {
     converge("3 nodes, node2 and node3 down", ours, || lab.quorumtool(1));
     h1.daemon.take();
 }
+
+/// The shim describes the Raft cluster as it is: a healthy one-node cluster that imported a
+/// three-node, two-link corosync.conf is quorate with one expected vote (Raft needs no
+/// other node), names itself as the import does, and keeps every link's addresses.
+#[test]
+fn an_imported_bigger_nodelist_does_not_invent_a_quorum_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start_horcrux(tmp.path(), "node1", None);
+    let api = h.daemon.as_ref().unwrap().client();
+    let conf = "totem {\n cluster_name: pve\n interface {\n  linknumber: 0\n }\n interface {\n  linknumber: 1\n }\n}\n\
+        nodelist {\n node {\n  name: node1\n  nodeid: 7\n  ring0_addr: 10.0.0.1\n  ring1_addr: 192.168.9.1\n }\n\
+         node {\n  name: node2\n  nodeid: 8\n  ring0_addr: 10.0.0.2\n  ring1_addr: 192.168.9.2\n }\n\
+         node {\n  name: node3\n  nodeid: 9\n  ring0_addr: 10.0.0.3\n  ring1_addr: 192.168.9.3\n }\n}\n\
+        quorum {\n provider: corosync_votequorum\n}\n";
+    let path = tmp.path().join("two-link.conf");
+    std::fs::write(&path, conf).unwrap();
+    import(&api, &path);
+    let out = horcrux_quorumtool(&h.dir, h.port, &h.dir);
+    let (f, members) = fields(&out);
+    let f = |k: &str| f[k].trim().to_string();
+    assert_eq!(f("Quorate"), "Yes", "{out}");
+    assert_eq!(
+        (f("Expected votes"), f("Total votes"), f("Quorum")),
+        ("1".into(), "1".into(), "1".into()),
+        "{out}"
+    );
+    assert!(!out.contains("Activity blocked"), "{out}");
+    assert_eq!(f("Node ID"), "7", "the import's node id for node1: {out}");
+    let members: Vec<String> =
+        members.iter().map(|m| m.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(members, ["7 1 node1 (local)"], "{out}");
+    // Writes succeed, as the view says.
+    assert_eq!(api.post("/pools", &json!({"poolid": "p1"})).0, 200);
+    let (_, c) = api.get("/cluster/corosync");
+    let links: Vec<Vec<String>> = c["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            n["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| format!("{}={}", l["link"], l["addr"].as_str().unwrap()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(links[1], ["0=10.0.0.2", "1=192.168.9.2"], "{c}");
+}

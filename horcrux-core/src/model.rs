@@ -427,6 +427,16 @@ pub struct CorosyncNode {
     pub ring0_addr: String,
     #[serde(default = "one_vote")]
     pub quorum_votes: u32,
+    /// Every link's address (`ringN_addr`, N the link number), ring 0 first.
+    #[serde(default)]
+    pub links: Vec<CorosyncLink>,
+}
+
+/// One of a node's corosync links: `ringN_addr` with N = `link`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorosyncLink {
+    pub link: u8,
+    pub addr: String,
 }
 
 fn one_vote() -> u32 {

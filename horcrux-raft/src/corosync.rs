@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use horcrux_core::{CorosyncConfig, CorosyncNode};
+pub use horcrux_core::{CorosyncConfig, CorosyncLink, CorosyncNode};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("corosync.conf line {line}: {message}")]
@@ -113,7 +113,14 @@ pub fn parse(text: &str) -> Result<CorosyncConfig, ParseError> {
         if nodes.iter().any(|o: &CorosyncNode| o.nodeid == nodeid || o.name == name) {
             return Err(perr(n.line, format!("duplicate node {name} / nodeid {nodeid}")));
         }
-        nodes.push(CorosyncNode { name, nodeid, ring0_addr, quorum_votes });
+        // knet has up to 8 links, each node's address on link N in ringN_addr.
+        let mut links = Vec::new();
+        for link in 0..8u8 {
+            if let Some((addr, _)) = n.get(&format!("ring{link}_addr")) {
+                links.push(CorosyncLink { link, addr: addr.to_string() });
+            }
+        }
+        nodes.push(CorosyncNode { name, nodeid, ring0_addr, quorum_votes, links });
     }
     if nodes.is_empty() {
         return Err(perr(nodelist.line, "the nodelist has no node"));
@@ -129,6 +136,19 @@ pub fn parse(text: &str) -> Result<CorosyncConfig, ParseError> {
         }
     }
     Ok(CorosyncConfig { cluster_name, nodes, expected_votes, two_node, wait_for_all })
+}
+
+/// The addresses a member with Raft address `raft_addr` (`HOST:PORT`) is also reachable at:
+/// each of its corosync links' address with the same port, other than the Raft one.
+pub fn link_addrs(raft_addr: &str, links: &[CorosyncLink]) -> Vec<String> {
+    let Some((host, port)) = raft_addr.rsplit_once(':') else { return Vec::new() };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    links
+        .iter()
+        .map(|l| l.addr.trim())
+        .filter(|a| !a.is_empty() && *a != host)
+        .map(|a| if a.contains(':') { format!("[{a}]:{port}") } else { format!("{a}:{port}") })
+        .collect()
 }
 
 /// One member as `corosync-quorumtool` lists it.

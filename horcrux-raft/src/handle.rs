@@ -147,9 +147,6 @@ pub struct ClusterHandle {
     node_name: Arc<str>,
     pub(crate) net: Option<QuicNetwork>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
-    /// Every voter has been online at once since this process started (what votequorum's
-    /// wait_for_all waits for).
-    pub(crate) all_seen: Arc<std::sync::atomic::AtomicBool>,
     api: Arc<std::sync::OnceLock<ApiHandler>>,
     /// Where forwarded API calls run (the caller's runtime, not the Raft thread).
     api_runtime: tokio::runtime::Handle,
@@ -333,7 +330,6 @@ impl ClusterHandle {
             node_name: identity.name.clone().into(),
             net,
             clock: Arc::new(system_clock_ms),
-            all_seen: Arc::default(),
             api: Arc::default(),
             pinned: Arc::new(identity.pinned.clone()),
             join_failures: Arc::default(),
@@ -347,6 +343,19 @@ impl ClusterHandle {
             // The dialing side checks the server is a current member too.
             let (sm, pinned) = (handle.sm.clone(), handle.pinned.clone());
             net.set_peer_check(Arc::new(move |fp| lookup_member(&sm, &pinned, fp)));
+            // A member unreachable at its Raft address is tried on its other corosync links.
+            let (sm, raft) = (handle.sm.clone(), handle.raft.clone());
+            net.set_alternates(Arc::new(move |id| {
+                let m = raft.metrics().borrow().membership_config.clone();
+                let Some(node) = m.membership().get_node(&id).cloned() else { return Vec::new() };
+                let links = sm
+                    .read()
+                    .state
+                    .corosync
+                    .as_ref()
+                    .and_then(|c| c.nodes.iter().find(|n| n.name == node.name).map(|n| n.links.clone()));
+                crate::corosync::link_addrs(&node.raft_addr, &links.unwrap_or_default())
+            }));
         }
         if let Some(endpoint) = endpoint {
             thread.handle().spawn(transport::serve(endpoint, handle.clone()));

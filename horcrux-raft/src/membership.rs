@@ -7,7 +7,7 @@ use std::time::Duration;
 use horcrux_core::{ids, Command};
 use openraft::{ChangeMembers, Raft, ServerState};
 
-use crate::corosync::{QuorumMember, QuorumView, Votequorum};
+use crate::corosync::{QuorumMember, QuorumView};
 use crate::handle::{ClusterHandle, ProposeError, MAX_VOTERS, OP_TIMEOUT};
 use crate::join::JoinTokenData;
 use crate::node::HorcruxNode;
@@ -98,9 +98,6 @@ impl ClusterHandle {
             });
         }
         let expected = voters.len() as u32;
-        if votes == expected {
-            self.all_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
         let leader_id = m.current_leader;
         ClusterStatus {
             leader: leader_id.and_then(|l| membership.get_node(&l)).map(|n| n.name.clone()),
@@ -119,9 +116,12 @@ impl ClusterHandle {
         }
     }
 
-    /// What `corosync-quorumtool -s` would print on this node: the Raft membership mapped to
-    /// corosync node ids (from an imported corosync.conf, else the Raft ids), with
-    /// votequorum's rules.
+    /// What `corosync-quorumtool -s` would print on this node if corosync ran this cluster:
+    /// the Raft membership as it is (one vote per voter, expected votes the number of
+    /// voters, quorate when Raft has a majority), with node names and ids from an imported
+    /// corosync.conf where they match members (else the Raft ids). It never shows a state
+    /// the cluster is not in: an imported `expected_votes`, `two_node` or `wait_for_all`
+    /// does not change what Raft needs for quorum, so it does not change the view either.
     pub fn quorum_view(&self) -> QuorumView {
         let status = self.cluster_status();
         let seed = self.read_local(|s| s.corosync.clone());
@@ -131,38 +131,19 @@ impl ClusterHandle {
                 .map(|n| n.nodeid)
                 .unwrap_or(raft_id as u32)
         };
-        let votes_of = |name: &str, voter: bool| {
-            if !voter {
-                return 0;
-            }
-            seed.as_ref()
-                .and_then(|c| c.nodes.iter().find(|n| n.name == name))
-                .map(|n| n.quorum_votes)
-                .unwrap_or(1)
-        };
         let mut members: Vec<QuorumMember> = status
             .nodes
             .iter()
             .filter(|n| n.online)
             .map(|n| QuorumMember {
                 nodeid: nodeid(&n.name, n.id),
-                votes: votes_of(&n.name, n.voter),
+                votes: u32::from(n.voter),
                 name: n.name.clone(),
                 local: n.local,
             })
             .collect();
         members.sort_by_key(|m| m.nodeid);
-        let vq = match &seed {
-            Some(c) => {
-                let mut vq = Votequorum::from_config(c);
-                vq.expected_votes = vq.expected_votes.max(status.expected_votes);
-                vq
-            }
-            None => {
-                Votequorum { expected_votes: status.expected_votes, two_node: false, wait_for_all: false }
-            }
-        };
-        let all_seen = self.all_seen.load(std::sync::atomic::Ordering::Relaxed);
+        let total: u32 = members.iter().map(|m| m.votes).sum();
         let local = status.nodes.iter().find(|n| n.local);
         let local_id = local.map(|n| nodeid(&n.name, n.id)).unwrap_or(self.node_id as u32);
         let ring_rep = status
@@ -170,8 +151,19 @@ impl ClusterHandle {
             .and_then(|l| status.nodes.iter().find(|n| n.id == l))
             .map(|n| nodeid(&n.name, n.id))
             .unwrap_or(local_id);
-        let ring_id = format!("{ring_rep}.{:x}", status.term);
-        vq.view(members, all_seen, self.now_ms() / 1000, local_id, ring_id)
+        QuorumView {
+            date_unix: self.now_ms() / 1000,
+            node_id: local_id,
+            ring_id: format!("{ring_rep}.{:x}", status.term),
+            expected_votes: status.expected_votes,
+            highest_expected: status.expected_votes.max(total),
+            total_votes: total,
+            quorum: status.quorum,
+            quorate: status.quorate,
+            two_node: false,
+            wait_for_all: false,
+            members,
+        }
     }
 
     /// Creates a join token valid for `ttl`; returns it encoded.

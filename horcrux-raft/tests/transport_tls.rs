@@ -539,3 +539,24 @@ async fn tls_requires_a_client_certificate_and_a_joiner_proves_its_key() {
     }
     handle.shutdown().await;
 }
+
+/// A member unreachable at its Raft address is dialled at its other addresses (the other
+/// corosync links of an imported corosync.conf).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_dialled_on_its_other_links_when_its_address_fails() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let handle = open(tmp.path(), &addr).await;
+    let ca = handle.cluster_ca().unwrap();
+    let n2 = record_n2(&handle, &ca).await;
+    let dead = format!("127.0.0.1:{}", free_udp_port());
+    let t = Duration::from_secs(2);
+    let net = client(&identity(&ca.cert_pem, &n2.cert_pem, &n2.key_pem));
+    assert!(net.call(Some(1), &dead, &RpcRequest::Ping { from: 2 }, t).await.is_err());
+    let other = addr.clone();
+    net.set_alternates(std::sync::Arc::new(move |id| if id == 1 { vec![other.clone()] } else { vec![] }));
+    let r = net.call(Some(1), &dead, &RpcRequest::Ping { from: 2 }, Duration::from_secs(8)).await;
+    assert!(matches!(r, Ok(RpcResponse::Pong)), "{r:?}");
+    handle.shutdown().await;
+}

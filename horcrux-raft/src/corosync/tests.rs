@@ -89,10 +89,32 @@ fn parses_nodelist_quorum_and_totem() {
     assert_eq!(c.cluster_name, "probe");
     assert_eq!(
         c.nodes[2],
-        CorosyncNode { name: "node3".into(), nodeid: 3, ring0_addr: "10.77.0.3".into(), quorum_votes: 1 }
+        CorosyncNode {
+            name: "node3".into(),
+            nodeid: 3,
+            ring0_addr: "10.77.0.3".into(),
+            quorum_votes: 1,
+            links: vec![CorosyncLink { link: 0, addr: "10.77.0.3".into() }],
+        }
     );
     let vq = Votequorum::from_config(&c);
     assert_eq!((vq.expected_votes, vq.two_node, vq.wait_for_all), (3, false, false));
+}
+
+/// A Proxmox cluster with two corosync links (`pvecm create --link0 ... --link1 ...`):
+/// every node's every link address is kept, in link order.
+#[test]
+fn every_link_address_is_kept() {
+    let conf = "totem {\n cluster_name: pve\n interface {\n  linknumber: 0\n }\n interface {\n  linknumber: 1\n }\n}\n\
+        nodelist {\n node {\n  name: pve1\n  nodeid: 1\n  quorum_votes: 1\n  ring0_addr: 10.0.0.1\n  ring1_addr: 192.168.9.1\n }\n\
+         node {\n  name: pve2\n  nodeid: 2\n  ring0_addr: 10.0.0.2\n  ring1_addr: fd00::2\n }\n}\nquorum {\n provider: corosync_votequorum\n}\n";
+    let c = parse(conf).unwrap();
+    let links = |i: usize| c.nodes[i].links.iter().map(|l| (l.link, l.addr.as_str())).collect::<Vec<_>>();
+    assert_eq!(links(0), [(0, "10.0.0.1"), (1, "192.168.9.1")]);
+    assert_eq!(links(1), [(0, "10.0.0.2"), (1, "fd00::2")]);
+    // A member whose Raft address is on link 0 is also dialled on link 1, same port.
+    assert_eq!(link_addrs("10.0.0.2:7001", &c.nodes[1].links), ["[fd00::2]:7001"]);
+    assert_eq!(link_addrs("[fd00::2]:7001", &c.nodes[1].links), ["10.0.0.2:7001"]);
 }
 
 #[test]

@@ -36,6 +36,9 @@ async fn roundtrip(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, Tr
 /// Which current member (if any) a certificate fingerprint belongs to.
 pub type PeerCheck = Arc<dyn Fn(&str) -> Option<NodeId> + Send + Sync>;
 
+/// A member's other addresses (its other corosync links), tried when its Raft address fails.
+pub type Alternates = Arc<dyn Fn(NodeId) -> Vec<String> + Send + Sync>;
+
 /// Shared by all peers: the endpoint, one cached connection per address, and when each
 /// node was last heard from.
 #[derive(Clone)]
@@ -52,6 +55,7 @@ pub struct QuicNetwork {
     /// Once set, a server must present a current member's certificate (the expected
     /// member's, when the call names its target), not merely one the CA signed.
     peer_check: Arc<std::sync::OnceLock<PeerCheck>>,
+    alternates: Arc<std::sync::OnceLock<Alternates>>,
 }
 
 impl QuicNetwork {
@@ -63,7 +67,12 @@ impl QuicNetwork {
             conns: Arc::default(),
             contact: Arc::default(),
             peer_check: Arc::default(),
+            alternates: Arc::default(),
         }
+    }
+
+    pub fn set_alternates(&self, alternates: Alternates) {
+        let _ = self.alternates.set(alternates);
     }
 
     /// Dials with a new identity from now on (a renewed certificate); open connections are
@@ -175,17 +184,19 @@ impl QuicNetwork {
     ) -> Result<RpcResponse, TransportError> {
         let bytes = serde_json::to_vec(req).map_err(terr)?;
         let fut = async {
-            match self.exchange(target, addr, &bytes, false).await {
-                Ok(Some(r)) => Ok(r),
-                Ok(None) => Err(TransportError("no connection".into())),
-                // A peer that does not know this node's renewed certificate yet still knows
-                // the previous one.
-                Err(e) => match self.exchange(target, addr, &bytes, true).await {
-                    Ok(Some(r)) => Ok(r),
-                    Ok(None) => Err(e),
-                    Err(_) => Err(e),
-                },
+            let first = self.call_at(target, addr, &bytes).await;
+            let Err(e) = first else { return first };
+            // The member's other links, if an imported corosync.conf named them.
+            let others = match (target, self.alternates.get()) {
+                (Some(t), Some(alt)) => alt(t),
+                _ => Vec::new(),
+            };
+            for other in others.iter().filter(|o| o.as_str() != addr) {
+                if let Ok(r) = self.call_at(target, other, &bytes).await {
+                    return Ok(r);
+                }
             }
+            Err(e)
         };
         let reply = tokio::time::timeout(timeout, fut)
             .await
@@ -194,6 +205,24 @@ impl QuicNetwork {
             self.heard_from(t);
         }
         serde_json::from_slice(&reply).map_err(terr)
+    }
+
+    /// One request to `addr`, with the current identity, then the previous one: a peer that
+    /// does not know this node's renewed certificate yet still knows the previous one.
+    async fn call_at(
+        &self,
+        target: Option<NodeId>,
+        addr: &str,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, TransportError> {
+        match self.exchange(target, addr, bytes, false).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(TransportError("no connection".into())),
+            Err(e) => match self.exchange(target, addr, bytes, true).await {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) | Err(_) => Err(e),
+            },
+        }
     }
 
     pub fn heard_from(&self, node: NodeId) {

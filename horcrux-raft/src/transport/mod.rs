@@ -17,7 +17,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
-pub use client::{join_cluster, PeerCheck, QuicNetwork};
+pub use client::{join_cluster, Alternates, PeerCheck, QuicNetwork};
 pub use server::{serve, ServerCtx};
 pub use tls::{join_client_config, NodeIdentity, ALPN_JOIN, ALPN_RAFT};
 
