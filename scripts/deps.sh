@@ -16,6 +16,8 @@ command -v corosync >/dev/null || need+=(corosync)
 command -v ip >/dev/null || need+=(iproute2)
 # The slow-loris test drives the HTTPS listener with openssl s_client.
 command -v openssl >/dev/null || need+=(openssl)
+# The HTTP/2 error-path test uses curl (Debian's is built with nghttp2).
+command -v curl >/dev/null || need+=(curl)
 # The LDAP realm test runs its own slapd.
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapadd >/dev/null || need+=(ldap-utils)

@@ -143,3 +143,59 @@ fn slow_and_greedy_clients_are_cut_off() {
             .is_ok_and(|r| r.0 == 200)
     });
 }
+
+/// Every error answer arrives over HTTP/2 too, with a body the handler never read (hyper
+/// resets a stream whose request body is dropped unread, and curl then reports "Stream
+/// error in the HTTP/2 framing layer" instead of the answer).
+#[test]
+fn error_answers_arrive_over_http2_with_unread_bodies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = Daemon::start(tmp.path(), port, &[]);
+    let admin = d.client();
+    assert_eq!(admin.post("/access/users", &serde_json::json!({"userid": "nobody@pve"})).0, 200);
+    let (_, t) = admin.post("/access/users/nobody@pve/token/t", &serde_json::json!({"privsep": false}));
+    let weak = t["value"].as_str().unwrap().to_string();
+    let big = tmp.path().join("big.json");
+    std::fs::write(&big, format!("{{\"a\":\"{}\"}}", "x".repeat(1 << 20))).unwrap();
+    let cases = [
+        ("POST", "/api/v1/nope", Some(admin.token().to_string()), 404),
+        ("POST", "/api/v1/version", Some(admin.token().to_string()), 405),
+        ("POST", "/api2/json/nope", Some(admin.token().to_string()), 404),
+        ("POST", "/api/v1/vms", None, 401),
+        ("POST", "/api/v1/vms", Some(weak.clone()), 403),
+        ("PUT", "/api/v1/access/acl", Some(weak), 403),
+        ("POST", "/api/v1/vms", Some(admin.token().to_string()), 400),
+        ("POST", "/api/v1/vms/100/start", Some(admin.token().to_string()), 404),
+    ];
+    for round in 0..3 {
+        for (method, path, token, want) in &cases {
+            let mut cmd = std::process::Command::new("curl");
+            cmd.args(["-sk", "--http2", "-X", method, "-H", "Content-Type: application/json"])
+                .arg("--data-binary")
+                .arg(format!("@{}", big.display()))
+                .args(["-w", "\n%{http_code} %{http_version}"]);
+            if let Some(t) = token {
+                cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+            }
+            let out = cmd
+                .arg(format!("https://127.0.0.1:{port}{path}"))
+                .output()
+                .expect("curl must be installed: scripts/deps.sh installs it");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success(),
+                "round {round}: {method} {path}: curl exit {:?}: {text}",
+                out.status.code()
+            );
+            let (body, status) = text.rsplit_once('\n').unwrap();
+            assert_eq!(status, format!("{want} 2"), "round {round}: {method} {path}: {text}");
+            let json: serde_json::Value =
+                serde_json::from_str(body).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {body}"));
+            assert!(
+                json.get("error").is_some() || json.get("errors").is_some() || json.get("data").is_some(),
+                "{method} {path}: {body}"
+            );
+        }
+    }
+}

@@ -7,6 +7,7 @@ mod auth;
 pub mod authz;
 mod cluster_routes;
 mod compat;
+mod drain;
 mod error;
 mod forward;
 mod ldap;

@@ -104,6 +104,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .nest("/api2/json", crate::compat::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::map_response(crate::error::json_errors))
+        .layer(middleware::from_fn(crate::drain::drain_unread_body))
         .with_state(st.clone());
     let _ = st.native.set(app.clone());
     let throttle = st.throttle.clone();
