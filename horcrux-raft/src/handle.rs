@@ -478,10 +478,15 @@ impl ClusterHandle {
                 Err(ForwardError::NotLeader { .. }) => match (self.leader_node(), &self.net) {
                     (Some((id, node)), Some(net)) if id != self.node_id => {
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        match net
-                            .call(Some(id), &node.raft_addr, &RpcRequest::Propose(req.clone()), left)
-                            .await
-                        {
+                        let rpc = RpcRequest::Propose(req.clone());
+                        let forward = net.call(Some(id), &node.raft_addr, &rpc, left);
+                        // A dead leader does not answer: as soon as another leader is known,
+                        // ask it instead of waiting out the timeout.
+                        let reply = tokio::select! {
+                            r = forward => r,
+                            () = self.leader_other_than(id) => continue,
+                        };
+                        match reply {
                             Ok(RpcResponse::Propose(Ok(resp))) => {
                                 let ok = resp?;
                                 // Read-your-writes here too: wait until this node applied it.
@@ -504,6 +509,20 @@ impl ClusterHandle {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Resolves once this node knows a leader other than `id`.
+    async fn leader_other_than(&self, id: NodeId) {
+        let mut rx = self.raft.metrics();
+        loop {
+            let leader = rx.borrow_and_update().current_leader;
+            if leader.is_some_and(|l| l != id) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 
@@ -545,7 +564,13 @@ impl ClusterHandle {
                 let (Some((id, node)), Some(net)) = (self.leader_node(), &self.net) else {
                     return Err(ProposeError::Unavailable("quorum lost: no leader is elected".into()));
                 };
-                match net.call(Some(id), &node.raft_addr, &RpcRequest::ReadIndex, OP_TIMEOUT).await {
+                let ask = net.call(Some(id), &node.raft_addr, &RpcRequest::ReadIndex, OP_TIMEOUT);
+                // A dead leader does not answer: ask the next one as soon as it is known.
+                let reply = tokio::select! {
+                    r = ask => r,
+                    () = self.leader_other_than(id) => return Box::pin(self.read_linearizable(f)).await,
+                };
+                match reply {
                     Ok(RpcResponse::ReadIndex(Ok(i))) => i,
                     Ok(RpcResponse::ReadIndex(Err(e))) => {
                         return Err(ProposeError::Unavailable(e.to_string()))

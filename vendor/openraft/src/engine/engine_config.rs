@@ -53,7 +53,10 @@ impl<NID: NodeId> EngineConfig<NID> {
             timer_config: time_state::Config {
                 election_timeout,
                 smaller_log_timeout: Duration::from_millis(config.election_timeout_max * 2),
-                leader_lease: Duration::from_millis(config.election_timeout_max),
+                // Horcrux patch 4: the lease a follower grants its leader ends when the
+                // earliest election timer could fire, so the first candidate after a crash
+                // is not refused (upstream: election_timeout_max, which made it retry).
+                leader_lease: Duration::from_millis(config.election_timeout_min),
             },
         }
     }
