@@ -481,3 +481,44 @@ fn voters_are_capped_at_five_and_further_nodes_stay_learners() {
     let learner = nodes.iter().find(|n| n.name == learners[0]).unwrap();
     assert_eq!(try_vmids(&learner.api(&admin)), Ok(vec![900]));
 }
+
+/// A node that dies after it was admitted and saved its identity, but before the leader's
+/// first entries reached it, resumes as a member when it restarts: it never initialises a
+/// cluster of its own (which would be a rogue one answering writes alone).
+#[test]
+fn a_crash_during_a_join_resumes_the_join() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n1 = Node::new(tmp.path(), "j1");
+    n1.start(None);
+    let admin = n1.dir.clone();
+    let api1 = n1.api(&admin);
+    let mut n2 = Node::new(tmp.path(), "j2");
+    let t = token(&api1, 600);
+    let crashed = serve_command(
+        &n2.dir,
+        n2.port,
+        &n2.name,
+        &n2.args(Some(&t)),
+        &[("HORCRUX_TEST_CRASH_AFTER_JOIN", "1")],
+    )
+    .status()
+    .unwrap();
+    assert_eq!(
+        crashed.code(),
+        Some(70),
+        "the test hook did not fire: {}",
+        std::fs::read_to_string(n2.dir.join("daemon.log")).unwrap()
+    );
+    // Restarted as before (the token is spent; the saved identity is used).
+    n2.start(Some(&t));
+    let api2 = n2.api(&admin);
+    eventually("j2 follows j1", Duration::from_secs(20), || {
+        let s = status(&api2);
+        s["leader"] == "j1" && s["nodes"].as_array().unwrap().len() == 2
+    });
+    assert_eq!(api2.post("/pools", &json!({"poolid": "from-j2"})).0, 200);
+    eventually("j1 has j2's write", Duration::from_secs(5), || {
+        api1.get("/pools").1.as_array().unwrap().iter().any(|p| p["poolid"] == "from-j2")
+    });
+    assert_eq!(status(&api1)["nodes"].as_array().unwrap().len(), 2);
+}

@@ -92,6 +92,10 @@ struct StoredIdentity {
     /// lifetimes, not renewed).
     #[serde(default)]
     cert_expires_s: u64,
+    /// This node joined an existing cluster (it must never initialise one of its own, even
+    /// if it restarts before the leader's first entries reached it).
+    #[serde(default)]
+    joined: bool,
 }
 
 fn load_identity(db: &DB) -> Result<Option<StoredIdentity>, ProposeError> {
@@ -218,8 +222,13 @@ impl ClusterHandle {
                         }),
                         pinned: admitted.members,
                         cert_expires_s: admitted.expires_s,
+                        joined: true,
                     };
                     save_identity(&db, &ident)?;
+                    if std::env::var_os("HORCRUX_TEST_CRASH_AFTER_JOIN").is_some() {
+                        // Tests: the process dies here, admitted but not yet replicated to.
+                        std::process::exit(70);
+                    }
                     tracing::info!(node_id = ident.id, "joined the cluster");
                     ident
                 }
@@ -231,6 +240,7 @@ impl ClusterHandle {
                         certs: None,
                         pinned: BTreeMap::new(),
                         cert_expires_s: 0,
+                        joined: false,
                     };
                     save_identity(&db, &ident)?;
                     ident
@@ -364,7 +374,16 @@ impl ClusterHandle {
         }
 
         let initialized = handle.raft.is_initialized().await.map_err(storage)?;
-        if !initialized && !joined {
+        if !initialized && identity.joined && !joined {
+            // Admitted before a crash, not yet replicated to: the leader added this node as a
+            // learner and keeps sending it the log; a cluster of its own would be a rogue one.
+            tracing::warn!(
+                node_id = identity.id,
+                "this node joined a cluster but has no copy of its log yet; waiting for the leader \
+                 (if it was removed meanwhile, start over with a new data dir and token)"
+            );
+        }
+        if !initialized && !joined && !identity.joined {
             let members = BTreeMap::from([(identity.id, me(&identity.name))]);
             handle.raft.initialize(members).await.map_err(storage)?;
             tracing::info!(node = %identity.name, "initialised a new cluster");
