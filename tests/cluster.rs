@@ -522,3 +522,34 @@ fn a_crash_during_a_join_resumes_the_join() {
     });
     assert_eq!(status(&api1)["nodes"].as_array().unwrap().len(), 2);
 }
+
+/// A node that ran standalone becomes a one-node cluster when it is restarted with a
+/// cluster address, keeping its guests, and others join it.
+#[test]
+fn a_standalone_node_becomes_a_cluster_others_join() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s1 = Node::new(tmp.path(), "s1");
+    let alone = serve_command(&s1.dir, s1.port, &s1.name, &[], &[]);
+    let mut d = Daemon::spawn_ready(alone, &s1.dir, s1.port);
+    let admin = s1.dir.clone();
+    assert_eq!(create_vm(&s1.api(&admin), 501), 200);
+    let (code, body) = s1.api(&admin).post("/cluster/tokens", &json!({}));
+    assert_eq!(code, 409, "a standalone node has no transport to join: {body}");
+    d.terminate();
+    s1.start(None);
+    let api1 = s1.api(&admin);
+    assert_eq!(vmids(&api1), vec![501], "the guest was kept");
+    let mut s2 = Node::new(tmp.path(), "s2");
+    s2.start(Some(&token(&api1, 600)));
+    eventually("both voters online", Duration::from_secs(30), || {
+        voters_online(&status(&api1)) == 1 && status(&api1)["nodes"].as_array().unwrap().len() == 2
+    });
+    let api2 = s2.api(&admin);
+    assert_eq!(vmids(&api2), vec![501], "the joined node sees the standalone node's guest");
+    assert_eq!(create_vm(&api2, 502), 200);
+    assert_eq!(vmids(&api1), vec![501, 502]);
+    // It stays a cluster member across restarts.
+    s1.kill();
+    s1.start(None);
+    eventually("s1 back", Duration::from_secs(20), || try_vmids(&s1.api(&admin)) == Ok(vec![501, 502]));
+}

@@ -265,22 +265,20 @@ impl ClusterHandle {
                 save_identity(&db, &identity)?;
             }
             new_ca = Some(ca);
-        } else if opts.cluster.is_some() && identity.certs.is_none() {
-            // The snapshot may hold the CA; the log after it is replayed only by Raft::new.
-            let Some(rec) = sm.read().state.cluster_ca.clone() else {
-                return Err(ProposeError::Storage(
-                    "this node was started standalone; turning it into a cluster member is not supported yet \
-                     (start a new data dir with --cluster-listen)"
-                        .into(),
-                ));
-            };
-            let ca = ClusterCa { cert_pem: rec.cert_pem, key_pem: rec.key_pem };
-            let cert = ca.issue(identity.id, &identity.name).map_err(storage)?;
-            identity.cert_expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
-            identity.certs =
-                Some(Certs { ca_pem: ca.cert_pem, cert_pem: cert.cert_pem, key_pem: cert.key_pem });
-            save_identity(&db, &identity)?;
         }
+        // A node that ran standalone and now gets a cluster address: its CA is in its state
+        // (the snapshot, or the log Raft::new replays). Until that is read, the endpoint uses
+        // a throwaway identity nobody trusts; the real certificate is issued further down.
+        let standalone_to_cluster = opts.cluster.is_some() && identity.certs.is_none();
+        let endpoint_certs = match (&identity.certs, standalone_to_cluster) {
+            (Some(c), _) => Some(c.clone()),
+            (None, true) => {
+                let throwaway = ClusterCa::create().map_err(storage)?;
+                let cert = throwaway.issue(identity.id, &identity.name).map_err(storage)?;
+                Some(Certs { ca_pem: throwaway.cert_pem, cert_pem: cert.cert_pem, key_pem: cert.key_pem })
+            }
+            (None, false) => None,
+        };
 
         let config = Config {
             cluster_name: "horcrux".into(),
@@ -302,7 +300,7 @@ impl ClusterHandle {
         let config = Arc::new(config.validate().map_err(storage)?);
         let log = LogStore::with_syncer(db.clone()).map_err(storage)?;
         let thread = Arc::new(RaftThread::start().map_err(storage)?);
-        let (raft, net, endpoint) = match (&opts.cluster, &identity.certs) {
+        let (raft, net, endpoint) = match (&opts.cluster, &endpoint_certs) {
             (Some(c), Some(certs)) => {
                 let id = NodeIdentity::from_pem(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)
                     .map_err(storage)?;
@@ -407,6 +405,10 @@ impl ClusterHandle {
                 .propose(Command::SetClusterCa { cert_pem: ca.cert_pem, key_pem: ca.key_pem, fingerprint })
                 .await?;
         }
+        if standalone_to_cluster {
+            let node = me(&identity.name);
+            handle.adopt_transport(&mut identity, &node).await?;
+        }
         // The node that made its own certificate (the cluster's first node) records it; a
         // joined node's was recorded by the leader that signed it.
         if let Some(fp) = &handle.certificate_fingerprint() {
@@ -434,6 +436,43 @@ impl ClusterHandle {
             }
         }
         Ok(handle)
+    }
+
+    /// Turns a node that ran standalone into a one-node cluster others can join: a
+    /// transport certificate from the cluster CA in its state (kept since its first start),
+    /// presented from now on, and its Raft address recorded in the membership.
+    async fn adopt_transport(
+        &self,
+        identity: &mut StoredIdentity,
+        me: &HorcruxNode,
+    ) -> Result<(), ProposeError> {
+        let (Some(net), Some(endpoint)) = (&self.net, &self.endpoint) else { return Ok(()) };
+        let rec = self.read_local(|s| s.cluster_ca.clone()).ok_or_else(|| {
+            ProposeError::Storage(
+                "this node's state has no cluster CA; it cannot become a cluster member".into(),
+            )
+        })?;
+        let cert = ClusterCa::from_record(&rec).issue(identity.id, &identity.name).map_err(storage)?;
+        let certs =
+            Certs { ca_pem: rec.trusted_pems().concat(), cert_pem: cert.cert_pem, key_pem: cert.key_pem };
+        let ni = NodeIdentity::from_pem(&certs.ca_pem, &certs.cert_pem, &certs.key_pem).map_err(storage)?;
+        identity.certs = Some(certs);
+        identity.cert_expires_s = crate::pki::now_s() + crate::pki::CERT_LIFETIME_S;
+        save_identity(&self.db, identity)?;
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = identity.clone();
+        endpoint.set_server_config(Some(ni.server_config().map_err(storage)?));
+        net.set_client_config(ni.client_config().map_err(storage)?);
+        let recorded =
+            self.raft.metrics().borrow().membership_config.membership().get_node(&identity.id).cloned();
+        if recorded.as_ref().is_some_and(|n| n.raft_addr != me.raft_addr) {
+            let nodes = BTreeMap::from([(identity.id, me.clone())]);
+            self.raft
+                .change_membership(openraft::ChangeMembers::SetNodes(nodes), false)
+                .await
+                .map_err(|e| storage(format!("recording this node's cluster address: {e}")))?;
+        }
+        tracing::info!(addr = %me.raft_addr, "this standalone node is now a one-node cluster others can join");
+        Ok(())
     }
 
     pub fn node_name(&self) -> &str {
