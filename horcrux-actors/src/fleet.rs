@@ -167,9 +167,18 @@ impl Handler<SyncAll> for GuestFleet {
             return;
         }
         // A guest process this node must not run (deleted, or never ours) is stopped: after
-        // a partition or a crash the state may have moved on without this host.
-        let (hv, keep) = (self.hv.clone(), owned.clone());
+        // a partition or a crash the state may have moved on without this host. Only on a
+        // state known to be current (a read barrier through the leader): a node cut off, or
+        // still catching up after a restart, would otherwise kill guests its stale copy does
+        // not place here yet.
+        let (hv, cluster) = (self.hv.clone(), self.cluster.clone());
         actix::spawn(async move {
+            if let Err(e) = cluster.read_barrier().await {
+                return tracing::debug!("not looking for stray guests: the state is not known to be current: {e}");
+            }
+            let node = cluster.node_name().to_string();
+            let keep: Vec<u32> =
+                read(&*cluster, |s| s.guests.values().filter(|g| g.node == node).map(|g| g.vmid).collect());
             let running = match hv.running_guests().await {
                 Ok(r) => r,
                 Err(e) => return tracing::warn!("cannot list running guests: {e}"),

@@ -75,6 +75,9 @@ pub struct GuestActor {
     /// Revision at which the guest exited on its own; no restart until the revision moves.
     exited_at_revision: Option<u64>,
     retired: bool,
+    /// The generation of the exit watcher waiting on the running QEMU: one per QEMU, not
+    /// one per reconcile (the periodic tick reconciles every running guest).
+    watcher: Option<u64>,
 }
 
 impl GuestActor {
@@ -93,6 +96,7 @@ impl GuestActor {
             last_revision: 0,
             exited_at_revision: None,
             retired: false,
+            watcher: None,
         }
     }
 
@@ -207,8 +211,12 @@ impl Handler<Reconcile> for GuestActor {
                 }
                 Ok(Ok(power)) => {
                     act.publish(power, None);
-                    if power != ObservedPower::Stopped && !stopping {
+                    // A watcher of this generation already waits on this QEMU; one of an older
+                    // generation waits on one we stopped since (it ends with it).
+                    let watched = act.watcher == Some(act.generation);
+                    if power != ObservedPower::Stopped && !stopping && !watched {
                         act.generation += 1;
+                        act.watcher = Some(act.generation);
                         act.watch_exit(ctx);
                     }
                     Ok(power)
@@ -222,6 +230,9 @@ impl Handler<Exited> for GuestActor {
     type Result = ();
 
     fn handle(&mut self, msg: Exited, ctx: &mut Context<Self>) {
+        if self.watcher == Some(msg.generation) {
+            self.watcher = None;
+        }
         if msg.generation != self.generation || self.retired {
             return;
         }

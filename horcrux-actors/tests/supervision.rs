@@ -23,6 +23,17 @@ struct ScriptedHv {
     vmid: AtomicU32,
     panic_next_status: AtomicBool,
     exit: Notify,
+    /// Exit watchers currently waiting.
+    watchers: Arc<AtomicU32>,
+}
+
+/// Counts a waiting watcher until it ends (or is dropped).
+struct Watching(Arc<AtomicU32>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Hypervisor for ScriptedHv {
@@ -51,7 +62,10 @@ impl Hypervisor for ScriptedHv {
         })
     }
     fn wait_exit(&self, _vmid: u32) -> BoxFuture<'_, ()> {
-        Box::pin(async {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        let watching = Watching(self.watchers.clone());
+        Box::pin(async move {
+            let _watching = watching;
             self.exit.notified().await;
             *self.running.lock().unwrap() = false;
         })
@@ -115,6 +129,11 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
         .unwrap();
     assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Running);
     assert_eq!(hv.starts.load(Ordering::SeqCst), 1);
+    // A minute of 5-second ticks reconciles the running guest 12 times: still one watcher.
+    for _ in 0..12 {
+        assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Running);
+    }
+    assert_eq!(hv.watchers.load(Ordering::SeqCst), 1, "one exit watcher per running QEMU");
 
     hv.panic_next_status.store(true, Ordering::SeqCst);
     let e = rt.reconcile(100, None).await.unwrap_err();
