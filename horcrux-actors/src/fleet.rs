@@ -174,7 +174,9 @@ impl Handler<SyncAll> for GuestFleet {
         let (hv, cluster) = (self.hv.clone(), self.cluster.clone());
         actix::spawn(async move {
             if let Err(e) = cluster.read_barrier().await {
-                return tracing::debug!("not looking for stray guests: the state is not known to be current: {e}");
+                return tracing::debug!(
+                    "not looking for stray guests: the state is not known to be current: {e}"
+                );
             }
             let node = cluster.node_name().to_string();
             let keep: Vec<u32> =

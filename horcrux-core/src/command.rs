@@ -17,6 +17,18 @@ pub struct Request {
     /// (bootstrap, login bookkeeping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<crate::access::Actor>,
+    /// The proposer's client id and sequence number: a request committed twice (a retry
+    /// after an unknown outcome, a duplicated message) is applied once and answers the first
+    /// result again (Raft dissertation §6.3). `None`: never retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+}
+
+/// Who proposed a request (a random id per proposing process) and its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    pub client: u64,
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ pub mod totp;
 pub mod upid;
 pub mod vmconfig;
 
-pub use command::{ApplyError, ApplyOk, Command, Request};
+pub use command::{ApplyError, ApplyOk, Command, Request, RequestId};
 pub use ids::ValidationError;
 pub use model::*;
 pub use state::ClusterState;

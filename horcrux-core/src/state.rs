@@ -47,6 +47,21 @@ pub struct ClusterState {
     /// cluster transport accepts.
     #[serde(default)]
     pub member_certs: BTreeMap<u64, MemberCert>,
+    /// Per proposing client, the results of its latest requests (see `Request::id`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sessions: BTreeMap<u64, ClientSession>,
+}
+
+/// Results kept per client: enough for every request a node can have in flight at once.
+pub const SESSION_WINDOW: usize = 1024;
+/// A client not heard from for this long (by its requests' timestamps) is forgotten.
+pub const SESSION_TTL_MS: u64 = 3_600_000;
+
+/// One proposing client's latest requests and what they answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientSession {
+    pub last_ts_ms: u64,
+    pub results: BTreeMap<u64, Result<ApplyOk, ApplyError>>,
 }
 
 fn first_joined_node_id() -> u64 {
@@ -73,6 +88,7 @@ impl Default for ClusterState {
             pools: BTreeMap::new(),
             ticket_keys: None,
             member_certs: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 }
@@ -115,7 +131,35 @@ impl ClusterState {
     /// Applies one committed entry at log `index`. Deterministic: the result depends only on
     /// the state, the index and the request. An access-control change an API caller
     /// proposed is first authorized against this state (`authority.rs`).
+    ///
+    /// A request carrying an id is applied once: committed again (a retry after an unknown
+    /// outcome, a duplicated message), it answers the first result and changes nothing.
     pub fn apply(&mut self, index: u64, req: &Request) -> Result<ApplyOk, ApplyError> {
+        let Some(id) = req.id else { return self.apply_once(index, req) };
+        if let Some(session) = self.sessions.get(&id.client) {
+            if let Some(first) = session.results.get(&id.seq) {
+                return first.clone();
+            }
+            let oldest = session.results.keys().next().copied().unwrap_or(0);
+            if session.results.len() >= SESSION_WINDOW && id.seq < oldest {
+                return Err(ApplyError::Conflict {
+                    message: "the request is too old to tell whether it was applied; check and retry".into(),
+                });
+            }
+        }
+        let result = self.apply_once(index, req);
+        let session = self.sessions.entry(id.client).or_default();
+        session.last_ts_ms = session.last_ts_ms.max(req.ts_ms);
+        session.results.insert(id.seq, result.clone());
+        while session.results.len() > SESSION_WINDOW {
+            session.results.pop_first();
+        }
+        let now = req.ts_ms;
+        self.sessions.retain(|_, s| now.saturating_sub(s.last_ts_ms) < SESSION_TTL_MS);
+        result
+    }
+
+    fn apply_once(&mut self, index: u64, req: &Request) -> Result<ApplyOk, ApplyError> {
         let checked = req.actor.as_ref().filter(|a| !a.is_root() && authority::is_access_change(&req.cmd));
         let Some(actor) = checked else {
             return self.apply_command(index, req);

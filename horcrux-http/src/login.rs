@@ -504,7 +504,7 @@ mod tests {
     use horcrux_core::Request;
 
     fn apply(s: &mut ClusterState, index: u64, ts_ms: u64, cmd: Command) {
-        s.apply(index, &Request { ts_ms, cmd, actor: None }).unwrap();
+        s.apply(index, &Request { ts_ms, cmd, actor: None, id: None }).unwrap();
     }
 
     fn rotate(s: &mut ClusterState, index: u64, secret: char) {
@@ -542,7 +542,7 @@ mod tests {
         assert!(verify_ticket(&s, &t2, NOW).is_some());
         // A stale rotation (replacing a key that is no longer current) is refused.
         let stale = Command::RotateTicketKey { secret_hex: "d".repeat(64), replaces: Some(3) };
-        assert!(s.apply(5, &Request { ts_ms: 5, cmd: stale, actor: None }).is_err());
+        assert!(s.apply(5, &Request { ts_ms: 5, cmd: stale, actor: None, id: None }).is_err());
     }
 
     #[test]

@@ -169,6 +169,9 @@ pub struct ClusterHandle {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Failed join attempts per source address (rate limit).
     pub(crate) join_failures: Arc<std::sync::Mutex<BTreeMap<std::net::IpAddr, Vec<u64>>>>,
+    /// This process's proposer id (random per open) and its next sequence number.
+    client_id: u64,
+    next_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn system_clock_ms() -> u64 {
@@ -346,6 +349,8 @@ impl ClusterHandle {
             db: db.clone(),
             endpoint: endpoint.clone(),
             stopping: Arc::default(),
+            client_id: rand::random(),
+            next_seq: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         };
         if let Some(net) = &handle.net {
             // The dialing side checks the server is a current member too.
@@ -528,7 +533,10 @@ impl ClusterHandle {
         actor: Option<horcrux_core::access::Actor>,
         cmd: Command,
     ) -> Result<ApplyOk, ProposeError> {
-        let req = Request { ts_ms: self.now_ms(), cmd, actor };
+        // Retried below with the same id: committed twice, it is applied once.
+        let seq = self.next_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = horcrux_core::RequestId { client: self.client_id, seq };
+        let req = Request { ts_ms: self.now_ms(), cmd, actor, id: Some(id) };
         let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
         loop {
             let res: Result<(), String> = match self.propose_here(req.clone()).await {

@@ -125,6 +125,7 @@ async fn only_current_members_certificates_are_accepted() {
         ts_ms: 0,
         cmd: Command::SetClusterOption { key: "evil".into(), value: "1".into() },
         actor: None,
+        id: None,
     };
     let fresh = client(&identity(&ca.cert_pem, &n2.cert_pem, &n2.key_pem));
     assert!(fresh.call(None, &addr, &RpcRequest::Propose(write), t).await.is_err());

@@ -82,7 +82,9 @@ impl ClusterPort for SimPort {
     ) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
         let (id, sm, proposers, router) =
             (self.id, self.sm.clone(), self.proposers.clone(), self.router.clone());
-        let req = Request { ts_ms: (self.clock)(), cmd, actor };
+        // No request id: a sim node's port restarts with the node, and a restarted
+        // sequence would collide with the old session's results.
+        let req = Request { ts_ms: (self.clock)(), cmd, actor, id: None };
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
             loop {

@@ -278,6 +278,7 @@ impl World {
             ts_ms: (EPOCH_MS + self.now_ms()).saturating_add_signed(self.nodes[&via].skew_ms),
             cmd: Command::SetClusterOption { key: key.clone(), value: value.clone() },
             actor: None,
+            id: Some(horcrux_core::RequestId { client: via, seq }),
         };
         let (trace, acked, bug, start) = (self.trace.clone(), self.acked.clone(), self.cfg.bug, self.start);
         let history = self.history.clone();

@@ -1,5 +1,6 @@
 //! The Horcrux patches to openraft 0.9.25 (`vendor/README.md`), each shown on a 3-node
-//! cluster over the simulator's network and in-memory disks, on a paused clock.
+//! cluster over the simulator's network and in-memory disks, on a paused clock; and, on the
+//! same cluster, proposals retried or duplicated through the log applied once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -105,8 +106,11 @@ impl Cluster {
     /// Writes option `key` through node `via`; the index it committed at.
     async fn write(&self, via: NodeId, key: &str) -> u64 {
         let cmd = Command::SetClusterOption { key: key.into(), value: format!("v-{key}") };
-        let resp =
-            self.raft(via).client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None }])).await.unwrap();
+        let resp = self
+            .raft(via)
+            .client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None, id: None }]))
+            .await
+            .unwrap();
         resp.log_id.index
     }
 
@@ -180,7 +184,7 @@ fn a_leader_replicates_while_its_own_flush_is_pending() {
         let raft = c.raft(leader);
         let write = tokio::spawn(async move {
             let cmd = Command::SetClusterOption { key: "held".into(), value: "v".into() };
-            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None }]))
+            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None, id: None }]))
                 .await
                 .map(|r| r.log_id.index)
         });
@@ -207,7 +211,7 @@ fn a_leader_that_lost_its_unflushed_tail_leads_again_only_under_a_new_term() {
         let raft = c.raft(leader);
         let lost_write = tokio::spawn(async move {
             let cmd = Command::SetClusterOption { key: "lost".into(), value: "v".into() };
-            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None }])).await
+            raft.client_write(Batch(vec![Request { ts_ms: 0, cmd, actor: None, id: None }])).await
         });
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(c.power_loss(leader).await >= 1, "the held entry should be lost with the power");
@@ -290,4 +294,41 @@ fn a_new_leader_is_elected_within_one_election_timeout_of_a_crash() {
     for (seed, (t, max)) in took.iter().enumerate() {
         assert!(t <= max, "cluster {}: the election took {t:?} ({took:?})", seed + 1);
     }
+}
+
+/// Not a patch, on the same cluster: a proposal retried after an unknown outcome (the
+/// leader crashed after committing it, the client asks the next leader), and one duplicated
+/// inside a batch, are each applied once through the log: every answer is the first one,
+/// and every node's state holds the pool once, created at the first commit.
+#[test]
+fn retried_and_duplicated_proposals_are_applied_once() {
+    sim(async {
+        let mut c = Cluster::start().await;
+        let (leader, term) = c.leader_above(0).await;
+        let create = |seq, poolid: &str| Request {
+            ts_ms: 1_000,
+            cmd: Command::CreatePool { poolid: poolid.into(), comment: String::new() },
+            actor: None,
+            id: Some(horcrux_core::RequestId { client: 42, seq }),
+        };
+        let first = c.raft(leader).client_write(Batch(vec![create(1, "p")])).await.unwrap();
+        // The answer is lost with the leader; the client retries on the next one.
+        c.wait_applied(first.log_id.index).await;
+        c.power_loss(leader).await;
+        let (next, _) = c.leader_above(term).await;
+        let retry = c.raft(next).client_write(Batch(vec![create(1, "p")])).await.unwrap();
+        assert_eq!(retry.data, first.data, "the retry answers the first result");
+        assert!(retry.data[0].is_ok(), "{:?}", retry.data);
+        // A duplicate within one batch.
+        let twice = c.raft(next).client_write(Batch(vec![create(2, "q"), create(2, "q")])).await.unwrap();
+        assert_eq!(twice.data[0], twice.data[1]);
+        assert!(twice.data[0].is_ok(), "{:?}", twice.data);
+        c.boot(leader).await;
+        c.wait_applied(twice.log_id.index).await;
+        for id in 1..=3 {
+            let sm = c.stores[&id].1 .0.lock().unwrap().data.state.clone();
+            assert_eq!(sm.pools["p"].revision, first.data[0].as_ref().unwrap().revision, "n{id}");
+            assert!(sm.pools.contains_key("q"), "n{id}");
+        }
+    });
 }

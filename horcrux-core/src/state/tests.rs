@@ -1,7 +1,7 @@
 use super::*;
 
 fn req(cmd: Command) -> Request {
-    Request { ts_ms: 1_000, cmd, actor: None }
+    Request { ts_ms: 1_000, cmd, actor: None, id: None }
 }
 
 fn spec(vmid: u32, disks: usize) -> VmSpec {
@@ -342,7 +342,7 @@ fn a_ca_roll_ends_only_when_every_member_confirmed_a_certificate_from_the_new_ca
 fn join_tokens_are_single_use_and_expire() {
     let mut s = base();
     let h = "b".repeat(64);
-    let at = |ts_ms, cmd| Request { ts_ms, cmd, actor: None };
+    let at = |ts_ms, cmd| Request { ts_ms, cmd, actor: None, id: None };
     let create = |id: &str, expires_ms| Command::CreateJoinToken {
         id: id.into(),
         secret_sha256: h.clone(),
@@ -439,4 +439,50 @@ fn offline_migration_moves_only_stopped_diskless_guests() {
     s.apply(14, &req(mig(101, Some(13), "n2"))).unwrap();
     assert_eq!(s.guests[&101].node, "n2");
     assert_eq!(s.guests[&101].revision, 14);
+}
+
+/// A request with an id committed twice (a retry after an unknown outcome, a duplicated
+/// message) is applied once and answers its first result again, refusals included; results
+/// are kept for the client's last `SESSION_WINDOW` requests and for an hour of its time.
+#[test]
+fn a_request_committed_twice_is_applied_once() {
+    use crate::state::{SESSION_TTL_MS, SESSION_WINDOW};
+    let mut s = base();
+    let with_id = |seq: u64, ts_ms: u64, cmd: Command| Request {
+        ts_ms,
+        cmd,
+        actor: None,
+        id: Some(crate::RequestId { client: 7, seq }),
+    };
+    let create = with_id(1, 1_000, Command::CreatePool { poolid: "p".into(), comment: String::new() });
+    let first = s.apply(10, &create).unwrap();
+    let after_first = s.clone();
+    assert_eq!(s.apply(11, &create), Ok(first.clone()), "the retry answers the first result");
+    assert_eq!(s, after_first, "and changes nothing");
+    // The same command under a new id is a new request: refused, as it should be.
+    let again = with_id(2, 1_000, Command::CreatePool { poolid: "p".into(), comment: String::new() });
+    let refusal = s.apply(12, &again).unwrap_err();
+    assert!(matches!(refusal, ApplyError::Conflict { .. }), "{refusal:?}");
+    assert_eq!(s.apply(13, &again), Err(refusal), "a refusal is answered again too");
+    // Without an id nothing is remembered.
+    let plain = req(Command::CreatePool { poolid: "q".into(), comment: String::new() });
+    s.apply(14, &plain).unwrap();
+    assert!(matches!(s.apply(15, &plain), Err(ApplyError::Conflict { .. })));
+    // The window: the oldest results go; a request older than the window is refused.
+    for seq in 3..3 + SESSION_WINDOW as u64 {
+        let cmd = Command::SetClusterOption { key: format!("k{seq}"), value: "v".into() };
+        s.apply(100 + seq, &with_id(seq, 1_000, cmd)).unwrap();
+    }
+    assert_eq!(s.sessions[&7].results.len(), SESSION_WINDOW);
+    let e = s.apply(5_000, &create).unwrap_err();
+    assert!(e.to_string().contains("too old"), "{e}");
+    // An hour without a request from client 7: forgotten when another client's request applies.
+    let other = Request {
+        ts_ms: 1_000 + SESSION_TTL_MS,
+        cmd: Command::SetClusterOption { key: "late".into(), value: "v".into() },
+        actor: None,
+        id: Some(crate::RequestId { client: 8, seq: 1 }),
+    };
+    s.apply(5_001, &other).unwrap();
+    assert!(!s.sessions.contains_key(&7) && s.sessions.contains_key(&8));
 }

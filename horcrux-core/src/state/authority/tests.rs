@@ -11,13 +11,13 @@ const SHA: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f2001
 
 fn sys(s: &mut ClusterState, cmd: Command) {
     let i = s.users.len() as u64 + s.acl.len() as u64 + 10;
-    s.apply(i, &Request { ts_ms: 1, cmd: cmd.clone(), actor: None })
+    s.apply(i, &Request { ts_ms: 1, cmd: cmd.clone(), actor: None, id: None })
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
 }
 
 fn by(s: &mut ClusterState, actor: &Actor, cmd: Command) -> Result<(), ApplyError> {
     let before = s.clone();
-    let r = s.apply(1000, &Request { ts_ms: 1, cmd, actor: Some(actor.clone()) }).map(|_| ());
+    let r = s.apply(1000, &Request { ts_ms: 1, cmd, actor: Some(actor.clone()), id: None }).map(|_| ());
     if r.is_err() {
         assert_eq!(*s, before, "a refused command changed state");
     }
@@ -482,7 +482,7 @@ fn no_accepted_change_lets_anyone_exceed_what_its_caller_held() {
             let cmd = random_command(&mut rng, &s);
             let before = s.clone();
             let everyone: Vec<Principal> = before.principals().into_iter().chain(s.principals()).collect();
-            let req = Request { ts_ms: 1, cmd: cmd.clone(), actor: Some(actor.clone()) };
+            let req = Request { ts_ms: 1, cmd: cmd.clone(), actor: Some(actor.clone()), id: None };
             if s.apply(2000 + step, &req).is_err() {
                 assert_eq!(s, before, "seed {seed} step {step}: a refused command changed state");
                 refused += 1;
