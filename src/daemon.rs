@@ -185,7 +185,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let node_name = args.node_name.unwrap_or_else(hostname);
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
     if horcrux_core::ids::validate_dns_label("node-name", &node_name).is_err() {
         bail!("--node-name {node_name:?} is not a DNS label");
     }
@@ -200,6 +200,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         snapshot_logs: args.snapshot_logs,
     })
     .await?;
+    // Whatever happens next, Raft and its store are stopped before the process exits (a
+    // start-up error used to drop the store under the running Raft thread: a segfault).
+    let served = serve_node(&cluster, &args, &data_dir, listener).await;
+    cluster.shutdown().await;
+    served
+}
+
+async fn serve_node(
+    cluster: &ClusterHandle,
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let cluster = cluster.clone();
+    let data_dir = data_dir.to_path_buf();
     ensure_local_storage(&cluster, &data_dir).await?;
     ensure_admin_token(&cluster, &data_dir.join("admin.token")).await?;
     // Logins need a ticket key from the first request on; then it is kept and rotated.
@@ -246,6 +261,5 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, node = cluster.node_name(), "serving HTTPS");
     horcrux_http::serve(listener, horcrux_http::router(runtime), tls, shutdown_signal()).await?;
     tracing::info!("shutting down; guests keep running and are adopted on the next start");
-    cluster.shutdown().await;
     Ok(())
 }

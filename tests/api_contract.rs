@@ -199,3 +199,18 @@ fn error_answers_arrive_over_http2_with_unread_bodies() {
         }
     }
 }
+
+/// A start-up error after the store opened (here `DATA_DIR/log` is a file, so the QEMU log
+/// directory cannot be made) ends the daemon with a clear error and exit status 1, after
+/// stopping Raft: it used to drop the store under the running Raft thread and segfault.
+#[test]
+fn a_startup_error_exits_cleanly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("log"), "not a directory").unwrap();
+    let out = serve_command(tmp.path(), free_port(), "n1", &[], &[]).status().unwrap();
+    let log = std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap();
+    assert_eq!(out.signal(), None, "the daemon died of a signal: {log}");
+    assert_eq!(out.code(), Some(1), "{log}");
+    assert!(log.contains("log"), "the error names the path: {log}");
+}

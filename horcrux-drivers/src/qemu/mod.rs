@@ -139,10 +139,14 @@ async fn attach_taps(launch: &GuestLaunch, qmp: &QmpClient) -> Result<(), Driver
 impl QemuDriver {
     /// `accel` must already be resolved (see [`crate::qemu::resolve_accel`]).
     pub fn new(run_dir: PathBuf, log_dir: PathBuf, accel: Accel) -> Result<Self, DriverError> {
-        std::fs::create_dir_all(&run_dir)?;
-        // The sockets in it (QMP, VNC) are for this daemon alone.
-        std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        std::fs::create_dir_all(&log_dir)?;
+        fn at(p: &Path) -> impl Fn(std::io::Error) -> DriverError + '_ {
+            move |e| DriverError::Io(format!("{}: {e}", p.display()))
+        }
+        std::fs::create_dir_all(&run_dir).map_err(at(&run_dir))?;
+        // The QMP sockets in it are for this daemon alone.
+        std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(at(&run_dir))?;
+        std::fs::create_dir_all(&log_dir).map_err(at(&log_dir))?;
         Ok(Self {
             binary: PathBuf::from("qemu-system-x86_64"),
             run_dir,
