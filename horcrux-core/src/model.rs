@@ -476,3 +476,14 @@ pub enum RealmConfig {
         domain: Option<String>,
     },
 }
+
+/// What the host says about a guest right now (reported by the hypervisor driver, shown by
+/// the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservedPower {
+    Running,
+    /// The process exists but the CPUs are stopped (QMP `stop`, or an error state).
+    Paused,
+    Stopped,
+}

@@ -29,15 +29,8 @@ impl From<std::io::Error> for DriverError {
     }
 }
 
-/// What the host says about a guest right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ObservedPower {
-    Running,
-    /// The process exists but the CPUs are stopped (QMP `stop`, or an error state).
-    Paused,
-    Stopped,
-}
+/// What the host says about a guest right now (defined in core, which the API speaks).
+pub use horcrux_core::ObservedPower;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownOutcome {

@@ -5,8 +5,8 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
+use horcrux_core::ObservedPower;
 use horcrux_core::{Command, DesiredPower};
-use horcrux_drivers::ObservedPower;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;

@@ -719,8 +719,31 @@ impl ClusterHandle {
             let expiring = expires != 0 && crate::pki::now_s() + crate::pki::RENEW_BEFORE_S >= expires;
             if (rolled_out || expiring) && std::time::Instant::now() >= retry_at {
                 if let Err(e) = self.renew_certificate().await {
-                    tracing::warn!("transport certificate renewal failed (retrying in a minute): {e}");
-                    retry_at = std::time::Instant::now() + Duration::from_secs(60);
+                    // A roll waits on every member: retry it soon.
+                    let pause = Duration::from_secs(if rolling { 3 } else { 60 });
+                    tracing::warn!("transport certificate renewal failed (retrying in {pause:?}): {e}");
+                    retry_at = std::time::Instant::now() + pause;
+                }
+            }
+            // Renewed and saved, but the confirmation did not commit (no leader then, say):
+            // confirm again, so the old certificate goes and a roll can end.
+            let unconfirmed = self.read_local(|s| {
+                s.member_certs.get(&self.node_id).filter(|c| c.previous.is_some()).map(|c| c.ca.clone())
+            });
+            if let (Some(ca), Some(fingerprint)) = (unconfirmed, self.certificate_fingerprint()) {
+                let mine =
+                    self.read_local(|s| s.member_certs.get(&self.node_id).map(|c| c.fingerprint.clone()));
+                if mine.as_deref() == Some(fingerprint.as_str()) {
+                    let confirm = Command::SetMemberCert {
+                        node_id: self.node_id,
+                        name: self.node_name.to_string(),
+                        fingerprint,
+                        keep_previous: false,
+                        ca,
+                    };
+                    if let Err(e) = self.propose(confirm).await {
+                        tracing::warn!("could not confirm this node's renewed certificate yet: {e}");
+                    }
                 }
             }
             if rolling && self.is_leader() {
@@ -832,7 +855,8 @@ impl ClusterHandle {
             net.set_client_config(identity.client_config().map_err(storage)?);
         }
         tracing::info!(expires_s = renewed.expires_s, "renewed this node's transport certificate");
-        // Saved: the previous certificate is no longer needed (a roll waits for this).
+        // Saved: the previous certificate is no longer needed (a roll waits for this). If
+        // this does not commit now, the renewal loop confirms again.
         let confirm = Command::SetMemberCert {
             node_id: self.node_id,
             name: self.node_name.to_string(),
@@ -840,7 +864,9 @@ impl ClusterHandle {
             keep_previous: false,
             ca: renewed.ca,
         };
-        self.propose(confirm).await?;
+        if let Err(e) = self.propose(confirm).await {
+            tracing::warn!("could not confirm the renewed certificate yet: {e}");
+        }
         Ok(())
     }
 
