@@ -121,7 +121,17 @@ pub fn run_cluster(c: &ApiClient, cmd: ClusterCmd) -> anyhow::Result<()> {
             }
             let mut last = String::new();
             loop {
-                let s = c.reopen()?.get("/cluster/ca")?;
+                // Members swap certificates during the roll: a poll may briefly fail; keep
+                // asking until the deadline.
+                let s = match c.reopen().and_then(|c| c.get("/cluster/ca")) {
+                    Ok(s) => s,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("(retrying: {e})");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if s["rotating"] != true && s["fingerprint"] == new.as_str() {
                     println!("done: every member holds a certificate from the new CA; the old CA is no longer trusted");
                     return Ok(());

@@ -403,7 +403,8 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
         assert_eq!(login(&a1, "guess"), 401);
     }
     eventually("f2 counts f1's failures", Duration::from_secs(5), || login(&a2, "the real password") == 429);
-    assert_eq!(login(&a3, "guess"), 429);
+    // (The failures reach each member on its own, best effort: f3's may come a little later.)
+    eventually("f3 counts f1's failures", Duration::from_secs(5), || login(&a3, "the real password") == 429);
 
     // `horcrux cluster rotate-ca` rolls the CA and waits until every member renewed.
     let old_ca = std::fs::read_to_string(admin.join("ssl/ca.pem")).unwrap();

@@ -4,6 +4,7 @@
 // openraft's storage traits fix `StorageError` (large) as the error type; helpers share it.
 #![allow(clippy::result_large_err)]
 
+mod certs;
 pub mod corosync;
 mod handle;
 pub mod join;

@@ -193,7 +193,7 @@ impl ClusterHandle {
             expires_ms,
         })
         .await?;
-        let fp = crate::handle::ca_fingerprint(&ca);
+        let fp = crate::certs::ca_fingerprint(&ca);
         let addrs: Vec<String> = self
             .raft
             .metrics()
@@ -296,7 +296,7 @@ impl ClusterHandle {
             name: req.node.name.clone(),
             fingerprint,
             keep_previous: false,
-            ca: crate::handle::ca_fingerprint(&rec),
+            ca: crate::certs::ca_fingerprint(&rec),
         };
         if let Err(e) = self.propose(record).await {
             return JoinResponse::Refused { reason: format!("could not record the certificate: {e}") };
