@@ -9,6 +9,7 @@ use actix::prelude::*;
 use horcrux_core::{ClusterState, Guest};
 use horcrux_drivers::{GuestLaunch, Hypervisor, ObservedPower};
 
+use crate::guard::{catch, guarded, panicked};
 use crate::guest::{GuestActor, MigrateOut, Reconcile, Retire, StatusBoard};
 use crate::port::{read, ClusterPort};
 use crate::runtime::{RuntimeError, VolumeFactory};
@@ -106,12 +107,19 @@ impl GuestFleet {
         Self { cluster, hv, volumes, board, guests: BTreeMap::new() }
     }
 
+    /// The guest's actor, started if it has none or if its address is dead (an actor that
+    /// died past its supervisor, e.g. a panic outside the guarded handlers).
     fn actor(&mut self, vmid: u32) -> Addr<GuestActor> {
+        if let Some(addr) = self.guests.get(&vmid) {
+            if addr.connected() {
+                return addr.clone();
+            }
+            tracing::error!(vmid, "the guest actor is gone; starting a new one");
+        }
         let (hv, cluster, board) = (self.hv.clone(), self.cluster.clone(), self.board.clone());
-        self.guests
-            .entry(vmid)
-            .or_insert_with(|| Supervisor::start(move |_| GuestActor::new(vmid, hv, cluster, board)))
-            .clone()
+        let addr = Supervisor::start(move |_| GuestActor::new(vmid, hv, cluster, board));
+        self.guests.insert(vmid, addr.clone());
+        addr
     }
 
     /// The reconcile message for a guest this node owns, from the current state.
@@ -138,11 +146,16 @@ impl Actor for GuestFleet {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let mut applied = self.cluster.subscribe_guest_changes();
         let addr = ctx.address();
-        actix::spawn(async move {
-            while applied.changed().await.is_ok() && addr.connected() {
-                addr.do_send(SyncAll { power: false });
+        // An actor future: a restart (which runs `started` again) cancels it, so there is
+        // never more than one.
+        ctx.spawn(
+            async move {
+                while applied.changed().await.is_ok() && addr.connected() {
+                    addr.do_send(SyncAll { power: false });
+                }
             }
-        });
+            .into_actor(self),
+        );
         ctx.run_interval(TICK, |_, ctx| ctx.address().do_send(SyncAll { power: true }));
         ctx.address().do_send(SyncAll { power: true });
     }
@@ -153,7 +166,16 @@ impl actix::Supervised for GuestFleet {}
 impl Handler<SyncAll> for GuestFleet {
     type Result = ();
 
-    fn handle(&mut self, msg: SyncAll, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: SyncAll, ctx: &mut Context<Self>) {
+        guarded(self, ctx, WHAT, |act, _| act.sync_all(msg));
+    }
+}
+
+/// What a panic in this actor is called in logs and answers.
+const WHAT: &str = "guest fleet";
+
+impl GuestFleet {
+    fn sync_all(&mut self, msg: SyncAll) {
         let node = self.cluster.node_name().to_string();
         let owned: Vec<u32> =
             read(&*self.cluster, |s| s.guests.values().filter(|g| g.node == node).map(|g| g.vmid).collect());
@@ -172,7 +194,7 @@ impl Handler<SyncAll> for GuestFleet {
         // still catching up after a restart, would otherwise kill guests its stale copy does
         // not place here yet.
         let (hv, cluster) = (self.hv.clone(), self.cluster.clone());
-        actix::spawn(async move {
+        let strays = catch(async move {
             if let Err(e) = cluster.read_barrier().await {
                 return tracing::debug!(
                     "not looking for stray guests: the state is not known to be current: {e}"
@@ -192,6 +214,11 @@ impl Handler<SyncAll> for GuestFleet {
                 }
             }
         });
+        actix::spawn(async move {
+            if let Err(p) = strays.await {
+                tracing::error!("looking for stray guests panicked ({p})");
+            }
+        });
         for vmid in owned {
             match self.reconcile_msg(vmid, None) {
                 // A busy actor already has work queued; the next tick catches up.
@@ -207,7 +234,14 @@ impl Handler<SyncAll> for GuestFleet {
 impl Handler<MigrateOne> for GuestFleet {
     type Result = ResponseFuture<Result<u64, RuntimeError>>;
 
-    fn handle(&mut self, msg: MigrateOne, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: MigrateOne, ctx: &mut Context<Self>) -> Self::Result {
+        guarded(self, ctx, WHAT, |act, _| act.migrate_one(msg))
+            .unwrap_or_else(|| Box::pin(async { Err(RuntimeError::Driver(panicked(WHAT))) }))
+    }
+}
+
+impl GuestFleet {
+    fn migrate_one(&mut self, msg: MigrateOne) -> ResponseFuture<Result<u64, RuntimeError>> {
         let revision = match self.reconcile_msg(msg.vmid, None) {
             Ok(r) if r.desired.is_running() => {
                 let e = RuntimeError::Busy(format!(
@@ -242,7 +276,14 @@ impl Handler<Shutdown> for GuestFleet {
 impl Handler<ReconcileOne> for GuestFleet {
     type Result = ResponseFuture<Result<ObservedPower, RuntimeError>>;
 
-    fn handle(&mut self, msg: ReconcileOne, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ReconcileOne, ctx: &mut Context<Self>) -> Self::Result {
+        guarded(self, ctx, WHAT, |act, _| act.reconcile_one(msg))
+            .unwrap_or_else(|| Box::pin(async { Err(RuntimeError::Driver(panicked(WHAT))) }))
+    }
+}
+
+impl GuestFleet {
+    fn reconcile_one(&mut self, msg: ReconcileOne) -> ResponseFuture<Result<ObservedPower, RuntimeError>> {
         let reconcile = match self.reconcile_msg(msg.vmid, msg.task) {
             Ok(r) => r,
             Err(e) => return Box::pin(async move { Err(e) }),
@@ -251,5 +292,153 @@ impl Handler<ReconcileOne> for GuestFleet {
         Box::pin(async move {
             addr.send(reconcile).await.map_err(|_| RuntimeError::ActorGone)?.map_err(RuntimeError::Driver)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fleet against a fake cluster port and hypervisor: a dead guest-actor address is
+    //! replaced, and stray guests are stopped only on a state known to be current.
+
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use horcrux_core::{ApplyOk, Command};
+    use horcrux_drivers::{BoxFuture, DirStorage, DriverError, ShutdownOutcome, VolumeStore};
+    use horcrux_raft::ProposeError;
+    use tokio::sync::watch;
+
+    use super::*;
+
+    struct FakePort {
+        state: ClusterState,
+        current: AtomicBool,
+        changes: watch::Sender<u64>,
+    }
+
+    impl ClusterPort for FakePort {
+        fn node_name(&self) -> &str {
+            "n1"
+        }
+        fn with_state(&self, f: &mut dyn FnMut(&ClusterState)) {
+            f(&self.state)
+        }
+        fn subscribe_guest_changes(&self) -> watch::Receiver<u64> {
+            self.changes.subscribe()
+        }
+        fn propose_as(
+            &self,
+            _: Option<horcrux_core::access::Actor>,
+            _: Command,
+        ) -> BoxFuture<'static, Result<ApplyOk, ProposeError>> {
+            Box::pin(async { Err(ProposeError::Unavailable("fake".into())) })
+        }
+        fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>> {
+            let current = self.current.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if current {
+                    Ok(())
+                } else {
+                    Err(ProposeError::Unavailable("no leader".into()))
+                }
+            })
+        }
+    }
+
+    /// Reports guest 999 (not in the state) running until it is stopped.
+    #[derive(Default)]
+    struct StrayHv {
+        stopped: Mutex<Vec<u32>>,
+    }
+
+    impl Hypervisor for StrayHv {
+        fn start<'a>(&'a self, _: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn status(&self, _: u32) -> BoxFuture<'_, Result<ObservedPower, DriverError>> {
+            Box::pin(async { Ok(ObservedPower::Stopped) })
+        }
+        fn stop(&self, vmid: u32) -> BoxFuture<'_, Result<(), DriverError>> {
+            self.stopped.lock().unwrap().push(vmid);
+            Box::pin(async { Ok(()) })
+        }
+        fn shutdown(&self, _: u32, _: Duration) -> BoxFuture<'_, Result<ShutdownOutcome, DriverError>> {
+            Box::pin(async { Ok(ShutdownOutcome::Graceful) })
+        }
+        fn wait_exit(&self, _: u32) -> BoxFuture<'_, ()> {
+            Box::pin(std::future::pending())
+        }
+        fn serial_log(&self, _: u32) -> PathBuf {
+            PathBuf::from("/dev/null")
+        }
+        fn running_guests(&self) -> BoxFuture<'_, Result<Vec<u32>, DriverError>> {
+            let stray = !self.stopped.lock().unwrap().contains(&999);
+            Box::pin(async move { Ok(if stray { vec![999] } else { vec![] }) })
+        }
+    }
+
+    fn fleet(current: bool) -> (GuestFleet, Arc<FakePort>, Arc<StrayHv>) {
+        let port = Arc::new(FakePort {
+            state: ClusterState::default(),
+            current: AtomicBool::new(current),
+            changes: watch::channel(0).0,
+        });
+        let hv = Arc::new(StrayHv::default());
+        let volumes: VolumeFactory =
+            Arc::new(|p| Arc::new(DirStorage::new(p.id.clone(), "/nonexistent")) as Arc<dyn VolumeStore>);
+        (GuestFleet::new(port.clone(), hv.clone(), volumes, StatusBoard::default()), port, hv)
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// A handler that panics outside the guards (every real handler is guarded).
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Unguarded;
+
+    impl Handler<Unguarded> for GuestActor {
+        type Result = ();
+        fn handle(&mut self, _: Unguarded, _: &mut Context<Self>) {
+            panic!("unguarded panic");
+        }
+    }
+
+    #[test]
+    fn a_dead_guest_actor_address_is_replaced() {
+        actix::System::new().block_on(async {
+            let (mut fleet, _, _) = fleet(true);
+            let first = fleet.actor(100);
+            assert!(first.connected());
+            // An unguarded panic takes the actor and its supervisor down: the address the
+            // fleet holds is dead.
+            first.do_send(Unguarded);
+            settle().await;
+            assert!(!first.connected(), "the panicked actor's mailbox is closed");
+            let second = fleet.actor(100);
+            assert!(second.connected(), "the fleet starts a new actor for a dead address");
+            assert_eq!(fleet.guests.len(), 1);
+            assert!(fleet.actor(100).connected());
+        });
+    }
+
+    #[test]
+    fn strays_are_stopped_only_on_a_state_known_to_be_current() {
+        actix::System::new().block_on(async {
+            let (fleet, port, hv) = fleet(false);
+            let addr = fleet.start();
+            addr.send(SyncAll { power: true }).await.unwrap();
+            settle().await;
+            assert!(hv.stopped.lock().unwrap().is_empty(), "no read barrier, no stray killing");
+            port.current.store(true, Ordering::SeqCst);
+            addr.send(SyncAll { power: true }).await.unwrap();
+            settle().await;
+            assert_eq!(*hv.stopped.lock().unwrap(), vec![999], "the stray is stopped after a barrier");
+        });
     }
 }

@@ -3,17 +3,19 @@
 //! and is restarted by its supervisor (without touching the guest) if it panics.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
-use futures_util::FutureExt;
 use horcrux_core::{Command, DesiredPower};
 use horcrux_drivers::{DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome};
 use serde::Serialize;
 
+use crate::guard::{catch, guarded, panicked};
 use crate::port::ClusterPort;
 use horcrux_raft::ProposeError;
+
+/// What a panic in this actor is called in logs and answers.
+const WHAT: &str = "guest actor";
 
 /// How long to wait before retrying to record a guest's own exit.
 const EXIT_RECORD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -45,6 +47,14 @@ pub struct Reconcile {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Exited {
+    generation: u64,
+}
+
+/// The exit watcher of `generation` failed (its driver call panicked): nothing waits on the
+/// QEMU any more, so the next reconcile arms a new watcher.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WatcherLost {
     generation: u64,
 }
 
@@ -110,8 +120,13 @@ impl GuestActor {
     fn watch_exit(&self, ctx: &mut Context<Self>) {
         let (hv, vmid, generation, addr) = (self.hv.clone(), self.vmid, self.generation, ctx.address());
         actix::spawn(async move {
-            hv.wait_exit(vmid).await;
-            addr.do_send(Exited { generation });
+            match catch(async { hv.wait_exit(vmid).await }).await {
+                Ok(()) => addr.do_send(Exited { generation }),
+                Err(p) => {
+                    tracing::error!(vmid, "the exit watcher panicked ({p}); arming a new one");
+                    addr.do_send(WatcherLost { generation });
+                }
+            }
         });
     }
 }
@@ -176,10 +191,9 @@ async fn drive(
     }
 }
 
-impl Handler<Reconcile> for GuestActor {
-    type Result = AtomicResponse<Self, Result<ObservedPower, String>>;
-
-    fn handle(&mut self, msg: Reconcile, _ctx: &mut Context<Self>) -> Self::Result {
+impl GuestActor {
+    /// The synchronous half of a reconcile: bookkeeping, and the driver work to run.
+    fn begin(&mut self, msg: Reconcile) -> (BoxedDrive, bool) {
         if msg.revision > self.last_revision {
             self.last_revision = msg.revision;
         }
@@ -195,34 +209,72 @@ impl Handler<Reconcile> for GuestActor {
             // The exit we are about to cause is expected.
             self.generation += 1;
         }
-        let fut = drive(self.hv.clone(), msg.desired, msg.launch, msg.task, may_start);
-        AtomicResponse::new(Box::pin(AssertUnwindSafe(fut).catch_unwind().into_actor(self).map(
-            move |res, act, ctx| match res {
-                Err(_) => {
-                    tracing::error!(vmid = act.vmid, "guest actor panicked; its supervisor restarts it");
+        (Box::pin(drive(self.hv.clone(), msg.desired, msg.launch, msg.task, may_start)), stopping)
+    }
+
+    /// The half after the driver answered: publish, and watch a QEMU left running.
+    fn finish(
+        &mut self,
+        ctx: &mut Context<Self>,
+        res: Result<ObservedPower, DriverError>,
+        stopping: bool,
+    ) -> Result<ObservedPower, String> {
+        match res {
+            Err(e) => {
+                let power =
+                    self.board.lock().unwrap_or_else(|p| p.into_inner()).get(&self.vmid).map(|s| s.power);
+                self.publish(power.unwrap_or(ObservedPower::Stopped), Some(e.to_string()));
+                Err(e.to_string())
+            }
+            Ok(power) => {
+                self.publish(power, None);
+                // A watcher of this generation already waits on this QEMU; one of an older
+                // generation waits on one we stopped since (it ends with it).
+                let watched = self.watcher == Some(self.generation);
+                if power != ObservedPower::Stopped && !stopping && !watched {
+                    self.generation += 1;
+                    self.watcher = Some(self.generation);
+                    self.watch_exit(ctx);
+                }
+                Ok(power)
+            }
+        }
+    }
+}
+
+type BoxedDrive = std::pin::Pin<Box<dyn std::future::Future<Output = Result<ObservedPower, DriverError>>>>;
+
+impl Handler<Reconcile> for GuestActor {
+    type Result = AtomicResponse<Self, Result<ObservedPower, String>>;
+
+    fn handle(&mut self, msg: Reconcile, ctx: &mut Context<Self>) -> Self::Result {
+        let Some((fut, stopping)) = guarded(self, ctx, WHAT, |act, _| act.begin(msg)) else {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(panicked(WHAT)))));
+        };
+        AtomicResponse::new(Box::pin(catch(fut).into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Err(p) => {
+                    tracing::error!(
+                        vmid = act.vmid,
+                        "guest actor panicked ({p}); its supervisor restarts it"
+                    );
                     ctx.stop();
-                    Err("internal error: the guest actor panicked and was restarted; retry".to_string())
+                    Err(panicked(WHAT))
                 }
-                Ok(Err(e)) => {
-                    let power =
-                        act.board.lock().unwrap_or_else(|p| p.into_inner()).get(&act.vmid).map(|s| s.power);
-                    act.publish(power.unwrap_or(ObservedPower::Stopped), Some(e.to_string()));
-                    Err(e.to_string())
-                }
-                Ok(Ok(power)) => {
-                    act.publish(power, None);
-                    // A watcher of this generation already waits on this QEMU; one of an older
-                    // generation waits on one we stopped since (it ends with it).
-                    let watched = act.watcher == Some(act.generation);
-                    if power != ObservedPower::Stopped && !stopping && !watched {
-                        act.generation += 1;
-                        act.watcher = Some(act.generation);
-                        act.watch_exit(ctx);
-                    }
-                    Ok(power)
-                }
-            },
-        )))
+                Ok(res) => guarded(act, ctx, WHAT, |act, ctx| act.finish(ctx, res, stopping))
+                    .unwrap_or_else(|| Err(panicked(WHAT))),
+            }
+        })))
+    }
+}
+
+impl Handler<WatcherLost> for GuestActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WatcherLost, _ctx: &mut Context<Self>) {
+        if self.watcher == Some(msg.generation) {
+            self.watcher = None;
+        }
     }
 }
 
@@ -230,6 +282,12 @@ impl Handler<Exited> for GuestActor {
     type Result = ();
 
     fn handle(&mut self, msg: Exited, ctx: &mut Context<Self>) {
+        guarded(self, ctx, WHAT, |act, ctx| act.exited(msg, ctx));
+    }
+}
+
+impl GuestActor {
+    fn exited(&mut self, msg: Exited, ctx: &mut Context<Self>) {
         if self.watcher == Some(msg.generation) {
             self.watcher = None;
         }
@@ -264,7 +322,11 @@ impl Handler<Exited> for GuestActor {
                 }
             }
         };
-        ctx.spawn(fut.into_actor(self));
+        ctx.spawn(catch(fut).into_actor(self).map(move |res, _, _| {
+            if let Err(p) = res {
+                tracing::error!(vmid, "recording the guest's exit panicked ({p})");
+            }
+        }));
     }
 }
 
@@ -287,7 +349,13 @@ impl Handler<MigrateOut> for GuestActor {
                 Command::MigrateGuest { vmid, expected_revision: Some(msg.revision), target: msg.target };
             Ok(cluster.propose(cmd).await?.revision)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self)))
+        AtomicResponse::new(Box::pin(catch(fut).into_actor(self).map(|res, _, ctx| {
+            res.unwrap_or_else(|p| {
+                tracing::error!("guest actor panicked while migrating out ({p}); its supervisor restarts it");
+                ctx.stop();
+                Err(crate::RuntimeError::Driver(panicked(WHAT)))
+            })
+        })))
     }
 }
 
@@ -297,7 +365,9 @@ impl Handler<Retire> for GuestActor {
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         self.retired = true;
         self.board.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.vmid);
-        // Stopping a supervised actor restarts it; terminate ends it for good.
+        // A supervised actor that stops is restarted while anyone holds its address; the
+        // fleet dropped its own, so it ends with the last caller's. `retired` keeps a
+        // restarted one from recording exits meanwhile.
         ctx.terminate();
     }
 }

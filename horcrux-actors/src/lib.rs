@@ -4,6 +4,7 @@
 
 mod create;
 mod fleet;
+mod guard;
 mod guest;
 mod port;
 mod runtime;

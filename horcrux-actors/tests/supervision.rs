@@ -1,5 +1,6 @@
-//! Guest actors under their supervisor, against a scripted hypervisor: a panicking actor is
-//! restarted without touching the guest, and a guest that exits on its own is recorded as
+//! Guest actors under their supervisor, against a scripted hypervisor: a panic in any
+//! handler (reconcile, migrate) or in the exit watcher restarts the actor (or re-arms the
+//! watcher) without touching the guest, and a guest that exits on its own is recorded as
 //! stopped in the replicated state and not restarted.
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ struct ScriptedHv {
     stops: AtomicU32,
     vmid: AtomicU32,
     panic_next_status: AtomicBool,
+    panic_next_wait: AtomicBool,
     exit: Notify,
     /// Exit watchers currently waiting.
     watchers: Arc<AtomicU32>,
@@ -64,8 +66,12 @@ impl Hypervisor for ScriptedHv {
     fn wait_exit(&self, _vmid: u32) -> BoxFuture<'_, ()> {
         self.watchers.fetch_add(1, Ordering::SeqCst);
         let watching = Watching(self.watchers.clone());
+        let panic = self.panic_next_wait.swap(false, Ordering::SeqCst);
         Box::pin(async move {
             let _watching = watching;
+            if panic {
+                panic!("scripted watcher panic");
+            }
             self.exit.notified().await;
             *self.running.lock().unwrap() = false;
         })
@@ -118,6 +124,8 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
         Arc::new(|p| Arc::new(DirStorage::new(p.id.clone(), "/nonexistent")) as Arc<dyn VolumeStore>);
     let tasks = TaskRegistry::open("n1", tmp.path().join("tasks")).unwrap();
     let rt = NodeRuntime::start(cluster.clone(), hv.clone(), volumes, tasks).unwrap();
+    // The first exit watcher panics: the actor arms a new one on a later reconcile.
+    hv.panic_next_wait.store(true, Ordering::SeqCst);
 
     cluster
         .propose(Command::SetDesiredPower {
@@ -129,6 +137,8 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
         .unwrap();
     assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Running);
     assert_eq!(hv.starts.load(Ordering::SeqCst), 1);
+    eventually("the panicking watcher is gone", || !hv.panic_next_wait.load(Ordering::SeqCst)).await;
+    eventually("the panicking watcher is gone", || hv.watchers.load(Ordering::SeqCst) == 0).await;
     // A minute of 5-second ticks reconciles the running guest 12 times: still one watcher.
     for _ in 0..12 {
         assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Running);
@@ -149,6 +159,12 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
     assert_eq!(rt.observed(100).power, ObservedPower::Stopped);
     assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Stopped);
     assert_eq!(hv.starts.load(Ordering::SeqCst), 1);
+
+    // A panic in another handler (the migration's driver call) restarts the actor too.
+    hv.panic_next_status.store(true, Ordering::SeqCst);
+    let e = rt.migrate(100, "n2".into()).await.unwrap_err();
+    assert!(e.to_string().contains("panicked"), "{e}");
+    assert_eq!(rt.reconcile(100, None).await.unwrap(), ObservedPower::Stopped);
 
     // Deleting the guest retires its actor and forgets its status.
     cluster.propose(Command::DeleteGuest { vmid: 100, expected_revision: None }).await.unwrap();
