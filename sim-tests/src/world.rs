@@ -429,14 +429,8 @@ fn short(s: &str) -> String {
 /// Runs one seed to completion and reports its trace and any invariant violations.
 pub fn run(cfg: SimConfig) -> Outcome {
     // An actix system (the guest actors need one) over a paused current-thread runtime.
-    let sys = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .expect("a current-thread runtime")
-    });
-    horcrux_raft::runtime::seed_thread_rng(cfg.seed);
+    let seed = cfg.seed;
+    let sys = actix_rt::System::with_tokio_rt(move || crate::runtime(seed));
     sys.block_on(simulate(cfg))
 }
 

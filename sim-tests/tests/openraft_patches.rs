@@ -158,13 +158,7 @@ impl Cluster {
 }
 
 fn sim(test: impl std::future::Future<Output = ()>) {
-    horcrux_raft::runtime::seed_thread_rng(7);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-        .block_on(test);
+    sim_tests::runtime(7).block_on(test);
 }
 
 fn follower_has(c: &Cluster, id: NodeId, index: u64) -> bool {
@@ -265,30 +259,24 @@ fn followers_learn_the_commit_index_from_the_next_entries() {
 fn a_new_leader_is_elected_within_one_election_timeout_of_a_crash() {
     let mut took = Vec::new();
     for seed in 1..=10u64 {
-        horcrux_raft::runtime::seed_thread_rng(seed);
-        let t = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap()
-            .block_on(async {
-                let mut c = Cluster::start().await;
-                let (leader, term) = c.leader_above(0).await;
-                c.write(leader, "before").await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let t0 = tokio::time::Instant::now();
-                c.power_loss(leader).await;
-                let (next, _) = c.leader_above(term).await;
-                let took = t0.elapsed();
-                let index = c.write(next, "after").await;
-                c.raft(next)
-                    .wait(Some(Duration::from_secs(5)))
-                    .applied_index_at_least(Some(index), "applied")
-                    .await
-                    .unwrap();
-                // Election timers are checked on openraft's tick (every heartbeat interval).
-                (took, Duration::from_millis(c.cfg.election_timeout_max + c.cfg.heartbeat_interval))
-            });
+        let t = sim_tests::runtime(seed).block_on(async {
+            let mut c = Cluster::start().await;
+            let (leader, term) = c.leader_above(0).await;
+            c.write(leader, "before").await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let t0 = tokio::time::Instant::now();
+            c.power_loss(leader).await;
+            let (next, _) = c.leader_above(term).await;
+            let took = t0.elapsed();
+            let index = c.write(next, "after").await;
+            c.raft(next)
+                .wait(Some(Duration::from_secs(5)))
+                .applied_index_at_least(Some(index), "applied")
+                .await
+                .unwrap();
+            // Election timers are checked on openraft's tick (every heartbeat interval).
+            (took, Duration::from_millis(c.cfg.election_timeout_max + c.cfg.heartbeat_interval))
+        });
         took.push(t);
     }
     for (seed, (t, max)) in took.iter().enumerate() {
