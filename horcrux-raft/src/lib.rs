@@ -24,11 +24,11 @@ mod types;
 
 pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
 pub use join::JoinTokenData;
-pub use log_store::LogStore;
+pub use log_store::{sync_and_report, LogStore, SyncQueue};
 pub use membership::{promote_when_caught_up, remove_from_membership, voter_target, MAX_JOIN_FAILURES};
 pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
 pub use proposer::Proposer;
 pub use state_machine::{SmData, StateMachineStore};
-pub use store::open_db;
+pub use store::{open_db, open_db_with};
 pub use types::{ApplyResult, Batch, NodeId, Response, TypeConfig};

@@ -34,20 +34,31 @@ pub struct LogStore {
     /// leader reads each new entry back once per follower; serving that from here saves
     /// a RocksDB seek and a JSON parse each time.
     tail: Arc<std::sync::Mutex<std::collections::VecDeque<Entry<TypeConfig>>>>,
-    /// Appends waiting for the syncer thread's next WAL sync (`None`: each append is synced
-    /// before it returns). The thread ends when the last clone of this store is dropped.
-    syncer: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    /// Where an append's "durable" report goes: to the syncer, which reports it after its
+    /// next WAL sync (`None`: each append is synced before it returns).
+    syncer: Option<SyncQueue>,
 }
 
-/// Syncs the WAL for each queued append (and any that queued meanwhile), then reports them.
+/// Takes an append's report, to be made once a WAL sync covers the append
+/// ([`sync_and_report`]). The daemon's is a thread; the simulation's a seeded task.
+pub type SyncQueue = Arc<dyn Fn(LogFlushed<TypeConfig>) + Send + Sync>;
+
+/// Syncs the WAL, which covers every write made before the call, then reports `waiting`
+/// durable (or failed). What the syncer thread runs for each batch of queued appends.
+pub fn sync_and_report(db: &DB, waiting: Vec<LogFlushed<TypeConfig>>) {
+    let res = db.flush_wal(true).map_err(|e| e.to_string());
+    for cb in waiting {
+        cb.log_io_completed(res.clone().map_err(std::io::Error::other));
+    }
+}
+
+/// Syncs for each queued append (and any that queued meanwhile); ends when the last
+/// clone of the store, and so the sender, is dropped.
 fn run_syncer(db: Arc<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        let res = db.flush_wal(true).map_err(|e| e.to_string());
-        for cb in waiting {
-            cb.log_io_completed(res.clone().map_err(std::io::Error::other));
-        }
+        sync_and_report(&db, waiting);
     }
 }
 
@@ -60,10 +71,23 @@ impl LogStore {
 
     /// A store whose appends are synced by a syncer thread: what a node runs.
     pub fn with_syncer(db: Arc<DB>) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
         let sync_db = db.clone();
         std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || run_syncer(sync_db, rx))?;
-        Ok(Self { syncer: Some(tx), ..Self::new(db) })
+        let tx = std::sync::Mutex::new(tx);
+        let queue: SyncQueue = Arc::new(move |cb| {
+            let sent = tx.lock().unwrap_or_else(|p| p.into_inner()).send(cb);
+            if let Err(std::sync::mpsc::SendError(cb)) = sent {
+                cb.log_io_completed(Err(std::io::Error::other("the log syncer thread is gone")));
+            }
+        });
+        Ok(Self::with_sync_queue(db, queue))
+    }
+
+    /// A store whose appends are written unsynced and reported through `queue`: the
+    /// daemon's path with another syncer (the simulation's deterministic one).
+    pub fn with_sync_queue(db: Arc<DB>, queue: SyncQueue) -> Self {
+        Self { syncer: Some(queue), ..Self::new(db) }
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Entry<TypeConfig>>> {
@@ -216,11 +240,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.remember(entries);
         match &self.syncer {
             None => callback.log_io_completed(Ok(())),
-            Some(syncer) => {
-                if let Err(std::sync::mpsc::SendError(cb)) = syncer.send(callback) {
-                    cb.log_io_completed(Err(std::io::Error::other("the log syncer thread is gone")));
-                }
-            }
+            Some(queue) => queue(callback),
         }
         Ok(())
     }

@@ -15,7 +15,17 @@ pub const CF_META: &str = "meta";
 pub const CF_SM: &str = "sm";
 
 pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    open_db_with(dir, false)
+}
+
+/// `open_db`; with `keep_wal`, every WAL file is archived instead of deleted, so
+/// `DB::get_updates_since(0)` replays the database's whole history (the simulation's
+/// power loss rebuilds a store from the writes made before its last sync).
+pub fn open_db_with(dir: &Path, keep_wal: bool) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
+    if keep_wal {
+        opts.set_wal_ttl_seconds(u64::MAX / 2);
+    }
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // A Raft node shut down in this process releases the database only when its last task

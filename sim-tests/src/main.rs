@@ -1,7 +1,7 @@
 //! `sim-tests --seed S` replays one seed and prints its trace; `--seeds N [--from S]`
 //! sweeps seeds. Exits non-zero on any invariant violation, printing the replay command.
 
-use sim_tests::{run, SimConfig, StoreKind};
+use sim_tests::{run, Bug, SimConfig, StoreKind};
 
 fn arg(name: &str) -> Option<u64> {
     let args: Vec<String> = std::env::args().collect();
@@ -31,7 +31,9 @@ fn main() -> std::process::ExitCode {
             }
         };
     let store_arg = if store == StoreKind::Rocks { " --store rocksdb" } else { "" };
-    let config = |seed| SimConfig { sim_secs: secs, nodes, store, ..SimConfig::new(seed) };
+    // `--early-flush`: the injected missing-fsync bug (to watch the checker catch it).
+    let bug = if args.iter().any(|a| a == "--early-flush") { Bug::EarlyFlush } else { Bug::None };
+    let config = |seed| SimConfig { sim_secs: secs, nodes, store, bug, ..SimConfig::new(seed) };
     if let Some(seed) = arg("--seed") {
         let out = run(config(seed));
         for line in &out.trace {

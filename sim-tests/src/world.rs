@@ -44,6 +44,9 @@ pub enum Bug {
     /// Migrations are committed by whichever node the client asked, without the owner
     /// checking that the guest's QEMU is gone.
     UncheckedMigrate,
+    /// The RocksDB log store reports appends durable before the WAL sync that covers them
+    /// (a missing fsync): a power loss then drops entries the node counted or acknowledged.
+    EarlyFlush,
 }
 
 /// One client operation in the history the linearizability checker reads.
@@ -62,7 +65,9 @@ struct Op {
 pub enum StoreKind {
     /// The in-memory model: slow and failing disks, power loss of what is not durable.
     Mem,
-    /// The product's RocksDB `LogStore` and `StateMachineStore` (no disk faults).
+    /// The product's RocksDB `LogStore` (with the production sync path) and
+    /// `StateMachineStore`: no slow or failing disk, but power losses drop every write no
+    /// sync covered.
     Rocks,
 }
 
@@ -155,7 +160,8 @@ impl World {
         match &self.root {
             None => NodeStore::Mem { log: MemLog::new(seed, self.cfg.faults), sm: MemSm::default() },
             Some(root) => {
-                NodeStore::Rocks(RocksStore::open(root.path().join(format!("n{id}-{}", self.stores_made))))
+                let dir = root.path().join(format!("n{id}-{}", self.stores_made));
+                NodeStore::Rocks(RocksStore::open(dir, seed, self.cfg.bug == Bug::EarlyFlush))
             }
         }
     }
@@ -167,9 +173,7 @@ impl World {
         let cfg = self.raft_config.clone();
         let started = match &node.store {
             NodeStore::Mem { log, sm } => Raft::new(id, cfg, net, log.clone(), sm.clone()).await,
-            NodeStore::Rocks(r) => {
-                Raft::new(id, cfg, net, horcrux_raft::LogStore::new(r.db.clone()), r.sm.clone()).await
-            }
+            NodeStore::Rocks(r) => Raft::new(id, cfg, net, r.log_store(), r.sm.clone()).await,
         };
         let raft = match started {
             Ok(raft) => raft,
@@ -239,6 +243,34 @@ impl World {
                 self.log(format!("crash n{id}"));
             }
         }
+    }
+
+    /// Every running node loses power at the same instant (a rack's feed fails): each
+    /// disk keeps only what a sync covered, every guest dies. An acknowledged write must
+    /// survive it: it was durable on a majority before the client heard of it.
+    async fn blackout(&mut self) {
+        let ids = self.running();
+        let mut lost = Vec::new();
+        for id in &ids {
+            self.router.0.lock().unwrap().rafts.remove(id);
+            self.proposers.lock().unwrap().remove(id);
+            lost.push(self.nodes.get_mut(id).unwrap().store.crash(true));
+        }
+        for id in &ids {
+            let node = self.nodes.get_mut(id).unwrap();
+            node.proposer = None;
+            node.port = None;
+            if let Some(fleet) = node.fleet.take() {
+                fleet.do_send(Shutdown);
+            }
+            if let Some(r) = node.raft.take() {
+                let _ = r.shutdown().await;
+            }
+            self.hosts.power_off(*id);
+        }
+        self.log(format!(
+            "blackout: power loss on {ids:?} at once, log entries not yet durable lost {lost:?}"
+        ));
     }
 
     /// A node whose Raft stopped by itself (a failed disk write is fatal to openraft) is
@@ -604,6 +636,18 @@ async fn simulate(cfg: SimConfig) -> Outcome {
                 let power_loss = rng.gen_bool(0.5);
                 tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
                 w.crash(id, power_loss).await;
+            } else if roll < 10 && running.len() > 1 {
+                // Just after a write is acknowledged (within 300 ms), while the disks may
+                // still be syncing what came with it.
+                let acked = w.acked.lock().unwrap().len();
+                for _ in 0..300 {
+                    if w.acked.lock().unwrap().len() > acked {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                tokio::time::sleep(Duration::from_micros(rng.gen_range(0..3000))).await;
+                w.blackout().await;
             } else if roll < 30 {
                 let down: Vec<NodeId> = w
                     .nodes
