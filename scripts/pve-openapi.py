@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generates an OpenAPI 3.0.3 document for Proxmox VE's `/api2/json` from its API schema.
 
-Usage: scripts/pve-openapi.py [--example NAME=VALUE ...] [--perl-scalars] APIDATA ROUTES_FILE > out.json
+Usage: scripts/pve-openapi.py [--example NAME=VALUE ...] [--perl-scalars] [--perl-scalar 'METHOD /path' ...]
+                             APIDATA ROUTES_FILE > out.json
 
 APIDATA is Proxmox's `apidata.json` (the API viewer's tree). ROUTES_FILE lists the
 operations to document, one `METHOD /path/{param}` a line, paths relative to `/api2/json`
@@ -24,10 +25,14 @@ Proxmox's JSON-schema dialect is mapped as follows (see `convert`):
 - indexed keys (`net[n]`) are expanded to `net0`..`netN` (N from "n is A to B" in the
   description, else Proxmox's limit);
 - answers are `{"data": RETURNS}` under 200; every other status is `default`, Proxmox's
-  error shape `{"data": null, "errors"?: {param: message}}`.
+  error shape `{"data": null, "errors"?: {param: message}}`; a 400 must name the refused
+  parameter in `errors`.
 
 --perl-scalars loosens answers to what Proxmox's Perl validator accepts: an integer or
 number may be a numeric string, a string may be a number.
+--perl-scalar 'METHOD /path' does the same for one operation only: where Proxmox itself
+answers a number as a string and clients rely on it (`GET /cluster/nextid` answers "100",
+and clients parse `data` as a string).
 --example NAME=VALUE sets the `example` of every path parameter NAME.
 """
 
@@ -73,8 +78,6 @@ FORMATS = {
 
 LIST_SEP = r"[,;\s]"
 
-PLAIN_SCALARS = {"string", "integer", "number", "boolean"}
-
 warnings = []
 
 
@@ -111,15 +114,13 @@ def _class(pattern, i, ci):
                 out += "0-9"
             elif e in "pPhHvVXRN":
                 return None
-            elif e == "]" or e == "\\" or e == "[" or e == "^" or e == "-" or not e.isalnum():
-                out += "\\" + e
             else:
-                out += "\\" + e  # \w \s \S \x.. \0 \n \t
+                out += "\\" + e  # \w \s \S \x.. \0 \n \t, escaped punctuation
             continue
         lit = c
         j += 1
-        if c == "]":
-            lit = "\\]"
+        if c in "[]":
+            lit = "\\" + c
         # A range X-Y (Y not the closing bracket).
         if j + 1 < n and pattern[j] == "-" and pattern[j + 1] != "]":
             hi = pattern[j + 1]
@@ -163,8 +164,6 @@ def perl_regex(pattern, where):
                 quantifiable = False
             elif e in "GpPXRhHvVKN" or e.isdigit() and e != "0":
                 return None  # not expressible (or backreferences)
-            elif ci and e.isalpha() and False:
-                pass
             else:
                 out.append("\\" + e)
             continue
@@ -514,6 +513,16 @@ def read_routes(path):
     return routes
 
 
+PARAM_ERROR_SCHEMA = {
+    "type": "object",
+    "description": "A 400 answer: `errors` names at least one parameter.",
+    "required": ["data", "errors"],
+    "properties": {
+        "data": {"nullable": True, "enum": [None]},
+        "errors": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
+    },
+}
+
 ERROR_SCHEMA = {
     "type": "object",
     "description": "Proxmox's error answer: `data` is null, `errors` maps parameters to messages.",
@@ -580,6 +589,11 @@ def operation(method, path, info, examples, perl_scalars):
                 }
             },
         },
+        # A refused parameter names itself (Proxmox's "Parameter verification failed").
+        "400": {
+            "description": "Parameter verification failed",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ParamError"}}},
+        },
         "default": {
             "description": "Error",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -588,7 +602,7 @@ def operation(method, path, info, examples, perl_scalars):
     return op
 
 
-def links(paths, ops):
+def links(paths):
     """Links from a create (`POST P` with body key K) to the operations on `P/{K}...`."""
     for path, item in paths.items():
         post = item.get("post")
@@ -624,6 +638,7 @@ def links(paths, ops):
 def main(argv):
     examples = {}
     perl_scalars = False
+    perl_scalar_ops = set()
     args = []
     it = iter(argv)
     for a in it:
@@ -638,6 +653,11 @@ def main(argv):
             examples[k] = int(v) if v.isdigit() else v
         elif a == "--perl-scalars":
             perl_scalars = True
+        elif a == "--perl-scalar":
+            one = next(it, None)
+            if not one or " " not in one:
+                sys.exit("--perl-scalar takes 'METHOD /path'")
+            perl_scalar_ops.add(tuple(one.split(" ", 1)))
         elif a in ("-h", "--help"):
             print(__doc__)
             return 0
@@ -662,8 +682,9 @@ def main(argv):
     paths = {}
     for method, path in routes:
         info = index[path]["info"][method]
-        paths.setdefault(path, {})[method.lower()] = operation(method, path, info, examples, perl_scalars)
-    links(paths, None)
+        loose = perl_scalars or (method, path) in perl_scalar_ops
+        paths.setdefault(path, {})[method.lower()] = operation(method, path, info, examples, loose)
+    links(paths)
     doc = {
         "openapi": "3.0.3",
         "info": {
@@ -672,7 +693,7 @@ def main(argv):
             "description": "Generated by scripts/pve-openapi.py from Proxmox's apidata.json.",
         },
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA, **COMPONENTS}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, "ParamError": PARAM_ERROR_SCHEMA, **COMPONENTS}},
     }
     json.dump(doc, sys.stdout, indent=1, sort_keys=False)
     sys.stdout.write("\n")

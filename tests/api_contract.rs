@@ -161,7 +161,10 @@ fn error_answers_arrive_over_http2_with_unread_bodies() {
     let cases = [
         ("POST", "/api/v1/nope", Some(admin.token().to_string()), 404),
         ("POST", "/api/v1/version", Some(admin.token().to_string()), 405),
-        ("POST", "/api2/json/nope", Some(admin.token().to_string()), 404),
+        // Proxmox answers a path it does not serve with 501, another method with 405 here.
+        ("POST", "/api2/json/nope", Some(admin.token().to_string()), 501),
+        ("PATCH", "/api2/json/version", Some(admin.token().to_string()), 405),
+        ("POST", "/api2/json/nodes", Some(admin.token().to_string()), 405),
         ("POST", "/api/v1/vms", None, 401),
         ("POST", "/api/v1/vms", Some(weak.clone()), 403),
         ("PUT", "/api/v1/access/acl", Some(weak), 403),
@@ -213,4 +216,65 @@ fn a_startup_error_exits_cleanly() {
     assert_eq!(out.signal(), None, "the daemon died of a signal: {log}");
     assert_eq!(out.code(), Some(1), "{log}");
     assert!(log.contains("log"), "the error names the path: {log}");
+}
+
+/// `/api2/json` parameters: a parameter a route does not honour is refused with an
+/// `errors` entry naming it (never ignored), booleans mean what they say in every spelling
+/// (`privsep=false` made a privileged token, `delete=false` deleted an ACL entry), and a
+/// protected guest can't be deleted.
+#[test]
+fn proxmox_parameters_are_honoured_or_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let d = common::Daemon::start(tmp.path(), port, &[]);
+    let api = d.client();
+    let t = Some(api.token());
+    let (code, v) = api.request("GET", "/api2/json/access/users?bogus=1", t, &json!(null));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["errors"]["bogus"].is_string(), "{v}");
+    let (code, v) = api.request("POST", "/api2/json/nodes/n1/qemu", t, &json!({"vmid": 100, "skiplock": 1}));
+    assert_eq!((code, v["errors"]["skiplock"].is_string()), (400, true), "{v}");
+    let (code, v) = api.request("GET", "/api2/json/nodes/n1/qemu/100/config?snapshot=s1", t, &json!(null));
+    assert_eq!((code, v["errors"]["snapshot"].is_string()), (400, true), "{v}");
+
+    // Booleans: false is false.
+    assert_eq!(api.post("/access/users", &json!({"userid": "b@pve"})).0, 200);
+    let (code, v) =
+        api.request("POST", "/api2/json/access/users/b@pve/token/t1", t, &json!({"privsep": false}));
+    assert_eq!(code, 200, "{v}");
+    let (_, tok) = api.request("GET", "/api2/json/access/users/b@pve/token/t1", t, &json!(null));
+    assert_eq!(tok["data"]["privsep"], 0, "{tok}");
+    let acl =
+        json!({"path": "/vms", "roles": "PVEAuditor", "users": "b@pve", "delete": false, "propagate": false});
+    assert_eq!(api.request("PUT", "/api2/json/access/acl", t, &acl).0, 200);
+    let (_, list) = api.request("GET", "/api2/json/access/acl", t, &json!(null));
+    let entry = list["data"].as_array().unwrap().iter().find(|e| e["ugid"] == "b@pve").cloned();
+    assert_eq!(entry.as_ref().map(|e| e["propagate"].clone()), Some(json!(0)), "{list}");
+    let (code, v) = api.request(
+        "PUT",
+        "/api2/json/access/acl",
+        t,
+        &json!({"path": "/", "roles": "PVEAuditor", "users": "b@pve", "propagate": "maybe"}),
+    );
+    assert_eq!((code, v["errors"]["propagate"].is_string()), (400, true), "{v}");
+
+    // Protection: stored as 1, answered as a number, and it blocks the delete.
+    let (code, v) = api.request(
+        "POST",
+        "/api2/json/nodes/n1/qemu",
+        t,
+        &json!({"vmid": 101, "memory": 64, "protection": true}),
+    );
+    assert_eq!(code, 200, "{v}");
+    api.wait_task(v["data"].as_str().unwrap());
+    let (_, cfg) = api.request("GET", "/api2/json/nodes/n1/qemu/101/config", t, &json!(null));
+    assert_eq!(cfg["data"]["protection"], 1, "{cfg}");
+    let (code, v) = api.request("DELETE", "/api2/json/nodes/n1/qemu/101", t, &json!(null));
+    assert_eq!((code, v["errors"]["protection"].is_string()), (400, true), "{v}");
+    let (code, v) = api.request("PUT", "/api2/json/nodes/n1/qemu/101/config", t, &json!({"bios": "floppy"}));
+    assert!(code == 400 && v["errors"]["bios"].is_string(), "{code} {v}");
+    let (code, v) = api.request("PUT", "/api2/json/nodes/n1/qemu/101/config", t, &json!({"protection": 0}));
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = api.request("DELETE", "/api2/json/nodes/n1/qemu/101", t, &json!(null));
+    assert_eq!(code, 200, "{v}");
 }

@@ -23,6 +23,12 @@ pub struct TaskInfo {
     pub kind: String,
     pub id: String,
     pub user: String,
+    /// The UPID's process id and process start (Proxmox's worker pid; here the daemon's,
+    /// made unique per second among tasks that start in the same one).
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub pstart: u64,
     pub starttime: u64,
     pub status: TaskStatus,
     /// "OK" or the error, once stopped.
@@ -46,7 +52,9 @@ pub type HistoryLimit = Arc<dyn Fn() -> usize + Send + Sync>;
 
 struct Inner {
     tasks: HashMap<String, TaskInfo>,
+    /// The last task's start second and how many started in it.
     last_starttime: u64,
+    same_second: u32,
     /// Finished tasks on disk, oldest first: what rotation removes.
     finished: std::collections::BTreeSet<(u64, String)>,
 }
@@ -89,7 +97,8 @@ impl TaskRegistry {
     /// error so clients polling them stop waiting.
     pub fn open(node: &str, dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        let inner = Inner { tasks: HashMap::new(), last_starttime: 0, finished: Default::default() };
+        let inner =
+            Inner { tasks: HashMap::new(), last_starttime: 0, same_second: 0, finished: Default::default() };
         let reg = Self {
             node: node.into(),
             dir,
@@ -161,12 +170,19 @@ impl TaskRegistry {
     /// Starts a task and returns the handle its worker logs through.
     pub fn create(&self, kind: &str, id: &str, user: &str) -> TaskLog {
         let mut inner = self.lock();
-        // UPIDs must be unique; two tasks in the same second get successive start times.
-        let starttime = now_s().max(inner.last_starttime + 1);
+        // UPIDs must be unique: tasks that start in the same second get successive process
+        // ids (a Proxmox worker has its own pid), and the start time stays the clock's.
+        let starttime = now_s().max(inner.last_starttime);
+        if starttime == inner.last_starttime {
+            inner.same_second += 1;
+        } else {
+            inner.same_second = 0;
+        }
         inner.last_starttime = starttime;
+        let pid = self.pid.wrapping_add(inner.same_second);
         let upid = Upid {
             node: self.node.to_string(),
-            pid: self.pid,
+            pid,
             pstart: self.pstart,
             starttime,
             kind: kind.into(),
@@ -180,6 +196,8 @@ impl TaskRegistry {
             kind: kind.into(),
             id: id.into(),
             user: user.into(),
+            pid,
+            pstart: self.pstart,
             starttime,
             status: TaskStatus::Running,
             exitstatus: None,

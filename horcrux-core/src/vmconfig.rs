@@ -194,11 +194,77 @@ pub const KEPT_OPTIONS: &[&str] = &[
 ];
 pub const OPTION_MAX: usize = 8 * 1024;
 
+/// The type Proxmox gives a kept option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionKind {
+    /// Stored as `0` or `1`.
+    Bool,
+    /// A non-negative integer.
+    Int,
+    /// One of these words.
+    Enum(&'static [&'static str]),
+    Text,
+}
+
+pub fn option_kind(key: &str) -> OptionKind {
+    match key {
+        "acpi" | "kvm" | "numa" | "onboot" | "protection" | "tablet" => OptionKind::Bool,
+        "balloon" => OptionKind::Int,
+        "bios" => OptionKind::Enum(&["seabios", "ovmf"]),
+        "ostype" => OptionKind::Enum(&[
+            "other", "wxp", "w2k", "w2k3", "w2k8", "wvista", "win7", "win8", "win10", "win11", "l24", "l26",
+            "solaris",
+        ]),
+        "scsihw" => OptionKind::Enum(&[
+            "lsi",
+            "lsi53c810",
+            "virtio-scsi-pci",
+            "virtio-scsi-single",
+            "megasas",
+            "pvscsi",
+        ]),
+        _ => OptionKind::Text,
+    }
+}
+
+/// An option's value in its stored form (`true`/`yes`/`on` -> `1` for booleans), or why it
+/// is not one.
+pub fn normalize_option(key: &str, value: &str) -> Result<String, ValidationError> {
+    match option_kind(key) {
+        OptionKind::Bool => match value {
+            "1" | "true" | "yes" | "on" => Ok("1".into()),
+            "0" | "false" | "no" | "off" => Ok("0".into()),
+            _ => Err(ValidationError::new(key, "type check ('boolean') failed")),
+        },
+        OptionKind::Int => value
+            .parse::<u64>()
+            .map(|n| n.to_string())
+            .map_err(|_| ValidationError::new(key, "type check ('integer') failed")),
+        OptionKind::Enum(words) if !words.contains(&value) => Err(ValidationError::new(
+            key,
+            format!("value '{value}' does not have a value in the enumeration '{}'", words.join(", ")),
+        )),
+        _ => Ok(value.to_string()),
+    }
+}
+
+/// Each option's value has its type and stored form (what the API checks before a change;
+/// the state machine checks only `validate_options`, as entries already in logs did).
+pub fn validate_option_values(options: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+    for (k, v) in options {
+        if normalize_option(k, v)? != *v {
+            return Err(ValidationError::new(k.clone(), format!("{v:?}: give {}", normalize_option(k, v)?)));
+        }
+    }
+    Ok(())
+}
+
 pub fn validate_options(options: &BTreeMap<String, String>) -> Result<(), ValidationError> {
     for (k, v) in options {
         if !KEPT_OPTIONS.contains(&k.as_str()) {
             return Err(ValidationError::new(k.clone(), "unknown option"));
         }
+
         if v.len() > OPTION_MAX || v.contains('\0') || (k != "description" && v.contains('\n')) {
             return Err(ValidationError::new(k.clone(), format!("at most {OPTION_MAX} bytes, one line")));
         }

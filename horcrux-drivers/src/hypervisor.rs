@@ -71,6 +71,12 @@ pub trait Hypervisor: Send + Sync + 'static {
         let _ = (vmid, paused);
         Box::pin(async { Err(DriverError::Invalid("this hypervisor cannot pause guests".into())) })
     }
+    /// Resets a running guest as the reset button does (Proxmox's `status/reset`): the
+    /// process keeps running, the guest reboots at once without shutting down.
+    fn reset(&self, vmid: u32) -> BoxFuture<'_, Result<(), DriverError>> {
+        let _ = vmid;
+        Box::pin(async { Err(DriverError::Invalid("this hypervisor cannot reset guests".into())) })
+    }
 }
 
 pub trait VolumeStore: Send + Sync + 'static {
@@ -82,6 +88,18 @@ pub trait VolumeStore: Send + Sync + 'static {
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// The guest images this store holds on this host.
     fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>>;
+    /// Size, use and free space of the store on this host, if it can tell.
+    fn usage(&self) -> BoxFuture<'_, Result<Option<StoreUsage>, DriverError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A store's capacity in bytes, as Proxmox's storage status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StoreUsage {
+    pub total: u64,
+    pub used: u64,
+    pub avail: u64,
 }
 
 /// One disk image, as Proxmox's storage content lists it.

@@ -9,7 +9,8 @@ pub mod qmp;
 pub mod storage;
 
 pub use hypervisor::{
-    BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, VolumeInfo, VolumeStore,
+    BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, StoreUsage, VolumeInfo,
+    VolumeStore,
 };
 pub use qemu::{resolve_accel, Accel, QemuDriver};
 pub use storage::DirStorage;

@@ -100,6 +100,31 @@ impl VolumeStore for DirStorage {
         Box::pin(self.list_inner())
     }
 
+    fn usage(&self) -> BoxFuture<'_, Result<Option<crate::StoreUsage>, DriverError>> {
+        Box::pin(async move {
+            // The file system holding the directory (its nearest existing ancestor).
+            let mut dir = self.root.as_path();
+            while !dir.exists() {
+                match dir.parent() {
+                    Some(p) => dir = p,
+                    None => return Ok(None),
+                }
+            }
+            let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+                .map_err(|e| DriverError::Invalid(e.to_string()))?;
+            let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: `c` is a NUL-terminated path and `vfs` a valid out-pointer.
+            if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } != 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let frsize = vfs.f_frsize as u64;
+            let total = vfs.f_blocks as u64 * frsize;
+            let free = vfs.f_bfree as u64 * frsize;
+            let avail = vfs.f_bavail as u64 * frsize;
+            Ok(Some(crate::StoreUsage { total, used: total - free, avail }))
+        })
+    }
+
     fn alloc(&self, vmid: u32, index: usize, size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>> {
         Box::pin(self.alloc_inner(vmid, index, size_mib))
     }

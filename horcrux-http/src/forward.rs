@@ -44,6 +44,9 @@ fn owner_of(st: &ApiState, uri: &axum::http::Uri) -> Option<String> {
             st.runtime.cluster().read_local(|s| s.guests.get(&vmid).map(|g| g.node.clone()))?
         }
         (Some("tasks"), Some(upid)) => upid.parse::<Upid>().ok()?.node,
+        (Some("nodes"), Some(node)) => {
+            st.runtime.cluster().read_local(|s| s.nodes.contains_key(node)).then(|| node.to_string())?
+        }
         _ => return None,
     };
     (owner != me).then_some(owner)

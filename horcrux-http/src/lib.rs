@@ -10,6 +10,7 @@ mod compat;
 mod drain;
 mod error;
 mod forward;
+mod host;
 mod ldap;
 pub mod login;
 mod openapi;

@@ -235,6 +235,7 @@ fn operations() -> Vec<Op> {
         op("POST", "/vms/{vmid}/reboot", "Power off, then start a new QEMU", r("Upid")).body(timeout),
         vm_power("/vms/{vmid}/suspend", "Pause the vCPUs"),
         vm_power("/vms/{vmid}/resume", "Resume the vCPUs"),
+        vm_power("/vms/{vmid}/reset", "Reset at once (the QEMU keeps running)"),
         op("POST", "/vms/{vmid}/migrate", "Offline migration", r("Upid"))
             .body(body(json!({ "target": t(S) }), &["target"])),
         op(
@@ -250,10 +251,18 @@ fn operations() -> Vec<Op> {
         op("GET", "/tasks/{upid}/log", "A task's log", arr(r("LogLine"))),
         op("GET", "/cluster/nextid", "Lowest free VMID", obj(json!({ "vmid": t(I) }), &["vmid"])),
         op("GET", "/nodes", "Cluster members", arr(r("Node"))),
+        op("GET", "/nodes/{node}/status", "A member's host: CPU, memory, load, root file system", any()),
         op("GET", "/storage", "Storage pools", arr(r("StoragePool"))),
         op("GET", "/storage/{id}/content", "Guest images on one node", arr(r("Content")))
             .query("node", t(S))
             .query("vmid", t(I)),
+        op(
+            "GET",
+            "/storage/{id}/status",
+            "Size, use and free space on one node",
+            obj(json!({ "total": t(I), "used": t(I), "avail": t(I), "active": t(I) }), &["active"]),
+        )
+        .query("node", t(S)),
         op("GET", "/cluster/status", "Members, leader, quorum", r("ClusterStatus")),
         op("GET", "/cluster/tokens", "Join tokens", arr(any())),
         op("POST", "/cluster/tokens", "Create a join token", obj(json!({ "token": t(S) }), &["token"]))

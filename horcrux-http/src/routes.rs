@@ -76,6 +76,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/config", put(crate::vm_config::update))
         .route("/vms/{vmid}/reboot", post(crate::vm_power::reboot))
         .route("/vms/{vmid}/suspend", post(crate::vm_power::suspend))
+        .route("/vms/{vmid}/reset", post(crate::vm_power::reset))
         .route("/vms/{vmid}/resume", post(crate::vm_power::resume))
         .route("/vms/{vmid}/serial", get(serial_log))
         .route("/tasks", get(list_tasks))
@@ -83,8 +84,10 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/tasks/{upid}/log", get(get_task_log))
         .route("/cluster/nextid", get(next_id))
         .route("/nodes", get(list_nodes))
+        .route("/nodes/{node}/status", get(crate::host::node_status))
         .route("/storage", get(list_storage))
         .route("/storage/{id}/content", get(storage_content))
+        .route("/storage/{id}/status", get(crate::host::storage_status))
         .route("/openapi.json", get(crate::openapi::serve))
         .merge(crate::cluster_routes::routes())
         .merge(crate::access_routes::routes())
@@ -330,6 +333,7 @@ async fn create_vm(
         options: req.options,
     };
     spec.validate()?;
+    horcrux_core::vmconfig::validate_option_values(&spec.options)?;
     for (i, d) in spec.disks.iter().enumerate() {
         if !state.storage.contains_key(&d.storage) {
             return Err(ApiError::bad_field(
@@ -570,6 +574,13 @@ async fn delete_vm(
     let (guest, storage) =
         cluster.read_linearizable(|s| (s.guests.get(&vmid).cloned(), s.storage.clone())).await?;
     let guest = guest.ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    if guest.vm_spec().options.get("protection").is_some_and(|p| p == "1") {
+        // Proxmox's `protection`: the guest and its disks can't be removed until it is unset.
+        return Err(ApiError::bad_field(
+            "protection",
+            format!("guest {vmid} is protected; unset protection first"),
+        ));
+    }
     if guest.desired.is_running() || st.runtime.observed(vmid).power != ObservedPower::Stopped {
         return Err(ApiError::conflict(format!("guest {vmid} is running; stop it before deleting it")));
     }

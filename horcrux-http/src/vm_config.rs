@@ -147,6 +147,7 @@ pub async fn update(
         });
     }
     spec.validate()?;
+    horcrux_core::vmconfig::validate_option_values(&spec.options)?;
 
     // Allocate the new disks under names no other disk of the guest uses.
     let mut allocated: Vec<(String, String)> = Vec::new();

@@ -99,3 +99,20 @@ pub async fn resume(
 ) -> Result<Json<Value>, ApiError> {
     pause(st, caller, &vmid, false).await
 }
+
+/// Resets the guest at once, as its reset button does (Proxmox's `qmreset`): the QEMU
+/// keeps running.
+pub async fn reset(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(vmid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = parse_vmid(&vmid)?;
+    running_guest(&st, vmid).await?;
+    let task = st.runtime.tasks().create("qmreset", &vmid.to_string(), caller.user());
+    let result = st.runtime.hypervisor().reset(vmid).await;
+    let result = result.map(|()| task.log(format!("guest {vmid} reset")));
+    task.finish(result.as_ref().map_err(|e| e.to_string()).copied());
+    result.map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({ "upid": task.upid() })))
+}

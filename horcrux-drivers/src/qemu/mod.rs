@@ -540,6 +540,17 @@ impl Hypervisor for QemuDriver {
         })
     }
 
+    fn reset(&self, vmid: u32) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(async move {
+            let qmp = self
+                .monitor(vmid)
+                .await?
+                .ok_or_else(|| DriverError::Invalid(format!("guest {vmid} is not running")))?;
+            qmp.execute("system_reset", None).await?;
+            Ok(())
+        })
+    }
+
     fn start<'a>(&'a self, launch: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.start_inner(launch))
     }

@@ -6,12 +6,67 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::{answer, error, native, ok, params, query};
+use super::{answer, error, flag, int_param, native, ok, params, query};
 use crate::routes::ApiState;
 
-pub(super) async fn access_users(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+/// A user as Proxmox lists one: `groups` as a comma-separated list, `enable` as 0/1.
+fn user_entry(u: &Value) -> Value {
+    let mut u = u.clone();
+    if let Some(g) = u["groups"].as_array() {
+        let list: Vec<&str> = g.iter().filter_map(Value::as_str).collect();
+        u["groups"] = json!(list.join(","));
+    }
+    if let Some(e) = u["enable"].as_bool() {
+        u["enable"] = json!(u8::from(e));
+    }
+    u
+}
+
+/// `enabled` filters on the flag; `full` adds the tokens (Horcrux always lists groups).
+pub(super) async fn access_users(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    let (enabled, full) = match (flag(&q, "enabled"), flag(&q, "full")) {
+        (Ok(e), Ok(f)) => (e, f.unwrap_or(false)),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
     let (status, v, _) = native(&st, &headers, Method::GET, "/access/users", None).await;
-    answer(status, v, |v| v)
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|u| enabled.is_none_or(|e| u["enable"].as_bool().unwrap_or(true) == e))
+            .map(|u| {
+                let mut e = user_entry(u);
+                match (full, e.as_object_mut()) {
+                    (true, Some(o)) => {
+                        let tokens: Vec<Value> = o
+                            .get("tokens")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .map(|t| {
+                                let mut i = token_info(t);
+                                i["tokenid"] = t["tokenid"].clone();
+                                i
+                            })
+                            .collect();
+                        o.insert("tokens".into(), json!(tokens));
+                    }
+                    (false, Some(o)) => {
+                        o.remove("tokens");
+                    }
+                    _ => {}
+                }
+                e
+            })
+            .collect();
+        json!(list)
+    })
 }
 
 pub(super) async fn access_create_user(
@@ -28,7 +83,10 @@ pub(super) async fn access_create_user(
     };
     let groups: Vec<&str> =
         p.get("groups").map(|g| g.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
-    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
+    let expire = match int_param(&p, "expire") {
+        Ok(e) => e.unwrap_or(0),
+        Err(e) => return e,
+    };
     let req = json!({ "userid": userid, "comment": p.get("comment").cloned().unwrap_or_default(), "groups": groups, "expire": expire });
     let (status, v, _) = native(&st, &headers, Method::POST, "/access/users", Some(req)).await;
     if !status.is_success() {
@@ -63,8 +121,10 @@ pub(super) async fn access_token(
         Ok(p) => p,
         Err(e) => return e,
     };
-    let privsep = p.get("privsep").map(|v| v != "0").unwrap_or(true);
-    let expire: u64 = p.get("expire").and_then(|e| e.parse().ok()).unwrap_or(0);
+    let (privsep, expire) = match (flag(&p, "privsep"), int_param(&p, "expire")) {
+        (Ok(s), Ok(e)) => (s.unwrap_or(true), e.unwrap_or(0)),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
     let path = format!("/access/users/{userid}/token/{tokenid}");
     let (status, v, _) =
         native(&st, &headers, Method::POST, &path, Some(json!({ "privsep": privsep, "expire": expire })))
@@ -102,8 +162,10 @@ pub(super) async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMa
     if roles.is_empty() {
         return error(StatusCode::BAD_REQUEST, "roles", "property is missing and it is not optional");
     }
-    let propagate = p.get("propagate").map(|v| v != "0").unwrap_or(true);
-    let delete = p.get("delete").is_some_and(|v| v != "0");
+    let (propagate, delete) = match (flag(&p, "propagate"), flag(&p, "delete")) {
+        (Ok(pr), Ok(d)) => (pr.unwrap_or(true), d.unwrap_or(false)),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
     let mut subjects = Vec::new();
     for (key, kind) in [("users", "user"), ("groups", "group"), ("tokens", "token")] {
         subjects.extend(list(key).into_iter().map(|s| (kind, s)));
@@ -145,16 +207,6 @@ pub(super) async fn access_permissions(
     answer(status, v, |v| v)
 }
 
-/// A Proxmox boolean parameter: `1`/`0` (also `true`/`false`, as JSON clients send them).
-fn flag(p: &std::collections::BTreeMap<String, String>, k: &str) -> Result<Option<bool>, Response> {
-    match p.get(k).map(String::as_str) {
-        None => Ok(None),
-        Some("1" | "true" | "yes" | "on") => Ok(Some(true)),
-        Some("0" | "false" | "no" | "off") => Ok(Some(false)),
-        Some(_) => Err(error(StatusCode::BAD_REQUEST, k, "expected a boolean (0 or 1)")),
-    }
-}
-
 fn list(p: &std::collections::BTreeMap<String, String>, k: &str) -> Option<Vec<String>> {
     p.get(k).map(|v| v.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
@@ -170,9 +222,7 @@ fn user_change(p: &std::collections::BTreeMap<String, String>) -> Result<Value, 
     if let Some(g) = list(p, "groups") {
         change.insert("groups".into(), json!(g));
     }
-    if let Some(e) = p.get("expire") {
-        let e: u64 =
-            e.parse().map_err(|_| error(StatusCode::BAD_REQUEST, "expire", "expected an integer"))?;
+    if let Some(e) = int_param(p, "expire")? {
         change.insert("expire".into(), json!(e));
     }
     if let Some(e) = flag(p, "enable")? {
@@ -196,6 +246,15 @@ pub(super) async fn access_user(
         Method::GET => {
             let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
             answer(status, v, |mut v| {
+                // One user: `groups` stays an array (the list has a comma-separated string).
+                if let Some(e) = v["enable"].as_bool() {
+                    v["enable"] = json!(u8::from(e));
+                }
+                // Proxmox's answer has exactly its documented keys.
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("userid");
+                    o.remove("tfa");
+                }
                 let tokens: serde_json::Map<String, Value> = v["tokens"]
                     .as_array()
                     .into_iter()
@@ -203,7 +262,6 @@ pub(super) async fn access_user(
                     .map(|t| (t["tokenid"].as_str().unwrap_or_default().to_string(), token_info(t)))
                     .collect();
                 v["tokens"] = Value::Object(tokens);
-                v["enable"] = json!(u8::from(v["enable"] == true));
                 v
             })
         }
@@ -350,7 +408,15 @@ pub(super) async fn access_group(
 ) -> Response {
     let get = method == Method::GET;
     let (status, v, _) = native(&st, &headers, method, &format!("/access/groups/{groupid}"), None).await;
-    answer(status, v, |v| if get { v } else { Value::Null })
+    answer(status, v, |mut v| {
+        if !get {
+            return Value::Null;
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("groupid");
+        }
+        v
+    })
 }
 
 /// A pool's members as Proxmox lists them (`qemu/100`, `storage/NODE/ID`).

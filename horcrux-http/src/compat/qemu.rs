@@ -3,14 +3,14 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use std::collections::BTreeMap;
 
 use horcrux_core::vmconfig::{self, DiskRequest, NetSpec};
 
-use super::{answer, error, native, params};
+use super::{answer, error, flag, native, params, UNSUPPORTED};
 use crate::routes::ApiState;
 
 pub(super) fn qemu_entry(v: &Value) -> Value {
@@ -40,8 +40,10 @@ pub(super) async fn list_qemu(
     })
 }
 
-/// Keys that steer the request rather than describe the guest.
-const CONTROL_KEYS: &[&str] = &["vmid", "node", "digest", "delete", "skiplock", "background_delay", "revert"];
+/// Keys that steer the request rather than describe the guest: a create's `vmid`; a
+/// change's `digest` (compare-and-set) and `delete` (keys to remove).
+const CREATE_KEYS: &[&str] = &["vmid"];
+const CHANGE_KEYS: &[&str] = &["digest", "delete"];
 
 /// Proxmox parameters of a guest (create or config change) as the native API's fields.
 /// `current` is the guest's native view when changing an existing one.
@@ -54,11 +56,12 @@ fn translate(
     let mut nets = Vec::new();
     let mut disks = Vec::new();
     let mut options = serde_json::Map::new();
+    let control = if current.is_some() { CHANGE_KEYS } else { CREATE_KEYS };
     for (k, v) in p {
         let k = k.as_str();
-        let int = |v: &str| v.parse::<u64>().map_err(|_| bad(k, "expected an integer"));
+        let int = |v: &str| v.parse::<u64>().map_err(|_| bad(k, "type check ('integer') failed"));
         match k {
-            _ if CONTROL_KEYS.contains(&k) => {}
+            _ if control.contains(&k) => {}
             "name" => {
                 out.insert("name".into(), json!(v));
             }
@@ -104,9 +107,10 @@ fn translate(
                 }
             }
             _ if vmconfig::KEPT_OPTIONS.contains(&k) => {
+                let v = vmconfig::normalize_option(k, v).map_err(|e| bad(&e.field, &e.message))?;
                 options.insert(k.into(), json!(v));
             }
-            _ => return Err(bad(k, "property is not defined in schema or not supported by Horcrux")),
+            _ => return Err(bad(k, UNSUPPORTED)),
         }
     }
     if !nets.is_empty() {
@@ -134,7 +138,7 @@ pub(super) async fn create_qemu(
     let vmid = match p.get("vmid").map(|v| v.parse::<u64>()) {
         None => return error(StatusCode::BAD_REQUEST, "vmid", "property is missing and it is not optional"),
         Some(Ok(v)) => v,
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "vmid", "expected an integer"),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "vmid", "type check ('integer') failed"),
     };
     let mut req = match translate(&p, None) {
         Ok(r) => r,
@@ -199,11 +203,20 @@ pub(super) async fn update_config(
     answer(status, v, |v| if asynchronous { v["upid"].clone() } else { Value::Null })
 }
 
+/// `purge` and `destroy-unreferenced-disks` are what Horcrux always does: the guest
+/// leaves its pools and every disk of it goes.
 pub(super) async fn delete_qemu(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path((_node, vmid)): Path<(String, String)>,
+    uri: axum::http::Uri,
 ) -> Response {
+    let q = super::query(&uri);
+    for k in ["purge", "destroy-unreferenced-disks"] {
+        if let Err(e) = flag(&q, k) {
+            return e;
+        }
+    }
     let (status, v, _) = native(&st, &headers, Method::DELETE, &format!("/vms/{vmid}"), None).await;
     answer(status, v, |v| v["upid"].clone())
 }
@@ -235,7 +248,15 @@ pub(super) async fn qemu_config(
         }
         if let Some(o) = v["options"].as_object() {
             for (k, val) in o {
-                c.insert(k.clone(), val.clone());
+                let text = val.as_str().unwrap_or_default();
+                // Booleans and integers as JSON numbers, as Proxmox answers them.
+                let typed = match vmconfig::option_kind(k) {
+                    vmconfig::OptionKind::Bool | vmconfig::OptionKind::Int => {
+                        text.parse::<u64>().map(|n| json!(n)).unwrap_or_else(|_| val.clone())
+                    }
+                    _ => val.clone(),
+                };
+                c.insert(k.clone(), typed);
             }
         }
         if let Some(b) = v.get("boot").filter(|b| b.is_object()) {
@@ -253,7 +274,23 @@ pub(super) async fn status_current(
     Path((_node, vmid)): Path<(String, String)>,
 ) -> Response {
     let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
-    answer(status, v, |v| qemu_entry(&v))
+    answer(status, v, |v| {
+        let mut e = qemu_entry(&v);
+        // Not managed by an HA resource (HA comes with its own issue).
+        e["ha"] = json!({ "managed": 0 });
+        e
+    })
+}
+
+/// The parameters each power action honours (Proxmox's others are refused).
+fn power_params(action: &str) -> Option<&'static [&'static str]> {
+    Some(match action {
+        "start" | "stop" | "resume" | "reset" => &[],
+        "shutdown" => &["timeout", "forceStop"],
+        "reboot" => &["timeout"],
+        "suspend" => &["todisk"],
+        _ => return None,
+    })
 }
 
 pub(super) async fn power(
@@ -266,20 +303,40 @@ pub(super) async fn power(
         Ok(p) => p,
         Err(e) => return e,
     };
-    let req = match action.as_str() {
-        "start" | "stop" | "suspend" | "resume" => json!({}),
-        "shutdown" | "reboot" => match p.get("timeout").map(|t| t.parse::<u32>()) {
-            None => json!({}),
-            Some(Ok(t)) => json!({ "timeout_s": t }),
-            Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "timeout", "expected an integer"),
-        },
-        other => {
+    let Some(allowed) = power_params(&action) else {
+        let message = format!("Method 'POST /nodes/{{node}}/qemu/{{vmid}}/status/{action}' not implemented");
+        return (StatusCode::NOT_IMPLEMENTED, axum::Json(json!({ "data": null, "message": message })))
+            .into_response();
+    };
+    if let Some(k) =
+        p.keys().find(|k| !allowed.contains(&k.as_str()) && !["node", "vmid"].contains(&k.as_str()))
+    {
+        return error(StatusCode::BAD_REQUEST, k, UNSUPPORTED);
+    }
+    let timeout = match p.get("timeout").map(|t| t.parse::<u32>()) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "timeout", "type check ('integer') failed"),
+    };
+    // Horcrux always stops a guest hard once the timeout has passed (`forceStop=1`);
+    // `forceStop=0` is accepted as clients send it and documented as this difference.
+    if let Err(e) = flag(&p, "forceStop") {
+        return e;
+    }
+    match flag(&p, "todisk") {
+        Err(e) => return e,
+        Ok(Some(true)) => {
             return error(
-                StatusCode::NOT_IMPLEMENTED,
-                "action",
-                &format!("status/{other} is not supported yet"),
+                StatusCode::BAD_REQUEST,
+                "todisk",
+                "suspend to disk is not supported; suspend pauses the vCPUs",
             )
         }
+        Ok(_) => {}
+    }
+    let req = match timeout {
+        Some(t) => json!({ "timeout_s": t }),
+        None => json!({}),
     };
     let (status, v, _) =
         native(&st, &headers, Method::POST, &format!("/vms/{vmid}/{action}"), Some(req)).await;
@@ -302,12 +359,16 @@ pub(super) async fn migrate_qemu(
         return error(StatusCode::BAD_REQUEST, "target", "property is missing and it is not optional");
     };
     for k in ["online", "with-local-disks"] {
-        if p.get(k).is_some_and(|v| v != "0") {
-            return error(
-                StatusCode::BAD_REQUEST,
-                k,
-                "only offline migration of guests without local disks is supported",
-            );
+        match flag(&p, k) {
+            Err(e) => return e,
+            Ok(Some(true)) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    k,
+                    "only offline migration of guests without local disks is supported",
+                )
+            }
+            Ok(_) => {}
         }
     }
     let req = json!({ "target": target });

@@ -1,0 +1,92 @@
+//! `/api2/json` against Proxmox VE's own schema: the operations a live daemon serves are
+//! found by probing every operation of `../shared/proxmox-api/apidata.json`
+//! (`scripts/pve-served-routes.py`), an OpenAPI document is generated from apidata for
+//! exactly those (`scripts/pve-openapi.py`), and schemathesis runs it: no 5xx, every
+//! answer matches Proxmox's return schema (in `{"data": ...}`), and a refused parameter is
+//! named in `errors`. New compat routes are covered the day they land.
+
+mod common;
+
+use common::{free_port, Daemon};
+
+fn apidata() -> std::path::PathBuf {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/proxmox-api/apidata.json");
+    assert!(p.exists(), "{} missing", p.display());
+    p
+}
+
+fn python() -> String {
+    let py = std::env::var("HORCRUX_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.lab/venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    assert!(std::path::Path::new(&py).exists(), "{py} missing: run scripts/lab.sh");
+    py
+}
+
+fn script(name: &str) -> String {
+    format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn api2_json_conforms_to_proxmox_schema() {
+    let st = std::env::var("HORCRUX_SCHEMATHESIS")
+        .unwrap_or_else(|_| format!("{}/.lab/venv/bin/st", env!("CARGO_MANIFEST_DIR")));
+    assert!(std::path::Path::new(&st).exists(), "{st} missing: run scripts/lab.sh (installs schemathesis)");
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = Daemon::start(&tmp.path().join("hx"), port, &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+    let base = format!("https://127.0.0.1:{port}/api2/json");
+
+    let probe = std::process::Command::new(python())
+        .arg(script("pve-served-routes.py"))
+        .arg(apidata())
+        .arg(&base)
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&probe.stdout).to_string();
+    assert!(probe.status.success(), "{}{}", routes, String::from_utf8_lossy(&probe.stderr));
+    // The probe finds what is served, and nothing it must not (a sample of each).
+    for served in ["GET /nodes/{node}/qemu", "POST /nodes/{node}/qemu/{vmid}/status/reset", "PUT /access/acl"]
+    {
+        assert!(routes.lines().any(|l| l == served), "{served} not found served:\n{routes}");
+    }
+    for unserved in ["GET /nodes/{node}/lxc", "GET /cluster/ha/resources"] {
+        assert!(!routes.lines().any(|l| l == unserved), "{unserved} reported served:\n{routes}");
+    }
+    let count = routes.lines().count();
+    assert!(count >= 50, "only {count} operations found:\n{routes}");
+    let routes_file = tmp.path().join("routes.txt");
+    std::fs::write(&routes_file, &routes).unwrap();
+
+    let doc = std::process::Command::new(python())
+        .arg(script("pve-openapi.py"))
+        .args(["--example", "node=n1", "--example", "storage=local"])
+        // Proxmox answers the id as a string ("100"), and clients parse it as one.
+        .args(["--perl-scalar", "GET /cluster/nextid"])
+        .arg(apidata())
+        .arg(&routes_file)
+        .output()
+        .unwrap();
+    assert!(doc.status.success(), "{}", String::from_utf8_lossy(&doc.stderr));
+    let schema = tmp.path().join("pve-openapi.json");
+    std::fs::write(&schema, &doc.stdout).unwrap();
+
+    let seed = std::env::var("HORCRUX_ST_SEED").unwrap_or_else(|_| "20261202".into());
+    let examples = std::env::var("HORCRUX_ST_EXAMPLES").unwrap_or_else(|_| "25".into());
+    let out = std::process::Command::new(&st)
+        .current_dir(tmp.path())
+        .arg("run")
+        .arg(&schema)
+        .args(["--url", &base])
+        .args(["-H", &format!("Authorization: Bearer {}", api.token())])
+        .args(["--tls-verify", "false", "--no-color", "--seed", &seed, "-n", &examples])
+        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}\n--- daemon log:\n{}", d.log());
+    assert!(
+        text.contains(&format!("Tested: {count}")),
+        "not every served operation was tested ({count}):\n{text}"
+    );
+}
