@@ -81,6 +81,12 @@ assert api.nodes(node).qemu(vmid).status.current.get()["qmpstatus"] == "paused"
 upid = api.nodes(node).qemu(vmid).status.resume.post()
 wait(api, node, upid, "resume")
 assert api.nodes(node).qemu(vmid).status.current.get()["qmpstatus"] == "running"
+# Reset: the same QEMU keeps running (QMP system_reset).
+upid = api.nodes(node).qemu(vmid).status.reset.post()
+wait(api, node, upid, "reset")
+assert api.nodes(node).qemu(vmid).status.current.get()["status"] == "running"
+log = api.nodes(node).tasks(upid).log.get()
+assert any("reset" in line["t"] for line in log), log
 
 upid = api.nodes(node).qemu(vmid).status.stop.post()
 wait(api, node, upid, "stop")
@@ -94,7 +100,13 @@ assert not any(g["vmid"] == vmid for g in api.nodes(node).qemu.get()), "deleted 
 cs = api.cluster.status.get()
 assert cs[0]["type"] == "cluster" and cs[0]["quorate"] == 1, cs
 assert any(e["type"] == "node" and e["name"] == node and e["online"] == 1 for e in cs), cs
-assert api.nodes(node).status.get()["status"] == "online"
+st = api.nodes(node).status.get()
+assert st["status"] == "online" and st["memory"]["total"] > 0 and len(st["loadavg"]) == 3, st
+assert st["cpuinfo"]["cpus"] >= 1 and st["rootfs"]["total"] > 0, st
+stor = api.nodes(node).storage.get()
+assert stor and stor[0]["total"] > 0 and stor[0]["content"] == "images", stor
+res = api.cluster.resources.get(type="storage")
+assert res and res[0]["id"] == f"storage/{node}/{res[0]['storage']}" and res[0]["maxdisk"] > 0, res
 res = api.cluster.resources.get(type="node")
 assert [r["node"] for r in res] == [node], res
 assert all(r["type"] == "qemu" for r in api.cluster.resources.get(type="vm"))
