@@ -8,6 +8,12 @@
 //! `BENCH_ROUNDS` the number of interleaved rounds whose medians are reported (3).
 //! `BENCH_ONLY=horcrux` (or `etcd`) loads one system only, with `BENCH_CLIENTS` clients
 //! (16), and keeps the data dirs and daemon logs: for profiling.
+//!
+//! Then leader changes (`BENCH_LEADER_CHANGES` rounds, 3; 0 skips them): the leader is
+//! killed with SIGKILL and a write is sent at once to a follower, retried every 5 ms until
+//! it is accepted; the time from the kill to the acceptance is printed for both systems,
+//! then the killed member is restarted on its data and the cluster is let heal.
+//! `BENCH_KEEP=1` keeps the data dirs and daemon logs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +23,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 struct Procs(Vec<Child>);
+
+/// A cluster member: its client URL, its process (an index into `Procs`) and how to start
+/// it again on its data.
+struct Member {
+    url: String,
+    child: usize,
+    restart: Box<dyn Fn() -> Command>,
+}
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -125,63 +139,98 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
     panic!("timed out: {what}");
 }
 
-fn start_etcd(root: &Path, procs: &mut Procs) -> String {
+fn start_etcd(root: &Path, procs: &mut Procs) -> (String, Vec<Member>) {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_tcp(), free_tcp())).collect();
     let cluster: Vec<String> =
         ports.iter().enumerate().map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}")).collect();
-    for (i, (client, peer)) in ports.iter().enumerate() {
-        let child = Command::new("etcd")
-            .args(["--name", &format!("e{i}"), "--data-dir"])
-            .arg(root.join(format!("etcd{i}")))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &cluster.join(","), "--initial-cluster-state", "new"])
-            .args(["--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+    let mut members = Vec::new();
+    for (i, (client, peer)) in ports.iter().copied().enumerate() {
+        let (dir, cluster) = (root.join(format!("etcd{i}")), cluster.join(","));
+        let command = move || {
+            let mut c = Command::new("etcd");
+            c.args(["--name", &format!("e{i}"), "--data-dir"])
+                .arg(&dir)
+                .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+                .args(["--log-level", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        };
+        let child = command()
             .spawn()
             .expect("etcd (Debian etcd-server) must be installed: bench/raft-vs-etcd installs it");
         procs.0.push(child);
+        members.push(Member {
+            url: format!("http://127.0.0.1:{client}"),
+            child: procs.0.len() - 1,
+            restart: Box::new(command),
+        });
     }
-    let a = agent();
-    let urls: Vec<String> = ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect();
-    wait_until("etcd healthy", || {
-        urls.iter().all(|u| a.get(format!("{u}/health")).call().is_ok_and(|r| r.status() == 200))
-    });
+    etcd_healthy(&members);
     // Send writes to the leader, as a client library would after its first redirect.
-    for u in &urls {
-        let mut r = a.post(format!("{u}/v3/maintenance/status")).send_json(json!({})).unwrap();
-        let v: serde_json::Value = r.body_mut().read_json().unwrap();
-        if v["leader"] == v["header"]["member_id"] {
-            return u.clone();
-        }
-    }
-    urls[0].clone()
+    let leader = etcd_leader(&members, None);
+    (members[leader].url.clone(), members)
 }
 
-fn start_horcrux(root: &Path, procs: &mut Procs) -> (String, String) {
+fn etcd_healthy(members: &[Member]) {
+    let a = agent();
+    wait_until("etcd healthy", || {
+        members.iter().all(|m| a.get(format!("{}/health", m.url)).call().is_ok_and(|r| r.status() == 200))
+    });
+}
+
+/// The index of etcd's leader, asking the members other than `dead`.
+fn etcd_leader(members: &[Member], dead: Option<usize>) -> usize {
+    let a = agent();
+    for (i, m) in members.iter().enumerate().filter(|(i, _)| Some(*i) != dead) {
+        let Ok(mut r) = a.post(format!("{}/v3/maintenance/status", m.url)).send_json(json!({})) else {
+            continue;
+        };
+        let Ok(v) = r.body_mut().read_json::<serde_json::Value>() else { continue };
+        if v["leader"] == v["header"]["member_id"] {
+            return i;
+        }
+    }
+    panic!("etcd has no leader")
+}
+
+fn start_horcrux(root: &Path, procs: &mut Procs) -> (String, String, Vec<Member>) {
     let bin = env!("CARGO_BIN_EXE_horcrux");
     let mut api = Vec::new();
     let mut admin_token = String::new();
+    let mut members = Vec::new();
     for i in 0..3 {
         let dir = root.join(format!("h{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let (port, qport) = (free_tcp(), free_udp());
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--cluster-listen",
-                &format!("127.0.0.1:{qport}"),
-            ])
-            .args(["--node-name", &format!("h{i}"), "--accel", "tcg"])
-            .env("HORCRUX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap());
+        let data = dir.clone();
+        let command = move || {
+            let mut cmd = Command::new(bin);
+            cmd.args(["serve", "--data-dir"])
+                .arg(&data)
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--cluster-listen",
+                    &format!("127.0.0.1:{qport}"),
+                ])
+                .args(["--node-name", &format!("h{i}"), "--accel", "tcg"])
+                .env("HORCRUX_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(data.join("daemon.log"))
+                        .unwrap(),
+                );
+            cmd
+        };
+        let mut cmd = command();
         if i > 0 {
             let mut r = agent()
                 .post(format!("{}/api/v1/cluster/tokens", api[0]))
@@ -193,6 +242,7 @@ fn start_horcrux(root: &Path, procs: &mut Procs) -> (String, String) {
         }
         procs.0.push(cmd.spawn().unwrap());
         let url = format!("https://127.0.0.1:{port}");
+        members.push(Member { url: url.clone(), child: procs.0.len() - 1, restart: Box::new(command) });
         let a = agent();
         wait_until("horcrux up", || {
             a.get(format!("{url}/api/v1/version")).call().is_ok_and(|r| r.status() == 200)
@@ -202,16 +252,55 @@ fn start_horcrux(root: &Path, procs: &mut Procs) -> (String, String) {
         }
         api.push(url);
     }
-    let a = agent();
-    wait_until("3 voters", || {
-        a.get(format!("{}/api/v1/cluster/status", api[0]))
-            .header("Authorization", format!("Bearer {admin_token}"))
-            .call()
-            .ok()
-            .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
-            .is_some_and(|s| s["votes"] == 3)
+    horcrux_healthy(&members, &admin_token);
+    (api[0].clone(), admin_token, members)
+}
+
+fn horcrux_status(url: &str, token: &str) -> Option<serde_json::Value> {
+    agent()
+        .get(format!("{url}/api/v1/cluster/status"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .ok()
+        .filter(|r| r.status() == 200)
+        .and_then(|mut r| r.body_mut().read_json::<serde_json::Value>().ok())
+}
+
+/// Three voters, every member online and agreeing on a leader.
+fn horcrux_healthy(members: &[Member], token: &str) {
+    wait_until("3 voters online", || {
+        members.iter().all(|m| {
+            horcrux_status(&m.url, token).is_some_and(|s| {
+                s["votes"] == 3
+                    && s["leader"].is_string()
+                    && s["nodes"].as_array().is_some_and(|n| n.iter().all(|n| n["online"] == true))
+            })
+        })
     });
-    (api[0].clone(), admin_token)
+}
+
+/// Kills the leader, then sends `write` to a follower every 5 ms until it is accepted;
+/// answers the time from the kill. Restarts the killed member and waits until healthy.
+fn leader_change(
+    members: &[Member],
+    procs: &mut Procs,
+    leader: usize,
+    write: &dyn Fn(&str) -> bool,
+    healthy: &dyn Fn(),
+) -> Duration {
+    let m = &members[leader];
+    let _ = procs.0[m.child].kill();
+    let t0 = Instant::now();
+    let follower = &members[(leader + 1) % members.len()].url;
+    while !write(follower) {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no write accepted within 60 s of the kill");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    let _ = procs.0[m.child].wait();
+    procs.0[m.child] = (m.restart)().spawn().unwrap();
+    healthy();
+    took
 }
 
 fn main() {
@@ -228,8 +317,8 @@ fn main() {
     let mut procs = Procs(Vec::new());
     // `BENCH_ONLY=horcrux` (or `etcd`): load one system only, 16 clients, for profiling.
     let only = std::env::var("BENCH_ONLY").ok();
-    let etcd = start_etcd(&root, &mut procs);
-    let (horcrux, token) = start_horcrux(&root, &mut procs);
+    let (etcd, etcd_members) = start_etcd(&root, &mut procs);
+    let (horcrux, token, h_members) = start_horcrux(&root, &mut procs);
     let value = "v".repeat(256);
 
     let etcd_value = base64(value.as_bytes());
@@ -243,10 +332,11 @@ fn main() {
         // Read the body, so the connection goes back to the pool (as for Horcrux below).
         r.body_mut().read_to_vec().unwrap();
     });
+    let write_token = token.clone();
     let h_write: WriteFn = Arc::new(move |a, c, seq| {
         let mut r = a
             .put(format!("{horcrux}/api/v1/cluster/options/bench-{c}-{}", seq % 1000))
-            .header("Authorization", format!("Bearer {token}"))
+            .header("Authorization", format!("Bearer {write_token}"))
             .send_json(json!({ "value": value }))
             .unwrap();
         assert_eq!(r.status(), 200);
@@ -304,6 +394,58 @@ fn main() {
             per_round.join(" ")
         );
     }
+
+    let changes: usize = std::env::var("BENCH_LEADER_CHANGES").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    if changes > 0 {
+        let a = agent();
+        let ev = base64(b"after-kill");
+        let etcd_put = |url: &str| {
+            a.post(format!("{url}/v3/kv/put"))
+                .send_json(json!({ "key": base64(b"leader-change"), "value": ev }))
+                .is_ok_and(|r| r.status() == 200)
+        };
+        let h_put = |url: &str| {
+            a.put(format!("{url}/api/v1/cluster/options/leader-change"))
+                .header("Authorization", format!("Bearer {token}"))
+                .send_json(json!({ "value": "after-kill" }))
+                .is_ok_and(|r| r.status() == 200)
+        };
+        println!("leader killed (SIGKILL), a write sent at once to a follower: time until it is accepted");
+        let (mut e_times, mut h_times) = (Vec::new(), Vec::new());
+        for round in 0..changes {
+            let leader = etcd_leader(&etcd_members, None);
+            let e =
+                leader_change(&etcd_members, &mut procs, leader, &etcd_put, &|| etcd_healthy(&etcd_members));
+            let leader_name = horcrux_status(&h_members[0].url, &token)
+                .and_then(|s| s["leader"].as_str().map(str::to_string))
+                .expect("a Horcrux leader");
+            let leader: usize =
+                leader_name.trim_start_matches('h').parse().expect("members are named h0..h2");
+            let h = leader_change(&h_members, &mut procs, leader, &h_put, &|| {
+                horcrux_healthy(&h_members, &token)
+            });
+            println!(
+                "round {round}: etcd {:.0} ms, horcrux {:.0} ms",
+                e.as_secs_f64() * 1e3,
+                h.as_secs_f64() * 1e3
+            );
+            e_times.push(e);
+            h_times.push(h);
+        }
+        e_times.sort();
+        h_times.sort();
+        let (e, h) = (e_times[e_times.len() / 2], h_times[h_times.len() / 2]);
+        println!(
+            "leader change, median of {changes}: etcd {:.0} ms, horcrux {:.0} ms, ratio horcrux/etcd {:.2}x",
+            e.as_secs_f64() * 1e3,
+            h.as_secs_f64() * 1e3,
+            h.as_secs_f64() / e.as_secs_f64()
+        );
+    }
     drop(procs);
-    let _ = std::fs::remove_dir_all(&tmp);
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!("data and daemon logs kept in {}", tmp.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 }
