@@ -291,6 +291,10 @@ fn leader_change(
     let m = &members[leader];
     let _ = procs.0[m.child].kill();
     let t0 = Instant::now();
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        println!("killed member {leader} ({}) at unix {:.3}", m.url, now.as_secs_f64());
+    }
     let follower = &members[(leader + 1) % members.len()].url;
     while !write(follower) {
         assert!(t0.elapsed() < Duration::from_secs(60), "no write accepted within 60 s of the kill");

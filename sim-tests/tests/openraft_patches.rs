@@ -320,3 +320,33 @@ fn retried_and_duplicated_proposals_are_applied_once() {
         }
     });
 }
+
+/// Leaders killed one after another, each restarted on its log before the next kill (the
+/// leader-change bench found elections of about 3 s once both survivors had been restarted
+/// before): every election still within `election_timeout_max` (plus a tick).
+#[test]
+fn elections_stay_fast_when_the_survivors_were_restarted_before() {
+    for seed in 1..=5u64 {
+        let took = sim_tests::runtime(seed).block_on(async {
+            let mut c = Cluster::start().await;
+            let (mut leader, mut term) = c.leader_above(0).await;
+            let mut took = Vec::new();
+            for round in 0..5 {
+                c.write(leader, &format!("before-{round}")).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let t0 = tokio::time::Instant::now();
+                c.power_loss(leader).await;
+                let (next, next_term) = c.leader_above(term).await;
+                took.push(t0.elapsed());
+                let index = c.write(next, &format!("after-{round}")).await;
+                c.boot(leader).await;
+                c.wait_applied(index).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                (leader, term) = c.leader_above(next_term - 1).await;
+            }
+            took
+        });
+        let max = Duration::from_millis(1000 + 100);
+        assert!(took.iter().all(|t| *t <= max), "seed {seed}: elections took {took:?}");
+    }
+}

@@ -198,9 +198,17 @@ impl QuicNetwork {
             }
             Err(e)
         };
-        let reply = tokio::time::timeout(timeout, fut)
-            .await
-            .map_err(|_| TransportError(format!("no reply from {addr} within {timeout:?}")))??;
+        let reply = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r?,
+            Err(_) => {
+                // A connection that carries no answer may be to a process that is gone (a
+                // peer restarted without this side hearing of it: QUIC notices only after
+                // its idle timeout). Redial next time instead of waiting on it again: a
+                // vote sent over such a connection held elections up for seconds.
+                self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+                return Err(TransportError(format!("no reply from {addr} within {timeout:?}")));
+            }
+        };
         if let Some(t) = target {
             self.heard_from(t);
         }
