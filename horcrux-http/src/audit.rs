@@ -8,13 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Query, State};
-use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
-
-use crate::error::ApiError;
-use crate::routes::ApiState;
 
 /// Size at which the log is rotated.
 const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
@@ -56,7 +50,7 @@ impl AuditLog {
     /// Appends one record; a failure to write is logged, not fatal to the request.
     pub fn record(&self, user: &str, action: &str, result: u16, detail: &str) {
         let line = json!({
-            "time": crate::login::now_s(),
+            "time": crate::tickets::now_s(),
             "user": user,
             "action": action,
             "status": result,
@@ -94,24 +88,6 @@ impl AuditLog {
         let lines = crate::tail::last_lines(&self.path, n, MAX_READ).unwrap_or_default();
         lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
-}
-
-#[derive(Deserialize)]
-pub struct Tail {
-    limit: Option<usize>,
-    /// Whose log (the request is carried to that member); default: this node's.
-    node: Option<String>,
-}
-
-pub async fn read(State(st): State<ApiState>, Query(q): Query<Tail>) -> Result<Json<Value>, ApiError> {
-    if let Some(node) = q.node.filter(|n| n != st.runtime.cluster().node_name()) {
-        return Err(ApiError::bad_field("node", format!("no cluster member is named {node:?}")));
-    }
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::bad_field("limit", "1 to 10000"));
-    }
-    Ok(Json(json!(st.audit.tail(limit))))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::error::ApiError;
-use crate::routes::ApiState;
+use crate::state::ApiState;
 
 pub fn token_sha256(secret: &str) -> String {
     horcrux_core::ids::sha256_hex(secret)
@@ -15,26 +15,7 @@ pub fn token_sha256(secret: &str) -> String {
 
 pub(crate) use horcrux_core::ids::ct_eq;
 
-/// Who made the request: the token id, and the user it belongs to.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub token_id: String,
-    /// The token's rights are separated from (and at most) its user's.
-    pub privsep: bool,
-}
-
-impl Caller {
-    /// `root@pam!admin` -> `root@pam`.
-    pub fn user(&self) -> &str {
-        self.token_id.split('!').next().unwrap_or(&self.token_id)
-    }
-
-    /// Who the cluster's state machine checks an access-control change against.
-    pub fn actor(&self) -> horcrux_core::access::Actor {
-        let token = self.token_id.contains('!').then(|| self.token_id.clone());
-        horcrux_core::access::Actor { userid: self.user().to_string(), token, privsep: self.privsep }
-    }
-}
+pub use crate::caller::Caller;
 
 /// The ticket from `Cookie: PVEAuthCookie=...` or `Authorization: PVEAuthCookie=...`.
 pub(crate) fn ticket_of(req: &Request) -> Option<String> {
@@ -63,7 +44,7 @@ pub async fn require_token(
             "authentication required: send Authorization: Bearer <token>, or log in at /access/ticket",
         )
     };
-    let now = crate::login::now_s();
+    let now = crate::tickets::now_s();
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -122,12 +103,12 @@ pub async fn require_token(
                 req.headers().get("CSRFPreventionToken").and_then(|v| v.to_str().ok()).map(str::to_string);
             let needs_csrf = req.method() != axum::http::Method::GET;
             let checked = st.runtime.cluster().read_local(|s| {
-                let user = crate::login::verify_ticket(s, &ticket, now)?.user;
+                let user = crate::tickets::verify_ticket(s, &ticket, now)?.user;
                 let live = user == "root@pam" || s.users.get(&user).is_some_and(|u| u.active(now));
                 if !live {
                     return None;
                 }
-                let csrf_ok = csrf.as_deref().is_some_and(|c| crate::login::verify_csrf(s, c, &user, now));
+                let csrf_ok = csrf.as_deref().is_some_and(|c| crate::tickets::verify_csrf(s, c, &user, now));
                 Some((user, csrf_ok))
             });
             match checked {
@@ -147,7 +128,7 @@ pub async fn require_token(
     // A call another member forwarded over the cluster transport is recorded here too, where
     // it is executed (the receiving node recorded it as well). Only the transport marks one:
     // the marker is a request extension, which no client can set.
-    let detail = if req.extensions().get::<crate::forward::Forwarded>().is_some() { "forwarded" } else { "" };
+    let detail = if req.extensions().get::<crate::state::Forwarded>().is_some() { "forwarded" } else { "" };
     let full = req.extensions().get::<axum::extract::OriginalUri>().map(|u| u.path().to_string());
     let action = format!("{} {}", req.method(), full.as_deref().unwrap_or(req.uri().path()));
     let Some(caller) = caller else {

@@ -13,12 +13,8 @@ use horcrux_raft::transport::{ApiCall, ApiReply};
 use tower::ServiceExt;
 
 use crate::error::ApiError;
-use crate::routes::ApiState;
-
-/// Marks (as a request extension, which no client can set) a call that arrived over the
-/// cluster transport: it is served here and never forwarded again.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Forwarded;
+use crate::state::ApiState;
+use crate::state::Forwarded;
 
 /// Headers that only this daemon may mean: removed from every client request.
 pub(crate) const INTERNAL_HEADERS: &[&str] = &["x-horcrux-forwarded"];

@@ -1,30 +1,32 @@
 //! The HTTPS API: the native `/api/v1` routes, bearer-token authentication, and the TLS
 //! listener with a self-signed certificate generated on first start (as Proxmox does).
 
-mod access_routes;
+mod access;
 mod audit;
 mod auth;
 pub mod authz;
-mod cluster_routes;
-mod compat;
+mod caller;
+mod cluster;
 mod drain;
 mod error;
 mod forward;
-mod host;
-mod ldap;
-pub mod login;
+mod nodes;
 mod openapi;
-mod pam;
-mod pool_routes;
+mod pools;
+mod pve;
 mod routes;
 mod serve;
+mod state;
 mod tail;
+mod throttle;
+mod tickets;
 mod tls;
-mod vm_config;
-mod vm_power;
+mod vms;
 
+pub use access::login;
 pub use auth::token_sha256;
 pub use authz::{routes as access_rules, Check, RouteAccess};
-pub use routes::{router, ApiState};
+pub use routes::router;
 pub use serve::{serve, MAX_CONNS_PER_ADDR};
+pub use state::ApiState;
 pub use tls::{keep_https_cert, load_or_create_tls, HttpsCert, TlsFiles};

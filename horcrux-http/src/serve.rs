@@ -145,7 +145,7 @@ pub async fn serve(
             };
             // Handlers see the client's address (login throttling per source); headers only
             // the daemon may set are dropped.
-            let app = app.layer(axum::Extension(crate::login::PeerAddr(peer))).layer(
+            let app = app.layer(axum::Extension(crate::throttle::PeerAddr(peer))).layer(
                 tower::util::MapRequestLayer::new(|mut r: axum::extract::Request| {
                     for h in crate::forward::INTERNAL_HEADERS {
                         r.headers_mut().remove(*h);

@@ -1,13 +1,16 @@
 //! `/api2/json/access/...`: users, tokens, groups, roles, ACL entries, permissions.
 
+// Handlers bail out with a ready Proxmox-shaped response; its size does not matter here.
+#![allow(clippy::result_large_err)]
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::{answer, error, flag, int_param, native, ok, params, query};
-use crate::routes::ApiState;
+use crate::pve::*;
+use crate::state::ApiState;
 
 /// A user as Proxmox lists one: `groups` as a comma-separated list, `enable` as 0/1.
 fn user_entry(u: &Value) -> Value {
@@ -23,7 +26,7 @@ fn user_entry(u: &Value) -> Value {
 }
 
 /// `enabled` filters on the flag; `full` adds the tokens (Horcrux always lists groups).
-pub(super) async fn access_users(
+pub(crate) async fn access_users(
     State(st): State<ApiState>,
     headers: HeaderMap,
     uri: axum::http::Uri,
@@ -69,7 +72,7 @@ pub(super) async fn access_users(
     })
 }
 
-pub(super) async fn access_create_user(
+pub(crate) async fn access_create_user(
     State(st): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
@@ -111,7 +114,7 @@ pub(super) async fn access_create_user(
     ok(Value::Null)
 }
 
-pub(super) async fn access_token(
+pub(crate) async fn access_token(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path((userid, tokenid)): Path<(String, String)>,
@@ -132,7 +135,7 @@ pub(super) async fn access_token(
     answer(status, v, |v| v)
 }
 
-pub(super) async fn access_acl(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+pub(crate) async fn access_acl(State(st): State<ApiState>, headers: HeaderMap) -> Response {
     let (status, v, _) = native(&st, &headers, Method::GET, "/access/acl", None).await;
     answer(status, v, |v| {
         let list: Vec<Value> = v
@@ -149,12 +152,12 @@ pub(super) async fn access_acl(State(st): State<ApiState>, headers: HeaderMap) -
 
 /// Proxmox's form: `path`, `roles` (list), `users`/`groups`/`tokens` (lists), `propagate`,
 /// `delete`; each (role, subject) pair becomes one native change.
-pub(super) async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     let p = match params(&headers, &body) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    let list = |k: &str| list(&p, k).unwrap_or_default();
+    let list = |k: &str| list_param(&p, k).unwrap_or_default();
     let Some(path) = p.get("path").cloned() else {
         return error(StatusCode::BAD_REQUEST, "path", "property is missing and it is not optional");
     };
@@ -185,12 +188,12 @@ pub(super) async fn access_set_acl(State(st): State<ApiState>, headers: HeaderMa
     ok(Value::Null)
 }
 
-pub(super) async fn access_roles(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+pub(crate) async fn access_roles(State(st): State<ApiState>, headers: HeaderMap) -> Response {
     let (status, v, _) = native(&st, &headers, Method::GET, "/access/roles", None).await;
     answer(status, v, |v| v)
 }
 
-pub(super) async fn access_permissions(
+pub(crate) async fn access_permissions(
     State(st): State<ApiState>,
     headers: HeaderMap,
     uri: axum::http::Uri,
@@ -207,10 +210,6 @@ pub(super) async fn access_permissions(
     answer(status, v, |v| v)
 }
 
-fn list(p: &std::collections::BTreeMap<String, String>, k: &str) -> Option<Vec<String>> {
-    p.get(k).map(|v| v.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_string).collect())
-}
-
 /// The native body of a user change from Proxmox's parameters.
 fn user_change(p: &std::collections::BTreeMap<String, String>) -> Result<Value, Response> {
     let mut change = serde_json::Map::new();
@@ -219,7 +218,7 @@ fn user_change(p: &std::collections::BTreeMap<String, String>) -> Result<Value, 
             change.insert(k.into(), json!(v));
         }
     }
-    if let Some(g) = list(p, "groups") {
+    if let Some(g) = list_param(p, "groups") {
         change.insert("groups".into(), json!(g));
     }
     if let Some(e) = int_param(p, "expire")? {
@@ -234,7 +233,7 @@ fn user_change(p: &std::collections::BTreeMap<String, String>) -> Result<Value, 
     Ok(Value::Object(change))
 }
 
-pub(super) async fn access_user(
+pub(crate) async fn access_user(
     State(st): State<ApiState>,
     headers: HeaderMap,
     method: Method,
@@ -288,7 +287,7 @@ fn token_info(t: &Value) -> Value {
     json!({ "privsep": u8::from(t["privsep"] == true), "expire": t["expire"] })
 }
 
-pub(super) async fn access_token_list(
+pub(crate) async fn access_token_list(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path(userid): Path<String>,
@@ -310,7 +309,7 @@ pub(super) async fn access_token_list(
     })
 }
 
-pub(super) async fn access_token_read_delete(
+pub(crate) async fn access_token_read_delete(
     State(st): State<ApiState>,
     headers: HeaderMap,
     method: Method,
@@ -322,7 +321,7 @@ pub(super) async fn access_token_read_delete(
     answer(status, v, |v| if get { token_info(&v) } else { Value::Null })
 }
 
-pub(super) async fn access_create_role(
+pub(crate) async fn access_create_role(
     State(st): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
@@ -334,12 +333,12 @@ pub(super) async fn access_create_role(
     let Some(roleid) = p.get("roleid") else {
         return error(StatusCode::BAD_REQUEST, "roleid", "property is missing and it is not optional");
     };
-    let req = json!({ "roleid": roleid, "privs": list(&p, "privs").unwrap_or_default() });
+    let req = json!({ "roleid": roleid, "privs": list_param(&p, "privs").unwrap_or_default() });
     let (status, v, _) = native(&st, &headers, Method::POST, "/access/roles", Some(req)).await;
     answer(status, v, |_| Value::Null)
 }
 
-pub(super) async fn access_role(
+pub(crate) async fn access_role(
     State(st): State<ApiState>,
     headers: HeaderMap,
     method: Method,
@@ -367,7 +366,7 @@ pub(super) async fn access_role(
                 Ok(a) => a.unwrap_or(false),
                 Err(e) => return e,
             };
-            let req = json!({ "privs": list(&p, "privs").unwrap_or_default(), "append": append });
+            let req = json!({ "privs": list_param(&p, "privs").unwrap_or_default(), "append": append });
             let (status, v, _) = native(&st, &headers, Method::PUT, &path, Some(req)).await;
             answer(status, v, |_| Value::Null)
         }
@@ -378,7 +377,7 @@ pub(super) async fn access_role(
     }
 }
 
-pub(super) async fn access_groups(
+pub(crate) async fn access_groups(
     State(st): State<ApiState>,
     headers: HeaderMap,
     method: Method,
@@ -400,7 +399,7 @@ pub(super) async fn access_groups(
     answer(status, v, |_| Value::Null)
 }
 
-pub(super) async fn access_group(
+pub(crate) async fn access_group(
     State(st): State<ApiState>,
     headers: HeaderMap,
     method: Method,
@@ -419,121 +418,40 @@ pub(super) async fn access_group(
     })
 }
 
-/// A pool's members as Proxmox lists them (`qemu/100`, `storage/NODE/ID`).
-fn pool_members(st: &ApiState, p: &Value) -> Vec<Value> {
-    let node = st.runtime.cluster().node_name().to_string();
-    let vms = p["vms"].as_array().into_iter().flatten().map(|g| {
-        json!({ "id": format!("qemu/{}", g["vmid"]), "type": "qemu", "vmid": g["vmid"], "name": g["name"], "node": g["node"] })
-    });
-    let storage = p["storage"].as_array().into_iter().flatten().map(|s| {
-        let id = s.as_str().unwrap_or_default();
-        json!({ "id": format!("storage/{node}/{id}"), "type": "storage", "storage": id, "node": node })
-    });
-    vms.chain(storage).collect()
-}
-
-/// `GET /pools` (with `poolid`: that pool with its members, PVE 8's form), `POST /pools`,
-/// `PUT /pools` (PVE 8's form with `poolid` as a parameter).
-pub(super) async fn pools(
+pub(crate) async fn ticket(
     State(st): State<ApiState>,
+    peer: Option<axum::Extension<crate::throttle::PeerAddr>>,
     headers: HeaderMap,
-    method: Method,
-    uri: axum::http::Uri,
     body: Bytes,
 ) -> Response {
-    match method {
-        Method::GET => {
-            let wanted = query(&uri).get("poolid").cloned();
-            let (status, v, _) = native(&st, &headers, Method::GET, "/pools", None).await;
-            answer(status, v, |v| {
-                let list: Vec<Value> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|p| wanted.as_deref().is_none_or(|w| p["poolid"] == w))
-                    .map(|p| {
-                        let mut out = json!({ "poolid": p["poolid"], "comment": p["comment"] });
-                        if wanted.is_some() {
-                            out["members"] = json!(pool_members(&st, p));
-                        }
-                        out
-                    })
-                    .collect();
-                json!(list)
-            })
-        }
-        _ => {
-            let p = match params(&headers, &body) {
-                Ok(p) => p,
-                Err(e) => return e,
-            };
-            let Some(poolid) = p.get("poolid").cloned() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "poolid",
-                    "property is missing and it is not optional",
-                );
-            };
-            if method == Method::POST {
-                let req =
-                    json!({ "poolid": poolid, "comment": p.get("comment").cloned().unwrap_or_default() });
-                let (status, v, _) = native(&st, &headers, Method::POST, "/pools", Some(req)).await;
-                return answer(status, v, |_| Value::Null);
-            }
-            update_pool(&st, &headers, &poolid, &p).await
-        }
-    }
-}
-
-async fn update_pool(
-    st: &ApiState,
-    headers: &HeaderMap,
-    poolid: &str,
-    p: &std::collections::BTreeMap<String, String>,
-) -> Response {
-    let mut vms = Vec::new();
-    for v in list(p, "vms").unwrap_or_default() {
-        match v.parse::<u32>() {
-            Ok(n) => vms.push(n),
-            Err(_) => return error(StatusCode::BAD_REQUEST, "vms", &format!("{v:?} is not a VMID")),
-        }
-    }
-    let delete = match flag(p, "delete") {
-        Ok(d) => d.unwrap_or(false),
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
         Err(e) => return e,
     };
-    let mut req = json!({ "vms": vms, "storage": list(p, "storage").unwrap_or_default(), "delete": delete });
-    if let Some(c) = p.get("comment") {
-        req["comment"] = json!(c);
+    // `realm` completes a user name given without one, as Proxmox's login form does.
+    let mut username = p.get("username").cloned().unwrap_or_default();
+    if let Some(realm) = p.get("realm").filter(|_| !username.contains('@')) {
+        username = format!("{username}@{realm}");
     }
-    let (status, v, _) = native(st, headers, Method::PUT, &format!("/pools/{poolid}"), Some(req)).await;
-    answer(status, v, |_| Value::Null)
-}
-
-/// The older per-pool form: `GET|PUT|DELETE /pools/{poolid}`.
-pub(super) async fn pool(
-    State(st): State<ApiState>,
-    headers: HeaderMap,
-    method: Method,
-    Path(poolid): Path<String>,
-    body: Bytes,
-) -> Response {
-    match method {
-        Method::GET => {
-            let (status, v, _) = native(&st, &headers, Method::GET, &format!("/pools/{poolid}"), None).await;
-            answer(status, v, |p| json!({ "comment": p["comment"], "members": pool_members(&st, &p) }))
-        }
-        Method::PUT => {
-            let p = match params(&headers, &body) {
-                Ok(p) => p,
-                Err(e) => return e,
-            };
-            update_pool(&st, &headers, &poolid, &p).await
-        }
-        _ => {
-            let (status, v, _) =
-                native(&st, &headers, Method::DELETE, &format!("/pools/{poolid}"), None).await;
-            answer(status, v, |_| Value::Null)
-        }
+    if let Err(e) = flag(&p, "new-format") {
+        return e;
     }
+    let mut login = json!({
+        "username": username,
+        "password": p.get("password").cloned().unwrap_or_default(),
+    });
+    if let Some(o) = p.get("otp") {
+        login["otp"] = json!(o);
+    }
+    if let Some(c) = p.get("tfa-challenge") {
+        login["tfa-challenge"] = json!(c);
+    }
+    let peer = peer.map(|axum::Extension(p)| p);
+    let (status, v, h) =
+        native_from(&st, &HeaderMap::new(), Method::POST, "/access/ticket", Some(login), peer).await;
+    let mut resp = answer(status, v, |v| v);
+    if let Some(c) = h.get(header::SET_COOKIE) {
+        resp.headers_mut().insert(header::SET_COOKIE, c.clone());
+    }
+    resp
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::routes::ApiState;
+use crate::state::ApiState;
 
 /// `/proc/stat`'s first line: (busy, total) jiffies since boot.
 fn cpu_jiffies() -> Option<(u64, u64)> {

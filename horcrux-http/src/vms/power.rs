@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::{parse_vmid, ApiState};
+use crate::state::{parse_vmid, ApiState};
 
 /// The guest must exist, be meant to run, and run here.
 async fn running_guest(st: &ApiState, vmid: u32) -> Result<u64, ApiError> {
@@ -32,7 +32,7 @@ pub async fn reboot(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let vmid = parse_vmid(&vmid)?;
-    let timeout = crate::routes::power_off_timeout(&body)?;
+    let timeout = crate::state::power_off_timeout(&body)?;
     let revision = running_guest(&st, vmid).await?;
     let task = st.runtime.tasks().create("qmreboot", &vmid.to_string(), caller.user());
     let (runtime, t) = (st.runtime.clone(), task.clone());

@@ -2,6 +2,12 @@
 //! permissions. Everything goes through Raft commands; token secrets are shown once and
 //! only their SHA-256 is replicated.
 
+pub mod audit;
+pub mod compat;
+pub mod ldap;
+pub mod login;
+pub mod pam;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post, put};
@@ -13,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{token_sha256, Caller};
 use crate::error::ApiError;
-use crate::routes::{parse_body, ApiState};
+use crate::state::{parse_body, ApiState};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -30,11 +36,11 @@ pub fn routes() -> Router<ApiState> {
         .route("/access/groups", get(list_groups).post(create_group))
         .route("/access/groups/{groupid}", get(get_group).delete(delete_group))
         .route("/access/permissions", get(permissions))
-        .route("/access/password", put(crate::login::set_password))
-        .route("/access/audit", get(crate::audit::read))
+        .route("/access/password", put(login::set_password))
+        .route("/access/audit", get(audit::read))
         .route("/access/domains", get(list_realms).post(add_realm))
         .route("/access/domains/{realm}", delete(delete_realm))
-        .route("/access/tfa/{userid}", post(crate::login::enrol_tfa).delete(crate::login::remove_tfa))
+        .route("/access/tfa/{userid}", post(login::enrol_tfa).delete(login::remove_tfa))
 }
 
 /// A user without its secrets: no password hash, no TOTP secret.

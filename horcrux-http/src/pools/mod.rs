@@ -1,6 +1,8 @@
 //! `/api/v1/pools`: resource pools. Rights granted on `/pool/{poolid}` apply to every guest
 //! and storage of the pool (`ClusterState::privileges`), as in Proxmox.
 
+pub mod compat;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,7 +15,7 @@ use serde_json::{json, Value};
 use crate::auth::Caller;
 use crate::authz::caller_privileges;
 use crate::error::ApiError;
-use crate::routes::{parse_body, ApiState};
+use crate::state::{parse_body, ApiState};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()

@@ -14,9 +14,10 @@ use horcrux_raft::ProposeError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::{NewDisk, NewNet};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::{parse_body, ApiState, NewDisk, NewNet};
+use crate::state::{parse_body, ApiState};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +76,7 @@ pub async fn update(
     Path(vmid): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let vmid = crate::routes::parse_vmid(&vmid)?;
+    let vmid = crate::state::parse_vmid(&vmid)?;
     let change: ConfigChange = parse_body(&body)?;
     let cluster = st.runtime.cluster();
     let state = cluster.read_linearizable(|s| s.clone()).await?;

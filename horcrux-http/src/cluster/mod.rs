@@ -1,5 +1,7 @@
 //! `/api/v1/cluster/...`: membership and quorum status, and join tokens.
 
+pub mod compat;
+
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -14,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::routes::{parse_body, ApiState};
+use crate::state::{parse_body, ApiState};
 
 const DEFAULT_TOKEN_TTL_S: u64 = 3600;
 const MAX_TOKEN_TTL_S: u64 = 7 * 24 * 3600;
@@ -184,4 +186,22 @@ async fn set_option(
 
 async fn list_options(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(st.runtime.cluster().read_linearizable(|s| s.options.clone()).await?)))
+}
+
+pub(crate) async fn native_version() -> Json<Value> {
+    Json(
+        json!({ "version": env!("CARGO_PKG_VERSION"), "release": env!("CARGO_PKG_VERSION"), "product": "horcrux" }),
+    )
+}
+
+pub(crate) async fn next_id(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let id = st.runtime.cluster().read_linearizable(|s| s.next_vmid()).await?;
+    let id = id.ok_or_else(|| ApiError::conflict("no free VMID left"))?;
+    Ok(Json(json!({ "vmid": id })))
+}
+
+pub(crate) async fn list_nodes(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let nodes =
+        st.runtime.cluster().read_linearizable(|s| json!(s.nodes.values().collect::<Vec<_>>())).await?;
+    Ok(Json(nodes))
 }

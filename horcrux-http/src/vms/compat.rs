@@ -1,5 +1,8 @@
 //! `/api2/json/nodes/{node}/qemu/...`: guests, their config as property strings, power.
 
+// Handlers bail out with a ready Proxmox-shaped response; its size does not matter here.
+#![allow(clippy::result_large_err)]
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -10,10 +13,10 @@ use std::collections::BTreeMap;
 
 use horcrux_core::vmconfig::{self, DiskRequest, NetSpec};
 
-use super::{answer, error, flag, native, params, UNSUPPORTED};
-use crate::routes::ApiState;
+use crate::pve::*;
+use crate::state::ApiState;
 
-pub(super) fn qemu_entry(v: &Value) -> Value {
+pub(crate) fn qemu_entry(v: &Value) -> Value {
     json!({
         "vmid": v["vmid"],
         "name": v["name"],
@@ -25,7 +28,7 @@ pub(super) fn qemu_entry(v: &Value) -> Value {
     })
 }
 
-pub(super) async fn list_qemu(
+pub(crate) async fn list_qemu(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path(node): Path<String>,
@@ -83,7 +86,7 @@ fn translate(
                     .and_then(|c| c["nets"].as_array().cloned())
                     .and_then(|a| a.into_iter().find(|n| n["index"] == index))
                     .and_then(|n| n["macaddr"].as_str().map(str::to_string));
-                let mac = old_mac.unwrap_or_else(crate::routes::random_mac);
+                let mac = old_mac.unwrap_or_else(crate::state::random_mac);
                 let net = NetSpec::parse(k, index, v, &mac).map_err(|e| bad(&e.field, &e.message))?;
                 nets.push(json!(net));
             }
@@ -125,7 +128,7 @@ fn translate(
     Ok(out)
 }
 
-pub(super) async fn create_qemu(
+pub(crate) async fn create_qemu(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path(node): Path<String>,
@@ -153,13 +156,9 @@ pub(super) async fn create_qemu(
     answer(status, v, |v| v["upid"].clone())
 }
 
-pub(super) fn form_escape(s: &str) -> String {
-    serde_urlencoded::to_string([("v", s)]).unwrap_or_default().trim_start_matches("v=").to_string()
-}
-
 /// `PUT` (synchronous, answers null) and `POST` (answers a task id) of
 /// `/nodes/{node}/qemu/{vmid}/config`: Proxmox keys, `delete` (a list of keys), `digest`.
-pub(super) async fn update_config(
+pub(crate) async fn update_config(
     State(st): State<ApiState>,
     headers: HeaderMap,
     method: Method,
@@ -205,13 +204,13 @@ pub(super) async fn update_config(
 
 /// `purge` and `destroy-unreferenced-disks` are what Horcrux always does: the guest
 /// leaves its pools and every disk of it goes.
-pub(super) async fn delete_qemu(
+pub(crate) async fn delete_qemu(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path((_node, vmid)): Path<(String, String)>,
     uri: axum::http::Uri,
 ) -> Response {
-    let q = super::query(&uri);
+    let q = query(&uri);
     for k in ["purge", "destroy-unreferenced-disks"] {
         if let Err(e) = flag(&q, k) {
             return e;
@@ -222,7 +221,7 @@ pub(super) async fn delete_qemu(
 }
 
 /// The guest's configuration as Proxmox property strings (`virtio0: local:100/vm-100-disk-0.qcow2,size=1G`).
-pub(super) async fn qemu_config(
+pub(crate) async fn qemu_config(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path((_node, vmid)): Path<(String, String)>,
@@ -268,7 +267,7 @@ pub(super) async fn qemu_config(
     })
 }
 
-pub(super) async fn status_current(
+pub(crate) async fn status_current(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path((_node, vmid)): Path<(String, String)>,
@@ -293,7 +292,7 @@ fn power_params(action: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-pub(super) async fn power(
+pub(crate) async fn power(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path((_node, vmid, action)): Path<(String, String, String)>,
@@ -345,7 +344,7 @@ pub(super) async fn power(
 
 /// Offline migration (`target`; `online=1` and `with-local-disks=1` are refused: not
 /// supported yet).
-pub(super) async fn migrate_qemu(
+pub(crate) async fn migrate_qemu(
     State(st): State<ApiState>,
     headers: HeaderMap,
     Path((_node, vmid)): Path<(String, String)>,

@@ -1,0 +1,158 @@
+//! `/api2/json`: the version, the members, the next free VMID, cluster status and resources.
+
+#![allow(clippy::result_large_err)]
+
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use crate::nodes::compat::{storage_usage, STORAGE_CONTENT};
+use crate::pve::*;
+use crate::state::ApiState;
+use crate::vms::compat::qemu_entry;
+
+pub(crate) async fn cluster_status(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/cluster/status", None).await;
+    answer(status, v, |v| {
+        let mut out = vec![json!({
+            "type": "cluster", "id": "cluster", "name": "horcrux",
+            "quorate": u8::from(v["quorate"] == true), "nodes": v["nodes"].as_array().map(|a| a.len()).unwrap_or(0),
+            "version": v["term"],
+        })];
+        for n in v["nodes"].as_array().into_iter().flatten() {
+            out.push(json!({
+                "type": "node", "id": format!("node/{}", n["name"].as_str().unwrap_or_default()),
+                "name": n["name"], "nodeid": n["id"], "online": u8::from(n["online"] == true),
+                "local": u8::from(n["local"] == true), "ip": n["address"],
+            }));
+        }
+        json!(out)
+    })
+}
+
+pub(crate) async fn cluster_resources(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    let want = q.get("type").cloned();
+    if want.as_deref().is_some_and(|t| !matches!(t, "vm" | "node" | "storage" | "sdn")) {
+        return error(StatusCode::BAD_REQUEST, "type", "value must be one of vm, storage, node, sdn");
+    }
+    let mut out = Vec::new();
+    if want.is_none() || want.as_deref() == Some("vm") {
+        let (status, v, _) = native(&st, &headers, Method::GET, "/vms", None).await;
+        if !status.is_success() {
+            return answer(status, v, |v| v);
+        }
+        for g in v.as_array().into_iter().flatten() {
+            let mut e = qemu_entry(g);
+            e["type"] = json!("qemu");
+            e["id"] = json!(format!("qemu/{}", g["vmid"]));
+            out.push(e);
+        }
+    }
+    if want.is_none() || want.as_deref() == Some("node") {
+        let (status, v, _) = native(&st, &headers, Method::GET, "/nodes", None).await;
+        if !status.is_success() {
+            return answer(status, v, |v| v);
+        }
+        for n in v.as_array().into_iter().flatten() {
+            let name = n["name"].as_str().unwrap_or_default();
+            out.push(
+                json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": "online" }),
+            );
+        }
+    }
+    if want.is_none() || want.as_deref() == Some("storage") {
+        let (status, v, _) = native(&st, &headers, Method::GET, "/storage", None).await;
+        let (nodes_status, nodes, _) = native(&st, &headers, Method::GET, "/nodes", None).await;
+        if status.is_success() && nodes_status.is_success() {
+            // Proxmox lists a storage once per node that has it: `storage/{node}/{storage}`.
+            let names: Vec<String> = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["name"].as_str().map(str::to_string))
+                .collect();
+            for p in v.as_array().into_iter().flatten() {
+                let id = p["id"].as_str().unwrap_or_default();
+                for node in &names {
+                    let mut e = json!({
+                        "type": "storage", "id": format!("storage/{node}/{id}"), "storage": id, "node": node,
+                        "status": "available", "plugintype": p["type"], "content": STORAGE_CONTENT, "shared": 0,
+                    });
+                    if let Some((total, used, _)) = storage_usage(&st, &headers, node, id).await {
+                        e["disk"] = json!(used);
+                        e["maxdisk"] = json!(total);
+                    }
+                    out.push(e);
+                }
+            }
+        } else if want.is_some() {
+            return answer(status, v, |v| v);
+        }
+    }
+    ok(json!(out))
+}
+
+/// Proxmox's `repoid` is the build's short commit hash; Horcrux's names its version the
+/// same way (eight hex digits derived from it).
+pub(crate) fn repoid() -> String {
+    let hash = env!("CARGO_PKG_VERSION")
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("{hash:08x}")
+}
+
+pub(crate) async fn version() -> Response {
+    ok(
+        json!({ "version": "8.3.0", "release": "8.3", "repoid": repoid(), "horcrux": env!("CARGO_PKG_VERSION") }),
+    )
+}
+
+pub(crate) async fn nodes(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, "/nodes", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|n| {
+                        let name = n["name"].as_str().unwrap_or_default();
+                        json!({ "node": name, "status": "online", "type": "node", "id": format!("node/{name}") })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!(list)
+    })
+}
+
+pub(crate) async fn nextid(State(st): State<ApiState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    let q = query(&uri);
+    if let Some(vmid) = q.get("vmid") {
+        // Proxmox checks the given id is free and answers it.
+        let id = match vmid.parse::<u32>() {
+            Ok(id) if (100..=999_999_999).contains(&id) => id,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "vmid",
+                    "value must be an integer from 100 to 999999999",
+                )
+            }
+        };
+        let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{id}"), None).await;
+        return match status {
+            StatusCode::NOT_FOUND => ok(json!(id.to_string())),
+            s if s.is_success() => error(StatusCode::BAD_REQUEST, "vmid", &format!("VM {id} already exists")),
+            s => answer(s, v, |v| v),
+        };
+    }
+    let (status, v, _) = native(&st, &headers, Method::GET, "/cluster/nextid", None).await;
+    // Proxmox answers the id as a string.
+    answer(status, v, |v| json!(v["vmid"].as_u64().or(v.as_u64()).map(|n| n.to_string())))
+}

@@ -1,0 +1,216 @@
+//! `/api2/json/nodes/{node}/...`: tasks, the node's status, its storages and their content.
+
+#![allow(clippy::result_large_err)]
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::pve::*;
+use crate::state::ApiState;
+
+/// `GET /nodes/{node}/tasks`: the node's tasks, newest first, with Proxmox's filters and
+/// paging (`start`, `limit` default 50).
+pub(crate) async fn list_tasks(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    let (limit, start, vmid, since, until) = match (|| {
+        Ok::<_, Response>((
+            int_param(&q, "limit")?.unwrap_or(50),
+            int_param(&q, "start")?.unwrap_or(0),
+            int_param(&q, "vmid")?,
+            int_param(&q, "since")?,
+            int_param(&q, "until")?,
+        ))
+    })() {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let errors_only = match flag(&q, "errors") {
+        Ok(e) => e.unwrap_or(false),
+        Err(e) => return e,
+    };
+    let source = q.get("source").map(String::as_str).unwrap_or("archive");
+    if !matches!(source, "archive" | "active" | "all") {
+        return error(StatusCode::BAD_REQUEST, "source", "value must be one of archive, active, all");
+    }
+    let statuses: Option<Vec<String>> = q
+        .get("statusfilter")
+        .map(|f| f.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_lowercase).collect());
+    let (status, v, _) = native(&st, &headers, Method::GET, "/tasks", None).await;
+    answer(status, v, |v| {
+        let list: Vec<Value> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["node"] == node.as_str())
+            .filter(|t| {
+                let running = t["status"] == "running";
+                let exit = t["exitstatus"].as_str().unwrap_or("");
+                let class = if running {
+                    "active"
+                } else if exit == "OK" {
+                    "ok"
+                } else if exit.starts_with("WARNINGS") {
+                    "warning"
+                } else {
+                    "error"
+                };
+                let started = t["starttime"].as_u64().unwrap_or(0);
+                (source != "archive" || !running)
+                    && (source != "active" || running)
+                    && (!errors_only || class == "error")
+                    && statuses.as_ref().is_none_or(|s| s.iter().any(|c| c == class))
+                    && vmid.is_none_or(|id| t["id"] == id.to_string().as_str())
+                    && q.get("typefilter").is_none_or(|f| t["type"] == f.as_str())
+                    && q.get("userfilter")
+                        .is_none_or(|f| t["user"].as_str().is_some_and(|u| u.contains(f.as_str())))
+                    && since.is_none_or(|s| started >= s)
+                    && until.is_none_or(|u| started <= u)
+            })
+            .skip(start as usize)
+            .take(limit as usize)
+            .map(|t| {
+                let mut t = t.clone();
+                if let Some(o) = t.as_object_mut() {
+                    o.remove("log");
+                    if t["status"] != "running" {
+                        t["status"] = t["exitstatus"].clone();
+                    }
+                }
+                t
+            })
+            .collect();
+        json!(list)
+    })
+}
+
+pub(crate) async fn node_status(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+) -> Response {
+    let path = format!("/nodes/{}/status", form_escape(&node));
+    let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+    answer(status, v, |mut v| {
+        // It answered, so it is up.
+        v["node"] = json!(node);
+        v["status"] = json!("online");
+        v
+    })
+}
+
+/// What a storage type holds (Horcrux's pools hold guest images).
+pub(crate) const STORAGE_CONTENT: &str = "images";
+
+pub(crate) async fn node_storage(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    let enabled = match flag(&q, "enabled") {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    let content = list_param(&q, "content");
+    let (status, v, _) = native(&st, &headers, Method::GET, "/storage", None).await;
+    if !status.is_success() {
+        return answer(status, v, |v| v);
+    }
+    let mut list = Vec::new();
+    for p in v.as_array().into_iter().flatten() {
+        let id = p["id"].as_str().unwrap_or_default();
+        if q.get("storage").is_some_and(|s| s != id)
+            || enabled == Some(false)
+            || content.as_ref().is_some_and(|c| !c.iter().any(|c| c == STORAGE_CONTENT))
+        {
+            continue;
+        }
+        let usage = storage_usage(&st, &headers, &node, id).await;
+        let mut e = json!({
+            "storage": id, "type": p["type"], "content": STORAGE_CONTENT,
+            "active": 1, "enabled": 1, "shared": 0,
+        });
+        if let Some((total, used, avail)) = usage {
+            e["total"] = json!(total);
+            e["used"] = json!(used);
+            e["avail"] = json!(avail);
+            e["used_fraction"] = json!(if total > 0 { used as f64 / total as f64 } else { 0.0 });
+        }
+        list.push(e);
+    }
+    ok(json!(list))
+}
+
+/// A storage's size, use and free space on `node` (total, used, avail bytes).
+pub(crate) async fn storage_usage(
+    st: &ApiState,
+    headers: &HeaderMap,
+    node: &str,
+    id: &str,
+) -> Option<(u64, u64, u64)> {
+    let path = format!("/storage/{id}/status?node={}", form_escape(node));
+    let (status, v, _) = native(st, headers, Method::GET, &path, None).await;
+    if !status.is_success() {
+        return None;
+    }
+    Some((v["total"].as_u64()?, v["used"].as_u64()?, v["avail"].as_u64()?))
+}
+
+pub(crate) async fn storage_content(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((node, storage)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    if list_param(&q, "content").is_some_and(|c| !c.iter().any(|c| c == STORAGE_CONTENT)) {
+        return ok(json!([]));
+    }
+    let mut path = format!("/storage/{storage}/content?node={}", form_escape(&node));
+    if let Some(vmid) = q.get("vmid") {
+        path.push_str(&format!("&vmid={}", form_escape(vmid)));
+    }
+    let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+    answer(status, v, |v| v)
+}
+
+pub(crate) async fn task_status(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, upid)): Path<(String, String)>,
+) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/tasks/{upid}"), None).await;
+    answer(status, v, |v| v)
+}
+
+/// The task's log lines `start..start+limit` (Proxmox's defaults: 0 and 50), with the
+/// line count as `total` beside `data`.
+pub(crate) async fn task_log(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, upid)): Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Response {
+    let q = query(&uri);
+    let (start, limit) = match (int_param(&q, "start"), int_param(&q, "limit")) {
+        (Ok(s), Ok(l)) => (s.unwrap_or(0) as usize, l.unwrap_or(50) as usize),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/tasks/{upid}/log"), None).await;
+    if !status.is_success() {
+        return answer(status, v, |v| v);
+    }
+    let lines = v.as_array().cloned().unwrap_or_default();
+    let total = lines.len();
+    let page: Vec<Value> = lines.into_iter().skip(start).take(limit).collect();
+    Json(json!({ "data": page, "total": total })).into_response()
+}

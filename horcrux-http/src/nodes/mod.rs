@@ -1,0 +1,84 @@
+//! A node's tasks (`/api/v1/tasks...`), storages and their content (`/api/v1/storage...`),
+//! and its host (`host`); their `/api2/json` translations (`compat`).
+
+pub mod compat;
+pub mod host;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::state::*;
+
+pub(crate) async fn list_tasks(State(st): State<ApiState>) -> Json<Value> {
+    let tasks: Vec<Value> = st
+        .runtime
+        .tasks()
+        .list()
+        .into_iter()
+        .map(|mut t| {
+            t.log.clear();
+            let mut v = json!(t);
+            v.as_object_mut().map(|o| o.remove("log"));
+            v
+        })
+        .collect();
+    Json(Value::Array(tasks))
+}
+
+pub(crate) async fn get_task(
+    State(st): State<ApiState>,
+    Path(upid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t =
+        st.runtime.tasks().get(&upid).ok_or_else(|| ApiError::not_found(format!("task {upid} not found")))?;
+    let mut v = json!(t);
+    v.as_object_mut().map(|o| o.remove("log"));
+    Ok(Json(v))
+}
+
+pub(crate) async fn get_task_log(
+    State(st): State<ApiState>,
+    Path(upid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t =
+        st.runtime.tasks().get(&upid).ok_or_else(|| ApiError::not_found(format!("task {upid} not found")))?;
+    // Proxmox's shape: [{"n": line number from 1, "t": text}].
+    let lines: Vec<Value> = t.log.iter().enumerate().map(|(i, l)| json!({ "n": i + 1, "t": l })).collect();
+    Ok(Json(Value::Array(lines)))
+}
+
+pub(crate) async fn list_storage(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let pools =
+        st.runtime.cluster().read_linearizable(|s| json!(s.storage.values().collect::<Vec<_>>())).await?;
+    Ok(Json(pools))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ContentQuery {
+    /// Whose disks to list (the request is carried to that member); default: this node.
+    node: Option<String>,
+    vmid: Option<u64>,
+}
+
+/// The guest images a storage holds on one node (Proxmox's storage content).
+pub(crate) async fn storage_content(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<ContentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(node) = q.node.filter(|n| n != st.runtime.cluster().node_name()) {
+        return Err(ApiError::bad_field("node", format!("no cluster member is named {node:?}")));
+    }
+    let pool = st.runtime.cluster().read_linearizable(move |s| s.storage.get(&id).cloned()).await?;
+    let pool = pool.ok_or_else(|| ApiError::not_found("no such storage"))?;
+    let list = (st.runtime.volumes())(&pool).list().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let items: Vec<Value> = list
+        .into_iter()
+        .filter(|v| q.vmid.is_none_or(|id| id == u64::from(v.vmid)))
+        .map(|v| json!({ "volid": v.volid, "vmid": v.vmid, "format": v.format, "size": v.size, "used": v.used, "content": "images" }))
+        .collect();
+    Ok(Json(json!(items)))
+}
