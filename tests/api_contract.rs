@@ -258,6 +258,25 @@ fn proxmox_parameters_are_honoured_or_refused_by_name() {
     );
     assert_eq!((code, v["errors"]["propagate"].is_string()), (400, true), "{v}");
 
+    // Whose permissions (Telmate asks `userid=&path=/`): the caller's, or anyone's for an
+    // auditor of /access; b@pve holds PVEAuditor on /vms only.
+    let (code, v) = api.request("GET", "/api2/json/access/permissions?userid=&path=/", t, &json!(null));
+    assert_eq!((code, v["data"]["/"]["Sys.Audit"].clone()), (200, json!(1)), "{v}");
+    let (code, v) =
+        api.request("GET", "/api2/json/access/permissions?userid=b@pve&path=/vms", t, &json!(null));
+    assert_eq!((code, v["data"]["/vms"]["VM.Audit"].clone()), (200, json!(1)), "{v}");
+    assert!(v["data"]["/vms"].get("VM.Allocate").is_none(), "{v}");
+    let (_, tok) = api.request("POST", "/api2/json/access/users/b@pve/token/t2", t, &json!({"privsep": 0}));
+    let secret = tok["data"]["value"].as_str().unwrap_or_default().to_string();
+    let b = d.client().with_token(&secret);
+    let (code, v) = b.request(
+        "GET",
+        "/api2/json/access/permissions?userid=root@pam&path=/",
+        Some(b.token()),
+        &json!(null),
+    );
+    assert_eq!(code, 403, "{v}");
+
     // Protection: stored as 1, answered as a number, and it blocks the delete.
     let (code, v) = api.request(
         "POST",

@@ -332,7 +332,9 @@ fn operations() -> Vec<Op> {
         op("PUT", "/access/roles/{roleid}", "Change a custom role", any())
             .body(body(json!({ "privs": arr(t(S)), "append": t(B) }), &["privs"])),
         op("DELETE", "/access/roles/{roleid}", "Delete a custom role and its grants", any()),
-        op("GET", "/access/permissions", "The caller's privileges on a path", any()).query("path", t(S)),
+        op("GET", "/access/permissions", "Privileges on a path (the caller's, or `userid`'s)", any())
+            .query("path", t(S))
+            .query("userid", t(S)),
         op("PUT", "/access/password", "Set a @pve user's password", any())
             .body(body(json!({ "userid": t(S), "password": t(S) }), &["userid", "password"])),
         op("GET", "/access/audit", "A member's audit log", arr(any()))

@@ -66,7 +66,7 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ("POST", "/access/roles") => &["roleid", "privs"],
         ("PUT", "/access/roles/{roleid}") => &["privs", "append"],
         ("POST", "/access/groups") => &["groupid", "comment"],
-        ("GET", "/access/permissions") => &["path"],
+        ("GET", "/access/permissions") => &["path", "userid"],
         ("GET", "/pools") => &["poolid"],
         ("POST", "/pools") => &["poolid", "comment"],
         ("PUT", "/pools") => &["poolid", "comment", "vms", "storage", "delete"],

@@ -199,13 +199,13 @@ pub(crate) async fn access_permissions(
     uri: axum::http::Uri,
 ) -> Response {
     let q = query(&uri);
-    let path = match q.get("path") {
-        Some(p) => format!(
-            "/access/permissions?path={}",
-            serde_urlencoded::to_string([("p", p)]).unwrap_or_default().trim_start_matches("p=")
-        ),
-        None => "/access/permissions".to_string(),
-    };
+    let mut path = "/access/permissions".to_string();
+    let args: Vec<(&str, &String)> =
+        ["path", "userid"].into_iter().filter_map(|k| q.get(k).map(|v| (k, v))).collect();
+    if !args.is_empty() {
+        path.push('?');
+        path.push_str(&serde_urlencoded::to_string(&args).unwrap_or_default());
+    }
     let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
     answer(status, v, |v| v)
 }

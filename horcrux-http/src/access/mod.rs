@@ -443,9 +443,12 @@ async fn delete_group(
 #[derive(Deserialize)]
 struct PermQuery {
     path: Option<String>,
+    /// Whose privileges (a user or an API token id); default (and empty): the caller's.
+    userid: Option<String>,
 }
 
-/// The caller's own privileges on `path` (default `/`).
+/// The privileges on `path` (default `/`) of the caller, or, as Proxmox allows it, of
+/// `userid`: the caller's own user or token, or anyone's with `Sys.Audit` on `/access`.
 async fn permissions(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -453,8 +456,32 @@ async fn permissions(
 ) -> Result<Json<Value>, ApiError> {
     let path = q.path.unwrap_or_else(|| "/".into());
     horcrux_core::access::validate_acl_path("path", &path)?;
-    let privs = st.runtime.cluster().read_local(|s| crate::authz::caller_privileges(s, &caller, &path));
-
+    let whom = q.userid.filter(|u| !u.is_empty());
+    let privs = st.runtime.cluster().read_local(|s| {
+        let subject = match whom.as_deref() {
+            None => caller.clone(),
+            Some(w) if w == caller.token_id || (w == caller.user() && !caller.privsep) => caller.clone(),
+            Some(w) => {
+                if !crate::authz::caller_privileges(s, &caller, "/access").contains("Sys.Audit") {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        "userid: Sys.Audit on /access is needed to see the privileges of another",
+                    ));
+                }
+                match w.split_once('!') {
+                    Some(_) => match s.api_tokens.get(w) {
+                        Some(t) => Caller { token_id: t.id.clone(), privsep: t.privsep },
+                        None => return Err(ApiError::bad_field("userid", format!("no API token {w}"))),
+                    },
+                    None if s.users.contains_key(w) || w == "root@pam" => {
+                        Caller { token_id: w.to_string(), privsep: false }
+                    }
+                    None => return Err(ApiError::bad_field("userid", format!("no user {w}"))),
+                }
+            }
+        };
+        Ok(crate::authz::caller_privileges(s, &subject, &path))
+    })?;
     let map: serde_json::Map<String, Value> = privs.into_iter().map(|p| (p, json!(1))).collect();
     Ok(Json(json!({ path: map })))
 }

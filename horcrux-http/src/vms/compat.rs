@@ -284,7 +284,10 @@ pub(crate) async fn status_current(
 /// The parameters each power action honours (Proxmox's others are refused).
 fn power_params(action: &str) -> Option<&'static [&'static str]> {
     Some(match action {
-        "start" | "stop" | "resume" | "reset" => &[],
+        // `timeout` on start and stop bounds how long Proxmox waits; Horcrux's tasks end as
+        // soon as the guest is up or down, so any bound is met.
+        "start" | "stop" => &["timeout"],
+        "resume" | "reset" => &[],
         "shutdown" => &["timeout", "forceStop"],
         "reboot" => &["timeout"],
         "suspend" => &["todisk"],
@@ -334,8 +337,8 @@ pub(crate) async fn power(
         Ok(_) => {}
     }
     let req = match timeout {
-        Some(t) => json!({ "timeout_s": t }),
-        None => json!({}),
+        Some(t) if matches!(action.as_str(), "shutdown" | "reboot") => json!({ "timeout_s": t }),
+        _ => json!({}),
     };
     let (status, v, _) =
         native(&st, &headers, Method::POST, &format!("/vms/{vmid}/{action}"), Some(req)).await;
