@@ -9,9 +9,7 @@ use serde_json::json;
 
 #[test]
 fn proxmoxer_works_unchanged() {
-    let py = std::env::var("HORCRUX_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.lab/venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-    assert!(std::path::Path::new(&py).exists(), "{py} missing: run scripts/lab.sh (installs proxmoxer)");
+    let py = common::lab_tool("HORCRUX_PYTHON", "python");
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let d = Daemon::start(tmp.path(), port, &[]);

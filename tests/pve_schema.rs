@@ -17,29 +17,19 @@ fn apidata() -> std::path::PathBuf {
     p
 }
 
-fn python() -> String {
-    let py = std::env::var("HORCRUX_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.lab/venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-    assert!(std::path::Path::new(&py).exists(), "{py} missing: run scripts/lab.sh");
-    py
-}
-
 fn script(name: &str) -> String {
     format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]
 fn api2_json_conforms_to_proxmox_schema() {
-    let st = std::env::var("HORCRUX_SCHEMATHESIS")
-        .unwrap_or_else(|_| format!("{}/.lab/venv/bin/st", env!("CARGO_MANIFEST_DIR")));
-    assert!(std::path::Path::new(&st).exists(), "{st} missing: run scripts/lab.sh (installs schemathesis)");
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let d = Daemon::start(&tmp.path().join("hx"), port, &[("HORCRUX_ACCEL", "tcg")]);
     let api = d.client();
     let base = format!("https://127.0.0.1:{port}/api2/json");
 
-    let probe = std::process::Command::new(python())
+    let probe = std::process::Command::new(common::lab_tool("HORCRUX_PYTHON", "python"))
         .arg(script("pve-served-routes.py"))
         .arg(apidata())
         .arg(&base)
@@ -60,7 +50,7 @@ fn api2_json_conforms_to_proxmox_schema() {
     let routes_file = tmp.path().join("routes.txt");
     std::fs::write(&routes_file, &routes).unwrap();
 
-    let doc = std::process::Command::new(python())
+    let doc = std::process::Command::new(common::lab_tool("HORCRUX_PYTHON", "python"))
         .arg(script("pve-openapi.py"))
         .args(["--example", "node=n1", "--example", "storage=local"])
         // Proxmox answers the id as a string ("100"), and clients parse it as one.
@@ -73,20 +63,8 @@ fn api2_json_conforms_to_proxmox_schema() {
     let schema = tmp.path().join("pve-openapi.json");
     std::fs::write(&schema, &doc.stdout).unwrap();
 
-    let seed = std::env::var("HORCRUX_ST_SEED").unwrap_or_else(|_| "20261202".into());
-    let examples = std::env::var("HORCRUX_ST_EXAMPLES").unwrap_or_else(|_| "25".into());
-    let out = std::process::Command::new(&st)
-        .current_dir(tmp.path())
-        .arg("run")
-        .arg(&schema)
-        .args(["--url", &base])
-        .args(["-H", &format!("Authorization: Bearer {}", api.token())])
-        .args(["--tls-verify", "false", "--no-color", "--seed", &seed, "-n", &examples])
-        .args(["--checks", "not_a_server_error,response_schema_conformance"])
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}\n--- daemon log:\n{}", d.log());
+    let (passed, text) = common::schemathesis(tmp.path(), &schema, &base, api.token(), "20261202");
+    assert!(passed, "{text}\n--- daemon log:\n{}", d.log());
     assert!(
         text.contains(&format!("Tested: {count}")),
         "not every served operation was tested ({count}):\n{text}"

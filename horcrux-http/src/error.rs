@@ -86,6 +86,15 @@ impl IntoResponse for ApiError {
 /// Answers of the framework itself (a malformed query string, a method the route does not
 /// have) come as plain text; every error leaves as `{"error": ...}` like the handlers' own.
 pub async fn json_errors(resp: Response) -> Response {
+    reshape_plain_errors(resp, |status, message| ApiError::new(status, message).into_response()).await
+}
+
+/// A plain-text error answer rebuilt by `shape` from its status and text (the reason phrase
+/// if it has none), keeping its other headers; any other answer unchanged.
+pub async fn reshape_plain_errors(
+    resp: Response,
+    shape: impl FnOnce(axum::http::StatusCode, String) -> Response,
+) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -101,7 +110,7 @@ pub async fn json_errors(resp: Response) -> Response {
     if message.is_empty() {
         message = status.canonical_reason().unwrap_or("error").to_string();
     }
-    let mut out = ApiError::new(status, message).into_response();
+    let mut out = shape(status, message);
     for (k, v) in parts.headers.iter() {
         if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
             out.headers_mut().insert(k.clone(), v.clone());

@@ -141,28 +141,7 @@ pub(crate) async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> 
 /// Errors made outside the handlers (a malformed path or query, axum's own rejections)
 /// in Proxmox's shape: `{"data": null, "errors": {...}}`.
 pub(crate) async fn proxmox_errors(resp: Response) -> Response {
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.contains("json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
-    let mut message = String::from_utf8_lossy(&text).trim().to_string();
-    if message.is_empty() {
-        message = status.canonical_reason().unwrap_or("error").to_string();
-    }
-    let mut out = error(status, "request", &message);
-    for (k, v) in parts.headers.iter() {
-        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
-            out.headers_mut().insert(k.clone(), v.clone());
-        }
-    }
-    out
+    crate::error::reshape_plain_errors(resp, |status, message| error(status, "request", &message)).await
 }
 
 pub(crate) fn query(uri: &axum::http::Uri) -> BTreeMap<String, String> {

@@ -332,3 +332,33 @@ pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
     panic!("timed out after {limit:?} waiting for: {what}");
 }
+
+/// A program from the lab's Python venv (`scripts/lab.sh` installs proxmoxer and
+/// schemathesis there), or the path in `env`; a missing one fails the test loudly.
+pub fn lab_tool(env: &str, name: &str) -> String {
+    let path =
+        std::env::var(env).unwrap_or_else(|_| format!("{}/.lab/venv/bin/{name}", env!("CARGO_MANIFEST_DIR")));
+    assert!(Path::new(&path).exists(), "{path} missing: run scripts/lab.sh");
+    path
+}
+
+/// schemathesis over `schema` against `url` as `token`: no 5xx, every answer as documented.
+/// A fixed seed keeps CI reproducible; `HORCRUX_ST_SEED` and `HORCRUX_ST_EXAMPLES` explore.
+/// Answers whether it passed, and its output.
+pub fn schemathesis(dir: &Path, schema: &Path, url: &str, token: &str, seed: &str) -> (bool, String) {
+    let st = lab_tool("HORCRUX_SCHEMATHESIS", "st");
+    let seed = std::env::var("HORCRUX_ST_SEED").unwrap_or_else(|_| seed.into());
+    let examples = std::env::var("HORCRUX_ST_EXAMPLES").unwrap_or_else(|_| "25".into());
+    let out = Command::new(&st)
+        .current_dir(dir)
+        .arg("run")
+        .arg(schema)
+        .args(["--url", url])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["--tls-verify", "false", "--no-color", "--seed", &seed, "-n", &examples])
+        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
