@@ -14,6 +14,10 @@
 //! it is accepted; the time from the kill to the acceptance is printed for both systems,
 //! then the killed member is restarted on its data and the cluster is let heal.
 //! `BENCH_KEEP=1` keeps the data dirs and daemon logs.
+//!
+//! First, the codec: one AppendEntries RPC carrying a batch of 16 such writes (what the
+//! leader sends under 16 clients), in format 0 (JSON) and format 1 (bincode, the current
+//! one): bytes on the wire and time to encode and decode it, and the ratios.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -307,8 +311,68 @@ fn leader_change(
     took
 }
 
+/// Encodes and decodes `rpc` in `framing` `n` times; the frame's size and the mean time.
+fn codec_run(
+    rpc: &horcrux_raft::transport::RpcRequest,
+    framing: horcrux_raft::transport::Framing,
+    n: u32,
+) -> (usize, Duration) {
+    use horcrux_raft::transport::{decode_frame, encode_frame, RpcRequest};
+    let t0 = Instant::now();
+    let mut len = 0;
+    for _ in 0..n {
+        let bytes = encode_frame(rpc, framing).unwrap();
+        len = bytes.len();
+        let (back, _) = decode_frame::<RpcRequest>(&bytes).unwrap();
+        std::hint::black_box(back);
+    }
+    (len, t0.elapsed() / n)
+}
+
+fn codec_figures() {
+    use horcrux_core::{access::Actor, Command, Request, RequestId};
+    use horcrux_raft::transport::{Framing, RpcRequest};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    let requests = (0..16u64)
+        .map(|c| Request {
+            ts_ms: 1_764_000_000_000 + c,
+            cmd: Command::SetClusterOption { key: format!("bench-{c}-{}", 100 + c), value: "v".repeat(256) },
+            actor: Some(Actor {
+                userid: "root@pam".into(),
+                token: Some("root@pam!bench".into()),
+                privsep: false,
+            }),
+            id: Some(RequestId { client: 0x9e37_79b9_7f4a_7c15, seq: 1000 + c }),
+        })
+        .collect();
+    let rpc = RpcRequest::AppendEntries(openraft::raft::AppendEntriesRequest {
+        vote: Vote::new_committed(3, 1),
+        prev_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 41_999)),
+        entries: vec![Entry {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), 42_000),
+            payload: EntryPayload::Normal(horcrux_raft::Batch(requests)),
+        }],
+        leader_commit: Some(LogId::new(CommittedLeaderId::new(3, 1), 41_998)),
+    });
+    let n = 20_000;
+    let (jl, jt) = codec_run(&rpc, Framing::Json, n);
+    let (bl, bt) = codec_run(&rpc, Framing::Binary, n);
+    println!("codec, one AppendEntries of 16 256-byte writes, encode + decode, mean of {n}:");
+    println!("  format 0 (JSON)    {jl:>6} bytes {:>8.1} us", jt.as_secs_f64() * 1e6);
+    println!("  format 1 (bincode) {bl:>6} bytes {:>8.1} us", bt.as_secs_f64() * 1e6);
+    println!(
+        "  ratio format 1 / JSON: size {:.2}x, time {:.2}x",
+        bl as f64 / jl as f64,
+        bt.as_secs_f64() / jt.as_secs_f64()
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    codec_figures();
+    if std::env::var_os("BENCH_CODEC_ONLY").is_some() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -169,11 +169,7 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     // (it is written without fsync, so a power loss can take it): start-up then must not
     // act on its lagging copy of the state (it once re-proposed the local storage and
     // stalled, and could have replaced the cluster's admin token).
-    {
-        let db = horcrux_raft::open_db(&nodes[0].dir.join("raft")).unwrap();
-        db.put_cf(db.cf_handle("meta").unwrap(), b"committed", b"null").unwrap();
-        db.flush_wal(true).unwrap();
-    }
+    forget_commit_point(&nodes[0].dir.join("raft"));
     let admin_token = std::fs::read_to_string(admin.join("admin.token")).unwrap();
     nodes[0].start(None);
     eventually("n1 caught up", Duration::from_secs(20), || {

@@ -51,13 +51,7 @@ fn a_restart_with_a_stale_commit_point_keeps_the_admin_token() {
         assert_eq!(code, 200, "{body}");
     }
     d.kill9();
-    {
-        // Forget the commit point, as a power loss may.
-        let db = horcrux_raft::open_db(&tmp.path().join("raft")).unwrap();
-        let meta = db.cf_handle("meta").unwrap();
-        db.put_cf(meta, b"committed", b"null").unwrap();
-        db.flush_wal(true).unwrap();
-    }
+    forget_commit_point(&tmp.path().join("raft"));
     let d = Daemon::start(tmp.path(), port, &[("HORCRUX_ACCEL", "tcg")]);
     assert_eq!(std::fs::read_to_string(tmp.path().join("admin.token")).unwrap(), token, "token kept");
     let (code, list) = d.client().get("/vms");
@@ -65,4 +59,77 @@ fn a_restart_with_a_stale_commit_point_keeps_the_admin_token() {
     assert_eq!(list.as_array().unwrap().len(), 10);
     let (_, pools) = d.client().get("/storage");
     assert_eq!(pools.as_array().unwrap().len(), 1, "{pools}");
+}
+
+/// A data dir written by the last release before format 1, whose every record was JSON
+/// (`tests/data/format0-datadir.tar.gz`, made by that release's binary: see
+/// `tests/data/README.md`), is upgraded in place when it is opened: its guests, users,
+/// passwords, tokens, ACLs, pools and groups (some only in its snapshot, some only in the
+/// log after it) are all there, it takes writes, and it restarts in the new format.
+#[test]
+fn a_format_0_data_dir_is_upgraded_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/format0-datadir.tar.gz");
+    let untar = std::process::Command::new("tar").args(["xzf", fixture, "-C"]).arg(tmp.path()).status();
+    assert!(untar.unwrap().success(), "tar xzf {fixture}");
+    let dir = tmp.path().join("data");
+    let port = free_port();
+    let cluster = format!("127.0.0.1:{}", free_port());
+    let args = ["--cluster-listen".to_string(), cluster];
+    let start = || Daemon::spawn_ready(serve_command(&dir, port, "fx1", &args, &[]), &dir, port);
+
+    let mut d = start();
+    assert!(d.log().contains("upgraded the data dir from format 0 (JSON) to format 1"), "{}", d.log());
+    let check = |d: &Daemon| {
+        let api = d.client();
+        let (code, vms) = api.get("/api2/json/cluster/resources?type=vm");
+        assert_eq!(code, 200, "{vms}");
+        let mut names: Vec<(u64, String)> = vms["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["vmid"].as_u64().unwrap(), v["name"].as_str().unwrap().to_string()))
+            .collect();
+        names.sort();
+        assert_eq!(&names[..2], &[(100, "fixture-vm".into()), (101, "fixture-two".into())]);
+        // Written after the snapshot: replayed from the upgraded log.
+        let (_, conf) = api.get("/api2/json/nodes/fx1/qemu/101/config");
+        assert_eq!(conf["data"]["description"], "after-snapshot", "{conf}");
+        let (_, groups) = api.get("/api2/json/access/groups");
+        assert_eq!(groups["data"].as_array().unwrap().len(), 12, "{groups}");
+        let (_, pool) = api.get("/api2/json/pools/fixpool");
+        assert_eq!(pool["data"]["members"][0]["vmid"], 100, "{pool}");
+        let login = json!({"username": "alice@pve", "password": "fixture-pass-1"});
+        assert_eq!(api.raw("POST", "/api2/json/access/ticket", &[], &login).0, 200, "alice's password");
+        let token =
+            "PVEAPIToken=alice@pve!t1=c3fbff04f2fec798472390b612fd31ee94eea0e0ef55bca61660d22a49bde4f1";
+        let (code, acl, _) = api.raw(
+            "GET",
+            "/api2/json/access/permissions?path=/vms/100",
+            &[("Authorization", token)],
+            &json!({}),
+        );
+        assert_eq!(code, 200, "alice's token authenticates: {acl}");
+        assert!(acl["data"]["/vms/100"]["VM.PowerMgmt"].is_number(), "her ACL: {acl}");
+        names.len()
+    };
+    assert_eq!(check(&d), 2);
+    let (code, body) =
+        d.client().post("/vms", &json!({"vmid": 102, "name": "after-upgrade", "memory_mib": 64}));
+    assert_eq!(code, 200, "{body}");
+    d.terminate();
+
+    // Every record is in the new format now, and a restart upgrades nothing.
+    {
+        let db = horcrux_raft::open_db(&dir.join("raft")).unwrap();
+        for family in ["log", "meta", "sm"] {
+            for item in db.iterator_cf(db.cf_handle(family).unwrap(), rocksdb::IteratorMode::Start) {
+                let (k, v) = item.unwrap();
+                assert_eq!(v[0], horcrux_raft::codec::FORMAT, "{family}/{k:?} in format {}", v[0]);
+            }
+        }
+    }
+    let d = start();
+    assert_eq!(d.log().matches("upgraded the data dir").count(), 1);
+    assert_eq!(check(&d), 3);
 }

@@ -136,7 +136,9 @@ pub fn validate_role(roleid: &str, privs: &BTreeSet<String>) -> Result<(), Valid
 }
 
 /// Who an ACL entry is for.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 #[serde(tag = "type", content = "id", rename_all = "lowercase")]
 pub enum Ugid {
     /// `USER@REALM`
@@ -146,7 +148,7 @@ pub enum Ugid {
     Token(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct AclEntry {
     /// `/`, `/vms/100`, `/storage/local`, `/nodes/n1`, `/pool/p`, `/access`, `/sdn/...`
     pub path: String,
@@ -183,7 +185,7 @@ fn path_chain(path: &str) -> Vec<String> {
 
 /// The API caller a command was proposed by: a user (logged in with a ticket) or one of
 /// its API tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Actor {
     pub userid: String,
     /// `USER@REALM!TOKENID` when the caller used a token.

@@ -7,7 +7,7 @@ use crate::model::{CorosyncConfig, DesiredPower, GuestConfig, StorageKind};
 
 /// One log entry's payload: a command plus the wall-clock time the proposer assigned,
 /// so that `apply` never reads a clock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Request {
     pub ts_ms: u64,
     pub cmd: Command,
@@ -25,13 +25,26 @@ pub struct Request {
 }
 
 /// Who proposed a request (a random id per proposing process) and its sequence number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
+)]
 pub struct RequestId {
     pub client: u64,
     pub seq: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Add a node or update its API address.
@@ -282,14 +295,16 @@ impl Command {
 }
 
 /// What a successful apply reports back to the proposer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ApplyOk {
     /// The revision the touched object now has (the log index).
     pub revision: u64,
 }
 
 /// Why `apply` refused a command; state is untouched when it does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, bincode::Encode, bincode::Decode,
+)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ApplyError {
     #[error("{0}")]

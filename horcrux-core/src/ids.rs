@@ -8,7 +8,9 @@ pub const VMID_MIN: u32 = 100;
 pub const VMID_MAX: u32 = 999_999_999;
 
 /// A refused input: which field, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, bincode::Encode, bincode::Decode,
+)]
 #[error("{field}: {message}")]
 pub struct ValidationError {
     pub field: String,

@@ -12,7 +12,7 @@ pub const DISK_MIB_MAX: u64 = 64 * 1024 * 1024;
 pub const DISKS_MAX: usize = 16;
 pub const CMDLINE_MAX: usize = 4096;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct NodeInfo {
     pub name: String,
     /// Address of the node's HTTPS API, as other nodes reach it.
@@ -20,14 +20,14 @@ pub struct NodeInfo {
     pub revision: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StorageKind {
     /// A directory on each node's local filesystem (Proxmox's `dir`).
     Dir { path: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct StoragePool {
     pub id: String,
     #[serde(flatten)]
@@ -45,7 +45,7 @@ impl StoragePool {
 }
 
 /// The power state the cluster wants a guest in, and how to get there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum DesiredPower {
     Running,
@@ -64,7 +64,7 @@ impl DesiredPower {
 
 /// Direct kernel boot: how tests boot a real guest in seconds. `kernel` and `initrd` are
 /// volumes (`local:snippets/vmlinuz`) or, set by root@pam only, host paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct KernelBoot {
     pub kernel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +82,7 @@ impl KernelBoot {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct DiskSpec {
     pub storage: String,
     pub size_mib: u64,
@@ -95,7 +95,7 @@ pub struct DiskSpec {
     pub slot: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct VmSpec {
     pub memory_mib: u64,
     pub cores: u32,
@@ -221,13 +221,13 @@ impl VmSpec {
 }
 
 /// What a guest is. Containers join as a second variant with the same envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum GuestConfig {
     Qemu(VmSpec),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Guest {
     pub vmid: u32,
     pub name: String,
@@ -249,7 +249,7 @@ impl Guest {
 }
 
 /// An API token; only a hash of its secret is replicated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ApiToken {
     /// `USER@REALM!TOKENID`, e.g. `root@pam!admin`.
     pub id: String,
@@ -271,7 +271,7 @@ impl ApiToken {
 }
 
 /// A user of the built-in `pve` realm or of `pam`. `root@pam` always exists implicitly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct User {
     pub userid: String,
     pub comment: String,
@@ -309,7 +309,7 @@ impl User {
 
 /// A resource pool: guests and storages grouped so that rights granted on `/pool/{id}`
 /// apply to each member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Pool {
     pub poolid: String,
     pub comment: String,
@@ -319,7 +319,7 @@ pub struct Pool {
 }
 
 /// A group of users, named in ACL entries (`@group` in Proxmox's UI).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Group {
     pub groupid: String,
     pub comment: String,
@@ -329,7 +329,7 @@ pub struct Group {
 /// A TOTP second factor: the shared secret (base32, replicated like Proxmox's
 /// `priv/tfa.cfg`), the last time step accepted (no code is accepted twice), and the
 /// SHA-256 hashes of the recovery codes (`None` once used).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct Tfa {
     pub totp_secret: String,
     pub last_step: u64,
@@ -338,7 +338,7 @@ pub struct Tfa {
 
 /// The cluster CA, replicated so whichever node leads can sign a joining node's
 /// certificate (Proxmox keeps its CA key in the replicated /etc/pve/priv the same way).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ClusterCaRecord {
     pub cert_pem: String,
     pub key_pem: String,
@@ -366,7 +366,7 @@ impl std::fmt::Debug for ClusterCaRecord {
 
 /// A key tickets and CSRF tokens are signed with (HMAC-SHA256), of its own: not derived
 /// from any other secret. Replicated so every node accepts every node's tickets.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct TicketKey {
     /// The log index that installed it.
     pub id: u64,
@@ -383,7 +383,7 @@ impl std::fmt::Debug for TicketKey {
 
 /// The current ticket key and the one it replaced: tickets signed with either are accepted,
 /// so a rotation (every 24 h) never logs anyone out (tickets live 2 h).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct TicketKeys {
     pub current: TicketKey,
     #[serde(default)]
@@ -391,7 +391,7 @@ pub struct TicketKeys {
 }
 
 /// A member's transport certificate, named by its SHA-256 fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct MemberCert {
     pub name: String,
     pub fingerprint: String,
@@ -405,7 +405,7 @@ pub struct MemberCert {
 }
 
 /// A single-use bootstrap token for joining the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct JoinToken {
     pub id: String,
     pub secret_sha256: String,
@@ -420,7 +420,7 @@ pub struct JoinToken {
 }
 
 /// A node of an imported `corosync.conf` nodelist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct CorosyncNode {
     pub name: String,
     pub nodeid: u32,
@@ -433,7 +433,7 @@ pub struct CorosyncNode {
 }
 
 /// One of a node's corosync links: `ringN_addr` with N = `link`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct CorosyncLink {
     pub link: u8,
     pub addr: String,
@@ -445,7 +445,7 @@ fn one_vote() -> u32 {
 
 /// What `horcrux cluster import-corosync` records from a `corosync.conf`: node names and
 /// ids, and the votequorum settings that quorum reporting follows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct CorosyncConfig {
     pub cluster_name: String,
     pub nodes: Vec<CorosyncNode>,
@@ -456,7 +456,7 @@ pub struct CorosyncConfig {
 }
 
 /// An authentication realm besides the built-in `pam` and `pve`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RealmConfig {
     /// LDAP (or Active Directory over LDAP): find the user's entry by `user_attr` under
@@ -479,7 +479,7 @@ pub enum RealmConfig {
 
 /// What the host says about a guest right now (reported by the hypervisor driver, shown by
 /// the API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(rename_all = "lowercase")]
 pub enum ObservedPower {
     Running,

@@ -9,7 +9,7 @@ use crate::command::{ApplyError, ApplyOk, Command, Request};
 use crate::ids::{self, ValidationError, VMID_MAX, VMID_MIN};
 use crate::model::*;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeInfo>,
     pub storage: BTreeMap<String, StoragePool>,
@@ -58,7 +58,7 @@ pub const SESSION_WINDOW: usize = 1024;
 pub const SESSION_TTL_MS: u64 = 3_600_000;
 
 /// One proposing client's latest requests and what they answered.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ClientSession {
     pub last_ts_ms: u64,
     pub results: BTreeMap<u64, Result<ApplyOk, ApplyError>>,

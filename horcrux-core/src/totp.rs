@@ -6,7 +6,9 @@ use ring::hmac;
 
 use crate::ids::sha256_hex;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode,
+)]
 pub enum Algorithm {
     Sha1,
     Sha256,

@@ -14,7 +14,7 @@ pub const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "rtl8139", "vmxne
 pub const NETS_MAX: u8 = 32;
 
 /// One network card: `netN` in Proxmox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct NetSpec {
     /// N of `netN`, 0-31.
     pub index: u8,

@@ -32,7 +32,7 @@ use crate::types::{ApplyResult, NodeId, TypeConfig};
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(4);
 /// How long start-up waits for a leader before serving anyway (writes then answer 503).
 const LEADER_WAIT: Duration = Duration::from_secs(15);
-const KEY_NODE: &[u8] = b"node";
+pub(crate) const KEY_NODE: &[u8] = b"node";
 /// Voters are capped (odd); further nodes stay learners that replicate and serve reads.
 pub const MAX_VOTERS: usize = 5;
 
@@ -71,14 +71,14 @@ pub struct OpenOptions {
     pub snapshot_logs: Option<u64>,
 }
 
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode)]
 pub(crate) struct Certs {
     pub(crate) ca_pem: String,
     pub(crate) cert_pem: String,
     pub(crate) key_pem: String,
 }
 
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode)]
 pub(crate) struct StoredIdentity {
     pub(crate) id: NodeId,
     pub(crate) name: String,
@@ -100,13 +100,13 @@ pub(crate) struct StoredIdentity {
 
 fn load_identity(db: &DB) -> Result<Option<StoredIdentity>, ProposeError> {
     match db.get_cf(cf(db, CF_META), KEY_NODE).map_err(storage)? {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(storage)?)),
+        Some(bytes) => Ok(Some(crate::codec::decode(&bytes).map_err(storage)?)),
         None => Ok(None),
     }
 }
 
 pub(crate) fn save_identity(db: &DB, ident: &StoredIdentity) -> Result<(), ProposeError> {
-    let bytes = serde_json::to_vec(ident).map_err(storage)?;
+    let bytes = crate::codec::encode(ident).map_err(storage)?;
     db.put_cf_opt(cf(db, CF_META), KEY_NODE, bytes, &synced()).map_err(storage)
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 mod certs;
+pub mod codec;
 pub mod corosync;
 mod handle;
 pub mod join;
@@ -21,6 +22,7 @@ pub mod status;
 mod store;
 pub mod transport;
 mod types;
+mod upgrade;
 
 pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
 pub use join::JoinTokenData;
@@ -30,5 +32,5 @@ pub use network::NoPeerNetwork;
 pub use node::HorcruxNode;
 pub use proposer::Proposer;
 pub use state_machine::{SmData, StateMachineStore};
-pub use store::{open_db, open_db_with};
+pub use store::{open_db, open_db_with, OpenError};
 pub use types::{ApplyResult, Batch, NodeId, Response, TypeConfig};

@@ -17,12 +17,13 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::codec;
 use crate::store::{cf, index_key, read_err, synced, write_err, CF_LOG, CF_META};
 use crate::types::{NodeId, TypeConfig};
 
-const KEY_VOTE: &[u8] = b"vote";
-const KEY_COMMITTED: &[u8] = b"committed";
-const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_VOTE: &[u8] = b"vote";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 /// Entries kept in memory after they are written, for replication to read back.
 const TAIL_MAX: usize = 128;
@@ -32,7 +33,7 @@ pub struct LogStore {
     db: Arc<DB>,
     /// The most recently appended entries, a gap-free run ending at the last one. The
     /// leader reads each new entry back once per follower; serving that from here saves
-    /// a RocksDB seek and a JSON parse each time.
+    /// a RocksDB seek and a decode each time.
     tail: Arc<std::sync::Mutex<std::collections::VecDeque<Entry<TypeConfig>>>>,
     /// Where an append's "durable" report goes: to the syncer, which reports it after its
     /// next WAL sync (`None`: each append is synced before it returns).
@@ -124,11 +125,11 @@ impl LogStore {
         let Some(bytes) = self.db.get_cf(cf(&self.db, CF_META), key).map_err(read_err)? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(read_err)
+        codec::decode_serde(&bytes).map(Some).map_err(read_err)
     }
 
     fn put_meta<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), StorageError<NodeId>> {
-        let bytes = serde_json::to_vec(value).map_err(write_err)?;
+        let bytes = codec::encode_serde(value).map_err(write_err)?;
         let opts = if sync { synced() } else { rocksdb::WriteOptions::default() };
         self.db.put_cf_opt(cf(&self.db, CF_META), key, bytes, &opts).map_err(write_err)
     }
@@ -139,7 +140,7 @@ impl LogStore {
             None => Ok(None),
             Some(item) => {
                 let (_, v) = item.map_err(read_err)?;
-                let e: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(read_err)?;
+                let e: Entry<TypeConfig> = codec::decode_serde(&v).map_err(read_err)?;
                 Ok(Some(e.log_id))
             }
         }
@@ -177,7 +178,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if next.is_some_and(|n| n != idx) || !range.contains(&idx) {
                 break;
             }
-            out.push(serde_json::from_slice(&v).map_err(read_err)?);
+            out.push(codec::decode_serde(&v).map_err(read_err)?);
             next = Some(idx + 1);
         }
         Ok(out)
@@ -228,7 +229,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let log_cf = cf(&self.db, CF_LOG);
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         for e in &entries {
-            let bytes = serde_json::to_vec(e).map_err(write_err)?;
+            let bytes = codec::encode_serde(e).map_err(write_err)?;
             batch.put_cf(log_cf, index_key(e.log_id.index), bytes);
         }
         // With a syncer: written (visible to readers) now, durable once its sync covers it.
@@ -297,7 +298,7 @@ mod tests {
         let mut store = LogStore::new(crate::store::open_db(tmp.path()).unwrap());
         let mut batch = WriteBatch::default();
         for i in (1..=10).chain(12..=15) {
-            batch.put_cf(cf(&store.db, CF_LOG), index_key(i), serde_json::to_vec(&entry(i)).unwrap());
+            batch.put_cf(cf(&store.db, CF_LOG), index_key(i), codec::encode_serde(&entry(i)).unwrap());
         }
         store.db.write(batch).unwrap();
         assert_eq!(indexes(&store.try_get_log_entries(3..8).await.unwrap()), vec![3, 4, 5, 6, 7]);
@@ -319,7 +320,7 @@ mod tests {
             .collect();
         let mut batch = WriteBatch::default();
         for e in &entries {
-            batch.put_cf(cf(&store.db, CF_LOG), index_key(e.log_id.index), serde_json::to_vec(e).unwrap());
+            batch.put_cf(cf(&store.db, CF_LOG), index_key(e.log_id.index), codec::encode_serde(e).unwrap());
         }
         store.db.write(batch).unwrap();
         store.remember(entries.clone());

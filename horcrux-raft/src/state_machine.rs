@@ -16,24 +16,39 @@ use crate::node::HorcruxNode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::codec;
 use crate::store::{cf, read_err, synced, write_err, CF_SM};
 use crate::types::{NodeId, Response, TypeConfig};
 
-/// Earlier layout: meta and data in one JSON document (the data as an array of numbers).
-/// Still read; replaced by the next snapshot.
-const KEY_SNAPSHOT: &[u8] = b"snapshot";
-/// The snapshot's metadata (JSON) and its data (the serialized state, stored as is),
-/// written together in one synced batch.
-const KEY_SNAPSHOT_META: &[u8] = b"snapshot-meta";
-const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot-data";
+/// The snapshot's metadata and its data (the encoded [`SmData`], stored as is), written
+/// together in one synced batch. (Before format 1 there was also a `snapshot` key holding
+/// both in one JSON document; `upgrade` converts it.)
+pub(crate) const KEY_SNAPSHOT_META: &[u8] = b"snapshot-meta";
+pub(crate) const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot-data";
 
 type Meta = SnapshotMeta<NodeId, HorcruxNode>;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The applied state: what a snapshot holds. Encoded with [`codec::encode`] (serde kept for
+/// the JSON of format 0).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct SmData {
+    #[bincode(with_serde)]
     pub last_applied: Option<LogId<NodeId>>,
+    #[bincode(with_serde)]
     pub last_membership: StoredMembership<NodeId, HorcruxNode>,
     pub state: ClusterState,
+}
+
+impl SmData {
+    /// The snapshot data of this state.
+    pub fn encode(&self) -> Result<Vec<u8>, codec::FormatError> {
+        codec::encode(self)
+    }
+
+    /// A state from snapshot data.
+    pub fn decode(bytes: &[u8]) -> Result<Self, codec::FormatError> {
+        codec::decode(bytes)
+    }
 }
 
 impl SmData {
@@ -55,27 +70,15 @@ impl SmData {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, HorcruxNode>,
-    data: Vec<u8>,
-}
-
-/// The stored snapshot's metadata and data, in either layout.
+/// The stored snapshot's metadata and data.
 fn load_snapshot(db: &DB) -> Result<Option<(Meta, Vec<u8>)>, StorageError<NodeId>> {
     let sm = cf(db, CF_SM);
-    if let Some(meta) = db.get_cf(sm, KEY_SNAPSHOT_META).map_err(read_err)? {
-        let meta: Meta = serde_json::from_slice(&meta).map_err(read_err)?;
-        let data = db.get_cf(sm, KEY_SNAPSHOT_DATA).map_err(read_err)?.unwrap_or_default();
-        return Ok(Some((meta, data)));
-    }
-    match db.get_cf(sm, KEY_SNAPSHOT).map_err(read_err)? {
-        Some(bytes) => {
-            let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(read_err)?;
-            Ok(Some((stored.meta, stored.data)))
-        }
-        None => Ok(None),
-    }
+    let Some(meta) = db.get_cf(sm, KEY_SNAPSHOT_META).map_err(read_err)? else {
+        return Ok(None);
+    };
+    let meta: Meta = codec::decode_serde(&meta).map_err(read_err)?;
+    let data = db.get_cf(sm, KEY_SNAPSHOT_DATA).map_err(read_err)?.unwrap_or_default();
+    Ok(Some((meta, data)))
 }
 
 struct Shared {
@@ -96,7 +99,7 @@ impl StateMachineStore {
     pub fn open(db: Arc<DB>) -> Result<Self, StorageError<NodeId>> {
         let data = match load_snapshot(&db)? {
             None => SmData::default(),
-            Some((_, bytes)) => serde_json::from_slice(&bytes).map_err(read_err)?,
+            Some((_, bytes)) => SmData::decode(&bytes).map_err(read_err)?,
         };
         let applied = data.last_applied.map(|l| l.index).unwrap_or(0);
         let (tx, _) = watch::channel(applied);
@@ -117,7 +120,7 @@ impl StateMachineStore {
     fn snapshot_bytes(&self) -> Result<(Meta, Vec<u8>), StorageError<NodeId>> {
         // Copy under the lock, serialize outside it: apply is not held up meanwhile.
         let data = self.read().clone();
-        let bytes = serde_json::to_vec(&data).map_err(read_err)?;
+        let bytes = data.encode().map_err(read_err)?;
         let id = match data.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, bytes.len()),
             None => format!("0-0-{}", bytes.len()),
@@ -135,12 +138,11 @@ impl StateMachineStore {
         meta: &SnapshotMeta<NodeId, HorcruxNode>,
         data: &[u8],
     ) -> Result<(), StorageError<NodeId>> {
-        let meta = serde_json::to_vec(meta).map_err(write_err)?;
+        let meta = codec::encode_serde(meta).map_err(write_err)?;
         let sm = cf(&self.db, CF_SM);
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(sm, KEY_SNAPSHOT_META, meta);
         batch.put_cf(sm, KEY_SNAPSHOT_DATA, data);
-        batch.delete_cf(sm, KEY_SNAPSHOT);
         self.db.write_opt(batch, &synced()).map_err(write_err)
     }
 }
@@ -200,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let data: SmData = serde_json::from_slice(&bytes).map_err(read_err)?;
+        let data = SmData::decode(&bytes).map_err(read_err)?;
         self.store_snapshot(meta, &bytes)?;
         let index = data.last_applied.map(|l| l.index).unwrap_or(0);
         *self.shared.data.write().unwrap_or_else(|p| p.into_inner()) = data;
@@ -218,42 +220,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 mod tests {
     use super::*;
 
-    fn state_with(key: &str) -> SmData {
-        let mut d = SmData::default();
-        d.state.options.insert(key.into(), "v".repeat(300));
-        d
-    }
-
-    /// A snapshot stores its data as is (not as a JSON array of numbers) and comes back
-    /// after a restart; a snapshot in the earlier layout is still read.
+    /// A snapshot stores its data as built, in the current format, and comes back after a
+    /// restart.
     #[tokio::test]
-    async fn snapshots_survive_restart_in_both_layouts() {
+    async fn snapshots_survive_restart() {
         let tmp = tempfile::tempdir().unwrap();
         let db = crate::store::open_db(tmp.path()).unwrap();
-        // The earlier layout.
-        let old =
-            StoredSnapshot { meta: Meta::default(), data: serde_json::to_vec(&state_with("old")).unwrap() };
-        #[derive(Serialize)]
-        struct Old<'a> {
-            meta: &'a Meta,
-            data: &'a [u8],
-        }
-        let bytes = serde_json::to_vec(&Old { meta: &old.meta, data: &old.data }).unwrap();
-        db.put_cf(cf(&db, CF_SM), KEY_SNAPSHOT, bytes).unwrap();
         let mut sm = StateMachineStore::open(db.clone()).unwrap();
-        assert!(sm.read().state.options.contains_key("old"));
-        assert!(sm.get_current_snapshot().await.unwrap().is_some());
-
-        // A new snapshot replaces it, in the new layout.
-        sm.shared.data.write().unwrap().state.options.insert("new".into(), "x".into());
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+        sm.shared.data.write().unwrap().state.options.insert("k".into(), "v".repeat(300));
         let snap = sm.build_snapshot().await.unwrap();
         let raw = db.get_cf(cf(&db, CF_SM), KEY_SNAPSHOT_DATA).unwrap().unwrap();
         assert_eq!(raw, snap.snapshot.into_inner(), "the data is stored as built");
-        assert!(raw.starts_with(b"{"), "the serialized state, not an array of bytes");
-        assert!(db.get_cf(cf(&db, CF_SM), KEY_SNAPSHOT).unwrap().is_none());
+        assert_eq!(raw[0], codec::FORMAT);
         drop(sm);
-        let sm = StateMachineStore::open(db).unwrap();
-        let d = sm.read();
-        assert!(d.state.options.contains_key("old") && d.state.options.contains_key("new"));
+        let mut sm = StateMachineStore::open(db).unwrap();
+        assert_eq!(sm.read().state.options["k"].len(), 300);
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
     }
 }

@@ -1,6 +1,7 @@
 //! The RocksDB database shared by the log store and the state machine store:
 //! column family `log` (entries keyed by big-endian index), `meta` (vote, committed,
-//! last purged) and `sm` (the last snapshot).
+//! last purged, the node's identity, the data dir's format) and `sm` (the last snapshot).
+//! Records are in the format of [`crate::codec`]; opening upgrades an older data dir.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,14 +15,30 @@ pub const CF_LOG: &str = "log";
 pub const CF_META: &str = "meta";
 pub const CF_SM: &str = "sm";
 
-pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+/// Why a data dir could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Db(#[from] rocksdb::Error),
+    /// In a format this build can't read or upgrade (the message names the data dir).
+    #[error("{0}")]
+    Format(String),
+}
+
+pub fn open_db(dir: &Path) -> Result<Arc<DB>, OpenError> {
     open_db_with(dir, false)
 }
 
 /// `open_db`; with `keep_wal`, every WAL file is archived instead of deleted, so
 /// `DB::get_updates_since(0)` replays the database's whole history (the simulation's
 /// power loss rebuilds a store from the writes made before its last sync).
-pub fn open_db_with(dir: &Path, keep_wal: bool) -> Result<Arc<DB>, rocksdb::Error> {
+pub fn open_db_with(dir: &Path, keep_wal: bool) -> Result<Arc<DB>, OpenError> {
+    let db = open_rocksdb(dir, keep_wal)?;
+    crate::upgrade::ensure_current(&db, dir).map_err(OpenError::Format)?;
+    Ok(db)
+}
+
+fn open_rocksdb(dir: &Path, keep_wal: bool) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
     if keep_wal {
         opts.set_wal_ttl_seconds(u64::MAX / 2);

@@ -256,7 +256,8 @@ pub fn state_hash(s: &ClusterState) -> u64 {
 impl RaftSnapshotBuilder<TypeConfig> for MemSm {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let mut inner = self.0.lock().unwrap();
-        let bytes = serde_json::to_vec(&inner.data).unwrap_or_default();
+        // The production snapshot format, so replicated snapshots exercise it.
+        let bytes = inner.data.encode().unwrap_or_default();
         let meta = SnapshotMeta {
             last_log_id: inner.data.last_applied,
             last_membership: inner.data.last_membership.clone(),
@@ -321,7 +322,7 @@ impl RaftStateMachine<TypeConfig> for MemSm {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let data: SmData = serde_json::from_slice(&bytes)
+        let data = SmData::decode(&bytes)
             .map_err(|e| StorageError::from(openraft::StorageIOError::read(openraft::AnyError::new(&e))))?;
         let mut i = self.0.lock().unwrap();
         if let Some(l) = data.last_applied {

@@ -22,6 +22,15 @@ pub fn tiny_guest() -> PathBuf {
     dir
 }
 
+/// Forgets a stopped node's commit point (written without fsync, so a power loss can take
+/// it): the node then restarts with a state that lags its log.
+pub fn forget_commit_point(raft_dir: &Path) {
+    let db = horcrux_raft::open_db(raft_dir).unwrap();
+    let none = horcrux_raft::codec::encode_serde(&None::<u64>).unwrap();
+    db.put_cf(db.cf_handle("meta").unwrap(), b"committed", none).unwrap();
+    db.flush_wal(true).unwrap();
+}
+
 pub struct Daemon {
     pub dir: PathBuf,
     pub port: u16,
@@ -183,12 +192,18 @@ impl Api {
         Self::done(self.agent.get(format!("{}/api/v1{path}", self.base)).call())
     }
 
+    /// Native paths are relative to /api/v1; Proxmox-compatible ones are given whole.
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("/api2/") {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/api/v1{path}", self.base)
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         Self::done(
-            self.agent
-                .get(format!("{}/api/v1{path}", self.base))
-                .header("Authorization", format!("Bearer {}", self.token))
-                .call(),
+            self.agent.get(self.url(path)).header("Authorization", format!("Bearer {}", self.token)).call(),
         )
         .unwrap()
     }
@@ -196,7 +211,7 @@ impl Api {
     pub fn get_text(&self, path: &str) -> String {
         let mut r = self
             .agent
-            .get(format!("{}/api/v1{path}", self.base))
+            .get(self.url(path))
             .header("Authorization", format!("Bearer {}", self.token))
             .call()
             .unwrap();
@@ -253,12 +268,7 @@ impl Api {
         headers: &[(&str, &str)],
         body: &Value,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        // Native paths are relative to /api/v1; Proxmox-compatible ones are given whole.
-        let url = if path.starts_with("/api2/") {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}/api/v1{path}", self.base)
-        };
+        let url = self.url(path);
         match method {
             "GET" | "DELETE" => {
                 let mut b = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };

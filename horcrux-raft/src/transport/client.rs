@@ -182,7 +182,7 @@ impl QuicNetwork {
         req: &RpcRequest,
         timeout: Duration,
     ) -> Result<RpcResponse, TransportError> {
-        let bytes = serde_json::to_vec(req).map_err(terr)?;
+        let bytes = super::encode_frame(req, super::Framing::Binary).map_err(terr)?;
         let fut = async {
             let first = self.call_at(target, addr, &bytes).await;
             let Err(e) = first else { return first };
@@ -212,7 +212,7 @@ impl QuicNetwork {
         if let Some(t) = target {
             self.heard_from(t);
         }
-        serde_json::from_slice(&reply).map_err(terr)
+        super::decode_frame(&reply).map(|(r, _)| r).map_err(terr)
     }
 
     /// One request to `addr`, with the current identity, then the previous one: a peer that
@@ -345,12 +345,15 @@ pub async fn join_cluster(
     let own = crate::pki::joiner_cert(&key_pem).map_err(terr)?;
     let config = join_client_config(ca_fingerprints, own, crate::pki::key_der(&key_pem).map_err(terr)?)
         .map_err(terr)?;
-    let req = serde_json::to_vec(&JoinRequest {
-        token_id: token_id.into(),
-        secret: secret.into(),
-        node: node.clone(),
-        public_key_hex: horcrux_core::ids::hex_encode(&public_key),
-    })
+    let req = super::encode_frame(
+        &JoinRequest {
+            token_id: token_id.into(),
+            secret: secret.into(),
+            node: node.clone(),
+            public_key_hex: horcrux_core::ids::hex_encode(&public_key),
+        },
+        super::Framing::Binary,
+    )
     .map_err(terr)?;
     let mut queue: Vec<String> = addrs.to_vec();
     let mut last = TransportError("the token lists no member address".into());
@@ -372,7 +375,7 @@ pub async fn join_cluster(
                 .await
                 .map_err(terr)?;
             let reply = roundtrip(&conn, &req).await?;
-            serde_json::from_slice::<JoinResponse>(&reply).map_err(terr)
+            super::decode_frame::<JoinResponse>(&reply).map(|(r, _)| r).map_err(terr)
         };
         match tokio::time::timeout(JOIN_ATTEMPT, attempt).await {
             Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, ca_pem, members, expires_s })) => {

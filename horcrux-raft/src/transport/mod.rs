@@ -1,6 +1,8 @@
 //! The QUIC transport (quinn) with mutual TLS from the cluster CA: Raft RPCs, join
 //! requests and write/read forwarding between nodes. One connection per peer, one
-//! bidirectional stream per RPC, JSON frames.
+//! bidirectional stream per RPC. A frame is one [`crate::codec`] record: the format byte,
+//! then bincode. A request in the JSON of format 0 (a node of an earlier release) is still
+//! read and answered in JSON ([`decode_request`], [`encode_response`]).
 
 mod client;
 mod server;
@@ -21,14 +23,43 @@ pub use client::{join_cluster, Alternates, PeerCheck, QuicNetwork};
 pub use server::{serve, ServerCtx};
 pub use tls::{join_client_config, NodeIdentity, ALPN_JOIN, ALPN_RAFT};
 
+/// How a frame was written; a reply goes back the way its request came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// The current format ([`crate::codec`]).
+    Binary,
+    /// JSON, format 0: what a node of a release before format 1 sends.
+    Json,
+}
+
+/// A request (or reply) frame, in the current format or in format 0's JSON.
+pub fn decode_frame<T: bincode::Decode<()> + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, Framing), String> {
+    if crate::codec::is_json(bytes) {
+        return serde_json::from_slice(bytes)
+            .map(|v| (v, Framing::Json))
+            .map_err(|e| format!("malformed JSON frame: {e}"));
+    }
+    crate::codec::decode(bytes).map(|v| (v, Framing::Binary)).map_err(|e| format!("frame {e}"))
+}
+
+/// `value` as a frame in `framing`.
+pub fn encode_frame<T: bincode::Encode + Serialize>(value: &T, framing: Framing) -> Result<Vec<u8>, String> {
+    match framing {
+        Framing::Binary => crate::codec::encode(value).map_err(|e| e.to_string()),
+        Framing::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+    }
+}
+
 /// Largest frame accepted: snapshots travel in openraft chunks well below this.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum RpcRequest {
-    AppendEntries(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<NodeId>),
-    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    AppendEntries(#[bincode(with_serde)] AppendEntriesRequest<TypeConfig>),
+    Vote(#[bincode(with_serde)] VoteRequest<NodeId>),
+    InstallSnapshot(#[bincode(with_serde)] InstallSnapshotRequest<TypeConfig>),
     /// A follower forwards a client write to the leader.
     Propose(Request),
     /// A follower asks the leader for a read index (ReadIndex protocol).
@@ -55,7 +86,7 @@ pub enum RpcRequest {
 }
 
 /// A renewed member certificate, recorded in the state before it is answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct RenewedCert {
     pub cert_pem: String,
     pub expires_s: u64,
@@ -65,7 +96,7 @@ pub struct RenewedCert {
 }
 
 /// An HTTP request carried to the node that owns the guest (or ran the task).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ApiCall {
     pub method: String,
     pub uri: String,
@@ -77,7 +108,7 @@ pub struct ApiCall {
     pub csrf: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct ApiReply {
     pub status: u16,
     pub content_type: Option<String>,
@@ -92,11 +123,14 @@ pub type ApiHandler = std::sync::Arc<
     dyn Fn(ApiCall) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiReply> + Send>> + Send + Sync,
 >;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum RpcResponse {
-    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
-    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    AppendEntries(#[bincode(with_serde)] Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(#[bincode(with_serde)] Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        #[bincode(with_serde)]
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
     Propose(Result<ApplyResult, ForwardError>),
     ReadIndex(Result<u64, ForwardError>),
     Pong,
@@ -106,7 +140,7 @@ pub enum RpcResponse {
 }
 
 /// Why a forwarded write or read failed on the node that received it.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, Serialize, Deserialize, bincode::Encode, bincode::Decode, thiserror::Error)]
 pub enum ForwardError {
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
@@ -118,7 +152,7 @@ pub enum ForwardError {
 }
 
 /// Sent by a node that wants to join, on the join ALPN (it has no certificate yet).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct JoinRequest {
     pub token_id: String,
     pub secret: String,
@@ -128,7 +162,7 @@ pub struct JoinRequest {
     pub public_key_hex: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum JoinResponse {
     Accepted {
         node_id: NodeId,

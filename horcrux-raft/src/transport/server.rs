@@ -92,7 +92,7 @@ async fn rpc_stream(
     mut recv: quinn::RecvStream,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let bytes = recv.read_to_end(MAX_FRAME).await?;
-    let req: RpcRequest = serde_json::from_slice(&bytes)?;
+    let (req, framing) = super::decode_frame::<RpcRequest>(&bytes)?;
     let raft = handle.raft();
     let resp = match req {
         RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(raft.append_entries(r).await),
@@ -124,7 +124,7 @@ async fn rpc_stream(
             return Err(format!("node {peer} sent a ping as node {from}").into());
         }
     };
-    send.write_all(&serde_json::to_vec(&resp)?).await?;
+    send.write_all(&super::encode_frame(&resp, framing)?).await?;
     send.finish()?;
     Ok(())
 }
@@ -144,9 +144,11 @@ async fn join_stream(
         let asked = horcrux_core::ids::hex_decode(&req.public_key_hex);
         key.is_some() && key == asked
     };
-    let resp = match serde_json::from_slice::<JoinRequest>(&bytes) {
-        Ok(req) if holds(&req) => handle.admit(req, source).await,
-        Ok(req) => {
+    let decoded = super::decode_frame::<JoinRequest>(&bytes);
+    let framing = decoded.as_ref().map(|(_, f)| *f).unwrap_or(super::Framing::Binary);
+    let resp = match decoded {
+        Ok((req, _)) if holds(&req) => handle.admit(req, source).await,
+        Ok((req, _)) => {
             tracing::warn!(%source, node = %req.node.name, "refused a join: the key asked for is not the one the connection presented");
             JoinResponse::Refused {
                 reason: "the public key in the request is not the one of the certificate presented".into(),
@@ -154,7 +156,7 @@ async fn join_stream(
         }
         Err(e) => JoinResponse::Refused { reason: format!("malformed join request: {e}") },
     };
-    send.write_all(&serde_json::to_vec(&resp)?).await?;
+    send.write_all(&super::encode_frame(&resp, framing)?).await?;
     send.finish()?;
     // Give the peer time to read the reply before the connection drops.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send.stopped()).await;
