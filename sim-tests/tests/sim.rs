@@ -140,11 +140,13 @@ fn the_product_rocksdb_stores_replay_identically_and_hold_the_invariants() {
 #[test]
 fn a_log_store_reporting_appends_durable_before_their_sync_is_caught() {
     let early = |seed| SimConfig { store: StoreKind::Rocks, bug: Bug::EarlyFlush, ..SimConfig::new(seed) };
-    let caught = (0..10).find(|&s| {
+    // About one seed in six loses an acknowledged write this way (a blackout must land
+    // between an early report and the sync); the search stops at the first.
+    let caught = (0..40).find(|&s| {
         run(early(s))
             .violations
             .iter()
             .any(|v| v.contains("committed log prefix") || v.contains("acknowledged"))
     });
-    assert!(caught.is_some(), "no seed in 0..10 caught appends reported durable before their sync");
+    assert!(caught.is_some(), "no seed in 0..40 caught appends reported durable before their sync");
 }

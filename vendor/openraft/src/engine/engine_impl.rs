@@ -458,6 +458,11 @@ where C: RaftTypeConfig
         fh.ensure_log_consecutive(prev_log_id.clone())?;
         fh.append_entries(prev_log_id, entries);
 
+        // Horcrux patch: a leader's log now continues this one, so a greater log seen in an
+        // earlier election is no reason to delay the next one (upstream the hint stayed
+        // set until this node's next election, adding `smaller_log_timeout` to it).
+        self.reset_greater_log();
+
         Ok(())
     }
 
