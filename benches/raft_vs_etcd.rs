@@ -317,13 +317,13 @@ fn codec_run(
     framing: horcrux_raft::transport::Framing,
     n: u32,
 ) -> (usize, Duration) {
-    use horcrux_raft::transport::{decode_frame, encode_frame, RpcRequest};
+    use horcrux_raft::transport::{decode_frame, encode_frame, RpcRequest, MAX_FRAME};
     let t0 = Instant::now();
     let mut len = 0;
     for _ in 0..n {
         let bytes = encode_frame(rpc, framing).unwrap();
         len = bytes.len();
-        let (back, _) = decode_frame::<RpcRequest>(&bytes).unwrap();
+        let (back, _) = decode_frame::<RpcRequest, MAX_FRAME>(&bytes).unwrap();
         std::hint::black_box(back);
     }
     (len, t0.elapsed() / n)

@@ -83,10 +83,18 @@ pub fn encode<T: Encode>(value: &T) -> Result<Vec<u8>, FormatError> {
     Ok(out)
 }
 
-/// A record or frame written by [`encode`].
+/// A record written by [`encode`].
 pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, FormatError> {
+    decode_limited::<T, DECODE_LIMIT>(bytes)
+}
+
+/// A frame written by [`encode`], allocating at most `LIMIT` bytes while decoding it
+/// (bincode checks each length prefix against what is left of the limit before it
+/// allocates): what a peer sends, where a forged length must not reserve gigabytes.
+pub fn decode_limited<T: Decode<()>, const LIMIT: usize>(bytes: &[u8]) -> Result<T, FormatError> {
     let b = body(bytes)?;
-    whole(bincode::decode_from_slice(b, CONFIG).map_err(|e| FormatError::Malformed(e.to_string()))?, b.len())
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    whole(bincode::decode_from_slice(b, config).map_err(|e| FormatError::Malformed(e.to_string()))?, b.len())
 }
 
 /// `value` (an openraft type) in the current format, through its serde impl.
@@ -147,5 +155,17 @@ mod tests {
         long.push(0);
         assert!(matches!(decode::<Sample>(&long), Err(FormatError::Malformed(_))));
         assert!(matches!(decode::<Sample>(&bytes[..2]), Err(FormatError::Malformed(_))));
+    }
+
+    /// A length prefix claiming more than the limit is refused before anything is allocated.
+    #[test]
+    fn forged_lengths_are_refused_within_the_limit() {
+        // A string claiming 2^32 bytes (varint 0xfc + u32), followed by nothing.
+        let forged = [FORMAT, 0x01, 0xfc, 0x00, 0x00, 0x00, 0x01, 0x00];
+        let err = decode_limited::<Sample, 4096>(&forged).unwrap_err();
+        assert!(matches!(&err, FormatError::Malformed(m) if m.contains("LimitExceeded")), "{err}");
+        let ok = encode(&Sample { a: 1, b: "y".repeat(100) }).unwrap();
+        assert!(decode_limited::<Sample, 4096>(&ok).is_ok());
+        assert!(decode_limited::<Sample, 64>(&ok).is_err());
     }
 }

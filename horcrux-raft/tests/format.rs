@@ -7,7 +7,7 @@ use std::path::Path;
 
 use horcrux_core::{ApplyError, ApplyOk, ClusterState, Command, Request};
 use horcrux_raft::codec::{self, FORMAT};
-use horcrux_raft::transport::{decode_frame, encode_frame, Framing, RpcRequest, RpcResponse};
+use horcrux_raft::transport::{decode_frame, encode_frame, Framing, RpcRequest, RpcResponse, MAX_FRAME};
 use horcrux_raft::{Batch, HorcruxNode, LogStore, OpenError, SmData, StateMachineStore, TypeConfig};
 use openraft::storage::RaftLogStorage;
 use openraft::{
@@ -232,7 +232,7 @@ fn newer_and_damaged_data_dirs_are_refused_unchanged() {
 #[test]
 fn format_0_frames_are_read_and_answered_in_json() {
     let json_ping = serde_json::to_vec(&json!({"Ping": {"from": 3}})).unwrap();
-    let (req, framing) = decode_frame::<RpcRequest>(&json_ping).unwrap();
+    let (req, framing) = decode_frame::<RpcRequest, MAX_FRAME>(&json_ping).unwrap();
     assert!(matches!(req, RpcRequest::Ping { from: 3 }));
     assert_eq!(framing, Framing::Json);
     let reply = encode_frame(&RpcResponse::Pong, framing).unwrap();
@@ -241,12 +241,12 @@ fn format_0_frames_are_read_and_answered_in_json() {
     let req = RpcRequest::Propose(Request { ts_ms: 1, cmd: option("keyboard"), actor: None, id: None });
     let bin = encode_frame(&req, Framing::Binary).unwrap();
     assert_eq!(bin[0], FORMAT);
-    let (back, framing) = decode_frame::<RpcRequest>(&bin).unwrap();
+    let (back, framing) = decode_frame::<RpcRequest, MAX_FRAME>(&bin).unwrap();
     assert_eq!(framing, Framing::Binary);
     assert!(matches!(back, RpcRequest::Propose(r) if r.cmd == option("keyboard")));
     let json = encode_frame(&req, Framing::Json).unwrap();
     assert!(bin.len() * 2 < json.len(), "binary {} bytes, JSON {}", bin.len(), json.len());
     let mut newer = bin.clone();
     newer[0] = FORMAT + 1;
-    assert!(decode_frame::<RpcRequest>(&newer).unwrap_err().contains("newer"));
+    assert!(decode_frame::<RpcRequest, MAX_FRAME>(&newer).unwrap_err().contains("newer"));
 }

@@ -212,7 +212,7 @@ impl QuicNetwork {
         if let Some(t) = target {
             self.heard_from(t);
         }
-        super::decode_frame(&reply).map(|(r, _)| r).map_err(terr)
+        super::decode_frame::<_, MAX_FRAME>(&reply).map(|(r, _)| r).map_err(terr)
     }
 
     /// One request to `addr`, with the current identity, then the previous one: a peer that
@@ -375,7 +375,9 @@ pub async fn join_cluster(
                 .await
                 .map_err(terr)?;
             let reply = roundtrip(&conn, &req).await?;
-            super::decode_frame::<JoinResponse>(&reply).map(|(r, _)| r).map_err(terr)
+            super::decode_frame::<JoinResponse, { super::MAX_JOIN_FRAME }>(&reply)
+                .map(|(r, _)| r)
+                .map_err(terr)
         };
         match tokio::time::timeout(JOIN_ATTEMPT, attempt).await {
             Ok(Ok(JoinResponse::Accepted { node_id, cert_pem, ca_pem, members, expires_s })) => {

@@ -32,16 +32,23 @@ pub enum Framing {
     Json,
 }
 
-/// A request (or reply) frame, in the current format or in format 0's JSON.
-pub fn decode_frame<T: bincode::Decode<()> + serde::de::DeserializeOwned>(
+/// A request (or reply) frame, in the current format or in format 0's JSON; decoding it
+/// allocates at most `LIMIT` bytes ([`MAX_FRAME`] between members, [`MAX_JOIN_FRAME`] from
+/// a joining node, which is not authenticated yet).
+pub fn decode_frame<T: bincode::Decode<()> + serde::de::DeserializeOwned, const LIMIT: usize>(
     bytes: &[u8],
 ) -> Result<(T, Framing), String> {
+    if bytes.len() > LIMIT {
+        return Err(format!("frame of {} bytes, more than {LIMIT}", bytes.len()));
+    }
     if crate::codec::is_json(bytes) {
         return serde_json::from_slice(bytes)
             .map(|v| (v, Framing::Json))
             .map_err(|e| format!("malformed JSON frame: {e}"));
     }
-    crate::codec::decode(bytes).map(|v| (v, Framing::Binary)).map_err(|e| format!("frame {e}"))
+    crate::codec::decode_limited::<T, LIMIT>(bytes)
+        .map(|v| (v, Framing::Binary))
+        .map_err(|e| format!("frame {e}"))
 }
 
 /// `value` as a frame in `framing`.
@@ -54,6 +61,8 @@ pub fn encode_frame<T: bincode::Encode + Serialize>(value: &T, framing: Framing)
 
 /// Largest frame accepted: snapshots travel in openraft chunks well below this.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Largest join request or answer.
+pub const MAX_JOIN_FRAME: usize = 64 * 1024;
 
 #[derive(Debug, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum RpcRequest {

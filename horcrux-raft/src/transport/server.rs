@@ -92,7 +92,7 @@ async fn rpc_stream(
     mut recv: quinn::RecvStream,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let bytes = recv.read_to_end(MAX_FRAME).await?;
-    let (req, framing) = super::decode_frame::<RpcRequest>(&bytes)?;
+    let (req, framing) = super::decode_frame::<RpcRequest, MAX_FRAME>(&bytes)?;
     let raft = handle.raft();
     let resp = match req {
         RpcRequest::AppendEntries(r) => RpcResponse::AppendEntries(raft.append_entries(r).await),
@@ -136,7 +136,7 @@ async fn join_stream(
     source: std::net::IpAddr,
     presented: Option<rustls::pki_types::CertificateDer<'static>>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let bytes = recv.read_to_end(64 * 1024).await?;
+    let bytes = recv.read_to_end(super::MAX_JOIN_FRAME).await?;
     // The joining node proves it holds the key it asks a certificate for: the TLS handshake
     // was signed with the key of the certificate it presented.
     let holds = |req: &JoinRequest| {
@@ -144,7 +144,7 @@ async fn join_stream(
         let asked = horcrux_core::ids::hex_decode(&req.public_key_hex);
         key.is_some() && key == asked
     };
-    let decoded = super::decode_frame::<JoinRequest>(&bytes);
+    let decoded = super::decode_frame::<JoinRequest, { super::MAX_JOIN_FRAME }>(&bytes);
     let framing = decoded.as_ref().map(|(_, f)| *f).unwrap_or(super::Framing::Binary);
     let resp = match decoded {
         Ok((req, _)) if holds(&req) => handle.admit(req, source).await,
