@@ -13,7 +13,8 @@
 //! killed with SIGKILL and a write is sent at once to a follower, retried every 5 ms until
 //! it is accepted; the time from the kill to the acceptance is printed for both systems,
 //! then the killed member is restarted on its data and the cluster is let heal.
-//! `BENCH_KEEP=1` keeps the data dirs and daemon logs.
+//! `BENCH_KEEP=1` keeps the data dirs and daemon logs. `BENCH_HORCRUX_BIN=PATH` runs
+//! another build of the daemon (to compare two commits on the same machine).
 //!
 //! First, the codec: one AppendEntries RPC carrying a batch of 16 such writes (what the
 //! leader sends under 16 clients), in format 0 (JSON) and format 1 (bincode, the current
@@ -203,7 +204,11 @@ fn etcd_leader(members: &[Member], dead: Option<usize>) -> usize {
 }
 
 fn start_horcrux(root: &Path, procs: &mut Procs) -> (String, String, Vec<Member>) {
-    let bin = env!("CARGO_BIN_EXE_horcrux");
+    // `BENCH_HORCRUX_BIN`: another build of the daemon (an A/B comparison of two commits).
+    let bin: &'static str = match std::env::var("BENCH_HORCRUX_BIN") {
+        Ok(path) => Box::leak(path.into_boxed_str()),
+        Err(_) => env!("CARGO_BIN_EXE_horcrux"),
+    };
     let mut api = Vec::new();
     let mut admin_token = String::new();
     let mut members = Vec::new();
