@@ -148,7 +148,7 @@ pub enum Ugid {
     Token(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AclEntry {
     /// `/`, `/vms/100`, `/storage/local`, `/nodes/n1`, `/pool/p`, `/access`, `/sdn/...`
     pub path: String,
@@ -157,6 +157,7 @@ pub struct AclEntry {
     /// Also applies to every path below `path`.
     pub propagate: bool,
 }
+crate::evolving!(AclEntry { path, ugid, role, propagate });
 
 /// Checks an ACL path: absolute, no empty, `.` or `..` components, printable ASCII.
 pub fn validate_acl_path(field: &str, path: &str) -> Result<(), ValidationError> {
@@ -185,7 +186,7 @@ fn path_chain(path: &str) -> Vec<String> {
 
 /// The API caller a command was proposed by: a user (logged in with a ticket) or one of
 /// its API tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     pub userid: String,
     /// `USER@REALM!TOKENID` when the caller used a token.
@@ -195,6 +196,7 @@ pub struct Actor {
     #[serde(default)]
     pub privsep: bool,
 }
+crate::evolving!(Actor { userid, token, privsep });
 
 impl Actor {
     pub fn user(userid: &str) -> Self {

@@ -7,7 +7,7 @@ use crate::model::{CorosyncConfig, DesiredPower, GuestConfig, StorageKind};
 
 /// One log entry's payload: a command plus the wall-clock time the proposer assigned,
 /// so that `apply` never reads a clock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub ts_ms: u64,
     pub cmd: Command,
@@ -23,6 +23,7 @@ pub struct Request {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<RequestId>,
 }
+crate::evolving!(Request { ts_ms, cmd, actor, id });
 
 /// Who proposed a request (a random id per proposing process) and its sequence number.
 #[derive(
@@ -295,11 +296,12 @@ impl Command {
 }
 
 /// What a successful apply reports back to the proposer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyOk {
     /// The revision the touched object now has (the log index).
     pub revision: u64,
 }
+crate::evolving!(ApplyOk { revision });
 
 /// Why `apply` refused a command; state is untouched when it does.
 #[derive(

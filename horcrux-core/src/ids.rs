@@ -8,14 +8,13 @@ pub const VMID_MIN: u32 = 100;
 pub const VMID_MAX: u32 = 999_999_999;
 
 /// A refused input: which field, and why.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, bincode::Encode, bincode::Decode,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct ValidationError {
     pub field: String,
     pub message: String,
 }
+crate::evolving!(ValidationError { field, message });
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod command;
+pub mod evolving;
 pub mod ids;
 pub mod model;
 pub mod state;

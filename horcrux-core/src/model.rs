@@ -12,13 +12,14 @@ pub const DISK_MIB_MAX: u64 = 64 * 1024 * 1024;
 pub const DISKS_MAX: usize = 16;
 pub const CMDLINE_MAX: usize = 4096;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub name: String,
     /// Address of the node's HTTPS API, as other nodes reach it.
     pub api_addr: String,
     pub revision: u64,
 }
+crate::evolving!(NodeInfo { name, api_addr, revision });
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -27,13 +28,14 @@ pub enum StorageKind {
     Dir { path: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoragePool {
     pub id: String,
     #[serde(flatten)]
     pub kind: StorageKind,
     pub revision: u64,
 }
+crate::evolving!(StoragePool { id, kind, revision });
 
 impl StoragePool {
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -64,7 +66,7 @@ impl DesiredPower {
 
 /// Direct kernel boot: how tests boot a real guest in seconds. `kernel` and `initrd` are
 /// volumes (`local:snippets/vmlinuz`) or, set by root@pam only, host paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelBoot {
     pub kernel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +74,7 @@ pub struct KernelBoot {
     #[serde(default)]
     pub cmdline: String,
 }
+crate::evolving!(KernelBoot { kernel, initrd, cmdline });
 
 impl KernelBoot {
     /// The files it boots from, each with the field that names it.
@@ -82,7 +85,7 @@ impl KernelBoot {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
     pub storage: String,
     pub size_mib: u64,
@@ -94,8 +97,9 @@ pub struct DiskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
 }
+crate::evolving!(DiskSpec { storage, size_mib, volume, slot });
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
     pub memory_mib: u64,
     pub cores: u32,
@@ -111,6 +115,7 @@ pub struct VmSpec {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub options: std::collections::BTreeMap<String, String>,
 }
+crate::evolving!(VmSpec { memory_mib, cores, sockets, disks, boot, nets, options });
 
 fn one_socket() -> u32 {
     1
@@ -227,7 +232,7 @@ pub enum GuestConfig {
     Qemu(VmSpec),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Guest {
     pub vmid: u32,
     pub name: String,
@@ -239,6 +244,7 @@ pub struct Guest {
     pub revision: u64,
     pub created_ms: u64,
 }
+crate::evolving!(Guest { vmid, name, node, config, desired, revision, created_ms });
 
 impl Guest {
     pub fn vm_spec(&self) -> &VmSpec {
@@ -249,7 +255,7 @@ impl Guest {
 }
 
 /// An API token; only a hash of its secret is replicated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiToken {
     /// `USER@REALM!TOKENID`, e.g. `root@pam!admin`.
     pub id: String,
@@ -262,6 +268,7 @@ pub struct ApiToken {
     pub expire: u64,
     pub revision: u64,
 }
+crate::evolving!(ApiToken { id, secret_sha256, privsep, expire, revision });
 
 impl ApiToken {
     /// `alice@pve!ci` -> `alice@pve`.
@@ -271,7 +278,7 @@ impl ApiToken {
 }
 
 /// A user of the built-in `pve` realm or of `pam`. `root@pam` always exists implicitly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub userid: String,
     pub comment: String,
@@ -295,6 +302,18 @@ pub struct User {
     #[serde(default)]
     pub credentials_revision: u64,
 }
+crate::evolving!(User {
+    userid,
+    comment,
+    groups,
+    expire,
+    revision,
+    password_hash,
+    tfa,
+    enable,
+    email,
+    credentials_revision
+});
 
 fn yes() -> bool {
     true
@@ -309,7 +328,7 @@ impl User {
 
 /// A resource pool: guests and storages grouped so that rights granted on `/pool/{id}`
 /// apply to each member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
     pub poolid: String,
     pub comment: String,
@@ -317,28 +336,31 @@ pub struct Pool {
     pub storage: std::collections::BTreeSet<String>,
     pub revision: u64,
 }
+crate::evolving!(Pool { poolid, comment, vms, storage, revision });
 
 /// A group of users, named in ACL entries (`@group` in Proxmox's UI).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     pub groupid: String,
     pub comment: String,
     pub revision: u64,
 }
+crate::evolving!(Group { groupid, comment, revision });
 
 /// A TOTP second factor: the shared secret (base32, replicated like Proxmox's
 /// `priv/tfa.cfg`), the last time step accepted (no code is accepted twice), and the
 /// SHA-256 hashes of the recovery codes (`None` once used).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tfa {
     pub totp_secret: String,
     pub last_step: u64,
     pub recovery: Vec<Option<String>>,
 }
+crate::evolving!(Tfa { totp_secret, last_step, recovery });
 
 /// The cluster CA, replicated so whichever node leads can sign a joining node's
 /// certificate (Proxmox keeps its CA key in the replicated /etc/pve/priv the same way).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterCaRecord {
     pub cert_pem: String,
     pub key_pem: String,
@@ -350,6 +372,7 @@ pub struct ClusterCaRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_cert_pem: Option<String>,
 }
+crate::evolving!(ClusterCaRecord { cert_pem, key_pem, fingerprint, previous_cert_pem });
 
 impl ClusterCaRecord {
     /// The CA certificates members trust: the current one, and the previous during a roll.
@@ -366,7 +389,7 @@ impl std::fmt::Debug for ClusterCaRecord {
 
 /// A key tickets and CSRF tokens are signed with (HMAC-SHA256), of its own: not derived
 /// from any other secret. Replicated so every node accepts every node's tickets.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketKey {
     /// The log index that installed it.
     pub id: u64,
@@ -374,6 +397,7 @@ pub struct TicketKey {
     pub secret_hex: String,
     pub created_ms: u64,
 }
+crate::evolving!(TicketKey { id, secret_hex, created_ms });
 
 impl std::fmt::Debug for TicketKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -383,15 +407,16 @@ impl std::fmt::Debug for TicketKey {
 
 /// The current ticket key and the one it replaced: tickets signed with either are accepted,
 /// so a rotation (every 24 h) never logs anyone out (tickets live 2 h).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketKeys {
     pub current: TicketKey,
     #[serde(default)]
     pub previous: Option<TicketKey>,
 }
+crate::evolving!(TicketKeys { current, previous });
 
 /// A member's transport certificate, named by its SHA-256 fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberCert {
     pub name: String,
     pub fingerprint: String,
@@ -403,9 +428,10 @@ pub struct MemberCert {
     #[serde(default)]
     pub ca: String,
 }
+crate::evolving!(MemberCert { name, fingerprint, previous, ca });
 
 /// A single-use bootstrap token for joining the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {
     pub id: String,
     pub secret_sha256: String,
@@ -418,9 +444,10 @@ pub struct JoinToken {
     pub node_id: Option<u64>,
     pub revoked: bool,
 }
+crate::evolving!(JoinToken { id, secret_sha256, created_ms, expires_ms, used_by, node_id, revoked });
 
 /// A node of an imported `corosync.conf` nodelist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorosyncNode {
     pub name: String,
     pub nodeid: u32,
@@ -431,13 +458,15 @@ pub struct CorosyncNode {
     #[serde(default)]
     pub links: Vec<CorosyncLink>,
 }
+crate::evolving!(CorosyncNode { name, nodeid, ring0_addr, quorum_votes, links });
 
 /// One of a node's corosync links: `ringN_addr` with N = `link`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorosyncLink {
     pub link: u8,
     pub addr: String,
 }
+crate::evolving!(CorosyncLink { link, addr });
 
 fn one_vote() -> u32 {
     1
@@ -445,7 +474,7 @@ fn one_vote() -> u32 {
 
 /// What `horcrux cluster import-corosync` records from a `corosync.conf`: node names and
 /// ids, and the votequorum settings that quorum reporting follows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CorosyncConfig {
     pub cluster_name: String,
     pub nodes: Vec<CorosyncNode>,
@@ -454,6 +483,7 @@ pub struct CorosyncConfig {
     /// Explicit setting; `None` means votequorum's default (on iff two_node).
     pub wait_for_all: Option<bool>,
 }
+crate::evolving!(CorosyncConfig { cluster_name, nodes, expected_votes, two_node, wait_for_all });
 
 /// An authentication realm besides the built-in `pam` and `pve`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]

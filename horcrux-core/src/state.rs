@@ -9,7 +9,7 @@ use crate::command::{ApplyError, ApplyOk, Command, Request};
 use crate::ids::{self, ValidationError, VMID_MAX, VMID_MIN};
 use crate::model::*;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeInfo>,
     pub storage: BTreeMap<String, StoragePool>,
@@ -51,6 +51,26 @@ pub struct ClusterState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sessions: BTreeMap<u64, ClientSession>,
 }
+crate::evolving!(ClusterState {
+    nodes,
+    storage,
+    guests,
+    api_tokens,
+    cluster_ca,
+    join_tokens,
+    next_node_id,
+    corosync,
+    options,
+    users,
+    acl,
+    realms,
+    roles,
+    groups,
+    pools,
+    ticket_keys,
+    member_certs,
+    sessions
+});
 
 /// Results kept per client: enough for every request a node can have in flight at once.
 pub const SESSION_WINDOW: usize = 1024;
@@ -58,11 +78,12 @@ pub const SESSION_WINDOW: usize = 1024;
 pub const SESSION_TTL_MS: u64 = 3_600_000;
 
 /// One proposing client's latest requests and what they answered.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientSession {
     pub last_ts_ms: u64,
     pub results: BTreeMap<u64, Result<ApplyOk, ApplyError>>,
 }
+crate::evolving!(ClientSession { last_ts_ms, results });
 
 fn first_joined_node_id() -> u64 {
     2

@@ -14,7 +14,7 @@ pub const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "rtl8139", "vmxne
 pub const NETS_MAX: u8 = 32;
 
 /// One network card: `netN` in Proxmox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetSpec {
     /// N of `netN`, 0-31.
     pub index: u8,
@@ -31,6 +31,7 @@ pub struct NetSpec {
     #[serde(default)]
     pub link_down: bool,
 }
+crate::evolving!(NetSpec { index, model, macaddr, bridge, tag, firewall, link_down });
 
 impl NetSpec {
     pub fn validate(&self, field: &str) -> Result<(), ValidationError> {

@@ -3,17 +3,21 @@
 //!
 //! Every record and frame is one format byte ([`FORMAT`]) followed by bincode 2 with
 //! `config::standard()` (little-endian, variable-length integers). Horcrux's own types use
-//! bincode's derives, which are positional: struct fields in declaration order, enum
-//! variants by their index. openraft's types go through their serde impls in bincode's
-//! serde mode; the one Horcrux type inside them, the entry payload [`Batch`], carries its
-//! native encoding as bytes.
+//! bincode's derives (enums: the variant's index, then its fields in order) or
+//! `horcrux_core::evolving!` (structs: a field count, then the fields in order).
+//! openraft's types go through their serde impls in bincode's serde mode; the one Horcrux
+//! type inside them, the entry payload [`Batch`], carries its native encoding as bytes.
 //!
-//! How the format evolves: appending a variant at the end of an enum keeps the format.
-//! Anything else that changes an encoded type (a field added, removed, reordered or
-//! retyped; a variant inserted or removed) makes a new format: bump [`FORMAT`], keep the
-//! previous types as a reader of the previous format, and add its upgrade step to
-//! [`crate::upgrade`]. The golden test in `tests/format.rs` fails when an encoding changes
-//! without that.
+//! How the format evolves. Structs of the state, of requests and of the node identity are
+//! encoded by `horcrux_core::evolving!`: a field count, then the fields; a field appended
+//! at the end (with the value older records decode to) keeps the format, and a record from
+//! a newer build with more fields is refused by name. Enum variants are positional: a
+//! variant appended at the end keeps the format, and a command that needs another field
+//! becomes a new variant. Anything else that changes an encoding (a field removed or
+//! reordered, a variant's fields changed, a variant inserted; `HorcruxNode` or `SmData`,
+//! which are positional) makes a new format: bump [`FORMAT`], keep the previous types as
+//! a reader of the previous format, and add its upgrade step to [`crate::upgrade`]. The
+//! golden test in `tests/format.rs` fails when an encoding changes without that.
 //!
 //! Format 0 was JSON (serde_json), before format bytes existed; `upgrade` converts a data
 //! dir written in it, and the transport still answers a JSON request in JSON.

@@ -71,14 +71,15 @@ pub struct OpenOptions {
     pub snapshot_logs: Option<u64>,
 }
 
-#[derive(Clone, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Certs {
     pub(crate) ca_pem: String,
     pub(crate) cert_pem: String,
     pub(crate) key_pem: String,
 }
+horcrux_core::evolving!(Certs { ca_pem, cert_pem, key_pem });
 
-#[derive(Clone, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StoredIdentity {
     pub(crate) id: NodeId,
     pub(crate) name: String,
@@ -97,6 +98,7 @@ pub(crate) struct StoredIdentity {
     #[serde(default)]
     pub(crate) joined: bool,
 }
+horcrux_core::evolving!(StoredIdentity { id, name, certs, pinned, cert_expires_s, joined });
 
 fn load_identity(db: &DB) -> Result<Option<StoredIdentity>, ProposeError> {
     match db.get_cf(cf(db, CF_META), KEY_NODE).map_err(storage)? {
