@@ -6,6 +6,7 @@
 pub mod access;
 pub mod command;
 pub mod evolving;
+pub mod ha;
 pub mod ids;
 pub mod model;
 pub mod state;

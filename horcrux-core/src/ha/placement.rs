@@ -1,0 +1,539 @@
+//! Where an HA resource should run: a pure function of the nodes, what already runs on
+//! them, and the rules, following Proxmox's `select_service_node` (filters in its order,
+//! then `basic` or `static` scoring), plus what Proxmox does not check: free memory,
+//! storages the guest needs, and its CPU architecture. Every decision carries its
+//! explanation, one line per node left out and one for the choice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::rules::{Rule, RuleKind};
+
+/// How candidate nodes are scored (cluster option `crs.ha`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crs {
+    /// HA resources per node.
+    Basic,
+    /// Configured CPU and memory as fractions of each node's capacity, ranked by TOPSIS over
+    /// the cluster's resulting load (as Proxmox's static scheduler).
+    Static,
+}
+
+/// What the caller is choosing for (Proxmox's `node_preference`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preference {
+    /// Keep the current node when the rules allow it (a started resource, a restart).
+    Stay,
+    /// The best-scored node (recovery after a fence, rebalance on start).
+    BestScore,
+    /// The next node after the current one, leaving out nodes it failed on (relocation
+    /// after a failed start).
+    TryNext,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub online: bool,
+    pub maintenance: bool,
+    pub cpus: u32,
+    pub mem_mib: u64,
+    /// `uname -m`.
+    pub arch: String,
+    /// Architectures it can emulate (the `qemu-system-*` binaries it has).
+    pub emulates: BTreeSet<String>,
+    pub storages: BTreeSet<String>,
+}
+
+/// A resource that takes room on a node: HA resources and other running guests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    pub sid: String,
+    /// Where it runs, and where it is moving to (it counts on both).
+    pub node: String,
+    pub target: Option<String>,
+    pub cpus: f64,
+    pub mem_mib: u64,
+    /// An HA resource (the `basic` score counts these).
+    pub ha: bool,
+}
+
+/// The resource being placed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ask {
+    pub sid: String,
+    pub current: Option<String>,
+    pub failback: bool,
+    pub preference: Preference,
+    pub failed_nodes: Vec<String>,
+    /// The node it was moved off for maintenance: it goes back there when allowed.
+    pub maintenance_node: Option<String>,
+    pub cpus: f64,
+    pub mem_mib: u64,
+    pub arch: String,
+    pub emulation_allowed: bool,
+    pub storages: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub node: Option<String>,
+    pub explanation: Vec<String>,
+}
+
+/// The rules, indexed by resource.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    /// sid -> (rule id, node priorities, strict).
+    node_affinity: HashMap<String, (String, BTreeMap<String, u32>, bool)>,
+    /// sid -> the other resources kept on its node, with the rule that says so.
+    together: HashMap<String, Vec<(String, String)>>,
+    /// sid -> the resources kept off its node, with the rule.
+    apart: HashMap<String, Vec<(String, String)>>,
+}
+
+impl Compiled {
+    /// Compiles the enabled rules (already checked by `rules::check_feasibility`).
+    /// Positive rules that share resources join transitively, and a resource kept apart
+    /// from one member of such a group is kept apart from all of them.
+    pub fn new(rules: &[Rule]) -> Self {
+        let mut c = Compiled::default();
+        let enabled: Vec<&Rule> = rules.iter().filter(|r| !r.disable).collect();
+        for r in &enabled {
+            if let RuleKind::NodeAffinity { nodes, strict } = &r.kind {
+                for sid in &r.resources {
+                    c.node_affinity.insert(sid.clone(), (r.rule.clone(), nodes.clone(), *strict));
+                }
+            }
+        }
+        let groups = super::rules::positive_groups(&enabled);
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        for (i, (ids, res)) in groups.iter().enumerate() {
+            let name = ids.join("+");
+            for sid in res {
+                group_of.insert(sid, i);
+                let others = res.iter().filter(|o| *o != sid).map(|o| (o.clone(), name.clone()));
+                c.together.entry(sid.clone()).or_default().extend(others);
+            }
+        }
+        let members = |sid: &str| -> Vec<String> {
+            match group_of.get(sid) {
+                Some(&i) => groups[i].1.iter().cloned().collect(),
+                None => vec![sid.to_string()],
+            }
+        };
+        for r in enabled.iter().filter(|r| matches!(r.kind, RuleKind::ResourceAffinity { positive: false })) {
+            for a in &r.resources {
+                for b in r.resources.iter().filter(|b| *b != a) {
+                    for x in members(a) {
+                        for y in members(b) {
+                            c.apart.entry(x.clone()).or_default().push((y, r.rule.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        c
+    }
+}
+
+struct Load {
+    cpu: f64,
+    mem: f64,
+    ha: u32,
+}
+
+/// Chooses a node for `ask`; see the module documentation.
+pub fn select_node(ask: &Ask, nodes: &[NodeView], placed: &[Placed], rules: &Compiled, crs: Crs) -> Decision {
+    let mut why = Vec::new();
+    // What runs where (the resource itself left out), and where its partners are.
+    let mut load: BTreeMap<&str, Load> =
+        nodes.iter().map(|n| (n.name.as_str(), Load { cpu: 0.0, mem: 0.0, ha: 0 })).collect();
+    let mut at: HashMap<&str, Vec<&str>> = HashMap::new();
+    for p in placed.iter().filter(|p| p.sid != ask.sid) {
+        for node in std::iter::once(&p.node).chain(p.target.as_ref()) {
+            if let Some(l) = load.get_mut(node.as_str()) {
+                l.cpu += p.cpus;
+                l.mem += p.mem_mib as f64;
+                l.ha += u32::from(p.ha);
+            }
+            at.entry(p.sid.as_str()).or_default().push(node);
+        }
+    }
+
+    // Nodes that can hold it at all.
+    let mut candidates: Vec<&NodeView> = Vec::new();
+    for n in nodes {
+        let free = (n.mem_mib as f64 - load[n.name.as_str()].mem).max(0.0) as u64;
+        let missing: Vec<&String> = ask.storages.difference(&n.storages).collect();
+        let reason = if !n.online {
+            Some("offline".to_string())
+        } else if n.maintenance {
+            Some("in maintenance".to_string())
+        } else if let Some(s) = missing.first() {
+            Some(format!("does not reach storage '{s}'"))
+        } else if n.arch != ask.arch && !(ask.emulation_allowed && n.emulates.contains(&ask.arch)) {
+            Some(if ask.emulation_allowed {
+                format!("{} node without qemu-system-{}", n.arch, ask.arch)
+            } else {
+                format!("{} node; the guest is {} and forbids emulation", n.arch, ask.arch)
+            })
+        } else if free < ask.mem_mib {
+            Some(format!("{free} MiB free, needs {} MiB", ask.mem_mib))
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => why.push(format!("{}: {r}", n.name)),
+            None => candidates.push(n),
+        }
+    }
+
+    // Node affinity: the highest-priority group of the allowed nodes.
+    let mut pri: Vec<&NodeView> = candidates.clone();
+    let allowed: BTreeSet<&str>;
+    if let Some((rule, prio, strict)) = rules.node_affinity.get(&ask.sid) {
+        let rank = |n: &NodeView| prio.get(&n.name).map(|p| i64::from(*p)).unwrap_or(-1);
+        if *strict {
+            for n in candidates.iter().filter(|n| !prio.contains_key(&n.name)) {
+                why.push(format!("{}: strict node-affinity rule {rule} excludes it", n.name));
+            }
+            pri.retain(|n| prio.contains_key(&n.name));
+        }
+        allowed = pri.iter().map(|n| n.name.as_str()).collect();
+        if let Some(best) = pri.iter().map(|n| rank(n)).max() {
+            for n in pri.iter().filter(|n| rank(n) < best) {
+                let p = if rank(n) < 0 { "unlisted".to_string() } else { format!("priority {}", rank(n)) };
+                why.push(format!("{}: {p} in node-affinity rule {rule}, below {best}", n.name));
+            }
+            pri.retain(|n| rank(n) == best);
+        }
+    } else {
+        allowed = pri.iter().map(|n| n.name.as_str()).collect();
+    }
+    if pri.is_empty() {
+        why.push(format!("no node can run {}", ask.sid));
+        return Decision { node: None, explanation: why };
+    }
+
+    // Resource affinity.
+    let mut together: BTreeMap<&str, (u32, &str)> = BTreeMap::new();
+    for (other, rule) in rules.together.get(&ask.sid).into_iter().flatten() {
+        // A partner counts where it is going, else where it is.
+        if let Some(n) = at.get(other.as_str()).and_then(|v| v.last()) {
+            let e = together.entry(n).or_insert((0, rule));
+            e.0 += 1;
+        }
+    }
+    let mut separate: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for (other, rule) in rules.apart.get(&ask.sid).into_iter().flatten() {
+        for n in at.get(other.as_str()).into_iter().flatten() {
+            separate.entry(n).or_insert((other, rule));
+        }
+    }
+    let current = ask.current.as_deref();
+    if let Some(cur) = current {
+        let keeps = together.contains_key(cur) || !separate.contains_key(cur);
+        if ask.preference == Preference::Stay && !ask.failback && allowed.contains(cur) && keeps {
+            why.push(format!("stays on {cur}: allowed, and failback is off"));
+            return Decision { node: Some(cur.to_string()), explanation: why };
+        }
+    }
+    if ask.preference == Preference::TryNext {
+        for n in pri.iter().filter(|n| ask.failed_nodes.contains(&n.name)) {
+            why.push(format!("{}: {} failed to start there", n.name, ask.sid));
+        }
+        pri.retain(|n| !ask.failed_nodes.contains(&n.name));
+    }
+    for n in pri.iter() {
+        if let Some((other, rule)) = separate.get(n.name.as_str()) {
+            why.push(format!(
+                "{}: negative resource-affinity rule {rule} keeps it apart from {other}",
+                n.name
+            ));
+        }
+    }
+    pri.retain(|n| !separate.contains_key(n.name.as_str()));
+    if let Some(most) = pri.iter().filter_map(|n| together.get(n.name.as_str()).map(|t| t.0)).max() {
+        for n in pri.iter().filter(|n| together.get(n.name.as_str()).map(|t| t.0) != Some(most)) {
+            let (_, rule) = together.values().next().copied().unwrap_or((0, ""));
+            why.push(format!(
+                "{}: positive resource-affinity rule {rule} keeps it with its partners",
+                n.name
+            ));
+        }
+        pri.retain(|n| together.get(n.name.as_str()).map(|t| t.0) == Some(most));
+    }
+    if pri.is_empty() {
+        why.push(format!("no node can run {}", ask.sid));
+        return Decision { node: None, explanation: why };
+    }
+    if let Some(m) = ask.maintenance_node.as_deref().filter(|m| pri.iter().any(|n| n.name == *m)) {
+        why.push(format!("back to {m}, which it left for maintenance"));
+        return Decision { node: Some(m.to_string()), explanation: why };
+    }
+    if let Some(cur) =
+        current.filter(|c| ask.preference == Preference::Stay && pri.iter().any(|n| n.name == *c))
+    {
+        why.push(format!("stays on {cur}: among the preferred nodes"));
+        return Decision { node: Some(cur.to_string()), explanation: why };
+    }
+
+    // Score: lower is better; ties by name.
+    let costs = score(ask, &pri, nodes, &load, crs);
+    let mut ranked: Vec<(f64, &str)> =
+        pri.iter().map(|n| n.name.as_str()).zip(costs).map(|(n, c)| (c, n)).collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+    let pick = match (ask.preference, current) {
+        (Preference::TryNext, Some(cur)) => match ranked.iter().position(|r| r.1 == cur) {
+            Some(i) if i + 1 < ranked.len() => i + 1,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let (cost, chosen) = ranked[pick];
+    let others: Vec<String> =
+        ranked.iter().filter(|r| r.1 != chosen).map(|(c, n)| format!("{n} {c:.2}")).collect();
+    let kind = match crs {
+        Crs::Basic => "HA resources on it",
+        Crs::Static => "static load score",
+    };
+    let mut line = format!("chose {chosen}, {kind} {cost:.2}");
+    if !others.is_empty() {
+        line.push_str(&format!(" (others: {})", others.join(", ")));
+    }
+    why.push(line);
+    Decision { node: Some(chosen.to_string()), explanation: why }
+}
+
+/// One cost per candidate (lower is better).
+fn score(
+    ask: &Ask,
+    cands: &[&NodeView],
+    nodes: &[NodeView],
+    load: &BTreeMap<&str, Load>,
+    crs: Crs,
+) -> Vec<f64> {
+    match crs {
+        Crs::Basic => cands.iter().map(|n| f64::from(load[n.name.as_str()].ha)).collect(),
+        Crs::Static => {
+            // The cluster's load if the resource started on each candidate: RMS and max of
+            // CPU and memory use as fractions of capacity over the online nodes.
+            let online: Vec<&NodeView> = nodes.iter().filter(|n| n.online).collect();
+            let frac = |n: &NodeView, extra: bool| {
+                let l = &load[n.name.as_str()];
+                let (c, m) = if extra { (ask.cpus, ask.mem_mib as f64) } else { (0.0, 0.0) };
+                ((l.cpu + c) / f64::from(n.cpus.max(1)), (l.mem + m) / (n.mem_mib.max(1) as f64))
+            };
+            let base: Vec<(f64, f64)> = online.iter().map(|n| frac(n, false)).collect();
+            let k = online.len().max(1) as f64;
+            let rows: Vec<[f64; 4]> = cands
+                .iter()
+                .map(|cand| {
+                    let (mut sc, mut mc, mut sm, mut mm) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+                    for (n, b) in online.iter().zip(&base) {
+                        let (c, m) = if n.name == cand.name { frac(n, true) } else { *b };
+                        sc += c * c;
+                        sm += m * m;
+                        mc = mc.max(c);
+                        mm = mm.max(m);
+                    }
+                    [1.0 + (sc / k).sqrt(), 1.0 + mc, 1.0 + (sm / k).sqrt(), 1.0 + mm]
+                })
+                .collect();
+            topsis_costs(&rows, [1.0, 2.0, 5.0, 10.0])
+        }
+    }
+}
+
+/// TOPSIS over criteria that are all to be minimised: each column normalised by its L2
+/// norm and weighted; a row's closeness is its distance to the worst values over the sum
+/// of its distances to the best and the worst. Returned as costs, 1 - closeness.
+fn topsis_costs(rows: &[[f64; 4]], weights: [f64; 4]) -> Vec<f64> {
+    let total: f64 = weights.iter().sum();
+    let norms: Vec<f64> =
+        (0..4).map(|j| rows.iter().map(|r| r[j] * r[j]).sum::<f64>().sqrt().max(f64::MIN_POSITIVE)).collect();
+    let v: Vec<[f64; 4]> =
+        rows.iter().map(|r| std::array::from_fn(|j| r[j] / norms[j] * weights[j] / total)).collect();
+    let best: [f64; 4] = std::array::from_fn(|j| v.iter().map(|r| r[j]).fold(f64::INFINITY, f64::min));
+    let worst: [f64; 4] = std::array::from_fn(|j| v.iter().map(|r| r[j]).fold(f64::NEG_INFINITY, f64::max));
+    let dist = |r: &[f64; 4], p: &[f64; 4]| (0..4).map(|j| (r[j] - p[j]).powi(2)).sum::<f64>().sqrt();
+    v.iter()
+        .map(|r| {
+            let (b, w) = (dist(r, &best), dist(r, &worst));
+            if b + w == 0.0 {
+                0.0
+            } else {
+                1.0 - w / (b + w)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::{parse_nodes, parse_resources};
+    use super::*;
+
+    fn node(name: &str, mem_mib: u64) -> NodeView {
+        NodeView {
+            name: name.into(),
+            online: true,
+            maintenance: false,
+            cpus: 4,
+            mem_mib,
+            arch: "x86_64".into(),
+            emulates: BTreeSet::from(["aarch64".to_string()]),
+            storages: BTreeSet::from(["local".to_string()]),
+        }
+    }
+
+    fn ask(sid: &str) -> Ask {
+        Ask {
+            sid: sid.into(),
+            current: None,
+            failback: true,
+            preference: Preference::BestScore,
+            failed_nodes: vec![],
+            maintenance_node: None,
+            cpus: 1.0,
+            mem_mib: 1024,
+            arch: "x86_64".into(),
+            emulation_allowed: true,
+            storages: BTreeSet::new(),
+        }
+    }
+
+    fn placed(sid: &str, node: &str, mem_mib: u64) -> Placed {
+        Placed { sid: sid.into(), node: node.into(), target: None, cpus: 1.0, mem_mib, ha: true }
+    }
+
+    fn rule(id: &str, res: &str, kind: RuleKind) -> Rule {
+        Rule {
+            rule: id.into(),
+            kind,
+            resources: parse_resources("resources", res).unwrap(),
+            disable: false,
+            comment: String::new(),
+        }
+    }
+
+    fn na(id: &str, res: &str, nodes: &str, strict: bool) -> Rule {
+        rule(id, res, RuleKind::NodeAffinity { nodes: parse_nodes("nodes", nodes).unwrap(), strict })
+    }
+
+    #[test]
+    fn every_node_left_out_is_explained_and_the_choice_scored() {
+        let mut nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 1536), node("h4", 8192)];
+        nodes[3].online = false;
+        let placed = [placed("vm:200", "h1", 1024), placed("vm:201", "h3", 1024)];
+        let rules = Compiled::new(&[na("na1", "vm:100", "h1,h3", true)]);
+        let d = select_node(&ask("vm:100"), &nodes, &placed, &rules, Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h1"));
+        assert_eq!(
+            d.explanation,
+            [
+                "h3: 512 MiB free, needs 1024 MiB",
+                "h4: offline",
+                "h2: strict node-affinity rule na1 excludes it",
+                "chose h1, HA resources on it 1.00",
+            ]
+        );
+        // Without the rule, basic scoring picks the emptiest node.
+        let d = select_node(&ask("vm:100"), &nodes, &placed, &Compiled::new(&[]), Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h2"));
+        assert!(d
+            .explanation
+            .last()
+            .unwrap()
+            .starts_with("chose h2, HA resources on it 0.00 (others: h1 1.00)"));
+    }
+
+    #[test]
+    fn priorities_fall_back_to_lower_groups_and_unlisted_nodes_when_not_strict() {
+        let mut nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 8192)];
+        let rules = Compiled::new(&[na("na1", "vm:100", "h1:2,h2:1", false)]);
+        let d = select_node(&ask("vm:100"), &nodes, &[], &rules, Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h1"));
+        assert!(d.explanation.contains(&"h2: priority 1 in node-affinity rule na1, below 2".to_string()));
+        nodes[0].online = false;
+        nodes[1].online = false;
+        let d = select_node(&ask("vm:100"), &nodes, &[], &rules, Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h3"), "{:?}", d.explanation);
+        // Strict: nowhere to go.
+        let strict = Compiled::new(&[na("na1", "vm:100", "h1:2,h2:1", true)]);
+        let d = select_node(&ask("vm:100"), &nodes, &[], &strict, Crs::Basic);
+        assert_eq!(d.node, None);
+        assert_eq!(d.explanation.last().unwrap(), "no node can run vm:100");
+    }
+
+    #[test]
+    fn resources_are_kept_together_and_apart_transitively() {
+        let nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 8192)];
+        let rules = Compiled::new(&[
+            rule("t1", "vm:100,vm:101", RuleKind::ResourceAffinity { positive: true }),
+            rule("t2", "vm:101,vm:102", RuleKind::ResourceAffinity { positive: true }),
+            rule("a1", "vm:102,vm:103", RuleKind::ResourceAffinity { positive: false }),
+        ]);
+        // vm:102 runs on h2: vm:100 joins it through t1 + t2.
+        let d = select_node(&ask("vm:100"), &nodes, &[placed("vm:102", "h2", 512)], &rules, Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h2"), "{:?}", d.explanation);
+        // vm:103 on h1 and h3 free: vm:100 (grouped with vm:102) avoids h1.
+        let d = select_node(&ask("vm:100"), &nodes, &[placed("vm:103", "h1", 512)], &rules, Crs::Basic);
+        assert!(d
+            .explanation
+            .contains(&"h1: negative resource-affinity rule a1 keeps it apart from vm:103".to_string()));
+        assert_ne!(d.node.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn storage_architecture_and_failures_exclude_nodes() {
+        let mut nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 8192)];
+        nodes[1].storages.insert("shared".into());
+        nodes[2].storages.insert("shared".into());
+        nodes[2].arch = "aarch64".into();
+        nodes[2].emulates.clear();
+        let mut a = ask("vm:100");
+        a.storages.insert("shared".into());
+        let d = select_node(&a, &nodes, &[], &Compiled::new(&[]), Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h2"));
+        assert_eq!(d.explanation[0], "h1: does not reach storage 'shared'");
+        assert_eq!(d.explanation[1], "h3: aarch64 node without qemu-system-x86_64");
+        // A failed start on h2 leaves nothing when relocating.
+        a.preference = Preference::TryNext;
+        a.current = Some("h2".into());
+        a.failed_nodes = vec!["h2".into()];
+        let d = select_node(&a, &nodes, &[], &Compiled::new(&[]), Crs::Basic);
+        assert_eq!(d.node, None, "{:?}", d.explanation);
+    }
+
+    #[test]
+    fn without_failback_a_resource_stays_and_maintenance_returns_it() {
+        let nodes = vec![node("h1", 8192), node("h2", 8192)];
+        let rules = Compiled::new(&[na("na1", "vm:100", "h1:2,h2:1", false)]);
+        let mut a = ask("vm:100");
+        a.preference = Preference::Stay;
+        a.current = Some("h2".into());
+        a.failback = false;
+        assert_eq!(select_node(&a, &nodes, &[], &rules, Crs::Basic).node.as_deref(), Some("h2"));
+        a.failback = true;
+        assert_eq!(select_node(&a, &nodes, &[], &rules, Crs::Basic).node.as_deref(), Some("h1"));
+        let mut b = ask("vm:100");
+        b.maintenance_node = Some("h2".into());
+        let d = select_node(&b, &nodes, &[], &Compiled::new(&[]), Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h2"));
+    }
+
+    #[test]
+    fn static_scoring_prefers_the_node_whose_load_stays_lowest() {
+        let mut nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 16384)];
+        nodes[2].cpus = 16;
+        let placed = [placed("vm:200", "h1", 4096), placed("vm:201", "h2", 1024)];
+        let d = select_node(&ask("vm:100"), &nodes, &placed, &Compiled::new(&[]), Crs::Static);
+        assert_eq!(d.node.as_deref(), Some("h3"), "{:?}", d.explanation);
+        assert!(d.explanation[0].starts_with("chose h3, static load score 0.00"), "{:?}", d.explanation);
+        // Equal rows cost the same, and ties go by name.
+        let same = vec![node("h2", 8192), node("h1", 8192)];
+        let d = select_node(&ask("vm:100"), &same, &[], &Compiled::new(&[]), Crs::Static);
+        assert_eq!(d.node.as_deref(), Some("h1"));
+    }
+}
