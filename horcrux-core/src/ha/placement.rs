@@ -136,40 +136,109 @@ impl Compiled {
     }
 }
 
+#[derive(Debug, Clone, Copy, Default)]
 struct Load {
     cpu: f64,
     mem: f64,
     ha: u32,
 }
 
-/// Chooses a node for `ask`; see the module documentation.
-pub fn select_node(ask: &Ask, nodes: &[NodeView], placed: &[Placed], rules: &Compiled, crs: Crs) -> Decision {
-    let mut why = Vec::new();
-    // What runs where (the resource itself left out), and where its partners are.
-    let mut load: BTreeMap<&str, Load> =
-        nodes.iter().map(|n| (n.name.as_str(), Load { cpu: 0.0, mem: 0.0, ha: 0 })).collect();
-    let mut at: HashMap<&str, Vec<&str>> = HashMap::new();
-    for p in placed.iter().filter(|p| p.sid != ask.sid) {
-        for node in std::iter::once(&p.node).chain(p.target.as_ref()) {
-            if let Some(l) = load.get_mut(node.as_str()) {
-                l.cpu += p.cpus;
-                l.mem += p.mem_mib as f64;
-                l.ha += u32::from(p.ha);
+/// What runs where, kept up to date as resources are placed, so that a decision costs
+/// work in the number of nodes, not of resources.
+#[derive(Debug, Default)]
+pub struct Usage {
+    load: HashMap<String, Load>,
+    placed: HashMap<String, Placed>,
+}
+
+impl Usage {
+    pub fn new(placed: impl IntoIterator<Item = Placed>) -> Self {
+        let mut u = Usage::default();
+        for p in placed {
+            u.add(p);
+        }
+        u
+    }
+
+    /// Records `p` (replacing an earlier record of the same resource).
+    pub fn add(&mut self, p: Placed) {
+        self.remove(&p.sid);
+        for node in p.nodes() {
+            let l = self.load.entry(node.to_string()).or_default();
+            l.cpu += p.cpus;
+            l.mem += p.mem_mib as f64;
+            l.ha += u32::from(p.ha);
+        }
+        self.placed.insert(p.sid.clone(), p);
+    }
+
+    pub fn remove(&mut self, sid: &str) {
+        let Some(p) = self.placed.remove(sid) else { return };
+        for node in p.nodes() {
+            if let Some(l) = self.load.get_mut(node) {
+                l.cpu -= p.cpus;
+                l.mem -= p.mem_mib as f64;
+                l.ha -= u32::from(p.ha);
             }
-            at.entry(p.sid.as_str()).or_default().push(node);
         }
     }
+
+    /// The load on `node` without `own`'s share (the resource being placed).
+    fn without(&self, node: &str, own: Option<&Placed>) -> Load {
+        let mut l = self.load.get(node).copied().unwrap_or_default();
+        if let Some(p) = own.filter(|p| p.nodes().any(|n| n == node)) {
+            l.cpu -= p.cpus;
+            l.mem -= p.mem_mib as f64;
+            l.ha -= u32::from(p.ha);
+        }
+        l
+    }
+
+    /// Where `sid` counts: its node, and its migration target.
+    fn nodes_of(&self, sid: &str) -> Vec<&str> {
+        self.placed.get(sid).map(|p| p.nodes().collect()).unwrap_or_default()
+    }
+}
+
+/// Each node's load, in the order of the node list (a decision looks loads up by node
+/// hundreds of times; hashing node names was most of its cost).
+struct Loads<'a> {
+    nodes: &'a [NodeView],
+    v: Vec<Load>,
+}
+
+impl Loads<'_> {
+    /// `n`'s load; `n` is an element of the node list, so its position is its offset in it.
+    fn of(&self, n: &NodeView) -> Load {
+        let at =
+            (n as *const NodeView as usize - self.nodes.as_ptr() as usize) / std::mem::size_of::<NodeView>();
+        debug_assert!(std::ptr::eq(&self.nodes[at], n));
+        self.v[at]
+    }
+}
+
+impl Placed {
+    fn nodes(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.node.as_str()).chain(self.target.as_deref())
+    }
+}
+
+/// Chooses a node for `ask`; see the module documentation.
+pub fn select_node(ask: &Ask, nodes: &[NodeView], usage: &Usage, rules: &Compiled, crs: Crs) -> Decision {
+    let mut why = Vec::new();
+    let own = usage.placed.get(&ask.sid);
+    let load = Loads { nodes, v: nodes.iter().map(|n| usage.without(&n.name, own)).collect() };
 
     // Nodes that can hold it at all.
     let mut candidates: Vec<&NodeView> = Vec::new();
     for n in nodes {
-        let free = (n.mem_mib as f64 - load[n.name.as_str()].mem).max(0.0) as u64;
-        let missing: Vec<&String> = ask.storages.difference(&n.storages).collect();
+        let free = (n.mem_mib as f64 - load.of(n).mem).max(0.0) as u64;
+        let missing = ask.storages.iter().find(|s| !n.storages.contains(*s));
         let reason = if !n.online {
             Some("offline".to_string())
         } else if n.maintenance {
             Some("in maintenance".to_string())
-        } else if let Some(s) = missing.first() {
+        } else if let Some(s) = missing {
             Some(format!("does not reach storage '{s}'"))
         } else if n.arch != ask.arch && !(ask.emulation_allowed && n.emulates.contains(&ask.arch)) {
             Some(if ask.emulation_allowed {
@@ -189,27 +258,61 @@ pub fn select_node(ask: &Ask, nodes: &[NodeView], placed: &[Placed], rules: &Com
     }
 
     // Node affinity: the highest-priority group of the allowed nodes.
-    let mut pri: Vec<&NodeView> = candidates.clone();
-    let allowed: BTreeSet<&str>;
+    // (The nodes one rule leaves out are named on one line: with many nodes, a line per
+    // node would bury the reasons that matter.)
+    let current = ask.current.as_deref();
+    let mut pri: Vec<&NodeView> = candidates;
     if let Some((rule, prio, strict)) = rules.node_affinity.get(&ask.sid) {
         let rank = |n: &NodeView| prio.get(&n.name).map(|p| i64::from(*p)).unwrap_or(-1);
         if *strict {
-            for n in candidates.iter().filter(|n| !prio.contains_key(&n.name)) {
-                why.push(format!("{}: strict node-affinity rule {rule} excludes it", n.name));
+            let out = names(pri.iter().filter(|n| !prio.contains_key(&n.name)));
+            if !out.is_empty() {
+                why.push(format!("strict node-affinity rule {rule} excludes {out}"));
             }
             pri.retain(|n| prio.contains_key(&n.name));
         }
-        allowed = pri.iter().map(|n| n.name.as_str()).collect();
         if let Some(best) = pri.iter().map(|n| rank(n)).max() {
-            for n in pri.iter().filter(|n| rank(n) < best) {
-                let p = if rank(n) < 0 { "unlisted".to_string() } else { format!("priority {}", rank(n)) };
-                why.push(format!("{}: {p} in node-affinity rule {rule}, below {best}", n.name));
+            let lower: Vec<String> = pri
+                .iter()
+                .filter(|n| rank(n) < best)
+                .map(|n| match rank(n) {
+                    -1 => format!("{} (unlisted)", n.name),
+                    r => format!("{} ({r})", n.name),
+                })
+                .collect();
+            if !lower.is_empty() {
+                why.push(format!(
+                    "node-affinity rule {rule} prefers priority {best} over {}",
+                    lower.join(", ")
+                ));
             }
+            let cur_allowed = current.is_some_and(|c| pri.iter().any(|n| n.name == c));
             pri.retain(|n| rank(n) == best);
+            return choose(ask, nodes, usage, rules, crs, pri, cur_allowed, &load, why);
         }
-    } else {
-        allowed = pri.iter().map(|n| n.name.as_str()).collect();
     }
+    let cur_allowed = current.is_some_and(|c| pri.iter().any(|n| n.name == c));
+    choose(ask, nodes, usage, rules, crs, pri, cur_allowed, &load, why)
+}
+
+fn names<'a>(nodes: impl Iterator<Item = &'a &'a NodeView>) -> String {
+    let v: Vec<&str> = nodes.map(|n| n.name.as_str()).collect();
+    v.join(", ")
+}
+
+/// The steps after node affinity: resource affinity, failures, maintenance, then scores.
+#[allow(clippy::too_many_arguments)]
+fn choose(
+    ask: &Ask,
+    nodes: &[NodeView],
+    usage: &Usage,
+    rules: &Compiled,
+    crs: Crs,
+    mut pri: Vec<&NodeView>,
+    cur_allowed: bool,
+    load: &Loads,
+    mut why: Vec<String>,
+) -> Decision {
     if pri.is_empty() {
         why.push(format!("no node can run {}", ask.sid));
         return Decision { node: None, explanation: why };
@@ -219,21 +322,21 @@ pub fn select_node(ask: &Ask, nodes: &[NodeView], placed: &[Placed], rules: &Com
     let mut together: BTreeMap<&str, (u32, &str)> = BTreeMap::new();
     for (other, rule) in rules.together.get(&ask.sid).into_iter().flatten() {
         // A partner counts where it is going, else where it is.
-        if let Some(n) = at.get(other.as_str()).and_then(|v| v.last()) {
+        if let Some(n) = usage.nodes_of(other).last().copied() {
             let e = together.entry(n).or_insert((0, rule));
             e.0 += 1;
         }
     }
     let mut separate: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
     for (other, rule) in rules.apart.get(&ask.sid).into_iter().flatten() {
-        for n in at.get(other.as_str()).into_iter().flatten() {
+        for n in usage.nodes_of(other) {
             separate.entry(n).or_insert((other, rule));
         }
     }
     let current = ask.current.as_deref();
     if let Some(cur) = current {
         let keeps = together.contains_key(cur) || !separate.contains_key(cur);
-        if ask.preference == Preference::Stay && !ask.failback && allowed.contains(cur) && keeps {
+        if ask.preference == Preference::Stay && !ask.failback && cur_allowed && keeps {
             why.push(format!("stays on {cur}: allowed, and failback is off"));
             return Decision { node: Some(cur.to_string()), explanation: why };
         }
@@ -279,7 +382,7 @@ pub fn select_node(ask: &Ask, nodes: &[NodeView], placed: &[Placed], rules: &Com
     }
 
     // Score: lower is better; ties by name.
-    let costs = score(ask, &pri, nodes, &load, crs);
+    let costs = score(ask, &pri, nodes, load, crs);
     let mut ranked: Vec<(f64, &str)> =
         pri.iter().map(|n| n.name.as_str()).zip(costs).map(|(n, c)| (c, n)).collect();
     ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
@@ -291,53 +394,60 @@ pub fn select_node(ask: &Ask, nodes: &[NodeView], placed: &[Placed], rules: &Com
         _ => 0,
     };
     let (cost, chosen) = ranked[pick];
+    // The runners-up, best first (three at most: the ones an operator compares with).
     let others: Vec<String> =
-        ranked.iter().filter(|r| r.1 != chosen).map(|(c, n)| format!("{n} {c:.2}")).collect();
+        ranked.iter().filter(|r| r.1 != chosen).take(3).map(|(c, n)| format!("{n} {c:.2}")).collect();
     let kind = match crs {
         Crs::Basic => "HA resources on it",
         Crs::Static => "static load score",
     };
     let mut line = format!("chose {chosen}, {kind} {cost:.2}");
     if !others.is_empty() {
-        line.push_str(&format!(" (others: {})", others.join(", ")));
+        line.push_str(&format!(" (next: {})", others.join(", ")));
     }
     why.push(line);
     Decision { node: Some(chosen.to_string()), explanation: why }
 }
 
 /// One cost per candidate (lower is better).
-fn score(
-    ask: &Ask,
-    cands: &[&NodeView],
-    nodes: &[NodeView],
-    load: &BTreeMap<&str, Load>,
-    crs: Crs,
-) -> Vec<f64> {
+fn score(ask: &Ask, cands: &[&NodeView], nodes: &[NodeView], load: &Loads, crs: Crs) -> Vec<f64> {
     match crs {
-        Crs::Basic => cands.iter().map(|n| f64::from(load[n.name.as_str()].ha)).collect(),
+        Crs::Basic => cands.iter().map(|n| f64::from(load.of(n).ha)).collect(),
         Crs::Static => {
             // The cluster's load if the resource started on each candidate: RMS and max of
             // CPU and memory use as fractions of capacity over the online nodes.
             let online: Vec<&NodeView> = nodes.iter().filter(|n| n.online).collect();
             let frac = |n: &NodeView, extra: bool| {
-                let l = &load[n.name.as_str()];
+                let l = load.of(n);
                 let (c, m) = if extra { (ask.cpus, ask.mem_mib as f64) } else { (0.0, 0.0) };
                 ((l.cpu + c) / f64::from(n.cpus.max(1)), (l.mem + m) / (n.mem_mib.max(1) as f64))
             };
             let base: Vec<(f64, f64)> = online.iter().map(|n| frac(n, false)).collect();
             let k = online.len().max(1) as f64;
+            let (sc, sm): (f64, f64) = base.iter().fold((0.0, 0.0), |(a, b), (c, m)| (a + c * c, b + m * m));
+            // The two largest of each, so that the maximum without one node is at hand.
+            let top2 = |f: &dyn Fn(&(f64, f64)) -> f64| {
+                base.iter()
+                    .map(f)
+                    .fold((0.0f64, 0.0f64), |(a, b), x| if x > a { (x, a) } else { (a, b.max(x)) })
+            };
+            let (c1, c2) = top2(&|p| p.0);
+            let (m1, m2) = top2(&|p| p.1);
             let rows: Vec<[f64; 4]> = cands
                 .iter()
                 .map(|cand| {
-                    let (mut sc, mut mc, mut sm, mut mm) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-                    for (n, b) in online.iter().zip(&base) {
-                        let (c, m) = if n.name == cand.name { frac(n, true) } else { *b };
-                        sc += c * c;
-                        sm += m * m;
-                        mc = mc.max(c);
-                        mm = mm.max(m);
-                    }
-                    [1.0 + (sc / k).sqrt(), 1.0 + mc, 1.0 + (sm / k).sqrt(), 1.0 + mm]
+                    let (c, m) = frac(cand, true);
+                    let (c0, m0) = frac(cand, false);
+                    let rest_c = if c0 == c1 { c2 } else { c1 };
+                    let rest_m = if m0 == m1 { m2 } else { m1 };
+                    let sc = sc - c0 * c0 + c * c;
+                    let sm = sm - m0 * m0 + m * m;
+                    [
+                        1.0 + (sc.max(0.0) / k).sqrt(),
+                        1.0 + rest_c.max(c),
+                        1.0 + (sm.max(0.0) / k).sqrt(),
+                        1.0 + rest_m.max(m),
+                    ]
                 })
                 .collect();
             topsis_costs(&rows, [1.0, 2.0, 5.0, 10.0])
@@ -427,41 +537,44 @@ mod tests {
         nodes[3].online = false;
         let placed = [placed("vm:200", "h1", 1024), placed("vm:201", "h3", 1024)];
         let rules = Compiled::new(&[na("na1", "vm:100", "h1,h3", true)]);
-        let d = select_node(&ask("vm:100"), &nodes, &placed, &rules, Crs::Basic);
+        let d = select_node(&ask("vm:100"), &nodes, &Usage::new(placed.clone()), &rules, Crs::Basic);
         assert_eq!(d.node.as_deref(), Some("h1"));
         assert_eq!(
             d.explanation,
             [
                 "h3: 512 MiB free, needs 1024 MiB",
                 "h4: offline",
-                "h2: strict node-affinity rule na1 excludes it",
+                "strict node-affinity rule na1 excludes h2",
                 "chose h1, HA resources on it 1.00",
             ]
         );
         // Without the rule, basic scoring picks the emptiest node.
-        let d = select_node(&ask("vm:100"), &nodes, &placed, &Compiled::new(&[]), Crs::Basic);
+        let d =
+            select_node(&ask("vm:100"), &nodes, &Usage::new(placed.clone()), &Compiled::new(&[]), Crs::Basic);
         assert_eq!(d.node.as_deref(), Some("h2"));
         assert!(d
             .explanation
             .last()
             .unwrap()
-            .starts_with("chose h2, HA resources on it 0.00 (others: h1 1.00)"));
+            .starts_with("chose h2, HA resources on it 0.00 (next: h1 1.00)"));
     }
 
     #[test]
     fn priorities_fall_back_to_lower_groups_and_unlisted_nodes_when_not_strict() {
         let mut nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 8192)];
         let rules = Compiled::new(&[na("na1", "vm:100", "h1:2,h2:1", false)]);
-        let d = select_node(&ask("vm:100"), &nodes, &[], &rules, Crs::Basic);
+        let d = select_node(&ask("vm:100"), &nodes, &Usage::default(), &rules, Crs::Basic);
         assert_eq!(d.node.as_deref(), Some("h1"));
-        assert!(d.explanation.contains(&"h2: priority 1 in node-affinity rule na1, below 2".to_string()));
+        assert!(d
+            .explanation
+            .contains(&"node-affinity rule na1 prefers priority 2 over h2 (1), h3 (unlisted)".to_string()));
         nodes[0].online = false;
         nodes[1].online = false;
-        let d = select_node(&ask("vm:100"), &nodes, &[], &rules, Crs::Basic);
+        let d = select_node(&ask("vm:100"), &nodes, &Usage::default(), &rules, Crs::Basic);
         assert_eq!(d.node.as_deref(), Some("h3"), "{:?}", d.explanation);
         // Strict: nowhere to go.
         let strict = Compiled::new(&[na("na1", "vm:100", "h1:2,h2:1", true)]);
-        let d = select_node(&ask("vm:100"), &nodes, &[], &strict, Crs::Basic);
+        let d = select_node(&ask("vm:100"), &nodes, &Usage::default(), &strict, Crs::Basic);
         assert_eq!(d.node, None);
         assert_eq!(d.explanation.last().unwrap(), "no node can run vm:100");
     }
@@ -475,10 +588,22 @@ mod tests {
             rule("a1", "vm:102,vm:103", RuleKind::ResourceAffinity { positive: false }),
         ]);
         // vm:102 runs on h2: vm:100 joins it through t1 + t2.
-        let d = select_node(&ask("vm:100"), &nodes, &[placed("vm:102", "h2", 512)], &rules, Crs::Basic);
+        let d = select_node(
+            &ask("vm:100"),
+            &nodes,
+            &Usage::new([placed("vm:102", "h2", 512)]),
+            &rules,
+            Crs::Basic,
+        );
         assert_eq!(d.node.as_deref(), Some("h2"), "{:?}", d.explanation);
         // vm:103 on h1 and h3 free: vm:100 (grouped with vm:102) avoids h1.
-        let d = select_node(&ask("vm:100"), &nodes, &[placed("vm:103", "h1", 512)], &rules, Crs::Basic);
+        let d = select_node(
+            &ask("vm:100"),
+            &nodes,
+            &Usage::new([placed("vm:103", "h1", 512)]),
+            &rules,
+            Crs::Basic,
+        );
         assert!(d
             .explanation
             .contains(&"h1: negative resource-affinity rule a1 keeps it apart from vm:103".to_string()));
@@ -494,7 +619,7 @@ mod tests {
         nodes[2].emulates.clear();
         let mut a = ask("vm:100");
         a.storages.insert("shared".into());
-        let d = select_node(&a, &nodes, &[], &Compiled::new(&[]), Crs::Basic);
+        let d = select_node(&a, &nodes, &Usage::default(), &Compiled::new(&[]), Crs::Basic);
         assert_eq!(d.node.as_deref(), Some("h2"));
         assert_eq!(d.explanation[0], "h1: does not reach storage 'shared'");
         assert_eq!(d.explanation[1], "h3: aarch64 node without qemu-system-x86_64");
@@ -502,7 +627,7 @@ mod tests {
         a.preference = Preference::TryNext;
         a.current = Some("h2".into());
         a.failed_nodes = vec!["h2".into()];
-        let d = select_node(&a, &nodes, &[], &Compiled::new(&[]), Crs::Basic);
+        let d = select_node(&a, &nodes, &Usage::default(), &Compiled::new(&[]), Crs::Basic);
         assert_eq!(d.node, None, "{:?}", d.explanation);
     }
 
@@ -514,12 +639,18 @@ mod tests {
         a.preference = Preference::Stay;
         a.current = Some("h2".into());
         a.failback = false;
-        assert_eq!(select_node(&a, &nodes, &[], &rules, Crs::Basic).node.as_deref(), Some("h2"));
+        assert_eq!(
+            select_node(&a, &nodes, &Usage::default(), &rules, Crs::Basic).node.as_deref(),
+            Some("h2")
+        );
         a.failback = true;
-        assert_eq!(select_node(&a, &nodes, &[], &rules, Crs::Basic).node.as_deref(), Some("h1"));
+        assert_eq!(
+            select_node(&a, &nodes, &Usage::default(), &rules, Crs::Basic).node.as_deref(),
+            Some("h1")
+        );
         let mut b = ask("vm:100");
         b.maintenance_node = Some("h2".into());
-        let d = select_node(&b, &nodes, &[], &Compiled::new(&[]), Crs::Basic);
+        let d = select_node(&b, &nodes, &Usage::default(), &Compiled::new(&[]), Crs::Basic);
         assert_eq!(d.node.as_deref(), Some("h2"));
     }
 
@@ -528,12 +659,81 @@ mod tests {
         let mut nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 16384)];
         nodes[2].cpus = 16;
         let placed = [placed("vm:200", "h1", 4096), placed("vm:201", "h2", 1024)];
-        let d = select_node(&ask("vm:100"), &nodes, &placed, &Compiled::new(&[]), Crs::Static);
+        let d = select_node(
+            &ask("vm:100"),
+            &nodes,
+            &Usage::new(placed.clone()),
+            &Compiled::new(&[]),
+            Crs::Static,
+        );
         assert_eq!(d.node.as_deref(), Some("h3"), "{:?}", d.explanation);
         assert!(d.explanation[0].starts_with("chose h3, static load score 0.00"), "{:?}", d.explanation);
         // Equal rows cost the same, and ties go by name.
         let same = vec![node("h2", 8192), node("h1", 8192)];
-        let d = select_node(&ask("vm:100"), &same, &[], &Compiled::new(&[]), Crs::Static);
+        let d = select_node(&ask("vm:100"), &same, &Usage::default(), &Compiled::new(&[]), Crs::Static);
         assert_eq!(d.node.as_deref(), Some("h1"));
+    }
+
+    /// The static score's incremental sums and maxima equal a recomputation over every node.
+    #[test]
+    fn static_rows_match_a_full_recomputation() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for _ in 0..50 {
+            let nodes: Vec<NodeView> = (0..1 + next(8))
+                .map(|i| {
+                    let mut n = node(&format!("h{i}"), 1024 * (1 + next(16)));
+                    n.cpus = 1 + next(32) as u32;
+                    n.online = next(5) > 0;
+                    n
+                })
+                .collect();
+            let usage = Usage::new((0..next(20)).map(|i| Placed {
+                sid: format!("vm:{}", 200 + i),
+                node: format!("h{}", next(nodes.len() as u64)),
+                target: None,
+                cpus: next(4) as f64,
+                mem_mib: next(4096),
+                ha: true,
+            }));
+            let a = ask("vm:100");
+            let load = Loads {
+                nodes: &nodes,
+                v: nodes.iter().map(|n| usage.without(&n.name, usage.placed.get(&a.sid))).collect(),
+            };
+            // Candidates are online (select_node leaves the others out first).
+            let cands: Vec<&NodeView> = nodes.iter().filter(|n| n.online).collect();
+            let got = score(&a, &cands, &nodes, &load, Crs::Static);
+            let online: Vec<&NodeView> = nodes.iter().filter(|n| n.online).collect();
+            let k = online.len().max(1) as f64;
+            let rows: Vec<[f64; 4]> = cands
+                .iter()
+                .map(|cand| {
+                    let f: Vec<(f64, f64)> = online
+                        .iter()
+                        .map(|n| {
+                            let l = load.of(n);
+                            let (c, m) =
+                                if n.name == cand.name { (a.cpus, a.mem_mib as f64) } else { (0.0, 0.0) };
+                            ((l.cpu + c) / f64::from(n.cpus), (l.mem + m) / n.mem_mib as f64)
+                        })
+                        .collect();
+                    let rms = |g: &dyn Fn(&(f64, f64)) -> f64| {
+                        (f.iter().map(|x| g(x).powi(2)).sum::<f64>() / k).sqrt()
+                    };
+                    let max = |g: &dyn Fn(&(f64, f64)) -> f64| f.iter().map(g).fold(0.0, f64::max);
+                    [1.0 + rms(&|x| x.0), 1.0 + max(&|x| x.0), 1.0 + rms(&|x| x.1), 1.0 + max(&|x| x.1)]
+                })
+                .collect();
+            let want = topsis_costs(&rows, [1.0, 2.0, 5.0, 10.0]);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+            }
+        }
     }
 }
