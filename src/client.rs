@@ -96,6 +96,15 @@ impl ApiClient {
         Self::finish(resp)
     }
 
+    pub fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .agent
+            .put(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .send_json(body)?;
+        Self::finish(resp)
+    }
+
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let resp = self
             .agent

@@ -235,8 +235,20 @@ async fn serve_node(
 
     let accel = resolve_accel(args.accel).await;
     tracing::info!(?accel, "QEMU accelerator");
+    // The fence holds the HA guests (`horcrux fence`; it outlives daemon restarts).
+    let fence = horcrux_actors::FenceLauncher {
+        client: horcrux_drivers::fence::FenceClient::new(data_dir.join("run/fence.sock")),
+        program: std::env::current_exe()?,
+        log: data_dir.join("log/fence.log"),
+    };
+    std::fs::create_dir_all(data_dir.join("log"))?;
     let qemu = QemuDriver::new(data_dir.join("run/qemu"), data_dir.join("log/qemu"), accel)?
-        .with_guest_uid_base((args.qemu_uid_base != 0).then_some(args.qemu_uid_base));
+        .with_guest_uid_base((args.qemu_uid_base != 0).then_some(args.qemu_uid_base))
+        .with_fence(fence.client.clone());
+    {
+        let f = fence.clone();
+        tokio::task::spawn_blocking(move || f.ensure_running()).await?.map_err(anyhow::Error::msg)?;
+    }
     let options = cluster.clone();
     let history = move || {
         options.read_local(|s| {
@@ -246,7 +258,7 @@ async fn serve_node(
     };
     let tasks = TaskRegistry::open(cluster.node_name(), data_dir.join("tasks"))?
         .with_history_limit(Arc::new(history));
-    let runtime = NodeRuntime::start(cluster.clone(), Arc::new(qemu), volume_factory(), tasks)?;
+    let runtime = NodeRuntime::start(cluster.clone(), Arc::new(qemu), volume_factory(), tasks, Some(fence))?;
 
     let mut names =
         vec![cluster.node_name().to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_cluster;
+mod cli_ha;
 mod client;
 mod daemon;
 
@@ -40,6 +41,16 @@ enum Top {
     /// Cluster membership, quorum and join tokens.
     #[command(subcommand)]
     Cluster(cli_cluster::ClusterCmd),
+    /// The node's fence (started by the daemon): holds the HA guests and kills them when
+    /// the daemon stops renewing the node's lease (`docs/ha.md`).
+    Fence {
+        /// Where it listens (the daemon's `run/fence.sock`).
+        #[arg(long)]
+        socket: PathBuf,
+    },
+    /// High availability: resources, rules, status (like Proxmox's `ha-manager`).
+    #[command(subcommand)]
+    Ha(cli_ha::HaCmd),
     /// Quorum status in corosync-quorumtool's format.
     Quorumtool {
         /// Show quorum status (the only mode).
@@ -54,6 +65,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Top::Serve(args) => daemon::run(args),
+        Top::Fence { socket } => horcrux_drivers::fence::run(&socket).map_err(anyhow::Error::from),
+        Top::Ha(cmd) => {
+            client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli_ha::run_ha(&c, cmd))
+        }
         Top::Vm(cmd) => client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli::run_vm(&c, cmd)),
         Top::Quorumtool { status } => client::ApiClient::new(&cli.api, &cli.token_file)
             .and_then(|c| cli_cluster::quorumtool(&c, status)),

@@ -24,7 +24,14 @@ pub struct GuestFleet {
     volumes: VolumeFactory,
     board: StatusBoard,
     guests: BTreeMap<u32, Addr<GuestActor>>,
+    /// This node's HA lease (`ha.rs`): an HA guest starts only under a current one.
+    lease: crate::ha::LeaseCell,
+    /// HA guests with a start in flight.
+    ha_starting: Arc<std::sync::Mutex<std::collections::BTreeSet<u32>>>,
 }
+
+/// How often HA guests meant to run here but not running are started again.
+const HA_RETRY: Duration = Duration::from_millis(500);
 
 /// Bring owned guests in line with the state (fire and forget). After a commit only the
 /// set of actors is refreshed: the API's task drives the guest itself so its log tells
@@ -55,6 +62,13 @@ pub struct Shutdown;
 pub struct ReconcileOne {
     pub vmid: u32,
     pub task: Option<TaskLog>,
+}
+
+/// Whether the HA manager manages guest `vmid` (an HA resource not `ignored`).
+fn is_ha(s: &ClusterState, vmid: u32) -> bool {
+    s.ha_resources
+        .get(&horcrux_core::ha::resources::vm_sid(vmid))
+        .is_some_and(|r| r.state != horcrux_core::ha::resources::RequestedState::Ignored)
 }
 
 /// Resolves a guest's disks and boot files to host paths through its storage pools.
@@ -94,7 +108,7 @@ pub fn launch_for(
             }
         }
     }
-    Ok(GuestLaunch { vmid: guest.vmid, name: guest.name.clone(), spec, disk_paths })
+    Ok(GuestLaunch { vmid: guest.vmid, name: guest.name.clone(), spec, disk_paths, ha_until_ms: None })
 }
 
 impl GuestFleet {
@@ -104,7 +118,21 @@ impl GuestFleet {
         volumes: VolumeFactory,
         board: StatusBoard,
     ) -> Self {
-        Self { cluster, hv, volumes, board, guests: BTreeMap::new() }
+        Self {
+            cluster,
+            hv,
+            volumes,
+            board,
+            guests: BTreeMap::new(),
+            lease: Default::default(),
+            ha_starting: Default::default(),
+        }
+    }
+
+    /// HA guests start under the lease the node's `LeaseAgent` keeps in `lease`.
+    pub fn with_lease(mut self, lease: crate::ha::LeaseCell) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// The guest's actor, started if it has none or if its address is dead (an actor that
@@ -123,19 +151,34 @@ impl GuestFleet {
     }
 
     /// The reconcile message for a guest this node owns, from the current state.
+    /// An HA guest to be started gets the end of the current lease as its launch deadline;
+    /// without a lease that allows a start (current, granted at an index this node has
+    /// applied) it is not started: another node may be taking it over.
     fn reconcile_msg(&self, vmid: u32, task: Option<TaskLog>) -> Result<Reconcile, RuntimeError> {
         let node = self.cluster.node_name().to_string();
+        // Read before the state, so the state holds at least everything up to it.
+        let applied = self.cluster.applied_index();
+        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.cluster.monotonic_ms();
         read(&*self.cluster, |s| {
             let g = s.guests.get(&vmid).ok_or(RuntimeError::NotFound(vmid))?;
             if g.node != node {
                 return Err(RuntimeError::NotOwned { vmid, node: g.node.clone() });
             }
-            Ok(Reconcile {
-                desired: g.desired,
-                revision: g.revision,
-                launch: launch_for(s, g, &self.volumes)?,
-                task,
-            })
+            let mut launch = launch_for(s, g, &self.volumes)?;
+            if is_ha(s, vmid) && g.desired.is_running() {
+                match lease {
+                    Some(l) if l.allows_start(now, applied, horcrux_drivers::fence::MIN_LEFT_MS) => {
+                        launch.ha_until_ms = Some(l.deadline_ms());
+                    }
+                    _ => {
+                        return Err(RuntimeError::Busy(format!(
+                            "HA guest {vmid}: this node holds no current lease; not starting it"
+                        )))
+                    }
+                }
+            }
+            Ok(Reconcile { desired: g.desired, revision: g.revision, launch, task })
         })
     }
 }
@@ -157,6 +200,7 @@ impl Actor for GuestFleet {
             .into_actor(self),
         );
         ctx.run_interval(TICK, |_, ctx| ctx.address().do_send(SyncAll { power: true }));
+        ctx.run_interval(HA_RETRY, |act, _| act.retry_ha_starts());
         ctx.address().do_send(SyncAll { power: true });
     }
 }
@@ -185,7 +229,13 @@ impl GuestFleet {
                 addr.do_send(Retire);
             }
         }
+        self.complete_ha_moves();
         if !msg.power {
+            // A guest this node just took over (an HA recovery) is driven at once.
+            let new: Vec<u32> = owned.iter().filter(|v| !self.guests.contains_key(v)).copied().collect();
+            for vmid in new {
+                self.reconcile_owned(vmid);
+            }
             return;
         }
         // A guest process this node must not run (deleted, or never ours) is stopped: after
@@ -220,13 +270,102 @@ impl GuestFleet {
             }
         });
         for vmid in owned {
-            match self.reconcile_msg(vmid, None) {
-                // A busy actor already has work queued; the next tick catches up.
-                Ok(msg) => {
-                    let _ = self.actor(vmid).try_send(msg);
-                }
-                Err(e) => tracing::warn!(vmid, "cannot reconcile: {e}"),
+            self.reconcile_owned(vmid);
+        }
+    }
+
+    /// HA guests owned here, meant to run and not running (a recovery that arrived while
+    /// the lease did not allow a start, an HA guest that exited): started again now rather
+    /// than at the next tick.
+    fn retry_ha_starts(&mut self) {
+        let node = self.cluster.node_name().to_string();
+        let wanted: Vec<u32> = read(&*self.cluster, |s| {
+            s.guests
+                .values()
+                .filter(|g| g.node == node && g.desired.is_running() && is_ha(s, g.vmid))
+                .map(|g| g.vmid)
+                .collect()
+        });
+        let running: Vec<u32> = {
+            let b = self.board.lock().unwrap_or_else(|p| p.into_inner());
+            wanted
+                .iter()
+                .filter(|v| b.get(v).is_some_and(|s| s.power == ObservedPower::Running))
+                .copied()
+                .collect()
+        };
+        for vmid in wanted.into_iter().filter(|v| !running.contains(v)) {
+            if !self.ha_starting.lock().unwrap_or_else(|p| p.into_inner()).contains(&vmid) {
+                self.reconcile_owned(vmid);
             }
+        }
+    }
+
+    /// Reconciles an owned guest in the background. A failed start of an HA guest is
+    /// reported to the HA manager (which retries, relocates, or gives up).
+    fn reconcile_owned(&mut self, vmid: u32) {
+        let msg = match self.reconcile_msg(vmid, None) {
+            Ok(msg) => msg,
+            // No lease to start an HA guest under: asked again every HA_RETRY.
+            Err(e @ RuntimeError::Busy(_)) => return tracing::debug!(vmid, "not reconciled: {e}"),
+            Err(e) => return tracing::warn!(vmid, "cannot reconcile: {e}"),
+        };
+        let ha_start = msg.launch.ha_until_ms.is_some();
+        let addr = self.actor(vmid);
+        if !ha_start {
+            // A busy actor already has work queued; the next tick catches up.
+            let _ = addr.try_send(msg);
+            return;
+        }
+        let (cluster, starting) = (self.cluster.clone(), self.ha_starting.clone());
+        starting.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid);
+        actix::spawn(async move {
+            if let Ok(Err(e)) = addr.send(msg).await {
+                let sid = horcrux_core::ha::resources::vm_sid(vmid);
+                tracing::warn!(vmid, "HA guest failed to start: {e}");
+                let node = cluster.node_name().to_string();
+                let _ = cluster.propose(horcrux_core::Command::HaStartFailed { sid, node }).await;
+            }
+            starting.lock().unwrap_or_else(|p| p.into_inner()).remove(&vmid);
+        });
+    }
+
+    /// The owner's part of an HA relocation: once the guest is stopped here, it moves to
+    /// its target (and starts there if it is to run).
+    fn complete_ha_moves(&self) {
+        use horcrux_core::ha::resources::{RequestedState, ServiceState};
+        let node = self.cluster.node_name().to_string();
+        let moves: Vec<(u32, horcrux_core::Command)> = read(&*self.cluster, |s| {
+            s.ha_resources
+                .values()
+                .filter(|r| matches!(r.service, ServiceState::Relocate | ServiceState::Migrate))
+                .filter_map(|r| {
+                    let vmid = horcrux_core::ha::resources::vmid_of(&r.sid)?;
+                    let g = s.guests.get(&vmid).filter(|g| g.node == node && !g.desired.is_running())?;
+                    let run = r.state == RequestedState::Started;
+                    let cmd = horcrux_core::Command::HaTransition {
+                        sid: r.sid.clone(),
+                        expected_revision: r.revision,
+                        service: if run { ServiceState::Started } else { ServiceState::Stopped },
+                        node: Some(r.target.clone()?),
+                        run: Some(run),
+                        failed_nodes: r.failed_nodes.clone(),
+                        target: None,
+                    };
+                    Some((g.vmid, cmd))
+                })
+                .collect()
+        });
+        for (vmid, cmd) in moves {
+            let (hv, cluster) = (self.hv.clone(), self.cluster.clone());
+            actix::spawn(async move {
+                // Only once its process is gone here: it must never run on two nodes.
+                if matches!(hv.status(vmid).await, Ok(ObservedPower::Stopped)) {
+                    if let Err(e) = cluster.propose(cmd).await {
+                        tracing::debug!(vmid, "HA move not committed yet: {e}");
+                    }
+                }
+            });
         }
     }
 }

@@ -297,6 +297,18 @@ impl GuestActor {
         self.generation += 1;
         tracing::warn!(vmid = self.vmid, "guest exited on its own");
         self.publish(ObservedPower::Stopped, Some("guest exited on its own".into()));
+        let vmid = self.vmid;
+        let ha = crate::port::read(&*self.cluster, |s| {
+            s.ha_resources
+                .get(&horcrux_core::ha::resources::vm_sid(vmid))
+                .is_some_and(|r| r.state != horcrux_core::ha::resources::RequestedState::Ignored)
+        });
+        if ha {
+            // An HA guest stays requested started: the fleet starts it again (under a
+            // current lease only), as Proxmox's LRM does.
+            tracing::info!(vmid, "HA guest exited; it is started again");
+            return;
+        }
         self.exited_at_revision = Some(self.last_revision);
         // Record it in the cluster so the guest stays stopped, as Proxmox does. Retry until
         // it commits: without the record the state says "running" while nothing runs it.

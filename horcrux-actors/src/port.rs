@@ -28,6 +28,23 @@ pub trait ClusterPort: Send + Sync + 'static {
     /// Returns once this node has applied every write committed before the call (a
     /// linearizable read barrier through the leader).
     fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>>;
+    /// Renews this node's HA lease through the leader; answers the leader's commit index
+    /// at the grant (`horcrux_core::ha::lease::NodeLease`).
+    fn renew_lease(&self) -> BoxFuture<'static, Result<u64, ProposeError>> {
+        Box::pin(async { Err(ProposeError::Unavailable("this cluster has no HA leases".into())) })
+    }
+    /// As leader: the HA leases granted in the current term. `None`: not the leader.
+    fn lease_table(&self) -> Option<horcrux_core::ha::lease::LeaseTable> {
+        None
+    }
+    /// The log index this node has applied.
+    fn applied_index(&self) -> u64 {
+        0
+    }
+    /// This host's monotonic clock in milliseconds (what leases and the fence count in).
+    fn monotonic_ms(&self) -> u64 {
+        horcrux_raft::monotonic_ms()
+    }
 }
 
 /// `f` applied to `port`'s state (the typed form of [`ClusterPort::with_state`]).
@@ -67,5 +84,18 @@ impl ClusterPort for ClusterHandle {
     fn read_barrier(&self) -> BoxFuture<'static, Result<(), ProposeError>> {
         let h = self.clone();
         Box::pin(async move { h.read_linearizable(|_| ()).await })
+    }
+
+    fn renew_lease(&self) -> BoxFuture<'static, Result<u64, ProposeError>> {
+        let h = self.clone();
+        Box::pin(async move { ClusterHandle::renew_lease(&h).await })
+    }
+
+    fn lease_table(&self) -> Option<horcrux_core::ha::lease::LeaseTable> {
+        ClusterHandle::lease_table(self)
+    }
+
+    fn applied_index(&self) -> u64 {
+        ClusterHandle::applied_index(self)
     }
 }

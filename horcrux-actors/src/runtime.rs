@@ -57,20 +57,28 @@ pub struct NodeRuntime {
 
 impl NodeRuntime {
     /// Starts the actor system on a dedicated thread and the guest fleet inside it.
+    /// `fence`: how this node starts and feeds its fence; `None`: HA guests cannot start
+    /// here (the lease is still renewed and the HA manager still runs on the leader).
     pub fn start(
         cluster: ClusterHandle,
         hv: Arc<dyn Hypervisor>,
         volumes: VolumeFactory,
         tasks: TaskRegistry,
+        fence: Option<crate::ha::FenceLauncher>,
     ) -> std::io::Result<Self> {
         let board = StatusBoard::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let port: Arc<dyn ClusterPort> = Arc::new(cluster.clone());
-        let (h, v, b) = (hv.clone(), volumes.clone(), board.clone());
+        let (h, v, b, t) = (hv.clone(), volumes.clone(), board.clone(), tasks.clone());
         std::thread::Builder::new().name("horcrux-actors".into()).spawn(move || {
             let sys = actix::System::new();
             sys.block_on(async move {
-                let fleet = start_fleet(port, h, v, b);
+                let lease = crate::ha::LeaseCell::default();
+                let (p, l) = (port.clone(), lease.clone());
+                Supervisor::start(move |_| crate::ha::LeaseAgent::new(p, fence, l));
+                let p = port.clone();
+                Supervisor::start(move |_| crate::ha::HaManager::new(p, Some(t)));
+                let fleet = Supervisor::start(move |_| GuestFleet::new(port, h, v, b).with_lease(lease));
                 let _ = tx.send(fleet);
             });
             if let Err(e) = sys.run() {

@@ -123,7 +123,7 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
     let volumes: VolumeFactory =
         Arc::new(|p| Arc::new(DirStorage::new(p.id.clone(), "/nonexistent")) as Arc<dyn VolumeStore>);
     let tasks = TaskRegistry::open("n1", tmp.path().join("tasks")).unwrap();
-    let rt = NodeRuntime::start(cluster.clone(), hv.clone(), volumes, tasks).unwrap();
+    let rt = NodeRuntime::start(cluster.clone(), hv.clone(), volumes, tasks, None).unwrap();
     // The first exit watcher panics: the actor arms a new one on a later reconcile.
     hv.panic_next_wait.store(true, Ordering::SeqCst);
 

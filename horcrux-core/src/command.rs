@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ha::resources::{RequestedState, ServiceState};
 use crate::ids::ValidationError;
 use crate::model::{CorosyncConfig, DesiredPower, GuestConfig, StorageKind};
 
@@ -277,6 +278,57 @@ pub enum Command {
     ImportCorosync {
         config: CorosyncConfig,
     },
+    /// A node reports its hardware (architecture, emulators, CPUs, memory) for placement.
+    ReportNodeFacts {
+        name: String,
+        facts: crate::model::NodeFacts,
+    },
+    /// Add (`create`; refused if it exists) or change an HA resource: what the user asks for.
+    SetHaResource {
+        sid: String,
+        create: bool,
+        state: RequestedState,
+        max_restart: u32,
+        max_relocate: u32,
+        failback: bool,
+        comment: String,
+    },
+    DeleteHaResource {
+        sid: String,
+    },
+    /// Add (`create`; refused if it exists) or replace an HA rule; refused when it conflicts
+    /// with the other enabled rules (Proxmox's feasibility checks).
+    SetHaRule {
+        create: bool,
+        rule: crate::ha::rules::Rule,
+    },
+    DeleteHaRule {
+        rule: String,
+    },
+    /// The HA manager (or the owner completing a move) changes a resource's service state,
+    /// compare-and-set on its revision: optionally moving its guest to `node`, setting
+    /// whether it should run, and recording the nodes it failed on and its move target.
+    HaTransition {
+        sid: String,
+        expected_revision: u64,
+        service: ServiceState,
+        node: Option<String>,
+        run: Option<bool>,
+        failed_nodes: Vec<String>,
+        target: Option<String>,
+    },
+    /// A user asks to move a resource to `node` (`relocate`: stop, move, start; `migrate`
+    /// does the same until live migration exists).
+    HaMove {
+        sid: String,
+        node: String,
+        live: bool,
+    },
+    /// The owner reports that starting the resource's guest failed on `node`.
+    HaStartFailed {
+        sid: String,
+        node: String,
+    },
 }
 
 impl Command {
@@ -291,6 +343,10 @@ impl Command {
                 | Command::MigrateGuest { .. }
                 | Command::DeleteGuest { .. }
                 | Command::AddStorage { .. }
+                | Command::SetHaResource { .. }
+                | Command::DeleteHaResource { .. }
+                | Command::HaTransition { .. }
+                | Command::HaMove { .. }
         )
     }
 }

@@ -18,8 +18,22 @@ pub struct NodeInfo {
     /// Address of the node's HTTPS API, as other nodes reach it.
     pub api_addr: String,
     pub revision: u64,
+    /// What the node reported of itself (`ReportNodeFacts`); placement reads them.
+    #[serde(default)]
+    pub facts: NodeFacts,
 }
-crate::evolving!(NodeInfo { name, api_addr, revision });
+crate::evolving!(NodeInfo { name, api_addr, revision } added { facts: NodeFacts::default() });
+
+/// A node's hardware as placement sees it: CPU architecture (`uname -m`), the
+/// architectures it can emulate (its `qemu-system-*` binaries), CPUs and memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub arch: String,
+    pub emulates: std::collections::BTreeSet<String>,
+    pub cpus: u32,
+    pub mem_mib: u64,
+}
+crate::evolving!(NodeFacts { arch, emulates, cpus, mem_mib });
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "type", rename_all = "lowercase")]

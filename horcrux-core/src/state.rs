@@ -50,6 +50,12 @@ pub struct ClusterState {
     /// Per proposing client, the results of its latest requests (see `Request::id`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sessions: BTreeMap<u64, ClientSession>,
+    /// HA resources by id (`vm:100`), with the manager's service status.
+    #[serde(default)]
+    pub ha_resources: BTreeMap<String, crate::ha::resources::HaResource>,
+    /// HA rules by id.
+    #[serde(default)]
+    pub ha_rules: BTreeMap<String, crate::ha::rules::Rule>,
 }
 crate::evolving!(ClusterState {
     nodes,
@@ -70,6 +76,9 @@ crate::evolving!(ClusterState {
     ticket_keys,
     member_certs,
     sessions
+} added {
+    ha_resources: BTreeMap::new(),
+    ha_rules: BTreeMap::new(),
 });
 
 /// Results kept per client: enough for every request a node can have in flight at once.
@@ -110,6 +119,8 @@ impl Default for ClusterState {
             ticket_keys: None,
             member_certs: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            ha_resources: BTreeMap::new(),
+            ha_rules: BTreeMap::new(),
         }
     }
 }
@@ -204,9 +215,10 @@ impl ClusterState {
                 if api_addr.is_empty() {
                     return Err(ValidationError::new("api_addr", "must not be empty").into());
                 }
+                let facts = self.nodes.get(name).map(|n| n.facts.clone()).unwrap_or_default();
                 self.nodes.insert(
                     name.clone(),
-                    NodeInfo { name: name.clone(), api_addr: api_addr.clone(), revision: index },
+                    NodeInfo { name: name.clone(), api_addr: api_addr.clone(), revision: index, facts },
                 );
             }
             Command::AddStorage { id, kind } => {
@@ -279,6 +291,9 @@ impl ClusterState {
                 check_revision(*vmid, *expected_revision, g.revision)?;
                 g.desired = *desired;
                 g.revision = index;
+                // Starting or stopping an HA guest is a request to the HA manager, as
+                // `qm start` of an HA guest is in Proxmox: it then keeps it that way.
+                self.ha_follow_power(index, *vmid, desired.is_running());
             }
             Command::MigrateGuest { vmid, expected_revision, target } => {
                 let g = self.guest(*vmid)?;
@@ -313,6 +328,14 @@ impl ClusterState {
             Command::DeleteGuest { vmid, expected_revision } => {
                 let g = self.guest(*vmid)?;
                 check_revision(*vmid, *expected_revision, g.revision)?;
+                let sid = crate::ha::resources::vm_sid(*vmid);
+                if self.ha_resources.contains_key(&sid) {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "guest {vmid} is HA resource {sid}; remove it from HA first (or purge)"
+                        ),
+                    });
+                }
                 if g.desired.is_running() {
                     return Err(ApplyError::Conflict {
                         message: format!("guest {vmid} is running; stop it before deleting it"),
@@ -443,6 +466,9 @@ impl ClusterState {
                 self.member_certs.insert(*node_id, cert);
             }
             Command::SetClusterOption { key, value } => {
+                if let Some(checked) = crate::ha::resources::check_option(&self.options, key, value) {
+                    checked?;
+                }
                 let key_ok = !key.is_empty()
                     && key.len() <= 64
                     && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -507,6 +533,14 @@ impl ClusterState {
                 }
                 self.corosync = Some(config.clone());
             }
+            c @ (Command::ReportNodeFacts { .. }
+            | Command::SetHaResource { .. }
+            | Command::DeleteHaResource { .. }
+            | Command::SetHaRule { .. }
+            | Command::DeleteHaRule { .. }
+            | Command::HaTransition { .. }
+            | Command::HaMove { .. }
+            | Command::HaStartFailed { .. }) => self.apply_ha(index, c)?,
             Command::RevokeJoinToken { id } => {
                 let t = self
                     .join_tokens
@@ -632,5 +666,6 @@ impl ClusterState {
 
 mod access;
 pub mod authority;
+mod ha;
 #[cfg(test)]
 mod tests;

@@ -48,6 +48,10 @@ pub struct GuestLaunch {
     pub spec: VmSpec,
     /// Host paths of the disks, in the order of `spec.disks`.
     pub disk_paths: Vec<PathBuf>,
+    /// An HA guest: started by the node's fence (`fence.rs`), which kills it when the
+    /// node's lease ends; the start is refused after this monotonic time (the end of the
+    /// lease it was decided under). `None`: an ordinary guest, started by the daemon.
+    pub ha_until_ms: Option<u64>,
 }
 
 pub trait Hypervisor: Send + Sync + 'static {

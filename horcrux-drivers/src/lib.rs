@@ -2,6 +2,8 @@
 //! The actors reach it through the [`Hypervisor`] and [`VolumeStore`] traits so the
 //! simulation can swap in deterministic in-memory drivers.
 
+pub mod fence;
+pub mod host;
 pub mod hypervisor;
 mod kvm_probe;
 pub mod qemu;

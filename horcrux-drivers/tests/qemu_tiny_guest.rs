@@ -34,6 +34,7 @@ fn launch(vmid: u32, cmdline: &str, disk: PathBuf) -> GuestLaunch {
             ..Default::default()
         },
         disk_paths: vec![disk],
+        ha_until_ms: None,
     }
 }
 

@@ -91,6 +91,21 @@ fn table() -> Vec<RouteAccess> {
         r!(POST, "/cluster/ca/rotate", Priv("Sys.Modify", "/")),
         r!(GET, "/cluster/corosync", Priv("Sys.Audit", "/")),
         r!(POST, "/cluster/corosync", Priv("Sys.Modify", "/")),
+        // HA (Proxmox's privileges; each handler also checks the guests concerned).
+        r!(GET, "/cluster/ha/resources", Priv("Sys.Audit", "/")),
+        r!(POST, "/cluster/ha/resources", Priv("Sys.Console", "/")),
+        r!(GET, "/cluster/ha/resources/{sid}", Priv("Sys.Audit", "/")),
+        r!(PUT, "/cluster/ha/resources/{sid}", Priv("Sys.Console", "/")),
+        r!(DELETE, "/cluster/ha/resources/{sid}", Priv("Sys.Console", "/")),
+        r!(POST, "/cluster/ha/resources/{sid}/relocate", Priv("Sys.Console", "/")),
+        r!(POST, "/cluster/ha/resources/{sid}/migrate", Priv("Sys.Console", "/")),
+        r!(GET, "/cluster/ha/rules", Priv("Sys.Audit", "/")),
+        r!(POST, "/cluster/ha/rules", Priv("Sys.Console", "/")),
+        r!(GET, "/cluster/ha/rules/{rule}", Priv("Sys.Audit", "/")),
+        r!(PUT, "/cluster/ha/rules/{rule}", Priv("Sys.Console", "/")),
+        r!(DELETE, "/cluster/ha/rules/{rule}", Priv("Sys.Console", "/")),
+        r!(GET, "/cluster/ha/status", Priv("Sys.Audit", "/")),
+        r!(GET, "/cluster/ha/placement", Priv("Sys.Audit", "/")),
         r!(GET, "/pools", AnyUser),
         r!(POST, "/pools", Priv("Pool.Allocate", "/pool")),
         r!(GET, "/pools/{poolid}", Priv("Pool.Audit", "/pool/{poolid}")),
@@ -246,6 +261,7 @@ mod tests {
             include_str!("cluster/mod.rs"),
             include_str!("access/mod.rs"),
             include_str!("pools/mod.rs"),
+            include_str!("ha/mod.rs"),
         ];
         // (vms/ and nodes/ hold handlers only; their routes are in routes.rs; `/api2/json`
         // routes are checked by their native calls and are not in this table.)

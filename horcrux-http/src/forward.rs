@@ -40,6 +40,10 @@ fn owner_of(st: &ApiState, uri: &axum::http::Uri) -> Option<String> {
             st.runtime.cluster().read_local(|s| s.guests.get(&vmid).map(|g| g.node.clone()))?
         }
         (Some("tasks"), Some(upid)) => upid.parse::<Upid>().ok()?.node,
+        // The HA manager and the leases are the leader's.
+        (Some("cluster"), Some("ha")) if matches!(parts.next(), Some("status" | "placement")) => {
+            st.runtime.cluster().cluster_status().leader?
+        }
         (Some("nodes"), Some(node)) => {
             st.runtime.cluster().read_local(|s| s.nodes.contains_key(node)).then(|| node.to_string())?
         }

@@ -10,6 +10,7 @@ mod cluster;
 mod drain;
 mod error;
 mod forward;
+mod ha;
 mod nodes;
 mod openapi;
 mod pools;

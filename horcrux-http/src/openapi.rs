@@ -42,6 +42,41 @@ fn dns() -> Value {
     json!({ "type": S, "pattern": "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$" })
 }
 
+fn ha_resource(create: bool) -> Value {
+    let mut props = json!({
+        "state": { "type": S, "enum": ["started", "stopped", "enabled", "disabled", "ignored"] },
+        "max_restart": { "type": I, "minimum": 0, "maximum": 10 },
+        "max_relocate": { "type": I, "minimum": 0, "maximum": 10 },
+        "failback": t(B), "comment": t(S),
+    });
+    if create {
+        props["sid"] = t(S);
+        props["type"] = json!({ "type": S, "enum": ["vm"] });
+        body(props, &["sid"])
+    } else {
+        props["delete"] = arr(t(S));
+        props["digest"] = t(S);
+        body(props, &[])
+    }
+}
+
+fn ha_rule(create: bool) -> Value {
+    let mut props = json!({
+        "type": { "type": S, "enum": ["node-affinity", "resource-affinity"] },
+        "resources": t(S), "nodes": t(S), "strict": t(B),
+        "affinity": { "type": S, "enum": ["positive", "negative"] },
+        "disable": t(B), "comment": t(S),
+    });
+    if create {
+        props["rule"] = t(S);
+        body(props, &["rule", "type", "resources"])
+    } else {
+        props["delete"] = arr(t(S));
+        props["digest"] = t(S);
+        body(props, &[])
+    }
+}
+
 fn schemas() -> Value {
     let error = obj(json!({ "error": t(S), "field": t(S) }), &["error"]);
     let disk = obj(
@@ -280,6 +315,23 @@ fn operations() -> Vec<Op> {
         op("GET", "/cluster/corosync", "The imported corosync.conf", json!({ "type": "object", "nullable": true })),
         op("POST", "/cluster/corosync", "Import a corosync.conf", any())
             .body(body(json!({ "config": t(S) }), &["config"])),
+        op("GET", "/cluster/ha/resources", "HA resources with the manager's state", arr(any())),
+        op("POST", "/cluster/ha/resources", "Make a guest an HA resource", any()).body(ha_resource(true)),
+        op("GET", "/cluster/ha/resources/{sid}", "One HA resource", any()),
+        op("PUT", "/cluster/ha/resources/{sid}", "Change an HA resource", any()).body(ha_resource(false)),
+        op("DELETE", "/cluster/ha/resources/{sid}", "Remove a guest from HA (and from the rules)", any()),
+        op("POST", "/cluster/ha/resources/{sid}/relocate", "Move: stop, move, start", any())
+            .body(body(json!({ "node": dns() }), &["node"])),
+        op("POST", "/cluster/ha/resources/{sid}/migrate", "Move (as relocate until live migration)", any())
+            .body(body(json!({ "node": dns() }), &["node"])),
+        op("GET", "/cluster/ha/rules", "HA rules", arr(any())).query("type", t(S)).query("resource", t(S)),
+        op("POST", "/cluster/ha/rules", "Create an HA rule", any()).body(ha_rule(true)),
+        op("GET", "/cluster/ha/rules/{rule}", "One HA rule", any()),
+        op("PUT", "/cluster/ha/rules/{rule}", "Change an HA rule", any()).body(ha_rule(false)),
+        op("DELETE", "/cluster/ha/rules/{rule}", "Delete an HA rule", any()),
+        op("GET", "/cluster/ha/status", "Manager, node leases and resource states (from the leader)", any()),
+        op("GET", "/cluster/ha/placement", "Where a resource would go now, with the reasons", any())
+            .query("sid", t(S)),
         op("GET", "/pools", "Resource pools the caller may audit", arr(r("Pool"))),
         op("POST", "/pools", "Create a pool", any()).body(body(
             json!({ "poolid": { "type": S, "pattern": "^[A-Za-z0-9_-]{1,64}$" }, "comment": { "type": S, "maxLength": 256 } }),

@@ -67,6 +67,22 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ("PUT", "/access/roles/{roleid}") => &["privs", "append"],
         ("POST", "/access/groups") => &["groupid", "comment"],
         ("GET", "/access/permissions") => &["path", "userid"],
+        ("GET", "/cluster/ha/resources") => &["type"],
+        ("POST", "/cluster/ha/resources") => {
+            &["sid", "state", "max_restart", "max_relocate", "failback", "comment", "type", "group"]
+        }
+        ("PUT", "/cluster/ha/resources/{sid}") => {
+            &["state", "max_restart", "max_relocate", "failback", "comment", "delete", "digest", "group"]
+        }
+        ("DELETE", "/cluster/ha/resources/{sid}") => &["purge"],
+        ("POST", "/cluster/ha/resources/{sid}/{action}") => &["node"],
+        ("GET", "/cluster/ha/rules") => &["type", "resource"],
+        ("POST", "/cluster/ha/rules") => {
+            &["rule", "type", "resources", "nodes", "strict", "affinity", "disable", "comment"]
+        }
+        ("PUT", "/cluster/ha/rules/{rule}") => {
+            &["type", "resources", "nodes", "strict", "affinity", "disable", "comment", "delete", "digest"]
+        }
         ("GET", "/pools") => &["poolid"],
         ("POST", "/pools") => &["poolid", "comment"],
         ("PUT", "/pools") => &["poolid", "comment", "vms", "storage", "delete"],

@@ -11,7 +11,7 @@ use horcrux_actors::NodeRuntime;
 use crate::auth::require_token;
 use crate::error::ApiError;
 use crate::state::*;
-use crate::{access, cluster, nodes, pools, vms};
+use crate::{access, cluster, ha, nodes, pools, vms};
 
 pub fn router(runtime: NodeRuntime) -> Router {
     let audit_path =
@@ -49,6 +49,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .merge(cluster::routes())
         .merge(access::routes())
         .merge(pools::routes())
+        .merge(ha::routes())
         // Layers run outside-in: authenticate, check the route's privilege, then carry guest
         // requests to their owner (which checks again).
         .route_layer(middleware::from_fn_with_state(st.clone(), crate::forward::forward_to_owner))
@@ -81,6 +82,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
 fn compat_routes() -> Router<ApiState> {
     use crate::access::compat::*;
     use crate::cluster::compat::*;
+    use crate::ha::compat::*;
     use crate::nodes::compat::*;
     use crate::pools::compat::*;
     use crate::pve::{check_params, method_not_allowed, not_implemented, proxmox_errors};
@@ -120,6 +122,15 @@ fn compat_routes() -> Router<ApiState> {
         .route("/access/permissions", get(access_permissions))
         .route("/pools", get(pools).post(pools).put(pools))
         .route("/pools/{poolid}", get(pool).put(pool).delete(pool))
+        .route("/cluster/ha", get(ha_index))
+        .route("/cluster/ha/resources", get(ha_resources).post(ha_resources))
+        .route("/cluster/ha/resources/{sid}", get(ha_resource).put(ha_resource).delete(ha_resource))
+        .route("/cluster/ha/resources/{sid}/{action}", post(ha_move))
+        .route("/cluster/ha/rules", get(ha_rules).post(ha_rules))
+        .route("/cluster/ha/rules/{rule}", get(ha_rule).put(ha_rule).delete(ha_rule))
+        .route("/cluster/ha/status", get(ha_status_index))
+        .route("/cluster/ha/status/current", get(ha_status_current))
+        .route("/cluster/ha/status/manager_status", get(ha_manager_status))
         .route_layer(axum::middleware::from_fn(check_params))
         .fallback(not_implemented)
         .method_not_allowed_fallback(method_not_allowed)

@@ -162,6 +162,8 @@ pub struct ClusterHandle {
     /// This process's proposer id (random per open) and its next sequence number.
     client_id: u64,
     next_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// As leader: the HA leases granted in the current term (`lease.rs`).
+    pub(crate) leases: Arc<std::sync::Mutex<Option<horcrux_core::ha::lease::LeaseTable>>>,
 }
 
 fn system_clock_ms() -> u64 {
@@ -341,6 +343,7 @@ impl ClusterHandle {
             stopping: Arc::default(),
             client_id: rand::random(),
             next_seq: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            leases: Arc::default(),
         };
         if let Some(net) = &handle.net {
             // The dialing side checks the server is a current member too.

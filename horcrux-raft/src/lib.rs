@@ -9,6 +9,7 @@ pub mod codec;
 pub mod corosync;
 mod handle;
 pub mod join;
+mod lease;
 mod log_store;
 mod membership;
 mod network;
@@ -26,6 +27,7 @@ mod upgrade;
 
 pub use handle::{ClusterHandle, ClusterOptions, OpenOptions, ProposeError, MAX_VOTERS};
 pub use join::JoinTokenData;
+pub use lease::monotonic_ms;
 pub use log_store::{sync_and_report, LogStore, SyncQueue};
 pub use membership::{promote_when_caught_up, remove_from_membership, voter_target, MAX_JOIN_FAILURES};
 pub use network::NoPeerNetwork;

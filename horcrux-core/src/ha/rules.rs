@@ -15,7 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::ids::ValidationError;
 
 /// `node-affinity` or `resource-affinity`, with what each type adds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, bincode::Encode, bincode::Decode,
+)]
+#[serde(tag = "type", rename_all = "kebab-case")]
 pub enum RuleKind {
     /// Nodes with their priority (higher first; unlisted 0). `strict`: only these nodes;
     /// otherwise a preference, and any other node when none of them is online.
@@ -24,7 +27,7 @@ pub enum RuleKind {
     ResourceAffinity { positive: bool },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rule {
     /// The rule id: a letter, then letters, digits, `-` or `_` (at least two characters).
     pub rule: String,
@@ -34,6 +37,7 @@ pub struct Rule {
     pub disable: bool,
     pub comment: String,
 }
+crate::evolving!(Rule { rule, kind, resources, disable, comment });
 
 impl Rule {
     pub fn type_name(&self) -> &'static str {

@@ -21,6 +21,7 @@ use crate::hypervisor::{BoxFuture, DriverError, GuestLaunch, Hypervisor, Observe
 use crate::qmp::QmpClient;
 
 mod fds;
+pub(crate) use fds::install as install_fds;
 pub use fds::{open_tap, FdLayout};
 
 /// Guest `vmid`'s QEMU runs as uid and gid `DEFAULT_GUEST_UID_BASE + vmid` (above any
@@ -104,6 +105,39 @@ pub struct QemuDriver {
     connect_lock: tokio::sync::Mutex<()>,
     /// QEMU runs as `base + vmid`; `None`: as the daemon's user.
     guest_uid_base: Option<u32>,
+    /// Starts HA guests (`GuestLaunch::ha_until_ms`); `None`: this node cannot run them.
+    fence: Option<crate::fence::FenceClient>,
+}
+
+/// A QEMU just started: the daemon's child, or the fence's (an HA guest).
+enum Launched {
+    Child(tokio::process::Child),
+    Fenced(i32),
+}
+
+impl Launched {
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Launched::Child(c) => c.id().map(|p| p as i32),
+            Launched::Fenced(p) => Some(*p),
+        }
+    }
+
+    /// `Some(why)` once the process has exited.
+    fn exited(&mut self, start: Option<Proc>) -> Result<Option<String>, std::io::Error> {
+        match self {
+            Launched::Child(c) => Ok(c.try_wait()?.map(|s| format!("QEMU exited with {s}"))),
+            Launched::Fenced(_) => Ok(start.is_none_or(|p| !p.running()).then(|| "QEMU exited".to_string())),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Launched::Child(c) => drop(c.start_kill()),
+            // SAFETY: kill(2) of the pid the fence reported for this start.
+            Launched::Fenced(p) => drop(unsafe { libc::kill(*p, libc::SIGKILL) }),
+        }
+    }
 }
 
 /// Proxmox's tap names: `tap{vmid}i{index}` (at most 15 characters for a 9-digit VMID).
@@ -158,7 +192,26 @@ impl QemuDriver {
             connect_lock: tokio::sync::Mutex::new(()),
             // SAFETY: geteuid has no preconditions.
             guest_uid_base: (unsafe { libc::geteuid() } == 0).then_some(DEFAULT_GUEST_UID_BASE),
+            fence: None,
         })
+    }
+
+    /// HA guests are started by this node's fence.
+    pub fn with_fence(mut self, fence: crate::fence::FenceClient) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The QEMU binary as an absolute path (the fence execs it without a PATH search).
+    fn binary_path(&self) -> Result<PathBuf, DriverError> {
+        if self.binary.is_absolute() {
+            return Ok(self.binary.clone());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join(&self.binary))
+            .find(|p| p.is_file())
+            .ok_or_else(|| DriverError::Invalid(format!("{} is not installed", self.binary.display())))
     }
 
     /// Runs each guest's QEMU as `base + vmid` (`None`: as the daemon's own user). Only a
@@ -396,38 +449,61 @@ impl QemuDriver {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        // Its own process group: a signal to the daemon's group (Ctrl-C) leaves guests alone.
-        // Dropping the handle does not kill it; tokio reaps it when it exits.
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(self.argv(launch))
-            .env(GUEST_ENV, self.qmp_path(vmid))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0);
-        // SAFETY: the hook only calls dup2/fcntl/setgroups/setgid/setuid on data prepared
-        // before the fork (async-signal-safe, no allocation).
-        unsafe {
-            cmd.pre_exec(move || fds::install(&plan, owner, &groups));
-        }
-        let spawned = cmd.spawn();
-        // The daemon's copies: QEMU holds its own now (and a tap must vanish with QEMU).
-        drop(handed);
-        let mut child = spawned.map_err(spawn_error)?;
-        if let Some(pid) = child.id() {
+        let mut child = match launch.ha_until_ms {
+            Some(until) => {
+                let fence = self.fence.as_ref().ok_or_else(|| {
+                    DriverError::Invalid(format!("guest {vmid} is HA, and this node runs no fence"))
+                })?;
+                let mut raw: Vec<i32> = plan.iter().map(|(src, _)| *src).collect();
+                let mut targets: Vec<i32> = plan.iter().map(|(_, dst)| *dst).collect();
+                raw.push(std::os::fd::AsRawFd::as_raw_fd(&stderr));
+                targets.push(2);
+                let req = crate::fence::FenceRequest::Spawn {
+                    vmid,
+                    program: self.binary_path()?.display().to_string(),
+                    args: self.argv(launch).iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+                    env: vec![(GUEST_ENV.to_string(), self.qmp_path(vmid).display().to_string())],
+                    fds: targets,
+                    owner,
+                    groups: groups.clone(),
+                    valid_until_ms: until,
+                };
+                let reply = fence.call(&req, &raw);
+                drop(handed);
+                Launched::Fenced(reply?.pid)
+            }
+            None => {
+                // Its own process group: a signal to the daemon's group (Ctrl-C) leaves guests
+                // alone. Dropping the handle does not kill it; tokio reaps it when it exits.
+                let mut cmd = Command::new(&self.binary);
+                cmd.args(self.argv(launch))
+                    .env(GUEST_ENV, self.qmp_path(vmid))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr)
+                    .process_group(0);
+                // SAFETY: the hook only calls dup2/fcntl/setgroups/setgid/setuid on data
+                // prepared before the fork (async-signal-safe, no allocation).
+                unsafe {
+                    cmd.pre_exec(move || fds::install(&plan, owner, &groups));
+                }
+                let spawned = cmd.spawn();
+                // The daemon's copies: QEMU holds its own now (and a tap must vanish with QEMU).
+                drop(handed);
+                Launched::Child(spawned.map_err(spawn_error)?)
+            }
+        };
+        let started = child.pid().and_then(Proc::of);
+        if let Some(pid) = child.pid() {
             let pid_file = self.pid_path(vmid);
             let tmp = pid_file.with_extension("pid.new");
             std::fs::write(&tmp, format!("{pid}\n")).and_then(|_| std::fs::rename(&tmp, &pid_file))?;
         }
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         let qmp = loop {
-            if let Some(status) = child.try_wait().map_err(spawn_error)? {
+            if let Some(status) = child.exited(started).map_err(spawn_error)? {
                 let err = std::fs::read_to_string(self.stderr_path(vmid)).unwrap_or_default();
-                let err = if err.trim().is_empty() {
-                    format!("QEMU exited with {status}")
-                } else {
-                    err.trim().to_string()
-                };
+                let err = if err.trim().is_empty() { status } else { err.trim().to_string() };
                 return Err(DriverError::Command { program: "qemu-system-x86_64".into(), message: err });
             }
             {
@@ -442,15 +518,15 @@ impl QemuDriver {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                let _ = child.start_kill();
+                child.kill();
                 return Err(DriverError::Io(format!(
                     "QEMU of guest {vmid} did not answer on QMP in {START_TIMEOUT:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        if let Some(pid) = child.id() {
-            self.remember_proc(vmid, pid as i32);
+        if let Some(pid) = child.pid() {
+            self.remember_proc(vmid, pid);
         }
         if let Err(e) = attach_taps(launch, &qmp).await {
             let _ = self.stop_inner(vmid).await;

@@ -92,6 +92,9 @@ pub enum RpcRequest {
     RenewCert {
         public_key_hex: String,
     },
+    /// A member asks the leader to renew its HA lease (the caller is the member its
+    /// certificate names).
+    RenewLease,
 }
 
 /// A renewed member certificate, recorded in the state before it is answered.
@@ -146,6 +149,8 @@ pub enum RpcResponse {
     RemoveMember(Result<(), ForwardError>),
     Api(ApiReply),
     RenewCert(Result<RenewedCert, ForwardError>),
+    /// The leader's commit index when it granted the lease.
+    Lease(Result<u64, ForwardError>),
 }
 
 /// Why a forwarded write or read failed on the node that received it.

@@ -111,6 +111,7 @@ async fn rpc_stream(
         RpcRequest::RenewCert { public_key_hex } => {
             RpcResponse::RenewCert(handle.renew_for_member(peer, &public_key_hex).await)
         }
+        RpcRequest::RenewLease => RpcResponse::Lease(handle.grant_lease_to_member(peer).await),
         RpcRequest::Ping { from } if from == peer => {
             handle.heard_from(from);
             RpcResponse::Pong

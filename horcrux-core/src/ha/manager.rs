@@ -1,0 +1,341 @@
+//! The HA manager's decisions, as a pure function: from the replicated state and what the
+//! leader's lease table says of each node, the transitions to commit next (Proxmox's CRM
+//! `next_state_*`, with leases in place of its watchdog-backed locks). The leader runs it
+//! on every tick and proposes what it returns; each transition is compare-and-set on the
+//! resource's revision, so a stale plan is refused, not applied twice.
+
+use std::collections::BTreeSet;
+
+use super::lease::Liveness;
+use super::placement::{self, Ask, Compiled, Decision, NodeView, Placed, Preference, Usage};
+use super::resources::{vm_sid, vmid_of, HaOptions, HaResource, RequestedState, ServiceState};
+use crate::command::Command;
+use crate::model::Guest;
+use crate::state::ClusterState;
+
+/// One transition to propose, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub sid: String,
+    pub cmd: Command,
+    /// For the task log: the placement explanation, or the reason for the transition.
+    pub explanation: Vec<String>,
+}
+
+/// Storages that every node reaches (none until shared storages exist: a `dir` storage is
+/// a directory on each node, holding different volumes).
+fn shared_storages(_state: &ClusterState) -> BTreeSet<String> {
+    BTreeSet::new()
+}
+
+/// The storages a guest's disks are on.
+fn guest_storages(g: &Guest) -> BTreeSet<String> {
+    g.vm_spec().disks.iter().map(|d| d.storage.clone()).collect()
+}
+
+/// Every node as placement sees it for guest `g`: a node-local storage is reachable only on
+/// the node that holds the guest's volumes.
+pub fn node_views(state: &ClusterState, g: Option<&Guest>, live: &dyn Fn(&str) -> Liveness) -> Vec<NodeView> {
+    let shared = shared_storages(state);
+    state
+        .nodes
+        .values()
+        .map(|n| {
+            let mut storages = shared.clone();
+            if g.is_some_and(|g| g.node == n.name) {
+                storages.extend(state.storage.keys().cloned());
+            }
+            NodeView {
+                name: n.name.clone(),
+                online: matches!(live(&n.name), Liveness::Online { .. }),
+                maintenance: false,
+                cpus: n.facts.cpus.max(1),
+                mem_mib: if n.facts.mem_mib == 0 { u64::MAX / 4 } else { n.facts.mem_mib },
+                arch: if n.facts.arch.is_empty() { "x86_64".into() } else { n.facts.arch.clone() },
+                emulates: n.facts.emulates.clone(),
+                storages,
+            }
+        })
+        .collect()
+}
+
+/// What runs where: every guest meant to run counts on its node (and an HA resource moving
+/// also on its target).
+pub fn usage(state: &ClusterState) -> Usage {
+    Usage::new(state.guests.values().filter(|g| g.desired.is_running()).map(|g| {
+        let sid = vm_sid(g.vmid);
+        let res = state.ha_resources.get(&sid);
+        let spec = g.vm_spec();
+        Placed {
+            sid,
+            node: g.node.clone(),
+            target: res.and_then(|r| r.target.clone()),
+            cpus: f64::from(spec.cores * spec.sockets.max(1)),
+            mem_mib: spec.memory_mib,
+            ha: res.is_some(),
+        }
+    }))
+}
+
+/// The placement question for a resource's guest.
+pub fn ask(res: &HaResource, g: &Guest, preference: Preference) -> Ask {
+    let spec = g.vm_spec();
+    Ask {
+        sid: res.sid.clone(),
+        current: Some(g.node.clone()),
+        failback: res.failback,
+        preference,
+        failed_nodes: res.failed_nodes.clone(),
+        maintenance_node: None,
+        cpus: f64::from(spec.cores * spec.sockets.max(1)),
+        mem_mib: spec.memory_mib,
+        arch: "x86_64".into(),
+        emulation_allowed: true,
+        storages: guest_storages(g),
+    }
+}
+
+/// Where the resource would go now with `preference` (what `GET .../placement` answers).
+pub fn decide(
+    state: &ClusterState,
+    sid: &str,
+    preference: Preference,
+    live: &dyn Fn(&str) -> Liveness,
+) -> Option<Decision> {
+    let res = state.ha_resources.get(sid)?;
+    let g = state.guests.get(&vmid_of(sid)?)?;
+    let rules: Vec<_> = state.ha_rules.values().cloned().collect();
+    let compiled = Compiled::new(&rules);
+    let opts = HaOptions::from_options(&state.options);
+    let nodes = node_views(state, Some(g), live);
+    Some(placement::select_node(&ask(res, g, preference), &nodes, &usage(state), &compiled, opts.crs))
+}
+
+fn transition(res: &HaResource, service: ServiceState) -> Command {
+    Command::HaTransition {
+        sid: res.sid.clone(),
+        expected_revision: res.revision,
+        service,
+        node: None,
+        run: None,
+        failed_nodes: res.failed_nodes.clone(),
+        target: None,
+    }
+}
+
+fn with(
+    mut cmd: Command,
+    f: impl FnOnce(&mut Option<String>, &mut Option<bool>, &mut Vec<String>, &mut Option<String>),
+) -> Command {
+    if let Command::HaTransition { node, run, failed_nodes, target, .. } = &mut cmd {
+        f(node, run, failed_nodes, target);
+    }
+    cmd
+}
+
+/// The transitions to commit next; see the module documentation.
+pub fn plan(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for res in state.ha_resources.values() {
+        if res.state == RequestedState::Ignored {
+            continue;
+        }
+        let Some(g) = vmid_of(&res.sid).and_then(|v| state.guests.get(&v)) else { continue };
+        if let Some(step) = next(state, res, g, live) {
+            steps.push(step);
+        }
+    }
+    steps
+}
+
+fn next(state: &ClusterState, res: &HaResource, g: &Guest, live: &dyn Fn(&str) -> Liveness) -> Option<Step> {
+    use ServiceState as S;
+    let step = |cmd: Command, why: Vec<String>| Some(Step { sid: res.sid.clone(), cmd, explanation: why });
+    let wants_run = res.state == RequestedState::Started;
+    let node_live = live(&g.node);
+
+    // A failed node's resources are fenced (its fence has stopped them), then recovered.
+    if node_live == Liveness::Failed && !matches!(res.service, S::Fence | S::Recovery | S::Error) {
+        let why = format!("node {} failed: its lease and the margin have passed", g.node);
+        return step(transition(res, S::Fence), vec![why]);
+    }
+    if matches!(res.service, S::Fence | S::Recovery) {
+        let d = decide(state, &res.sid, Preference::BestScore, live)?;
+        return match d.node.clone() {
+            Some(target) => {
+                let service = if wants_run { S::Started } else { S::Stopped };
+                let cmd = with(transition(res, service), |node, run, _, _| {
+                    *node = Some(target);
+                    *run = Some(wants_run);
+                });
+                step(cmd, d.explanation)
+            }
+            None if res.service == S::Fence => step(transition(res, S::Recovery), d.explanation),
+            None => None,
+        };
+    }
+    // The owner may be hung or cut off: leave its resources until it is online or failed.
+    let Liveness::Online { .. } = node_live else { return None };
+
+    match (res.state, res.service) {
+        (_, S::Relocate | S::Migrate) => {
+            // The owner completes a move once the guest is stopped; a target that went away
+            // cancels it.
+            let gone = res.target.as_deref().is_none_or(|t| !matches!(live(t), Liveness::Online { .. }));
+            if gone {
+                let why =
+                    format!("move target {} is not online; cancelled", res.target.as_deref().unwrap_or("?"));
+                let cmd = with(transition(res, S::Started), |_, run, _, _| *run = Some(wants_run));
+                return step(cmd, vec![why]);
+            }
+            None
+        }
+        (RequestedState::Started, S::Error) => None,
+        (RequestedState::Started, _) if res.restarts > res.max_restart => {
+            // Failed to start `max_restart + 1` times here: relocate, or give up.
+            let mut failed = res.failed_nodes.clone();
+            failed.push(g.node.clone());
+            if failed.len() as u32 > res.max_relocate {
+                let why = format!(
+                    "failed to start on {}; max_relocate {} reached",
+                    failed.join(", "),
+                    res.max_relocate
+                );
+                let cmd = with(transition(res, S::Error), |_, run, f, _| {
+                    *run = Some(false);
+                    *f = failed;
+                });
+                return step(cmd, vec![why]);
+            }
+            let mut r = res.clone();
+            r.failed_nodes = failed.clone();
+            let nodes = node_views(state, Some(g), live);
+            let rules: Vec<_> = state.ha_rules.values().cloned().collect();
+            let opts = HaOptions::from_options(&state.options);
+            let d = placement::select_node(
+                &ask(&r, g, Preference::TryNext),
+                &nodes,
+                &usage(state),
+                &Compiled::new(&rules),
+                opts.crs,
+            );
+            let cmd = match d.node.clone() {
+                Some(target) => with(transition(res, S::Started), |node, run, f, _| {
+                    *node = Some(target);
+                    *run = Some(true);
+                    *f = failed;
+                }),
+                None => with(transition(res, S::Error), |_, run, f, _| {
+                    *run = Some(false);
+                    *f = failed;
+                }),
+            };
+            step(cmd, d.explanation)
+        }
+        (RequestedState::Started, s) => {
+            if s != S::Started || !g.desired.is_running() {
+                let cmd = with(transition(res, S::Started), |_, run, _, _| *run = Some(true));
+                return step(cmd, vec![format!("requested started; starting on {}", g.node)]);
+            }
+            None
+        }
+        (RequestedState::Stopped, S::Error) => None,
+        (RequestedState::Stopped | RequestedState::Disabled, s) => {
+            if s != S::Stopped || g.desired.is_running() {
+                let cmd = with(transition(res, S::Stopped), |_, run, f, _| {
+                    *run = Some(false);
+                    if res.state == RequestedState::Disabled {
+                        f.clear();
+                    }
+                });
+                return step(cmd, vec![format!("requested {}; stopping", res.state.as_str())]);
+            }
+            None
+        }
+        (RequestedState::Ignored, _) => None,
+    }
+}
+
+/// Admission control (`ha.tolerate = n`): whether every started HA guest (with `sid`
+/// counted as started too) could run again after any `n` nodes fail, each failed node's
+/// HA guests placed, largest first, on the surviving node with the most free memory (memory
+/// is reserved: every guest meant to run counts). A guest whose disks are on node-local
+/// storage cannot survive its node. `Err` says which loss would strand which guest.
+pub fn check_tolerance(state: &ClusterState, sid: &str, n: u32) -> Result<(), String> {
+    let nodes: Vec<&str> = state.nodes.keys().map(String::as_str).collect();
+    if n as usize >= nodes.len() {
+        return Err(format!(
+            "the cluster has {} nodes; it cannot lose {n} and still run guests",
+            nodes.len()
+        ));
+    }
+    // (sid, node, memory, movable) of every HA guest that is to run.
+    let ha: Vec<(String, &str, u64, bool)> = state
+        .guests
+        .values()
+        .filter_map(|g| {
+            let gsid = vm_sid(g.vmid);
+            let r = state.ha_resources.get(&gsid);
+            let started = gsid == sid || r.is_some_and(|r| r.state == RequestedState::Started);
+            started.then(|| (gsid, g.node.as_str(), g.vm_spec().memory_mib, g.vm_spec().disks.is_empty()))
+        })
+        .collect();
+    let used = |node: &str| -> u64 {
+        state
+            .guests
+            .values()
+            .filter(|g| g.node == node && (g.desired.is_running() || vm_sid(g.vmid) == sid))
+            .map(|g| g.vm_spec().memory_mib)
+            .sum()
+    };
+    let capacity = |node: &str| state.nodes.get(node).map(|i| i.facts.mem_mib).unwrap_or(0);
+    let mut failed: Vec<usize> = (0..n as usize).collect();
+    loop {
+        let lost: Vec<&str> = failed.iter().map(|&i| nodes[i]).collect();
+        let mut free: Vec<(&str, u64)> = nodes
+            .iter()
+            .filter(|x| !lost.contains(x))
+            .map(|x| (*x, capacity(x).saturating_sub(used(x))))
+            .collect();
+        let mut moving: Vec<&(String, &str, u64, bool)> = ha.iter().filter(|g| lost.contains(&g.1)).collect();
+        moving.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        for (gsid, node, mem, movable) in moving {
+            if !movable {
+                return Err(format!(
+                    "losing {} would strand {gsid}: its disks are on node-local storage on {node}",
+                    lost.join(", ")
+                ));
+            }
+            free.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            match free.first_mut() {
+                Some(best) if best.1 >= *mem => best.1 -= mem,
+                best => {
+                    return Err(format!(
+                        "losing {} would leave {gsid} ({mem} MiB) without a node: at most {} MiB free on {}",
+                        lost.join(", "),
+                        best.as_ref().map(|b| b.1).unwrap_or(0),
+                        best.map(|b| b.0).unwrap_or("none")
+                    ))
+                }
+            }
+        }
+        // The next combination of `n` failed nodes.
+        let mut i = failed.len();
+        loop {
+            if i == 0 {
+                return Ok(());
+            }
+            i -= 1;
+            if failed[i] < nodes.len() - (failed.len() - i) {
+                failed[i] += 1;
+                for j in i + 1..failed.len() {
+                    failed[j] = failed[j - 1] + 1;
+                }
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
