@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Horcrux builds and runs with (RocksDB and libclang to link,
-# QEMU to run guests) and those the tests use (busybox, cpio, corosync, iproute2).
+# QEMU to run guests) and those the tests use (busybox, cpio, corosync, iproute2, nftables).
 # Idempotent; needs root.
 set -euo pipefail
 
@@ -14,6 +14,8 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 # The quorumtool comparison test runs the real Corosync in network namespaces.
 command -v corosync >/dev/null || need+=(corosync)
 command -v ip >/dev/null || need+=(iproute2)
+# The HA partition test cuts a node off with nftables in its own network namespace.
+command -v nft >/dev/null || need+=(nftables)
 # The slow-loris test drives the HTTPS listener with openssl s_client.
 command -v openssl >/dev/null || need+=(openssl)
 # The HTTP/2 error-path test uses curl (Debian's is built with nghttp2).

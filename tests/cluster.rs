@@ -5,125 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::cluster::*;
 use common::*;
 use serde_json::{json, Value};
-
-struct Node {
-    name: String,
-    dir: PathBuf,
-    port: u16,
-    qport: u16,
-    daemon: Option<Daemon>,
-}
-
-const SNAPSHOT_EVERY: &str = "20";
-
-impl Node {
-    fn new(root: &Path, name: &str) -> Self {
-        Node {
-            name: name.into(),
-            dir: root.join(name),
-            port: free_port(),
-            qport: free_udp_port(),
-            daemon: None,
-        }
-    }
-
-    fn args(&self, join: Option<&str>) -> Vec<String> {
-        let mut a = vec!["--cluster-listen".to_string(), format!("127.0.0.1:{}", self.qport)];
-        if let Some(t) = join {
-            a.push("--join".into());
-            a.push(t.into());
-        }
-        a
-    }
-
-    fn start(&mut self, join: Option<&str>) {
-        let cmd = serve_command(
-            &self.dir,
-            self.port,
-            &self.name,
-            &self.args(join),
-            &[("HORCRUX_SNAPSHOT_LOGS", SNAPSHOT_EVERY)],
-        );
-        self.daemon = Some(Daemon::spawn_ready(cmd, &self.dir, self.port));
-    }
-
-    /// Starts a joining node that must be refused: returns its exit status and log.
-    fn join_refused(&self, token: &str) -> String {
-        let out = serve_command(&self.dir, self.port, &self.name, &self.args(Some(token)), &[])
-            .status()
-            .expect("horcrux serve runs");
-        assert!(!out.success(), "a refused join must exit non-zero");
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap()
-    }
-
-    fn api(&self, admin: &Path) -> Api {
-        let token = std::fs::read_to_string(admin.join("admin.token")).unwrap();
-        Api::new(&format!("https://127.0.0.1:{}", self.port), &self.dir).with_token(token.trim())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            d.kill9();
-        }
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn token(api: &Api, ttl_s: u64) -> String {
-    let (code, body) = api.post("/cluster/tokens", &json!({ "ttl_s": ttl_s }));
-    assert_eq!(code, 200, "{body}");
-    body["token"].as_str().unwrap().to_string()
-}
-
-fn status(api: &Api) -> Value {
-    let (code, s) = api.get("/cluster/status");
-    assert_eq!(code, 200, "{s}");
-    s
-}
-
-fn voters_online(s: &Value) -> usize {
-    s["nodes"].as_array().unwrap().iter().filter(|n| n["voter"] == true && n["online"] == true).count()
-}
-
-fn create_vm(api: &Api, vmid: u64) -> u16 {
-    api.post("/vms", &json!({"vmid": vmid, "name": format!("v{vmid}"), "memory_mib": 64})).0
-}
-
-fn vmids(api: &Api) -> Vec<u64> {
-    try_vmids(api).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// The VMIDs a node lists, or its error (a node still catching up may answer 503).
-fn try_vmids(api: &Api) -> Result<Vec<u64>, String> {
-    let (code, list) = api.get("/vms");
-    if code != 200 {
-        return Err(format!("{code}: {list}"));
-    }
-    let mut v: Vec<u64> = list.as_array().unwrap().iter().map(|v| v["vmid"].as_u64().unwrap()).collect();
-    v.sort();
-    Ok(v)
-}
-
-fn form_cluster(root: &Path, names: &[&str]) -> Vec<Node> {
-    let mut nodes: Vec<Node> = names.iter().map(|n| Node::new(root, n)).collect();
-    nodes[0].start(None);
-    let admin = nodes[0].dir.clone();
-    for i in 1..nodes.len() {
-        let t = token(&nodes[0].api(&admin), 600);
-        nodes[i].start(Some(&t));
-    }
-    let api = nodes[0].api(&admin);
-    eventually("all voters online", Duration::from_secs(30), || voters_online(&status(&api)) == names.len());
-    nodes
-}
 
 #[test]
 fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {

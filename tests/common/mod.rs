@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -103,6 +105,11 @@ impl Daemon {
     pub fn client_with_token_of(&self, other: &Daemon) -> Api {
         let token = std::fs::read_to_string(other.dir.join("admin.token")).unwrap();
         self.client().with_token(token.trim())
+    }
+
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
     }
 
     pub fn is_running(&mut self) -> bool {
