@@ -20,6 +20,8 @@ fn concrete(route: &str) -> String {
         .replace("{roleid}", "Custom9")
         .replace("{groupid}", "grp9")
         .replace("{poolid}", "pool9")
+        .replace("{sid}", "vm:100")
+        .replace("{rule}", "rule9")
 }
 
 #[test]

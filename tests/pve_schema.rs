@@ -38,11 +38,16 @@ fn api2_json_conforms_to_proxmox_schema() {
     let routes = String::from_utf8_lossy(&probe.stdout).to_string();
     assert!(probe.status.success(), "{}{}", routes, String::from_utf8_lossy(&probe.stderr));
     // The probe finds what is served, and nothing it must not (a sample of each).
-    for served in ["GET /nodes/{node}/qemu", "POST /nodes/{node}/qemu/{vmid}/status/reset", "PUT /access/acl"]
-    {
+    for served in [
+        "GET /nodes/{node}/qemu",
+        "POST /nodes/{node}/qemu/{vmid}/status/reset",
+        "PUT /access/acl",
+        "GET /cluster/ha/status/current",
+        "POST /cluster/ha/rules",
+    ] {
         assert!(routes.lines().any(|l| l == served), "{served} not found served:\n{routes}");
     }
-    for unserved in ["GET /nodes/{node}/lxc", "GET /cluster/ha/resources"] {
+    for unserved in ["GET /nodes/{node}/lxc", "GET /cluster/ha/groups"] {
         assert!(!routes.lines().any(|l| l == unserved), "{unserved} reported served:\n{routes}");
     }
     let count = routes.lines().count();

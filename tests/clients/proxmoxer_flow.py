@@ -92,6 +92,41 @@ upid = api.nodes(node).qemu(vmid).status.stop.post()
 wait(api, node, upid, "stop")
 assert api.nodes(node).qemu(vmid).status.current.get()["status"] == "stopped"
 
+# HA, as ha-manager's API users (and Ansible's proxmox HA modules) drive it.
+sid = f"vm:{vmid}"
+api.cluster.ha.resources.post(sid=sid, state="stopped", max_restart=2, comment="px")
+res = api.cluster.ha.resources(sid).get()
+assert res["sid"] == sid and res["state"] == "stopped" and res["max_restart"] == 2 and res["type"] == "vm", res
+assert res["digest"] and res["failback"] == 1, res
+assert any(r["sid"] == sid for r in api.cluster.ha.resources.get(type="vm")), "listed"
+api.cluster.ha.resources(sid).put(comment="changed", digest=res["digest"])
+try:
+    api.cluster.ha.resources(sid).put(comment="stale", digest=res["digest"])
+    raise AssertionError("a stale digest was accepted")
+except Exception as e:
+    assert "digest" in str(e), e
+api.cluster.ha.resources(sid).put(delete="comment,max_restart")
+res = api.cluster.ha.resources(sid).get()
+assert "comment" not in res and res["max_restart"] == 1, res
+api.cluster.ha.rules.post(rule="px-na", type="node-affinity", resources=sid, nodes=f"{node}:2", strict=1)
+rule = api.cluster.ha.rules("px-na").get()
+assert rule["nodes"] == f"{node}:2" and rule["strict"] == 1 and rule["resources"] == sid, rule
+try:
+    api.cluster.ha.rules.post(rule="px-na2", type="node-affinity", resources=sid, nodes=node)
+    raise AssertionError("a conflicting rule was accepted")
+except Exception as e:
+    assert "px-na" in str(e) and "resources" in str(e), e
+assert [r["rule"] for r in api.cluster.ha.rules.get(type="node-affinity")] == ["px-na"]
+cur = api.cluster.ha.status.current.get()
+svc = [e for e in cur if e["type"] == "service"]
+assert svc and svc[0]["sid"] == sid and svc[0]["request_state"] == "stopped", cur
+assert any(e["type"] == "quorum" and e["quorate"] == 1 for e in cur), cur
+ms = api.cluster.ha.status.manager_status.get()
+assert ms["manager_status"]["master_node"] == node and sid in ms["manager_status"]["service_status"], ms
+api.cluster.ha.rules("px-na").delete()
+api.cluster.ha.resources(sid).delete()
+assert not api.cluster.ha.resources.get(), "HA resource removed"
+
 upid = api.nodes(node).qemu(vmid).delete()
 wait(api, node, upid, "delete")
 assert not any(g["vmid"] == vmid for g in api.nodes(node).qemu.get()), "deleted VM gone"
