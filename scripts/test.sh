@@ -12,4 +12,7 @@ cargo build --workspace --all-targets --locked
 # prints its replay command.
 cargo run --release --locked -p sim-tests -- --seeds 500 --secs 60
 cargo run --release --locked -p sim-tests -- --seeds 100 --secs 60 --store rocksdb
+# The HA protocol simulation (leases, fence, manager under crashes, kills, hangs,
+# partitions and 5% clock drift): 1000 seeds x 120 s, with the failover-time distribution.
+HA_SIM_SEEDS=1000 cargo test --release --locked -p sim-tests --test ha -- --nocapture
 cargo nextest run --workspace --locked --profile ci "$@"

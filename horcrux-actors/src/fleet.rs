@@ -167,6 +167,12 @@ impl GuestFleet {
             }
             let mut launch = launch_for(s, g, &self.volumes)?;
             if is_ha(s, vmid) && g.desired.is_running() {
+                let sid = horcrux_core::ha::resources::vm_sid(vmid);
+                if !horcrux_core::ha::manager::may_start(s, &sid) {
+                    return Err(RuntimeError::Busy(format!(
+                        "HA guest {vmid} is not 'started' for the HA manager (being fenced or recovered)"
+                    )));
+                }
                 match lease {
                     Some(l) if l.allows_start(now, applied, horcrux_drivers::fence::MIN_LEFT_MS) => {
                         launch.ha_until_ms = Some(l.deadline_ms());

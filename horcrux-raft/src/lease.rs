@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 use horcrux_core::ha::lease::LeaseTable;
+use horcrux_core::ha::manager;
+use horcrux_core::ha::resources::HaOptions;
 use openraft::ServerState;
 
 use crate::handle::{ClusterHandle, ProposeError};
@@ -55,11 +57,21 @@ impl ClusterHandle {
         if self.leading_term() != Some(term) {
             return Err(ForwardError::Unavailable("leadership changed during the renewal".into()));
         }
+        let opts = self.read_local(|s| HaOptions::from_options(&s.options));
         let mut t = self.leases.lock().unwrap_or_else(|p| p.into_inner());
         let table = match t.as_mut() {
             Some(table) if table.term == term => table,
             _ => t.insert(LeaseTable::new(term, now)),
         };
+        // A node declared failed gets no lease until the manager has fenced its guests
+        // (found by the HA simulation: granting first lets it restart a guest the manager
+        // is about to recover elsewhere).
+        let live = table.liveness(node, now, &opts);
+        if self.read_local(|s| manager::withhold_lease(s, node, live)) {
+            return Err(ForwardError::Refused(format!(
+                "node {node} was declared failed; its HA guests are being fenced"
+            )));
+        }
         table.grant(node, now);
         Ok(index)
     }

@@ -12,6 +12,7 @@
 #[cfg(not(tokio_unstable))]
 compile_error!("sim-tests must be built with RUSTFLAGS='--cfg tokio_unstable' (see .cargo/config.toml)");
 
+pub mod ha;
 pub mod host;
 pub mod mem_store;
 pub mod net;

@@ -133,6 +133,32 @@ fn with(
     cmd
 }
 
+/// Whether the leader must refuse `node` a lease for now: the node has been declared
+/// failed and still owns HA resources the manager has not fenced yet. Granting first would
+/// let the node start a guest from a state that predates its fencing while the manager
+/// recovers it elsewhere; once the fence transitions are committed, a grant carries their
+/// index and the node, having applied them, starts nothing (`may_start`).
+pub fn withhold_lease(state: &ClusterState, node: &str, liveness: Liveness) -> bool {
+    liveness == Liveness::Failed
+        && state.ha_resources.values().any(|r| {
+            r.state != RequestedState::Ignored
+                && !matches!(
+                    r.service,
+                    ServiceState::Fence
+                        | ServiceState::Recovery
+                        | ServiceState::Stopped
+                        | ServiceState::Error
+                )
+                && vmid_of(&r.sid).and_then(|v| state.guests.get(&v)).is_some_and(|g| g.node == node)
+        })
+}
+
+/// Whether the owner may start the guest of HA resource `sid` (besides holding a lease):
+/// only while the manager has it `started` (never once it is being fenced or recovered).
+pub fn may_start(state: &ClusterState, sid: &str) -> bool {
+    state.ha_resources.get(sid).is_some_and(|r| r.service == ServiceState::Started)
+}
+
 /// The transitions to commit next; see the module documentation.
 pub fn plan(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Vec<Step> {
     let mut steps = Vec::new();
