@@ -241,7 +241,8 @@ async fn serve_node(
         program: std::env::current_exe()?,
         log: data_dir.join("log/fence.log"),
     };
-    std::fs::create_dir_all(data_dir.join("log"))?;
+    let log_dir = data_dir.join("log");
+    std::fs::create_dir_all(&log_dir).map_err(|e| anyhow::anyhow!("{}: {e}", log_dir.display()))?;
     let qemu = QemuDriver::new(data_dir.join("run/qemu"), data_dir.join("log/qemu"), accel)?
         .with_guest_uid_base((args.qemu_uid_base != 0).then_some(args.qemu_uid_base))
         .with_fence(fence.client.clone());
