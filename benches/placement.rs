@@ -100,6 +100,7 @@ fn main() {
                 cpus: 1.0 + (i % 4) as f64,
                 mem_mib: 512 * (1 + (i % 8) as u64),
                 arch: "x86_64".into(),
+                emulator: "x86_64".into(),
                 emulation_allowed: false,
                 storages: BTreeSet::from(["local".to_string()]),
             };

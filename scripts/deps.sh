@@ -11,6 +11,8 @@ ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+# The aarch64 guest test emulates an arm64 guest (qemu-system-aarch64, under TCG).
+command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
 # The quorumtool comparison test runs the real Corosync in network namespaces.
 command -v corosync >/dev/null || need+=(corosync)
 command -v ip >/dev/null || need+=(iproute2)
@@ -32,11 +34,12 @@ if [ ${#need[@]} -gt 0 ]; then
   qv=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
   pins=()
   for i in "${!need[@]}"; do
-    case "${need[$i]}" in qemu-system-x86|qemu-utils) unset 'need[i]' ;; esac
+    case "${need[$i]}" in qemu-system-x86|qemu-utils|qemu-system-arm) unset 'need[i]' ;; esac
   done
   if ! command -v qemu-system-x86_64 >/dev/null || ! command -v qemu-img >/dev/null; then
     pins=(qemu-system-x86 "qemu-utils=$qv")
     dpkg -s qemu-block-extra >/dev/null 2>&1 && pins+=("qemu-block-extra=$qv")
   fi
+  command -v qemu-system-aarch64 >/dev/null || pins+=("qemu-system-arm=$qv")
   apt-get install -y -qq --allow-downgrades "${need[@]}" "${pins[@]}" >/dev/null
 fi

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 scripts/tiny-guest.sh "${HORCRUX_TINY_GUEST:-$PWD/.lab/tiny-guest}"
+scripts/tiny-guest-arm64.sh "${HORCRUX_TINY_GUEST_ARM64:-$PWD/.lab/tiny-guest-arm64}"
 # proxmoxer (PyPI) for the Proxmox API compatibility test and schemathesis for the
 # OpenAPI fuzzing test, in a venv under .lab.
 if [ ! -x .lab/venv/bin/st ] || ! .lab/venv/bin/python -c "import proxmoxer, requests" 2>/dev/null; then

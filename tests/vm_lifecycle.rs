@@ -211,3 +211,100 @@ fn config_changes_apply_at_reboot_and_suspend_pauses_the_guest() {
     let (_, body) = api.post("/vms/160/stop", &json!({}));
     assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
 }
+
+/// A guest of another architecture: an aarch64 guest runs on this x86_64 node through
+/// `qemu-system-aarch64` under TCG (machine `virt`, CPU `cortex-a57`, no VGA), reaches QMP
+/// `running`, and Debian's arm64 kernel prints the initramfs's boot marker on the serial
+/// console. Unknown architectures, forbidden emulation and bad registrations are refused by
+/// field; a registered architecture in use cannot be removed.
+#[test]
+fn an_aarch64_guest_runs_emulated_on_this_x86_64_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let api = d.client();
+    let g = tiny_guest_arm64();
+    let snippets = tmp.path().join("storage/local/snippets");
+    std::fs::create_dir_all(&snippets).unwrap();
+    std::fs::copy(g.join("vmlinuz"), snippets.join("vmlinuz-arm64")).unwrap();
+    std::fs::copy(g.join("initrd.gz"), snippets.join("initrd-arm64.gz")).unwrap();
+    let host = std::env::consts::ARCH;
+    assert_eq!(host, "x86_64", "this test emulates aarch64 on an x86_64 host");
+
+    // What the cluster knows: x86_64 native here, aarch64 emulated (the node's facts).
+    eventually("the node's facts", Duration::from_secs(30), || {
+        let (_, archs) = api.get("/cluster/architectures/aarch64");
+        archs["emulating_nodes"] == json!(["n1"])
+    });
+    let (code, archs) = api.get("/cluster/architectures");
+    assert_eq!(code, 200, "{archs}");
+    let x86 = archs.as_array().unwrap().iter().find(|a| a["name"] == "x86_64").unwrap();
+    assert_eq!(x86["native_nodes"], json!(["n1"]), "{archs}");
+
+    let vm = |arch: &str, extra: Value| {
+        let mut v = json!({
+            "vmid": 201, "name": "arm1", "memory_mib": 256, "cores": 1, "arch": arch,
+            "boot": {"kernel": "local:snippets/vmlinuz-arm64", "initrd": "local:snippets/initrd-arm64.gz",
+                     "cmdline": "console=ttyAMA0 stayup"}
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        v
+    };
+    let (code, body) = api.post("/vms", &vm("vax", json!({})));
+    assert_eq!((code, body["field"].as_str()), (400, Some("arch")), "{body}");
+    let (code, body) = api.post("/vms", &vm("aarch64", json!({"emulation": "forbidden"})));
+    assert_eq!((code, body["field"].as_str()), (400, Some("emulation")), "{body}");
+    assert_eq!(api.get("/vms/201").0, 404, "a refused create left a guest");
+
+    let (code, body) = api.post("/vms", &vm("aarch64", json!({})));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api.post("/vms/201/start", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let serial = tmp.path().join("log/qemu/201.serial.log");
+    eventually("GUEST-BOOTED-AARCH64 on the serial console", Duration::from_secs(120), || {
+        std::fs::read_to_string(&serial).is_ok_and(|s| s.contains("GUEST-BOOTED-AARCH64"))
+    });
+    let (_, v) = api.get("/vms/201");
+    assert_eq!((v["qmpstatus"].as_str(), v["arch"].as_str()), (Some("running"), Some("aarch64")), "{v}");
+    let (_, cmdline) = qemu_cmdline(tmp.path(), 201);
+    let exe = std::fs::read_link(format!("/proc/{}/exe", qemu_cmdline(tmp.path(), 201).0)).unwrap();
+    assert!(exe.ends_with("qemu-system-aarch64"), "{exe:?}");
+    for want in ["-accel tcg", "-machine virt", "-cpu cortex-a57"] {
+        assert!(cmdline.contains(want), "{want} missing: {cmdline}");
+    }
+    assert!(!cmdline.contains("VGA"), "{cmdline}");
+    let (_, cfg) = api.get("/api2/json/nodes/n1/qemu/201/config");
+    assert_eq!(cfg["data"]["arch"], "aarch64", "{cfg}");
+
+    // Registered architectures: a qemu-system-* binary name, never a path; built-in names
+    // are reserved; one in use stays.
+    let (code, body) = api.post("/cluster/architectures", &json!({"name": "evil", "qemu_binary": "/bin/sh"}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("qemu_binary")), "{body}");
+    let (code, body) =
+        api.post("/cluster/architectures", &json!({"name": "aarch64", "qemu_binary": "qemu-system-aarch64"}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("name")), "{body}");
+    let (code, body) = api.post(
+        "/cluster/architectures",
+        &json!({"name": "aarch64_a72", "qemu_binary": "qemu-system-aarch64", "machine": "virt", "cpu": "cortex-a72"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) =
+        api.request("PUT", "/vms/201/config", Some(api.token()), &json!({"arch": "aarch64_a72"}));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api.delete("/cluster/architectures/aarch64_a72");
+    assert_eq!(code, 409, "{body}");
+    // The change applies at the next start: the registered CPU model.
+    let (code, body) = api.post("/vms/201/stop", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let (code, body) = api.post("/vms/201/start", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let (_, cmdline) = qemu_cmdline(tmp.path(), 201);
+    assert!(cmdline.contains("-cpu cortex-a72"), "{cmdline}");
+    let (code, body) = api.post("/vms/201/stop", &json!({}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+}

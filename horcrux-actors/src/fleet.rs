@@ -108,7 +108,9 @@ pub fn launch_for(
             }
         }
     }
-    Ok(GuestLaunch { vmid: guest.vmid, name: guest.name.clone(), spec, disk_paths, ha_until_ms: None })
+    let arch = horcrux_core::arch::resolve(&state.architectures, "arch", spec.arch.as_deref())
+        .map_err(|e| RuntimeError::Driver(e.to_string()))?;
+    Ok(GuestLaunch { vmid: guest.vmid, name: guest.name.clone(), spec, disk_paths, ha_until_ms: None, arch })
 }
 
 impl GuestFleet {

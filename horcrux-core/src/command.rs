@@ -329,6 +329,16 @@ pub enum Command {
         sid: String,
         node: String,
     },
+    /// Register (`create`; refused if it exists) or change a guest architecture; built-in
+    /// names are reserved.
+    SetArchitecture {
+        create: bool,
+        arch: crate::arch::Architecture,
+    },
+    /// Refused while a guest uses it.
+    DeleteArchitecture {
+        name: String,
+    },
 }
 
 impl Command {

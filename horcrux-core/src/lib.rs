@@ -4,6 +4,7 @@
 //! [`Command`] applied by [`ClusterState::apply`], a deterministic function of the log.
 
 pub mod access;
+pub mod arch;
 pub mod command;
 pub mod evolving;
 pub mod ha;

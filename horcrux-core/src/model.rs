@@ -128,8 +128,21 @@ pub struct VmSpec {
     /// Proxmox options kept as given (`vmconfig::KEPT_OPTIONS`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub options: std::collections::BTreeMap<String, String>,
+    /// The guest's CPU architecture (`crate::arch`); none: x86_64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    /// Whether it may run emulated (TCG) on a node of another architecture.
+    #[serde(default, skip_serializing_if = "is_allowed")]
+    pub emulation: crate::arch::Emulation,
 }
-crate::evolving!(VmSpec { memory_mib, cores, sockets, disks, boot, nets, options });
+crate::evolving!(VmSpec { memory_mib, cores, sockets, disks, boot, nets, options } added {
+    arch: None,
+    emulation: crate::arch::Emulation::Allowed,
+});
+
+fn is_allowed(e: &crate::arch::Emulation) -> bool {
+    e.is_allowed()
+}
 
 fn one_socket() -> u32 {
     1
@@ -146,6 +159,8 @@ impl Default for VmSpec {
             boot: None,
             nets: Vec::new(),
             options: Default::default(),
+            arch: None,
+            emulation: Default::default(),
         }
     }
 }
@@ -201,6 +216,9 @@ impl VmSpec {
             }
         }
         crate::vmconfig::validate_options(&self.options)?;
+        if let Some(a) = &self.arch {
+            crate::arch::validate_name("arch", a)?;
+        }
         if self.disks.len() > DISKS_MAX {
             return Err(ValidationError::new("disks", format!("at most {DISKS_MAX} disks")));
         }

@@ -56,6 +56,9 @@ pub struct ClusterState {
     /// HA rules by id.
     #[serde(default)]
     pub ha_rules: BTreeMap<String, crate::ha::rules::Rule>,
+    /// Guest architectures registered beyond the built-in ones (`crate::arch`), by name.
+    #[serde(default)]
+    pub architectures: BTreeMap<String, crate::arch::Architecture>,
 }
 crate::evolving!(ClusterState {
     nodes,
@@ -79,6 +82,7 @@ crate::evolving!(ClusterState {
 } added {
     ha_resources: BTreeMap::new(),
     ha_rules: BTreeMap::new(),
+    architectures: BTreeMap::new(),
 });
 
 /// Results kept per client: enough for every request a node can have in flight at once.
@@ -121,6 +125,7 @@ impl Default for ClusterState {
             sessions: BTreeMap::new(),
             ha_resources: BTreeMap::new(),
             ha_rules: BTreeMap::new(),
+            architectures: BTreeMap::new(),
         }
     }
 }
@@ -540,7 +545,9 @@ impl ClusterState {
             | Command::DeleteHaRule { .. }
             | Command::HaTransition { .. }
             | Command::HaMove { .. }
-            | Command::HaStartFailed { .. }) => self.apply_ha(index, c)?,
+            | Command::HaStartFailed { .. }
+            | Command::SetArchitecture { .. }
+            | Command::DeleteArchitecture { .. }) => self.apply_ha(index, c)?,
             Command::RevokeJoinToken { id } => {
                 let t = self
                     .join_tokens
@@ -556,6 +563,7 @@ impl ClusterState {
         match config {
             GuestConfig::Qemu(spec) => {
                 spec.validate()?;
+                crate::arch::resolve(&self.architectures, "arch", spec.arch.as_deref())?;
                 for (i, d) in spec.disks.iter().enumerate() {
                     if !self.storage.contains_key(&d.storage) {
                         return Err(ValidationError::new(

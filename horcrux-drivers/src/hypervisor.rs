@@ -52,6 +52,8 @@ pub struct GuestLaunch {
     /// node's lease ends; the start is refused after this monotonic time (the end of the
     /// lease it was decided under). `None`: an ordinary guest, started by the daemon.
     pub ha_until_ms: Option<u64>,
+    /// How QEMU runs the guest's architecture (binary, machine, CPU).
+    pub arch: horcrux_core::arch::Architecture,
 }
 
 pub trait Hypervisor: Send + Sync + 'static {

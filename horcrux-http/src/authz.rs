@@ -106,6 +106,11 @@ fn table() -> Vec<RouteAccess> {
         r!(DELETE, "/cluster/ha/rules/{rule}", Priv("Sys.Console", "/")),
         r!(GET, "/cluster/ha/status", Priv("Sys.Audit", "/")),
         r!(GET, "/cluster/ha/placement", Priv("Sys.Audit", "/")),
+        r!(GET, "/cluster/architectures", Priv("Sys.Audit", "/")),
+        r!(POST, "/cluster/architectures", Priv("Sys.Modify", "/")),
+        r!(GET, "/cluster/architectures/{name}", Priv("Sys.Audit", "/")),
+        r!(PUT, "/cluster/architectures/{name}", Priv("Sys.Modify", "/")),
+        r!(DELETE, "/cluster/architectures/{name}", Priv("Sys.Modify", "/")),
         r!(GET, "/pools", AnyUser),
         r!(POST, "/pools", Priv("Pool.Allocate", "/pool")),
         r!(GET, "/pools/{poolid}", Priv("Pool.Audit", "/pool/{poolid}")),
@@ -262,6 +267,7 @@ mod tests {
             include_str!("access/mod.rs"),
             include_str!("pools/mod.rs"),
             include_str!("ha/mod.rs"),
+            include_str!("ha/arch.rs"),
         ];
         // (vms/ and nodes/ hold handlers only; their routes are in routes.rs; `/api2/json`
         // routes are checked by their native calls and are not in this table.)

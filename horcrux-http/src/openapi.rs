@@ -101,7 +101,7 @@ fn schemas() -> Value {
             "options": { "type": "object", "additionalProperties": t(S) },
             "status": { "type": S, "enum": ["running", "stopped"] }, "qmpstatus": t(S),
             "desired": t("object"), "revision": t(I), "serial_log": t(S), "boot": r("KernelBoot"),
-            "last_error": t(S),
+            "last_error": t(S), "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
         }),
         &["vmid", "name", "node", "status", "revision"],
     );
@@ -214,6 +214,7 @@ fn operations() -> Vec<Op> {
             "disks": { "type": "array", "items": r("Disk"), "maxItems": 16 },
             "boot": r("KernelBoot"), "nets": arr(r("Net")), "pool": t(S),
             "options": { "type": "object", "additionalProperties": t(S) },
+            "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
         }),
         &["name", "memory_mib"],
     );
@@ -222,6 +223,7 @@ fn operations() -> Vec<Op> {
             "revision": t(I), "name": t(S), "memory_mib": t(I), "cores": t(I), "sockets": t(I),
             "nets": arr(r("Net")), "add_disks": arr(r("Disk")),
             "options": { "type": "object", "additionalProperties": t(S) }, "delete": arr(t(S)),
+            "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
         }),
         &[],
     );
@@ -332,6 +334,19 @@ fn operations() -> Vec<Op> {
         op("GET", "/cluster/ha/status", "Manager, node leases and resource states (from the leader)", any()),
         op("GET", "/cluster/ha/placement", "Where a resource would go now, with the reasons", any())
             .query("sid", t(S)),
+        op("GET", "/cluster/architectures", "Guest CPU architectures, and the nodes that run each", arr(any())),
+        op("POST", "/cluster/architectures", "Register a guest architecture", any()).body(body(
+            json!({ "name": t(S), "qemu_binary": { "type": S, "pattern": "^qemu-system-[a-z0-9_]{1,32}$" },
+                    "machine": t(S), "cpu": t(S) }),
+            &["name", "qemu_binary"],
+        )),
+        op("GET", "/cluster/architectures/{name}", "One guest architecture", any()),
+        op("PUT", "/cluster/architectures/{name}", "Change a registered architecture", any()).body(body(
+            json!({ "qemu_binary": { "type": S, "pattern": "^qemu-system-[a-z0-9_]{1,32}$" },
+                    "machine": t(S), "cpu": t(S), "delete": arr(t(S)) }),
+            &[],
+        )),
+        op("DELETE", "/cluster/architectures/{name}", "Remove a registered architecture", any()),
         op("GET", "/pools", "Resource pools the caller may audit", arr(r("Pool"))),
         op("POST", "/pools", "Create a pool", any()).body(body(
             json!({ "poolid": { "type": S, "pattern": "^[A-Za-z0-9_-]{1,64}$" }, "comment": { "type": S, "maxLength": 256 } }),

@@ -50,6 +50,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .merge(access::routes())
         .merge(pools::routes())
         .merge(ha::routes())
+        .merge(ha::arch::routes())
         // Layers run outside-in: authenticate, check the route's privilege, then carry guest
         // requests to their owner (which checks again).
         .route_layer(middleware::from_fn_with_state(st.clone(), crate::forward::forward_to_owner))

@@ -24,6 +24,20 @@ pub fn tiny_guest() -> PathBuf {
     dir
 }
 
+/// The arm64 tiny guest (scripts/tiny-guest-arm64.sh): Debian's arm64 kernel and an arm64
+/// busybox initramfs printing GUEST-BOOTED-AARCH64.
+pub fn tiny_guest_arm64() -> PathBuf {
+    let dir = std::env::var_os("HORCRUX_TINY_GUEST_ARM64")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".lab/tiny-guest-arm64"));
+    assert!(
+        dir.join("vmlinuz").exists(),
+        "no arm64 tiny guest in {}: run scripts/tiny-guest-arm64.sh",
+        dir.display()
+    );
+    dir
+}
+
 /// Forgets a stopped node's commit point (written without fsync, so a power loss can take
 /// it): the node then restarts with a state that lags its log.
 pub fn forget_commit_point(raft_dir: &Path) {

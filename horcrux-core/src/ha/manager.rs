@@ -78,8 +78,9 @@ pub fn usage(state: &ClusterState) -> Usage {
 }
 
 /// The placement question for a resource's guest.
-pub fn ask(res: &HaResource, g: &Guest, preference: Preference) -> Ask {
+pub fn ask(state: &ClusterState, res: &HaResource, g: &Guest, preference: Preference) -> Ask {
     let spec = g.vm_spec();
+    let arch = crate::arch::resolve(&state.architectures, "arch", spec.arch.as_deref()).unwrap_or_default();
     Ask {
         sid: res.sid.clone(),
         current: Some(g.node.clone()),
@@ -89,8 +90,9 @@ pub fn ask(res: &HaResource, g: &Guest, preference: Preference) -> Ask {
         maintenance_node: None,
         cpus: f64::from(spec.cores * spec.sockets.max(1)),
         mem_mib: spec.memory_mib,
-        arch: "x86_64".into(),
-        emulation_allowed: true,
+        emulator: arch.emulator().to_string(),
+        arch: arch.name,
+        emulation_allowed: spec.emulation.is_allowed(),
         storages: guest_storages(g),
     }
 }
@@ -108,7 +110,7 @@ pub fn decide(
     let compiled = Compiled::new(&rules);
     let opts = HaOptions::from_options(&state.options);
     let nodes = node_views(state, Some(g), live);
-    Some(placement::select_node(&ask(res, g, preference), &nodes, &usage(state), &compiled, opts.crs))
+    Some(placement::select_node(&ask(state, res, g, preference), &nodes, &usage(state), &compiled, opts.crs))
 }
 
 fn transition(res: &HaResource, service: ServiceState) -> Command {
@@ -239,7 +241,7 @@ fn next(state: &ClusterState, res: &HaResource, g: &Guest, live: &dyn Fn(&str) -
             let rules: Vec<_> = state.ha_rules.values().cloned().collect();
             let opts = HaOptions::from_options(&state.options);
             let d = placement::select_node(
-                &ask(&r, g, Preference::TryNext),
+                &ask(state, &r, g, Preference::TryNext),
                 &nodes,
                 &usage(state),
                 &Compiled::new(&rules),

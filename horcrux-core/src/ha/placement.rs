@@ -70,8 +70,23 @@ pub struct Ask {
     pub cpus: f64,
     pub mem_mib: u64,
     pub arch: String,
+    /// The `qemu-system-*` suffix that runs it (`ppc64` for `ppc64le`).
+    pub emulator: String,
     pub emulation_allowed: bool,
     pub storages: BTreeSet<String>,
+}
+
+impl Ask {
+    /// Whether `n` runs the guest without emulation (its `uname -m` is the guest's
+    /// architecture, or the one its emulator is for).
+    pub fn native_on(&self, n: &NodeView) -> bool {
+        n.arch == self.arch || n.arch == self.emulator
+    }
+
+    /// Natively, or emulated where the guest allows it and the node has the emulator.
+    pub fn runs_on(&self, n: &NodeView) -> bool {
+        self.native_on(n) || (self.emulation_allowed && n.emulates.contains(&self.emulator))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -240,9 +255,9 @@ pub fn select_node(ask: &Ask, nodes: &[NodeView], usage: &Usage, rules: &Compile
             Some("in maintenance".to_string())
         } else if let Some(s) = missing {
             Some(format!("does not reach storage '{s}'"))
-        } else if n.arch != ask.arch && !(ask.emulation_allowed && n.emulates.contains(&ask.arch)) {
+        } else if !ask.runs_on(n) {
             Some(if ask.emulation_allowed {
-                format!("{} node without qemu-system-{}", n.arch, ask.arch)
+                format!("{} node without qemu-system-{}", n.arch, ask.emulator)
             } else {
                 format!("{} node; the guest is {} and forbids emulation", n.arch, ask.arch)
             })
@@ -316,6 +331,14 @@ fn choose(
     if pri.is_empty() {
         why.push(format!("no node can run {}", ask.sid));
         return Decision { node: None, explanation: why };
+    }
+    // Nodes of the guest's own architecture before the ones that would emulate it.
+    if pri.iter().any(|n| ask.native_on(n)) {
+        let emulating = names(pri.iter().filter(|n| !ask.native_on(n)));
+        if !emulating.is_empty() {
+            why.push(format!("{emulating}: would emulate {}; other nodes run it natively", ask.arch));
+        }
+        pri.retain(|n| ask.native_on(n));
     }
 
     // Resource affinity.
@@ -508,6 +531,7 @@ mod tests {
             cpus: 1.0,
             mem_mib: 1024,
             arch: "x86_64".into(),
+            emulator: "x86_64".into(),
             emulation_allowed: true,
             storages: BTreeSet::new(),
         }
@@ -608,6 +632,41 @@ mod tests {
             .explanation
             .contains(&"h1: negative resource-affinity rule a1 keeps it apart from vm:103".to_string()));
         assert_ne!(d.node.as_deref(), Some("h1"));
+    }
+
+    /// An aarch64 guest: native nodes first, emulation where allowed and the node has the
+    /// emulator, never where the guest forbids it; a ppc64le guest needs `qemu-system-ppc64`.
+    #[test]
+    fn native_nodes_are_preferred_and_emulation_needs_the_emulator_and_consent() {
+        let mut nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 8192)];
+        nodes[1].emulates.clear();
+        nodes[2].arch = "aarch64".into();
+        let mut a = ask("vm:100");
+        a.arch = "aarch64".into();
+        a.emulator = "aarch64".into();
+        let none = Compiled::new(&[]);
+        let d = select_node(&a, &nodes, &Usage::default(), &none, Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h3"), "{:?}", d.explanation);
+        assert_eq!(d.explanation[0], "h2: x86_64 node without qemu-system-aarch64");
+        assert_eq!(d.explanation[1], "h1: would emulate aarch64; other nodes run it natively");
+        // The native node gone: h1 emulates it.
+        nodes[2].online = false;
+        let d = select_node(&a, &nodes, &Usage::default(), &none, Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h1"), "{:?}", d.explanation);
+        // Forbidden emulation: nothing can run it.
+        a.emulation_allowed = false;
+        let d = select_node(&a, &nodes, &Usage::default(), &none, Crs::Basic);
+        assert_eq!(d.node, None);
+        assert!(d
+            .explanation
+            .contains(&"h1: x86_64 node; the guest is aarch64 and forbids emulation".into()));
+        // The emulator, not the architecture's name, is what a node must have.
+        let mut p = ask("vm:101");
+        p.arch = "ppc64le".into();
+        p.emulator = "ppc64".into();
+        nodes[0].emulates = BTreeSet::from(["ppc64".to_string()]);
+        let d = select_node(&p, &nodes, &Usage::default(), &none, Crs::Basic);
+        assert_eq!(d.node.as_deref(), Some("h1"), "{:?}", d.explanation);
     }
 
     #[test]

@@ -183,6 +183,38 @@ impl ClusterState {
                 r.restarts += 1;
                 r.revision = index;
             }
+            Command::SetArchitecture { create, arch } => {
+                arch.validate()?;
+                if crate::arch::is_builtin(&arch.name) {
+                    return Err(ValidationError::new(
+                        "name",
+                        format!("{} is a built-in architecture", arch.name),
+                    )
+                    .into());
+                }
+                match (self.architectures.contains_key(&arch.name), create) {
+                    (true, true) => {
+                        return Err(conflict(format!("architecture {} already exists", arch.name)))
+                    }
+                    (false, false) => {
+                        return Err(ApplyError::NotFound { what: format!("architecture {}", arch.name) })
+                    }
+                    _ => {}
+                }
+                if self.architectures.len() >= 256 && *create {
+                    return Err(conflict("at most 256 registered architectures".into()));
+                }
+                self.architectures.insert(arch.name.clone(), arch.clone());
+            }
+            Command::DeleteArchitecture { name } => {
+                if !self.architectures.contains_key(name) {
+                    return Err(ApplyError::NotFound { what: format!("architecture {name}") });
+                }
+                if let Some(g) = self.guests.values().find(|g| g.vm_spec().arch.as_deref() == Some(name)) {
+                    return Err(conflict(format!("guest {} uses architecture {name}", g.vmid)));
+                }
+                self.architectures.remove(name);
+            }
             _ => unreachable!("apply_ha is called for HA commands only"),
         }
         Ok(())

@@ -90,7 +90,6 @@ impl Proc {
 }
 
 pub struct QemuDriver {
-    binary: PathBuf,
     run_dir: PathBuf,
     log_dir: PathBuf,
     accel: Accel,
@@ -182,7 +181,6 @@ impl QemuDriver {
             .map_err(at(&run_dir))?;
         std::fs::create_dir_all(&log_dir).map_err(at(&log_dir))?;
         Ok(Self {
-            binary: PathBuf::from("qemu-system-x86_64"),
             run_dir,
             log_dir,
             accel,
@@ -202,16 +200,26 @@ impl QemuDriver {
         self
     }
 
-    /// The QEMU binary as an absolute path (the fence execs it without a PATH search).
-    fn binary_path(&self) -> Result<PathBuf, DriverError> {
-        if self.binary.is_absolute() {
-            return Ok(self.binary.clone());
-        }
+    /// The guest's QEMU binary as an absolute path, found on `PATH` (the fence execs it
+    /// without a search; an architecture names a binary, never a path).
+    fn binary_path(launch: &GuestLaunch) -> Result<PathBuf, DriverError> {
+        let binary = &launch.arch.qemu_binary;
         let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-        std::env::split_paths(&path)
-            .map(|d| d.join(&self.binary))
-            .find(|p| p.is_file())
-            .ok_or_else(|| DriverError::Invalid(format!("{} is not installed", self.binary.display())))
+        std::env::split_paths(&path).map(|d| d.join(binary)).find(|p| p.is_file()).ok_or_else(|| {
+            DriverError::Invalid(format!(
+                "{binary} is not installed on this node (guest architecture {})",
+                launch.arch.name
+            ))
+        })
+    }
+
+    /// KVM only for a guest of the host's own architecture; any other runs under TCG.
+    fn accel_for(&self, launch: &GuestLaunch) -> Accel {
+        if launch.arch.emulator() == crate::host::machine() {
+            self.accel
+        } else {
+            Accel::Tcg
+        }
     }
 
     /// Runs each guest's QEMU as `base + vmid` (`None`: as the daemon's own user). Only a
@@ -271,14 +279,23 @@ impl QemuDriver {
             "-name".into(),
             format!("{},debug-threads=on", launch.name),
             "-accel".into(),
-            if self.accel == Accel::Kvm { "kvm" } else { "tcg" }.into(),
+            if self.accel_for(launch) == Accel::Kvm { "kvm" } else { "tcg" }.into(),
             "-nodefaults".into(),
             "-m".into(),
             spec.memory_mib.to_string(),
             "-smp".into(),
             format!("{},sockets={},cores={}", spec.cores * spec.sockets, spec.sockets, spec.cores),
-            "-device".into(),
-            "VGA".into(),
+        ];
+        if let Some(m) = &launch.arch.machine {
+            a.extend(["-machine".into(), m.clone()]);
+        }
+        if let Some(c) = &launch.arch.cpu {
+            a.extend(["-cpu".into(), c.clone()]);
+        }
+        if launch.arch.has_vga() {
+            a.extend(["-device".into(), "VGA".into()]);
+        }
+        a.extend([
             "-vnc".into(),
             "none".into(),
             "-sandbox".into(),
@@ -289,7 +306,7 @@ impl QemuDriver {
             format!("socket,id=qmp,fd={},server=on,wait=off", fds::QMP_FD),
             "-mon".into(),
             "chardev=qmp,mode=control".into(),
-        ];
+        ]);
         let slots = spec.disk_slots();
         let on_bus = |bus: &str| slots.iter().any(|s| s.starts_with(bus));
         if on_bus("scsi") {
@@ -433,8 +450,9 @@ impl QemuDriver {
             let _ = std::fs::remove_file(p);
         }
         let stderr = std::fs::File::create(self.stderr_path(vmid))?;
+        let binary = Self::binary_path(launch)?;
         let spawn_error = |e: std::io::Error| DriverError::Command {
-            program: self.binary.display().to_string(),
+            program: launch.arch.qemu_binary.clone(),
             message: e.to_string(),
         };
         let owner = self.guest_owner(vmid);
@@ -460,7 +478,7 @@ impl QemuDriver {
                 targets.push(2);
                 let req = crate::fence::FenceRequest::Spawn {
                     vmid,
-                    program: self.binary_path()?.display().to_string(),
+                    program: binary.display().to_string(),
                     args: self.argv(launch).iter().map(|a| a.to_string_lossy().into_owned()).collect(),
                     env: vec![(GUEST_ENV.to_string(), self.qmp_path(vmid).display().to_string())],
                     fds: targets,
@@ -475,7 +493,7 @@ impl QemuDriver {
             None => {
                 // Its own process group: a signal to the daemon's group (Ctrl-C) leaves guests
                 // alone. Dropping the handle does not kill it; tokio reaps it when it exits.
-                let mut cmd = Command::new(&self.binary);
+                let mut cmd = Command::new(&binary);
                 cmd.args(self.argv(launch))
                     .env(GUEST_ENV, self.qmp_path(vmid))
                     .stdin(Stdio::null())
@@ -504,7 +522,7 @@ impl QemuDriver {
             if let Some(status) = child.exited(started).map_err(spawn_error)? {
                 let err = std::fs::read_to_string(self.stderr_path(vmid)).unwrap_or_default();
                 let err = if err.trim().is_empty() { status } else { err.trim().to_string() };
-                return Err(DriverError::Command { program: "qemu-system-x86_64".into(), message: err });
+                return Err(DriverError::Command { program: launch.arch.qemu_binary.clone(), message: err });
             }
             {
                 // A status poll may have connected first (the one connection QEMU serves).

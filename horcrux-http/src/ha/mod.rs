@@ -4,6 +4,7 @@
 //! of the route's own privilege. Status and placement are answered by the leader, where
 //! the manager and the leases are (`forward.rs` carries them there).
 
+pub mod arch;
 pub mod compat;
 
 use std::collections::BTreeSet;

@@ -79,6 +79,9 @@ fn translate(
             "cores" | "sockets" => {
                 out.insert(k.into(), json!(int(v)?));
             }
+            "arch" => {
+                out.insert("arch".into(), json!(v));
+            }
             _ if k.starts_with("net") && k[3..].parse::<u8>().is_ok() => {
                 let index: u8 = k[3..].parse().unwrap_or(0);
                 // Keep the card's MAC address when the new value names none.
@@ -233,6 +236,9 @@ pub(crate) async fn qemu_config(
         c.insert("memory".into(), json!(v["memory_mib"].as_u64().unwrap_or(0).to_string()));
         c.insert("cores".into(), v["cores"].clone());
         c.insert("sockets".into(), v["sockets"].clone());
+        if let Some(a) = v["arch"].as_str().filter(|a| *a != horcrux_core::arch::DEFAULT_ARCH) {
+            c.insert("arch".into(), json!(a));
+        }
         for d in v["disks"].as_array().into_iter().flatten() {
             let size = d["size_mib"].as_u64().unwrap_or(0);
             let size = if size % 1024 == 0 { format!("{}G", size / 1024) } else { format!("{size}M") };

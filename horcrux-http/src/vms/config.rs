@@ -37,9 +37,11 @@ struct ConfigChange {
     /// Options to set (`""` removes one).
     #[serde(default)]
     options: BTreeMap<String, String>,
-    /// Keys to remove: `netN` or an option name.
+    /// Keys to remove: `netN`, `arch`, `emulation` or an option name.
     #[serde(default)]
     delete: Vec<String>,
+    arch: Option<String>,
+    emulation: Option<horcrux_core::arch::Emulation>,
 }
 
 /// The privileges a change needs, as Proxmox checks them per key: (privilege, ACL path).
@@ -58,12 +60,18 @@ fn needed(change: &ConfigChange, vmid: u32) -> Vec<(&'static str, String)> {
     if !change.add_disks.is_empty() {
         out.push(("VM.Config.Disk", vm.clone()));
     }
+    if change.arch.is_some()
+        || change.emulation.is_some()
+        || change.delete.iter().any(|k| k == "arch" || k == "emulation")
+    {
+        out.push(("VM.Config.HWType", vm.clone()));
+    }
     for d in &change.add_disks {
         out.push(("Datastore.AllocateSpace", format!("/storage/{}", d.storage)));
     }
     if change.name.is_some()
         || !change.options.is_empty()
-        || change.delete.iter().any(|k| !k.starts_with("net"))
+        || change.delete.iter().any(|k| !k.starts_with("net") && k != "arch" && k != "emulation")
     {
         out.push(("VM.Config.Options", vm));
     }
@@ -105,7 +113,11 @@ pub async fn update(
     spec.cores = change.cores.unwrap_or(spec.cores);
     spec.sockets = change.sockets.unwrap_or(spec.sockets);
     for key in &change.delete {
-        if let Some(index) = key.strip_prefix("net").and_then(|n| n.parse::<u8>().ok()) {
+        if key == "arch" {
+            spec.arch = None;
+        } else if key == "emulation" {
+            spec.emulation = Default::default();
+        } else if let Some(index) = key.strip_prefix("net").and_then(|n| n.parse::<u8>().ok()) {
             spec.nets.retain(|n| n.index != index);
         } else if horcrux_core::vmconfig::KEPT_OPTIONS.contains(&key.as_str()) {
             spec.options.remove(key);
@@ -147,8 +159,15 @@ pub async fn update(
             slot: Some(slot),
         });
     }
+    if let Some(a) = change.arch {
+        spec.arch = Some(a);
+    }
+    if let Some(e) = change.emulation {
+        spec.emulation = e;
+    }
     spec.validate()?;
     horcrux_core::vmconfig::validate_option_values(&spec.options)?;
+    super::check_arch(&state, &g.node, &spec)?;
 
     // Allocate the new disks under names no other disk of the guest uses.
     let mut allocated: Vec<(String, String)> = Vec::new();

@@ -53,6 +53,8 @@ pub(crate) fn vm_json(st: &ApiState, g: &Guest) -> Value {
         }).collect::<Vec<_>>(),
         "nets": spec.nets,
         "options": spec.options,
+        "arch": spec.arch.as_deref().unwrap_or(horcrux_core::arch::DEFAULT_ARCH),
+        "emulation": spec.emulation,
         "status": status_word(observed.power),
         "qmpstatus": observed.power,
         "desired": g.desired,
@@ -148,6 +150,39 @@ pub(crate) struct CreateVm {
     options: std::collections::BTreeMap<String, String>,
     /// A resource pool the guest joins.
     pool: Option<String>,
+    arch: Option<String>,
+    #[serde(default)]
+    emulation: horcrux_core::arch::Emulation,
+}
+
+/// The guest's architecture is known and `node` can run it: natively, or emulated with the
+/// right `qemu-system-*` where the guest allows emulation. (A node that has not reported
+/// its facts yet is not judged.)
+pub(crate) fn check_arch(
+    state: &horcrux_core::ClusterState,
+    node: &str,
+    spec: &VmSpec,
+) -> Result<(), ApiError> {
+    let arch = horcrux_core::arch::resolve(&state.architectures, "arch", spec.arch.as_deref())?;
+    let Some(facts) = state.nodes.get(node).map(|n| &n.facts).filter(|f| !f.arch.is_empty()) else {
+        return Ok(());
+    };
+    if facts.arch == arch.name || facts.arch == arch.emulator() {
+        return Ok(());
+    }
+    if !spec.emulation.is_allowed() {
+        return Err(ApiError::bad_field(
+            "emulation",
+            format!("forbidden, and node {node} is {}, not {}", facts.arch, arch.name),
+        ));
+    }
+    if !facts.emulates.contains(arch.emulator()) {
+        return Err(ApiError::bad_field(
+            "arch",
+            format!("node {node} ({}) has no {} to emulate {}", facts.arch, arch.qemu_binary, arch.name),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn one() -> u32 {
@@ -200,9 +235,12 @@ pub(crate) async fn create_vm(
         boot: req.boot,
         nets: req.nets.into_iter().map(NewNet::into_spec).collect(),
         options: req.options,
+        arch: req.arch,
+        emulation: req.emulation,
     };
     spec.validate()?;
     horcrux_core::vmconfig::validate_option_values(&spec.options)?;
+    check_arch(&state, cluster.node_name(), &spec)?;
     for (i, d) in spec.disks.iter().enumerate() {
         if !state.storage.contains_key(&d.storage) {
             return Err(ApiError::bad_field(
