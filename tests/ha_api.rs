@@ -159,6 +159,14 @@ fn ha_resources_and_rules_are_checked_authorized_and_explained() {
     let (code, e) = admin.post("/cluster/ha/resources", &json!({"sid": "vm:201", "state": "started"}));
     assert_eq!(code, 409, "{e}");
     assert!(e["error"].as_str().unwrap().contains("ha.tolerate=1"), "{e}");
+    // A plain start is admitted the same way (one node cannot lose one), natively and
+    // through /api2/json, and nothing is left started.
+    let (code, e) = admin.post("/vms/201/start", &json!({}));
+    assert_eq!(code, 409, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("admission control (ha.tolerate=1)"), "{e}");
+    let (code, e) = admin.post("/api2/json/nodes/n1/qemu/201/status/start", &json!({}));
+    assert_eq!(code, 409, "{e}");
+    assert_eq!(admin.get("/vms/201").1["desired"]["state"], "stopped");
     assert_eq!(opt("ha.tolerate", "").0, 200);
     // The margin must cover the lease's drift; bad values name the option.
     assert_eq!(opt("ha.lease", "60").0, 200);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod ha;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -243,7 +244,7 @@ impl Api {
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         Self::done(
             self.agent
-                .post(format!("{}/api/v1{path}", self.base))
+                .post(self.url(path))
                 .header("Authorization", format!("Bearer {}", self.token))
                 .send_json(body),
         )
@@ -253,7 +254,7 @@ impl Api {
     pub fn delete(&self, path: &str) -> (u16, Value) {
         Self::done(
             self.agent
-                .delete(format!("{}/api/v1{path}", self.base))
+                .delete(self.url(path))
                 .header("Authorization", format!("Bearer {}", self.token))
                 .call(),
         )

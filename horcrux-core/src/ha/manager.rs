@@ -125,6 +125,20 @@ fn transition(res: &HaResource, service: ServiceState) -> Command {
     }
 }
 
+/// Moves the resource to `target` as a relocation: stopped on its node, then moved and
+/// started there by the owner once its process is gone (`service` becomes `relocate`).
+fn move_to(res: &HaResource, target: String) -> Command {
+    with(transition(res, ServiceState::Relocate), |_, run, _, t| {
+        *run = Some(false);
+        *t = Some(target);
+    })
+}
+
+fn rebalanced(mut why: Vec<String>) -> Vec<String> {
+    why.push("ha-rebalance-on-start: starting it on the best-scored node".into());
+    why
+}
+
 fn with(
     mut cmd: Command,
     f: impl FnOnce(&mut Option<String>, &mut Option<bool>, &mut Vec<String>, &mut Option<String>),
@@ -164,19 +178,34 @@ pub fn may_start(state: &ClusterState, sid: &str) -> bool {
 /// The transitions to commit next; see the module documentation.
 pub fn plan(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Vec<Step> {
     let mut steps = Vec::new();
+    // One voluntary move (failback, rebalance) per round: each is decided on a state where
+    // the others have not moved yet, and two partners of a positive rule on different
+    // nodes would otherwise swap places forever.
+    let mut may_move = !state.ha_resources.values().any(|r| matches!(r.service, ServiceState::Relocate));
     for res in state.ha_resources.values() {
         if res.state == RequestedState::Ignored {
             continue;
         }
         let Some(g) = vmid_of(&res.sid).and_then(|v| state.guests.get(&v)) else { continue };
-        if let Some(step) = next(state, res, g, live) {
+        if let Some(step) = next(state, res, g, live, may_move) {
+            if res.service != ServiceState::Relocate
+                && matches!(step.cmd, Command::HaTransition { service: ServiceState::Relocate, .. })
+            {
+                may_move = false;
+            }
             steps.push(step);
         }
     }
     steps
 }
 
-fn next(state: &ClusterState, res: &HaResource, g: &Guest, live: &dyn Fn(&str) -> Liveness) -> Option<Step> {
+fn next(
+    state: &ClusterState,
+    res: &HaResource,
+    g: &Guest,
+    live: &dyn Fn(&str) -> Liveness,
+    may_move: bool,
+) -> Option<Step> {
     use ServiceState as S;
     let step = |cmd: Command, why: Vec<String>| Some(Step { sid: res.sid.clone(), cmd, explanation: why });
     let wants_run = res.state == RequestedState::Started;
@@ -262,8 +291,28 @@ fn next(state: &ClusterState, res: &HaResource, g: &Guest, live: &dyn Fn(&str) -
         }
         (RequestedState::Started, s) => {
             if s != S::Started || !g.desired.is_running() {
+                // `ha-rebalance-on-start`: a resource being started goes to the best-scored
+                // node first (stopped where it is, moved by its owner once it is gone).
+                let rebalance = HaOptions::from_options(&state.options).rebalance_on_start;
+                if rebalance && may_move && s == S::Stopped {
+                    if let Some(d) = decide(state, &res.sid, Preference::BestScore, live) {
+                        if let Some(t) = d.node.clone().filter(|t| *t != g.node) {
+                            return step(move_to(res, t), rebalanced(d.explanation));
+                        }
+                    }
+                }
                 let cmd = with(transition(res, S::Started), |_, run, _, _| *run = Some(true));
                 return step(cmd, vec![format!("requested started; starting on {}", g.node)]);
+            }
+            // Failback: a started resource goes back where the rules (and its architecture)
+            // prefer, once such a node is online again, if it may (`failback`).
+            if res.failback && may_move {
+                let d = decide(state, &res.sid, Preference::Stay, live)?;
+                if let Some(t) = d.node.clone().filter(|t| *t != g.node) {
+                    let mut why = d.explanation;
+                    why.push(format!("failback: moving from {} to {t}", g.node));
+                    return step(move_to(res, t), why);
+                }
             }
             None
         }
@@ -290,6 +339,19 @@ fn next(state: &ClusterState, res: &HaResource, g: &Guest, live: &dyn Fn(&str) -
 /// is reserved: every guest meant to run counts). A guest whose disks are on node-local
 /// storage cannot survive its node. `Err` says which loss would strand which guest.
 pub fn check_tolerance(state: &ClusterState, sid: &str, n: u32) -> Result<(), String> {
+    tolerance(state, sid, true, n)
+}
+
+/// Admission control for a plain start of guest `vmid`: an HA guest is checked as a started
+/// HA resource; any other guest reserves its memory on its node, and the HA guests must
+/// still fit around it.
+pub fn check_start(state: &ClusterState, vmid: u32, n: u32) -> Result<(), String> {
+    let sid = vm_sid(vmid);
+    let ha = state.ha_resources.get(&sid).is_some_and(|r| r.state != RequestedState::Ignored);
+    tolerance(state, &sid, ha, n)
+}
+
+fn tolerance(state: &ClusterState, sid: &str, sid_is_ha: bool, n: u32) -> Result<(), String> {
     let nodes: Vec<&str> = state.nodes.keys().map(String::as_str).collect();
     if n as usize >= nodes.len() {
         return Err(format!(
@@ -304,7 +366,7 @@ pub fn check_tolerance(state: &ClusterState, sid: &str, n: u32) -> Result<(), St
         .filter_map(|g| {
             let gsid = vm_sid(g.vmid);
             let r = state.ha_resources.get(&gsid);
-            let started = gsid == sid || r.is_some_and(|r| r.state == RequestedState::Started);
+            let started = (gsid == sid && sid_is_ha) || r.is_some_and(|r| r.state == RequestedState::Started);
             started.then(|| (gsid, g.node.as_str(), g.vm_spec().memory_mib, g.vm_spec().disks.is_empty()))
         })
         .collect();

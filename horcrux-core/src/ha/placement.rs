@@ -4,7 +4,29 @@
 //! storages the guest needs, and its CPU architecture. Every decision carries its
 //! explanation, one line per node left out and one for the choice.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FNV-1a: the maps here are keyed by short node and resource names, looked up hundreds of
+/// times per decision, and SipHash (DoS-resistant, which names from the replicated state
+/// need not be) was a tenth of a decision's cost.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<Fnv>>;
 
 use super::rules::{Rule, RuleKind};
 
@@ -121,7 +143,7 @@ impl Compiled {
             }
         }
         let groups = super::rules::positive_groups(&enabled);
-        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::default();
         for (i, (ids, res)) in groups.iter().enumerate() {
             let name = ids.join("+");
             for sid in res {
@@ -245,30 +267,32 @@ pub fn select_node(ask: &Ask, nodes: &[NodeView], usage: &Usage, rules: &Compile
     let load = Loads { nodes, v: nodes.iter().map(|n| usage.without(&n.name, own)).collect() };
 
     // Nodes that can hold it at all.
-    let mut candidates: Vec<&NodeView> = Vec::new();
+    let mut candidates: Vec<&NodeView> = Vec::with_capacity(nodes.len());
+    let mut emulating = 0usize;
     for n in nodes {
-        let free = (n.mem_mib as f64 - load.of(n).mem).max(0.0) as u64;
-        let missing = ask.storages.iter().find(|s| !n.storages.contains(*s));
+        let name = &n.name;
         let reason = if !n.online {
-            Some("offline".to_string())
+            Some(format!("{name}: offline"))
         } else if n.maintenance {
-            Some("in maintenance".to_string())
-        } else if let Some(s) = missing {
-            Some(format!("does not reach storage '{s}'"))
+            Some(format!("{name}: in maintenance"))
+        } else if let Some(s) = ask.storages.iter().find(|s| !n.storages.contains(*s)) {
+            Some(format!("{name}: does not reach storage '{s}'"))
         } else if !ask.runs_on(n) {
             Some(if ask.emulation_allowed {
-                format!("{} node without qemu-system-{}", n.arch, ask.emulator)
+                format!("{name}: {} node without qemu-system-{}", n.arch, ask.emulator)
             } else {
-                format!("{} node; the guest is {} and forbids emulation", n.arch, ask.arch)
+                format!("{name}: {} node; the guest is {} and forbids emulation", n.arch, ask.arch)
             })
-        } else if free < ask.mem_mib {
-            Some(format!("{free} MiB free, needs {} MiB", ask.mem_mib))
         } else {
-            None
+            let free = (n.mem_mib as f64 - load.of(n).mem).max(0.0) as u64;
+            (free < ask.mem_mib).then(|| format!("{name}: {free} MiB free, needs {} MiB", ask.mem_mib))
         };
         match reason {
-            Some(r) => why.push(format!("{}: {r}", n.name)),
-            None => candidates.push(n),
+            Some(r) => why.push(r),
+            None => {
+                emulating += usize::from(!ask.native_on(n));
+                candidates.push(n)
+            }
         }
     }
 
@@ -276,38 +300,48 @@ pub fn select_node(ask: &Ask, nodes: &[NodeView], usage: &Usage, rules: &Compile
     // (The nodes one rule leaves out are named on one line: with many nodes, a line per
     // node would bury the reasons that matter.)
     let current = ask.current.as_deref();
-    let mut pri: Vec<&NodeView> = candidates;
+    let pri: Vec<&NodeView> = candidates;
     if let Some((rule, prio, strict)) = rules.node_affinity.get(&ask.sid) {
-        let rank = |n: &NodeView| prio.get(&n.name).map(|p| i64::from(*p)).unwrap_or(-1);
+        // Each candidate's priority, looked up once (-1: not listed).
+        let mut ranked: Vec<(&NodeView, i64)> =
+            pri.iter().map(|n| (*n, prio.get(&n.name).map(|p| i64::from(*p)).unwrap_or(-1))).collect();
         if *strict {
-            let out = names(pri.iter().filter(|n| !prio.contains_key(&n.name)));
+            let out: Vec<&str> =
+                ranked.iter().filter(|(_, r)| *r < 0).map(|(n, _)| n.name.as_str()).collect();
             if !out.is_empty() {
-                why.push(format!("strict node-affinity rule {rule} excludes {out}"));
+                why.push(format!("strict node-affinity rule {rule} excludes {}", out.join(", ")));
             }
-            pri.retain(|n| prio.contains_key(&n.name));
+            ranked.retain(|(_, r)| *r >= 0);
         }
-        if let Some(best) = pri.iter().map(|n| rank(n)).max() {
-            let lower: Vec<String> = pri
-                .iter()
-                .filter(|n| rank(n) < best)
-                .map(|n| match rank(n) {
-                    -1 => format!("{} (unlisted)", n.name),
-                    r => format!("{} ({r})", n.name),
-                })
-                .collect();
-            if !lower.is_empty() {
-                why.push(format!(
-                    "node-affinity rule {rule} prefers priority {best} over {}",
-                    lower.join(", ")
-                ));
+        // (None left: a strict rule excluded every candidate.)
+        let Some(best) = ranked.iter().map(|(_, r)| *r).max() else {
+            return choose(ask, nodes, usage, rules, crs, Vec::new(), false, false, &load, why);
+        };
+        let listed: Vec<String> = ranked
+            .iter()
+            .filter(|(_, r)| (0..best).contains(r))
+            .map(|(n, r)| format!("{} ({r})", n.name))
+            .collect();
+        let unlisted: Vec<&str> =
+            ranked.iter().filter(|(_, r)| *r < 0 && best >= 0).map(|(n, _)| n.name.as_str()).collect();
+        if !listed.is_empty() || !unlisted.is_empty() {
+            let mut line = format!("node-affinity rule {rule} prefers priority {best} over ");
+            line.push_str(&listed.join(", "));
+            if !unlisted.is_empty() {
+                if !listed.is_empty() {
+                    line.push_str("; ");
+                }
+                line.push_str("unlisted ");
+                line.push_str(&unlisted.join(", "));
             }
-            let cur_allowed = current.is_some_and(|c| pri.iter().any(|n| n.name == c));
-            pri.retain(|n| rank(n) == best);
-            return choose(ask, nodes, usage, rules, crs, pri, cur_allowed, &load, why);
+            why.push(line);
         }
+        let cur_allowed = current.is_some_and(|c| ranked.iter().any(|(n, _)| n.name == c));
+        let pri: Vec<&NodeView> = ranked.into_iter().filter(|(_, r)| *r == best).map(|(n, _)| n).collect();
+        return choose(ask, nodes, usage, rules, crs, pri, cur_allowed, emulating > 0, &load, why);
     }
     let cur_allowed = current.is_some_and(|c| pri.iter().any(|n| n.name == c));
-    choose(ask, nodes, usage, rules, crs, pri, cur_allowed, &load, why)
+    choose(ask, nodes, usage, rules, crs, pri, cur_allowed, emulating > 0, &load, why)
 }
 
 fn names<'a>(nodes: impl Iterator<Item = &'a &'a NodeView>) -> String {
@@ -325,6 +359,7 @@ fn choose(
     crs: Crs,
     mut pri: Vec<&NodeView>,
     cur_allowed: bool,
+    some_emulate: bool,
     load: &Loads,
     mut why: Vec<String>,
 ) -> Decision {
@@ -333,7 +368,7 @@ fn choose(
         return Decision { node: None, explanation: why };
     }
     // Nodes of the guest's own architecture before the ones that would emulate it.
-    if pri.iter().any(|n| ask.native_on(n)) {
+    if some_emulate && pri.iter().any(|n| ask.native_on(n)) {
         let emulating = names(pri.iter().filter(|n| !ask.native_on(n)));
         if !emulating.is_empty() {
             why.push(format!("{emulating}: would emulate {}; other nodes run it natively", ask.arch));
@@ -404,32 +439,60 @@ fn choose(
         return Decision { node: Some(cur.to_string()), explanation: why };
     }
 
-    // Score: lower is better; ties by name.
+    // Score: lower is better; ties by name. Only the best four (the choice and the
+    // runners-up an operator compares it with) and, when relocating, the one ranked right
+    // after the current node are needed: found in one pass, without sorting every node.
     let costs = score(ask, &pri, nodes, load, crs);
-    let mut ranked: Vec<(f64, &str)> =
+    let ranked: Vec<(f64, &str)> =
         pri.iter().map(|n| n.name.as_str()).zip(costs).map(|(n, c)| (c, n)).collect();
-    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
-    let pick = match (ask.preference, current) {
-        (Preference::TryNext, Some(cur)) => match ranked.iter().position(|r| r.1 == cur) {
-            Some(i) if i + 1 < ranked.len() => i + 1,
-            _ => 0,
-        },
-        _ => 0,
+    let before = |a: &(f64, &str), b: &(f64, &str)| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)).is_lt();
+    let mut top: Vec<(f64, &str)> = Vec::with_capacity(5);
+    for r in &ranked {
+        if top.len() < 4 || before(r, &top[3]) {
+            let at = top.iter().position(|t| before(r, t)).unwrap_or(top.len());
+            top.insert(at, *r);
+            top.truncate(4);
+        }
+    }
+    let after_current = match (ask.preference, current) {
+        (Preference::TryNext, Some(cur)) => ranked.iter().find(|r| r.1 == cur).and_then(|c| {
+            ranked.iter().filter(|r| before(c, r)).fold(None, |best: Option<(f64, &str)>, r| match best {
+                Some(b) if !before(r, &b) => Some(b),
+                _ => Some(*r),
+            })
+        }),
+        _ => None,
     };
-    let (cost, chosen) = ranked[pick];
-    // The runners-up, best first (three at most: the ones an operator compares with).
+    let (cost, chosen) = after_current.unwrap_or(top[0]);
+    // The runners-up, best first (three at most).
     let others: Vec<String> =
-        ranked.iter().filter(|r| r.1 != chosen).take(3).map(|(c, n)| format!("{n} {c:.2}")).collect();
+        top.iter().filter(|r| r.1 != chosen).take(3).map(|(c, n)| format!("{n} {}", Cost(*c))).collect();
     let kind = match crs {
         Crs::Basic => "HA resources on it",
         Crs::Static => "static load score",
     };
-    let mut line = format!("chose {chosen}, {kind} {cost:.2}");
+    let mut line = format!("chose {chosen}, {kind} {}", Cost(cost));
     if !others.is_empty() {
         line.push_str(&format!(" (next: {})", others.join(", ")));
     }
     why.push(line);
     Decision { node: Some(chosen.to_string()), explanation: why }
+}
+
+/// A cost with two decimals, formatted through integers (`{:.2}` of an `f64` took a
+/// twentieth of a decision).
+struct Cost(f64);
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hundredths = (self.0 * 100.0).round();
+        if !hundredths.is_finite() || hundredths.abs() >= 1e15 {
+            return write!(f, "{:.2}", self.0);
+        }
+        let h = hundredths as i64;
+        let sign = if h < 0 { "-" } else { "" };
+        write!(f, "{sign}{}.{:02}", h.unsigned_abs() / 100, h.unsigned_abs() % 100)
+    }
 }
 
 /// One cost per candidate (lower is better).
@@ -591,7 +654,7 @@ mod tests {
         assert_eq!(d.node.as_deref(), Some("h1"));
         assert!(d
             .explanation
-            .contains(&"node-affinity rule na1 prefers priority 2 over h2 (1), h3 (unlisted)".to_string()));
+            .contains(&"node-affinity rule na1 prefers priority 2 over h2 (1); unlisted h3".to_string()));
         nodes[0].online = false;
         nodes[1].online = false;
         let d = select_node(&ask("vm:100"), &nodes, &Usage::default(), &rules, Crs::Basic);

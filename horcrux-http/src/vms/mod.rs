@@ -342,6 +342,20 @@ pub(crate) fn check_boot_files(
     Ok(())
 }
 
+/// Admission control (`ha.tolerate = N`, `horcrux_core::ha::manager::check_start`): a start
+/// is refused (409, with the loss that would strand a guest) when the HA guests could not
+/// all run again after any N nodes fail. Stopping is always allowed, and so is a start of a
+/// guest already meant to run.
+fn admit_start(s: &horcrux_core::ClusterState, vmid: u32, desired: DesiredPower) -> Result<(), ApiError> {
+    let n = horcrux_core::ha::resources::HaOptions::from_options(&s.options).tolerate;
+    if n == 0 || !desired.is_running() || s.guests.get(&vmid).is_some_and(|g| g.desired.is_running()) {
+        return Ok(());
+    }
+    horcrux_core::ha::manager::check_start(s, vmid, n).map_err(|why| {
+        ApiError::new(StatusCode::CONFLICT, format!("admission control (ha.tolerate={n}): {why}"))
+    })
+}
+
 /// Commits a new desired power state, then lets the owning actor act on it inside a task.
 pub(crate) async fn power_task(
     st: ApiState,
@@ -351,10 +365,15 @@ pub(crate) async fn power_task(
     desired: DesiredPower,
 ) -> Result<Json<Value>, ApiError> {
     let cluster = st.runtime.cluster().clone();
-    let exists = cluster.read_linearizable(|s| s.guests.contains_key(&vmid)).await?;
-    if !exists {
-        return Err(ApiError::not_found(format!("guest {vmid} does not exist")));
-    }
+    let admitted = cluster
+        .read_linearizable(move |s| {
+            if !s.guests.contains_key(&vmid) {
+                return Err(ApiError::not_found(format!("guest {vmid} does not exist")));
+            }
+            admit_start(s, vmid, desired)
+        })
+        .await?;
+    admitted?;
     let task = st.runtime.tasks().create(kind, &vmid.to_string(), caller.user());
     let committed =
         cluster.propose(Command::SetDesiredPower { vmid, expected_revision: None, desired }).await;

@@ -272,5 +272,129 @@ fn admission_control_refuses_what_could_not_survive_the_loss_of_n_nodes() {
     let e = check_tolerance(&s, "vm:103", 1).unwrap_err();
     assert!(e.contains("losing a would leave vm:103 (2000 MiB) without a node"), "{e}");
     assert_eq!(check_tolerance(&s, "vm:101", 0), Ok(()), "n = 0 loses nothing");
+    // A plain start: 103 is not HA, but its 2000 MiB on a leave 100 (HA, 256 MiB) room on
+    // b or c if a fails; started as HA it would need a node itself.
+    assert_eq!(check_start(&s, 103, 1), Ok(()));
+    apply(&mut s, add("vm:103", RequestedState::Stopped)).unwrap();
+    let e = check_start(&s, 103, 1).unwrap_err();
+    assert!(e.contains("vm:103 (2000 MiB)"), "{e}");
     let _ = BTreeMap::<u8, u8>::new();
+}
+
+/// Completes a move as the owner does once the guest's process is gone.
+fn complete_move(s: &mut ClusterState, sid: &str) {
+    let r = s.ha_resources[sid].clone();
+    assert_eq!(r.service, ServiceState::Relocate, "{r:?}");
+    let cmd = Command::HaTransition {
+        sid: sid.into(),
+        expected_revision: r.revision,
+        service: ServiceState::Started,
+        node: r.target.clone(),
+        run: Some(true),
+        failed_nodes: r.failed_nodes.clone(),
+        target: None,
+    };
+    apply(s, cmd).unwrap();
+}
+
+#[test]
+fn failback_brings_a_recovered_guest_back_to_its_preferred_node() {
+    for failback in [true, false] {
+        let mut s = cluster();
+        let mut rule = na("na1", "vm:100", "a:2,b:1");
+        rule.kind = RuleKind::NodeAffinity { nodes: parse_nodes("nodes", "a:2,b:1").unwrap(), strict: false };
+        apply(&mut s, Command::SetHaRule { create: true, rule }).unwrap();
+        if !failback {
+            let r = res(&s).clone();
+            let cmd = Command::SetHaResource {
+                sid: r.sid,
+                create: false,
+                state: r.state,
+                max_restart: 1,
+                max_relocate: 1,
+                failback: false,
+                comment: String::new(),
+            };
+            apply(&mut s, cmd).unwrap();
+        }
+        run(&mut s, &online);
+        let failed = |n: &str| if n == "a" { Liveness::Failed } else { online(n) };
+        run(&mut s, &failed);
+        run(&mut s, &failed);
+        assert_eq!((s.guests[&100].node.as_str(), res(&s).service), ("b", ServiceState::Started));
+        // a is back.
+        let why = run(&mut s, &online);
+        if !failback {
+            assert!(why.is_empty(), "failback off: it stays on b: {why:?}");
+            assert_eq!(s.guests[&100].node, "b");
+            continue;
+        }
+        assert_eq!(res(&s).service, ServiceState::Relocate, "{why:?}");
+        assert_eq!(res(&s).target.as_deref(), Some("a"));
+        assert!(!s.guests[&100].desired.is_running(), "stopped on b before it moves");
+        assert!(why.iter().any(|l| l == "failback: moving from b to a"), "{why:?}");
+        assert!(why.iter().any(|l| l.contains("node-affinity rule na1 prefers priority 2")), "{why:?}");
+        complete_move(&mut s, "vm:100");
+        assert_eq!((s.guests[&100].node.as_str(), res(&s).service), ("a", ServiceState::Started));
+        assert!(s.guests[&100].desired.is_running());
+        assert!(plan(&s, &online).is_empty(), "settled on a");
+    }
+}
+
+#[test]
+fn rebalance_on_start_starts_a_resource_on_the_best_scored_node() {
+    let mut s = cluster();
+    // Another HA guest already runs on a.
+    let spec = VmSpec { memory_mib: 256, cores: 1, sockets: 1, ..Default::default() };
+    let create = Command::CreateGuest {
+        vmid: 101,
+        name: "h".into(),
+        node: "a".into(),
+        config: GuestConfig::Qemu(spec),
+        pool: None,
+    };
+    apply(&mut s, create).unwrap();
+    apply(&mut s, add("vm:101", RequestedState::Started)).unwrap();
+    apply(
+        &mut s,
+        Command::SetHaResource {
+            sid: "vm:100".into(),
+            create: false,
+            state: RequestedState::Stopped,
+            max_restart: 1,
+            max_relocate: 1,
+            failback: true,
+            comment: String::new(),
+        },
+    )
+    .unwrap();
+    run(&mut s, &online);
+    assert_eq!(s.ha_resources["vm:101"].service, ServiceState::Started);
+    apply(
+        &mut s,
+        Command::SetClusterOption { key: "crs".into(), value: "ha=basic,ha-rebalance-on-start=1".into() },
+    )
+    .unwrap();
+    // `ha-manager set vm:100 --state started`: moved to the best-scored node, started there.
+    apply(
+        &mut s,
+        Command::SetHaResource {
+            sid: "vm:100".into(),
+            create: false,
+            state: RequestedState::Started,
+            max_restart: 1,
+            max_relocate: 1,
+            failback: true,
+            comment: String::new(),
+        },
+    )
+    .unwrap();
+    let why = run(&mut s, &online);
+    assert_eq!(res(&s).service, ServiceState::Relocate, "{why:?}");
+    assert_eq!(res(&s).target.as_deref(), Some("b"), "{why:?}");
+    assert!(why.iter().any(|l| l.starts_with("chose b, HA resources on it 0.00")), "{why:?}");
+    assert!(why.last().unwrap().contains("ha-rebalance-on-start"), "{why:?}");
+    complete_move(&mut s, "vm:100");
+    assert_eq!((s.guests[&100].node.as_str(), res(&s).service), ("b", ServiceState::Started));
+    assert!(plan(&s, &online).is_empty());
 }
