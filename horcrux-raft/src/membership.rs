@@ -323,6 +323,10 @@ impl ClusterHandle {
                     match net.call(Some(id), &node.raft_addr, &req, OP_TIMEOUT * 3).await {
                         Ok(RpcResponse::RemoveMember(r)) => r,
                         Ok(_) => Err(ForwardError::Unavailable("unexpected reply from the leader".into())),
+                        // A node removing itself loses its connection to the leader as the
+                        // removal commits (the leader drops non-members), possibly before
+                        // the answer arrives: it has left if it has seen the change.
+                        Err(_) if name == self.node_name() && self.saw_own_removal().await => Ok(()),
                         Err(e) => {
                             Err(ForwardError::Unavailable(format!("quorum lost: leader unreachable: {e}")))
                         }
@@ -339,6 +343,21 @@ impl ClusterHandle {
             ForwardError::NotLeader { .. } => ProposeError::Unavailable("no leader".into()),
             ForwardError::Unavailable(m) => ProposeError::Unavailable(m),
         })
+    }
+
+    /// Whether this node sees itself out of the latest membership it has received, within
+    /// a few seconds (the node table alone is not enough: it changes first, and a removal
+    /// cut short there is finished by a retry).
+    async fn saw_own_removal(&self) -> bool {
+        let me = self.node_name().to_string();
+        for _ in 0..50 {
+            let m = self.raft.metrics().borrow().membership_config.membership().clone();
+            if !m.nodes().any(|(_, n)| n.name == me) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// Leader only: takes `name` out of the node table (refused there while it owns
