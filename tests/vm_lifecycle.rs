@@ -277,6 +277,18 @@ fn an_aarch64_guest_runs_emulated_on_this_x86_64_node() {
     assert!(!cmdline.contains("VGA"), "{cmdline}");
     let (_, cfg) = api.get("/api2/json/nodes/n1/qemu/201/config");
     assert_eq!(cfg["data"]["arch"], "aarch64", "{cfg}");
+    // Proxmox's `arch` on create, as its clients send it.
+    let (code, body) = api.post(
+        "/api2/json/nodes/n1/qemu",
+        &json!({"vmid": 202, "name": "arm2", "memory": "128", "arch": "aarch64"}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, v) = api.get("/vms/202");
+    assert_eq!(v["arch"], "aarch64", "{v}");
+    let (code, body) =
+        api.post("/api2/json/nodes/n1/qemu", &json!({"vmid": 203, "name": "vax", "arch": "vax"}));
+    assert_eq!(code, 400, "{body}");
+    assert!(body["errors"]["arch"].is_string(), "{body}");
 
     // Registered architectures: a qemu-system-* binary name, never a path; built-in names
     // are reserved; one in use stays.
