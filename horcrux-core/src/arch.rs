@@ -58,6 +58,17 @@ impl Architecture {
         matches!(self.emulator(), "x86_64" | "i386")
     }
 
+    /// Whether a node with these facts runs it without emulation (its `uname -m` is this
+    /// architecture, or the one its binary is for).
+    pub fn native_on(&self, facts: &crate::model::NodeFacts) -> bool {
+        facts.arch == self.name || facts.arch == self.emulator()
+    }
+
+    /// Whether a node with these facts has the binary to emulate it.
+    pub fn emulated_on(&self, facts: &crate::model::NodeFacts) -> bool {
+        facts.emulates.contains(self.emulator())
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("name", &self.name)?;
         let suffix = self.qemu_binary.strip_prefix("qemu-system-").unwrap_or("");

@@ -24,9 +24,9 @@ fn arch_json(s: &horcrux_core::ClusterState, a: &Architecture, builtin: bool) ->
     let mut native = Vec::new();
     let mut emulated = Vec::new();
     for n in s.nodes.values().filter(|n| !n.facts.arch.is_empty()) {
-        if n.facts.arch == a.name || n.facts.arch == a.emulator() {
+        if a.native_on(&n.facts) {
             native.push(n.name.clone());
-        } else if n.facts.emulates.contains(a.emulator()) {
+        } else if a.emulated_on(&n.facts) {
             emulated.push(n.name.clone());
         }
     }
@@ -88,10 +88,7 @@ async fn create(
 ) -> Result<Json<Value>, ApiError> {
     let req: NewArch = parse_body(&body)?;
     let a = Architecture { name: req.name, qemu_binary: req.qemu_binary, machine: req.machine, cpu: req.cpu };
-    a.validate()?;
-    if arch::is_builtin(&a.name) {
-        return Err(ApiError::bad_field("name", format!("{} is a built-in architecture", a.name)));
-    }
+    // Checked where it is applied: fields, reserved names, duplicates.
     st.propose_by(&caller, Command::SetArchitecture { create: true, arch: a.clone() }).await?;
     Ok(Json(json!(a)))
 }
@@ -119,7 +116,6 @@ async fn update(
     a.qemu_binary = change.qemu_binary.unwrap_or(a.qemu_binary);
     a.machine = change.machine.or(a.machine);
     a.cpu = change.cpu.or(a.cpu);
-    a.validate()?;
     st.propose_by(&caller, Command::SetArchitecture { create: false, arch: a.clone() }).await?;
     Ok(Json(json!(a)))
 }

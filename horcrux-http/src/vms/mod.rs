@@ -167,7 +167,7 @@ pub(crate) fn check_arch(
     let Some(facts) = state.nodes.get(node).map(|n| &n.facts).filter(|f| !f.arch.is_empty()) else {
         return Ok(());
     };
-    if facts.arch == arch.name || facts.arch == arch.emulator() {
+    if arch.native_on(facts) {
         return Ok(());
     }
     if !spec.emulation.is_allowed() {
@@ -176,7 +176,7 @@ pub(crate) fn check_arch(
             format!("forbidden, and node {node} is {}, not {}", facts.arch, arch.name),
         ));
     }
-    if !facts.emulates.contains(arch.emulator()) {
+    if !arch.emulated_on(facts) {
         return Err(ApiError::bad_field(
             "arch",
             format!("node {node} ({}) has no {} to emulate {}", facts.arch, arch.qemu_binary, arch.name),

@@ -28,17 +28,21 @@ fn cluster() -> ClusterState {
         let facts = NodeFacts { arch: "x86_64".into(), emulates: Default::default(), cpus: 4, mem_mib: 4096 };
         apply(&mut s, Command::ReportNodeFacts { name: n.into(), facts }).unwrap();
     }
-    let spec = VmSpec { memory_mib: 256, cores: 1, sockets: 1, ..Default::default() };
-    let create = Command::CreateGuest {
-        vmid: 100,
+    create_guest(&mut s, 100, "a", 256);
+    apply(&mut s, add("vm:100", RequestedState::Started)).unwrap();
+    s
+}
+
+fn create_guest(s: &mut ClusterState, vmid: u32, node: &str, memory_mib: u64) {
+    let spec = VmSpec { memory_mib, cores: 1, sockets: 1, ..Default::default() };
+    let cmd = Command::CreateGuest {
+        vmid,
         name: "g".into(),
-        node: "a".into(),
+        node: node.into(),
         config: GuestConfig::Qemu(spec),
         pool: None,
     };
-    apply(&mut s, create).unwrap();
-    apply(&mut s, add("vm:100", RequestedState::Started)).unwrap();
-    s
+    apply(s, cmd).unwrap();
 }
 
 fn add(sid: &str, state: RequestedState) -> Command {
@@ -253,15 +257,7 @@ fn admission_control_refuses_what_could_not_survive_the_loss_of_n_nodes() {
     assert_eq!(check_tolerance(&s, "vm:100", 1), Ok(()));
     assert!(check_tolerance(&s, "vm:100", 3).unwrap_err().contains("cannot lose 3"));
     for (vmid, node, mem) in [(101, "b", 3000), (102, "c", 3000), (103, "a", 2000)] {
-        let spec = VmSpec { memory_mib: mem, cores: 1, sockets: 1, ..Default::default() };
-        let cmd = Command::CreateGuest {
-            vmid,
-            name: "g".into(),
-            node: node.into(),
-            config: GuestConfig::Qemu(spec),
-            pool: None,
-        };
-        apply(&mut s, cmd).unwrap();
+        create_guest(&mut s, vmid, node, mem);
         apply(
             &mut s,
             Command::SetDesiredPower { vmid, expected_revision: None, desired: DesiredPower::Running },
@@ -345,15 +341,7 @@ fn failback_brings_a_recovered_guest_back_to_its_preferred_node() {
 fn rebalance_on_start_starts_a_resource_on_the_best_scored_node() {
     let mut s = cluster();
     // Another HA guest already runs on a.
-    let spec = VmSpec { memory_mib: 256, cores: 1, sockets: 1, ..Default::default() };
-    let create = Command::CreateGuest {
-        vmid: 101,
-        name: "h".into(),
-        node: "a".into(),
-        config: GuestConfig::Qemu(spec),
-        pool: None,
-    };
-    apply(&mut s, create).unwrap();
+    create_guest(&mut s, 101, "a", 256);
     apply(&mut s, add("vm:101", RequestedState::Started)).unwrap();
     apply(
         &mut s,
