@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use horcrux_core::ha::placement::{select_node, Ask, Compiled, Crs, NodeView, Placed, Preference, Usage};
+use horcrux_core::ha::placement::{Ask, Compiled, Crs, NodeView, Placed, Placer, Preference, Usage};
 use horcrux_core::ha::rules::{check_feasibility, Rule, RuleKind};
 
 fn env(name: &str, default: usize) -> usize {
@@ -84,11 +84,40 @@ fn main() {
         rules.len(),
         check.as_secs_f64() * 1e3
     );
+    // This machine's speed wanders by 2x between runs (shared CPUs): each scorer runs five
+    // times; the median and the best are printed.
     for crs in [Crs::Basic, Crs::Static] {
-        let mut usage = Usage::default();
+        let mut rates = Vec::new();
+        let (mut placed, mut explained) = (0, 0);
+        for _ in 0..env("BENCH_ROUNDS", 5) {
+            let (r, p, e) = run(guests, &nodes, &compiled, crs);
+            rates.push(r);
+            (placed, explained) = (p, e);
+        }
+        rates.sort_by(f64::total_cmp);
+        let (median, best) = (rates[rates.len() / 2], rates[rates.len() - 1]);
+        println!(
+            "  {:<6} median {:>7.0}, best {:>7.0} decisions/s ({placed} placed, {:.1} explanation lines each), target 100000/s (median): {}; Nomad C2M ~1500/s: {:.0}x",
+            format!("{crs:?}").to_lowercase(),
+            median,
+            best,
+            explained as f64 / guests as f64,
+            if median >= 100_000.0 { "met" } else { "NOT met" },
+            median / 1500.0
+        );
+    }
+}
+
+/// Places `guests` one after another; returns decisions per second, how many were placed,
+/// and the explanation lines written.
+fn run(guests: usize, nodes: &[NodeView], compiled: &Compiled, crs: Crs) -> (f64, usize, usize) {
+    let sid = |i: usize| format!("vm:{}", 100 + i);
+    {
+        let t0 = Instant::now();
+        // Indexing the nodes and rules is done once per manager round: counted here.
+        let mut placer = Placer::new(nodes, compiled, Usage::default());
         let mut placed = 0;
         let mut explained = 0;
-        let t0 = Instant::now();
         for i in 0..guests {
             let ask = Ask {
                 sid: sid(i),
@@ -103,12 +132,13 @@ fn main() {
                 emulator: "x86_64".into(),
                 emulation_allowed: false,
                 storages: BTreeSet::from(["local".to_string()]),
+                local_storages: BTreeSet::new(),
             };
-            let d = select_node(&ask, &nodes, &usage, &compiled, crs);
+            let d = placer.select(&ask, crs);
             explained += d.explanation.len();
             if let Some(node) = d.node {
                 placed += 1;
-                usage.add(Placed {
+                placer.place(Placed {
                     sid: ask.sid,
                     node,
                     target: None,
@@ -118,15 +148,6 @@ fn main() {
                 });
             }
         }
-        let secs = t0.elapsed().as_secs_f64();
-        let rate = guests as f64 / secs;
-        println!(
-            "  {:<6} {:>9.0} decisions/s ({placed} placed, {:.1} explanation lines each), target 100000/s: {}; Nomad C2M ~1500/s: {:.0}x",
-            format!("{crs:?}").to_lowercase(),
-            rate,
-            explained as f64 / guests as f64,
-            if rate >= 100_000.0 { "met" } else { "NOT met" },
-            rate / 1500.0
-        );
+        (guests as f64 / t0.elapsed().as_secs_f64(), placed, explained)
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use super::lease::Liveness;
-use super::placement::{self, Ask, Compiled, Decision, NodeView, Placed, Preference, Usage};
+use super::placement::{self, Ask, Compiled, Decision, NodeView, Placed, Placer, Preference, Usage};
 use super::resources::{vm_sid, vmid_of, HaOptions, HaResource, RequestedState, ServiceState};
 use crate::command::Command;
 use crate::model::Guest;
@@ -28,33 +28,22 @@ fn shared_storages(_state: &ClusterState) -> BTreeSet<String> {
     BTreeSet::new()
 }
 
-/// The storages a guest's disks are on.
-fn guest_storages(g: &Guest) -> BTreeSet<String> {
-    g.vm_spec().disks.iter().map(|d| d.storage.clone()).collect()
-}
-
-/// Every node as placement sees it for guest `g`: a node-local storage is reachable only on
-/// the node that holds the guest's volumes.
-pub fn node_views(state: &ClusterState, g: Option<&Guest>, live: &dyn Fn(&str) -> Liveness) -> Vec<NodeView> {
+/// Every node as placement sees it: a node reaches the shared storages; a guest's
+/// node-local volumes are only on its own node (`Ask::local_storages`).
+pub fn node_views(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Vec<NodeView> {
     let shared = shared_storages(state);
     state
         .nodes
         .values()
-        .map(|n| {
-            let mut storages = shared.clone();
-            if g.is_some_and(|g| g.node == n.name) {
-                storages.extend(state.storage.keys().cloned());
-            }
-            NodeView {
-                name: n.name.clone(),
-                online: matches!(live(&n.name), Liveness::Online { .. }),
-                maintenance: false,
-                cpus: n.facts.cpus.max(1),
-                mem_mib: if n.facts.mem_mib == 0 { u64::MAX / 4 } else { n.facts.mem_mib },
-                arch: if n.facts.arch.is_empty() { "x86_64".into() } else { n.facts.arch.clone() },
-                emulates: n.facts.emulates.clone(),
-                storages,
-            }
+        .map(|n| NodeView {
+            name: n.name.clone(),
+            online: matches!(live(&n.name), Liveness::Online { .. }),
+            maintenance: false,
+            cpus: n.facts.cpus.max(1),
+            mem_mib: if n.facts.mem_mib == 0 { u64::MAX / 4 } else { n.facts.mem_mib },
+            arch: if n.facts.arch.is_empty() { "x86_64".into() } else { n.facts.arch.clone() },
+            emulates: n.facts.emulates.clone(),
+            storages: shared.clone(),
         })
         .collect()
 }
@@ -80,6 +69,9 @@ pub fn usage(state: &ClusterState) -> Usage {
 /// The placement question for a resource's guest.
 pub fn ask(state: &ClusterState, res: &HaResource, g: &Guest, preference: Preference) -> Ask {
     let spec = g.vm_spec();
+    let shared = shared_storages(state);
+    let (storages, local_storages) =
+        spec.disks.iter().map(|d| d.storage.clone()).partition(|s: &String| shared.contains(s));
     let arch = crate::arch::resolve(&state.architectures, "arch", spec.arch.as_deref()).unwrap_or_default();
     Ask {
         sid: res.sid.clone(),
@@ -93,7 +85,31 @@ pub fn ask(state: &ClusterState, res: &HaResource, g: &Guest, preference: Prefer
         emulator: arch.emulator().to_string(),
         arch: arch.name,
         emulation_allowed: spec.emulation.is_allowed(),
-        storages: guest_storages(g),
+        storages,
+        local_storages,
+    }
+}
+
+/// What one round of decisions shares: the node views, the compiled rules and the loads,
+/// built once (not per resource).
+pub struct Round {
+    nodes: Vec<NodeView>,
+    rules: Compiled,
+    crs: placement::Crs,
+}
+
+impl Round {
+    pub fn new(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Self {
+        let rules: Vec<_> = state.ha_rules.values().cloned().collect();
+        Round {
+            nodes: node_views(state, live),
+            rules: Compiled::new(&rules),
+            crs: HaOptions::from_options(&state.options).crs,
+        }
+    }
+
+    pub fn placer(&self, state: &ClusterState) -> Placer<'_> {
+        Placer::new(&self.nodes, &self.rules, usage(state))
     }
 }
 
@@ -104,13 +120,20 @@ pub fn decide(
     preference: Preference,
     live: &dyn Fn(&str) -> Liveness,
 ) -> Option<Decision> {
+    let round = Round::new(state, live);
+    decide_in(state, &round, &round.placer(state), sid, preference)
+}
+
+fn decide_in(
+    state: &ClusterState,
+    round: &Round,
+    placer: &Placer,
+    sid: &str,
+    preference: Preference,
+) -> Option<Decision> {
     let res = state.ha_resources.get(sid)?;
     let g = state.guests.get(&vmid_of(sid)?)?;
-    let rules: Vec<_> = state.ha_rules.values().cloned().collect();
-    let compiled = Compiled::new(&rules);
-    let opts = HaOptions::from_options(&state.options);
-    let nodes = node_views(state, Some(g), live);
-    Some(placement::select_node(&ask(state, res, g, preference), &nodes, &usage(state), &compiled, opts.crs))
+    Some(placer.select(&ask(state, res, g, preference), round.crs))
 }
 
 fn transition(res: &HaResource, service: ServiceState) -> Command {
@@ -182,12 +205,18 @@ pub fn plan(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Vec<Step> 
     // the others have not moved yet, and two partners of a positive rule on different
     // nodes would otherwise swap places forever.
     let mut may_move = !state.ha_resources.values().any(|r| matches!(r.service, ServiceState::Relocate));
+    if state.ha_resources.is_empty() {
+        return steps;
+    }
+    let round = Round::new(state, live);
+    let placer = round.placer(state);
+    let at = Decider { state, round: &round, placer: &placer };
     for res in state.ha_resources.values() {
         if res.state == RequestedState::Ignored {
             continue;
         }
         let Some(g) = vmid_of(&res.sid).and_then(|v| state.guests.get(&v)) else { continue };
-        if let Some(step) = next(state, res, g, live, may_move) {
+        if let Some(step) = next(&at, res, g, live, may_move) {
             if res.service != ServiceState::Relocate
                 && matches!(step.cmd, Command::HaTransition { service: ServiceState::Relocate, .. })
             {
@@ -199,14 +228,28 @@ pub fn plan(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Vec<Step> 
     steps
 }
 
+/// One round's inputs, for `next`.
+struct Decider<'a> {
+    state: &'a ClusterState,
+    round: &'a Round,
+    placer: &'a Placer<'a>,
+}
+
+impl Decider<'_> {
+    fn decide(&self, sid: &str, preference: Preference) -> Option<Decision> {
+        decide_in(self.state, self.round, self.placer, sid, preference)
+    }
+}
+
 fn next(
-    state: &ClusterState,
+    at: &Decider,
     res: &HaResource,
     g: &Guest,
     live: &dyn Fn(&str) -> Liveness,
     may_move: bool,
 ) -> Option<Step> {
     use ServiceState as S;
+    let state = at.state;
     let step = |cmd: Command, why: Vec<String>| Some(Step { sid: res.sid.clone(), cmd, explanation: why });
     let wants_run = res.state == RequestedState::Started;
     let node_live = live(&g.node);
@@ -217,7 +260,7 @@ fn next(
         return step(transition(res, S::Fence), vec![why]);
     }
     if matches!(res.service, S::Fence | S::Recovery) {
-        let d = decide(state, &res.sid, Preference::BestScore, live)?;
+        let d = at.decide(&res.sid, Preference::BestScore)?;
         return match d.node.clone() {
             Some(target) => {
                 let service = if wants_run { S::Started } else { S::Stopped };
@@ -266,16 +309,7 @@ fn next(
             }
             let mut r = res.clone();
             r.failed_nodes = failed.clone();
-            let nodes = node_views(state, Some(g), live);
-            let rules: Vec<_> = state.ha_rules.values().cloned().collect();
-            let opts = HaOptions::from_options(&state.options);
-            let d = placement::select_node(
-                &ask(state, &r, g, Preference::TryNext),
-                &nodes,
-                &usage(state),
-                &Compiled::new(&rules),
-                opts.crs,
-            );
+            let d = at.placer.select(&ask(state, &r, g, Preference::TryNext), at.round.crs);
             let cmd = match d.node.clone() {
                 Some(target) => with(transition(res, S::Started), |node, run, f, _| {
                     *node = Some(target);
@@ -295,7 +329,7 @@ fn next(
                 // node first (stopped where it is, moved by its owner once it is gone).
                 let rebalance = HaOptions::from_options(&state.options).rebalance_on_start;
                 if rebalance && may_move && s == S::Stopped {
-                    if let Some(d) = decide(state, &res.sid, Preference::BestScore, live) {
+                    if let Some(d) = at.decide(&res.sid, Preference::BestScore) {
                         if let Some(t) = d.node.clone().filter(|t| *t != g.node) {
                             return step(move_to(res, t), rebalanced(d.explanation));
                         }
@@ -307,7 +341,7 @@ fn next(
             // Failback: a started resource goes back where the rules (and its architecture)
             // prefer, once such a node is online again, if it may (`failback`).
             if res.failback && may_move {
-                let d = decide(state, &res.sid, Preference::Stay, live)?;
+                let d = at.decide(&res.sid, Preference::Stay)?;
                 if let Some(t) = d.node.clone().filter(|t| *t != g.node) {
                     let mut why = d.explanation;
                     why.push(format!("failback: moving from {} to {t}", g.node));

@@ -30,6 +30,7 @@ fn ask(sid: &str) -> Ask {
         emulator: "x86_64".into(),
         emulation_allowed: true,
         storages: BTreeSet::new(),
+        local_storages: BTreeSet::new(),
     }
 }
 
@@ -229,24 +230,22 @@ fn static_rows_match_a_full_recomputation() {
             ha: true,
         }));
         let a = ask("vm:100");
-        let load = Loads {
-            nodes: &nodes,
-            v: nodes.iter().map(|n| usage.without(&n.name, usage.placed.get(&a.sid))).collect(),
-        };
-        // Candidates are online (select_node leaves the others out first).
-        let cands: Vec<&NodeView> = nodes.iter().filter(|n| n.online).collect();
-        let got = score(&a, &cands, &nodes, &load, Crs::Static);
-        let online: Vec<&NodeView> = nodes.iter().filter(|n| n.online).collect();
+        let none = Compiled::new(&[]);
+        let placer = Placer::new(&nodes, &none, usage);
+        let load = Loads { base: &placer.load, own: None };
+        // Candidates are online (select leaves the others out first).
+        let online: Vec<usize> = (0..nodes.len()).filter(|&i| nodes[i].online).collect();
+        let cands = online.clone();
+        let got = score::score(&a, &cands, &nodes, &load, &online, Crs::Static);
         let k = online.len().max(1) as f64;
         let rows: Vec<[f64; 4]> = cands
             .iter()
-            .map(|cand| {
+            .map(|&cand| {
                 let f: Vec<(f64, f64)> = online
                     .iter()
-                    .map(|n| {
-                        let l = load.of(n);
-                        let (c, m) =
-                            if n.name == cand.name { (a.cpus, a.mem_mib as f64) } else { (0.0, 0.0) };
+                    .map(|&i| {
+                        let (n, l) = (&nodes[i], load.get(i));
+                        let (c, m) = if i == cand { (a.cpus, a.mem_mib as f64) } else { (0.0, 0.0) };
                         ((l.cpu + c) / f64::from(n.cpus), (l.mem + m) / n.mem_mib as f64)
                     })
                     .collect();
@@ -256,9 +255,90 @@ fn static_rows_match_a_full_recomputation() {
                 [1.0 + rms(&|x| x.0), 1.0 + max(&|x| x.0), 1.0 + rms(&|x| x.1), 1.0 + max(&|x| x.1)]
             })
             .collect();
-        let want = topsis_costs(&rows, [1.0, 2.0, 5.0, 10.0]);
+        let want = score::topsis_costs(&rows, [1.0, 2.0, 5.0, 10.0]);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+        }
+    }
+}
+
+/// A guest whose disks are on node-local storage can only run where its volumes are.
+#[test]
+fn node_local_disks_pin_a_guest_to_its_node() {
+    let nodes = vec![node("h1", 8192), node("h2", 8192), node("h3", 8192)];
+    let mut a = ask("vm:100");
+    a.local_storages.insert("local".into());
+    a.current = Some("h2".into());
+    let d = select_node(&a, &nodes, &Usage::default(), &Compiled::new(&[]), Crs::Basic);
+    assert_eq!(d.node.as_deref(), Some("h2"), "{:?}", d.explanation);
+    assert_eq!(d.explanation[0], "h1: its disks are on node-local storage 'local' of another node");
+    // Its node failed: nowhere to go.
+    let mut down = nodes.clone();
+    down[1].online = false;
+    let d = select_node(&a, &down, &Usage::default(), &Compiled::new(&[]), Crs::Basic);
+    assert_eq!(d.node, None, "{:?}", d.explanation);
+    // A storage no node has excludes every node, by name.
+    let mut b = ask("vm:101");
+    b.storages.insert("nfs1".into());
+    let d = select_node(&b, &nodes, &Usage::default(), &Compiled::new(&[]), Crs::Basic);
+    assert_eq!(d.node, None);
+    assert_eq!(d.explanation[0], "h1: does not reach storage 'nfs1'");
+}
+
+/// With many nodes, one rule's line names the first eight and counts the rest.
+#[test]
+fn long_node_lists_are_shortened() {
+    let nodes: Vec<NodeView> = (0..20).map(|i| node(&format!("h{i:02}"), 8192)).collect();
+    let rules = Compiled::new(&[na("na1", "vm:100", "h00", true)]);
+    let d = select_node(&ask("vm:100"), &nodes, &Usage::default(), &rules, Crs::Basic);
+    assert_eq!(d.node.as_deref(), Some("h00"));
+    assert_eq!(
+        d.explanation[0],
+        "strict node-affinity rule na1 excludes h01, h02, h03, h04, h05, h06, h07, h08 and 11 more"
+    );
+}
+
+/// Placing resources one by one through a placer decides as a placer built afresh over
+/// the same placements (the incremental loads are the recomputed ones), and replacing or
+/// removing a placement takes its old share away.
+#[test]
+fn an_incremental_placer_decides_as_a_fresh_one() {
+    let nodes: Vec<NodeView> = (0..6).map(|i| node(&format!("h{i}"), 4096 * (1 + i as u64 % 3))).collect();
+    let rules = Compiled::new(&[
+        na("na1", "vm:100,vm:101", "h1:2,h2", false),
+        rule("t1", "vm:102,vm:103", RuleKind::ResourceAffinity { positive: true }),
+        rule("a1", "vm:104,vm:105", RuleKind::ResourceAffinity { positive: false }),
+    ]);
+    for crs in [Crs::Basic, Crs::Static] {
+        let mut placer = Placer::new(&nodes, &rules, Usage::default());
+        let mut all = Vec::new();
+        for i in 0..40u32 {
+            let mut a = ask(&format!("vm:{}", 100 + i % 12));
+            a.mem_mib = 256 * u64::from(1 + i % 5);
+            let d = placer.select(&a, crs);
+            let fresh = Placer::new(&nodes, &rules, Usage::new(all.iter().cloned())).select(&a, crs);
+            assert_eq!(d, fresh, "step {i}");
+            if let Some(n) = d.node {
+                let p = Placed {
+                    sid: a.sid.clone(),
+                    node: n,
+                    target: None,
+                    cpus: 1.0,
+                    mem_mib: a.mem_mib,
+                    ha: true,
+                };
+                all.retain(|q: &Placed| q.sid != p.sid);
+                all.push(p.clone());
+                placer.place(p);
+            }
+            if i % 7 == 6 {
+                let gone = all.remove(0);
+                placer.remove(&gone.sid);
+            }
+        }
+        let fresh = Placer::new(&nodes, &rules, Usage::new(all.iter().cloned()));
+        for (a, b) in placer.load.iter().zip(&fresh.load) {
+            assert!((a.mem - b.mem).abs() < 1e-6 && (a.cpu - b.cpu).abs() < 1e-9 && a.ha == b.ha);
         }
     }
 }
