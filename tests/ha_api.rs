@@ -200,6 +200,21 @@ fn ha_resources_and_rules_are_checked_authorized_and_explained() {
         ok && out.contains("service vm:201 (n1, stopped; requested stopped)") && out.contains("master n1"),
         "{out}"
     );
+    // Starting or stopping an HA guest the Proxmox way asks the manager (`hastart`,
+    // `hastop`), which would otherwise undo a power change made behind its back; a caller
+    // without rights on the guest is refused before anything is asked.
+    let (code, e) = as_ops("POST", "/api2/json/nodes/n1/qemu/201/status/start", json!({}));
+    assert_eq!(code, 403, "{e}");
+    assert_eq!(admin.get("/cluster/ha/resources/vm:201").1["state"], "stopped");
+    for (path, kind, state) in [("start", "hastart", "started"), ("stop", "hastop", "stopped")] {
+        let (code, upid) = admin.post(&format!("/api2/json/nodes/n1/qemu/201/status/{path}"), &json!({}));
+        assert_eq!(code, 200, "{upid}");
+        let upid = upid["data"].as_str().unwrap().to_string();
+        assert!(upid.contains(&format!(":{kind}:201:")), "{upid}");
+        assert_eq!(admin.get("/cluster/ha/resources/vm:201").1["state"], state);
+        let (_, log) = admin.get(&format!("/api2/json/nodes/n1/tasks/{upid}/log"));
+        assert!(log.to_string().contains(&format!("Requesting HA {path} for VM 201")), "{log}");
+    }
     // 200 and 201 are kept together, and 200 is already in na1: a second node-affinity
     // rule for the pair is refused.
     let (ok, out) = cli(

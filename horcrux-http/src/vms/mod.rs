@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use horcrux_actors::{create_with_disks, ClusterPort, CreateError, NewGuest, TaskLog};
+use horcrux_core::ha::resources::{vm_sid, vmid_of, HaResource, RequestedState};
 use horcrux_core::ObservedPower;
 use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, KernelBoot, VmSpec};
 use serde::Deserialize;
@@ -370,10 +371,13 @@ pub(crate) async fn power_task(
             if !s.guests.contains_key(&vmid) {
                 return Err(ApiError::not_found(format!("guest {vmid} does not exist")));
             }
-            admit_start(s, vmid, desired)
+            admit_start(s, vmid, desired)?;
+            Ok(s.ha_resources.get(&vm_sid(vmid)).filter(|r| r.state != RequestedState::Ignored).cloned())
         })
         .await?;
-    admitted?;
+    if let Some(res) = admitted? {
+        return ha_request(st, caller, res, desired).await;
+    }
     let task = st.runtime.tasks().create(kind, &vmid.to_string(), caller.user());
     let committed =
         cluster.propose(Command::SetDesiredPower { vmid, expected_revision: None, desired }).await;
@@ -405,6 +409,43 @@ pub(crate) async fn power_task(
         }
         t.finish(outcome);
     });
+    Ok(task_response(&task))
+}
+
+/// A start or stop of an HA-managed guest asks the HA manager instead (as Proxmox's
+/// `hastart` / `hastop` tasks do): the resource's requested state becomes `started` or
+/// `stopped`, and the manager starts or stops it where placement says. Setting the power
+/// state behind the manager's back would be undone by it on its next round.
+async fn ha_request(
+    st: ApiState,
+    caller: Caller,
+    res: HaResource,
+    desired: DesiredPower,
+) -> Result<Json<Value>, ApiError> {
+    let (kind, state, word) = if desired.is_running() {
+        ("hastart", RequestedState::Started, "start")
+    } else {
+        ("hastop", RequestedState::Stopped, "stop")
+    };
+    let vmid = vmid_of(&res.sid).unwrap_or_default();
+    let task = st.runtime.tasks().create(kind, &vmid.to_string(), caller.user());
+    task.log(format!("Requesting HA {word} for VM {vmid}"));
+    let cmd = Command::SetHaResource {
+        sid: res.sid.clone(),
+        create: false,
+        state,
+        max_restart: res.max_restart,
+        max_relocate: res.max_relocate,
+        failback: res.failback,
+        comment: res.comment,
+    };
+    match st.propose_by(&caller, cmd).await {
+        Ok(_) => task.finish(Ok::<(), String>(())),
+        Err(e) => {
+            task.finish(Err(&e.message));
+            return Err(e);
+        }
+    }
     Ok(task_response(&task))
 }
 
