@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use horcrux_actors::{create_with_disks, ClusterPort, CreateError, NewGuest, TaskLog};
-use horcrux_core::ha::resources::{vm_sid, vmid_of, HaResource, RequestedState};
+use horcrux_core::ha::resources::{vm_sid, HaResource, RequestedState};
 use horcrux_core::ObservedPower;
 use horcrux_core::{ids, Command, DesiredPower, DiskSpec, Guest, KernelBoot, VmSpec};
 use serde::Deserialize;
@@ -376,7 +376,7 @@ pub(crate) async fn power_task(
         })
         .await?;
     if let Some(res) = admitted? {
-        return ha_request(st, caller, res, desired).await;
+        return ha_request(st, caller, vmid, res, desired).await;
     }
     let task = st.runtime.tasks().create(kind, &vmid.to_string(), caller.user());
     let committed =
@@ -414,11 +414,12 @@ pub(crate) async fn power_task(
 
 /// A start or stop of an HA-managed guest asks the HA manager instead (as Proxmox's
 /// `hastart` / `hastop` tasks do): the resource's requested state becomes `started` or
-/// `stopped`, and the manager starts or stops it where placement says. Setting the power
-/// state behind the manager's back would be undone by it on its next round.
+/// `stopped`, and the manager starts or stops it where placement says (with
+/// `ha-rebalance-on-start`, on the best-scored node rather than where it last ran).
 async fn ha_request(
     st: ApiState,
     caller: Caller,
+    vmid: u32,
     res: HaResource,
     desired: DesiredPower,
 ) -> Result<Json<Value>, ApiError> {
@@ -427,7 +428,6 @@ async fn ha_request(
     } else {
         ("hastop", RequestedState::Stopped, "stop")
     };
-    let vmid = vmid_of(&res.sid).unwrap_or_default();
     let task = st.runtime.tasks().create(kind, &vmid.to_string(), caller.user());
     task.log(format!("Requesting HA {word} for VM {vmid}"));
     let cmd = Command::SetHaResource {
