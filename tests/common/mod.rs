@@ -388,6 +388,9 @@ pub fn schemathesis(dir: &Path, schema: &Path, url: &str, token: &str, seed: &st
         .args(["--url", url])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args(["--tls-verify", "false", "--no-color", "--seed", &seed, "-n", &examples])
+        // A request that hangs fails the run naming its operation, instead of the whole
+        // test running into nextest's timeout with nothing said.
+        .args(["--request-timeout", "20"])
         .args(["--checks", "not_a_server_error,response_schema_conformance"])
         .output()
         .unwrap();

@@ -56,20 +56,32 @@ pub async fn serve(endpoint: quinn::Endpoint, handle: ClusterHandle) {
                 conn.close(quinn::VarInt::from_u32(1), why.as_bytes());
                 return;
             };
+            let mut in_flight = tokio::task::JoinSet::new();
             while let Ok((send, recv)) = conn.accept_bi().await {
+                while in_flight.try_join_next().is_some() {}
                 // Membership is checked per RPC too: a node removed while connected is cut off.
                 if handle.member_by_fingerprint(&fingerprint) != Some(peer) {
                     tracing::warn!(%remote, peer, "refused an RPC: the peer is no longer a member");
+                    // The RPCs accepted while it was a member still answer: one of them may
+                    // be the removal itself (a node leaving), whose answer would otherwise
+                    // be lost with the connection as a lease renewal arrives after the commit.
+                    drop(send);
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                        while in_flight.join_next().await.is_some() {}
+                    })
+                    .await;
                     conn.close(quinn::VarInt::from_u32(2), b"no longer a member");
                     return;
                 }
                 let handle = handle.clone();
-                tokio::spawn(async move {
+                in_flight.spawn(async move {
                     if let Err(e) = rpc_stream(&handle, peer, send, recv).await {
                         tracing::debug!("RPC stream: {e}");
                     }
                 });
             }
+            // A closed connection does not cut short the work its RPCs started.
+            in_flight.detach_all();
         });
     }
 }
