@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ha::resources::{RequestedState, ServiceState};
 use crate::ids::ValidationError;
-use crate::model::{CorosyncConfig, DesiredPower, GuestConfig, StorageKind};
+use crate::model::{CorosyncConfig, DesiredPower, GuestConfig};
+use crate::storage::{StorageConfig, StorageKind, StoragePool};
 
 /// One log entry's payload: a command plus the wall-clock time the proposer assigned,
 /// so that `apply` never reads a clock.
@@ -54,7 +55,8 @@ pub enum Command {
         name: String,
         api_addr: String,
     },
-    /// Add a storage pool; refused if the id exists.
+    /// Add a `dir` storage with the type's defaults (the node's `local`); refused if the
+    /// id exists. Kept for the records that hold it; `CreateStorage` is the general form.
     AddStorage {
         id: String,
         kind: StorageKind,
@@ -339,6 +341,20 @@ pub enum Command {
     DeleteArchitecture {
         name: String,
     },
+    /// Add a storage (`storage.cfg`'s entry); refused if the id exists.
+    CreateStorage {
+        pool: StoragePool,
+    },
+    /// Replace what `PUT /storage/{id}` changes; the type and its keys stay.
+    UpdateStorage {
+        id: String,
+        config: StorageConfig,
+    },
+    /// Remove a storage's configuration (its volumes stay where they are); refused while
+    /// a guest has a disk on it.
+    DeleteStorage {
+        id: String,
+    },
 }
 
 impl Command {
@@ -353,6 +369,9 @@ impl Command {
                 | Command::MigrateGuest { .. }
                 | Command::DeleteGuest { .. }
                 | Command::AddStorage { .. }
+                | Command::CreateStorage { .. }
+                | Command::UpdateStorage { .. }
+                | Command::DeleteStorage { .. }
                 | Command::SetHaResource { .. }
                 | Command::DeleteHaResource { .. }
                 | Command::HaTransition { .. }

@@ -35,31 +35,6 @@ pub struct NodeFacts {
 }
 crate::evolving!(NodeFacts { arch, emulates, cpus, mem_mib });
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum StorageKind {
-    /// A directory on each node's local filesystem (Proxmox's `dir`).
-    Dir { path: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoragePool {
-    pub id: String,
-    #[serde(flatten)]
-    pub kind: StorageKind,
-    pub revision: u64,
-}
-crate::evolving!(StoragePool { id, kind, revision });
-
-impl StoragePool {
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        ids::validate_storage_id("storage", &self.id)?;
-        match &self.kind {
-            StorageKind::Dir { path } => ids::validate_abs_path("path", path),
-        }
-    }
-}
-
 /// The power state the cluster wants a guest in, and how to get there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(tag = "state", rename_all = "lowercase")]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{ApplyError, ApplyOk, Command, Request};
 use crate::ids::{self, ValidationError, VMID_MAX, VMID_MIN};
 use crate::model::*;
+use crate::storage::StoragePool;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -227,12 +228,31 @@ impl ClusterState {
                 );
             }
             Command::AddStorage { id, kind } => {
-                let pool = StoragePool { id: id.clone(), kind: kind.clone(), revision: index };
+                let pool = StoragePool { id: id.clone(), kind: kind.clone(), revision: index, config: Default::default() };
+                self.create_storage(pool)?;
+            }
+            Command::CreateStorage { pool } => {
+                self.create_storage(StoragePool { revision: index, ..pool.clone() })?;
+            }
+            Command::UpdateStorage { id, config } => {
+                let old = self.storage.get(id).ok_or_else(|| ApplyError::NotFound { what: format!("storage {id}") })?;
+                let pool = StoragePool { config: config.clone(), revision: index, ..old.clone() };
                 pool.validate()?;
-                if self.storage.contains_key(id) {
-                    return Err(ApplyError::Conflict { message: format!("storage {id:?} already exists") });
-                }
                 self.storage.insert(id.clone(), pool);
+            }
+            Command::DeleteStorage { id } => {
+                if !self.storage.contains_key(id) {
+                    return Err(ApplyError::NotFound { what: format!("storage {id}") });
+                }
+                if let Some(g) = self.guests.values().find(|g| g.vm_spec().disks.iter().any(|d| d.storage == *id)) {
+                    return Err(ApplyError::Conflict {
+                        message: format!("storage {id} holds a disk of guest {}; move or remove it first", g.vmid),
+                    });
+                }
+                self.storage.remove(id);
+                for p in self.pools.values_mut() {
+                    p.storage.remove(id);
+                }
             }
             c @ (Command::SetApiToken { .. }
             | Command::DeleteApiToken { .. }
@@ -669,6 +689,22 @@ impl ClusterState {
             candidate = candidate.checked_add(1)?;
         }
         (candidate <= VMID_MAX).then_some(candidate)
+    }
+}
+
+impl ClusterState {
+    fn create_storage(&mut self, pool: StoragePool) -> Result<(), ApplyError> {
+        pool.validate()?;
+        if self.storage.contains_key(&pool.id) {
+            return Err(ApplyError::Conflict { message: format!("storage {:?} already exists", pool.id) });
+        }
+        self.storage.insert(pool.id.clone(), pool);
+        Ok(())
+    }
+
+    /// The storages that exist on `node`, enabled or not.
+    pub fn storages_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a StoragePool> + 'a {
+        self.storage.values().filter(move |p| p.on_node(node))
     }
 }
 

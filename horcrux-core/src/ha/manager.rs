@@ -4,7 +4,7 @@
 //! on every tick and proposes what it returns; each transition is compare-and-set on the
 //! resource's revision, so a stale plan is refused, not applied twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::lease::Liveness;
 use super::placement::{self, Ask, Compiled, Decision, NodeView, Placed, Placer, Preference, Usage};
@@ -22,10 +22,16 @@ pub struct Step {
     pub explanation: Vec<String>,
 }
 
-/// Storages that every node reaches (none until shared storages exist: a `dir` storage is
-/// a directory on each node, holding different volumes).
-fn shared_storages(_state: &ClusterState) -> BTreeSet<String> {
-    BTreeSet::new()
+/// Shared storages (every node they exist on sees the same volumes), enabled, with the
+/// nodes they exist on (`None`: every node). A `dir` storage not marked `shared` is a
+/// directory on each node holding different volumes: a guest's disk there pins it.
+fn shared_storages(state: &ClusterState) -> BTreeMap<String, Option<BTreeSet<String>>> {
+    state
+        .storage
+        .values()
+        .filter(|p| p.shared() && !p.config.disable)
+        .map(|p| (p.id.clone(), (!p.config.nodes.is_empty()).then(|| p.config.nodes.clone())))
+        .collect()
 }
 
 /// Every node as placement sees it: a node reaches the shared storages; a guest's
@@ -43,7 +49,11 @@ pub fn node_views(state: &ClusterState, live: &dyn Fn(&str) -> Liveness) -> Vec<
             mem_mib: if n.facts.mem_mib == 0 { u64::MAX / 4 } else { n.facts.mem_mib },
             arch: if n.facts.arch.is_empty() { "x86_64".into() } else { n.facts.arch.clone() },
             emulates: n.facts.emulates.clone(),
-            storages: shared.clone(),
+            storages: shared
+                .iter()
+                .filter(|(_, on)| on.as_ref().is_none_or(|on| on.contains(&n.name)))
+                .map(|(id, _)| id.clone())
+                .collect(),
         })
         .collect()
 }
@@ -71,7 +81,7 @@ pub fn ask(state: &ClusterState, res: &HaResource, g: &Guest, preference: Prefer
     let spec = g.vm_spec();
     let shared = shared_storages(state);
     let (storages, local_storages) =
-        spec.disks.iter().map(|d| d.storage.clone()).partition(|s: &String| shared.contains(s));
+        spec.disks.iter().map(|d| d.storage.clone()).partition(|s: &String| shared.contains_key(s));
     let arch = crate::arch::resolve(&state.architectures, "arch", spec.arch.as_deref()).unwrap_or_default();
     Ask {
         sid: res.sid.clone(),

@@ -386,3 +386,41 @@ fn rebalance_on_start_starts_a_resource_on_the_best_scored_node() {
     assert_eq!((s.guests[&100].node.as_str(), res(&s).service), ("b", ServiceState::Started));
     assert!(plan(&s, &online).is_empty());
 }
+
+#[test]
+fn a_disk_on_shared_storage_recovers_where_the_storage_exists_and_a_local_one_pins() {
+    let mut s = cluster();
+    let pool = |kv: &[(&str, &str)]| {
+        let p = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Command::CreateStorage { pool: crate::storage::StoragePool::from_params(&p).unwrap() }
+    };
+    apply(&mut s, pool(&[("storage", "local"), ("type", "dir"), ("path", "/d")])).unwrap();
+    let nfs = [("storage", "nfs1"), ("type", "nfs"), ("server", "10.0.0.1"), ("export", "/e"), ("nodes", "a,c")];
+    apply(&mut s, pool(&nfs)).unwrap();
+    for (vmid, storage) in [(101, "local"), (102, "nfs1")] {
+        let disk = DiskSpec {
+            storage: storage.into(),
+            size_mib: 64,
+            volume: Some(crate::ids::volume_id(storage, vmid, 0)),
+            slot: None,
+        };
+        let spec = VmSpec { memory_mib: 128, cores: 1, sockets: 1, disks: vec![disk], ..Default::default() };
+        let cmd = Command::CreateGuest {
+            vmid,
+            name: "g".into(),
+            node: "a".into(),
+            config: GuestConfig::Qemu(spec),
+            pool: None,
+        };
+        apply(&mut s, cmd).unwrap();
+        apply(&mut s, add(&format!("vm:{vmid}"), RequestedState::Started)).unwrap();
+    }
+    run(&mut s, &online);
+    let failed = |n: &str| if n == "a" { Liveness::Failed } else { online(n) };
+    run(&mut s, &failed);
+    let why = run(&mut s, &failed);
+    assert_eq!(s.guests[&102].node, "c", "b does not have nfs1: {why:?}");
+    assert_eq!(s.ha_resources["vm:102"].service, ServiceState::Started);
+    assert_eq!(s.guests[&101].node, "a", "its disk is on a's local directory");
+    assert_eq!(s.ha_resources["vm:101"].service, ServiceState::Recovery);
+}

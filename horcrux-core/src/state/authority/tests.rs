@@ -3,7 +3,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::*;
 use crate::access::{Actor, Ugid};
 use crate::command::Request;
-use crate::model::{GuestConfig, StorageKind, Tfa, VmSpec};
+use crate::model::{GuestConfig, Tfa, VmSpec};
+use crate::storage::StorageKind;
 
 const HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3NCOVHLtlZVw8tSEDYLsTYtDQDfrGmsnXeJyrBxjVjc";
