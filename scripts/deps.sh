@@ -25,6 +25,11 @@ command -v curl >/dev/null || need+=(curl)
 # The LDAP realm test runs its own slapd.
 [ -x /usr/sbin/slapd ] || need+=(slapd)
 command -v ldapadd >/dev/null || need+=(ldap-utils)
+# The storage backends' tests run the real tools: btrfs on a loop file, zfs-fuse
+# (datasets, snapshots, clones), LVM's metadata-only commands on a loop device.
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v zfs-fuse >/dev/null || need+=(zfs-fuse)
+command -v vgcreate >/dev/null || need+=(lvm2)
 
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use horcrux_actors::{NodeRuntime, TaskRegistry, VolumeFactory};
 use horcrux_core::{Command, StorageKind, StoragePool};
-use horcrux_drivers::{resolve_accel, Accel, DirStorage, QemuDriver, VolumeStore};
+use horcrux_drivers::{resolve_accel, Accel, QemuDriver};
 use horcrux_raft::{ClusterHandle, ClusterOptions, OpenOptions};
 
 use crate::DEFAULT_DATA_DIR;
@@ -151,10 +151,8 @@ async fn ensure_local_storage(cluster: &ClusterHandle, data_dir: &Path) -> anyho
 }
 
 fn volume_factory() -> VolumeFactory {
-    Arc::new(|pool: &StoragePool| {
-        let StorageKind::Dir { path } = &pool.kind;
-        Arc::new(DirStorage::new(pool.id.clone(), path)) as Arc<dyn VolumeStore>
-    })
+    let runner: Arc<dyn horcrux_drivers::Runner> = Arc::new(horcrux_drivers::SystemRunner);
+    Arc::new(move |pool: &StoragePool| horcrux_drivers::storage::open(pool, runner.clone()))
 }
 
 async fn shutdown_signal() {

@@ -85,37 +85,4 @@ pub trait Hypervisor: Send + Sync + 'static {
     }
 }
 
-pub trait VolumeStore: Send + Sync + 'static {
-    /// Creates disk `index` of guest `vmid`; returns its volume id. Refuses to overwrite.
-    fn alloc(&self, vmid: u32, index: usize, size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>>;
-    /// The host path of a volume of this store.
-    fn path(&self, volid: &str) -> Result<PathBuf, DriverError>;
-    /// Removes a volume; a missing volume is not an error.
-    fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
-    /// The guest images this store holds on this host.
-    fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>>;
-    /// Size, use and free space of the store on this host, if it can tell.
-    fn usage(&self) -> BoxFuture<'_, Result<Option<StoreUsage>, DriverError>> {
-        Box::pin(async { Ok(None) })
-    }
-}
-
-/// A store's capacity in bytes, as Proxmox's storage status reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct StoreUsage {
-    pub total: u64,
-    pub used: u64,
-    pub avail: u64,
-}
-
-/// One disk image, as Proxmox's storage content lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct VolumeInfo {
-    pub volid: String,
-    pub vmid: u32,
-    pub format: String,
-    /// Virtual size in bytes.
-    pub size: u64,
-    /// Bytes allocated on the host.
-    pub used: u64,
-}
+pub use crate::storage::{StoreUsage, VolumeInfo, VolumeStore};

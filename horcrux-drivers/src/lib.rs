@@ -15,4 +15,4 @@ pub use hypervisor::{
     VolumeStore,
 };
 pub use qemu::{resolve_accel, Accel, QemuDriver};
-pub use storage::DirStorage;
+pub use storage::{BtrfsStorage, DirStorage, LvmStorage, Runner, SystemRunner, ZfsPoolStorage};

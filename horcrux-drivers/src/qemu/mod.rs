@@ -317,6 +317,13 @@ impl QemuDriver {
         }
         for (i, (rw, ro)) in fds.disks.iter().enumerate() {
             let slot = slots.get(i).cloned().unwrap_or_else(|| format!("virtio{i}"));
+            // qcow2 and vmdk files say so by name; block devices (zvols, LVs) and `.raw`
+            // files are raw.
+            let format = match launch.disk_paths.get(i).and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+                Some("qcow2") => "qcow2",
+                Some("vmdk") => "vmdk",
+                _ => "raw",
+            };
             let set = i + 1;
             a.extend([
                 "-add-fd".into(),
@@ -325,7 +332,7 @@ impl QemuDriver {
                 format!("fd={ro},set={set}"),
             ]);
             a.push("-drive".into());
-            a.push(format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format=qcow2"));
+            a.push(format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format={format}"));
             a.push("-device".into());
             let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
             a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {

@@ -1,0 +1,225 @@
+//! What every backend shares: host tools run from an argument vector through a
+//! [`Runner`] (never a shell; tests record the argv and answer with real recorded output),
+//! qemu-img, file system usage, Proxmox's volume and snapshot names.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use horcrux_core::ids;
+
+use super::StoreUsage;
+use crate::hypervisor::{BoxFuture, DriverError};
+
+/// Runs a host program with arguments; answers its standard output, or an error carrying
+/// its standard error.
+pub trait Runner: Send + Sync + 'static {
+    fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, Result<String, DriverError>>;
+}
+
+/// The host's programs.
+pub struct SystemRunner;
+
+impl Runner for SystemRunner {
+    fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            let out = tokio::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| DriverError::Command { program: program.into(), message: e.to_string() })?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            } else {
+                let verb = args.iter().find(|a| !a.starts_with('-')).map(String::as_str).unwrap_or("");
+                Err(DriverError::Command {
+                    program: format!("{program} {verb}").trim().to_string(),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                })
+            }
+        })
+    }
+}
+
+/// A runner for tests: records every argv and answers from a script of replies, each
+/// matched by the argv's first words.
+#[derive(Default)]
+pub struct Recorder {
+    pub calls: Mutex<Vec<Vec<String>>>,
+    replies: Mutex<Vec<(Vec<String>, Result<String, String>)>>,
+}
+
+impl Recorder {
+    /// Answers the next call whose argv starts with `prefix` with `reply` (stdout, or an
+    /// error message as the tool's stderr).
+    pub fn reply(&self, prefix: &[&str], reply: Result<&str, &str>) {
+        let prefix = prefix.iter().map(|s| s.to_string()).collect();
+        let reply = reply.map(str::to_string).map_err(str::to_string);
+        self.replies.lock().unwrap().push((prefix, reply));
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().iter().map(|c| c.join(" ")).collect()
+    }
+}
+
+impl Runner for Recorder {
+    fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, Result<String, DriverError>> {
+        let mut argv = vec![program.to_string()];
+        argv.extend(args.iter().cloned());
+        self.calls.lock().unwrap().push(argv.clone());
+        let mut replies = self.replies.lock().unwrap();
+        let found = replies.iter().position(|(p, _)| argv.starts_with(p));
+        let reply = found.map(|i| replies.remove(i).1).unwrap_or(Ok(String::new()));
+        Box::pin(async move {
+            reply.map_err(|message| DriverError::Command { program: program.into(), message })
+        })
+    }
+}
+
+/// `["a", "b"]` as owned strings, for a [`Runner`]'s argv.
+pub fn argv<S: AsRef<str>>(parts: &[S]) -> Vec<String> {
+    parts.iter().map(|s| s.as_ref().to_string()).collect()
+}
+
+/// Proxmox's name of disk `index` of guest `vmid`: `vm-100-disk-0`.
+pub fn disk_name(vmid: u32, index: usize) -> String {
+    format!("vm-{vmid}-disk-{index}")
+}
+
+/// `vm-100-disk-0` (or `base-`, `subvol-`): the guest it belongs to.
+pub fn vmid_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("vm-").or_else(|| name.strip_prefix("base-")).or_else(|| name.strip_prefix("subvol-"))?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// The part of `volid` after `STORAGE:`, checked to belong to storage `id`.
+pub fn volume_name<'a>(id: &str, volid: &'a str) -> Result<&'a str, DriverError> {
+    let (storage, rel) = ids::parse_volume_id(volid).map_err(|e| DriverError::Invalid(e.to_string()))?;
+    if storage != id {
+        return Err(DriverError::Invalid(format!("volume {volid} is not on storage {id}")));
+    }
+    Ok(rel)
+}
+
+/// A snapshot name as Proxmox takes it: a letter, then letters, digits, `-` and `_`, 2 to
+/// 40 characters in all.
+pub fn validate_snapshot_name(name: &str) -> Result<(), DriverError> {
+    let ok = (2..=40).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(DriverError::Invalid(format!(
+            "snapname: {name:?} must be 2 to 40 letters, digits, '-' or '_', starting with a letter"
+        )))
+    }
+}
+
+/// Size, use and free space of the file system holding `path` (its nearest existing
+/// ancestor).
+pub fn fs_usage(path: &Path) -> Result<Option<StoreUsage>, DriverError> {
+    let mut dir = path;
+    while !dir.exists() {
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => return Ok(None),
+        }
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|e| DriverError::Invalid(e.to_string()))?;
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `vfs` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let frsize = vfs.f_frsize as u64;
+    let total = vfs.f_blocks as u64 * frsize;
+    let free = vfs.f_bfree as u64 * frsize;
+    let avail = vfs.f_bavail as u64 * frsize;
+    Ok(Some(StoreUsage { total, used: total - free, avail }))
+}
+
+/// The file system type of `path` (`statfs`'s `f_type`).
+pub fn fs_type(path: &Path) -> Result<i64, DriverError> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| DriverError::Invalid(e.to_string()))?;
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `fs` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
+        return Err(DriverError::Io(format!("{}: {}", path.display(), std::io::Error::last_os_error())));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Ok(fs.f_type as i64)
+}
+
+/// Creates an image with qemu-img (`format` qcow2, raw or vmdk; `preallocation` as the
+/// storage option says; qcow2's default is `metadata`, as Proxmox's).
+pub async fn qemu_img_create(
+    runner: &dyn Runner,
+    path: &Path,
+    format: &str,
+    size_mib: u64,
+    preallocation: Option<&str>,
+) -> Result<(), DriverError> {
+    let mut args = argv(&["create", "-q", "-f", format]);
+    let prealloc = match (format, preallocation) {
+        ("vmdk", _) => None,
+        // qemu-img's raw has no `metadata` mode (Proxmox: "off" for raw then).
+        ("raw", Some("metadata") | None) => None,
+        ("qcow2", None) => Some("metadata"),
+        (_, p) => p,
+    };
+    if let Some(p) = prealloc {
+        args.extend(["-o".into(), format!("preallocation={p}")]);
+    }
+    args.push(path.display().to_string());
+    args.push(format!("{size_mib}M"));
+    if let Err(e) = runner.run("qemu-img", &args).await {
+        let _ = tokio::fs::remove_file(path).await;
+        return Err(e);
+    }
+    // Root's alone: QEMU gets the guest's disks as descriptors, nobody else reads them.
+    tokio::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).await?;
+    Ok(())
+}
+
+/// The virtual size recorded in a qcow2 header (big-endian u64 at offset 24, after the
+/// magic `QFI\xfb`), or `None` if `head` is not a qcow2 header.
+pub fn qcow2_virtual_size(head: &[u8]) -> Option<u64> {
+    if head.len() < 32 || &head[..4] != b"QFI\xfb" {
+        return None;
+    }
+    Some(u64::from_be_bytes(head[24..32].try_into().ok()?))
+}
+
+/// Virtual size of an image file: the qcow2 header's, else (raw, ISO) the file's length.
+pub async fn image_size(path: &Path) -> Result<u64, DriverError> {
+    let mut head = [0u8; 32];
+    let mut file = tokio::fs::File::open(path).await?;
+    let n = tokio::io::AsyncReadExt::read(&mut file, &mut head).await?;
+    match qcow2_virtual_size(&head[..n]) {
+        Some(s) => Ok(s),
+        None => Ok(file.metadata().await?.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(vmid_of("vm-100-disk-0"), Some(100));
+        assert_eq!(vmid_of("subvol-7001-disk-2"), Some(7001));
+        assert_eq!(vmid_of("snap_vm-100-disk-0_x"), None);
+        assert!(validate_snapshot_name("before-upgrade_1").is_ok());
+        for bad in ["a", "1abc", "a b", "x/../y", &"a".repeat(41)] {
+            assert!(validate_snapshot_name(bad).is_err(), "{bad}");
+        }
+        assert!(volume_name("local", "local:../x").is_err());
+        assert_eq!(volume_name("tank", "tank:vm-1-disk-0").unwrap(), "vm-1-disk-0");
+        assert!(volume_name("tank", "other:vm-1-disk-0").is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! Storage backends, one file each, behind one trait ([`VolumeStore`]); what they share
+//! (running a host tool from an argument vector, qemu-img, file system usage, volume
+//! names) is in [`common`]. [`open`] builds the backend of a configured storage.
+//!
+//! | type | here | how it is tested |
+//! |---|---|---|
+//! | `dir` | [`dir`] | real files and qemu-img |
+//! | `btrfs` | [`btrfs`] | real btrfs on a loop file |
+//! | `zfspool` | [`zfs`] | zfs-fuse for datasets and snapshots; zvols by argv and recorded output |
+//! | `lvm`, `lvmthin` | [`lvm`] | a real volume group's metadata; data paths by argv and recorded output |
+//! | `nfs`, `iscsi`, `rbd` | not yet | refused with a clear error |
+
+pub mod btrfs;
+pub mod common;
+pub mod dir;
+pub mod lvm;
+pub mod zfs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use horcrux_core::{StorageKind, StoragePool};
+
+pub use btrfs::BtrfsStorage;
+pub use common::{Runner, SystemRunner};
+pub use dir::DirStorage;
+pub use lvm::LvmStorage;
+pub use zfs::ZfsPoolStorage;
+
+use crate::hypervisor::{BoxFuture, DriverError};
+
+/// One storage as seen from this node. Volume ids are Proxmox's (`local:100/vm-100-disk-0.qcow2`,
+/// `local:iso/x.iso`, `tank:vm-100-disk-0`).
+pub trait VolumeStore: Send + Sync + 'static {
+    /// Makes the storage usable on this node (checks the mount, the pool, the volume
+    /// group) and creates what its layout needs; idempotent.
+    fn activate(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Creates disk `index` of guest `vmid`; returns its volume id. Refuses to overwrite.
+    fn alloc(&self, vmid: u32, index: usize, size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>>;
+    /// The host path of a volume of this store.
+    fn path(&self, volid: &str) -> Result<PathBuf, DriverError>;
+    /// Removes a volume and its snapshots; a missing volume is not an error.
+    fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
+    /// The volumes this store holds on this host.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>>;
+    /// Size, use and free space of the store on this host, if it can tell.
+    fn usage(&self) -> BoxFuture<'_, Result<Option<StoreUsage>, DriverError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Takes snapshot `name` of a volume (of a stopped guest's disk: a running guest's
+    /// disks are snapshotted through QMP).
+    fn snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volid, name);
+        Box::pin(async { Err(DriverError::Invalid("this storage cannot take snapshots".into())) })
+    }
+    /// Returns the volume to snapshot `name`; later snapshots are removed where the
+    /// backend can only roll back to the latest (zfs).
+    fn rollback<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volid, name);
+        Box::pin(async { Err(DriverError::Invalid("this storage cannot roll back snapshots".into())) })
+    }
+    fn delete_snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volid, name);
+        Box::pin(async { Err(DriverError::Invalid("this storage cannot take snapshots".into())) })
+    }
+    /// The snapshots of a volume, oldest first.
+    fn snapshots<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let _ = volid;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// A store's capacity in bytes, as Proxmox's storage status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StoreUsage {
+    pub total: u64,
+    pub used: u64,
+    pub avail: u64,
+}
+
+/// One volume, as Proxmox's storage content lists it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VolumeInfo {
+    pub volid: String,
+    /// The guest it belongs to; 0 for ISO images, templates, snippets.
+    pub vmid: u32,
+    /// `qcow2`, `raw`, `vmdk`, `subvol`, `iso`, `tzst`, ...
+    pub format: String,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Bytes allocated on the host.
+    pub used: u64,
+    /// `images`, `rootdir`, `iso`, `vztmpl`, `backup`, `snippets`, `import`.
+    pub content: String,
+    /// Creation (or last change) time, Unix seconds.
+    pub ctime: u64,
+}
+
+/// A backend that refuses every operation naming why: the storage types whose backend
+/// this build does not have yet.
+struct Unavailable {
+    why: String,
+}
+
+impl VolumeStore for Unavailable {
+    fn activate(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+        let why = self.why.clone();
+        Box::pin(async move { Err(DriverError::Invalid(why)) })
+    }
+    fn alloc(&self, _: u32, _: usize, _: u64) -> BoxFuture<'_, Result<String, DriverError>> {
+        let why = self.why.clone();
+        Box::pin(async move { Err(DriverError::Invalid(why)) })
+    }
+    fn path(&self, _: &str) -> Result<PathBuf, DriverError> {
+        Err(DriverError::Invalid(self.why.clone()))
+    }
+    fn free<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let why = self.why.clone();
+        Box::pin(async move { Err(DriverError::Invalid(why)) })
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>> {
+        let why = self.why.clone();
+        Box::pin(async move { Err(DriverError::Invalid(why)) })
+    }
+}
+
+/// The backend of `pool` on this node, running host tools through `runner`.
+pub fn open(pool: &StoragePool, runner: Arc<dyn Runner>) -> Arc<dyn VolumeStore> {
+    let options = &pool.config.options;
+    let id = pool.id.clone();
+    match &pool.kind {
+        StorageKind::Dir { path } => Arc::new(DirStorage::with_options(id, path, options)),
+        StorageKind::Btrfs { path } => Arc::new(BtrfsStorage::new(id, path, runner, options)),
+        StorageKind::ZfsPool { pool: zpool } => Arc::new(ZfsPoolStorage::new(id, zpool, runner, options)),
+        StorageKind::Lvm { vgname } => Arc::new(LvmStorage::new(id, vgname, None, runner)),
+        StorageKind::LvmThin { vgname, thinpool } => {
+            Arc::new(LvmStorage::new(id, vgname, Some(thinpool.clone()), runner))
+        }
+        other => Arc::new(Unavailable {
+            why: format!("storage {}: the {} backend is not in this build yet", pool.id, other.type_name()),
+        }),
+    }
+}
