@@ -228,14 +228,22 @@ impl ClusterState {
                 );
             }
             Command::AddStorage { id, kind } => {
-                let pool = StoragePool { id: id.clone(), kind: kind.clone(), revision: index, config: Default::default() };
+                let pool = StoragePool {
+                    id: id.clone(),
+                    kind: kind.clone(),
+                    revision: index,
+                    config: Default::default(),
+                };
                 self.create_storage(pool)?;
             }
             Command::CreateStorage { pool } => {
                 self.create_storage(StoragePool { revision: index, ..pool.clone() })?;
             }
             Command::UpdateStorage { id, config } => {
-                let old = self.storage.get(id).ok_or_else(|| ApplyError::NotFound { what: format!("storage {id}") })?;
+                let old = self
+                    .storage
+                    .get(id)
+                    .ok_or_else(|| ApplyError::NotFound { what: format!("storage {id}") })?;
                 let pool = StoragePool { config: config.clone(), revision: index, ..old.clone() };
                 pool.validate()?;
                 self.storage.insert(id.clone(), pool);
@@ -244,9 +252,14 @@ impl ClusterState {
                 if !self.storage.contains_key(id) {
                     return Err(ApplyError::NotFound { what: format!("storage {id}") });
                 }
-                if let Some(g) = self.guests.values().find(|g| g.vm_spec().disks.iter().any(|d| d.storage == *id)) {
+                if let Some(g) =
+                    self.guests.values().find(|g| g.vm_spec().disks.iter().any(|d| d.storage == *id))
+                {
                     return Err(ApplyError::Conflict {
-                        message: format!("storage {id} holds a disk of guest {}; move or remove it first", g.vmid),
+                        message: format!(
+                            "storage {id} holds a disk of guest {}; move or remove it first",
+                            g.vmid
+                        ),
                     });
                 }
                 self.storage.remove(id);

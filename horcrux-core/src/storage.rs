@@ -144,7 +144,9 @@ impl StorageKind {
         match self {
             StorageKind::Dir { .. } => &FILE_OPTIONS,
             StorageKind::Btrfs { .. } => &[PREALLOC, ("nocow", BOOL), ("is_mountpoint", None)],
-            StorageKind::Nfs { .. } => &[PREALLOC, ("format", Some(&["raw", "qcow2", "vmdk"])), ("options", None)],
+            StorageKind::Nfs { .. } => {
+                &[PREALLOC, ("format", Some(&["raw", "qcow2", "vmdk"])), ("options", None)]
+            }
             StorageKind::ZfsPool { .. } => &[("sparse", BOOL), ("blocksize", None), ("mountpoint", None)],
             StorageKind::Iscsi { .. } => &[("username", None)],
             StorageKind::Rbd { .. } => &[("username", None), ("krbd", BOOL), ("namespace", None)],
@@ -177,7 +179,10 @@ impl StorageKind {
             }
             StorageKind::Rbd { pool, monhost } => {
                 validate_name("pool", pool, false)?;
-                monhost.split([',', ';', ' ']).filter(|m| !m.is_empty()).try_for_each(|m| validate_portal("monhost", m))
+                monhost
+                    .split([',', ';', ' '])
+                    .filter(|m| !m.is_empty())
+                    .try_for_each(|m| validate_portal("monhost", m))
             }
             StorageKind::Lvm { vgname } => validate_name("vgname", vgname, false),
             StorageKind::LvmThin { vgname, thinpool } => {
@@ -196,7 +201,9 @@ fn validate_name(field: &str, s: &str, slashes: bool) -> Result<(), ValidationEr
         && !s.starts_with(['-', '/'])
         && !s.ends_with('/')
         && !s.contains("//")
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+') || (slashes && b == b'/'));
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+') || (slashes && b == b'/')
+        });
     if ok {
         Ok(())
     } else {
@@ -280,9 +287,17 @@ impl StorageConfig {
                     self.options.remove(k);
                 }
                 k if type_keys.contains(&k) => {
-                    return Err(ValidationError::new(k, "is a fixed property of the storage and cannot be deleted"))
+                    return Err(ValidationError::new(
+                        k,
+                        "is a fixed property of the storage and cannot be deleted",
+                    ))
                 }
-                k => return Err(ValidationError::new("delete", format!("{k:?} is not an option of this storage"))),
+                k => {
+                    return Err(ValidationError::new(
+                        "delete",
+                        format!("{k:?} is not an option of this storage"),
+                    ))
+                }
             }
         }
         for (key, value) in params {
@@ -298,7 +313,11 @@ impl StorageConfig {
                         if !allowed.contains(&c) {
                             return Err(ValidationError::new(
                                 "content",
-                                format!("{} storages cannot hold {c:?} (they hold {})", kind.type_name(), allowed.join(", ")),
+                                format!(
+                                    "{} storages cannot hold {c:?} (they hold {})",
+                                    kind.type_name(),
+                                    allowed.join(", ")
+                                ),
                             ));
                         }
                         set.insert(c.to_string());
@@ -332,7 +351,10 @@ impl StorageConfig {
                 }
                 k if type_keys.contains(&k) => {
                     if kind.keys().iter().any(|(tk, tv)| *tk == k && *tv != value) {
-                        return Err(ValidationError::new(k, "is a fixed property of the storage and cannot change"));
+                        return Err(ValidationError::new(
+                            k,
+                            "is a fixed property of the storage and cannot change",
+                        ));
                     }
                 }
                 k => {
@@ -345,9 +367,14 @@ impl StorageConfig {
                     let value = match values {
                         Some(v) if *v == BOOL.unwrap() => u8::from(parse_bool(k, value)?).to_string(),
                         Some(v) if !v.contains(&value.as_str()) => {
-                            return Err(ValidationError::new(k, format!("{value:?} is not one of {}", v.join(", "))))
+                            return Err(ValidationError::new(
+                                k,
+                                format!("{value:?} is not one of {}", v.join(", ")),
+                            ))
                         }
-                        _ if value.len() > 256 => return Err(ValidationError::new(k, "is longer than 256 bytes")),
+                        _ if value.len() > 256 => {
+                            return Err(ValidationError::new(k, "is longer than 256 bytes"))
+                        }
                         _ => value.clone(),
                     };
                     self.options.insert(k.to_string(), value);
@@ -391,7 +418,10 @@ impl StoragePool {
                 StorageKind::Nfs { server, export, path }
             }
             "iscsi" => StorageKind::Iscsi { portal: get("portal")?, target: get("target")? },
-            "rbd" => StorageKind::Rbd { pool: params.get("pool").cloned().unwrap_or("rbd".into()), monhost: get("monhost")? },
+            "rbd" => StorageKind::Rbd {
+                pool: params.get("pool").cloned().unwrap_or("rbd".into()),
+                monhost: get("monhost")?,
+            },
             "lvm" => StorageKind::Lvm { vgname: get("vgname")? },
             "lvmthin" => StorageKind::LvmThin { vgname: get("vgname")?, thinpool: get("thinpool")? },
             other => {
@@ -405,7 +435,6 @@ impl StoragePool {
         let rest: BTreeMap<String, String> = params
             .iter()
             .filter(|(k, _)| !matches!(k.as_str(), "storage" | "type"))
-            .filter(|(k, _)| !(ty == "nfs" && k.as_str() == "path") && !(ty == "rbd" && k.as_str() == "pool"))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         config.apply_params(&kind, &rest, &[])?;
@@ -418,7 +447,10 @@ impl StoragePool {
         ids::validate_storage_id("storage", &self.id)?;
         self.kind.validate()?;
         if self.kind.always_shared() && !self.config.shared {
-            return Err(ValidationError::new("shared", format!("a {} storage is always shared", self.kind.type_name())));
+            return Err(ValidationError::new(
+                "shared",
+                format!("a {} storage is always shared", self.kind.type_name()),
+            ));
         }
         let (allowed, _) = self.kind.allowed_content();
         if let Some(c) = self.config.content.iter().find(|c| !allowed.contains(&c.as_str())) {
@@ -458,7 +490,10 @@ impl StoragePool {
             .collect();
         out.insert("content".into(), json!(content.join(",")));
         if !self.config.nodes.is_empty() {
-            out.insert("nodes".into(), json!(self.config.nodes.iter().cloned().collect::<Vec<_>>().join(",")));
+            out.insert(
+                "nodes".into(),
+                json!(self.config.nodes.iter().cloned().collect::<Vec<_>>().join(",")),
+            );
         }
         if self.shared() {
             out.insert("shared".into(), json!(1));
@@ -470,7 +505,10 @@ impl StoragePool {
             let is_bool = self.kind.options().iter().any(|(o, vals)| o == k && *vals == BOOL);
             out.insert(k.clone(), if is_bool { json!(v.parse::<u8>().unwrap_or(0)) } else { json!(v) });
         }
-        out.insert("digest".into(), json!(crate::ids::sha256_hex(&format!("{}:{}", self.id, self.revision))[..40]));
+        out.insert(
+            "digest".into(),
+            json!(crate::ids::sha256_hex(&format!("{}:{}", self.id, self.revision))[..40]),
+        );
         out
     }
 }

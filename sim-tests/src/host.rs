@@ -216,7 +216,13 @@ impl VolumeStore for SimVolumes {
             .into_iter()
             .map(|volid| {
                 let vmid = volid.split([':', '/']).nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-                horcrux_drivers::VolumeInfo { volid, vmid, format: "qcow2".into(), content: "images".into(), ..Default::default() }
+                horcrux_drivers::VolumeInfo {
+                    volid,
+                    vmid,
+                    format: "qcow2".into(),
+                    content: "images".into(),
+                    ..Default::default()
+                }
             })
             .collect();
         Box::pin(async move { Ok(list) })

@@ -101,14 +101,20 @@ fn add_storage_validation() {
 fn storages_are_created_updated_and_deleted_only_when_no_disk_is_on_them() {
     let mut s = base();
     let p = |kv: &[(&str, &str)]| {
-        crate::storage::StoragePool::from_params(&kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-            .unwrap()
+        crate::storage::StoragePool::from_params(
+            &kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )
+        .unwrap()
     };
-    let nfs = p(&[("storage", "nfs1"), ("type", "nfs"), ("server", "10.1.1.1"), ("export", "/e"), ("nodes", "n1")]);
+    let nfs =
+        p(&[("storage", "nfs1"), ("type", "nfs"), ("server", "10.1.1.1"), ("export", "/e"), ("nodes", "n1")]);
     s.apply(3, &req(Command::CreateStorage { pool: nfs.clone() })).unwrap();
     assert_eq!(s.storage["nfs1"].revision, 3);
     assert!(s.storage["nfs1"].shared());
-    assert!(matches!(refused(&mut s, Command::CreateStorage { pool: nfs.clone() }), ApplyError::Conflict { .. }));
+    assert!(matches!(
+        refused(&mut s, Command::CreateStorage { pool: nfs.clone() }),
+        ApplyError::Conflict { .. }
+    ));
     // A config the type cannot have is refused by field, even when built by hand.
     let mut bad = nfs.config.clone();
     bad.shared = false;
@@ -125,11 +131,17 @@ fn storages_are_created_updated_and_deleted_only_when_no_disk_is_on_them() {
     g.disks[0].storage = "nfs1".into();
     g.disks[0].volume = Some("nfs1:100/vm-100-disk-0.qcow2".into());
     s.apply(5, &req(create(100, g))).unwrap();
-    assert!(matches!(refused(&mut s, Command::DeleteStorage { id: "nfs1".into() }), ApplyError::Conflict { .. }));
+    assert!(matches!(
+        refused(&mut s, Command::DeleteStorage { id: "nfs1".into() }),
+        ApplyError::Conflict { .. }
+    ));
     s.apply(6, &req(Command::DeleteGuest { vmid: 100, expected_revision: None })).unwrap();
     s.apply(7, &req(Command::DeleteStorage { id: "nfs1".into() })).unwrap();
     assert!(!s.storage.contains_key("nfs1"));
-    assert!(matches!(refused(&mut s, Command::DeleteStorage { id: "nfs1".into() }), ApplyError::NotFound { .. }));
+    assert!(matches!(
+        refused(&mut s, Command::DeleteStorage { id: "nfs1".into() }),
+        ApplyError::NotFound { .. }
+    ));
 }
 
 #[test]

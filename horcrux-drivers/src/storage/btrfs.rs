@@ -48,10 +48,11 @@ impl BtrfsStorage {
         let rel = common::volume_name(&self.id, volid)?;
         let parsed = rel.split_once('/').and_then(|(vmid, name)| {
             let name = name.strip_suffix(".raw")?;
-            (vmid.parse::<u32>().ok()? == common::vmid_of(name)? && !name.contains(['/', '@'])).then_some((vmid, name))
+            (vmid.parse::<u32>().ok()? == common::vmid_of(name)? && !name.contains(['/', '@']))
+                .then_some((vmid, name))
         });
-        let (vmid, name) =
-            parsed.ok_or_else(|| DriverError::Invalid(format!("volume {volid}: not a btrfs disk image name")))?;
+        let (vmid, name) = parsed
+            .ok_or_else(|| DriverError::Invalid(format!("volume {volid}: not a btrfs disk image name")))?;
         Ok(self.root.join("images").join(vmid).join(name))
     }
 
@@ -76,7 +77,8 @@ impl BtrfsStorage {
                 tokio::fs::File::create(&disk).await?;
                 self.runner.run("chattr", &argv(&["+C", &disk.display().to_string()])).await?;
             }
-            common::qemu_img_create(&*self.runner, &disk, "raw", size_mib, self.preallocation.as_deref()).await
+            common::qemu_img_create(&*self.runner, &disk, "raw", size_mib, self.preallocation.as_deref())
+                .await
         };
         if let Err(e) = made.await {
             let _ = self.btrfs(&["subvolume", "delete"], &[&sub]).await;
@@ -113,7 +115,8 @@ impl BtrfsStorage {
 
     async fn list_inner(&self) -> Result<Vec<VolumeInfo>, DriverError> {
         use std::os::unix::fs::MetadataExt;
-        let mut out: Vec<VolumeInfo> = self.files.list().await?.into_iter().filter(|v| v.content != "images").collect();
+        let mut out: Vec<VolumeInfo> =
+            self.files.list().await?.into_iter().filter(|v| v.content != "images").collect();
         let images = self.root.join("images");
         let Ok(mut guests) = tokio::fs::read_dir(&images).await else { return Ok(out) };
         while let Some(g) = guests.next_entry().await? {
@@ -218,7 +221,11 @@ impl VolumeStore for BtrfsStorage {
         })
     }
 
-    fn delete_snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn delete_snapshot<'a>(
+        &'a self,
+        volid: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             common::validate_snapshot_name(name)?;
             let sub = self.subvol(volid)?;

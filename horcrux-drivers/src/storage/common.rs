@@ -46,8 +46,11 @@ impl Runner for SystemRunner {
 #[derive(Default)]
 pub struct Recorder {
     pub calls: Mutex<Vec<Vec<String>>>,
-    replies: Mutex<Vec<(Vec<String>, Result<String, String>)>>,
+    replies: Mutex<Vec<Scripted>>,
 }
+
+/// An argv prefix and the reply to the next call that starts with it.
+type Scripted = (Vec<String>, Result<String, String>);
 
 impl Recorder {
     /// Answers the next call whose argv starts with `prefix` with `reply` (stdout, or an
@@ -71,9 +74,9 @@ impl Runner for Recorder {
         let mut replies = self.replies.lock().unwrap();
         let found = replies.iter().position(|(p, _)| argv.starts_with(p));
         let reply = found.map(|i| replies.remove(i).1).unwrap_or(Ok(String::new()));
-        Box::pin(async move {
-            reply.map_err(|message| DriverError::Command { program: program.into(), message })
-        })
+        Box::pin(
+            async move { reply.map_err(|message| DriverError::Command { program: program.into(), message }) },
+        )
     }
 }
 
@@ -89,7 +92,10 @@ pub fn disk_name(vmid: u32, index: usize) -> String {
 
 /// `vm-100-disk-0` (or `base-`, `subvol-`): the guest it belongs to.
 pub fn vmid_of(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("vm-").or_else(|| name.strip_prefix("base-")).or_else(|| name.strip_prefix("subvol-"))?;
+    let rest = name
+        .strip_prefix("vm-")
+        .or_else(|| name.strip_prefix("base-"))
+        .or_else(|| name.strip_prefix("subvol-"))?;
     rest.split('-').next()?.parse().ok()
 }
 

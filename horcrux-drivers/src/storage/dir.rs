@@ -38,7 +38,11 @@ impl DirStorage {
     }
 
     /// With the storage's `format` (default qcow2) and `preallocation` options.
-    pub fn with_options(id: impl Into<String>, root: impl Into<PathBuf>, options: &BTreeMap<String, String>) -> Self {
+    pub fn with_options(
+        id: impl Into<String>,
+        root: impl Into<PathBuf>,
+        options: &BTreeMap<String, String>,
+    ) -> Self {
         Self {
             id: id.into(),
             root: root.into(),
@@ -52,7 +56,9 @@ impl DirStorage {
     fn locate(&self, volid: &str) -> Result<(&'static str, PathBuf), DriverError> {
         let rel = common::volume_name(&self.id, volid)?;
         let (head, name) = rel.split_once('/').ok_or_else(|| {
-            DriverError::Invalid(format!("volume {volid}: expected VMID/NAME or CONTENT/NAME after the storage"))
+            DriverError::Invalid(format!(
+                "volume {volid}: expected VMID/NAME or CONTENT/NAME after the storage"
+            ))
         })?;
         if head.parse::<u32>().is_ok() {
             if name.contains('/') || !IMAGE_FORMATS.iter().any(|f| name.ends_with(&format!(".{f}"))) {
@@ -76,7 +82,8 @@ impl DirStorage {
         if tokio::fs::try_exists(&path).await? {
             return Err(DriverError::Invalid(format!("volume {volid} already exists at {}", path.display())));
         }
-        common::qemu_img_create(&*self.runner, &path, &self.format, size_mib, self.preallocation.as_deref()).await?;
+        common::qemu_img_create(&*self.runner, &path, &self.format, size_mib, self.preallocation.as_deref())
+            .await?;
         Ok(volid)
     }
 
@@ -113,7 +120,7 @@ impl DirStorage {
                 let format = match (content, suffix.trim_start_matches('.')) {
                     ("rootdir", _) => "subvol".to_string(),
                     ("snippets", _) => "snippet".to_string(),
-                    ("vztmpl", s) => s.replace("tar.", "t").replace("tgz", "tgz"),
+                    ("vztmpl", s) => s.replace("tar.", "t"),
                     (_, s) => s.to_string(),
                 };
                 let vmid = if content == "rootdir" { common::vmid_of(&name).unwrap_or(0) } else { 0 };
@@ -226,14 +233,19 @@ impl VolumeStore for DirStorage {
         Box::pin(self.qemu_img_snapshot("-a", volid, name))
     }
 
-    fn delete_snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn delete_snapshot<'a>(
+        &'a self,
+        volid: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.qemu_img_snapshot("-d", volid, name))
     }
 
     fn snapshots<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
         Box::pin(async move {
             let Ok(path) = self.qcow2(volid) else { return Ok(Vec::new()) };
-            let out = self.runner.run("qemu-img", &argv(&["snapshot", "-l", &path.display().to_string()])).await?;
+            let out =
+                self.runner.run("qemu-img", &argv(&["snapshot", "-l", &path.display().to_string()])).await?;
             Ok(parse_qemu_img_snapshots(&out))
         })
     }
@@ -257,7 +269,11 @@ mod tests {
         assert_eq!(vol, "local:101/vm-101-disk-0.qcow2");
         let path = s.path(&vol).unwrap();
         assert_eq!(path, tmp.path().join("images/101/vm-101-disk-0.qcow2"));
-        let info = std::process::Command::new("qemu-img").args(["info", "--output=json"]).arg(&path).output().unwrap();
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&path)
+            .output()
+            .unwrap();
         let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert_eq!(info["format"], "qcow2");
         assert_eq!(info["virtual-size"], 64 * 1024 * 1024);

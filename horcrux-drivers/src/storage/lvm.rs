@@ -52,7 +52,12 @@ pub fn parse_lvs(out: &str) -> Vec<Lv> {
 }
 
 impl LvmStorage {
-    pub fn new(id: impl Into<String>, vg: impl Into<String>, thinpool: Option<String>, runner: Arc<dyn Runner>) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        vg: impl Into<String>,
+        thinpool: Option<String>,
+        runner: Arc<dyn Runner>,
+    ) -> Self {
         Self { id: id.into(), vg: vg.into(), thinpool, runner }
     }
 
@@ -70,7 +75,10 @@ impl LvmStorage {
 
     fn thin(&self) -> Result<&str, DriverError> {
         self.thinpool.as_deref().ok_or_else(|| {
-            DriverError::Invalid(format!("storage {}: snapshots need an LVM thin pool (lvmthin), not plain LVM", self.id))
+            DriverError::Invalid(format!(
+                "storage {}: snapshots need an LVM thin pool (lvmthin), not plain LVM",
+                self.id
+            ))
         })
     }
 
@@ -114,7 +122,9 @@ impl LvmStorage {
                 let pool = format!("{}/{tp}", self.vg);
                 self.lvcreate(&["-aly", "-V", &size, "--name", &name, "--thinpool", &pool]).await?
             }
-            None => self.lvcreate(&["-aly", "-Wy", "--yes", "--size", &size, "--name", &name, &self.vg]).await?,
+            None => {
+                self.lvcreate(&["-aly", "-Wy", "--yes", "--size", &size, "--name", &name, &self.vg]).await?
+            }
         }
         Ok(format!("{}:{name}", self.id))
     }
@@ -123,9 +133,14 @@ impl LvmStorage {
 impl VolumeStore for LvmStorage {
     fn activate(&self) -> BoxFuture<'_, Result<(), DriverError>> {
         Box::pin(async move {
-            self.runner.run("vgs", &argv(&["--noheadings", "-o", "vg_name", &self.vg])).await.map_err(|e| {
-                DriverError::Invalid(format!("storage {}: volume group {} is not there: {e}", self.id, self.vg))
-            })?;
+            self.runner.run("vgs", &argv(&["--noheadings", "-o", "vg_name", &self.vg])).await.map_err(
+                |e| {
+                    DriverError::Invalid(format!(
+                        "storage {}: volume group {} is not there: {e}",
+                        self.id, self.vg
+                    ))
+                },
+            )?;
             Ok(())
         })
     }
@@ -163,7 +178,11 @@ impl VolumeStore for LvmStorage {
                 .filter(|l| self.thinpool.as_deref().is_none_or(|tp| l.pool == tp))
                 .filter_map(|l| {
                     let vmid = common::vmid_of(&l.name)?;
-                    let used = if self.thinpool.is_some() { (l.size as f64 * l.data_percent / 100.0) as u64 } else { l.size };
+                    let used = if self.thinpool.is_some() {
+                        (l.size as f64 * l.data_percent / 100.0) as u64
+                    } else {
+                        l.size
+                    };
                     Some(VolumeInfo {
                         volid: format!("{}:{}", self.id, l.name),
                         vmid,
@@ -185,16 +204,34 @@ impl VolumeStore for LvmStorage {
             if let Some(tp) = &self.thinpool {
                 let lvs = self.lvs().await?;
                 let pool = lvs.iter().find(|l| &l.name == tp).ok_or_else(|| {
-                    DriverError::Invalid(format!("storage {}: thin pool {}/{tp} is not there", self.id, self.vg))
+                    DriverError::Invalid(format!(
+                        "storage {}: thin pool {}/{tp} is not there",
+                        self.id, self.vg
+                    ))
                 })?;
                 let used = (pool.size as f64 * pool.data_percent / 100.0) as u64;
-                return Ok(Some(StoreUsage { total: pool.size, used, avail: pool.size - used.min(pool.size) }));
+                return Ok(Some(StoreUsage {
+                    total: pool.size,
+                    used,
+                    avail: pool.size - used.min(pool.size),
+                }));
             }
             let out = self
                 .runner
                 .run(
                     "vgs",
-                    &argv(&["--separator", ":", "--noheadings", "--units", "b", "--unbuffered", "--nosuffix", "-o", "vg_size,vg_free", &self.vg]),
+                    &argv(&[
+                        "--separator",
+                        ":",
+                        "--noheadings",
+                        "--units",
+                        "b",
+                        "--unbuffered",
+                        "--nosuffix",
+                        "-o",
+                        "vg_size,vg_free",
+                        &self.vg,
+                    ]),
                 )
                 .await?;
             let v: Vec<u64> = out.trim().split(':').filter_map(|s| s.trim().parse().ok()).collect();
@@ -226,7 +263,11 @@ impl VolumeStore for LvmStorage {
         })
     }
 
-    fn delete_snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn delete_snapshot<'a>(
+        &'a self,
+        volid: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             self.thin()?;
             common::validate_snapshot_name(name)?;

@@ -61,7 +61,11 @@ pub trait VolumeStore: Send + Sync + 'static {
         let _ = (volid, name);
         Box::pin(async { Err(DriverError::Invalid("this storage cannot roll back snapshots".into())) })
     }
-    fn delete_snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn delete_snapshot<'a>(
+        &'a self,
+        volid: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
         let _ = (volid, name);
         Box::pin(async { Err(DriverError::Invalid("this storage cannot take snapshots".into())) })
     }

@@ -32,7 +32,10 @@ impl ZfsPoolStorage {
         let pool = pool.into();
         Self {
             id: id.into(),
-            mountpoint: options.get("mountpoint").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(format!("/{pool}"))),
+            mountpoint: options
+                .get("mountpoint")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(format!("/{pool}"))),
             pool,
             runner,
             sparse: options.get("sparse").is_some_and(|v| v == "1"),
@@ -89,30 +92,37 @@ impl ZfsPoolStorage {
     }
 
     async fn list_inner(&self) -> Result<Vec<VolumeInfo>, DriverError> {
-        let out = self
-            .zfs(&["list", "-o", "name,volsize,origin,type,refquota,used,creation", "-t", "volume,filesystem", "-Hpr", &self.pool])
-            .await?;
-        Ok(parse_zfs_list(&self.id, &self.pool, &out))
+        let out = self.zfs(&["get", "-Hp", "-r", "-o", "name,property,value", ZFS_PROPS, &self.pool]).await?;
+        Ok(parse_zfs_get(&self.id, &self.pool, &out))
     }
 }
 
-/// `zfs list -o name,volsize,origin,type,refquota,used,creation -Hp` under `pool`: the
-/// pool's direct children named as guest volumes.
-pub fn parse_zfs_list(id: &str, pool: &str, out: &str) -> Vec<VolumeInfo> {
-    let num = |s: &str| s.parse::<u64>().unwrap_or(0);
-    let mut vols: Vec<VolumeInfo> = out
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            let [name, volsize, _origin, ty, refquota, used, creation] = f[..] else { return None };
+/// The properties [`parse_zfs_get`] reads, as `zfs get -Hp -r -o name,property,value`
+/// asks for them (`zfs list -p` would do, but zfs-fuse's `list` has no `-p`).
+pub const ZFS_PROPS: &str = "type,volsize,refquota,used,creation";
+
+/// `zfs get -Hp -r -o name,property,value ZFS_PROPS POOL`: the pool's direct children
+/// named as guest volumes (zvols are images, datasets container volumes).
+pub fn parse_zfs_get(id: &str, pool: &str, out: &str) -> Vec<VolumeInfo> {
+    let mut props: BTreeMap<&str, BTreeMap<&str, &str>> = BTreeMap::new();
+    for l in out.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        if let [name, prop, value] = f[..] {
+            props.entry(name).or_default().insert(prop, value);
+        }
+    }
+    let num = |p: &BTreeMap<&str, &str>, k: &str| p.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    props
+        .iter()
+        .filter_map(|(name, p)| {
             let short = name.strip_prefix(pool)?.strip_prefix('/')?;
-            if short.contains('/') {
+            if short.contains(['/', '@']) {
                 return None;
             }
             let vmid = common::vmid_of(short)?;
-            let (format, size, content) = match ty {
-                "volume" => ("raw", num(volsize), "images"),
-                "filesystem" => ("subvol", num(refquota), "rootdir"),
+            let (format, size, content) = match p.get("type").copied() {
+                Some("volume") => ("raw", num(p, "volsize"), "images"),
+                Some("filesystem") => ("subvol", num(p, "refquota"), "rootdir"),
                 _ => return None,
             };
             Some(VolumeInfo {
@@ -120,22 +130,20 @@ pub fn parse_zfs_list(id: &str, pool: &str, out: &str) -> Vec<VolumeInfo> {
                 vmid,
                 format: format.into(),
                 size,
-                used: num(used),
+                used: num(p, "used"),
                 content: content.into(),
-                ctime: num(creation),
+                ctime: num(p, "creation"),
             })
         })
-        .collect();
-    vols.sort_by(|a, b| a.volid.cmp(&b.volid));
-    vols
+        .collect()
 }
 
 impl VolumeStore for ZfsPoolStorage {
     fn activate(&self) -> BoxFuture<'_, Result<(), DriverError>> {
         Box::pin(async move {
-            self.zfs(&["list", "-H", "-o", "name", &self.pool])
-                .await
-                .map_err(|e| DriverError::Invalid(format!("storage {}: ZFS pool {} is not there: {e}", self.id, self.pool)))?;
+            self.zfs(&["list", "-H", "-o", "name", &self.pool]).await.map_err(|e| {
+                DriverError::Invalid(format!("storage {}: ZFS pool {} is not there: {e}", self.id, self.pool))
+            })?;
             Ok(())
         })
     }
@@ -156,9 +164,20 @@ impl VolumeStore for ZfsPoolStorage {
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let (ds, _) = self.dataset(volid)?;
-            match self.zfs(&["destroy", "-r", &ds]).await {
-                Err(DriverError::Command { message, .. }) if message.contains("does not exist") => Ok(()),
-                r => r.map(|_| ()),
+            // A dataset just used (a udev probe of a zvol, a FUSE mount's cache) is busy
+            // for a moment: retry, as Proxmox does.
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.zfs(&["destroy", "-r", &ds]).await {
+                    Err(DriverError::Command { message, .. }) if message.contains("does not exist") => {
+                        return Ok(())
+                    }
+                    Err(DriverError::Command { message, .. }) if message.contains("busy") && attempt < 6 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    r => return r.map(|_| ()),
+                }
             }
         })
     }
@@ -194,7 +213,11 @@ impl VolumeStore for ZfsPoolStorage {
         })
     }
 
-    fn delete_snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+    fn delete_snapshot<'a>(
+        &'a self,
+        volid: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             common::validate_snapshot_name(name)?;
             let (ds, _) = self.dataset(volid)?;
@@ -205,7 +228,9 @@ impl VolumeStore for ZfsPoolStorage {
     fn snapshots<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
         Box::pin(async move {
             let (ds, _) = self.dataset(volid)?;
-            let out = self.zfs(&["list", "-H", "-o", "name", "-s", "creation", "-t", "snapshot", "-r", &ds]).await?;
+            let out = self
+                .zfs(&["list", "-H", "-o", "name", "-s", "creation", "-t", "snapshot", "-r", &ds])
+                .await?;
             let prefix = format!("{ds}@");
             Ok(out.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_string).collect())
         })
@@ -217,16 +242,18 @@ mod tests {
     use super::*;
     use crate::storage::common::Recorder;
 
-    /// zvols cannot exist under zfs-fuse: their commands are checked by argv. The listing
-    /// parser reads real zfs-fuse output in `tests/storage_backends.rs`; the zvol row here
-    /// is written in the same columns (`volsize` set, `refquota` `-`), not recorded.
+    /// zvols cannot exist under zfs-fuse (`zfs create -V` aborts: "Function not
+    /// implemented"): their commands are checked by argv.
     #[tokio::test]
     async fn zvols_by_argv_and_recorded_listing() {
         let rec = Arc::new(Recorder::default());
         let opts = [("sparse".to_string(), "1".to_string()), ("blocksize".to_string(), "16k".to_string())];
         let s = ZfsPoolStorage::new("tank", "rpool/data", rec.clone(), &opts.into_iter().collect());
         assert_eq!(s.alloc(100, 0, 4096).await.unwrap(), "tank:vm-100-disk-0");
-        assert_eq!(s.path("tank:vm-100-disk-0").unwrap(), PathBuf::from("/dev/zvol/rpool/data/vm-100-disk-0"));
+        assert_eq!(
+            s.path("tank:vm-100-disk-0").unwrap(),
+            PathBuf::from("/dev/zvol/rpool/data/vm-100-disk-0")
+        );
         s.snapshot("tank:vm-100-disk-0", "pre").await.unwrap();
         s.rollback("tank:vm-100-disk-0", "pre").await.unwrap();
         s.free("tank:vm-100-disk-0").await.unwrap();
@@ -240,13 +267,16 @@ mod tests {
             ]
         );
         assert!(s.path("tank:../x").is_err() && s.path("tank:vm-1-disk-0@x").is_err());
-        let recorded = "rpool/data\t-\t-\tfilesystem\t0\t1966080\t1764580000\n\
-                        rpool/data/subvol-101-disk-0\t-\t-\tfilesystem\t8589934592\t422051840\t1764580100\n\
-                        rpool/data/vm-100-disk-0\t4294967296\t-\tvolume\t-\t57344\t1764580200\n\
-                        rpool/data/vm-100-disk-0/x\t-\t-\tfilesystem\t0\t1\t1\n";
-        let l = parse_zfs_list("tank", "rpool/data", recorded);
-        assert_eq!(l.len(), 2);
-        assert_eq!((l[0].volid.as_str(), l[0].format.as_str(), l[0].size), ("tank:subvol-101-disk-0", "subvol", 8 << 30));
-        assert_eq!((l[1].volid.as_str(), l[1].content.as_str(), l[1].size, l[1].vmid), ("tank:vm-100-disk-0", "images", 4 << 30, 100));
+        // The zvol in `zfs get`'s columns (zfs-fuse's real output for datasets is read in
+        // tests/storage_backends.rs).
+        let recorded = "rpool/data\ttype\tfilesystem\nrpool/data/vm-100-disk-0\ttype\tvolume\n\
+                        rpool/data/vm-100-disk-0\tvolsize\t4294967296\nrpool/data/vm-100-disk-0\trefquota\t-\n\
+                        rpool/data/vm-100-disk-0\tused\t57344\nrpool/data/vm-100-disk-0@pre\ttype\tsnapshot\n";
+        let l = parse_zfs_get("tank", "rpool/data", recorded);
+        assert_eq!(l.len(), 1);
+        assert_eq!(
+            (l[0].volid.as_str(), l[0].content.as_str(), l[0].size, l[0].vmid),
+            ("tank:vm-100-disk-0", "images", 4 << 30, 100)
+        );
     }
 }

@@ -395,7 +395,8 @@ fn a_disk_on_shared_storage_recovers_where_the_storage_exists_and_a_local_one_pi
         Command::CreateStorage { pool: crate::storage::StoragePool::from_params(&p).unwrap() }
     };
     apply(&mut s, pool(&[("storage", "local"), ("type", "dir"), ("path", "/d")])).unwrap();
-    let nfs = [("storage", "nfs1"), ("type", "nfs"), ("server", "10.0.0.1"), ("export", "/e"), ("nodes", "a,c")];
+    let nfs =
+        [("storage", "nfs1"), ("type", "nfs"), ("server", "10.0.0.1"), ("export", "/e"), ("nodes", "a,c")];
     apply(&mut s, pool(&nfs)).unwrap();
     for (vmid, storage) in [(101, "local"), (102, "nfs1")] {
         let disk = DiskSpec {

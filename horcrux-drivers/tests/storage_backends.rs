@@ -1,0 +1,208 @@
+//! The storage backends against the real tools on this machine (as root; scripts/deps.sh
+//! installs them): btrfs on a loop file, zfs-fuse datasets, snapshots and clones, and the
+//! report of a real LVM volume group whose logical volume exists in metadata only (no
+//! device mapper here). What cannot run here (zvols, LV data) is checked by argv in the
+//! backends' unit tests. A missing tool fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use horcrux_drivers::storage::{common::SystemRunner, BtrfsStorage, LvmStorage, VolumeStore, ZfsPoolStorage};
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (run scripts/deps.sh)"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loop device over a sparse file, detached (and unmounted) on drop.
+struct Loop {
+    dev: String,
+    mounted: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Loop {
+    fn new(size: &str) -> Loop {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        run("truncate", &["-s", size, img.to_str().unwrap()]);
+        let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()]).trim().to_string();
+        Loop { dev, mounted: None, _dir: dir }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mounted {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+fn write_at(path: &Path, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(data, offset).unwrap();
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0; len];
+    std::fs::File::open(path).unwrap().read_exact_at(&mut b, offset).unwrap();
+    b
+}
+
+#[tokio::test]
+async fn btrfs_subvolumes_snapshots_rollback_and_free() {
+    let mut lo = Loop::new("256M");
+    run("mkfs.btrfs", &["-q", &lo.dev]);
+    let mnt = tempfile::tempdir().unwrap();
+    run("mount", &[&lo.dev, mnt.path().to_str().unwrap()]);
+    lo.mounted = Some(mnt.path().to_path_buf());
+
+    let plain = tempfile::tempdir().unwrap();
+    let wrong = BtrfsStorage::new("b", plain.path(), Arc::new(SystemRunner), &Default::default());
+    assert!(wrong.activate().await.unwrap_err().to_string().contains("not on a btrfs"));
+
+    let s = BtrfsStorage::new("b", mnt.path(), Arc::new(SystemRunner), &Default::default());
+    s.activate().await.unwrap();
+    let vol = s.alloc(100, 0, 16).await.unwrap();
+    assert_eq!(vol, "b:100/vm-100-disk-0.raw");
+    let disk = s.path(&vol).unwrap();
+    assert_eq!(disk, mnt.path().join("images/100/vm-100-disk-0/disk.raw"));
+    let sub = mnt.path().join("images/100/vm-100-disk-0");
+    let show = run("btrfs", &["subvolume", "show", sub.to_str().unwrap()]);
+    assert!(show.contains("vm-100-disk-0"), "{show}");
+    let listed = s.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].format.as_str(), listed[0].size, listed[0].vmid), ("raw", 16 << 20, 100));
+
+    write_at(&disk, 4096, b"before");
+    s.snapshot(&vol, "s1").await.unwrap();
+    let snap = mnt.path().join("images/100/vm-100-disk-0@s1");
+    let ro = run("btrfs", &["property", "get", snap.to_str().unwrap(), "ro"]);
+    assert_eq!(ro.trim(), "ro=true");
+    write_at(&disk, 4096, b"after!");
+    s.snapshot(&vol, "s2").await.unwrap();
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["s1", "s2"]);
+    s.rollback(&vol, "s1").await.unwrap();
+    assert_eq!(read_at(&disk, 4096, 6), b"before");
+    assert!(s.rollback(&vol, "nope").await.is_err());
+    s.delete_snapshot(&vol, "s2").await.unwrap();
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["s1"]);
+    assert_eq!(s.list().await.unwrap().len(), 1, "snapshots are not volumes");
+
+    let usage = s.usage().await.unwrap().unwrap();
+    assert!(usage.total > 200 << 20 && usage.avail > 0, "{usage:?}");
+    s.free(&vol).await.unwrap();
+    assert!(!sub.exists() && !snap.exists());
+    assert!(s.list().await.unwrap().is_empty());
+}
+
+/// zfs-fuse's daemon, started if none answers (it stays for the other tests).
+fn zfs_fuse() {
+    if Command::new("zpool").arg("list").output().is_ok_and(|o| o.status.success()) {
+        return;
+    }
+    run("zfs-fuse", &["--pidfile", "/run/horcrux-test-zfs-fuse.pid"]);
+    for _ in 0..50 {
+        if Command::new("zpool").arg("list").output().is_ok_and(|o| o.status.success()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("zfs-fuse did not answer");
+}
+
+struct Zpool(String, tempfile::TempDir);
+
+impl Drop for Zpool {
+    fn drop(&mut self) {
+        let _ = Command::new("zpool").args(["destroy", "-f", &self.0]).status();
+    }
+}
+
+#[tokio::test]
+async fn zfs_datasets_snapshots_clones_and_free() {
+    zfs_fuse();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pool.img");
+    run("truncate", &["-s", "128M", img.to_str().unwrap()]);
+    let name = format!("hx{}", std::process::id());
+    let mnt = dir.path().join("mnt");
+    run("zpool", &["create", "-m", mnt.to_str().unwrap(), &name, img.to_str().unwrap()]);
+    let _pool = Zpool(name.clone(), dir);
+    let opts = [("mountpoint".to_string(), mnt.display().to_string())].into_iter().collect();
+    let s = ZfsPoolStorage::new("tank", name.clone(), Arc::new(SystemRunner), &opts);
+    s.activate().await.unwrap();
+    let missing = ZfsPoolStorage::new("x", "nopool", Arc::new(SystemRunner), &Default::default());
+    assert!(missing.activate().await.unwrap_err().to_string().contains("nopool"));
+
+    let vol = s.alloc_subvol(100, 0, 32).await.unwrap();
+    assert_eq!(vol, "tank:subvol-100-disk-0");
+    let root = s.path(&vol).unwrap();
+    assert_eq!(root, mnt.join("subvol-100-disk-0"));
+    let listed = s.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].content.as_str(), listed[0].size, listed[0].vmid), ("rootdir", 32 << 20, 100));
+    assert!(listed[0].ctime > 1_700_000_000);
+
+    std::fs::write(root.join("f"), b"before").unwrap();
+    s.snapshot(&vol, "s1").await.unwrap();
+    std::fs::write(root.join("f"), b"after").unwrap();
+    s.snapshot(&vol, "s2").await.unwrap();
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["s1", "s2"]);
+    // ZFS rolls back past later snapshots only with -r: s2 goes.
+    s.rollback(&vol, "s1").await.unwrap();
+    assert_eq!(std::fs::read(root.join("f")).unwrap(), b"before");
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["s1"]);
+
+    let clone = s.clone_volume(&vol, "s1", "subvol-101-disk-0").await.unwrap();
+    assert_eq!(std::fs::read(s.path(&clone).unwrap().join("f")).unwrap(), b"before");
+    let e = s.free(&vol).await.unwrap_err().to_string();
+    assert!(e.contains("dependent clones"), "a base with a linked clone stays: {e}");
+    s.free(&clone).await.unwrap();
+    s.delete_snapshot(&vol, "s1").await.unwrap();
+    assert!(s.snapshots(&vol).await.unwrap().is_empty());
+    let usage = s.usage().await.unwrap().unwrap();
+    assert!(usage.avail > 0 && usage.total >= usage.used, "{usage:?}");
+    s.free(&vol).await.unwrap();
+    s.free(&vol).await.unwrap();
+    assert!(s.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn lvm_reports_of_a_real_volume_group() {
+    let lo = Loop::new("64M");
+    let vg = format!("hx{}", std::process::id());
+    run("pvcreate", &["-q", &lo.dev]);
+    run("vgcreate", &["-q", &vg, &lo.dev]);
+    struct Vg(String, String);
+    impl Drop for Vg {
+        fn drop(&mut self) {
+            let _ = Command::new("vgremove").args(["-f", &self.0]).output();
+            let _ = Command::new("pvremove").args(["-q", &self.1]).output();
+        }
+    }
+    let _vg = Vg(vg.clone(), lo.dev.clone());
+    // No device mapper: the volume exists in the metadata only.
+    run("lvcreate", &["--driverloaded", "n", "-an", "-Zn", "-L", "8m", "-n", "vm-100-disk-0", &vg]);
+    let s = LvmStorage::new("lvm1", vg.clone(), None, Arc::new(SystemRunner));
+    s.activate().await.unwrap();
+    assert!(LvmStorage::new("x", "novg", None, Arc::new(SystemRunner)).activate().await.is_err());
+    let listed = s.list().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].volid.as_str(), listed[0].size, listed[0].vmid),
+        ("lvm1:vm-100-disk-0", 8 << 20, 100)
+    );
+    assert!(listed[0].ctime > 1_700_000_000);
+    let usage = s.usage().await.unwrap().unwrap();
+    assert_eq!(usage.total - usage.avail, 8 << 20, "{usage:?}");
+    assert_eq!(s.path("lvm1:vm-100-disk-0").unwrap(), PathBuf::from(format!("/dev/{vg}/vm-100-disk-0")));
+}
