@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use horcrux_actors::{NodeRuntime, TaskRegistry, VolumeFactory};
-use horcrux_core::{Command, StorageKind, StoragePool};
+use horcrux_core::{Command, StoragePool};
 use horcrux_drivers::{resolve_accel, Accel, QemuDriver};
 use horcrux_raft::{ClusterHandle, ClusterOptions, OpenOptions};
 
@@ -145,8 +145,15 @@ async fn ensure_local_storage(cluster: &ClusterHandle, data_dir: &Path) -> anyho
     }
     let path = data_dir.join("storage/local");
     std::fs::create_dir_all(&path)?;
-    let kind = StorageKind::Dir { path: path.display().to_string() };
-    cluster.propose(Command::AddStorage { id: "local".into(), kind }).await?;
+    // Proxmox's `local`, holding every content type (Horcrux has no separate `local-lvm`).
+    let params = [
+        ("storage", "local".to_string()),
+        ("type", "dir".into()),
+        ("path", path.display().to_string()),
+        ("content", horcrux_core::storage::CONTENT_TYPES.join(",")),
+    ];
+    let pool = StoragePool::from_params(&params.into_iter().map(|(k, v)| (k.to_string(), v)).collect())?;
+    cluster.propose(Command::CreateStorage { pool }).await?;
     Ok(())
 }
 

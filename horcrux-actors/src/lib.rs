@@ -9,6 +9,7 @@ mod guest;
 mod ha;
 mod port;
 mod runtime;
+mod storage;
 mod tasks;
 
 pub use create::{create_with_disks, CreateError, NewGuest};
@@ -17,4 +18,5 @@ pub use guest::{GuestStatus, StatusBoard};
 pub use ha::{FenceLauncher, HaManager, LeaseAgent, LeaseCell};
 pub use port::{read, ClusterPort};
 pub use runtime::{start_fleet, NodeRuntime, RuntimeError, VolumeFactory};
+pub use storage::{PoolActor, PoolStatus, StorageBoard, StorageFleet, REFRESH as STORAGE_REFRESH};
 pub use tasks::{HistoryLimit, TaskInfo, TaskLog, TaskRegistry, TaskStatus, DEFAULT_TASK_HISTORY};

@@ -11,6 +11,7 @@ use horcrux_raft::ClusterHandle;
 use crate::fleet::{GuestFleet, MigrateOne, ReconcileOne};
 use crate::guest::{GuestStatus, StatusBoard};
 use crate::port::ClusterPort;
+use crate::storage::{PoolOf, PoolStatus, Refresh, StorageBoard, StorageFleet};
 use crate::tasks::{TaskLog, TaskRegistry};
 
 /// Builds the volume store behind a storage pool (directory pools with qemu-img in
@@ -53,6 +54,8 @@ pub struct NodeRuntime {
     tasks: TaskRegistry,
     volumes: VolumeFactory,
     hv: Arc<dyn Hypervisor>,
+    storages: Addr<StorageFleet>,
+    storage_board: StorageBoard,
 }
 
 impl NodeRuntime {
@@ -70,6 +73,8 @@ impl NodeRuntime {
         let (tx, rx) = std::sync::mpsc::channel();
         let port: Arc<dyn ClusterPort> = Arc::new(cluster.clone());
         let (h, v, b, t) = (hv.clone(), volumes.clone(), board.clone(), tasks.clone());
+        let storage_board = StorageBoard::default();
+        let (sp, sv, sb) = (port.clone(), volumes.clone(), storage_board.clone());
         std::thread::Builder::new().name("horcrux-actors".into()).spawn(move || {
             let sys = actix::System::new();
             sys.block_on(async move {
@@ -78,15 +83,17 @@ impl NodeRuntime {
                 Supervisor::start(move |_| crate::ha::LeaseAgent::new(p, fence, l));
                 let p = port.clone();
                 Supervisor::start(move |_| crate::ha::HaManager::new(p, Some(t)));
+                let storages = Supervisor::start(move |_| StorageFleet::new(sp, sv, sb));
                 let fleet = Supervisor::start(move |_| GuestFleet::new(port, h, v, b).with_lease(lease));
-                let _ = tx.send(fleet);
+                let _ = tx.send((fleet, storages));
             });
             if let Err(e) = sys.run() {
                 tracing::error!("actor system ended: {e}");
             }
         })?;
-        let fleet = rx.recv().map_err(|_| std::io::Error::other("actor system failed to start"))?;
-        Ok(Self { cluster, fleet, board, tasks, volumes, hv })
+        let (fleet, storages) =
+            rx.recv().map_err(|_| std::io::Error::other("actor system failed to start"))?;
+        Ok(Self { cluster, fleet, board, tasks, volumes, hv, storages, storage_board })
     }
 
     /// Drives one guest to its replicated desired state now; logs into `task` if given.
@@ -125,6 +132,22 @@ impl NodeRuntime {
 
     pub fn volume_store(&self, pool: &StoragePool) -> Arc<dyn VolumeStore> {
         (self.volumes)(pool)
+    }
+
+    /// Storage `id` on this node as its actor last found it (`None`: not configured here,
+    /// or not probed yet).
+    pub fn storage_status(&self, id: &str) -> Option<PoolStatus> {
+        self.storage_board.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Has storage `id`'s actor activate and measure it now, waiting at most `timeout`
+    /// (then the last status, if any). `None`: the storage does not exist on this node.
+    pub async fn refresh_storage(&self, id: &str, timeout: std::time::Duration) -> Option<PoolStatus> {
+        let actor = self.storages.send(PoolOf(id.to_string())).await.ok().flatten()?;
+        match tokio::time::timeout(timeout, actor.send(Refresh)).await {
+            Ok(Ok(st)) => Some(st),
+            _ => self.storage_status(id),
+        }
     }
 
     pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {

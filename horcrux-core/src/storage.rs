@@ -166,7 +166,7 @@ impl StorageKind {
 
     fn validate(&self) -> Result<(), ValidationError> {
         match self {
-            StorageKind::Dir { path } | StorageKind::Btrfs { path } => ids::validate_abs_path("path", path),
+            StorageKind::Dir { path } | StorageKind::Btrfs { path } => validate_storage_path("path", path),
             StorageKind::ZfsPool { pool } => validate_name("pool", pool, true),
             StorageKind::Nfs { server, export, path } => {
                 validate_host("server", server)?;
@@ -191,6 +191,28 @@ impl StorageKind {
             }
         }
     }
+}
+
+/// Directories a storage must not be (its layout would be made inside them): the root
+/// and the system's own trees.
+const SYSTEM_DIRS: [&str; 13] = [
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr",
+    "/var/run",
+];
+
+/// An absolute path for a directory storage: not `/`, not in a system directory.
+fn validate_storage_path(field: &str, s: &str) -> Result<(), ValidationError> {
+    ids::validate_abs_path(field, s)?;
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty()
+        || SYSTEM_DIRS.iter().any(|d| trimmed == *d || trimmed.starts_with(&format!("{d}/")))
+    {
+        return Err(ValidationError::new(field, format!("{s:?} is the root or a system directory")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(ValidationError::new(field, "must not contain control characters"));
+    }
+    Ok(())
 }
 
 /// A ZFS dataset path (`tank/vm`, with `/` when `slashes`), an RBD pool, an LVM name:
@@ -575,12 +597,10 @@ mod tests {
         .unwrap();
         assert_eq!(d.to_params()["content"], "images,vztmpl,iso");
         assert!(d.on_node("n2") && !d.on_node("n3"));
-        assert_eq!(
-            StoragePool::from_params(&params(&[("storage", "d"), ("type", "dir"), ("path", "/d/../etc")]))
-                .unwrap_err()
-                .field,
-            "path"
-        );
+        for bad in ["/d/../etc", "/", "/etc/pve", "/proc", "rel"] {
+            let p = params(&[("storage", "d"), ("type", "dir"), ("path", bad)]);
+            assert_eq!(StoragePool::from_params(&p).unwrap_err().field, "path", "{bad}");
+        }
     }
 
     #[test]

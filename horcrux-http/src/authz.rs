@@ -76,7 +76,12 @@ fn table() -> Vec<RouteAccess> {
         r!(GET, "/cluster/nextid", AnyUser),
         r!(GET, "/nodes", AnyUser),
         r!(GET, "/nodes/{node}/status", Priv("Sys.Audit", "/nodes/{node}")),
-        r!(GET, "/storage", Priv("Datastore.Audit", "/storage")),
+        // Listed per storage the caller may audit (Proxmox's filter).
+        r!(GET, "/storage", AnyUser),
+        r!(POST, "/storage", Priv("Datastore.Allocate", "/storage")),
+        r!(GET, "/storage/{id}", Priv("Datastore.Allocate", "/storage/{id}")),
+        r!(PUT, "/storage/{id}", Priv("Datastore.Allocate", "/storage")),
+        r!(DELETE, "/storage/{id}", Priv("Datastore.Allocate", "/storage")),
         r!(GET, "/storage/{id}/content", Priv("Datastore.Audit", "/storage/{id}")),
         r!(GET, "/storage/{id}/status", Priv("Datastore.Audit", "/storage/{id}")),
         r!(GET, "/cluster/status", Priv("Sys.Audit", "/")),

@@ -18,6 +18,7 @@ mod pve;
 mod routes;
 mod serve;
 mod state;
+mod storage;
 mod tail;
 mod throttle;
 mod tickets;

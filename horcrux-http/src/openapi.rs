@@ -130,10 +130,21 @@ fn schemas() -> Value {
     let role = obj(json!({ "roleid": t(S), "privs": t(S), "special": t(B) }), &["roleid", "privs"]);
     let group =
         obj(json!({ "groupid": t(S), "comment": t(S), "users": t(S), "members": arr(t(S)) }), &["groupid"]);
-    let pool = obj(json!({ "id": t(S), "type": t(S), "path": t(S), "revision": t(I) }), &["id", "type"]);
+    // Proxmox's keys (`storage.cfg`): the type's own and the common ones.
+    let pool = obj(
+        json!({
+            "storage": t(S), "type": t(S), "content": t(S), "digest": t(S), "nodes": t(S), "shared": t(I),
+            "disable": t(I), "path": t(S), "pool": t(S), "server": t(S), "export": t(S), "portal": t(S),
+            "target": t(S), "vgname": t(S), "thinpool": t(S), "monhost": t(S),
+        }),
+        &["storage", "type", "content", "digest"],
+    );
     let content = obj(
-        json!({ "volid": t(S), "vmid": t(I), "format": t(S), "size": t(I), "used": t(I), "content": t(S) }),
-        &["volid", "vmid", "size"],
+        json!({
+            "volid": t(S), "vmid": t(I), "format": t(S), "size": t(I), "used": t(I), "content": t(S),
+            "ctime": t(I),
+        }),
+        &["volid", "format", "size", "content"],
     );
     let node = obj(json!({ "name": t(S), "api_addr": t(S), "revision": t(I) }), &["name"]);
     let status = obj(
@@ -205,6 +216,24 @@ fn path_param(name: &str) -> Value {
 
 fn operations() -> Vec<Op> {
     let any = || t("object");
+    let storage_keys = json!({
+        "content": t(S), "nodes": t(S), "shared": t(B), "disable": t(B), "path": t(S), "pool": t(S),
+        "server": t(S), "export": t(S), "portal": t(S), "target": t(S), "vgname": t(S),
+        "thinpool": t(S), "monhost": t(S), "preallocation": { "type": S, "enum": ["off", "metadata", "falloc", "full"] },
+        "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] }, "username": t(S), "password": t(S),
+        "keyring": t(S), "sparse": t(B), "blocksize": t(S), "mountpoint": t(S), "nocow": t(B), "krbd": t(B),
+        "options": t(S), "saferemove": t(B),
+    });
+    let mut create_keys = storage_keys.clone();
+    create_keys["storage"] = json!({ "type": S, "pattern": "^[A-Za-z][A-Za-z0-9_.-]{0,63}$" });
+    create_keys["type"] = json!({ "type": S, "enum": horcrux_core::storage::STORAGE_TYPES });
+    let storage_body = body(create_keys, &["storage", "type"]);
+    let mut update_keys = storage_keys;
+    update_keys["delete"] = t(S);
+    update_keys["digest"] = t(S);
+    let storage_update = body(update_keys, &[]);
+    let storage_answer =
+        obj(json!({ "storage": t(S), "type": t(S), "revision": t(I) }), &["storage", "type", "revision"]);
     let vm_power = |path, summary| op("POST", path, summary, r("Upid"));
     let create_vm = body(
         json!({
@@ -289,15 +318,26 @@ fn operations() -> Vec<Op> {
         op("GET", "/cluster/nextid", "Lowest free VMID", obj(json!({ "vmid": t(I) }), &["vmid"])),
         op("GET", "/nodes", "Cluster members", arr(r("Node"))),
         op("GET", "/nodes/{node}/status", "A member's host: CPU, memory, load, root file system", any()),
-        op("GET", "/storage", "Storage pools", arr(r("StoragePool"))),
-        op("GET", "/storage/{id}/content", "Guest images on one node", arr(r("Content")))
+        op("GET", "/storage", "Storages the caller may audit", arr(r("StoragePool"))),
+        op("POST", "/storage", "Add a storage (Proxmox's storage.cfg keys)", storage_answer.clone()).body(storage_body.clone()),
+        op("GET", "/storage/{id}", "A storage's configuration", r("StoragePool")),
+        op("PUT", "/storage/{id}", "Change a storage's options", storage_answer).body(storage_update),
+        op("DELETE", "/storage/{id}", "Remove a storage (refused while a guest has a disk on it)", r("Revision")),
+        op("GET", "/storage/{id}/content", "Volumes on one node", arr(r("Content")))
             .query("node", t(S))
-            .query("vmid", t(I)),
+            .query("vmid", t(I))
+            .query("content", t(S)),
         op(
             "GET",
             "/storage/{id}/status",
-            "Size, use and free space on one node",
-            obj(json!({ "total": t(I), "used": t(I), "avail": t(I), "active": t(I) }), &["active"]),
+            "Enabled, active, size, use and free space on one node",
+            obj(
+                json!({
+                    "storage": t(S), "type": t(S), "content": t(S), "shared": t(I), "enabled": t(I),
+                    "active": t(I), "total": t(I), "used": t(I), "avail": t(I), "error": t(S),
+                }),
+                &["storage", "type", "content", "shared", "enabled", "active"],
+            ),
         )
         .query("node", t(S)),
         op("GET", "/cluster/status", "Members, leader, quorum", r("ClusterStatus")),

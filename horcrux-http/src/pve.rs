@@ -54,6 +54,9 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ],
         ("GET", "/nodes/{node}/tasks/{upid}/log") => &["start", "limit"],
         ("GET", "/nodes/{node}/storage") => &["content", "enabled", "storage"],
+        ("GET", "/storage") => &["type"],
+        // Every storage type's keys: `StoragePool::from_params` / `apply_params` check them.
+        ("POST", "/storage") | ("PUT", "/storage/{storage}") => return None,
         ("GET", "/nodes/{node}/storage/{storage}/content") => &["content", "vmid"],
         ("GET", "/cluster/resources") => &["type"],
         ("GET", "/access/users") => &["enabled", "full"],

@@ -42,13 +42,12 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/cluster/nextid", get(cluster::next_id))
         .route("/nodes", get(cluster::list_nodes))
         .route("/nodes/{node}/status", get(nodes::host::node_status))
-        .route("/storage", get(nodes::list_storage))
         .route("/storage/{id}/content", get(nodes::storage_content))
-        .route("/storage/{id}/status", get(nodes::host::storage_status))
         .route("/openapi.json", get(crate::openapi::serve))
         .merge(cluster::routes())
         .merge(access::routes())
         .merge(pools::routes())
+        .merge(crate::storage::routes())
         .merge(ha::routes())
         .merge(ha::arch::routes())
         // Layers run outside-in: authenticate, check the route's privilege, then carry guest
@@ -104,6 +103,14 @@ fn compat_routes() -> Router<ApiState> {
         .route("/nodes/{node}/tasks/{upid}/log", get(task_log))
         .route("/nodes/{node}/tasks", get(list_tasks))
         .route("/nodes/{node}/status", get(node_status))
+        .route("/storage", get(crate::storage::compat::storages).post(crate::storage::compat::storages))
+        .route(
+            "/storage/{storage}",
+            get(crate::storage::compat::storage)
+                .put(crate::storage::compat::storage)
+                .delete(crate::storage::compat::storage),
+        )
+        .route("/nodes/{node}/storage/{storage}/status", get(node_storage_status))
         .route("/nodes/{node}/storage", get(node_storage))
         .route("/nodes/{node}/storage/{storage}/content", get(storage_content))
         .route("/cluster/status", get(cluster_status))

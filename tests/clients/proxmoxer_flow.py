@@ -139,7 +139,28 @@ st = api.nodes(node).status.get()
 assert st["status"] == "online" and st["memory"]["total"] > 0 and len(st["loadavg"]) == 3, st
 assert st["cpuinfo"]["cpus"] >= 1 and st["rootfs"]["total"] > 0, st
 stor = api.nodes(node).storage.get()
-assert stor and stor[0]["total"] > 0 and stor[0]["content"] == "images", stor
+assert stor and stor[0]["total"] > 0 and "images" in stor[0]["content"].split(","), stor
+assert stor[0]["active"] == 1 and stor[0]["enabled"] == 1 and stor[0]["type"] == "dir", stor
+# Storage configuration as Proxmox's storage.cfg: add, read, change, list, remove.
+import tempfile
+import proxmoxer.core
+extra = tempfile.mkdtemp(prefix="hx-dir-")
+made = api.storage.post(storage="extra", type="dir", path=extra, content="iso,vztmpl", nodes=node)
+assert made == {"storage": "extra", "type": "dir"}, made
+conf = api.storage("extra").get()
+assert conf["path"] == extra and conf["content"] == "vztmpl,iso" and conf["nodes"] == node, conf
+assert api.storage("extra").put(content="iso", disable=1)["type"] == "dir"
+assert api.storage("extra").get()["disable"] == 1
+assert [s["storage"] for s in api.storage.get(type="dir")] == ["extra", "local"]
+assert [s["storage"] for s in api.nodes(node).storage.get(enabled=1)] == ["local"]
+assert [s["storage"] for s in api.nodes(node).storage.get(content="iso")] == ["extra", "local"]
+try:
+    api.storage.post(storage="bad", type="dir")
+    raise SystemExit("a dir storage without path was accepted")
+except proxmoxer.core.ResourceException as e:
+    assert e.status_code == 400 and "path" in str(e.errors), e
+api.storage("extra").delete()
+assert [s["storage"] for s in api.storage.get()] == ["local"]
 res = api.cluster.resources.get(type="storage")
 assert res and res[0]["id"] == f"storage/{node}/{res[0]['storage']}" and res[0]["maxdisk"] > 0, res
 res = api.cluster.resources.get(type="node")

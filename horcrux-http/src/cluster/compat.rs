@@ -7,7 +7,6 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use crate::nodes::compat::{storage_usage, STORAGE_CONTENT};
 use crate::pve::*;
 use crate::state::ApiState;
 use crate::vms::compat::qemu_entry;
@@ -78,15 +77,22 @@ pub(crate) async fn cluster_resources(
                 .filter_map(|n| n["name"].as_str().map(str::to_string))
                 .collect();
             for p in v.as_array().into_iter().flatten() {
-                let id = p["id"].as_str().unwrap_or_default();
-                for node in &names {
+                let id = p["storage"].as_str().unwrap_or_default();
+                let on = |n: &str| p["nodes"].as_str().is_none_or(|l| l.split(',').any(|x| x == n));
+                for node in names.iter().filter(|n| on(n)) {
                     let mut e = json!({
                         "type": "storage", "id": format!("storage/{node}/{id}"), "storage": id, "node": node,
-                        "status": "available", "plugintype": p["type"], "content": STORAGE_CONTENT, "shared": 0,
+                        "status": "unknown", "plugintype": p["type"], "content": p["content"],
+                        "shared": u8::from(p["shared"] == 1),
                     });
-                    if let Some((total, used, _)) = storage_usage(&st, &headers, node, id).await {
-                        e["disk"] = json!(used);
-                        e["maxdisk"] = json!(total);
+                    let path = format!("/storage/{id}/status?node={}", form_escape(node));
+                    let (code, s, _) = native(&st, &headers, Method::GET, &path, None).await;
+                    if code.is_success() {
+                        e["status"] = json!(if s["active"] == 1 { "available" } else { "unknown" });
+                        if let (Some(total), Some(used)) = (s["total"].as_u64(), s["used"].as_u64()) {
+                            e["disk"] = json!(used);
+                            e["maxdisk"] = json!(total);
+                        }
                     }
                     out.push(e);
                 }

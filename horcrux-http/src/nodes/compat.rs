@@ -106,9 +106,9 @@ pub(crate) async fn node_status(
     })
 }
 
-/// What a storage type holds (Horcrux's pools hold guest images).
-pub(crate) const STORAGE_CONTENT: &str = "images";
-
+/// `GET /nodes/{node}/storage`: the storages on `node` the caller may see, each with its
+/// status there (`content`: holding any of these; `enabled`: only enabled ones; `storage`:
+/// only this one).
 pub(crate) async fn node_storage(
     State(st): State<ApiState>,
     headers: HeaderMap,
@@ -127,42 +127,52 @@ pub(crate) async fn node_storage(
     }
     let mut list = Vec::new();
     for p in v.as_array().into_iter().flatten() {
-        let id = p["id"].as_str().unwrap_or_default();
-        if q.get("storage").is_some_and(|s| s != id)
-            || enabled == Some(false)
-            || content.as_ref().is_some_and(|c| !c.iter().any(|c| c == STORAGE_CONTENT))
+        let id = p["storage"].as_str().unwrap_or_default();
+        let holds = |c: &str| p["content"].as_str().unwrap_or_default().split(',').any(|h| h == c);
+        let on_node = p["nodes"].as_str().is_none_or(|n| n.split(',').any(|n| n == node));
+        if !on_node
+            || q.get("storage").is_some_and(|s| s != id)
+            || (enabled == Some(true) && p["disable"] == 1)
+            || content.as_ref().is_some_and(|c| !c.iter().any(|c| holds(c)))
         {
             continue;
         }
-        let usage = storage_usage(&st, &headers, &node, id).await;
-        let mut e = json!({
-            "storage": id, "type": p["type"], "content": STORAGE_CONTENT,
-            "active": 1, "enabled": 1, "shared": 0,
-        });
-        if let Some((total, used, avail)) = usage {
-            e["total"] = json!(total);
-            e["used"] = json!(used);
-            e["avail"] = json!(avail);
-            e["used_fraction"] = json!(if total > 0 { used as f64 / total as f64 } else { 0.0 });
+        let (status, s) = node_status_of(&st, &headers, &node, id).await;
+        if !status.is_success() {
+            continue;
         }
-        list.push(e);
+        list.push(s);
     }
     ok(json!(list))
 }
 
-/// A storage's size, use and free space on `node` (total, used, avail bytes).
-pub(crate) async fn storage_usage(
-    st: &ApiState,
-    headers: &HeaderMap,
-    node: &str,
-    id: &str,
-) -> Option<(u64, u64, u64)> {
+/// A storage's status on `node` in Proxmox's shape (booleans as 0/1, `used_fraction`).
+async fn node_status_of(st: &ApiState, headers: &HeaderMap, node: &str, id: &str) -> (StatusCode, Value) {
     let path = format!("/storage/{id}/status?node={}", form_escape(node));
-    let (status, v, _) = native(st, headers, Method::GET, &path, None).await;
-    if !status.is_success() {
-        return None;
+    let (status, mut v, _) = native(st, headers, Method::GET, &path, None).await;
+    if status.is_success() {
+        if let (Some(total), Some(used)) = (v["total"].as_u64(), v["used"].as_u64()) {
+            v["used_fraction"] = json!(if total > 0 { used as f64 / total as f64 } else { 0.0 });
+        }
+        v.as_object_mut().map(|o| o.remove("error"));
     }
-    Some((v["total"].as_u64()?, v["used"].as_u64()?, v["avail"].as_u64()?))
+    (status, v)
+}
+
+/// `GET /nodes/{node}/storage/{storage}/status`.
+pub(crate) async fn node_storage_status(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((node, storage)): Path<(String, String)>,
+) -> Response {
+    let (status, v) = node_status_of(&st, &headers, &node, &storage).await;
+    answer(status, v, |mut v| {
+        v.as_object_mut().map(|o| {
+            o.remove("storage");
+            o.remove("used_fraction")
+        });
+        v
+    })
 }
 
 pub(crate) async fn storage_content(
@@ -172,12 +182,11 @@ pub(crate) async fn storage_content(
     uri: axum::http::Uri,
 ) -> Response {
     let q = query(&uri);
-    if list_param(&q, "content").is_some_and(|c| !c.iter().any(|c| c == STORAGE_CONTENT)) {
-        return ok(json!([]));
-    }
     let mut path = format!("/storage/{storage}/content?node={}", form_escape(&node));
-    if let Some(vmid) = q.get("vmid") {
-        path.push_str(&format!("&vmid={}", form_escape(vmid)));
+    for k in ["vmid", "content"] {
+        if let Some(v) = q.get(k) {
+            path.push_str(&format!("&{k}={}", form_escape(v)));
+        }
     }
     let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
     answer(status, v, |v| v)

@@ -2,9 +2,8 @@
 //! capacity for `GET /api/v1/storage/{id}/status` (another member's are carried to it by
 //! the forwarding layer), in the fields Proxmox's node and storage status use.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -134,27 +133,4 @@ pub async fn node_status(
         o.extend(m);
     }
     Ok(Json(out))
-}
-
-#[derive(Deserialize)]
-pub struct NodeQuery {
-    node: Option<String>,
-}
-
-/// A storage's size, use and free space on this node (`active`: 0 when it cannot tell).
-pub async fn storage_status(
-    State(st): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<NodeQuery>,
-) -> Result<Json<Value>, ApiError> {
-    if let Some(node) = q.node.filter(|n| n != st.runtime.cluster().node_name()) {
-        return Err(ApiError::bad_field("node", format!("no cluster member is named {node:?}")));
-    }
-    let pool = st.runtime.cluster().read_linearizable(move |s| s.storage.get(&id).cloned()).await?;
-    let pool = pool.ok_or_else(|| ApiError::not_found("no such storage"))?;
-    let usage = (st.runtime.volumes())(&pool).usage().await.map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(Json(match usage {
-        Some(u) => json!({ "total": u.total, "used": u.used, "avail": u.avail, "active": 1 }),
-        None => json!({ "active": 0 }),
-    }))
 }

@@ -50,35 +50,53 @@ pub(crate) async fn get_task_log(
     Ok(Json(Value::Array(lines)))
 }
 
-pub(crate) async fn list_storage(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let pools =
-        st.runtime.cluster().read_linearizable(|s| json!(s.storage.values().collect::<Vec<_>>())).await?;
-    Ok(Json(pools))
-}
-
 #[derive(Deserialize)]
 pub(crate) struct ContentQuery {
-    /// Whose disks to list (the request is carried to that member); default: this node.
+    /// Whose volumes to list (the request is carried to that member); default: this node.
     node: Option<String>,
     vmid: Option<u64>,
+    /// Only this content type (`images`, `iso`, `vztmpl`, ...).
+    content: Option<String>,
 }
 
-/// The guest images a storage holds on one node (Proxmox's storage content).
+/// The volumes a storage holds on one node, of the content types it is configured for
+/// (Proxmox's storage content).
 pub(crate) async fn storage_content(
     State(st): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<ContentQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(node) = q.node.filter(|n| n != st.runtime.cluster().node_name()) {
-        return Err(ApiError::bad_field("node", format!("no cluster member is named {node:?}")));
+    let node = st.runtime.cluster().node_name().to_string();
+    if let Some(other) = q.node.filter(|n| *n != node) {
+        return Err(ApiError::bad_field("node", format!("no cluster member is named {other:?}")));
+    }
+    if let Some(c) = q.content.as_deref().filter(|c| !horcrux_core::storage::CONTENT_TYPES.contains(c)) {
+        return Err(ApiError::bad_field("content", format!("{c:?} is not a content type")));
     }
     let pool = st.runtime.cluster().read_linearizable(move |s| s.storage.get(&id).cloned()).await?;
     let pool = pool.ok_or_else(|| ApiError::not_found("no such storage"))?;
+    if !pool.on_node(&node) {
+        return Err(ApiError::bad_field(
+            "storage",
+            format!("storage {} is not available on node {node}", pool.id),
+        ));
+    }
     let list = (st.runtime.volumes())(&pool).list().await.map_err(|e| ApiError::internal(e.to_string()))?;
     let items: Vec<Value> = list
         .into_iter()
+        .filter(|v| pool.holds(&v.content))
+        .filter(|v| q.content.as_deref().is_none_or(|c| c == v.content))
         .filter(|v| q.vmid.is_none_or(|id| id == u64::from(v.vmid)))
-        .map(|v| json!({ "volid": v.volid, "vmid": v.vmid, "format": v.format, "size": v.size, "used": v.used, "content": "images" }))
+        .map(|v| {
+            let mut e = json!({
+                "volid": v.volid, "format": v.format, "size": v.size, "used": v.used,
+                "content": v.content, "ctime": v.ctime,
+            });
+            if v.vmid != 0 {
+                e["vmid"] = json!(v.vmid);
+            }
+            e
+        })
         .collect();
     Ok(Json(json!(items)))
 }
