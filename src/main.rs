@@ -3,6 +3,7 @@
 mod cli;
 mod cli_cluster;
 mod cli_ha;
+mod cli_storage;
 mod client;
 mod daemon;
 
@@ -51,6 +52,9 @@ enum Top {
     /// High availability: resources, rules, status (like Proxmox's `ha-manager`).
     #[command(subcommand)]
     Ha(cli_ha::HaCmd),
+    /// Storages: configuration, status, content (like Proxmox's `pvesm`).
+    #[command(subcommand)]
+    Storage(cli_storage::StorageCmd),
     /// Quorum status in corosync-quorumtool's format.
     Quorumtool {
         /// Show quorum status (the only mode).
@@ -68,6 +72,9 @@ fn main() -> std::process::ExitCode {
         Top::Fence { socket } => horcrux_drivers::fence::run(&socket).map_err(anyhow::Error::from),
         Top::Ha(cmd) => {
             client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli_ha::run_ha(&c, cmd))
+        }
+        Top::Storage(cmd) => {
+            client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli_storage::run_storage(&c, cmd))
         }
         Top::Vm(cmd) => client::ApiClient::new(&cli.api, &cli.token_file).and_then(|c| cli::run_vm(&c, cmd)),
         Top::Quorumtool { status } => client::ApiClient::new(&cli.api, &cli.token_file)

