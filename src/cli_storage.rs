@@ -15,42 +15,7 @@ pub enum StorageCmd {
     },
     /// Add a storage: `horcrux storage add dir backup --path /srv/backup --content backup`.
     /// Any other Proxmox key as `--opt KEY=VALUE` (e.g. `--opt preallocation=full`).
-    Add {
-        /// dir, btrfs, zfspool, nfs, iscsi, rbd, lvm or lvmthin.
-        #[arg(value_name = "TYPE")]
-        kind: String,
-        storage: String,
-        #[arg(long)]
-        path: Option<String>,
-        #[arg(long)]
-        pool: Option<String>,
-        #[arg(long)]
-        server: Option<String>,
-        #[arg(long)]
-        export: Option<String>,
-        #[arg(long)]
-        portal: Option<String>,
-        #[arg(long)]
-        target: Option<String>,
-        #[arg(long)]
-        vgname: Option<String>,
-        #[arg(long)]
-        thinpool: Option<String>,
-        #[arg(long)]
-        monhost: Option<String>,
-        /// Content types, as images,iso.
-        #[arg(long)]
-        content: Option<String>,
-        /// Nodes where it exists, as n1,n2 (default: all).
-        #[arg(long)]
-        nodes: Option<String>,
-        #[arg(long)]
-        shared: bool,
-        #[arg(long)]
-        disable: bool,
-        #[arg(long = "opt", value_name = "KEY=VALUE")]
-        opts: Vec<String>,
-    },
+    Add(Box<AddArgs>),
     /// Change options (`--opt KEY=VALUE`, `--delete KEY`).
     Set {
         storage: String,
@@ -76,6 +41,44 @@ pub enum StorageCmd {
     },
     /// Remove a storage's configuration (refused while a guest has a disk on it).
     Remove { storage: String },
+}
+
+#[derive(clap::Args)]
+pub struct AddArgs {
+    /// dir, btrfs, zfspool, nfs, iscsi, rbd, lvm or lvmthin.
+    #[arg(value_name = "TYPE")]
+    kind: String,
+    storage: String,
+    #[arg(long)]
+    path: Option<String>,
+    #[arg(long)]
+    pool: Option<String>,
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long)]
+    export: Option<String>,
+    #[arg(long)]
+    portal: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    #[arg(long)]
+    vgname: Option<String>,
+    #[arg(long)]
+    thinpool: Option<String>,
+    #[arg(long)]
+    monhost: Option<String>,
+    /// Content types, as images,iso.
+    #[arg(long)]
+    content: Option<String>,
+    /// Nodes where it exists, as n1,n2 (default: all).
+    #[arg(long)]
+    nodes: Option<String>,
+    #[arg(long)]
+    shared: bool,
+    #[arg(long)]
+    disable: bool,
+    #[arg(long = "opt", value_name = "KEY=VALUE")]
+    opts: Vec<String>,
 }
 
 fn key_values(opts: &[String], into: &mut Map<String, Value>) -> anyhow::Result<()> {
@@ -139,24 +142,25 @@ pub fn run_storage(c: &ApiClient, cmd: StorageCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        StorageCmd::Add {
-            kind,
-            storage,
-            path,
-            pool,
-            server,
-            export,
-            portal,
-            target,
-            vgname,
-            thinpool,
-            monhost,
-            content,
-            nodes,
-            shared,
-            disable,
-            opts,
-        } => {
+        StorageCmd::Add(args) => {
+            let AddArgs {
+                kind,
+                storage,
+                path,
+                pool,
+                server,
+                export,
+                portal,
+                target,
+                vgname,
+                thinpool,
+                monhost,
+                content,
+                nodes,
+                shared,
+                disable,
+                opts,
+            } = *args;
             let mut body = Map::new();
             body.insert("storage".into(), json!(storage));
             body.insert("type".into(), json!(kind));
