@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Builds the tiny test guest (Debian kernel + busybox initramfs that prints GUEST-BOOTED on
-# the serial console) into $1 (default .lab/tiny-guest). Idempotent.
+# the serial console) into $1 (default .lab/tiny-guest). Idempotent; rebuilt when the
+# init below changes (its version in $out/version).
+# With `showdisk` on the kernel command line the guest also prints the first 12 bytes of
+# its first virtio disk as DISK:<bytes>: the storage tests boot it from their volumes.
 set -euo pipefail
 out=${1:-"$(cd "$(dirname "$0")/.." && pwd)/.lab/tiny-guest"}
-if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ]; then exit 0; fi
+version=3
+if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ "$(cat "$out/version" 2>/dev/null)" = "$version" ]; then
+  exit 0
+fi
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -29,12 +35,16 @@ cat > initrd/init <<INIT
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done
+# Twice: a module whose dependency comes later in the list loads on the second pass
+# (kernels differ in which of virtio and virtio_ring needs the other).
+for pass in 1 2; do for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done; done
 echo "GUEST-BOOTED"
+grep -q showdisk /proc/cmdline && [ -b /dev/vda ] && echo "DISK:\$(head -c 12 /dev/vda)"
 grep -q stayup /proc/cmdline && while true; do sleep 1; done
 poweroff -f
 INIT
 chmod +x initrd/init
 (cd initrd && find . | cpio -o -H newc 2>/dev/null | gzip -1 > "$out/initrd.gz.tmp")
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+echo "$version" > "$out/version"
 echo "tiny guest in $out"

@@ -173,3 +173,89 @@ fn storage_config_status_content_rights_and_bad_input() {
     let (_, conf) = d.client().get("/storage/keep");
     assert_eq!(conf["nodes"], "n1", "{conf}");
 }
+
+/// A btrfs file system on a loop device, unmounted and detached on drop.
+struct BtrfsMount {
+    dev: String,
+    mnt: tempfile::TempDir,
+    _img: tempfile::TempDir,
+}
+
+impl BtrfsMount {
+    fn new() -> BtrfsMount {
+        let run = |p: &str, a: &[&str]| {
+            let out =
+                Command::new(p).args(a).output().unwrap_or_else(|e| panic!("{p}: {e} (run scripts/deps.sh)"));
+            assert!(out.status.success(), "{p} {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let img = tempfile::tempdir().unwrap();
+        let file = img.path().join("btrfs.img");
+        run("truncate", &["-s", "256M", file.to_str().unwrap()]);
+        let dev = run("losetup", &["-f", "--show", file.to_str().unwrap()]);
+        run("mkfs.btrfs", &["-q", &dev]);
+        let mnt = tempfile::tempdir().unwrap();
+        run("mount", &[&dev, mnt.path().to_str().unwrap()]);
+        BtrfsMount { dev, mnt, _img: img }
+    }
+}
+
+impl Drop for BtrfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mnt.path()).status();
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+/// The tiny guest boots with its disk on a real btrfs storage and reads the bytes the
+/// test wrote into the volume (QEMU opens the subvolume's `disk.raw` as raw).
+#[test]
+fn a_guest_boots_with_its_disk_on_btrfs() {
+    let fs = BtrfsMount::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+    let (code, e) = api.post(
+        "/storage",
+        &json!({"storage": "bt", "type": "btrfs", "path": fs.mnt.path(), "content": "images"}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let (_, st) = api.get("/storage/bt/status");
+    assert_eq!(st["active"], 1, "{st}");
+    let g = common::tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 showdisk stayup"});
+    let (code, vm) = api.post(
+        "/vms",
+        &json!({"vmid": 120, "name": "bt", "memory_mib": 128, "boot": boot, "disks": [{"storage": "bt", "size_mib": 16}]}),
+    );
+    assert_eq!(code, 200, "{vm}");
+    let disk = fs.mnt.path().join("images/120/vm-120-disk-0/disk.raw");
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .write_all_at(b"HX-BTRFS-OK!", 0)
+            .unwrap();
+    }
+    let (_, content) = api.get("/storage/bt/content");
+    assert_eq!(content[0]["volid"], "bt:120/vm-120-disk-0.raw", "{content}");
+    let (_, body) = api.post("/vms/120/start", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let serial = tmp.path().join("log/qemu/120.serial.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !std::fs::read_to_string(&serial).is_ok_and(|s| s.contains("DISK:HX-BTRFS-OK!")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not print its disk's first bytes; serial:\n{}\nQEMU:\n{}",
+            std::fs::read_to_string(&serial).unwrap_or_default(),
+            std::fs::read_to_string(tmp.path().join("log/qemu/120.qemu.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (_, body) = api.post("/vms/120/stop", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    assert_eq!(api.delete("/vms/120").0, 200);
+    assert!(!disk.exists(), "the subvolume went with the guest");
+}
