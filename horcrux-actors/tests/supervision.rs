@@ -171,3 +171,91 @@ async fn panic_restarts_actor_and_self_exit_is_recorded() {
     let e = rt.reconcile(100, None).await.unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
+
+/// A store whose activation panics once, then reports a fixed size.
+struct FlakyStore {
+    panics: AtomicU32,
+    activations: Arc<AtomicU32>,
+}
+
+impl VolumeStore for FlakyStore {
+    fn activate(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+        self.activations.fetch_add(1, Ordering::SeqCst);
+        if self.panics.load(Ordering::SeqCst) > 0 {
+            self.panics.fetch_sub(1, Ordering::SeqCst);
+            panic!("scripted storage panic");
+        }
+        Box::pin(async { Ok(()) })
+    }
+    fn alloc(&self, _: u32, _: usize, _: u64) -> BoxFuture<'_, Result<String, DriverError>> {
+        Box::pin(async { Err(DriverError::Invalid("no".into())) })
+    }
+    fn path(&self, _: &str) -> Result<PathBuf, DriverError> {
+        Err(DriverError::Invalid("no".into()))
+    }
+    fn free<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<horcrux_drivers::VolumeInfo>, DriverError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn usage(&self) -> BoxFuture<'_, Result<Option<horcrux_drivers::StoreUsage>, DriverError>> {
+        Box::pin(async { Ok(Some(horcrux_drivers::StoreUsage { total: 100, used: 40, avail: 60 })) })
+    }
+}
+
+/// Each storage on this node gets a supervised pool actor: a panic while probing restarts
+/// it, a disabled storage is reported as such without being touched, a storage whose
+/// `nodes` leave this node out gets no actor, and a removed one loses its actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_actors_follow_the_config_and_survive_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = ClusterHandle::open(OpenOptions {
+        dir: tmp.path().join("raft"),
+        node_name: "n1".into(),
+        api_addr: "127.0.0.1:1".into(),
+        cluster: None,
+        snapshot_logs: None,
+    })
+    .await
+    .unwrap();
+    let activations = Arc::new(AtomicU32::new(0));
+    let a = activations.clone();
+    let volumes: VolumeFactory = Arc::new(move |_| {
+        Arc::new(FlakyStore { panics: AtomicU32::new(1), activations: a.clone() }) as Arc<dyn VolumeStore>
+    });
+    let tasks = TaskRegistry::open("n1", tmp.path().join("tasks")).unwrap();
+    let rt =
+        NodeRuntime::start(cluster.clone(), Arc::new(ScriptedHv::default()), volumes, tasks, None).unwrap();
+    let add = |kv: &[(&str, &str)]| {
+        let p = kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Command::CreateStorage { pool: horcrux_core::StoragePool::from_params(&p).unwrap() }
+    };
+    cluster.propose(add(&[("storage", "d1"), ("type", "dir"), ("path", "/srv/d1")])).await.unwrap();
+    cluster
+        .propose(add(&[("storage", "far"), ("type", "dir"), ("path", "/srv/far"), ("nodes", "n2")]))
+        .await
+        .unwrap();
+    let wait = Duration::from_secs(5);
+    // The first probe panics: the supervisor restarts the actor, whose next probe works.
+    eventually("the restarted actor measured the storage", || {
+        rt.storage_status("d1").is_some_and(|s| s.active)
+    })
+    .await;
+    let st = rt.refresh_storage("d1", wait).await.unwrap();
+    assert_eq!((st.active, st.usage.map(|u| u.avail)), (true, Some(60)));
+    assert!(activations.load(Ordering::SeqCst) >= 2, "one probe panicked, a later one worked");
+    assert!(rt.refresh_storage("far", wait).await.is_none(), "not on this node");
+
+    let mut off = cluster.read_local(|s| s.storage["d1"].config.clone());
+    off.disable = true;
+    let before = activations.load(Ordering::SeqCst);
+    cluster.propose(Command::UpdateStorage { id: "d1".into(), config: off }).await.unwrap();
+    let st = rt.refresh_storage("d1", wait).await.unwrap();
+    assert_eq!((st.enabled, st.active), (false, false));
+    assert_eq!(activations.load(Ordering::SeqCst), before, "a disabled storage is not activated");
+
+    cluster.propose(Command::DeleteStorage { id: "d1".into() }).await.unwrap();
+    assert!(rt.refresh_storage("d1", wait).await.is_none());
+    eventually("the removed storage's status is gone", || rt.storage_status("d1").is_none()).await;
+}
