@@ -78,8 +78,29 @@ fn storage_config_status_content_rights_and_bad_input() {
         &json!({"vmid": 100, "name": "s", "memory_mib": 64, "disks": [{"storage": "extra", "size_mib": 8}]}),
     );
     assert_eq!(code, 200, "{vm}");
-    assert!(extra.join("images/100/vm-100-disk-0.raw").is_file());
+    let raw = extra.join("images/100/vm-100-disk-0.raw");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 8 << 20);
     assert_eq!(admin.delete("/storage/extra").0, 409);
+
+    // Resize: grow only, by or to a size; the new size is recorded.
+    let resize = |b: Value| admin.request("PUT", "/vms/100/resize", Some(admin.token()), &b);
+    let (code, r) = resize(json!({"disk": "virtio0", "size": "+8M"}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(admin.wait_task(r["upid"].as_str().unwrap()), "OK");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 16 << 20);
+    assert_eq!(admin.get("/vms/100").1["disks"][0]["size_mib"], 16);
+    assert_eq!(resize(json!({"disk": "virtio0", "size": "32M"})).0, 200);
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 32 << 20);
+    for (body, field) in [
+        (json!({"disk": "virtio0", "size": "4M"}), "size"),
+        (json!({"disk": "virtio0", "size": "+1Q"}), "size"),
+        (json!({"disk": "virtio7", "size": "+1M"}), "disk"),
+        (json!({"disk": "virtio0"}), "size"),
+    ] {
+        let (code, e) = resize(body.clone());
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{body}: {e}");
+    }
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 32 << 20, "nothing changed");
 
     // Disabled: still configured, not active, and placement leaves it out.
     let put = |b: Value| admin.request("PUT", "/storage/extra", Some(admin.token()), &b);
@@ -150,6 +171,15 @@ fn storage_config_status_content_rights_and_bad_input() {
         as_dana("POST", "/storage", json!({"storage": "mine", "type": "dir", "path": "/srv/m"})).0,
         403
     );
+    // Resizing needs the guest's VM.Config.Disk and space on the disk's storage.
+    let acl = json!({"path": "/vms/100", "role": "PVEVMAdmin", "user": "dana@pve"});
+    assert_eq!(admin.request("PUT", "/access/acl", Some(admin.token()), &acl).0, 200);
+    assert_eq!(as_dana("PUT", "/vms/100/resize", json!({"disk": "virtio0", "size": "+1M"})).0, 200);
+    let acl =
+        json!({"path": "/storage/extra", "role": "PVEDatastoreAdmin", "user": "dana@pve", "delete": true});
+    assert_eq!(admin.request("PUT", "/access/acl", Some(admin.token()), &acl).0, 200);
+    let (code, e) = as_dana("PUT", "/vms/100/resize", json!({"disk": "virtio0", "size": "+1M"}));
+    assert_eq!(code, 403, "no space on the storage: {e}");
 
     // Removal: the guest first, then the storage; the CLI says so.
     assert_eq!(admin.delete("/vms/100").0, 200);
@@ -254,6 +284,14 @@ fn a_guest_boots_with_its_disk_on_btrfs() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // Online: QMP block_resize grows the running guest's disk.
+    let (code, r) =
+        api.request("PUT", "/vms/120/resize", Some(api.token()), &json!({"disk": "virtio0", "size": "+16M"}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["upid"].as_str().unwrap()), "OK");
+    let (_, log) = api.get(&format!("/tasks/{}/log", r["upid"].as_str().unwrap()));
+    assert!(log.to_string().contains("block_resize"), "{log}");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 32 << 20);
     let (_, body) = api.post("/vms/120/stop", &json!({}));
     assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
     assert_eq!(api.delete("/vms/120").0, 200);

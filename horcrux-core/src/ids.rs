@@ -112,6 +112,51 @@ pub fn volume_id(storage: &str, vmid: u32, index: usize) -> String {
     format!("{storage}:{vmid}/vm-{vmid}-disk-{index}.qcow2")
 }
 
+/// The `N` of a guest disk's volume name (`local:100/vm-100-disk-2.qcow2`, `tank:vm-100-disk-2`,
+/// `b:100/vm-100-disk-2.raw`): how a guest's next disk gets a name none of its disks has.
+pub fn disk_index(volid: &str) -> Option<usize> {
+    let name = volid.rsplit(['/', ':']).next()?;
+    let n = name.split_once("-disk-")?.1;
+    n.split('.').next()?.parse().ok()
+}
+
+/// A disk size as Proxmox's `resize` takes it (`10G`, `+512M`, `1073741824`; units K, M,
+/// G, T in powers of 1024, a bare number in bytes), from `current` bytes; answers the new
+/// size in bytes, refusing a shrink.
+pub fn parse_disk_resize(field: &str, size: &str, current: u64) -> Result<u64, ValidationError> {
+    let (grow, rest) = match size.strip_prefix('+') {
+        Some(r) => (true, r),
+        None => (false, size),
+    };
+    let (num, unit) =
+        rest.split_at(rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len()));
+    let mult: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        "T" | "t" => 1 << 40,
+        _ => return Err(ValidationError::new(field, format!("{size:?}: the unit must be K, M, G or T"))),
+    };
+    let value: f64 =
+        num.parse().map_err(|_| ValidationError::new(field, format!("{size:?} is not a size")))?;
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > (crate::model::DISK_MIB_MAX << 20) as f64 {
+        return Err(ValidationError::new(field, format!("{size:?} is out of range")));
+    }
+    let new = if grow { current.saturating_add(bytes as u64) } else { bytes as u64 };
+    if new < current {
+        return Err(ValidationError::new(
+            field,
+            format!("shrinking a disk is not supported ({current} bytes now)"),
+        ));
+    }
+    if new > crate::model::DISK_MIB_MAX << 20 {
+        return Err(ValidationError::new(field, "the disk would be larger than the maximum"));
+    }
+    Ok(new)
+}
+
 /// Splits a volume id into (storage, path relative to the pool's `images/` dir).
 pub fn parse_volume_id(volid: &str) -> Result<(&str, &str), ValidationError> {
     let (storage, rel) = volid
@@ -187,6 +232,22 @@ pub fn random_secret() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_indices_and_resize_sizes() {
+        assert_eq!(disk_index("local:100/vm-100-disk-2.qcow2"), Some(2));
+        assert_eq!(disk_index("tank:vm-100-disk-11"), Some(11));
+        assert_eq!(disk_index("b:100/vm-100-disk-0.raw"), Some(0));
+        assert_eq!(disk_index("local:iso/x.iso"), None);
+        let g = 1u64 << 30;
+        assert_eq!(parse_disk_resize("size", "+1G", g), Ok(2 * g));
+        assert_eq!(parse_disk_resize("size", "10G", g), Ok(10 * g));
+        assert_eq!(parse_disk_resize("size", "1.5G", g), Ok(g + g / 2));
+        assert_eq!(parse_disk_resize("size", "1073741824", g), Ok(g));
+        for bad in ["512M", "+1X", "G", "-1G", "+1E", "99999T"] {
+            assert_eq!(parse_disk_resize("size", bad, g).unwrap_err().field, "size", "{bad}");
+        }
+    }
 
     #[test]
     fn vmid_bounds() {

@@ -77,6 +77,16 @@ pub trait Hypervisor: Send + Sync + 'static {
         let _ = (vmid, paused);
         Box::pin(async { Err(DriverError::Invalid("this hypervisor cannot pause guests".into())) })
     }
+    /// Runs a QMP command on the running guest (`block_resize`, `blockdev-mirror`, ...).
+    fn qmp<'a>(
+        &'a self,
+        vmid: u32,
+        command: &'a str,
+        arguments: Option<serde_json::Value>,
+    ) -> BoxFuture<'a, Result<serde_json::Value, DriverError>> {
+        let _ = (vmid, command, arguments);
+        Box::pin(async { Err(DriverError::Invalid("this hypervisor has no QMP".into())) })
+    }
     /// Resets a running guest as the reset button does (Proxmox's `status/reset`): the
     /// process keeps running, the guest reboots at once without shutting down.
     fn reset(&self, vmid: u32) -> BoxFuture<'_, Result<(), DriverError>> {

@@ -65,6 +65,8 @@ fn table() -> Vec<RouteAccess> {
         r!(POST, "/vms/{vmid}/shutdown", Priv("VM.PowerMgmt", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/migrate", Priv("VM.Migrate", "/vms/{vmid}")),
         r!(PUT, "/vms/{vmid}/config", Priv("VM.Config.*", "/vms/{vmid}")),
+        // And Datastore.AllocateSpace on the disk's storage (checked by the handler).
+        r!(PUT, "/vms/{vmid}/resize", Priv("VM.Config.Disk", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/reboot", Priv("VM.PowerMgmt", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/suspend", Priv("VM.PowerMgmt", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/reset", Priv("VM.PowerMgmt", "/vms/{vmid}")),

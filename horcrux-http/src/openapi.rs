@@ -312,6 +312,16 @@ fn operations() -> Vec<Op> {
         )
         .body(config),
         op("GET", "/vms/{vmid}/serial", "Serial console log", t(S)),
+        op(
+            "PUT",
+            "/vms/{vmid}/resize",
+            "Grow a disk (online through QMP when running)",
+            obj(json!({ "upid": t(S), "revision": t(I) }), &["upid", "revision"]),
+        )
+        .body(body(
+            json!({ "disk": t(S), "size": { "type": S, "pattern": "^\\+?[0-9]+(\\.[0-9]+)?[KMGT]?$" }, "revision": t(I) }),
+            &["disk", "size"],
+        )),
         op("GET", "/tasks", "Tasks", arr(r("Task"))),
         op("GET", "/tasks/{upid}", "One task", r("Task")),
         op("GET", "/tasks/{upid}/log", "A task's log", arr(r("LogLine"))),

@@ -40,6 +40,7 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         // The actions' own parameters are checked by `power`.
         ("POST", "/nodes/{node}/qemu/{vmid}/status/{action}") => return None,
         ("POST", "/nodes/{node}/qemu/{vmid}/migrate") => &["target", "online", "with-local-disks"],
+        ("PUT", "/nodes/{node}/qemu/{vmid}/resize") => &["disk", "size", "digest"],
         ("GET", "/nodes/{node}/tasks") => &[
             "limit",
             "start",

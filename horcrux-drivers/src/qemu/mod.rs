@@ -332,7 +332,11 @@ impl QemuDriver {
                 format!("fd={ro},set={set}"),
             ]);
             a.push("-drive".into());
-            a.push(format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format={format}"));
+            // No image locking: QEMU holds the image through two descriptions (read-write
+            // and read-only, from the fd set), and its OFD locks on one refuse the
+            // permission changes of the other ("Failed to get write lock" on
+            // `block_resize`). One QEMU per volume is the daemon's guarantee (one owner).
+            a.push(format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format={format},file.locking=off"));
             a.push("-device".into());
             let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
             a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {
@@ -638,6 +642,21 @@ impl Hypervisor for QemuDriver {
                 .ok_or_else(|| DriverError::Invalid(format!("guest {vmid} is not running")))?;
             qmp.execute(if paused { "stop" } else { "cont" }, None).await?;
             Ok(())
+        })
+    }
+
+    fn qmp<'a>(
+        &'a self,
+        vmid: u32,
+        command: &'a str,
+        arguments: Option<serde_json::Value>,
+    ) -> BoxFuture<'a, Result<serde_json::Value, DriverError>> {
+        Box::pin(async move {
+            let qmp = self
+                .monitor(vmid)
+                .await?
+                .ok_or_else(|| DriverError::Invalid(format!("guest {vmid} is not running")))?;
+            Ok(qmp.execute(command, arguments).await?)
         })
     }
 

@@ -194,6 +194,14 @@ impl VolumeStore for BtrfsStorage {
         Box::pin(async move { common::fs_usage(&self.root) })
     }
 
+    fn resize<'a>(&'a self, volid: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let disk = self.subvol(volid)?.join("disk.raw");
+            let args = argv(&["resize", "-q", "-f", "raw", &disk.display().to_string(), &size.to_string()]);
+            self.runner.run("qemu-img", &args).await.map(|_| ())
+        })
+    }
+
     fn snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             common::validate_snapshot_name(name)?;

@@ -225,6 +225,18 @@ impl VolumeStore for DirStorage {
         })
     }
 
+    fn resize<'a>(&'a self, volid: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let (content, path) = self.locate(volid)?;
+            let format = volid.rsplit('.').next().unwrap_or("raw");
+            if content != "images" {
+                return Err(DriverError::Invalid(format!("volume {volid} is not a disk image")));
+            }
+            let args = argv(&["resize", "-q", "-f", format, &path.display().to_string(), &size.to_string()]);
+            self.runner.run("qemu-img", &args).await.map(|_| ())
+        })
+    }
+
     fn snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.qemu_img_snapshot("-c", volid, name))
     }

@@ -242,6 +242,14 @@ impl VolumeStore for LvmStorage {
         })
     }
 
+    fn resize<'a>(&'a self, volid: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let lv = format!("{}/{}", self.vg, self.lv_name(volid)?);
+            let kib = size.div_ceil(1024);
+            self.runner.run("lvextend", &argv(&["-L", &format!("{kib}k"), &lv])).await.map(|_| ())
+        })
+    }
+
     fn snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             self.thin()?;
@@ -325,5 +333,7 @@ mod tests {
         assert_eq!(rec.calls().last().unwrap(), "lvcreate -aly -Wy --yes --size 8m --name vm-101-disk-1 pve");
         assert!(plain.snapshot("l:vm-101-disk-1", "pre").await.unwrap_err().to_string().contains("thin"));
         assert!(plain.path("l:../../dev/sda").is_err());
+        plain.resize("l:vm-101-disk-1", 16 << 20).await.unwrap();
+        assert_eq!(rec.calls().last().unwrap(), "lvextend -L 16384k pve/vm-101-disk-1");
     }
 }

@@ -49,6 +49,12 @@ pub trait VolumeStore: Send + Sync + 'static {
     fn usage(&self) -> BoxFuture<'_, Result<Option<StoreUsage>, DriverError>> {
         Box::pin(async { Ok(None) })
     }
+    /// Grows a volume to `size` bytes (of a stopped guest's disk: a running guest's disks
+    /// grow through QMP `block_resize`).
+    fn resize<'a>(&'a self, volid: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volid, size);
+        Box::pin(async { Err(DriverError::Invalid("this storage cannot resize volumes".into())) })
+    }
     /// Takes snapshot `name` of a volume (of a stopped guest's disk: a running guest's
     /// disks are snapshotted through QMP).
     fn snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {

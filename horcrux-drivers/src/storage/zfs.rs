@@ -197,6 +197,14 @@ impl VolumeStore for ZfsPoolStorage {
         })
     }
 
+    fn resize<'a>(&'a self, volid: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let (ds, name) = self.dataset(volid)?;
+            let prop = if name.starts_with("subvol-") { "refquota" } else { "volsize" };
+            self.zfs(&["set", &format!("{prop}={size}"), &ds]).await.map(|_| ())
+        })
+    }
+
     fn snapshot<'a>(&'a self, volid: &'a str, name: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             common::validate_snapshot_name(name)?;
@@ -256,6 +264,7 @@ mod tests {
         );
         s.snapshot("tank:vm-100-disk-0", "pre").await.unwrap();
         s.rollback("tank:vm-100-disk-0", "pre").await.unwrap();
+        s.resize("tank:vm-100-disk-0", 8 << 30).await.unwrap();
         s.free("tank:vm-100-disk-0").await.unwrap();
         assert_eq!(
             rec.calls(),
@@ -263,6 +272,7 @@ mod tests {
                 "zfs create -s -b 16k -V 4096M rpool/data/vm-100-disk-0",
                 "zfs snapshot rpool/data/vm-100-disk-0@pre",
                 "zfs rollback -r rpool/data/vm-100-disk-0@pre",
+                "zfs set volsize=8589934592 rpool/data/vm-100-disk-0",
                 "zfs destroy -r rpool/data/vm-100-disk-0",
             ]
         );

@@ -384,3 +384,31 @@ pub(crate) async fn migrate_qemu(
         native(&st, &headers, Method::POST, &format!("/vms/{vmid}/migrate"), Some(req)).await;
     answer(status, v, |v| v["upid"].clone())
 }
+
+/// `PUT /nodes/{node}/qemu/{vmid}/resize` (`disk`, `size`, `digest`): a task's UPID.
+pub(crate) async fn resize_qemu(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut req = json!({});
+    for k in ["disk", "size"] {
+        match p.get(k) {
+            Some(v) => req[k] = json!(v),
+            None => return error(StatusCode::BAD_REQUEST, k, "property is missing and it is not optional"),
+        }
+    }
+    if let Some(d) = p.get("digest") {
+        match u64::from_str_radix(d, 16) {
+            Ok(rev) => req["revision"] = json!(rev),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "digest", "not a digest this server gave"),
+        }
+    }
+    let (status, v, _) = native(&st, &headers, Method::PUT, &format!("/vms/{vmid}/resize"), Some(req)).await;
+    answer(status, v, |v| v["upid"].clone())
+}

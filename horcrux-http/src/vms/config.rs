@@ -171,10 +171,12 @@ pub async fn update(
 
     // Allocate the new disks under names no other disk of the guest uses.
     let mut allocated: Vec<(String, String)> = Vec::new();
-    let used: Vec<String> = spec.disks.iter().filter_map(|d| d.volume.clone()).collect();
+    // Indices, not names: each storage names its volumes its own way.
+    let used: Vec<usize> =
+        spec.disks.iter().filter_map(|d| d.volume.as_deref().and_then(ids::disk_index)).collect();
     let mut next_index = 0usize;
     for d in spec.disks[first_new..].iter_mut() {
-        while used.contains(&ids::volume_id(&d.storage, vmid, next_index)) {
+        while used.contains(&next_index) {
             next_index += 1;
         }
         let pool = &state.storage[&d.storage];

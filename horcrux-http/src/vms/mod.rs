@@ -5,6 +5,7 @@
 
 pub mod compat;
 pub mod config;
+pub mod disk;
 pub mod power;
 
 use axum::body::Bytes;
