@@ -419,7 +419,9 @@ def convert(s, where, answer, perl_scalars=False):
         warn(f"{where}: unknown type {t!r}, left unconstrained")
         out = {}
 
-    if t in ("string", "integer", "number") and "enum" in s:
+    # Proxmox's schema has `"enum": null` where the values depend on the host (download-url's
+    # `compression`): no constraint.
+    if t in ("string", "integer", "number") and s.get("enum") is not None:
         out["enum"] = list(s["enum"])
         if t != "string":
             out["enum"] = [number(x) for x in out["enum"] if number(x) is not None]

@@ -297,3 +297,78 @@ fn a_guest_boots_with_its_disk_on_btrfs() {
     assert_eq!(api.delete("/vms/120").0, 200);
     assert!(!disk.exists(), "the subvolume went with the guest");
 }
+
+/// An upload streams to disk: whole and verified it is stored, cut off (the client killed
+/// mid-way) nothing of it stays; a file of another content's name or a path is refused.
+#[test]
+fn uploads_are_whole_or_leave_nothing() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let api = d.client();
+    let token = std::fs::read_to_string(tmp.path().join("admin.token")).unwrap();
+    let curl = |query: &str| {
+        Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-T", "-"])
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .args(["-H", "Content-Type: application/octet-stream"])
+            .arg(format!("https://127.0.0.1:{}/api/v1/storage/local/upload?{query}", d.port))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl (scripts/deps.sh installs it)")
+    };
+    let iso_dir = tmp.path().join("storage/local/template/iso");
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let sha = {
+        use std::process::Stdio;
+        let mut c = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(&data).unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+
+    let mut whole = curl(&format!("content=iso&filename=whole.iso&checksum={sha}&checksum-algorithm=sha256"));
+    whole.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = whole.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(std::fs::read(iso_dir.join("whole.iso")).unwrap(), data);
+
+    // Half the file, then the client dies.
+    let mut cut = curl("content=iso&filename=cut.iso");
+    let mut stdin = cut.stdin.take().unwrap();
+    stdin.write_all(&data[..4 << 20]).unwrap();
+    stdin.flush().unwrap();
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&iso_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    common::eventually("the upload is being written", std::time::Duration::from_secs(10), || {
+        names().iter().any(|n| n.starts_with(".cut.iso.partial-"))
+    });
+    cut.kill().unwrap();
+    let _ = cut.wait();
+    drop(stdin);
+    common::eventually("the cut upload left nothing", std::time::Duration::from_secs(10), || {
+        names() == ["whole.iso"]
+    });
+
+    for (query, field) in [
+        ("content=iso&filename=x.tar.zst", "filename"),
+        ("content=iso&filename=..%2Fx.iso", "filename"),
+        ("content=images&filename=x.raw", "content"),
+        ("content=iso&filename=x.iso&checksum=00", "checksum-algorithm"),
+        ("content=iso&filename=x.iso&checksum=00&checksum-algorithm=crc32", "checksum-algorithm"),
+    ] {
+        let (code, e) = api.post(&format!("/storage/local/upload?{query}"), &json!({}));
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{query}: {e}");
+    }
+    let (code, _) = api.post("/storage/local/upload?content=iso&filename=whole.iso", &json!({}));
+    assert_eq!(code, 409, "an existing file stays");
+}

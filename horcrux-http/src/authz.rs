@@ -86,6 +86,9 @@ fn table() -> Vec<RouteAccess> {
         r!(DELETE, "/storage/{id}", Priv("Datastore.Allocate", "/storage")),
         r!(GET, "/storage/{id}/content", Priv("Datastore.Audit", "/storage/{id}")),
         r!(GET, "/storage/{id}/status", Priv("Datastore.Audit", "/storage/{id}")),
+        r!(POST, "/storage/{id}/upload", Priv("Datastore.AllocateTemplate", "/storage/{id}")),
+        // And Sys.AccessNetwork on the node or Sys.Modify on / (checked by the handler).
+        r!(POST, "/storage/{id}/download-url", Priv("Datastore.AllocateTemplate", "/storage/{id}")),
         r!(GET, "/cluster/status", Priv("Sys.Audit", "/")),
         r!(GET, "/cluster/tokens", Priv("Sys.Audit", "/")),
         r!(POST, "/cluster/tokens", Priv("Sys.Modify", "/")),

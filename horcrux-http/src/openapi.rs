@@ -333,6 +333,24 @@ fn operations() -> Vec<Op> {
         op("GET", "/storage/{id}", "A storage's configuration", r("StoragePool")),
         op("PUT", "/storage/{id}", "Change a storage's options", storage_answer).body(storage_update),
         op("DELETE", "/storage/{id}", "Remove a storage (refused while a guest has a disk on it)", r("Revision")),
+        op(
+            "POST",
+            "/storage/{id}/upload",
+            "Upload a file (the request body, streamed; checksum verified)",
+            obj(json!({ "upid": t(S), "volid": t(S), "size": t(I) }), &["upid", "volid", "size"]),
+        )
+        .query("content", json!({ "type": S, "enum": ["iso", "vztmpl", "import"] }))
+        .query("filename", t(S))
+        .query("checksum", t(S))
+        .query("checksum-algorithm", json!({ "type": S, "enum": ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"] }))
+        .query("node", t(S)),
+        op("POST", "/storage/{id}/download-url", "Fetch a URL into the storage (a task)", r("Upid")).body(body(
+            json!({
+                "url": t(S), "content": { "type": S, "enum": ["iso", "vztmpl", "import"] }, "filename": t(S),
+                "checksum": t(S), "checksum-algorithm": t(S), "verify-certificates": t(B), "node": t(S),
+            }),
+            &["url", "content", "filename"],
+        )),
         op("GET", "/storage/{id}/content", "Volumes on one node", arr(r("Content")))
             .query("node", t(S))
             .query("vmid", t(I))

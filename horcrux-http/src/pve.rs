@@ -58,6 +58,11 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ("GET", "/storage") => &["type"],
         // Every storage type's keys: `StoragePool::from_params` / `apply_params` check them.
         ("POST", "/storage") | ("PUT", "/storage/{storage}") => return None,
+        // A multipart body, streamed: its fields are checked by the handler.
+        ("POST", "/nodes/{node}/storage/{storage}/upload") => return None,
+        ("POST", "/nodes/{node}/storage/{storage}/download-url") => {
+            &["url", "content", "filename", "checksum", "checksum-algorithm", "verify-certificates"]
+        }
         ("GET", "/nodes/{node}/storage/{storage}/content") => &["content", "vmid"],
         ("GET", "/cluster/resources") => &["type"],
         ("GET", "/access/users") => &["enabled", "full"],
@@ -237,6 +242,38 @@ pub(crate) async fn native(
     body: Option<Value>,
 ) -> (StatusCode, Value, HeaderMap) {
     native_from(st, headers, method, path, body, None).await
+}
+
+/// `native` with a streamed request body (an upload), not buffered.
+pub(crate) async fn native_body(
+    st: &ApiState,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: Body,
+) -> (StatusCode, Value, HeaderMap) {
+    let Some(app) = st.native.get().cloned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "starting"}), HeaderMap::new());
+    };
+    let mut b = Request::builder().method(method).uri(format!("/api/v1{path}"));
+    for h in [header::AUTHORIZATION, header::COOKIE] {
+        if let Some(v) = headers.get(&h) {
+            b = b.header(h, v);
+        }
+    }
+    if let Some(v) = headers.get("CSRFPreventionToken") {
+        b = b.header("CSRFPreventionToken", v);
+    }
+    let Ok(req) = b.header(header::CONTENT_TYPE, "application/octet-stream").body(body) else {
+        return (StatusCode::BAD_REQUEST, json!({"error": "bad request"}), HeaderMap::new());
+    };
+    let resp = match app.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
+    (parts.status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), parts.headers)
 }
 
 /// `native`, keeping the client's address (login throttling counts per address).

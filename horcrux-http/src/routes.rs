@@ -113,6 +113,11 @@ fn compat_routes() -> Router<ApiState> {
                 .delete(crate::storage::compat::storage),
         )
         .route("/nodes/{node}/storage/{storage}/status", get(node_storage_status))
+        .route(
+            "/nodes/{node}/storage/{storage}/upload",
+            post(crate::storage::compat::upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/nodes/{node}/storage/{storage}/download-url", post(crate::storage::compat::download_url))
         .route("/nodes/{node}/storage", get(node_storage))
         .route("/nodes/{node}/storage/{storage}/content", get(storage_content))
         .route("/cluster/status", get(cluster_status))

@@ -161,6 +161,61 @@ except proxmoxer.core.ResourceException as e:
     assert e.status_code == 400 and "path" in str(e.errors), e
 api.storage("extra").delete()
 assert [s["storage"] for s in api.storage.get()] == ["local"]
+
+# Upload (multipart, streamed, checksummed) and download-url into the local storage.
+import hashlib, http.server, os, threading
+iso = os.path.join(tempfile.mkdtemp(prefix="hx-up-"), "tiny.iso")
+with open(iso, "wb") as f:
+    f.write(os.urandom(3 * 1024 * 1024 + 17))
+digest = hashlib.sha256(open(iso, "rb").read()).hexdigest()
+with open(iso, "rb") as f:
+    upid = api.nodes(node).storage("local").upload.post(
+        content="iso", checksum=digest, **{"checksum-algorithm": "sha256"}, filename=f)
+wait(api, node, upid, "upload")
+isos = api.nodes(node).storage("local").content.get(content="iso")
+assert [(v["volid"], v["size"]) for v in isos] == [("local:iso/tiny.iso", 3 * 1024 * 1024 + 17)], isos
+try:
+    with open(iso, "rb") as f:
+        api.nodes(node).storage("local").upload.post(content="iso", filename=f)
+    raise SystemExit("an upload over an existing file was accepted")
+except proxmoxer.core.ResourceException as e:
+    assert e.status_code == 409, e
+bad = os.path.join(os.path.dirname(iso), "bad.iso")
+os.link(iso, bad)
+try:
+    with open(bad, "rb") as f:
+        api.nodes(node).storage("local").upload.post(
+            content="iso", checksum="0" * 64, **{"checksum-algorithm": "sha256"}, filename=f)
+    raise SystemExit("a wrong checksum was accepted")
+except proxmoxer.core.ResourceException as e:
+    assert e.status_code == 400 and "checksum" in str(e), e
+assert [v["volid"] for v in api.nodes(node).storage("local").content.get(content="iso")] == ["local:iso/tiny.iso"]
+
+served = os.path.dirname(iso)
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=served, **k)
+    def log_message(self, *a):
+        pass
+httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+threading.Thread(target=httpd.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{httpd.server_address[1]}/tiny.iso"
+md5 = hashlib.md5(open(iso, "rb").read()).hexdigest()
+upid = api.nodes(node).storage("local").post("download-url", url=url, content="iso",
+    filename="fetched.iso", checksum=md5, **{"checksum-algorithm": "md5"})
+wait(api, node, upid, "download-url")
+upid = api.nodes(node).storage("local").post("download-url", url=url, content="iso", filename="wrong.iso",
+    checksum="0" * 32, **{"checksum-algorithm": "md5"})
+st = None
+for _ in range(200):
+    st = api.nodes(node).tasks(upid).status.get()
+    if st["status"] == "stopped":
+        break
+    time.sleep(0.1)
+assert st["status"] == "stopped" and "checksum" in st["exitstatus"], st
+isos = [v["volid"] for v in api.nodes(node).storage("local").content.get(content="iso")]
+assert isos == ["local:iso/fetched.iso", "local:iso/tiny.iso"], isos
+httpd.shutdown()
 res = api.cluster.resources.get(type="storage")
 assert res and res[0]["id"] == f"storage/{node}/{res[0]['storage']}" and res[0]["maxdisk"] > 0, res
 res = api.cluster.resources.get(type="node")

@@ -3,6 +3,8 @@
 //! volumes a storage holds are in `nodes` (`/storage/{id}/content`).
 
 pub mod compat;
+mod multipart;
+mod upload;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +27,12 @@ pub fn routes() -> Router<ApiState> {
         .route("/storage", get(list).post(create))
         .route("/storage/{id}", get(one).put(update).delete(remove))
         .route("/storage/{id}/status", get(status))
+        // A file's size is not bounded by the request body limit: it streams to disk.
+        .route(
+            "/storage/{id}/upload",
+            axum::routing::post(upload::upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/storage/{id}/download-url", axum::routing::post(upload::download_url))
 }
 
 /// A JSON body of Proxmox's flat parameters: strings, numbers and booleans (as 1/0), lists
