@@ -355,6 +355,35 @@ pub enum Command {
     DeleteStorage {
         id: String,
     },
+    /// Record a snapshot its disks now have (taken by the owner); the guest's current
+    /// state then grows from it.
+    CreateSnapshot {
+        vmid: u32,
+        snapshot: crate::snapshot::Snapshot,
+    },
+    /// Forget a snapshot (its disks' snapshots are gone); its children take its parent.
+    DeleteSnapshot {
+        vmid: u32,
+        name: String,
+    },
+    /// The disks are back at snapshot `name`: the config becomes its config, the current
+    /// state grows from it, and a snapshot with RAM is what the next start resumes from.
+    RollbackSnapshot {
+        vmid: u32,
+        name: String,
+        expected_revision: Option<u64>,
+    },
+    /// Change a snapshot's description.
+    SetSnapshotDescription {
+        vmid: u32,
+        name: String,
+        description: String,
+    },
+    /// The guest runs from the saved state `tag` (a start after a rollback): forget it.
+    ClearResume {
+        vmid: u32,
+        tag: String,
+    },
 }
 
 impl Command {
@@ -372,6 +401,7 @@ impl Command {
                 | Command::CreateStorage { .. }
                 | Command::UpdateStorage { .. }
                 | Command::DeleteStorage { .. }
+                | Command::RollbackSnapshot { .. }
                 | Command::SetHaResource { .. }
                 | Command::DeleteHaResource { .. }
                 | Command::HaTransition { .. }

@@ -10,6 +10,7 @@ pub mod evolving;
 pub mod ha;
 pub mod ids;
 pub mod model;
+pub mod snapshot;
 pub mod state;
 pub mod storage;
 pub mod totp;

@@ -250,8 +250,22 @@ pub struct Guest {
     /// Log index of the last change; updates are compare-and-set on it.
     pub revision: u64,
     pub created_ms: u64,
+    /// Its snapshots, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub snapshots: std::collections::BTreeMap<String, crate::snapshot::Snapshot>,
+    /// The snapshot the current state grew from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// A snapshot whose saved RAM the next start resumes from (set by a rollback to a
+    /// snapshot with `vmstate`, cleared once the guest runs from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
-crate::evolving!(Guest { vmid, name, node, config, desired, revision, created_ms });
+crate::evolving!(Guest { vmid, name, node, config, desired, revision, created_ms } added {
+    snapshots: Default::default(),
+    parent: None,
+    resume: None,
+});
 
 impl Guest {
     pub fn vm_spec(&self) -> &VmSpec {

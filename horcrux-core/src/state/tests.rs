@@ -534,3 +534,73 @@ fn a_request_committed_twice_is_applied_once() {
     s.apply(5_001, &other).unwrap();
     assert!(!s.sessions.contains_key(&7) && s.sessions.contains_key(&8));
 }
+
+#[test]
+fn snapshots_form_a_tree_and_rollback_restores_the_config() {
+    let mut s = base();
+    s.apply(3, &req(create(100, spec(100, 1)))).unwrap();
+    let snap = |name: &str, vmstate: bool, s: &ClusterState| crate::snapshot::Snapshot {
+        name: name.into(),
+        description: String::new(),
+        snaptime: 1,
+        vmstate,
+        parent: None,
+        spec: s.guests[&100].vm_spec().clone(),
+    };
+    let first = snap("first", false, &s);
+    s.apply(4, &req(Command::CreateSnapshot { vmid: 100, snapshot: first.clone() })).unwrap();
+    let e = refused(&mut s, Command::CreateSnapshot { vmid: 100, snapshot: first });
+    assert!(matches!(e, ApplyError::Conflict { .. }));
+    for bad in ["current", "x", "1abc", &"a".repeat(41)] {
+        let snapshot = snap(bad, false, &s);
+        let e = refused(&mut s, Command::CreateSnapshot { vmid: 100, snapshot });
+        assert_eq!(invalid_field(e), "snapname", "{bad}");
+    }
+    // The config changes, a second snapshot (with RAM) grows from the first.
+    let mut bigger = s.guests[&100].vm_spec().clone();
+    bigger.memory_mib = 512;
+    s.apply(
+        5,
+        &req(Command::UpdateGuest {
+            vmid: 100,
+            expected_revision: None,
+            name: "t1".into(),
+            config: GuestConfig::Qemu(bigger),
+        }),
+    )
+    .unwrap();
+    s.apply(6, &req(Command::CreateSnapshot { vmid: 100, snapshot: snap("second", true, &s) })).unwrap();
+    let g = &s.guests[&100];
+    assert_eq!(
+        (g.snapshots["second"].parent.as_deref(), g.parent.as_deref()),
+        (Some("first"), Some("second"))
+    );
+    // Back to the first: its config, and nothing to resume.
+    s.apply(7, &req(Command::RollbackSnapshot { vmid: 100, name: "first".into(), expected_revision: None }))
+        .unwrap();
+    let g = &s.guests[&100];
+    assert_eq!(
+        (g.vm_spec().memory_mib, g.parent.as_deref(), g.resume.as_deref()),
+        (256, Some("first"), None)
+    );
+    s.apply(8, &req(Command::RollbackSnapshot { vmid: 100, name: "second".into(), expected_revision: None }))
+        .unwrap();
+    assert_eq!(s.guests[&100].resume.as_deref(), Some("second"));
+    s.apply(9, &req(Command::ClearResume { vmid: 100, tag: "second".into() })).unwrap();
+    assert_eq!(s.guests[&100].resume, None);
+    // Deleting the first re-parents the second onto the root.
+    s.apply(10, &req(Command::DeleteSnapshot { vmid: 100, name: "first".into() })).unwrap();
+    assert_eq!(s.guests[&100].snapshots["second"].parent, None);
+    let e = refused(&mut s, Command::DeleteSnapshot { vmid: 100, name: "first".into() });
+    assert!(matches!(e, ApplyError::NotFound { .. }));
+    s.apply(
+        11,
+        &req(Command::SetDesiredPower { vmid: 100, expected_revision: None, desired: DesiredPower::Running }),
+    )
+    .unwrap();
+    let e = refused(
+        &mut s,
+        Command::RollbackSnapshot { vmid: 100, name: "second".into(), expected_revision: None },
+    );
+    assert!(matches!(e, ApplyError::Conflict { .. }), "a running guest is stopped first");
+}
