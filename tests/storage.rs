@@ -292,6 +292,15 @@ fn a_guest_boots_with_its_disk_on_btrfs() {
     let (_, log) = api.get(&format!("/tasks/{}/log", r["upid"].as_str().unwrap()));
     assert!(log.to_string().contains("block_resize"), "{log}");
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 32 << 20);
+    // A live snapshot on btrfs: the vCPUs paused around a read-only subvolume snapshot;
+    // the RAM cannot be saved into a raw disk.
+    let (code, e) = api.post("/vms/120/snapshots", &json!({"snapname": "ram", "vmstate": true}));
+    assert_eq!((code, e["field"].as_str()), (400, Some("vmstate")), "{e}");
+    let (code, r) = api.post("/vms/120/snapshots", &json!({"snapname": "live"}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["upid"].as_str().unwrap()), "OK");
+    assert!(fs.mnt.path().join("images/120/vm-120-disk-0@live/disk.raw").is_file());
+    assert_eq!(api.get("/vms/120").1["status"], "running", "resumed after the snapshot");
     let (_, body) = api.post("/vms/120/stop", &json!({}));
     assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
     assert_eq!(api.delete("/vms/120").0, 200);
@@ -371,4 +380,93 @@ fn uploads_are_whole_or_leave_nothing() {
     }
     let (code, _) = api.post("/storage/local/upload?content=iso&filename=whole.iso", &json!({}));
     assert_eq!(code, 409, "an existing file stays");
+}
+
+/// Snapshots of a running tiny guest on qcow2: with its RAM (`vmstate`) the rollback
+/// resumes it from the saved state (running, no new boot on its console); without, taken
+/// live through QMP; of a stopped guest, by the backend. Bad names are refused by field.
+#[test]
+fn snapshots_with_ram_resume_the_guest_and_bad_names_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+    let g = common::tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"});
+    let (code, vm) = api.post(
+        "/vms",
+        &json!({"vmid": 130, "name": "snap", "memory_mib": 128, "boot": boot, "disks": [{"storage": "local", "size_mib": 32}]}),
+    );
+    assert_eq!(code, 200, "{vm}");
+    let task = |r: (u16, Value)| {
+        assert_eq!(r.0, 200, "{}", r.1);
+        let upid = r.1["upid"].as_str().unwrap().to_string();
+        let status = api.wait_task(&upid);
+        let (_, log) = api.get(&format!("/tasks/{upid}/log"));
+        assert_eq!(status, "OK", "{log}");
+        log.to_string()
+    };
+    task(api.post("/vms/130/start", &json!({})));
+    let serial = tmp.path().join("log/qemu/130.serial.log");
+    common::eventually("the guest booted", std::time::Duration::from_secs(120), || {
+        std::fs::read_to_string(&serial).is_ok_and(|s| s.contains("GUEST-BOOTED"))
+    });
+
+    for (name, field) in
+        [("a".repeat(41), "snapname"), ("current".into(), "snapname"), ("9lives".into(), "snapname")]
+    {
+        let (code, e) = api.post("/vms/130/snapshots", &json!({"snapname": name}));
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{name}: {e}");
+    }
+    let log = task(api.post(
+        "/vms/130/snapshots",
+        &json!({"snapname": "live", "vmstate": true, "description": "with RAM"}),
+    ));
+    assert!(log.contains("snapshot-save"), "{log}");
+    let log = task(api.post("/vms/130/snapshots", &json!({"snapname": "disk-only"})));
+    assert!(log.contains("internal snapshots"), "{log}");
+    assert_eq!(api.post("/vms/130/snapshots", &json!({"snapname": "live"})).0, 409);
+    let (_, list) = api.get("/vms/130/snapshots");
+    let names: Vec<(&str, Value)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["vmstate"].clone()))
+        .collect();
+    assert_eq!(names, [("disk-only", json!(0)), ("live", json!(1)), ("current", Value::Null)], "{list}");
+    assert_eq!(list[2]["parent"], "disk-only");
+    assert_eq!(list[0]["parent"], "live");
+
+    // Rollback to the RAM snapshot: the guest runs again without booting.
+    let log = task(api.post("/vms/130/snapshots/live/rollback", &json!({})));
+    assert!(log.contains("resuming from the saved RAM"), "{log}");
+    assert_eq!(api.get("/vms/130").1["status"], "running");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert!(!console.contains("Linux version"), "the guest booted again instead of resuming:\n{console}");
+    let cmdline = std::fs::read_to_string(tmp.path().join("run/qemu/130.pid"))
+        .ok()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{}/cmdline", pid.trim())).ok())
+        .unwrap_or_default()
+        .replace('\0', " ");
+    assert!(cmdline.contains("-loadvm live"), "{cmdline}");
+    let (_, v) = api.get("/vms/130/snapshots");
+    assert_eq!(v.as_array().unwrap().last().unwrap()["parent"], "live");
+
+    // Stopped: snapshots by qemu-img, rollback without start leaves it stopped.
+    task(api.post("/vms/130/stop", &json!({})));
+    task(api.post("/vms/130/snapshots", &json!({"snapname": "cold"})));
+    task(api.post("/vms/130/snapshots/cold/rollback", &json!({})));
+    assert_eq!(api.get("/vms/130").1["status"], "stopped");
+    for name in ["live", "disk-only", "cold"] {
+        task(api.delete(&format!("/vms/130/snapshots/{name}")));
+    }
+    let (_, list) = api.get("/vms/130/snapshots");
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let img = tmp.path().join("storage/local/images/130/vm-130-disk-0.qcow2");
+    let info = Command::new("qemu-img").args(["snapshot", "-l"]).arg(&img).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&info.stdout).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
 }

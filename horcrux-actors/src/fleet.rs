@@ -110,7 +110,15 @@ pub fn launch_for(
     }
     let arch = horcrux_core::arch::resolve(&state.architectures, "arch", spec.arch.as_deref())
         .map_err(|e| RuntimeError::Driver(e.to_string()))?;
-    Ok(GuestLaunch { vmid: guest.vmid, name: guest.name.clone(), spec, disk_paths, ha_until_ms: None, arch })
+    Ok(GuestLaunch {
+        vmid: guest.vmid,
+        name: guest.name.clone(),
+        spec,
+        disk_paths,
+        ha_until_ms: None,
+        arch,
+        loadvm: guest.resume.clone(),
+    })
 }
 
 impl GuestFleet {

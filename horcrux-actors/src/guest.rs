@@ -209,7 +209,20 @@ impl GuestActor {
             // The exit we are about to cause is expected.
             self.generation += 1;
         }
-        (Box::pin(drive(self.hv.clone(), msg.desired, msg.launch, msg.task, may_start)), stopping)
+        // A start that resumed from a snapshot's saved state: the state is used up.
+        let resume = msg.launch.loadvm.clone();
+        let (cluster, vmid) = (self.cluster.clone(), self.vmid);
+        let fut = drive(self.hv.clone(), msg.desired, msg.launch, msg.task, may_start);
+        let fut = async move {
+            let r = fut.await;
+            if let (Ok(ObservedPower::Running | ObservedPower::Paused), Some(tag)) = (&r, resume) {
+                if let Err(e) = cluster.propose(horcrux_core::Command::ClearResume { vmid, tag }).await {
+                    tracing::warn!(vmid, "the guest resumed from its snapshot; recording it failed: {e}");
+                }
+            }
+            r
+        };
+        (Box::pin(fut), stopping)
     }
 
     /// The half after the driver answered: publish, and watch a QEMU left running.

@@ -54,6 +54,9 @@ pub struct GuestLaunch {
     pub ha_until_ms: Option<u64>,
     /// How QEMU runs the guest's architecture (binary, machine, CPU).
     pub arch: horcrux_core::arch::Architecture,
+    /// Resume from this internal snapshot's saved state (`-loadvm`): the start after a
+    /// rollback to a snapshot with `vmstate`.
+    pub loadvm: Option<String>,
 }
 
 pub trait Hypervisor: Send + Sync + 'static {

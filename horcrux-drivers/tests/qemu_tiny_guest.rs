@@ -36,6 +36,7 @@ fn launch(vmid: u32, cmdline: &str, disk: PathBuf) -> GuestLaunch {
         disk_paths: vec![disk],
         ha_until_ms: None,
         arch: Default::default(),
+        loadvm: None,
     }
 }
 

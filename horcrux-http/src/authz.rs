@@ -67,6 +67,12 @@ fn table() -> Vec<RouteAccess> {
         r!(PUT, "/vms/{vmid}/config", Priv("VM.Config.*", "/vms/{vmid}")),
         // And Datastore.AllocateSpace on the disk's storage (checked by the handler).
         r!(PUT, "/vms/{vmid}/resize", Priv("VM.Config.Disk", "/vms/{vmid}")),
+        r!(GET, "/vms/{vmid}/snapshots", Priv("VM.Audit", "/vms/{vmid}")),
+        r!(POST, "/vms/{vmid}/snapshots", Priv("VM.Snapshot", "/vms/{vmid}")),
+        r!(GET, "/vms/{vmid}/snapshots/{name}", Priv("VM.Audit", "/vms/{vmid}")),
+        r!(PUT, "/vms/{vmid}/snapshots/{name}", Priv("VM.Snapshot", "/vms/{vmid}")),
+        r!(DELETE, "/vms/{vmid}/snapshots/{name}", Priv("VM.Snapshot", "/vms/{vmid}")),
+        r!(POST, "/vms/{vmid}/snapshots/{name}/rollback", Priv("VM.Snapshot.Rollback", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/reboot", Priv("VM.PowerMgmt", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/suspend", Priv("VM.PowerMgmt", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/reset", Priv("VM.PowerMgmt", "/vms/{vmid}")),

@@ -171,6 +171,13 @@ fn schemas() -> Value {
         "Error": error, "Disk": disk, "Net": net, "KernelBoot": boot, "Vm": vm, "Task": task,
         "LogLine": log_line, "Upid": upid, "User": user, "Token": token, "AclEntry": acl,
         "Role": role, "Group": group, "StoragePool": pool, "Content": content, "Node": node,
+        "Snapshot": obj(
+            json!({
+                "name": t(S), "description": t(S), "snaptime": t(I), "vmstate": t(I), "parent": t(S),
+                "running": t(I), "spec": t("object"),
+            }),
+            &["name", "description"],
+        ),
         "ClusterStatus": status, "Revision": revision, "Pool": pool_schema, "ClusterCa": cluster_ca,
     })
 }
@@ -312,6 +319,36 @@ fn operations() -> Vec<Op> {
         )
         .body(config),
         op("GET", "/vms/{vmid}/serial", "Serial console log", t(S)),
+        op("GET", "/vms/{vmid}/snapshots", "Snapshots, then `current`", arr(r("Snapshot"))),
+        op(
+            "POST",
+            "/vms/{vmid}/snapshots",
+            "Take a snapshot (with the RAM: `vmstate`, a running guest on qcow2)",
+            obj(json!({ "upid": t(S), "revision": t(I) }), &["upid", "revision"]),
+        )
+        .body(body(
+            json!({
+                "snapname": { "type": S, "pattern": "^[A-Za-z][A-Za-z0-9_-]{1,39}$" },
+                "description": t(S), "vmstate": t(B),
+            }),
+            &["snapname"],
+        )),
+        op("GET", "/vms/{vmid}/snapshots/{name}", "A snapshot with the config it was taken of", r("Snapshot")),
+        op("PUT", "/vms/{vmid}/snapshots/{name}", "Change a snapshot's description", r("Revision"))
+            .body(body(json!({ "description": t(S) }), &["description"])),
+        op(
+            "DELETE",
+            "/vms/{vmid}/snapshots/{name}",
+            "Delete a snapshot",
+            obj(json!({ "upid": t(S), "revision": t(I) }), &["upid", "revision"]),
+        ),
+        op(
+            "POST",
+            "/vms/{vmid}/snapshots/{name}/rollback",
+            "Roll back (stops the guest; a snapshot with RAM resumes)",
+            obj(json!({ "upid": t(S), "revision": t(I) }), &["upid", "revision"]),
+        )
+        .body(body(json!({ "start": t(B) }), &[])),
         op(
             "PUT",
             "/vms/{vmid}/resize",

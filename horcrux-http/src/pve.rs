@@ -41,6 +41,10 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ("POST", "/nodes/{node}/qemu/{vmid}/status/{action}") => return None,
         ("POST", "/nodes/{node}/qemu/{vmid}/migrate") => &["target", "online", "with-local-disks"],
         ("PUT", "/nodes/{node}/qemu/{vmid}/resize") => &["disk", "size", "digest"],
+        ("POST", "/nodes/{node}/qemu/{vmid}/snapshot") => &["snapname", "description", "vmstate"],
+        ("DELETE", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}") => &["force"],
+        ("POST", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback") => &["start"],
+        ("PUT", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/config") => &["description"],
         ("GET", "/nodes/{node}/tasks") => &[
             "limit",
             "start",

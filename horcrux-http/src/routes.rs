@@ -32,6 +32,12 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/migrate", post(vms::migrate_vm))
         .route("/vms/{vmid}/config", put(vms::config::update))
         .route("/vms/{vmid}/resize", put(vms::disk::resize))
+        .route("/vms/{vmid}/snapshots", get(vms::snapshot::list).post(vms::snapshot::create))
+        .route(
+            "/vms/{vmid}/snapshots/{name}",
+            get(vms::snapshot::one).put(vms::snapshot::describe).delete(vms::snapshot::remove),
+        )
+        .route("/vms/{vmid}/snapshots/{name}/rollback", post(vms::snapshot::rollback))
         .route("/vms/{vmid}/reboot", post(vms::power::reboot))
         .route("/vms/{vmid}/suspend", post(vms::power::suspend))
         .route("/vms/{vmid}/reset", post(vms::power::reset))
@@ -101,6 +107,13 @@ fn compat_routes() -> Router<ApiState> {
         .route("/nodes/{node}/qemu/{vmid}/status/{action}", post(power))
         .route("/nodes/{node}/qemu/{vmid}/migrate", post(migrate_qemu))
         .route("/nodes/{node}/qemu/{vmid}/resize", axum::routing::put(resize_qemu))
+        .route("/nodes/{node}/qemu/{vmid}/snapshot", get(snapshots).post(snapshots))
+        .route("/nodes/{node}/qemu/{vmid}/snapshot/{snapname}", get(snapshot).delete(snapshot))
+        .route("/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback", post(snapshot_rollback))
+        .route(
+            "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/config",
+            get(snapshot_config).put(snapshot_config),
+        )
         .route("/nodes/{node}/tasks/{upid}/status", get(task_status))
         .route("/nodes/{node}/tasks/{upid}/log", get(task_log))
         .route("/nodes/{node}/tasks", get(list_tasks))

@@ -364,6 +364,12 @@ impl QemuDriver {
             a.push("-device".into());
             a.push(format!("{device},netdev={id},mac={},id={id}", n.macaddr));
         }
+        if let Some(tag) = &launch.loadvm {
+            // RAM, devices and disks as the snapshot saved them (its name was checked when
+            // it was taken: letters, digits, '-', '_').
+            a.push("-loadvm".into());
+            a.push(tag.into());
+        }
         if let (Some(boot), Some(kernel)) = (&spec.boot, fds.kernel) {
             a.push("-kernel".into());
             a.push(fds::proc_fd(kernel));

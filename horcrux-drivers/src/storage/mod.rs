@@ -75,6 +75,11 @@ pub trait VolumeStore: Send + Sync + 'static {
         let _ = (volid, name);
         Box::pin(async { Err(DriverError::Invalid("this storage cannot take snapshots".into())) })
     }
+    /// Whether `rollback` to an older snapshot keeps the later ones (zfs destroys them: it
+    /// only rolls back to the latest).
+    fn rolls_back_past_later_snapshots(&self) -> bool {
+        true
+    }
     /// The snapshots of a volume, oldest first.
     fn snapshots<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
         let _ = volid;

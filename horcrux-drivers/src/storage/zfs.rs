@@ -233,6 +233,10 @@ impl VolumeStore for ZfsPoolStorage {
         })
     }
 
+    fn rolls_back_past_later_snapshots(&self) -> bool {
+        false
+    }
+
     fn snapshots<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
         Box::pin(async move {
             let (ds, _) = self.dataset(volid)?;

@@ -189,7 +189,8 @@ fn check_filename(content: &str, name: &str) -> Result<(), ApiError> {
 /// A file being written beside its target; removed on drop unless committed.
 struct Partial {
     tmp: PathBuf,
-    file: Option<std::fs::File>,
+    /// Written in 1 MiB blocks, not in the few kilobytes a TLS record carries.
+    file: Option<std::io::BufWriter<std::fs::File>>,
     hasher: Option<Hasher>,
     bytes: u64,
 }
@@ -207,7 +208,7 @@ impl Partial {
             .open(&tmp)
             .map_err(|e| ApiError::internal(format!("{}: {e}", tmp.display())))?;
         let hasher = algorithm.map(Hasher::new).transpose()?;
-        Ok(Partial { tmp, file: Some(file), hasher, bytes: 0 })
+        Ok(Partial { tmp, file: Some(std::io::BufWriter::with_capacity(1 << 20, file)), hasher, bytes: 0 })
     }
 
     fn write(&mut self, b: &[u8]) -> Result<(), ApiError> {
@@ -223,6 +224,8 @@ impl Partial {
     /// appeared meanwhile). Answers the checksum, if one was asked for.
     fn commit(mut self, target: &Path, expected: Option<&str>) -> Result<Option<String>, ApiError> {
         let f = self.file.take().expect("open until committed");
+        let f =
+            f.into_inner().map_err(|e| ApiError::internal(format!("writing {}: {e}", self.tmp.display())))?;
         f.sync_all().map_err(|e| ApiError::internal(e.to_string()))?;
         drop(f);
         let sum = self.hasher.take().map(Hasher::hex);

@@ -230,47 +230,56 @@ pub(crate) async fn qemu_config(
     Path((_node, vmid)): Path<(String, String)>,
 ) -> Response {
     let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
-    answer(status, v, |v| {
-        let mut c = serde_json::Map::new();
-        c.insert("name".into(), v["name"].clone());
-        c.insert("memory".into(), json!(v["memory_mib"].as_u64().unwrap_or(0).to_string()));
-        c.insert("cores".into(), v["cores"].clone());
-        c.insert("sockets".into(), v["sockets"].clone());
-        if let Some(a) = v["arch"].as_str().filter(|a| *a != horcrux_core::arch::DEFAULT_ARCH) {
-            c.insert("arch".into(), json!(a));
+    answer(status, v, |v| pve_config(&v))
+}
+
+/// A guest's (or a snapshot's) configuration, as the native API answers it, in Proxmox's
+/// keys and property strings.
+pub(crate) fn pve_config(v: &Value) -> Value {
+    let mut c = serde_json::Map::new();
+    c.insert("name".into(), v["name"].clone());
+    c.insert("memory".into(), json!(v["memory_mib"].as_u64().unwrap_or(0).to_string()));
+    c.insert("cores".into(), v["cores"].clone());
+    c.insert("sockets".into(), v["sockets"].clone());
+    if let Some(a) = v["arch"].as_str().filter(|a| *a != horcrux_core::arch::DEFAULT_ARCH) {
+        c.insert("arch".into(), json!(a));
+    }
+    for d in v["disks"].as_array().into_iter().flatten() {
+        let size = d["size_mib"].as_u64().unwrap_or(0);
+        let size = if size % 1024 == 0 { format!("{}G", size / 1024) } else { format!("{size}M") };
+        let vol = d["volume"].as_str().unwrap_or_default();
+        let slot = d["slot"].as_str().unwrap_or("virtio0").to_string();
+        let format = match vol.rsplit('.').next() {
+            Some("qcow2") => "qcow2",
+            Some("vmdk") => "vmdk",
+            _ => "raw",
+        };
+        c.insert(slot, json!(format!("{vol},format={format},size={size}")));
+    }
+    for n in v["nets"].as_array().into_iter().flatten() {
+        if let Ok(net) = serde_json::from_value::<NetSpec>(n.clone()) {
+            c.insert(format!("net{}", net.index), json!(net.to_property_string()));
         }
-        for d in v["disks"].as_array().into_iter().flatten() {
-            let size = d["size_mib"].as_u64().unwrap_or(0);
-            let size = if size % 1024 == 0 { format!("{}G", size / 1024) } else { format!("{size}M") };
-            let vol = d["volume"].as_str().unwrap_or_default();
-            let slot = d["slot"].as_str().unwrap_or("virtio0").to_string();
-            c.insert(slot, json!(format!("{vol},format=qcow2,size={size}")));
+    }
+    if let Some(o) = v["options"].as_object() {
+        for (k, val) in o {
+            let text = val.as_str().unwrap_or_default();
+            // Booleans and integers as JSON numbers, as Proxmox answers them.
+            let typed = match vmconfig::option_kind(k) {
+                vmconfig::OptionKind::Bool | vmconfig::OptionKind::Int => {
+                    text.parse::<u64>().map(|n| json!(n)).unwrap_or_else(|_| val.clone())
+                }
+                _ => val.clone(),
+            };
+            c.insert(k.clone(), typed);
         }
-        for n in v["nets"].as_array().into_iter().flatten() {
-            if let Ok(net) = serde_json::from_value::<NetSpec>(n.clone()) {
-                c.insert(format!("net{}", net.index), json!(net.to_property_string()));
-            }
-        }
-        if let Some(o) = v["options"].as_object() {
-            for (k, val) in o {
-                let text = val.as_str().unwrap_or_default();
-                // Booleans and integers as JSON numbers, as Proxmox answers them.
-                let typed = match vmconfig::option_kind(k) {
-                    vmconfig::OptionKind::Bool | vmconfig::OptionKind::Int => {
-                        text.parse::<u64>().map(|n| json!(n)).unwrap_or_else(|_| val.clone())
-                    }
-                    _ => val.clone(),
-                };
-                c.insert(k.clone(), typed);
-            }
-        }
-        if let Some(b) = v.get("boot").filter(|b| b.is_object()) {
-            c.insert("args".into(), json!(format!("-kernel {}", b["kernel"].as_str().unwrap_or_default())));
-        }
-        // Proxmox's digest: changes whenever the config does (here: the revision).
-        c.insert("digest".into(), json!(format!("{:040x}", v["revision"].as_u64().unwrap_or(0))));
-        Value::Object(c)
-    })
+    }
+    if let Some(b) = v.get("boot").filter(|b| b.is_object()) {
+        c.insert("args".into(), json!(format!("-kernel {}", b["kernel"].as_str().unwrap_or_default())));
+    }
+    // Proxmox's digest: changes whenever the config does (here: the revision).
+    c.insert("digest".into(), json!(format!("{:040x}", v["revision"].as_u64().unwrap_or(0))));
+    Value::Object(c)
 }
 
 pub(crate) async fn status_current(
@@ -411,4 +420,118 @@ pub(crate) async fn resize_qemu(
     }
     let (status, v, _) = native(&st, &headers, Method::PUT, &format!("/vms/{vmid}/resize"), Some(req)).await;
     answer(status, v, |v| v["upid"].clone())
+}
+
+/// `GET|POST /nodes/{node}/qemu/{vmid}/snapshot`: the list (with `current`), or take one
+/// (`snapname`, `description`, `vmstate`; a UPID).
+pub(crate) async fn snapshots(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path((_node, vmid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let path = format!("/vms/{vmid}/snapshots");
+    if method == Method::GET {
+        let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+        return answer(status, v, |v| v);
+    }
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(name) = p.get("snapname") else {
+        return error(StatusCode::BAD_REQUEST, "snapname", "property is missing and it is not optional");
+    };
+    let vmstate = match flag(&p, "vmstate") {
+        Ok(v) => v.unwrap_or(false),
+        Err(e) => return e,
+    };
+    let req = json!({ "snapname": name, "description": p.get("description").cloned().unwrap_or_default(), "vmstate": vmstate });
+    let (status, v, _) = native(&st, &headers, Method::POST, &path, Some(req)).await;
+    answer(status, v, |v| v["upid"].clone())
+}
+
+/// `GET|DELETE /nodes/{node}/qemu/{vmid}/snapshot/{snapname}`: the index, or delete it
+/// (`force`; a UPID).
+pub(crate) async fn snapshot(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path((_node, vmid, name)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+) -> Response {
+    let path = format!("/vms/{vmid}/snapshots/{name}");
+    if method == Method::GET {
+        let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+        return answer(status, v, |_| json!([{ "cmd": "rollback" }, { "cmd": "config" }]));
+    }
+    let force = match flag(&query(&uri), "force") {
+        Ok(f) => f.unwrap_or(false),
+        Err(e) => return e,
+    };
+    let (status, v, _) = native(&st, &headers, Method::DELETE, &path, Some(json!({ "force": force }))).await;
+    answer(status, v, |v| v["upid"].clone())
+}
+
+/// `POST /nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback` (`start`; a UPID).
+pub(crate) async fn snapshot_rollback(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let start = match flag(&p, "start") {
+        Ok(s) => s.unwrap_or(false),
+        Err(e) => return e,
+    };
+    let path = format!("/vms/{vmid}/snapshots/{name}/rollback");
+    let (status, v, _) = native(&st, &headers, Method::POST, &path, Some(json!({ "start": start }))).await;
+    answer(status, v, |v| v["upid"].clone())
+}
+
+/// `GET|PUT /nodes/{node}/qemu/{vmid}/snapshot/{snapname}/config`: the config it was taken
+/// of (with `snapname`, `snaptime`, `vmstate`, `description`, `parent`), or a new
+/// `description`.
+pub(crate) async fn snapshot_config(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path((_node, vmid, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let path = format!("/vms/{vmid}/snapshots/{name}");
+    if method == Method::GET {
+        let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+        return answer(status, v, |v| {
+            let mut flat = v["spec"].clone();
+            flat["name"] = json!(format!("snap-{}", v["name"].as_str().unwrap_or_default()));
+            let mut c = pve_config(&flat);
+            c.as_object_mut().map(|o| {
+                o.remove("digest");
+                o.remove("name")
+            });
+            c["snapname"] = v["name"].clone();
+            c["snaptime"] = v["snaptime"].clone();
+            c["description"] = v["description"].clone();
+            if v["vmstate"] == 1 {
+                c["vmstate"] = json!(1);
+            }
+            if let Some(p) = v["parent"].as_str() {
+                c["parent"] = json!(p);
+            }
+            c
+        });
+    }
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let req = json!({ "description": p.get("description").cloned().unwrap_or_default() });
+    let (status, v, _) = native(&st, &headers, Method::PUT, &path, Some(req)).await;
+    answer(status, v, |_| Value::Null)
 }

@@ -7,6 +7,7 @@ pub mod compat;
 pub mod config;
 pub mod disk;
 pub mod power;
+pub mod snapshot;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
