@@ -60,6 +60,12 @@ pub enum VmCmd {
     Delete { vmid: u32 },
     /// Show a VM's configuration and status.
     Status { vmid: u32 },
+    /// A VM's disks: add, resize.
+    #[command(subcommand)]
+    Disk(crate::cli_disk::DiskCmd),
+    /// A VM's snapshots: create, list, rollback, delete.
+    #[command(subcommand)]
+    Snapshot(crate::cli_disk::SnapshotCmd),
 }
 
 fn parse_disk(s: &str) -> anyhow::Result<Value> {
@@ -97,7 +103,7 @@ fn wait_task(c: &ApiClient, upid: &str, what: &str) -> anyhow::Result<()> {
     }
 }
 
-fn run_task(c: &ApiClient, resp: Value, what: &str) -> anyhow::Result<()> {
+pub(crate) fn run_task(c: &ApiClient, resp: Value, what: &str) -> anyhow::Result<()> {
     let upid = resp.get("upid").and_then(Value::as_str).context("the server returned no task id")?;
     println!("{upid}");
     wait_task(c, upid, what)
@@ -105,6 +111,8 @@ fn run_task(c: &ApiClient, resp: Value, what: &str) -> anyhow::Result<()> {
 
 pub fn run_vm(c: &ApiClient, cmd: VmCmd) -> anyhow::Result<()> {
     match cmd {
+        VmCmd::Disk(cmd) => crate::cli_disk::run_disk(c, cmd),
+        VmCmd::Snapshot(cmd) => crate::cli_disk::run_snapshot(c, cmd),
         VmCmd::List => {
             let vms = c.get("/vms")?;
             println!("{:>10} {:<24} {:<8} {:>10} {:>5} NODE", "VMID", "NAME", "STATUS", "MEM(MiB)", "CORES");

@@ -41,6 +41,25 @@ pub enum StorageCmd {
     },
     /// Remove a storage's configuration (refused while a guest has a disk on it).
     Remove { storage: String },
+    /// Upload a file (streamed): `horcrux storage upload local debian.iso --content iso`.
+    Upload {
+        storage: String,
+        file: std::path::PathBuf,
+        /// iso, vztmpl or import.
+        #[arg(long)]
+        content: String,
+        /// The name to store it as (default: the file's).
+        #[arg(long)]
+        filename: Option<String>,
+        /// Expected checksum (hex), verified by the server.
+        #[arg(long, requires = "checksum_algorithm")]
+        checksum: Option<String>,
+        /// md5, sha1, sha224, sha256, sha384 or sha512.
+        #[arg(long)]
+        checksum_algorithm: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -230,10 +249,37 @@ pub fn run_storage(c: &ApiClient, cmd: StorageCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        StorageCmd::Upload { storage, file, content, filename, checksum, checksum_algorithm, node } => {
+            let name = match filename {
+                Some(n) => n,
+                None => {
+                    file.file_name().and_then(|n| n.to_str()).context("the file has no name")?.to_string()
+                }
+            };
+            let mut q = vec![("content", content), ("filename", name)];
+            q.extend(checksum.map(|c| ("checksum", c)));
+            q.extend(checksum_algorithm.map(|a| ("checksum-algorithm", a)));
+            q.extend(node.map(|n| ("node", n)));
+            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+            let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let r = c.post_file(&format!("/storage/{storage}/upload?{}", query.join("&")), f)?;
+            println!("stored {} ({} bytes)", r["volid"].as_str().unwrap_or(""), r["size"]);
+            Ok(())
+        }
         StorageCmd::Remove { storage } => {
             c.delete(&format!("/storage/{storage}"))?;
             println!("removed {storage}");
             Ok(())
         }
     }
+}
+
+/// `s` escaped for a query string.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -105,6 +105,32 @@ impl ApiClient {
         Self::finish(resp)
     }
 
+    /// DELETE with a JSON body (options such as `force`).
+    pub fn delete_with(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let resp = self
+            .agent
+            .delete(self.url(path))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .force_send_body()
+            .send_json(body)?;
+        Self::finish(resp)
+    }
+
+    /// POST a file as the request body, streamed from disk.
+    pub fn post_file(&self, path: &str, file: std::fs::File) -> anyhow::Result<Value> {
+        let resp = self
+            .agent
+            .post(self.url(path))
+            // As long as the file takes (not the API's 120 s).
+            .config()
+            .timeout_global(None)
+            .build()
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("Content-Type", "application/octet-stream")
+            .send(file)?;
+        Self::finish(resp)
+    }
+
     pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
         let resp = self
             .agent

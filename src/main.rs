@@ -2,6 +2,7 @@
 
 mod cli;
 mod cli_cluster;
+mod cli_disk;
 mod cli_ha;
 mod cli_storage;
 mod client;

@@ -71,6 +71,28 @@ fn storage_config_status_content_rights_and_bad_input() {
     assert!(ok && out.contains("extra") && out.contains("vztmpl,iso"), "{out}");
     let (ok, out) = cli(&d, &dir, &["storage", "content", "extra"]);
     assert!(ok && out.contains("extra:iso/boot.iso"), "{out}");
+    let up = tmp.path().join("cli.iso");
+    std::fs::write(&up, b"an iso").unwrap();
+    let (ok, out) = cli(
+        &d,
+        &dir,
+        &[
+            "storage",
+            "upload",
+            "extra",
+            up.to_str().unwrap(),
+            "--content",
+            "iso",
+            "--checksum",
+            "0",
+            "--checksum-algorithm",
+            "md5",
+        ],
+    );
+    assert!(!ok && out.contains("checksum"), "{out}");
+    let (ok, out) = cli(&d, &dir, &["storage", "upload", "extra", up.to_str().unwrap(), "--content", "iso"]);
+    assert!(ok && out.contains("extra:iso/cli.iso"), "{out}");
+    assert_eq!(std::fs::read(extra.join("template/iso/cli.iso")).unwrap(), b"an iso");
 
     // A disk on it is raw (the storage's format); while it is there the storage stays.
     let (code, vm) = admin.post(
@@ -451,6 +473,10 @@ fn snapshots_with_ram_resume_the_guest_and_bad_names_are_refused() {
     assert!(cmdline.contains("-loadvm live"), "{cmdline}");
     let (_, v) = api.get("/vms/130/snapshots");
     assert_eq!(v.as_array().unwrap().last().unwrap()["parent"], "live");
+    let (ok, out) = cli(&d, tmp.path(), &["vm", "snapshot", "list", "130"]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("`-> live (with RAM) with RAM\n"), "{out}");
+    assert!(out.contains("\n  `-> disk-only") && out.contains("\n  `-> current You are here!"), "{out}");
 
     // Stopped: snapshots by qemu-img, rollback without start leaves it stopped.
     task(api.post("/vms/130/stop", &json!({})));
