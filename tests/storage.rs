@@ -496,3 +496,95 @@ fn snapshots_with_ram_resume_the_guest_and_bad_names_are_refused() {
         String::from_utf8_lossy(&info.stdout)
     );
 }
+
+/// A disk moves between storages: offline (btrfs raw → qcow2 on a directory, the source
+/// kept as unused0) and while the guest runs (blockdev-mirror onto a raw volume, the
+/// source freed); the guest reads the same bytes after each move. Detached disks become
+/// unusedN; deleting one frees its volume (refused while the guest runs).
+#[test]
+fn disks_move_between_storages_and_unused_volumes_are_freed() {
+    let fs = BtrfsMount::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+    let extra = tmp.path().join("extra");
+    for body in [
+        json!({"storage": "bt", "type": "btrfs", "path": fs.mnt.path(), "content": "images"}),
+        json!({"storage": "extra", "type": "dir", "path": extra, "content": "images", "format": "raw"}),
+    ] {
+        assert_eq!(api.post("/storage", &body).0, 200, "{body}");
+    }
+    let g = common::tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 showdisk stayup"});
+    let (code, vm) = api.post(
+        "/vms",
+        &json!({"vmid": 140, "name": "mv", "memory_mib": 128, "boot": boot, "disks": [{"storage": "bt", "size_mib": 16}]}),
+    );
+    assert_eq!(code, 200, "{vm}");
+    let src = fs.mnt.path().join("images/140/vm-140-disk-0/disk.raw");
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(&src).unwrap().write_all_at(b"HX-MOVED-OK!", 0).unwrap();
+    }
+    let task = |r: (u16, Value)| {
+        assert_eq!(r.0, 200, "{}", r.1);
+        let upid = r.1["upid"].as_str().unwrap().to_string();
+        let status = api.wait_task(&upid);
+        let (_, log) = api.get(&format!("/tasks/{upid}/log"));
+        assert_eq!(status, "OK", "{log}");
+        log.to_string()
+    };
+    let mv = |b: Value| api.post("/vms/140/move_disk", &b);
+    for (body, field) in [
+        (json!({"disk": "virtio0", "storage": "bt"}), "storage"),
+        (json!({"disk": "virtio0", "storage": "nowhere"}), "storage"),
+        (json!({"disk": "virtio5", "storage": "local"}), "disk"),
+        (json!({"disk": "virtio0", "storage": "bt", "format": "qcow2"}), "format"),
+    ] {
+        let (code, e) = mv(body.clone());
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{body}: {e}");
+    }
+    // Offline, into qcow2 on local; the btrfs volume stays as unused0.
+    task(mv(json!({"disk": "virtio0", "storage": "local", "format": "qcow2"})));
+    let (_, v) = api.get("/vms/140");
+    assert_eq!(v["disks"][0]["volume"], "local:140/vm-140-disk-1.qcow2", "{v}");
+    assert_eq!(v["unused"], json!(["bt:140/vm-140-disk-0.raw"]), "{v}");
+
+    task(api.post("/vms/140/start", &json!({})));
+    let serial = tmp.path().join("log/qemu/140.serial.log");
+    common::eventually("the guest reads the moved disk", std::time::Duration::from_secs(120), || {
+        std::fs::read_to_string(&serial).is_ok_and(|s| s.contains("DISK:HX-MOVED-OK!"))
+    });
+    let (code, _) = api.request("PUT", "/vms/140/config", Some(api.token()), &json!({"delete": ["unused0"]}));
+    assert_eq!(code, 409, "not while the guest runs");
+
+    // Online, onto a raw volume on `extra`, the qcow2 source freed.
+    let log = task(mv(json!({"disk": "virtio0", "storage": "extra", "delete": true})));
+    assert!(log.contains("in sync"), "{log}");
+    assert_eq!(api.get("/vms/140").1["status"], "running");
+    let (_, v) = api.get("/vms/140");
+    let vol = v["disks"][0]["volume"].as_str().unwrap().to_string();
+    // Index 2: 0 (unused) and 1 (the source) were taken.
+    assert_eq!(vol, "extra:140/vm-140-disk-2.raw", "{v}");
+    let raw = extra.join("images/140/vm-140-disk-2.raw");
+    let head = std::fs::read(&raw).unwrap();
+    assert_eq!(&head[..12], b"HX-MOVED-OK!");
+    assert!(
+        !tmp.path().join("storage/local/images/140/vm-140-disk-1.qcow2").exists(),
+        "the source was freed"
+    );
+
+    // Stopped: unused0 is freed; a detached disk becomes unused0, then goes too.
+    task(api.post("/vms/140/stop", &json!({})));
+    let put = |b: Value| api.request("PUT", "/vms/140/config", Some(api.token()), &b);
+    assert_eq!(put(json!({"delete": ["unused0"]})).0, 200);
+    assert!(!fs.mnt.path().join("images/140/vm-140-disk-0").exists(), "the btrfs subvolume went");
+    assert_eq!(put(json!({"delete": ["virtio0"]})).0, 200);
+    let (_, v) = api.get("/vms/140");
+    assert_eq!((v["disks"].clone(), v["unused"].clone()), (json!([]), json!([vol])), "{v}");
+    assert!(raw.exists(), "detached, not freed");
+    assert_eq!(put(json!({"delete": ["unused3"]})).1["field"], "delete");
+    assert_eq!(put(json!({"delete": ["unused0"]})).0, 200);
+    assert!(!raw.exists());
+    assert_eq!(api.delete("/vms/140").0, 200);
+}

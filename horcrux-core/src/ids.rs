@@ -112,6 +112,20 @@ pub fn volume_id(storage: &str, vmid: u32, index: usize) -> String {
     format!("{storage}:{vmid}/vm-{vmid}-disk-{index}.qcow2")
 }
 
+/// The guest a volume belongs to: `local:100/...` (a directory storage's `VMID/` folder) or
+/// a name `vm-100-disk-N`, `base-100-disk-N`, `subvol-100-disk-N` (`tank:vm-100-disk-0`).
+pub fn volume_owner(volid: &str) -> Option<u32> {
+    let (_, rel) = volid.split_once(':')?;
+    if let Some((dir, _)) = rel.split_once('/') {
+        return dir.parse().ok();
+    }
+    let rest = rel
+        .strip_prefix("vm-")
+        .or_else(|| rel.strip_prefix("base-"))
+        .or_else(|| rel.strip_prefix("subvol-"))?;
+    rest.split('-').next()?.parse().ok()
+}
+
 /// The `N` of a guest disk's volume name (`local:100/vm-100-disk-2.qcow2`, `tank:vm-100-disk-2`,
 /// `b:100/vm-100-disk-2.raw`): how a guest's next disk gets a name none of its disks has.
 pub fn disk_index(volid: &str) -> Option<usize> {
@@ -239,6 +253,10 @@ mod tests {
         assert_eq!(disk_index("tank:vm-100-disk-11"), Some(11));
         assert_eq!(disk_index("b:100/vm-100-disk-0.raw"), Some(0));
         assert_eq!(disk_index("local:iso/x.iso"), None);
+        assert_eq!(volume_owner("local:100/vm-100-disk-2.qcow2"), Some(100));
+        assert_eq!(volume_owner("tank:vm-101-disk-0"), Some(101));
+        assert_eq!(volume_owner("tank:subvol-7-disk-0"), Some(7));
+        assert_eq!(volume_owner("local:iso/x.iso"), None);
         let g = 1u64 << 30;
         assert_eq!(parse_disk_resize("size", "+1G", g), Ok(2 * g));
         assert_eq!(parse_disk_resize("size", "10G", g), Ok(10 * g));

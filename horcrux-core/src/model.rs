@@ -109,10 +109,15 @@ pub struct VmSpec {
     /// Whether it may run emulated (TCG) on a node of another architecture.
     #[serde(default, skip_serializing_if = "is_allowed")]
     pub emulation: crate::arch::Emulation,
+    /// Volumes of the guest attached to nothing (Proxmox's `unusedN`, N the position): a
+    /// detached disk, the source a `move_disk` kept. Deleting one frees its volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unused: Vec<String>,
 }
 crate::evolving!(VmSpec { memory_mib, cores, sockets, disks, boot, nets, options } added {
     arch: None,
     emulation: crate::arch::Emulation::Allowed,
+    unused: Vec::new(),
 });
 
 fn is_allowed(e: &crate::arch::Emulation) -> bool {
@@ -136,6 +141,7 @@ impl Default for VmSpec {
             options: Default::default(),
             arch: None,
             emulation: Default::default(),
+            unused: Vec::new(),
         }
     }
 }

@@ -252,9 +252,11 @@ impl ClusterState {
                 if !self.storage.contains_key(id) {
                     return Err(ApplyError::NotFound { what: format!("storage {id}") });
                 }
-                if let Some(g) =
-                    self.guests.values().find(|g| g.vm_spec().disks.iter().any(|d| d.storage == *id))
-                {
+                if let Some(g) = self.guests.values().find(|g| {
+                    let spec = g.vm_spec();
+                    spec.disks.iter().any(|d| d.storage == *id)
+                        || spec.unused.iter().any(|v| v.split(':').next() == Some(id.as_str()))
+                }) {
                     return Err(ApplyError::Conflict {
                         message: format!(
                             "storage {id} holds a disk of guest {}; move or remove it first",
@@ -685,10 +687,27 @@ impl ClusterState {
                         )
                         .into());
                     };
-                    let (_, rel) = ids::parse_volume_id(volume)?;
-                    if !rel.starts_with(&format!("{vmid}/")) {
+                    ids::parse_volume_id(volume)?;
+                    if ids::volume_owner(volume) != Some(vmid) {
                         return Err(ValidationError::new(
                             format!("disks[{i}].volume"),
+                            format!("volume {volume:?} does not belong to guest {vmid}"),
+                        )
+                        .into());
+                    }
+                }
+                for (i, volume) in spec.unused.iter().enumerate() {
+                    let field = format!("unused{i}");
+                    let (storage, _) =
+                        ids::parse_volume_id(volume).map_err(|e| ValidationError::new(&field, e.message))?;
+                    if !self.storage.contains_key(storage) {
+                        return Err(
+                            ValidationError::new(field, format!("unknown storage {storage:?}")).into()
+                        );
+                    }
+                    if ids::volume_owner(volume) != Some(vmid) {
+                        return Err(ValidationError::new(
+                            field,
                             format!("volume {volume:?} does not belong to guest {vmid}"),
                         )
                         .into());

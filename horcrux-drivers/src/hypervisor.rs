@@ -90,6 +90,21 @@ pub trait Hypervisor: Send + Sync + 'static {
         let _ = (vmid, command, arguments);
         Box::pin(async { Err(DriverError::Invalid("this hypervisor has no QMP".into())) })
     }
+    /// Moves a running guest's disk `slot` onto `target` (a volume of `format` the caller
+    /// allocated) without stopping it; afterwards the guest uses the target.
+    fn mirror_disk<'a>(
+        &'a self,
+        vmid: u32,
+        slot: &'a str,
+        target: &'a std::path::Path,
+        format: &'a str,
+        progress: &'a (dyn Fn(String) + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (vmid, slot, target, format, progress);
+        Box::pin(async {
+            Err(DriverError::Invalid("this hypervisor cannot move disks of a running guest".into()))
+        })
+    }
     /// Resets a running guest as the reset button does (Proxmox's `status/reset`): the
     /// process keeps running, the guest reboots at once without shutting down.
     fn reset(&self, vmid: u32) -> BoxFuture<'_, Result<(), DriverError>> {

@@ -97,7 +97,7 @@ fn schemas() -> Value {
     let vm = obj(
         json!({
             "vmid": t(I), "name": t(S), "node": t(S), "type": t(S), "memory_mib": t(I), "cores": t(I),
-            "sockets": t(I), "disks": arr(r("Disk")), "nets": arr(r("Net")),
+            "sockets": t(I), "disks": arr(r("Disk")), "nets": arr(r("Net")), "unused": arr(t(S)),
             "options": { "type": "object", "additionalProperties": t(S) },
             "status": { "type": S, "enum": ["running", "stopped"] }, "qmpstatus": t(S),
             "desired": t("object"), "revision": t(I), "serial_log": t(S), "boot": r("KernelBoot"),
@@ -259,7 +259,7 @@ fn operations() -> Vec<Op> {
             "revision": t(I), "name": t(S), "memory_mib": t(I), "cores": t(I), "sockets": t(I),
             "nets": arr(r("Net")), "add_disks": arr(r("Disk")),
             "options": { "type": "object", "additionalProperties": t(S) }, "delete": arr(t(S)),
-            "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
+            "purge": t(B), "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
         }),
         &[],
     );
@@ -319,6 +319,16 @@ fn operations() -> Vec<Op> {
         )
         .body(config),
         op("GET", "/vms/{vmid}/serial", "Serial console log", t(S)),
+        op(
+            "POST",
+            "/vms/{vmid}/move_disk",
+            "Move a disk to another storage (online through blockdev-mirror when running)",
+            obj(json!({ "upid": t(S), "revision": t(I), "volume": t(S) }), &["upid", "revision", "volume"]),
+        )
+        .body(body(
+            json!({ "disk": t(S), "storage": t(S), "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] }, "delete": t(B) }),
+            &["disk", "storage"],
+        )),
         op("GET", "/vms/{vmid}/snapshots", "Snapshots, then `current`", arr(r("Snapshot"))),
         op(
             "POST",

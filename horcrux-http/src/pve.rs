@@ -41,6 +41,10 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ("POST", "/nodes/{node}/qemu/{vmid}/status/{action}") => return None,
         ("POST", "/nodes/{node}/qemu/{vmid}/migrate") => &["target", "online", "with-local-disks"],
         ("PUT", "/nodes/{node}/qemu/{vmid}/resize") => &["disk", "size", "digest"],
+        ("PUT", "/nodes/{node}/qemu/{vmid}/unlink") => &["idlist", "force"],
+        ("POST", "/nodes/{node}/qemu/{vmid}/move_disk") => {
+            &["disk", "storage", "format", "delete", "target-vmid", "target-disk"]
+        }
         ("POST", "/nodes/{node}/qemu/{vmid}/snapshot") => &["snapname", "description", "vmstate"],
         ("DELETE", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}") => &["force"],
         ("POST", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback") => &["start"],

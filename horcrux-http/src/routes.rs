@@ -32,6 +32,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/migrate", post(vms::migrate_vm))
         .route("/vms/{vmid}/config", put(vms::config::update))
         .route("/vms/{vmid}/resize", put(vms::disk::resize))
+        .route("/vms/{vmid}/move_disk", post(vms::disk::move_disk))
         .route("/vms/{vmid}/snapshots", get(vms::snapshot::list).post(vms::snapshot::create))
         .route(
             "/vms/{vmid}/snapshots/{name}",
@@ -107,6 +108,8 @@ fn compat_routes() -> Router<ApiState> {
         .route("/nodes/{node}/qemu/{vmid}/status/{action}", post(power))
         .route("/nodes/{node}/qemu/{vmid}/migrate", post(migrate_qemu))
         .route("/nodes/{node}/qemu/{vmid}/resize", axum::routing::put(resize_qemu))
+        .route("/nodes/{node}/qemu/{vmid}/unlink", axum::routing::put(unlink_qemu))
+        .route("/nodes/{node}/qemu/{vmid}/move_disk", post(move_disk_qemu))
         .route("/nodes/{node}/qemu/{vmid}/snapshot", get(snapshots).post(snapshots))
         .route("/nodes/{node}/qemu/{vmid}/snapshot/{snapname}", get(snapshot).delete(snapshot))
         .route("/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback", post(snapshot_rollback))

@@ -21,6 +21,7 @@ use crate::hypervisor::{BoxFuture, DriverError, GuestLaunch, Hypervisor, Observe
 use crate::qmp::QmpClient;
 
 mod fds;
+mod mirror;
 pub(crate) use fds::install as install_fds;
 pub use fds::{open_tap, FdLayout};
 
@@ -663,6 +664,20 @@ impl Hypervisor for QemuDriver {
                 .await?
                 .ok_or_else(|| DriverError::Invalid(format!("guest {vmid} is not running")))?;
             Ok(qmp.execute(command, arguments).await?)
+        })
+    }
+
+    fn mirror_disk<'a>(
+        &'a self,
+        vmid: u32,
+        slot: &'a str,
+        target: &'a std::path::Path,
+        format: &'a str,
+        progress: &'a (dyn Fn(String) + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let qmp = self.qmp(vmid).await?;
+            mirror::mirror(&qmp, slot, target, format, progress).await
         })
     }
 

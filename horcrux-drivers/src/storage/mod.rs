@@ -49,6 +49,29 @@ pub trait VolumeStore: Send + Sync + 'static {
     fn usage(&self) -> BoxFuture<'_, Result<Option<StoreUsage>, DriverError>> {
         Box::pin(async { Ok(None) })
     }
+    /// Fills volume `volid` (just allocated, as large as the source) with the image at
+    /// `src` (`src_format`): `qemu-img convert` into it, for move_disk and import-from.
+    fn import_from<'a>(
+        &'a self,
+        volid: &'a str,
+        src: &'a std::path::Path,
+        src_format: &'a str,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let dst = self.path(volid)?;
+            let args = common::argv(&[
+                "convert",
+                "-n",
+                "-f",
+                src_format,
+                "-O",
+                common::volume_format(volid),
+                &src.display().to_string(),
+                &dst.display().to_string(),
+            ]);
+            common::SystemRunner.run("qemu-img", &args).await.map(|_| ())
+        })
+    }
     /// Grows a volume to `size` bytes (of a stopped guest's disk: a running guest's disks
     /// grow through QMP `block_resize`).
     fn resize<'a>(&'a self, volid: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {

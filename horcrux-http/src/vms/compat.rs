@@ -256,6 +256,9 @@ pub(crate) fn pve_config(v: &Value) -> Value {
         };
         c.insert(slot, json!(format!("{vol},format={format},size={size}")));
     }
+    for (i, u) in v["unused"].as_array().into_iter().flatten().enumerate() {
+        c.insert(format!("unused{i}"), u.clone());
+    }
     for n in v["nets"].as_array().into_iter().flatten() {
         if let Ok(net) = serde_json::from_value::<NetSpec>(n.clone()) {
             c.insert(format!("net{}", net.index), json!(net.to_property_string()));
@@ -534,4 +537,73 @@ pub(crate) async fn snapshot_config(
     let req = json!({ "description": p.get("description").cloned().unwrap_or_default() });
     let (status, v, _) = native(&st, &headers, Method::PUT, &path, Some(req)).await;
     answer(status, v, |_| Value::Null)
+}
+
+/// `PUT /nodes/{node}/qemu/{vmid}/unlink` (`idlist`: disk keys; `force`: free the volumes
+/// instead of keeping them as `unusedN`).
+pub(crate) async fn unlink_qemu(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let Some(ids) = list_param(&p, "idlist") else {
+        return error(StatusCode::BAD_REQUEST, "idlist", "property is missing and it is not optional");
+    };
+    let force = match flag(&p, "force") {
+        Ok(f) => f.unwrap_or(false),
+        Err(e) => return e,
+    };
+    let req = json!({ "delete": ids, "purge": force });
+    let (status, v, _) = native(&st, &headers, Method::PUT, &format!("/vms/{vmid}/config"), Some(req)).await;
+    answer(status, v, |_| Value::Null)
+}
+
+/// `POST /nodes/{node}/qemu/{vmid}/move_disk` (`disk`, `storage`, `format`, `delete`); a
+/// UPID. Moving to another guest (`target-vmid`, `target-disk`) is refused by name.
+pub(crate) async fn move_disk_qemu(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if p.get("target-vmid").is_some_and(|v| *v != vmid) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "target-vmid",
+            "moving a disk to another guest is not supported yet",
+        );
+    }
+    if p.contains_key("target-disk") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "target-disk",
+            "moving a disk to another guest is not supported yet",
+        );
+    }
+    let mut req = json!({});
+    for k in ["disk", "storage"] {
+        match p.get(k) {
+            Some(v) => req[k] = json!(v),
+            None => return error(StatusCode::BAD_REQUEST, k, "property is missing and it is not optional"),
+        }
+    }
+    if let Some(f) = p.get("format") {
+        req["format"] = json!(f);
+    }
+    match flag(&p, "delete") {
+        Ok(d) => req["delete"] = json!(d.unwrap_or(false)),
+        Err(e) => return e,
+    }
+    let (status, v, _) =
+        native(&st, &headers, Method::POST, &format!("/vms/{vmid}/move_disk"), Some(req)).await;
+    answer(status, v, |v| v["upid"].clone())
 }

@@ -37,11 +37,21 @@ struct ConfigChange {
     /// Options to set (`""` removes one).
     #[serde(default)]
     options: BTreeMap<String, String>,
-    /// Keys to remove: `netN`, `arch`, `emulation` or an option name.
+    /// Keys to remove: `netN`, `arch`, `emulation`, an option name, a disk's slot (its
+    /// volume becomes `unusedN`) or `unusedN` (its volume is freed).
     #[serde(default)]
     delete: Vec<String>,
+    /// Free the volumes of the disks `delete` detaches instead of keeping them as unused
+    /// (Proxmox's `unlink` with `force`).
+    #[serde(default)]
+    purge: bool,
     arch: Option<String>,
     emulation: Option<horcrux_core::arch::Emulation>,
+}
+
+/// Whether `k` names a disk slot (`virtio0`, `scsi3`, ...).
+fn vmconfig_disk_slot(k: &str) -> bool {
+    horcrux_core::vmconfig::parse_disk_slot("delete", k).is_ok()
 }
 
 /// The privileges a change needs, as Proxmox checks them per key: (privilege, ACL path).
@@ -57,7 +67,8 @@ fn needed(change: &ConfigChange, vmid: u32) -> Vec<(&'static str, String)> {
     if !change.nets.is_empty() || change.delete.iter().any(|k| k.starts_with("net")) {
         out.push(("VM.Config.Network", vm.clone()));
     }
-    if !change.add_disks.is_empty() {
+    let is_disk = |k: &str| k.starts_with("unused") || vmconfig_disk_slot(k);
+    if !change.add_disks.is_empty() || change.delete.iter().any(|k| is_disk(k)) {
         out.push(("VM.Config.Disk", vm.clone()));
     }
     if change.arch.is_some()
@@ -71,7 +82,10 @@ fn needed(change: &ConfigChange, vmid: u32) -> Vec<(&'static str, String)> {
     }
     if change.name.is_some()
         || !change.options.is_empty()
-        || change.delete.iter().any(|k| !k.starts_with("net") && k != "arch" && k != "emulation")
+        || change
+            .delete
+            .iter()
+            .any(|k| !k.starts_with("net") && k != "arch" && k != "emulation" && !is_disk(k))
     {
         out.push(("VM.Config.Options", vm));
     }
@@ -112,7 +126,34 @@ pub async fn update(
     spec.memory_mib = change.memory_mib.unwrap_or(spec.memory_mib);
     spec.cores = change.cores.unwrap_or(spec.cores);
     spec.sockets = change.sockets.unwrap_or(spec.sockets);
+    // Slots made explicit: removing a disk must not renumber the implicit `virtioN` of
+    // the ones after it.
+    let slots = spec.disk_slots();
+    for (d, slot) in spec.disks.iter_mut().zip(slots) {
+        d.slot = Some(slot);
+    }
+    let old_unused = spec.unused.clone();
+    let mut freed: Vec<String> = Vec::new();
     for key in &change.delete {
+        if let Some(i) = key.strip_prefix("unused").and_then(|n| n.parse::<usize>().ok()) {
+            let volid = old_unused
+                .get(i)
+                .ok_or_else(|| ApiError::bad_field("delete", format!("guest {vmid} has no {key}")))?;
+            spec.unused.retain(|v| v != volid);
+            freed.push(volid.clone());
+            continue;
+        }
+        if let Some(i) = spec.disks.iter().position(|d| d.slot.as_deref() == Some(key.as_str())) {
+            let d = spec.disks.remove(i);
+            if let Some(v) = d.volume {
+                if change.purge {
+                    freed.push(v);
+                } else {
+                    spec.unused.push(v);
+                }
+            }
+            continue;
+        }
         if key == "arch" {
             spec.arch = None;
         } else if key == "emulation" {
@@ -121,14 +162,14 @@ pub async fn update(
             spec.nets.retain(|n| n.index != index);
         } else if horcrux_core::vmconfig::KEPT_OPTIONS.contains(&key.as_str()) {
             spec.options.remove(key);
-        } else if spec.disk_slots().contains(key) {
-            return Err(ApiError::bad_field(
-                "delete",
-                format!("{key}: detaching disks is not supported yet"),
-            ));
         } else {
             return Err(ApiError::bad_field("delete", format!("{key:?} cannot be removed")));
         }
+    }
+    if !freed.is_empty() && st.runtime.observed(vmid).power != horcrux_core::ObservedPower::Stopped {
+        return Err(ApiError::conflict(format!(
+            "guest {vmid} is running: stop it before freeing a volume it may still use"
+        )));
     }
     for n in change.nets {
         let n = n.into_spec();
@@ -171,9 +212,16 @@ pub async fn update(
 
     // Allocate the new disks under names no other disk of the guest uses.
     let mut allocated: Vec<(String, String)> = Vec::new();
-    // Indices, not names: each storage names its volumes its own way.
-    let used: Vec<usize> =
-        spec.disks.iter().filter_map(|d| d.volume.as_deref().and_then(ids::disk_index)).collect();
+    // Indices, not names: each storage names its volumes its own way; unused volumes
+    // keep theirs.
+    let used: Vec<usize> = spec
+        .disks
+        .iter()
+        .filter_map(|d| d.volume.as_deref())
+        .chain(spec.unused.iter().map(String::as_str))
+        .chain(freed.iter().map(String::as_str))
+        .filter_map(ids::disk_index)
+        .collect();
     let mut next_index = 0usize;
     for d in spec.disks[first_new..].iter_mut() {
         while used.contains(&next_index) {
@@ -204,6 +252,17 @@ pub async fn update(
             let task = st.runtime.tasks().create("qmconfig", &vmid.to_string(), caller.user());
             for (_, v) in &allocated {
                 task.log(format!("allocated {v}"));
+            }
+            // Volumes nothing refers to any more go once the change is committed.
+            for volid in &freed {
+                let storage = volid.split(':').next().unwrap_or_default();
+                match state.storage.get(storage) {
+                    Some(pool) => match st.runtime.volume_store(pool).free(volid).await {
+                        Ok(()) => task.log(format!("freed {volid}")),
+                        Err(e) => task.log(format!("freeing {volid}: {e}")),
+                    },
+                    None => task.log(format!("{volid}: its storage is gone")),
+                }
             }
             task.log(format!("guest {vmid} configuration updated (revision {})", ok.revision));
             task.finish(Ok::<(), String>(()));

@@ -103,3 +103,172 @@ pub async fn resize(
         }
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Move {
+    disk: String,
+    storage: String,
+    /// The target's image format where it has a choice (directory storages); default its
+    /// configured one.
+    format: Option<String>,
+    /// Free the source once the guest uses the copy (otherwise it stays as `unusedN`).
+    #[serde(default)]
+    delete: bool,
+}
+
+/// Moves a disk to another storage: a new volume there, then a copy (`qemu-img convert`
+/// while the guest is stopped, QMP `blockdev-mirror` while it runs), then the config
+/// points at the copy; the source is freed (`delete`) or kept as `unusedN`. A task.
+pub async fn move_disk(
+    State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(vmid): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let vmid = crate::state::parse_vmid(&vmid)?;
+    let m: Move = parse_body(&body)?;
+    let cluster = st.runtime.cluster();
+    let state = cluster.read_linearizable(|s| s.clone()).await?;
+    let g =
+        state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    let mut spec = g.vm_spec().clone();
+    let slots = spec.disk_slots();
+    let i = slots
+        .iter()
+        .position(|s| *s == m.disk)
+        .ok_or_else(|| ApiError::bad_field("disk", format!("guest {vmid} has no disk {:?}", m.disk)))?;
+    let disk = spec.disks[i].clone();
+    let source =
+        disk.volume.clone().ok_or_else(|| ApiError::conflict(format!("disk {} has no volume", m.disk)))?;
+    let target = state
+        .storage
+        .get(&m.storage)
+        .ok_or_else(|| ApiError::bad_field("storage", format!("unknown storage {:?}", m.storage)))?;
+    let node = cluster.node_name().to_string();
+    if !target.on_node(&node) || target.config.disable || !target.holds("images") {
+        return Err(ApiError::bad_field(
+            "storage",
+            format!("storage {} cannot hold disk images on {node}", m.storage),
+        ));
+    }
+    let path = format!("/storage/{}", m.storage);
+    if !crate::authz::caller_privileges(&state, &caller, &path).contains("Datastore.AllocateSpace") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("permission check failed: {} needs Datastore.AllocateSpace on {path}", caller.token_id),
+        ));
+    }
+    let mut target_pool = target.clone();
+    if let Some(f) = &m.format {
+        if !matches!(f.as_str(), "raw" | "qcow2" | "vmdk") {
+            return Err(ApiError::bad_field("format", format!("{f:?} is not raw, qcow2 or vmdk")));
+        }
+        if !matches!(
+            target.kind,
+            horcrux_core::StorageKind::Dir { .. } | horcrux_core::StorageKind::Nfs { .. }
+        ) {
+            if f != "raw" {
+                return Err(ApiError::bad_field(
+                    "format",
+                    format!("storage {} holds raw volumes only", m.storage),
+                ));
+            }
+        } else {
+            target_pool.config.options.insert("format".into(), f.clone());
+        }
+    }
+    if m.storage == disk.storage && m.format.is_none() {
+        return Err(ApiError::bad_field("storage", format!("disk {} is already on {}", m.disk, m.storage)));
+    }
+    let used: Vec<usize> = spec
+        .disks
+        .iter()
+        .filter_map(|d| d.volume.as_deref())
+        .chain(spec.unused.iter().map(String::as_str))
+        .filter_map(ids::disk_index)
+        .collect();
+    let index = (0..).find(|n| !used.contains(n)).unwrap_or(0);
+    let task = st.runtime.tasks().create("qmmove", &vmid.to_string(), caller.user());
+    let started = std::time::Instant::now();
+    let fail = |msg: String| {
+        task.finish(Err::<(), String>(msg.clone()));
+        ApiError::internal(msg)
+    };
+    let dst_store = st.runtime.volume_store(&target_pool);
+    let new = dst_store
+        .alloc(vmid, index, disk.size_mib)
+        .await
+        .map_err(|e| fail(format!("allocating on {}: {e}", m.storage)))?;
+    task.log(format!("allocated {new}"));
+    let src_pool =
+        state.storage.get(&disk.storage).ok_or_else(|| fail(format!("storage {} is gone", disk.storage)))?;
+    let src_path = st.runtime.volume_store(src_pool).path(&source).map_err(|e| fail(e.to_string()))?;
+    let running = st.runtime.observed(vmid).power != ObservedPower::Stopped;
+    let copied = if running {
+        let dst_path = dst_store.path(&new).map_err(|e| fail(e.to_string()))?;
+        let fmt = if new.ends_with(".qcow2") {
+            "qcow2"
+        } else if new.ends_with(".vmdk") {
+            "vmdk"
+        } else {
+            "raw"
+        };
+        task.log(format!("mirroring {} to {new} while the guest runs", m.disk));
+        let t = task.clone();
+        let log = move |l: String| t.log(l);
+        st.runtime.hypervisor().mirror_disk(vmid, &m.disk, &dst_path, fmt, &log).await
+    } else {
+        let src_fmt = if source.ends_with(".qcow2") {
+            "qcow2"
+        } else if source.ends_with(".vmdk") {
+            "vmdk"
+        } else {
+            "raw"
+        };
+        task.log(format!("copying {source} to {new}"));
+        dst_store.import_from(&new, &src_path, src_fmt).await
+    };
+    if let Err(e) = copied {
+        let _ = dst_store.free(&new).await;
+        return Err(fail(format!("moving {}: {e}", m.disk)));
+    }
+    spec.disks[i].storage = m.storage.clone();
+    spec.disks[i].volume = Some(new.clone());
+    spec.disks[i].slot = Some(m.disk.clone());
+    if !m.delete {
+        spec.unused.push(source.clone());
+    }
+    let cmd = Command::UpdateGuest {
+        vmid,
+        expected_revision: Some(g.revision),
+        name: g.name.clone(),
+        config: GuestConfig::Qemu(spec),
+    };
+    match cluster.propose(cmd).await {
+        Ok(ok) => {
+            if m.delete {
+                match st.runtime.volume_store(src_pool).free(&source).await {
+                    Ok(()) => task.log(format!("freed {source}")),
+                    Err(e) => task.log(format!("freeing {source}: {e}")),
+                }
+            } else {
+                task.log(format!("{source} kept as unused{}", g.vm_spec().unused.len()));
+            }
+            task.log(format!("{} is on {new} ({} ms)", m.disk, started.elapsed().as_millis()));
+            task.finish(Ok::<(), String>(()));
+            Ok(Json(json!({ "upid": task.upid(), "revision": ok.revision, "volume": new })))
+        }
+        Err(e) => {
+            // Not recorded: while stopped the copy goes; a running guest already uses it,
+            // so it stays (and the error says so).
+            if !running {
+                let _ = dst_store.free(&new).await;
+            }
+            task.finish(Err::<(), String>(format!(
+                "the disk was copied to {new} but the config was not updated: {e}"
+            )));
+            Err(e.into())
+        }
+    }
+}

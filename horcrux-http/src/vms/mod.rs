@@ -55,6 +55,7 @@ pub(crate) fn vm_json(st: &ApiState, g: &Guest) -> Value {
             d
         }).collect::<Vec<_>>(),
         "nets": spec.nets,
+        "unused": spec.unused,
         "options": spec.options,
         "arch": spec.arch.as_deref().unwrap_or(horcrux_core::arch::DEFAULT_ARCH),
         "emulation": spec.emulation,
@@ -240,6 +241,7 @@ pub(crate) async fn create_vm(
         options: req.options,
         arch: req.arch,
         emulation: req.emulation,
+        unused: Vec::new(),
     };
     spec.validate()?;
     horcrux_core::vmconfig::validate_option_values(&spec.options)?;

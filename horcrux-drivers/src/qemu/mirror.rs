@@ -1,0 +1,120 @@
+//! Moving a running guest's disk: the target volume is handed to QEMU as descriptors
+//! (`add-fd`: QEMU is confined and opens no paths), added as a block node, mirrored from
+//! the drive (`blockdev-mirror`, `sync: full`) and, once in sync, switched to
+//! (`block-job-complete`): the guest keeps running on the new volume.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::hypervisor::DriverError;
+use crate::qmp::QmpClient;
+
+/// Mirrors drive `drive-SLOT` onto `target` (`format`: qcow2, raw, vmdk), reporting
+/// progress through `progress`. On failure the job is cancelled and the node removed.
+pub async fn mirror(
+    qmp: &Arc<QmpClient>,
+    slot: &str,
+    target: &Path,
+    format: &str,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), DriverError> {
+    use std::os::fd::AsFd;
+    let open = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(target)
+            .map_err(|e| DriverError::Invalid(format!("{}: {e}", target.display())))
+    };
+    let (rw, ro) = (open(true)?, open(false)?);
+    let set = qmp.execute_with_fd("add-fd", Some(json!({})), rw.as_fd()).await?;
+    let set_id =
+        set["fdset-id"].as_u64().ok_or_else(|| DriverError::Invalid("add-fd answered no fdset-id".into()))?;
+    qmp.execute_with_fd("add-fd", Some(json!({ "fdset-id": set_id })), ro.as_fd()).await?;
+    let block =
+        std::fs::metadata(target).map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let node = format!("mirror-{slot}");
+    let file = json!({
+        "driver": if block.unwrap_or(false) { "host_device" } else { "file" },
+        "filename": format!("/dev/fdset/{set_id}"),
+        "locking": "off",
+    });
+    qmp.execute("blockdev-add", Some(json!({ "driver": format, "node-name": node, "file": file }))).await?;
+    let job = node.clone();
+    let started = qmp
+        .execute(
+            "blockdev-mirror",
+            Some(json!({ "job-id": job, "device": format!("drive-{slot}"), "target": node, "sync": "full" })),
+        )
+        .await;
+    if let Err(e) = started {
+        let _ = qmp.execute("blockdev-del", Some(json!({ "node-name": node }))).await;
+        let _ = qmp.execute("remove-fd", Some(json!({ "fdset-id": set_id }))).await;
+        return Err(e.into());
+    }
+    let result = drive_job(qmp, &job, progress).await;
+    if result.is_err() {
+        let _ = qmp.execute("block-job-cancel", Some(json!({ "device": job, "force": true }))).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let _ = qmp.execute("blockdev-del", Some(json!({ "node-name": node }))).await;
+        let _ = qmp.execute("remove-fd", Some(json!({ "fdset-id": set_id }))).await;
+        return result;
+    }
+    // The drive now reads and writes the new node.
+    let blocks = qmp.execute("query-block", None).await?;
+    let now = blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["device"] == format!("drive-{slot}").as_str())
+        .and_then(|b| b["inserted"]["node-name"].as_str().map(str::to_string));
+    if now.as_deref() != Some(node.as_str()) {
+        return Err(DriverError::Invalid(format!("the mirror finished but drive-{slot} is on {now:?}")));
+    }
+    Ok(())
+}
+
+/// Waits for the mirror to be in sync, completes it, and waits for it to end.
+async fn drive_job(
+    qmp: &Arc<QmpClient>,
+    job: &str,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), DriverError> {
+    let mut completing = false;
+    let mut last_report = std::time::Instant::now();
+    loop {
+        let jobs = qmp.execute("query-block-jobs", None).await?;
+        let mine: Option<Value> = jobs.as_array().into_iter().flatten().find(|j| j["device"] == job).cloned();
+        match mine {
+            None if completing => return Ok(()),
+            None => {
+                return Err(DriverError::Invalid(format!("the mirror job {job} ended before it was in sync")))
+            }
+            Some(j) => {
+                let (len, off) = (j["len"].as_u64().unwrap_or(0), j["offset"].as_u64().unwrap_or(0));
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    let pct = (off * 100).checked_div(len).unwrap_or(100);
+                    progress(format!("mirror: {off} of {len} bytes ({pct}%)"));
+                    last_report = std::time::Instant::now();
+                }
+                if j["ready"] == true && !completing {
+                    progress(format!("mirror: in sync ({len} bytes), switching over"));
+                    qmp.execute("block-job-complete", Some(json!({ "device": job }))).await?;
+                    completing = true;
+                }
+                if j["status"] == "concluded" {
+                    let _ = qmp.execute("job-dismiss", Some(json!({ "id": job }))).await;
+                    return match j["error"].as_str() {
+                        Some(e) => Err(DriverError::Invalid(format!("mirror: {e}"))),
+                        None if completing => Ok(()),
+                        None => Err(DriverError::Invalid("the mirror ended before it was in sync".into())),
+                    };
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
