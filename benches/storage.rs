@@ -4,6 +4,12 @@
 //! an fsync before it is linked in; the reference is `cp` alone and `cp` then `sync FILE`
 //! (the fsync the upload also does). Prints MiB/s and the ratios (target: upload ≥ 0.8x cp).
 //!
+//! Then `move_disk` of a disk full of data (`BENCH_MOVE_MIB`, default 1024) between two
+//! directory storages, offline and while the tiny guest runs (blockdev-mirror), against
+//! `qemu-img convert` of the same image; and the latency of snapshots of the running guest
+//! (disk only, with its RAM) and of rollbacks, against `qemu-img snapshot -c` of the
+//! stopped image.
+//!
 //! Run: `cargo bench --bench storage` (as root, after `scripts/lab.sh`). `BENCH_UPLOAD_MIB`
 //! sets the file size (default 512), `BENCH_RUNS` the runs (default 3; the median counts).
 
@@ -85,4 +91,104 @@ fn main() {
     println!("  ratio upload / (cp + sync)  {:>8.2}x", cp_sync.as_secs_f64() / up.as_secs_f64());
     println!("  ratio upload / cp           {:>8.2}x", cp.as_secs_f64() / up.as_secs_f64());
     println!("  ratio upload+sha256 / (cp + sync) {:>4.2}x", cp_sync.as_secs_f64() / up_sum.as_secs_f64());
+    disks(&d, tmp.path(), runs);
+}
+
+/// Runs a task-answering request and waits for it; answers the time it took.
+fn timed_task(api: &common::Api, method: &str, path: &str, body: serde_json::Value) -> Duration {
+    let t = Instant::now();
+    let (code, r) = api.request(method, path, Some(api.token()), &body);
+    assert_eq!(code, 200, "{method} {path}: {r}");
+    let status = api.wait_task(r["upid"].as_str().unwrap());
+    assert_eq!(status, "OK", "{method} {path}");
+    t.elapsed()
+}
+
+fn disks(d: &Daemon, dir: &std::path::Path, runs: usize) {
+    use serde_json::json;
+    let mib: u64 = std::env::var("BENCH_MOVE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let api = d.client();
+    for s in ["a", "b"] {
+        let path = dir.join(format!("store-{s}"));
+        let (code, e) = api.post("/storage", &json!({"storage": s, "type": "dir", "path": path, "content": "images", "format": "raw"}));
+        assert_eq!(code, 200, "{e}");
+    }
+    let g = common::tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"});
+    let (code, e) = api.post(
+        "/vms",
+        &json!({"vmid": 300, "name": "mv", "memory_mib": 128, "boot": boot, "disks": [{"storage": "a", "size_mib": mib}]}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let vol = dir.join("store-a/images/300/vm-300-disk-0.raw");
+    run(Command::new("dd").args(["if=/dev/urandom", "bs=1M", "conv=notrunc,fsync", "status=none", &format!("count={mib}")]).arg(format!("of={}", vol.display())));
+    let (mut convert, mut offline, mut online) = (Vec::new(), Vec::new(), Vec::new());
+    let copy = dir.join("convert.raw");
+    for _ in 0..runs {
+        let t = Instant::now();
+        run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&vol).arg(&copy));
+        convert.push(t.elapsed());
+        std::fs::remove_file(&copy).unwrap();
+    }
+    // Offline there and back, then online there and back (the guest running).
+    let mut on = "a";
+    for _ in 0..runs {
+        let to = if on == "a" { "b" } else { "a" };
+        offline.push(timed_task(&api, "POST", "/vms/300/move_disk", json!({"disk": "virtio0", "storage": to, "delete": true})));
+        on = to;
+    }
+    timed_task(&api, "POST", "/vms/300/start", json!({}));
+    for _ in 0..runs {
+        let to = if on == "a" { "b" } else { "a" };
+        online.push(timed_task(&api, "POST", "/vms/300/move_disk", json!({"disk": "virtio0", "storage": to, "delete": true})));
+        on = to;
+    }
+    timed_task(&api, "POST", "/vms/300/stop", json!({}));
+    let (convert, offline, online) = (median(convert), median(offline), median(online));
+    println!("move_disk, {mib} MiB of data, median of {runs} runs");
+    println!("  qemu-img convert (reference)  {:>8.1} MiB/s  ({convert:?})", mib as f64 / convert.as_secs_f64());
+    println!("  move_disk offline             {:>8.1} MiB/s  ({offline:?})", mib as f64 / offline.as_secs_f64());
+    println!("  move_disk online (mirror)     {:>8.1} MiB/s  ({online:?})", mib as f64 / online.as_secs_f64());
+    println!("  ratio offline / convert       {:>8.2}x", offline.as_secs_f64() / convert.as_secs_f64());
+    println!("  ratio online / convert        {:>8.2}x", online.as_secs_f64() / convert.as_secs_f64());
+    snapshots(&api, dir, runs);
+}
+
+fn snapshots(api: &common::Api, dir: &std::path::Path, runs: usize) {
+    use serde_json::json;
+    let g = common::tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup"});
+    let (code, e) = api.post(
+        "/vms",
+        &json!({"vmid": 301, "name": "sn", "memory_mib": 128, "boot": boot, "disks": [{"storage": "local", "size_mib": 64}]}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let img = dir.join("hx/storage/local/images/301/vm-301-disk-0.qcow2");
+    let mut bare = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        run(Command::new("qemu-img").args(["snapshot", "-c", &format!("bare{i}")]).arg(&img));
+        bare.push(t.elapsed());
+        run(Command::new("qemu-img").args(["snapshot", "-d", &format!("bare{i}")]).arg(&img));
+    }
+    timed_task(api, "POST", "/vms/301/start", json!({}));
+    std::thread::sleep(Duration::from_secs(3));
+    let (mut disk, mut ram, mut back_disk, mut back_ram) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        disk.push(timed_task(api, "POST", "/vms/301/snapshots", json!({"snapname": format!("d{i}")})));
+        ram.push(timed_task(api, "POST", "/vms/301/snapshots", json!({"snapname": format!("r{i}"), "vmstate": true})));
+    }
+    for i in 0..runs {
+        // With RAM: stop, disks back, resume from the saved state (running again at the end).
+        back_ram.push(timed_task(api, "POST", &format!("/vms/301/snapshots/r{i}/rollback"), json!({})));
+        // Disk only, then started again.
+        back_disk.push(timed_task(api, "POST", &format!("/vms/301/snapshots/d{i}/rollback"), json!({"start": true})));
+    }
+    timed_task(api, "POST", "/vms/301/stop", json!({}));
+    println!("snapshots of the running tiny guest (128 MiB RAM, 64 MiB qcow2), median of {runs} runs");
+    println!("  qemu-img snapshot -c, stopped (reference)  {:?}", median(bare));
+    println!("  snapshot, disks only (QMP transaction)     {:?}", median(disk));
+    println!("  snapshot with RAM (snapshot-save)          {:?}", median(ram));
+    println!("  rollback to a RAM snapshot (resumes)       {:?}", median(back_ram));
+    println!("  rollback to a disk snapshot + start        {:?}", median(back_disk));
 }
