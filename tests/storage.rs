@@ -573,6 +573,14 @@ fn disks_move_between_storages_and_unused_volumes_are_freed() {
         !tmp.path().join("storage/local/images/140/vm-140-disk-1.qcow2").exists(),
         "the source was freed"
     );
+    // A second online move of the same disk (onto btrfs, index 1 free again).
+    task(mv(json!({"disk": "virtio0", "storage": "bt", "delete": true})));
+    let (_, v) = api.get("/vms/140");
+    let vol = v["disks"][0]["volume"].as_str().unwrap().to_string();
+    assert_eq!(vol, "bt:140/vm-140-disk-1.raw", "{v}");
+    assert!(!raw.exists(), "the raw source was freed");
+    let raw = fs.mnt.path().join("images/140/vm-140-disk-1/disk.raw");
+    assert_eq!(&std::fs::read(&raw).unwrap()[..12], b"HX-MOVED-OK!");
 
     // Stopped: unused0 is freed; a detached disk becomes unused0, then goes too.
     task(api.post("/vms/140/stop", &json!({})));
@@ -585,6 +593,6 @@ fn disks_move_between_storages_and_unused_volumes_are_freed() {
     assert!(raw.exists(), "detached, not freed");
     assert_eq!(put(json!({"delete": ["unused3"]})).1["field"], "delete");
     assert_eq!(put(json!({"delete": ["unused0"]})).0, 200);
-    assert!(!raw.exists());
+    assert!(!raw.exists() && !fs.mnt.path().join("images/140/vm-140-disk-1").exists());
     assert_eq!(api.delete("/vms/140").0, 200);
 }

@@ -36,7 +36,9 @@ pub async fn mirror(
     qmp.execute_with_fd("add-fd", Some(json!({ "fdset-id": set_id })), ro.as_fd()).await?;
     let block =
         std::fs::metadata(target).map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
-    let node = format!("mirror-{slot}");
+    // A fresh name each time: the node a previous move switched to keeps its name.
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let node = format!("mv-{slot}-{:x}", stamp % (1 << 40));
     let file = json!({
         "driver": if block.unwrap_or(false) { "host_device" } else { "file" },
         "filename": format!("/dev/fdset/{set_id}"),
