@@ -149,8 +149,8 @@ fn disks(d: &Daemon, dir: &std::path::Path, runs: usize) {
     println!("  qemu-img convert (reference)  {:>8.1} MiB/s  ({convert:?})", mib as f64 / convert.as_secs_f64());
     println!("  move_disk offline             {:>8.1} MiB/s  ({offline:?})", mib as f64 / offline.as_secs_f64());
     println!("  move_disk online (mirror)     {:>8.1} MiB/s  ({online:?})", mib as f64 / online.as_secs_f64());
-    println!("  ratio offline / convert       {:>8.2}x", offline.as_secs_f64() / convert.as_secs_f64());
-    println!("  ratio online / convert        {:>8.2}x", online.as_secs_f64() / convert.as_secs_f64());
+    println!("  time offline / convert        {:>8.2}x", offline.as_secs_f64() / convert.as_secs_f64());
+    println!("  time online / convert         {:>8.2}x", online.as_secs_f64() / convert.as_secs_f64());
     snapshots(&api, dir, runs);
 }
 
