@@ -216,6 +216,38 @@ assert st["status"] == "stopped" and "checksum" in st["exitstatus"], st
 isos = [v["volid"] for v in api.nodes(node).storage("local").content.get(content="iso")]
 assert isos == ["local:iso/fetched.iso", "local:iso/tiny.iso"], isos
 httpd.shutdown()
+
+# Disks and snapshots: resize, snapshot tree, config, rollback, move_disk, unlink.
+dvmid = int(api.cluster.nextid.get())
+upid = api.nodes(node).qemu.create(vmid=dvmid, name="disks", memory=64, virtio0="local:1")
+wait(api, node, upid, "create with a disk")
+q = api.nodes(node).qemu(dvmid)
+wait(api, node, q.resize.put(disk="virtio0", size="+1G"), "resize")
+assert q.config.get()["virtio0"].endswith("size=2G"), q.config.get()
+try:
+    q.resize.put(disk="virtio0", size="1G")
+    raise SystemExit("a shrink was accepted")
+except proxmoxer.core.ResourceException as e:
+    assert e.status_code == 400 and "size" in str(e.errors), e
+wait(api, node, q.snapshot.post(snapname="first", description="before"), "snapshot")
+snaps = q.snapshot.get()
+assert [x["name"] for x in snaps] == ["first", "current"] and snaps[1]["parent"] == "first", snaps
+assert q.snapshot("first").config.get()["description"] == "before"
+q.snapshot("first").config.put(description="changed")
+assert q.snapshot("first").config.get()["description"] == "changed"
+assert {x["cmd"] for x in q.snapshot("first").get()} == {"rollback", "config"}
+wait(api, node, q.snapshot("first").rollback.post(), "rollback")
+wait(api, node, q.snapshot("first").delete(), "delete snapshot")
+assert [x["name"] for x in q.snapshot.get()] == ["current"]
+mdir = tempfile.mkdtemp(prefix="hx-mv-")
+api.storage.post(storage="mv", type="dir", path=mdir, content="images")
+wait(api, node, q.move_disk.post(disk="virtio0", storage="mv"), "move_disk")
+conf = q.config.get()
+assert conf["virtio0"].startswith(f"mv:{dvmid}/") and conf["unused0"].startswith(f"local:{dvmid}/"), conf
+q.unlink.put(idlist="unused0", force=1)
+assert "unused0" not in q.config.get()
+wait(api, node, q.delete(), "delete the disk guest")
+api.storage("mv").delete()
 res = api.cluster.resources.get(type="storage")
 assert res and res[0]["id"] == f"storage/{node}/{res[0]['storage']}" and res[0]["maxdisk"] > 0, res
 res = api.cluster.resources.get(type="node")
