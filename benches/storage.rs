@@ -110,7 +110,10 @@ fn disks(d: &Daemon, dir: &std::path::Path, runs: usize) {
     let api = d.client();
     for s in ["a", "b"] {
         let path = dir.join(format!("store-{s}"));
-        let (code, e) = api.post("/storage", &json!({"storage": s, "type": "dir", "path": path, "content": "images", "format": "raw"}));
+        let (code, e) = api.post(
+            "/storage",
+            &json!({"storage": s, "type": "dir", "path": path, "content": "images", "format": "raw"}),
+        );
         assert_eq!(code, 200, "{e}");
     }
     let g = common::tiny_guest();
@@ -121,7 +124,9 @@ fn disks(d: &Daemon, dir: &std::path::Path, runs: usize) {
     );
     assert_eq!(code, 200, "{e}");
     let vol = dir.join("store-a/images/300/vm-300-disk-0.raw");
-    run(Command::new("dd").args(["if=/dev/urandom", "bs=1M", "conv=notrunc,fsync", "status=none", &format!("count={mib}")]).arg(format!("of={}", vol.display())));
+    run(Command::new("dd")
+        .args(["if=/dev/urandom", "bs=1M", "conv=notrunc,fsync", "status=none", &format!("count={mib}")])
+        .arg(format!("of={}", vol.display())));
     let (mut convert, mut offline, mut online) = (Vec::new(), Vec::new(), Vec::new());
     let copy = dir.join("convert.raw");
     for _ in 0..runs {
@@ -134,21 +139,40 @@ fn disks(d: &Daemon, dir: &std::path::Path, runs: usize) {
     let mut on = "a";
     for _ in 0..runs {
         let to = if on == "a" { "b" } else { "a" };
-        offline.push(timed_task(&api, "POST", "/vms/300/move_disk", json!({"disk": "virtio0", "storage": to, "delete": true})));
+        offline.push(timed_task(
+            &api,
+            "POST",
+            "/vms/300/move_disk",
+            json!({"disk": "virtio0", "storage": to, "delete": true}),
+        ));
         on = to;
     }
     timed_task(&api, "POST", "/vms/300/start", json!({}));
     for _ in 0..runs {
         let to = if on == "a" { "b" } else { "a" };
-        online.push(timed_task(&api, "POST", "/vms/300/move_disk", json!({"disk": "virtio0", "storage": to, "delete": true})));
+        online.push(timed_task(
+            &api,
+            "POST",
+            "/vms/300/move_disk",
+            json!({"disk": "virtio0", "storage": to, "delete": true}),
+        ));
         on = to;
     }
     timed_task(&api, "POST", "/vms/300/stop", json!({}));
     let (convert, offline, online) = (median(convert), median(offline), median(online));
     println!("move_disk, {mib} MiB of data, median of {runs} runs");
-    println!("  qemu-img convert (reference)  {:>8.1} MiB/s  ({convert:?})", mib as f64 / convert.as_secs_f64());
-    println!("  move_disk offline             {:>8.1} MiB/s  ({offline:?})", mib as f64 / offline.as_secs_f64());
-    println!("  move_disk online (mirror)     {:>8.1} MiB/s  ({online:?})", mib as f64 / online.as_secs_f64());
+    println!(
+        "  qemu-img convert (reference)  {:>8.1} MiB/s  ({convert:?})",
+        mib as f64 / convert.as_secs_f64()
+    );
+    println!(
+        "  move_disk offline             {:>8.1} MiB/s  ({offline:?})",
+        mib as f64 / offline.as_secs_f64()
+    );
+    println!(
+        "  move_disk online (mirror)     {:>8.1} MiB/s  ({online:?})",
+        mib as f64 / online.as_secs_f64()
+    );
     println!("  time offline / convert        {:>8.2}x", offline.as_secs_f64() / convert.as_secs_f64());
     println!("  time online / convert         {:>8.2}x", online.as_secs_f64() / convert.as_secs_f64());
     snapshots(&api, dir, runs);
@@ -176,13 +200,23 @@ fn snapshots(api: &common::Api, dir: &std::path::Path, runs: usize) {
     let (mut disk, mut ram, mut back_disk, mut back_ram) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         disk.push(timed_task(api, "POST", "/vms/301/snapshots", json!({"snapname": format!("d{i}")})));
-        ram.push(timed_task(api, "POST", "/vms/301/snapshots", json!({"snapname": format!("r{i}"), "vmstate": true})));
+        ram.push(timed_task(
+            api,
+            "POST",
+            "/vms/301/snapshots",
+            json!({"snapname": format!("r{i}"), "vmstate": true}),
+        ));
     }
     for i in 0..runs {
         // With RAM: stop, disks back, resume from the saved state (running again at the end).
         back_ram.push(timed_task(api, "POST", &format!("/vms/301/snapshots/r{i}/rollback"), json!({})));
         // Disk only, then started again.
-        back_disk.push(timed_task(api, "POST", &format!("/vms/301/snapshots/d{i}/rollback"), json!({"start": true})));
+        back_disk.push(timed_task(
+            api,
+            "POST",
+            &format!("/vms/301/snapshots/d{i}/rollback"),
+            json!({"start": true}),
+        ));
     }
     timed_task(api, "POST", "/vms/301/stop", json!({}));
     println!("snapshots of the running tiny guest (128 MiB RAM, 64 MiB qcow2), median of {runs} runs");

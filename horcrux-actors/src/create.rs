@@ -53,7 +53,14 @@ pub async fn create_with_disks(
             failure = Some(CreateError::Alloc { index, message: format!("unknown storage {}", d.storage) });
             break;
         };
-        match volumes(pool).alloc(vmid, index, d.size_mib).await {
+        let pool = match pool.for_format(&format!("disks[{index}].format"), d.format.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                failure = Some(CreateError::Alloc { index, message: e.to_string() });
+                break;
+            }
+        };
+        match volumes(&pool).alloc(vmid, index, d.size_mib).await {
             Ok(volid) => {
                 log(format!("allocated {volid} ({} MiB)", d.size_mib));
                 allocated.push((d.storage.clone(), volid.clone()));

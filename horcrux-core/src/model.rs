@@ -85,8 +85,12 @@ pub struct DiskSpec {
     /// `virtio<position in the list>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
+    /// The image format asked for when it is allocated (`raw`, `qcow2`, `vmdk`; on
+    /// directory storages); `None`: the storage's. Once allocated the volume's name says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
-crate::evolving!(DiskSpec { storage, size_mib, volume, slot });
+crate::evolving!(DiskSpec { storage, size_mib, volume, slot } added { format: None });
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -205,6 +209,9 @@ impl VmSpec {
         }
         for (i, d) in self.disks.iter().enumerate() {
             ids::validate_storage_id(&format!("disks[{i}].storage"), &d.storage)?;
+            if d.format.as_deref().is_some_and(|f| !matches!(f, "raw" | "qcow2" | "vmdk")) {
+                return Err(ValidationError::new(format!("disks[{i}].format"), "raw, qcow2 or vmdk"));
+            }
             if !(1..=DISK_MIB_MAX).contains(&d.size_mib) {
                 return Err(ValidationError::new(
                     format!("disks[{i}].size_mib"),

@@ -481,6 +481,21 @@ impl StoragePool {
         Ok(())
     }
 
+    /// The pool as an allocation of a disk in `format` sees it: a directory storage with that
+    /// `format` option; other types hold raw volumes only, so anything else is refused.
+    pub fn for_format(&self, field: &str, format: Option<&str>) -> Result<StoragePool, ValidationError> {
+        let Some(f) = format else { return Ok(self.clone()) };
+        match &self.kind {
+            StorageKind::Dir { .. } | StorageKind::Nfs { .. } => {
+                let mut p = self.clone();
+                p.config.options.insert("format".into(), f.to_string());
+                Ok(p)
+            }
+            _ if f == "raw" => Ok(self.clone()),
+            _ => Err(ValidationError::new(field, format!("storage {} holds raw volumes only", self.id))),
+        }
+    }
+
     /// Whether the storage exists on `node` (`nodes` unset: everywhere).
     pub fn on_node(&self, node: &str) -> bool {
         self.config.nodes.is_empty() || self.config.nodes.contains(node)

@@ -309,21 +309,19 @@ pub fn parse_property_string(
 /// volume `STORAGE:VMID/NAME`, with options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskRequest {
-    New { storage: String, size_gb: u64 },
+    New { storage: String, size_gb: u64, format: Option<String> },
     Existing { volume: String },
 }
 
 pub fn parse_disk(field: &str, value: &str) -> Result<DiskRequest, ValidationError> {
     let mut file = None;
+    let mut format = None;
     for (k, v) in parse_property_string(field, value, Some("file"))? {
         match (k.as_str(), v) {
             ("file", Some(f)) => file = Some(f),
-            ("format", Some(f)) if f == "qcow2" => {}
+            ("format", Some(f)) if matches!(f.as_str(), "raw" | "qcow2" | "vmdk") => format = Some(f),
             ("format", Some(f)) => {
-                return Err(ValidationError::new(
-                    field,
-                    format!("format {f}: this storage holds qcow2 images"),
-                ))
+                return Err(ValidationError::new(field, format!("format {f}: raw, qcow2 or vmdk")))
             }
             // Tuning options Proxmox accepts; QEMU's defaults are used here.
             (
@@ -340,7 +338,7 @@ pub fn parse_disk(field: &str, value: &str) -> Result<DiskRequest, ValidationErr
     crate::ids::validate_storage_id(field, storage)?;
     match rest.parse::<u64>() {
         Ok(0) => Err(ValidationError::new(field, "size must be at least 1 GiB")),
-        Ok(gb) => Ok(DiskRequest::New { storage: storage.to_string(), size_gb: gb }),
+        Ok(gb) => Ok(DiskRequest::New { storage: storage.to_string(), size_gb: gb, format }),
         Err(_) => {
             crate::ids::parse_volume_id(&file).map_err(|e| ValidationError::new(field, e.message))?;
             Ok(DiskRequest::Existing { volume: file })
@@ -389,14 +387,18 @@ mod tests {
     fn disks_parse_new_and_existing() {
         assert_eq!(
             parse_disk("virtio0", "local:32,format=qcow2").unwrap(),
-            DiskRequest::New { storage: "local".into(), size_gb: 32 }
+            DiskRequest::New { storage: "local".into(), size_gb: 32, format: Some("qcow2".into()) }
+        );
+        assert_eq!(
+            parse_disk("virtio0", "local:2,format=raw").unwrap(),
+            DiskRequest::New { storage: "local".into(), size_gb: 2, format: Some("raw".into()) }
         );
         assert_eq!(
             parse_disk("scsi1", "file=local:100/vm-100-disk-0.qcow2,size=1G,cache=none").unwrap(),
             DiskRequest::Existing { volume: "local:100/vm-100-disk-0.qcow2".into() }
         );
         for bad in
-            ["local", "local:0", "local:1,format=vmdk", "9x:1", "local:1,bogus=1", "local:../etc/passwd"]
+            ["local", "local:0", "local:1,format=qed", "9x:1", "local:1,bogus=1", "local:../etc/passwd"]
         {
             assert_eq!(parse_disk("virtio0", bad).unwrap_err().field, "virtio0", "{bad}");
         }

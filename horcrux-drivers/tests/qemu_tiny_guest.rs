@@ -211,6 +211,7 @@ async fn nics_join_a_real_bridge_and_disks_sit_on_their_bus() {
         size_mib: 16,
         volume: None,
         slot: Some("scsi2".into()),
+        format: None,
     }];
     l.spec.sockets = 2;
     let net = |index: u8, bridge: Option<&str>| NetSpec {

@@ -219,9 +219,18 @@ httpd.shutdown()
 
 # Disks and snapshots: resize, snapshot tree, config, rollback, move_disk, unlink.
 dvmid = int(api.cluster.nextid.get())
-upid = api.nodes(node).qemu.create(vmid=dvmid, name="disks", memory=64, virtio0="local:1")
+upid = api.nodes(node).qemu.create(vmid=dvmid, name="disks", memory=64, virtio0="local:1", scsi1="local:1,format=raw")
 wait(api, node, upid, "create with a disk")
 q = api.nodes(node).qemu(dvmid)
+assert q.config.get()["scsi1"].endswith(".raw,format=raw,size=1G"), q.config.get()
+# A raw image on a directory has no snapshots (as in Proxmox): it goes, volume and all.
+try:
+    q.snapshot.post(snapname="first")
+    raise SystemExit("a snapshot of a raw directory image was accepted")
+except proxmoxer.core.ResourceException as e:
+    assert e.status_code == 400 and "qcow2" in str(e), e
+q.unlink.put(idlist="scsi1", force=1)
+assert "scsi1" not in q.config.get() and "unused0" not in q.config.get(), q.config.get()
 wait(api, node, q.resize.put(disk="virtio0", size="+1G"), "resize")
 assert q.config.get()["virtio0"].endswith("size=2G"), q.config.get()
 try:

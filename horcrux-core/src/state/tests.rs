@@ -15,6 +15,7 @@ fn spec(vmid: u32, disks: usize) -> VmSpec {
                 size_mib: 64,
                 volume: Some(ids::volume_id("local", vmid, i)),
                 slot: None,
+                format: None,
             })
             .collect(),
         boot: Some(KernelBoot {

@@ -37,7 +37,8 @@ pub async fn mirror(
     let block =
         std::fs::metadata(target).map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
     // A fresh name each time: the node a previous move switched to keeps its name.
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let stamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let node = format!("mv-{slot}-{:x}", stamp % (1 << 40));
     let file = json!({
         "driver": if block.unwrap_or(false) { "host_device" } else { "file" },

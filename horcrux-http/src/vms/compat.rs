@@ -95,8 +95,12 @@ fn translate(
             }
             _ if vmconfig::parse_disk_slot(k, k).is_ok() => {
                 match vmconfig::parse_disk(k, v).map_err(|e| bad(&e.field, &e.message))? {
-                    DiskRequest::New { storage, size_gb } => {
-                        disks.push(json!({ "storage": storage, "size_mib": size_gb * 1024, "slot": k }))
+                    DiskRequest::New { storage, size_gb, format } => {
+                        let mut d = json!({ "storage": storage, "size_mib": size_gb * 1024, "slot": k });
+                        if let Some(f) = format {
+                            d["format"] = json!(f);
+                        }
+                        disks.push(d)
                     }
                     DiskRequest::Existing { volume } => {
                         // Only the volume already in that slot (options are QEMU's defaults).

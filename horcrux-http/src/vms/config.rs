@@ -198,6 +198,7 @@ pub async fn update(
             size_mib: d.size_mib,
             volume: None,
             slot: Some(slot),
+            format: d.format.clone(),
         });
     }
     if let Some(a) = change.arch {
@@ -227,8 +228,14 @@ pub async fn update(
         while used.contains(&next_index) {
             next_index += 1;
         }
-        let pool = &state.storage[&d.storage];
-        match (st.runtime.volumes())(pool).alloc(vmid, next_index, d.size_mib).await {
+        let pool = match state.storage[&d.storage].for_format("format", d.format.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                free(&st, &state, &allocated).await;
+                return Err(e.into());
+            }
+        };
+        match (st.runtime.volumes())(&pool).alloc(vmid, next_index, d.size_mib).await {
             Ok(volid) => {
                 allocated.push((d.storage.clone(), volid.clone()));
                 d.volume = Some(volid);

@@ -99,6 +99,9 @@ pub(crate) struct NewDisk {
     pub size_mib: u64,
     /// `virtio0`, `scsi1`, ...; default `virtio<position>`.
     pub slot: Option<String>,
+    /// `raw`, `qcow2` or `vmdk` (directory storages); default the storage's.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// A network card; without `macaddr`, one is generated (Proxmox's `BC:24:11` prefix).
@@ -234,6 +237,7 @@ pub(crate) async fn create_vm(
                 size_mib: d.size_mib,
                 volume: None,
                 slot: d.slot.clone(),
+                format: d.format.clone(),
             })
             .collect(),
         boot: req.boot,

@@ -95,6 +95,7 @@ impl World {
                 size_mib: 64,
                 volume: None,
                 slot: None,
+                format: None,
             }],
             ..Default::default()
         };

@@ -404,6 +404,7 @@ fn a_disk_on_shared_storage_recovers_where_the_storage_exists_and_a_local_one_pi
             size_mib: 64,
             volume: Some(crate::ids::volume_id(storage, vmid, 0)),
             slot: None,
+            format: None,
         };
         let spec = VmSpec { memory_mib: 128, cores: 1, sockets: 1, disks: vec![disk], ..Default::default() };
         let cmd = Command::CreateGuest {
