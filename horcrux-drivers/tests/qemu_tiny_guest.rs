@@ -181,7 +181,7 @@ async fn argv_has_the_contracted_options() {
     // 6, the kernel and initrd 7 and 8.
     let add_fds: Vec<&String> = argv.windows(2).filter(|w| w[0] == "-add-fd").map(|w| &w[1]).collect();
     assert_eq!(add_fds, ["fd=4,set=1", "fd=5,set=1"]);
-    assert_eq!(after("-drive"), "file=/dev/fdset/1,if=none,id=drive-virtio0,format=qcow2");
+    assert_eq!(after("-drive"), "file=/dev/fdset/1,if=none,id=drive-virtio0,format=qcow2,file.locking=off");
     assert_eq!(after("-serial"), "file:/proc/self/fd/6");
     assert_eq!((after("-kernel"), after("-initrd")), ("/proc/self/fd/7".into(), "/proc/self/fd/8".into()));
     assert_eq!(after("-append"), "console=ttyS0 a,b");

@@ -286,6 +286,7 @@ mod tests {
             include_str!("pools/mod.rs"),
             include_str!("ha/mod.rs"),
             include_str!("ha/arch.rs"),
+            include_str!("storage/mod.rs"),
         ];
         // (vms/ and nodes/ hold handlers only; their routes are in routes.rs; `/api2/json`
         // routes are checked by their native calls and are not in this table.)
