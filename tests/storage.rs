@@ -202,6 +202,12 @@ fn storage_config_status_content_rights_and_bad_input() {
     assert_eq!(admin.request("PUT", "/access/acl", Some(admin.token()), &acl).0, 200);
     let (code, e) = as_dana("PUT", "/vms/100/resize", json!({"disk": "virtio0", "size": "+1M"}));
     assert_eq!(code, 403, "no space on the storage: {e}");
+    // Moving needs space on the target: she holds none on local.
+    let (code, e) = as_dana("POST", "/vms/100/move_disk", json!({"disk": "virtio0", "storage": "local"}));
+    assert_eq!(code, 403, "no space on the target storage: {e}");
+    assert!(
+        extra.join("images/100/vm-100-disk-0.raw").exists() && !dir.join("storage/local/images/100").exists()
+    );
 
     // Removal: the guest first, then the storage; the CLI says so.
     assert_eq!(admin.delete("/vms/100").0, 200);

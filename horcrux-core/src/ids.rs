@@ -112,6 +112,17 @@ pub fn volume_id(storage: &str, vmid: u32, index: usize) -> String {
     format!("{storage}:{vmid}/vm-{vmid}-disk-{index}.qcow2")
 }
 
+/// A volume's image format: qcow2 and vmdk files by name (`local:100/vm-100-disk-0.qcow2`),
+/// everything else (raw files, zvols, LVs: `tank:vm-100-disk-0`) raw.
+pub fn volume_format(volid: &str) -> &'static str {
+    let file = volid.split_once(':').is_some_and(|(_, rel)| rel.contains('/'));
+    match volid.rsplit('.').next() {
+        Some("qcow2") if file => "qcow2",
+        Some("vmdk") if file => "vmdk",
+        _ => "raw",
+    }
+}
+
 /// The guest a volume belongs to: `local:100/...` (a directory storage's `VMID/` folder) or
 /// a name `vm-100-disk-N`, `base-100-disk-N`, `subvol-100-disk-N` (`tank:vm-100-disk-0`).
 pub fn volume_owner(volid: &str) -> Option<u32> {
@@ -257,6 +268,9 @@ mod tests {
         assert_eq!(volume_owner("tank:vm-101-disk-0"), Some(101));
         assert_eq!(volume_owner("tank:subvol-7-disk-0"), Some(7));
         assert_eq!(volume_owner("local:iso/x.iso"), None);
+        assert_eq!(volume_format("local:100/vm-100-disk-0.qcow2"), "qcow2");
+        assert_eq!(volume_format("b:100/vm-100-disk-0.raw"), "raw");
+        assert_eq!(volume_format("tank:vm-100-disk-0.qcow2"), "raw");
         let g = 1u64 << 30;
         assert_eq!(parse_disk_resize("size", "+1G", g), Ok(2 * g));
         assert_eq!(parse_disk_resize("size", "10G", g), Ok(10 * g));

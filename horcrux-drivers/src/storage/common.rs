@@ -85,14 +85,7 @@ pub fn argv<S: AsRef<str>>(parts: &[S]) -> Vec<String> {
     parts.iter().map(|s| s.as_ref().to_string()).collect()
 }
 
-/// A volume's image format: qcow2 and vmdk by name, everything else raw.
-pub fn volume_format(volid: &str) -> &'static str {
-    match volid.rsplit('.').next() {
-        Some("qcow2") if volid.contains('/') => "qcow2",
-        Some("vmdk") if volid.contains('/') => "vmdk",
-        _ => "raw",
-    }
-}
+pub use horcrux_core::ids::volume_format;
 
 /// Proxmox's name of disk `index` of guest `vmid`: `vm-100-disk-0`.
 pub fn disk_name(vmid: u32, index: usize) -> String {

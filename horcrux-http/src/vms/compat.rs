@@ -253,11 +253,7 @@ pub(crate) fn pve_config(v: &Value) -> Value {
         let size = if size % 1024 == 0 { format!("{}G", size / 1024) } else { format!("{size}M") };
         let vol = d["volume"].as_str().unwrap_or_default();
         let slot = d["slot"].as_str().unwrap_or("virtio0").to_string();
-        let format = match vol.rsplit('.').next() {
-            Some("qcow2") => "qcow2",
-            Some("vmdk") => "vmdk",
-            _ => "raw",
-        };
+        let format = horcrux_core::ids::volume_format(vol);
         c.insert(slot, json!(format!("{vol},format={format},size={size}")));
     }
     for (i, u) in v["unused"].as_array().into_iter().flatten().enumerate() {

@@ -207,25 +207,13 @@ pub async fn move_disk(
     let running = st.runtime.observed(vmid).power != ObservedPower::Stopped;
     let copied = if running {
         let dst_path = dst_store.path(&new).map_err(|e| fail(e.to_string()))?;
-        let fmt = if new.ends_with(".qcow2") {
-            "qcow2"
-        } else if new.ends_with(".vmdk") {
-            "vmdk"
-        } else {
-            "raw"
-        };
+        let fmt = ids::volume_format(&new);
         task.log(format!("mirroring {} to {new} while the guest runs", m.disk));
         let t = task.clone();
         let log = move |l: String| t.log(l);
         st.runtime.hypervisor().mirror_disk(vmid, &m.disk, &dst_path, fmt, &log).await
     } else {
-        let src_fmt = if source.ends_with(".qcow2") {
-            "qcow2"
-        } else if source.ends_with(".vmdk") {
-            "vmdk"
-        } else {
-            "raw"
-        };
+        let src_fmt = ids::volume_format(&source);
         task.log(format!("copying {source} to {new}"));
         dst_store.import_from(&new, &src_path, src_fmt).await
     };
