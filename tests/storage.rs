@@ -602,3 +602,48 @@ fn disks_move_between_storages_and_unused_volumes_are_freed() {
     assert!(!raw.exists() && !fs.mnt.path().join("images/140/vm-140-disk-1").exists());
     assert_eq!(api.delete("/vms/140").0, 200);
 }
+
+/// `import-from`: a new disk is a copy of an image in a storage's import content, as large
+/// as the image; a caller who may not read that storage is refused, and so is a name that
+/// is not a disk image.
+#[test]
+fn disks_are_created_from_imported_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let api = d.client();
+    let import = tmp.path().join("storage/local/import");
+    std::fs::create_dir_all(&import).unwrap();
+    let src = import.join("base.qcow2");
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&src).arg("48M"));
+    ok(Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 0x5a 1M 2M"]).arg(&src));
+    let body = json!({"vmid": 160, "name": "imp", "memory_mib": 64,
+        "disks": [{"storage": "local", "size_mib": 1, "import_from": "local:import/base.qcow2"}]});
+    let (code, r) = api.post("/vms", &body);
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["upid"].as_str().unwrap()), "OK");
+    let (_, v) = api.get("/vms/160");
+    assert_eq!(v["disks"][0]["size_mib"], 48, "{v}");
+    let new = tmp.path().join("storage/local/images/160/vm-160-disk-0.qcow2");
+    let cmp = Command::new("qemu-img").arg("compare").arg(&src).arg(&new).output().unwrap();
+    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stdout));
+    for (from, field) in
+        [("local:import/none.qcow2", "disks[0].import_from"), ("local:iso/x.iso", "disks[0].import_from")]
+    {
+        let body = json!({"vmid": 161, "name": "imp", "memory_mib": 64,
+            "disks": [{"storage": "local", "size_mib": 1, "import_from": from}]});
+        let (code, e) = api.post("/vms", &body);
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{from}: {e}");
+    }
+    assert_eq!(api.get("/vms/161").0, 404, "nothing created");
+    // A VM administrator without rights on the storage cannot read the image through it.
+    assert_eq!(api.post("/access/users", &json!({"userid": "erin@pve"})).0, 200);
+    let (_, t) = api.post("/access/users/erin@pve/token/t", &json!({"privsep": false}));
+    let erin = t["value"].as_str().unwrap().to_string();
+    let acl = json!({"path": "/vms", "role": "PVEVMAdmin", "user": "erin@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let body = json!({"vmid": 162, "name": "imp", "memory_mib": 64,
+        "disks": [{"storage": "local", "size_mib": 1, "import_from": "local:import/base.qcow2"}]});
+    let (code, e) = api.request("POST", "/vms", Some(&erin), &body);
+    assert_eq!(code, 403, "{e}");
+}

@@ -18,6 +18,8 @@ pub struct NewGuest {
     /// The API caller creating it (checked by the state machine when `pool` is set: the
     /// pool's entries must not hand anyone rights on the guest the caller lacks).
     pub actor: Option<horcrux_core::access::Actor>,
+    /// Images copied into new disks, by disk index (`import-from`).
+    pub imports: BTreeMap<usize, String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,7 +47,7 @@ pub async fn create_with_disks(
     guest: NewGuest,
     log: &(dyn Fn(String) + Sync),
 ) -> Result<ApplyOk, CreateError> {
-    let NewGuest { vmid, name, mut spec, pool, actor } = guest;
+    let NewGuest { vmid, name, mut spec, pool, actor, imports } = guest;
     let mut allocated: Vec<(String, String)> = Vec::new();
     let mut failure = None;
     for (index, d) in spec.disks.iter_mut().enumerate() {
@@ -64,7 +66,29 @@ pub async fn create_with_disks(
             Ok(volid) => {
                 log(format!("allocated {volid} ({} MiB)", d.size_mib));
                 allocated.push((d.storage.clone(), volid.clone()));
-                d.volume = Some(volid);
+                d.volume = Some(volid.clone());
+                if let Some(src) = imports.get(&index) {
+                    let copied = match src.split(':').next().and_then(|s| pools.get(s)) {
+                        None => Err(format!("the storage of {src} is gone")),
+                        Some(src_pool) => match volumes(src_pool).path(src) {
+                            Err(e) => Err(e.to_string()),
+                            Ok(path) => volumes(&pool)
+                                .import_from(&volid, &path, horcrux_core::ids::volume_format(src))
+                                .await
+                                .map_err(|e| e.to_string()),
+                        },
+                    };
+                    match copied {
+                        Ok(()) => log(format!("imported {src} into {volid}")),
+                        Err(message) => {
+                            failure = Some(CreateError::Alloc {
+                                index,
+                                message: format!("importing {src}: {message}"),
+                            });
+                            break;
+                        }
+                    }
+                }
             }
             Err(e) => {
                 failure = Some(CreateError::Alloc { index, message: e.to_string() });

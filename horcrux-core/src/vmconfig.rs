@@ -309,15 +309,21 @@ pub fn parse_property_string(
 /// volume `STORAGE:VMID/NAME`, with options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskRequest {
-    New { storage: String, size_gb: u64, format: Option<String> },
+    New { storage: String, size_gb: u64, format: Option<String>, import_from: Option<String> },
     Existing { volume: String },
 }
 
 pub fn parse_disk(field: &str, value: &str) -> Result<DiskRequest, ValidationError> {
     let mut file = None;
     let mut format = None;
+    let mut import_from = None;
     for (k, v) in parse_property_string(field, value, Some("file"))? {
         match (k.as_str(), v) {
+            ("import-from", Some(src)) => {
+                crate::ids::parse_volume_id(&src)
+                    .map_err(|e| ValidationError::new(field, format!("import-from: {}", e.message)))?;
+                import_from = Some(src)
+            }
             ("file", Some(f)) => file = Some(f),
             ("format", Some(f)) if matches!(f.as_str(), "raw" | "qcow2" | "vmdk") => format = Some(f),
             ("format", Some(f)) => {
@@ -337,8 +343,9 @@ pub fn parse_disk(field: &str, value: &str) -> Result<DiskRequest, ValidationErr
     };
     crate::ids::validate_storage_id(field, storage)?;
     match rest.parse::<u64>() {
-        Ok(0) => Err(ValidationError::new(field, "size must be at least 1 GiB")),
-        Ok(gb) => Ok(DiskRequest::New { storage: storage.to_string(), size_gb: gb, format }),
+        // `STORAGE:0,import-from=...`: as large as the image imported.
+        Ok(0) if import_from.is_none() => Err(ValidationError::new(field, "size must be at least 1 GiB")),
+        Ok(gb) => Ok(DiskRequest::New { storage: storage.to_string(), size_gb: gb, format, import_from }),
         Err(_) => {
             crate::ids::parse_volume_id(&file).map_err(|e| ValidationError::new(field, e.message))?;
             Ok(DiskRequest::Existing { volume: file })
@@ -387,12 +394,32 @@ mod tests {
     fn disks_parse_new_and_existing() {
         assert_eq!(
             parse_disk("virtio0", "local:32,format=qcow2").unwrap(),
-            DiskRequest::New { storage: "local".into(), size_gb: 32, format: Some("qcow2".into()) }
+            DiskRequest::New {
+                storage: "local".into(),
+                size_gb: 32,
+                format: Some("qcow2".into()),
+                import_from: None
+            }
         );
         assert_eq!(
             parse_disk("virtio0", "local:2,format=raw").unwrap(),
-            DiskRequest::New { storage: "local".into(), size_gb: 2, format: Some("raw".into()) }
+            DiskRequest::New {
+                storage: "local".into(),
+                size_gb: 2,
+                format: Some("raw".into()),
+                import_from: None
+            }
         );
+        assert_eq!(
+            parse_disk("scsi0", "local:0,import-from=local:import/debian.qcow2").unwrap(),
+            DiskRequest::New {
+                storage: "local".into(),
+                size_gb: 0,
+                format: None,
+                import_from: Some("local:import/debian.qcow2".into())
+            }
+        );
+        assert!(parse_disk("scsi0", "local:0,import-from=../x").is_err());
         assert_eq!(
             parse_disk("scsi1", "file=local:100/vm-100-disk-0.qcow2,size=1G,cache=none").unwrap(),
             DiskRequest::Existing { volume: "local:100/vm-100-disk-0.qcow2".into() }

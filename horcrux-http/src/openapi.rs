@@ -83,7 +83,7 @@ fn schemas() -> Value {
         json!({
             "storage": t(S), "size_mib": { "type": I, "minimum": 1, "maximum": 64 * 1024 * 1024 },
             "volume": t(S), "slot": { "type": S, "pattern": "^(virtio|scsi|sata|ide)[0-9]{1,2}$" },
-            "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] },
+            "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] }, "import_from": t(S),
         }),
         &["storage", "size_mib"],
     );

@@ -257,6 +257,18 @@ q.unlink.put(idlist="unused0", force=1)
 assert "unused0" not in q.config.get()
 wait(api, node, q.delete(), "delete the disk guest")
 api.storage("mv").delete()
+
+# import-from: an uploaded image becomes a new guest's disk, as large as the image.
+import subprocess
+img = os.path.join(tempfile.mkdtemp(prefix="hx-imp-"), "cloud.qcow2")
+subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", img, "3G"], check=True)
+with open(img, "rb") as f:
+    wait(api, node, api.nodes(node).storage("local").upload.post(content="import", filename=f), "upload an image")
+ivmid = int(api.cluster.nextid.get())
+upid = api.nodes(node).qemu.create(vmid=ivmid, name="imported", memory=64, scsi0="local:0,import-from=local:import/cloud.qcow2")
+wait(api, node, upid, "create with import-from")
+assert api.nodes(node).qemu(ivmid).config.get()["scsi0"].endswith("size=3G"), api.nodes(node).qemu(ivmid).config.get()
+wait(api, node, api.nodes(node).qemu(ivmid).delete(), "delete the imported guest")
 res = api.cluster.resources.get(type="storage")
 assert res and res[0]["id"] == f"storage/{node}/{res[0]['storage']}" and res[0]["maxdisk"] > 0, res
 res = api.cluster.resources.get(type="node")

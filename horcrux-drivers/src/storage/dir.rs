@@ -124,11 +124,13 @@ impl DirStorage {
                     (_, s) => s.to_string(),
                 };
                 let vmid = if content == "rootdir" { common::vmid_of(&name).unwrap_or(0) } else { 0 };
+                // An image to import: its virtual size (a qcow2's header), not the file's.
+                let size = if content == "import" { common::image_size(&f).await? } else { meta.len() };
                 out.push(VolumeInfo {
                     volid,
                     vmid,
                     format,
-                    size: meta.len(),
+                    size,
                     used: meta.blocks() * 512,
                     content: content.into(),
                     ctime: meta.mtime().max(0) as u64,

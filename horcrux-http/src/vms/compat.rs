@@ -95,10 +95,15 @@ fn translate(
             }
             _ if vmconfig::parse_disk_slot(k, k).is_ok() => {
                 match vmconfig::parse_disk(k, v).map_err(|e| bad(&e.field, &e.message))? {
-                    DiskRequest::New { storage, size_gb, format } => {
-                        let mut d = json!({ "storage": storage, "size_mib": size_gb * 1024, "slot": k });
+                    DiskRequest::New { storage, size_gb, format, import_from } => {
+                        // With import-from the size is the image's (at least 1 MiB asked).
+                        let mut d =
+                            json!({ "storage": storage, "size_mib": (size_gb * 1024).max(1), "slot": k });
                         if let Some(f) = format {
                             d["format"] = json!(f);
+                        }
+                        if let Some(src) = import_from {
+                            d["import_from"] = json!(src);
                         }
                         disks.push(d)
                     }

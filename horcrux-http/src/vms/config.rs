@@ -186,6 +186,12 @@ pub async fn update(
     }
     let first_new = spec.disks.len();
     for (i, d) in change.add_disks.iter().enumerate() {
+        if d.import_from.is_some() {
+            return Err(ApiError::bad_field(
+                format!("add_disks[{i}].import_from"),
+                "import-from is taken when the guest is created (not yet by a config change)",
+            ));
+        }
         if !state.storage.contains_key(&d.storage) {
             return Err(ApiError::bad_field(
                 format!("add_disks[{i}].storage"),

@@ -102,6 +102,10 @@ pub(crate) struct NewDisk {
     /// `raw`, `qcow2` or `vmdk` (directory storages); default the storage's.
     #[serde(default)]
     pub format: Option<String>,
+    /// An image to copy into the new disk (`local:import/debian.qcow2`): the disk is at
+    /// least as large as the image. At create only.
+    #[serde(default)]
+    pub import_from: Option<String>,
 }
 
 /// A network card; without `macaddr`, one is generated (Proxmox's `BC:24:11` prefix).
@@ -261,6 +265,15 @@ pub(crate) async fn create_vm(
     if let Some(b) = &spec.boot {
         check_boot_files(&st, &state, &caller, b)?;
     }
+    let mut spec = spec;
+    let mut imports = std::collections::BTreeMap::new();
+    for (i, d) in req.disks.iter().enumerate() {
+        let Some(src) = &d.import_from else { continue };
+        let field = format!("disks[{i}].import_from");
+        let size = import_size(&st, &state, &caller, &field, src).await?;
+        spec.disks[i].size_mib = spec.disks[i].size_mib.max(size.div_ceil(1 << 20));
+        imports.insert(i, src.clone());
+    }
     if state.guests.contains_key(&vmid) {
         return Err(ApiError::conflict(format!("VMID {vmid} already exists")));
     }
@@ -271,7 +284,8 @@ pub(crate) async fn create_vm(
     let task = st.runtime.tasks().create("qmcreate", &vmid.to_string(), caller.user());
     let port: &dyn ClusterPort = cluster;
     let logger = |l: String| task.log(l);
-    let guest = NewGuest { vmid, name: req.name.clone(), spec, pool: req.pool, actor: Some(caller.actor()) };
+    let guest =
+        NewGuest { vmid, name: req.name.clone(), spec, pool: req.pool, actor: Some(caller.actor()), imports };
     let created = create_with_disks(port, st.runtime.volumes(), &state.storage, guest, &logger).await;
     if let Err(e) = created {
         let err = match e {
@@ -285,6 +299,43 @@ pub(crate) async fn create_vm(
     task.log(format!("created guest {vmid} ({})", req.name));
     task.finish(Ok::<(), String>(()));
     Ok((StatusCode::OK, Json(json!({ "upid": task.upid(), "vmid": vmid }))))
+}
+
+/// The virtual size in bytes of an image to import: an `import` volume on a storage the
+/// caller may read (`Datastore.Audit` or `Datastore.AllocateSpace`, checked before it is
+/// looked up), on this node.
+async fn import_size(
+    st: &ApiState,
+    state: &horcrux_core::ClusterState,
+    caller: &Caller,
+    field: &str,
+    src: &str,
+) -> Result<u64, ApiError> {
+    let (storage, rel) =
+        horcrux_core::ids::parse_volume_id(src).map_err(|e| ApiError::bad_field(field, e.message))?;
+    let path = format!("/storage/{storage}");
+    let privs = crate::authz::caller_privileges(state, caller, &path);
+    if !privs.contains("Datastore.Audit") && !privs.contains("Datastore.AllocateSpace") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("permission check failed: {} needs Datastore.Audit on {path}", caller.token_id),
+        ));
+    }
+    if !rel.starts_with("import/") || ![".qcow2", ".raw", ".vmdk"].iter().any(|s| rel.ends_with(s)) {
+        return Err(ApiError::bad_field(
+            field,
+            "imports are disk images (.qcow2, .raw, .vmdk) of a storage's import content (STORAGE:import/NAME)",
+        ));
+    }
+    let pool = state
+        .storage
+        .get(storage)
+        .ok_or_else(|| ApiError::bad_field(field, format!("unknown storage {storage:?}")))?;
+    let list = st.runtime.volume_store(pool).list().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let vol = list.into_iter().find(|v| v.volid == src).ok_or_else(|| {
+        ApiError::bad_field(field, format!("{src} is not on storage {storage} on this node"))
+    })?;
+    Ok(vol.size)
 }
 
 /// A guest boots from volumes the caller may read (`Datastore.Audit` or

@@ -105,7 +105,14 @@ impl World {
                 &*port,
                 &volumes,
                 &pools,
-                horcrux_actors::NewGuest { vmid, name: format!("g{vmid}"), spec, pool: None, actor: None },
+                horcrux_actors::NewGuest {
+                    vmid,
+                    name: format!("g{vmid}"),
+                    spec,
+                    pool: None,
+                    actor: None,
+                    imports: Default::default(),
+                },
                 &|_| {},
             )
             .await;
