@@ -162,6 +162,21 @@ impl VmSpec {
             .collect()
     }
 
+    /// The lowest disk index (`vm-VMID-disk-N`) none of the guest's disks or unused volumes
+    /// has, nor any of `also`: each storage names its volumes its own way, the index is
+    /// what they share.
+    pub fn free_disk_index(&self, also: &[&str]) -> usize {
+        let used: Vec<usize> = self
+            .disks
+            .iter()
+            .filter_map(|d| d.volume.as_deref())
+            .chain(self.unused.iter().map(String::as_str))
+            .chain(also.iter().copied())
+            .filter_map(ids::disk_index)
+            .collect();
+        (0..).find(|n| !used.contains(n)).unwrap_or(0)
+    }
+
     /// Checks everything that does not depend on cluster state.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if !(MEMORY_MIB_MIN..=MEMORY_MIB_MAX).contains(&self.memory_mib) {

@@ -131,7 +131,7 @@ impl Default for ClusterState {
     }
 }
 
-fn check_revision(vmid: u32, expected: Option<u64>, actual: u64) -> Result<(), ApplyError> {
+pub(super) fn check_revision(vmid: u32, expected: Option<u64>, actual: u64) -> Result<(), ApplyError> {
     match expected {
         Some(e) if e != actual => Err(ApplyError::Conflict {
             message: format!("guest {vmid} changed: revision is {actual}, request expected {e}"),
@@ -227,48 +227,10 @@ impl ClusterState {
                     NodeInfo { name: name.clone(), api_addr: api_addr.clone(), revision: index, facts },
                 );
             }
-            Command::AddStorage { id, kind } => {
-                let pool = StoragePool {
-                    id: id.clone(),
-                    kind: kind.clone(),
-                    revision: index,
-                    config: Default::default(),
-                };
-                self.create_storage(pool)?;
-            }
-            Command::CreateStorage { pool } => {
-                self.create_storage(StoragePool { revision: index, ..pool.clone() })?;
-            }
-            Command::UpdateStorage { id, config } => {
-                let old = self
-                    .storage
-                    .get(id)
-                    .ok_or_else(|| ApplyError::NotFound { what: format!("storage {id}") })?;
-                let pool = StoragePool { config: config.clone(), revision: index, ..old.clone() };
-                pool.validate()?;
-                self.storage.insert(id.clone(), pool);
-            }
-            Command::DeleteStorage { id } => {
-                if !self.storage.contains_key(id) {
-                    return Err(ApplyError::NotFound { what: format!("storage {id}") });
-                }
-                if let Some(g) = self.guests.values().find(|g| {
-                    let spec = g.vm_spec();
-                    spec.disks.iter().any(|d| d.storage == *id)
-                        || spec.unused.iter().any(|v| v.split(':').next() == Some(id.as_str()))
-                }) {
-                    return Err(ApplyError::Conflict {
-                        message: format!(
-                            "storage {id} holds a disk of guest {}; move or remove it first",
-                            g.vmid
-                        ),
-                    });
-                }
-                self.storage.remove(id);
-                for p in self.pools.values_mut() {
-                    p.storage.remove(id);
-                }
-            }
+            c @ (Command::AddStorage { .. }
+            | Command::CreateStorage { .. }
+            | Command::UpdateStorage { .. }
+            | Command::DeleteStorage { .. }) => self.apply_storage(index, c)?,
             c @ (Command::SetApiToken { .. }
             | Command::DeleteApiToken { .. }
             | Command::CreateUser { .. }
@@ -389,76 +351,11 @@ impl ClusterState {
                     p.vms.remove(vmid);
                 }
             }
-            Command::CreateSnapshot { vmid, snapshot } => {
-                crate::snapshot::validate_name("snapname", &snapshot.name)?;
-                crate::snapshot::validate_description("description", &snapshot.description)?;
-                let g = self.guest_mut(*vmid)?;
-                if g.snapshots.contains_key(&snapshot.name) {
-                    return Err(ApplyError::Conflict {
-                        message: format!("guest {vmid} already has a snapshot {}", snapshot.name),
-                    });
-                }
-                if g.snapshots.len() >= crate::snapshot::SNAPSHOTS_MAX {
-                    return Err(ApplyError::Conflict {
-                        message: format!(
-                            "guest {vmid} has {} snapshots already",
-                            crate::snapshot::SNAPSHOTS_MAX
-                        ),
-                    });
-                }
-                let snap = crate::snapshot::Snapshot { parent: g.parent.clone(), ..snapshot.clone() };
-                g.parent = Some(snap.name.clone());
-                g.snapshots.insert(snap.name.clone(), snap);
-                g.revision = index;
-            }
-            Command::DeleteSnapshot { vmid, name } => {
-                let g = self.guest_mut(*vmid)?;
-                let gone = g.snapshots.remove(name).ok_or_else(|| ApplyError::NotFound {
-                    what: format!("snapshot {name} of guest {vmid}"),
-                })?;
-                for s in g.snapshots.values_mut().filter(|s| s.parent.as_deref() == Some(name)) {
-                    s.parent = gone.parent.clone();
-                }
-                if g.parent.as_deref() == Some(name) {
-                    g.parent = gone.parent.clone();
-                }
-                if g.resume.as_deref() == Some(name) {
-                    g.resume = None;
-                }
-                g.revision = index;
-            }
-            Command::RollbackSnapshot { vmid, name, expected_revision } => {
-                let g = self.guest_mut(*vmid)?;
-                check_revision(*vmid, *expected_revision, g.revision)?;
-                let snap = g.snapshots.get(name).cloned().ok_or_else(|| ApplyError::NotFound {
-                    what: format!("snapshot {name} of guest {vmid}"),
-                })?;
-                if g.desired.is_running() {
-                    return Err(ApplyError::Conflict {
-                        message: format!("guest {vmid} is running; stop it first"),
-                    });
-                }
-                g.config = GuestConfig::Qemu(snap.spec.clone());
-                g.parent = Some(name.clone());
-                g.resume = snap.vmstate.then(|| name.clone());
-                g.revision = index;
-            }
-            Command::SetSnapshotDescription { vmid, name, description } => {
-                crate::snapshot::validate_description("description", description)?;
-                let g = self.guest_mut(*vmid)?;
-                let s = g.snapshots.get_mut(name).ok_or_else(|| ApplyError::NotFound {
-                    what: format!("snapshot {name} of guest {vmid}"),
-                })?;
-                s.description = description.clone();
-                g.revision = index;
-            }
-            Command::ClearResume { vmid, tag } => {
-                let g = self.guest_mut(*vmid)?;
-                if g.resume.as_deref() == Some(tag.as_str()) {
-                    g.resume = None;
-                    g.revision = index;
-                }
-            }
+            c @ (Command::CreateSnapshot { .. }
+            | Command::DeleteSnapshot { .. }
+            | Command::RollbackSnapshot { .. }
+            | Command::SetSnapshotDescription { .. }
+            | Command::ClearResume { .. }) => self.apply_snapshot(index, c)?,
             Command::SetClusterCa { cert_pem, key_pem, fingerprint } => {
                 if self.cluster_ca.is_some() {
                     return Err(ApplyError::Conflict { message: "the cluster CA is already set".into() });
@@ -797,24 +694,10 @@ impl ClusterState {
     }
 }
 
-impl ClusterState {
-    fn create_storage(&mut self, pool: StoragePool) -> Result<(), ApplyError> {
-        pool.validate()?;
-        if self.storage.contains_key(&pool.id) {
-            return Err(ApplyError::Conflict { message: format!("storage {:?} already exists", pool.id) });
-        }
-        self.storage.insert(pool.id.clone(), pool);
-        Ok(())
-    }
-
-    /// The storages that exist on `node`, enabled or not.
-    pub fn storages_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a StoragePool> + 'a {
-        self.storage.values().filter(move |p| p.on_node(node))
-    }
-}
-
 mod access;
 pub mod authority;
 mod ha;
+mod snapshots;
+mod storage;
 #[cfg(test)]
 mod tests;

@@ -185,6 +185,23 @@ fn fill(template: &str, route: &str, path: &str) -> String {
         .join("/")
 }
 
+/// Refuses (403) unless `caller` holds `privilege` on `path`: the check a handler makes on a
+/// target the route's own check does not cover (the storage a disk goes to).
+pub(crate) fn require(
+    state: &horcrux_core::ClusterState,
+    caller: &Caller,
+    privilege: &str,
+    path: &str,
+) -> Result<(), ApiError> {
+    if caller_privileges(state, caller, path).contains(privilege) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("permission check failed: {} needs {privilege} on {path}", caller.token_id),
+    ))
+}
+
 /// What `caller` may do on `path` in `state`.
 pub(crate) fn caller_privileges(
     state: &horcrux_core::ClusterState,

@@ -103,12 +103,7 @@ pub async fn update(
     let cluster = st.runtime.cluster();
     let state = cluster.read_linearizable(|s| s.clone()).await?;
     for (privilege, path) in needed(&change, vmid) {
-        if !crate::authz::caller_privileges(&state, &caller, &path).contains(privilege) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                format!("permission check failed: {} needs {privilege} on {path}", caller.token_id),
-            ));
-        }
+        crate::authz::require(&state, &caller, privilege, &path)?;
     }
     let g =
         state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
@@ -219,21 +214,11 @@ pub async fn update(
 
     // Allocate the new disks under names no other disk of the guest uses.
     let mut allocated: Vec<(String, String)> = Vec::new();
-    // Indices, not names: each storage names its volumes its own way; unused volumes
-    // keep theirs.
-    let used: Vec<usize> = spec
-        .disks
-        .iter()
-        .filter_map(|d| d.volume.as_deref())
-        .chain(spec.unused.iter().map(String::as_str))
-        .chain(freed.iter().map(String::as_str))
-        .filter_map(ids::disk_index)
-        .collect();
-    let mut next_index = 0usize;
-    for d in spec.disks[first_new..].iter_mut() {
-        while used.contains(&next_index) {
-            next_index += 1;
-        }
+    // Each new disk takes an index no disk, unused volume or volume being freed has.
+    let freed_names: Vec<&str> = freed.iter().map(String::as_str).collect();
+    for i in first_new..spec.disks.len() {
+        let index = spec.free_disk_index(&freed_names);
+        let d = &spec.disks[i];
         let pool = match state.storage[&d.storage].for_format("format", d.format.as_deref()) {
             Ok(p) => p,
             Err(e) => {
@@ -241,11 +226,10 @@ pub async fn update(
                 return Err(e.into());
             }
         };
-        match (st.runtime.volumes())(&pool).alloc(vmid, next_index, d.size_mib).await {
+        match (st.runtime.volumes())(&pool).alloc(vmid, index, d.size_mib).await {
             Ok(volid) => {
                 allocated.push((d.storage.clone(), volid.clone()));
-                d.volume = Some(volid);
-                next_index += 1;
+                spec.disks[i].volume = Some(volid);
             }
             Err(e) => {
                 free(&st, &state, &allocated).await;

@@ -4,7 +4,6 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::{Extension, Json};
 use horcrux_core::{ids, Command, GuestConfig, ObservedPower};
 use serde::Deserialize;
@@ -25,6 +24,23 @@ struct Resize {
     revision: Option<u64>,
 }
 
+/// Guest `vmid` and the position of its disk in `slot` (`virtio0`, ...).
+fn guest_disk<'a>(
+    state: &'a horcrux_core::ClusterState,
+    vmid: u32,
+    slot: &str,
+) -> Result<(&'a horcrux_core::Guest, usize), ApiError> {
+    let g =
+        state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    let i = g
+        .vm_spec()
+        .disk_slots()
+        .iter()
+        .position(|s| s == slot)
+        .ok_or_else(|| ApiError::bad_field("disk", format!("guest {vmid} has no disk {slot:?}")))?;
+    Ok((g, i))
+}
+
 pub async fn resize(
     State(st): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -35,25 +51,13 @@ pub async fn resize(
     let r: Resize = parse_body(&body)?;
     let cluster = st.runtime.cluster();
     let state = cluster.read_linearizable(|s| s.clone()).await?;
-    let g =
-        state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    let (g, i) = guest_disk(&state, vmid, &r.disk)?;
     if r.revision.is_some_and(|rev| rev != g.revision) {
         return Err(ApiError::conflict(format!("guest {vmid} changed: revision is {}", g.revision)));
     }
     let mut spec = g.vm_spec().clone();
-    let slots = spec.disk_slots();
-    let i = slots
-        .iter()
-        .position(|s| *s == r.disk)
-        .ok_or_else(|| ApiError::bad_field("disk", format!("guest {vmid} has no disk {:?}", r.disk)))?;
     let disk = spec.disks[i].clone();
-    let path = format!("/storage/{}", disk.storage);
-    if !crate::authz::caller_privileges(&state, &caller, &path).contains("Datastore.AllocateSpace") {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("permission check failed: {} needs Datastore.AllocateSpace on {path}", caller.token_id),
-        ));
-    }
+    crate::authz::require(&state, &caller, "Datastore.AllocateSpace", &format!("/storage/{}", disk.storage))?;
     let volid =
         disk.volume.clone().ok_or_else(|| ApiError::conflict(format!("disk {} has no volume", r.disk)))?;
     let current = disk.size_mib << 20;
@@ -130,14 +134,8 @@ pub async fn move_disk(
     let m: Move = parse_body(&body)?;
     let cluster = st.runtime.cluster();
     let state = cluster.read_linearizable(|s| s.clone()).await?;
-    let g =
-        state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    let (g, i) = guest_disk(&state, vmid, &m.disk)?;
     let mut spec = g.vm_spec().clone();
-    let slots = spec.disk_slots();
-    let i = slots
-        .iter()
-        .position(|s| *s == m.disk)
-        .ok_or_else(|| ApiError::bad_field("disk", format!("guest {vmid} has no disk {:?}", m.disk)))?;
     let disk = spec.disks[i].clone();
     let source =
         disk.volume.clone().ok_or_else(|| ApiError::conflict(format!("disk {} has no volume", m.disk)))?;
@@ -152,13 +150,7 @@ pub async fn move_disk(
             format!("storage {} cannot hold disk images on {node}", m.storage),
         ));
     }
-    let path = format!("/storage/{}", m.storage);
-    if !crate::authz::caller_privileges(&state, &caller, &path).contains("Datastore.AllocateSpace") {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("permission check failed: {} needs Datastore.AllocateSpace on {path}", caller.token_id),
-        ));
-    }
+    crate::authz::require(&state, &caller, "Datastore.AllocateSpace", &format!("/storage/{}", m.storage))?;
     let mut target_pool = target.clone();
     if let Some(f) = &m.format {
         if !matches!(f.as_str(), "raw" | "qcow2" | "vmdk") {
@@ -181,14 +173,7 @@ pub async fn move_disk(
     if m.storage == disk.storage && m.format.is_none() {
         return Err(ApiError::bad_field("storage", format!("disk {} is already on {}", m.disk, m.storage)));
     }
-    let used: Vec<usize> = spec
-        .disks
-        .iter()
-        .filter_map(|d| d.volume.as_deref())
-        .chain(spec.unused.iter().map(String::as_str))
-        .filter_map(ids::disk_index)
-        .collect();
-    let index = (0..).find(|n| !used.contains(n)).unwrap_or(0);
+    let index = spec.free_disk_index(&[]);
     let task = st.runtime.tasks().create("qmmove", &vmid.to_string(), caller.user());
     let started = std::time::Instant::now();
     let fail = |msg: String| {

@@ -314,12 +314,8 @@ async fn import_size(
     let (storage, rel) =
         horcrux_core::ids::parse_volume_id(src).map_err(|e| ApiError::bad_field(field, e.message))?;
     let path = format!("/storage/{storage}");
-    let privs = crate::authz::caller_privileges(state, caller, &path);
-    if !privs.contains("Datastore.Audit") && !privs.contains("Datastore.AllocateSpace") {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("permission check failed: {} needs Datastore.Audit on {path}", caller.token_id),
-        ));
+    if !crate::authz::caller_privileges(state, caller, &path).contains("Datastore.AllocateSpace") {
+        crate::authz::require(state, caller, "Datastore.Audit", &path)?;
     }
     if !rel.starts_with("import/") || ![".qcow2", ".raw", ".vmdk"].iter().any(|s| rel.ends_with(s)) {
         return Err(ApiError::bad_field(
