@@ -30,8 +30,18 @@ command -v ldapadd >/dev/null || need+=(ldap-utils)
 command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 command -v zfs-fuse >/dev/null || need+=(zfs-fuse)
 command -v vgcreate >/dev/null || need+=(lvm2)
+# iSCSI: the tgt target (with CHAP) and libiscsi's iscsi-ls; NFS: nfs-ganesha (userspace
+# NFSv4) and libnfs's nfs-ls. QEMU reaches both through its own userspace initiators,
+# which Debian ships in qemu-block-extra (installed with QEMU, at QEMU's version).
+command -v tgtd >/dev/null || need+=(tgt)
+command -v iscsi-ls >/dev/null || need+=(libiscsi-bin)
+command -v ganesha.nfsd >/dev/null || need+=(nfs-ganesha nfs-ganesha-vfs)
+command -v nfs-ls >/dev/null || need+=(libnfs-utils)
 
-if [ ${#need[@]} -gt 0 ]; then
+block_extra=1
+dpkg -s qemu-block-extra >/dev/null 2>&1 || block_extra=0
+
+if [ ${#need[@]} -gt 0 ] || [ "$block_extra" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # Some images carry a newer qemu-utils (backports) that conflicts with Debian 12's
@@ -43,8 +53,8 @@ if [ ${#need[@]} -gt 0 ]; then
   done
   if ! command -v qemu-system-x86_64 >/dev/null || ! command -v qemu-img >/dev/null; then
     pins=(qemu-system-x86 "qemu-utils=$qv")
-    dpkg -s qemu-block-extra >/dev/null 2>&1 && pins+=("qemu-block-extra=$qv")
   fi
   command -v qemu-system-aarch64 >/dev/null || pins+=("qemu-system-arm=$qv")
+  pins+=("qemu-block-extra=$qv")
   apt-get install -y -qq --allow-downgrades "${need[@]}" "${pins[@]}" >/dev/null
 fi

@@ -70,12 +70,11 @@ pub async fn create_with_disks(
                 if let Some(src) = imports.get(&index) {
                     let copied = match src.split(':').next().and_then(|s| pools.get(s)) {
                         None => Err(format!("the storage of {src} is gone")),
-                        Some(src_pool) => match volumes(src_pool).path(src) {
+                        Some(src_pool) => match volumes(src_pool).source(src) {
                             Err(e) => Err(e.to_string()),
-                            Ok(path) => volumes(&pool)
-                                .import_from(&volid, &path, horcrux_core::ids::volume_format(src))
-                                .await
-                                .map_err(|e| e.to_string()),
+                            Ok(from) => {
+                                volumes(&pool).import_from(&volid, &from).await.map_err(|e| e.to_string())
+                            }
                         },
                     };
                     match copied {

@@ -71,14 +71,15 @@ fn is_ha(s: &ClusterState, vmid: u32) -> bool {
         .is_some_and(|r| r.state != horcrux_core::ha::resources::RequestedState::Ignored)
 }
 
-/// Resolves a guest's disks and boot files to host paths through its storage pools.
+/// Resolves a guest's disks (host paths or network volumes) and boot files (host paths)
+/// through its storage pools.
 pub fn launch_for(
     state: &ClusterState,
     guest: &Guest,
     volumes: &VolumeFactory,
 ) -> Result<GuestLaunch, RuntimeError> {
     let spec = guest.vm_spec().clone();
-    let mut disk_paths = Vec::with_capacity(spec.disks.len());
+    let mut disks = Vec::with_capacity(spec.disks.len());
     for d in &spec.disks {
         let pool = state
             .storage
@@ -86,7 +87,7 @@ pub fn launch_for(
             .ok_or_else(|| RuntimeError::Driver(format!("storage {} is gone", d.storage)))?;
         let volid =
             d.volume.as_deref().ok_or_else(|| RuntimeError::Driver("disk without a volume".into()))?;
-        disk_paths.push(volumes(pool).path(volid).map_err(|e| RuntimeError::Driver(e.to_string()))?);
+        disks.push(volumes(pool).source(volid).map_err(|e| RuntimeError::Driver(e.to_string()))?);
     }
     let mut spec = spec;
     if let Some(boot) = spec.boot.as_mut() {
@@ -114,7 +115,7 @@ pub fn launch_for(
         vmid: guest.vmid,
         name: guest.name.clone(),
         spec,
-        disk_paths,
+        disks,
         ha_until_ms: None,
         arch,
         loadvm: guest.resume.clone(),

@@ -29,6 +29,76 @@ impl From<std::io::Error> for DriverError {
     }
 }
 
+/// Where a guest disk's data is, as QEMU and qemu-img reach it.
+#[derive(Clone, PartialEq)]
+pub enum DiskSource {
+    /// A host file or block device: the daemon opens it and hands QEMU the descriptors.
+    File(PathBuf),
+    /// A volume QEMU reaches with its own network client (libnfs, libiscsi, librbd).
+    Net(NetDisk),
+}
+
+/// A network volume: the QEMU protocol block node's options (`{"driver": "iscsi", ...}`),
+/// the name qemu-img opens (a URL without credentials), the image format, and the
+/// password it needs, if any: handed to QEMU through a descriptor and to qemu-img
+/// through its environment, never in an argument vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetDisk {
+    pub options: serde_json::Map<String, serde_json::Value>,
+    pub url: String,
+    pub format: String,
+    pub secret: Option<NetSecret>,
+}
+
+/// A password and how the tools take it: QEMU's block node option naming a `secret`
+/// object, and the environment variable qemu-img's client library reads.
+#[derive(Clone, PartialEq)]
+pub struct NetSecret {
+    pub value: String,
+    pub option: &'static str,
+    pub env: &'static str,
+}
+
+impl std::fmt::Debug for NetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NetSecret {{ option: {:?}, value: <secret> }}", self.option)
+    }
+}
+
+impl std::fmt::Debug for DiskSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskSource::File(p) => write!(f, "{}", p.display()),
+            DiskSource::Net(n) => write!(f, "{} ({})", n.url, n.format),
+        }
+    }
+}
+
+impl DiskSource {
+    /// The image format: a file's by its name (qcow2, vmdk; block devices and `.raw`
+    /// files are raw), a network volume's as its store says.
+    pub fn format(&self) -> &str {
+        match self {
+            DiskSource::File(p) => match p.extension().and_then(|e| e.to_str()) {
+                Some("qcow2") => "qcow2",
+                Some("vmdk") => "vmdk",
+                _ => "raw",
+            },
+            DiskSource::Net(n) => &n.format,
+        }
+    }
+
+    /// What qemu-img opens, and the environment it needs for that.
+    pub fn qemu_img(&self) -> (String, Vec<(&'static str, String)>) {
+        match self {
+            DiskSource::File(p) => (p.display().to_string(), Vec::new()),
+            DiskSource::Net(n) => {
+                (n.url.clone(), n.secret.iter().map(|s| (s.env, s.value.clone())).collect())
+            }
+        }
+    }
+}
+
 /// What the host says about a guest right now (defined in core, which the API speaks).
 pub use horcrux_core::ObservedPower;
 
@@ -46,8 +116,8 @@ pub struct GuestLaunch {
     pub vmid: u32,
     pub name: String,
     pub spec: VmSpec,
-    /// Host paths of the disks, in the order of `spec.disks`.
-    pub disk_paths: Vec<PathBuf>,
+    /// Where the disks are, in the order of `spec.disks`.
+    pub disks: Vec<DiskSource>,
     /// An HA guest: started by the node's fence (`fence.rs`), which kills it when the
     /// node's lease ends; the start is refused after this monotonic time (the end of the
     /// lease it was decided under). `None`: an ordinary guest, started by the daemon.
@@ -90,17 +160,16 @@ pub trait Hypervisor: Send + Sync + 'static {
         let _ = (vmid, command, arguments);
         Box::pin(async { Err(DriverError::Invalid("this hypervisor has no QMP".into())) })
     }
-    /// Moves a running guest's disk `slot` onto `target` (a volume of `format` the caller
-    /// allocated) without stopping it; afterwards the guest uses the target.
+    /// Moves a running guest's disk `slot` onto `target` (a volume the caller allocated)
+    /// without stopping it; afterwards the guest uses the target.
     fn mirror_disk<'a>(
         &'a self,
         vmid: u32,
         slot: &'a str,
-        target: &'a std::path::Path,
-        format: &'a str,
+        target: &'a DiskSource,
         progress: &'a (dyn Fn(String) + Send + Sync),
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        let _ = (vmid, slot, target, format, progress);
+        let _ = (vmid, slot, target, progress);
         Box::pin(async {
             Err(DriverError::Invalid("this hypervisor cannot move disks of a running guest".into()))
         })

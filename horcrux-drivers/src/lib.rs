@@ -11,8 +11,8 @@ pub mod qmp;
 pub mod storage;
 
 pub use hypervisor::{
-    BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome, StoreUsage, VolumeInfo,
-    VolumeStore,
+    BoxFuture, DiskSource, DriverError, GuestLaunch, Hypervisor, NetDisk, NetSecret, ObservedPower,
+    ShutdownOutcome, StoreUsage, VolumeInfo, VolumeStore,
 };
 pub use qemu::{resolve_accel, Accel, QemuDriver};
 pub use storage::{BtrfsStorage, DirStorage, LvmStorage, Runner, SystemRunner, ZfsPoolStorage};

@@ -33,7 +33,7 @@ fn launch(vmid: u32, cmdline: &str, disk: PathBuf) -> GuestLaunch {
             }),
             ..Default::default()
         },
-        disk_paths: vec![disk],
+        disks: vec![horcrux_drivers::DiskSource::File(disk)],
         ha_until_ms: None,
         arch: Default::default(),
         loadvm: None,

@@ -1,14 +1,22 @@
 //! The storage backends against the real tools on this machine (as root; scripts/deps.sh
 //! installs them): btrfs on a loop file, zfs-fuse datasets, snapshots and clones, and the
 //! report of a real LVM volume group whose logical volume exists in metadata only (no
-//! device mapper here). What cannot run here (zvols, LV data) is checked by argv in the
+//! device mapper here), an NFS export served by nfs-ganesha and an iSCSI target served by
+//! tgtd with CHAP (each also boots the tiny guest from a disk on it, through QEMU's own
+//! NFS and iSCSI clients). What cannot run here (zvols, LV data) is checked by argv in the
 //! backends' unit tests. A missing tool fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use horcrux_drivers::storage::{common::SystemRunner, BtrfsStorage, LvmStorage, VolumeStore, ZfsPoolStorage};
+use horcrux_drivers::storage::{
+    common::SystemRunner, BtrfsStorage, IscsiStorage, LvmStorage, NfsStorage, VolumeStore, ZfsPoolStorage,
+};
+use horcrux_drivers::{Accel, DiskSource, GuestLaunch, Hypervisor, QemuDriver};
+
+#[path = "lab/netstore.rs"]
+mod netstore;
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
@@ -205,4 +213,168 @@ async fn lvm_reports_of_a_real_volume_group() {
     let usage = s.usage().await.unwrap().unwrap();
     assert_eq!(usage.total - usage.avail, 8 << 20, "{usage:?}");
     assert_eq!(s.path("lvm1:vm-100-disk-0").unwrap(), PathBuf::from(format!("/dev/{vg}/vm-100-disk-0")));
+}
+
+/// Boots the tiny guest from `disk` and waits for its `showdisk` line (the first 12 bytes
+/// of /dev/vda) to say `marker`.
+async fn boot_shows(disk: DiskSource, marker: &str) {
+    let g = std::env::var_os("HORCRUX_TINY_GUEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.lab/tiny-guest"));
+    assert!(g.join("vmlinuz").exists(), "no tiny guest in {}: run scripts/lab.sh", g.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let driver = QemuDriver::new(tmp.path().join("run"), tmp.path().join("log"), Accel::Tcg).unwrap();
+    let launch = GuestLaunch {
+        vmid: 951,
+        name: "netdisk".into(),
+        spec: horcrux_core::VmSpec {
+            memory_mib: 256,
+            cores: 1,
+            disks: vec![horcrux_core::DiskSpec {
+                storage: "net".into(),
+                size_mib: 64,
+                volume: Some("net:x".into()),
+                slot: Some("virtio0".into()),
+                format: None,
+            }],
+            boot: Some(horcrux_core::KernelBoot {
+                kernel: g.join("vmlinuz").display().to_string(),
+                initrd: Some(g.join("initrd.gz").display().to_string()),
+                cmdline: "console=ttyS0 showdisk stayup".into(),
+            }),
+            ..Default::default()
+        },
+        disks: vec![disk],
+        ha_until_ms: None,
+        arch: Default::default(),
+        loadvm: None,
+    };
+    driver.start(&launch).await.unwrap();
+    let log = driver.serial_log(951);
+    let want = format!("DISK:{marker}");
+    let mut seen = String::new();
+    for _ in 0..1200 {
+        seen = std::fs::read_to_string(&log).unwrap_or_default();
+        if seen.contains(&want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = driver.stop(951).await;
+    assert!(seen.contains(&want), "{want} not on the serial console:\n{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nfs_images_on_ganesha_snapshots_free_and_a_guest_boots_from_one() {
+    let server = netstore::Ganesha::start();
+    let export = server.export().display().to_string();
+    let s = NfsStorage::new("nas", "127.0.0.1", &export, Arc::new(SystemRunner), &Default::default());
+    s.activate().await.unwrap();
+    assert!(server.export().join("images").is_dir() && server.export().join("template/iso").is_dir());
+    let usage = s.usage().await.unwrap().expect("nfs-ls -s reports the export's space");
+    assert!(usage.total > 0 && usage.avail <= usage.total, "{usage:?}");
+
+    let vol = s.alloc(120, 0, 64).await.unwrap();
+    assert_eq!(vol, "nas:120/vm-120-disk-0.qcow2");
+    let file = server.export().join("images/120/vm-120-disk-0.qcow2");
+    assert!(file.exists(), "qemu-img made the image through the server");
+    assert!(s.alloc(120, 0, 64).await.unwrap_err().to_string().contains("already exists"));
+    std::fs::write(server.export().join("template/iso/boot.iso"), b"iso").unwrap();
+    let listed: Vec<(String, u64, String)> =
+        s.list().await.unwrap().into_iter().map(|v| (v.volid, v.size, v.content)).collect();
+    assert_eq!(
+        listed,
+        [
+            ("nas:120/vm-120-disk-0.qcow2".to_string(), 64 << 20, "images".to_string()),
+            ("nas:iso/boot.iso".to_string(), 3, "iso".to_string()),
+        ]
+    );
+    s.resize(&vol, 96 << 20).await.unwrap();
+    assert_eq!(s.list().await.unwrap()[0].size, 96 << 20);
+
+    s.snapshot(&vol, "first").await.unwrap();
+    s.snapshot(&vol, "second").await.unwrap();
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["first", "second"]);
+    s.rollback(&vol, "first").await.unwrap();
+    s.delete_snapshot(&vol, "second").await.unwrap();
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["first"]);
+
+    s.free(&vol).await.unwrap();
+    assert!(!file.exists() && !server.export().join("images/120").exists());
+    s.free(&vol).await.unwrap();
+
+    // A raw disk on the export, read by QEMU's own NFS client (as uid 0, though QEMU runs
+    // as its own user).
+    let opts = [("format".to_string(), "raw".to_string())].into_iter().collect();
+    let raw = NfsStorage::new("nas", "127.0.0.1", &export, Arc::new(SystemRunner), &opts);
+    let vol = raw.alloc(121, 0, 16).await.unwrap();
+    netstore::write_marker(&server.export().join("images/121/vm-121-disk-0.raw"), b"HX-NFS-DISK!");
+    boot_shows(raw.source(&vol).unwrap(), "HX-NFS-DISK!").await;
+    raw.free(&vol).await.unwrap();
+
+    // A server that is not there: a clear error, not a hang.
+    let gone =
+        NfsStorage::new("gone", "127.0.0.1", "/no/such/export", Arc::new(SystemRunner), &Default::default());
+    let e = gone.activate().await.unwrap_err().to_string();
+    assert!(e.contains("mount"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iscsi_luns_on_tgtd_with_chap_and_a_guest_boots_from_one() {
+    let server = netstore::Tgt::start("alice", "s3cretpass1", 32);
+    let portal = netstore::TGT_PORTAL;
+    let s = IscsiStorage::new(
+        "san",
+        portal,
+        &server.target,
+        Some("alice".into()),
+        Some("s3cretpass1".into()),
+        Arc::new(SystemRunner),
+    );
+    s.activate().await.unwrap();
+    let listed: Vec<(String, u64)> = s.list().await.unwrap().into_iter().map(|v| (v.volid, v.size)).collect();
+    assert_eq!(listed, [("san:lun1".to_string(), 32 << 20)]);
+    assert!(s.alloc(100, 0, 16).await.unwrap_err().to_string().contains("on the target"));
+    assert!(s.snapshot("san:lun1", "first").await.is_err());
+
+    // A wrong password: refused at login, with the target's reason.
+    let wrong = IscsiStorage::new(
+        "san",
+        portal,
+        &server.target,
+        Some("alice".into()),
+        Some("nope".into()),
+        Arc::new(SystemRunner),
+    );
+    let e = wrong.activate().await.unwrap_err().to_string();
+    assert!(e.contains("Authentication failure"), "{e}");
+    assert!(!e.contains("nope"));
+    let unknown = "iqn.2026-12.org.horcrux:none";
+    let creds = (Some("alice".to_string()), Some("s3cretpass1".to_string()));
+    let e = IscsiStorage::new("san", portal, unknown, creds.0, creds.1, Arc::new(SystemRunner))
+        .activate()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not export target"), "{e}");
+
+    // QEMU logs in with CHAP itself (the password from a descriptor, not its argv).
+    netstore::write_marker(&server.lun_file, b"HX-ISCSI-LUN");
+    boot_shows(s.source("san:lun1").unwrap(), "HX-ISCSI-LUN").await;
+    // Its import path: qemu-img reads the LUN with the password in its environment.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = horcrux_drivers::DirStorage::new("local", tmp.path());
+    dir.activate().await.unwrap();
+    let copy = dir.alloc(130, 0, 32).await.unwrap();
+    dir.import_from(&copy, &s.source("san:lun1").unwrap()).await.unwrap();
+    let copied = read_at(&dir.path(&copy).unwrap(), 0, 12);
+    assert_ne!(copied, b"HX-ISCSI-LUN", "the copy is qcow2, not raw");
+    let out = Command::new("qemu-img")
+        .args(["dd", "-f", "qcow2", "-O", "raw", "bs=12", "count=1"])
+        .arg(format!("if={}", dir.path(&copy).unwrap().display()))
+        .arg(format!("of={}", tmp.path().join("head").display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(&std::fs::read(tmp.path().join("head")).unwrap()[..12], b"HX-ISCSI-LUN");
 }

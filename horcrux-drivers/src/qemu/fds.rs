@@ -4,8 +4,8 @@
 //!
 //! Descriptor numbers are fixed by the launch (`FdLayout`), so the argument vector is a pure
 //! function of it: 3 is the QMP listening socket, then two per disk (read-write and
-//! read-only: QEMU's fd sets hand out a descriptor whose access mode matches the open),
-//! then the serial log, the kernel and initrd (copied into memory files, so a kernel only
+//! read-only: QEMU's fd sets hand out a descriptor whose access mode matches the open;
+//! a network disk gets none, or one memory file holding its password), then the serial log, the kernel and initrd (copied into memory files, so a kernel only
 //! root may read still boots), and one tap per bridged NIC.
 
 use std::fs::File;
@@ -14,15 +14,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::hypervisor::{DriverError, GuestLaunch};
+use crate::hypervisor::{DiskSource, DriverError, GuestLaunch};
 
 /// The QMP listening socket.
 pub const QMP_FD: i32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FdLayout {
-    /// Per disk: (read-write, read-only); disk `i` is QEMU fd set `i + 1`.
-    pub disks: Vec<(i32, i32)>,
+    /// Per disk; a file disk `i` is QEMU fd set `i + 1`.
+    pub disks: Vec<DiskFds>,
     pub serial: i32,
     pub kernel: Option<i32>,
     pub initrd: Option<i32>,
@@ -37,7 +37,14 @@ impl FdLayout {
             next += 1;
             next - 1
         };
-        let disks = launch.disk_paths.iter().map(|_| (take(), take())).collect();
+        let disks = launch
+            .disks
+            .iter()
+            .map(|d| match d {
+                DiskSource::File(_) => DiskFds::File { rw: take(), ro: take() },
+                DiskSource::Net(n) => DiskFds::Net { secret: n.secret.as_ref().map(|_| take()) },
+            })
+            .collect();
         let serial = take();
         let boot = launch.spec.boot.as_ref();
         let kernel = boot.map(|_| take());
@@ -50,6 +57,15 @@ impl FdLayout {
     pub fn tap(&self, index: u8) -> Option<i32> {
         self.taps.iter().find(|(i, _)| *i == index).map(|(_, fd)| *fd)
     }
+}
+
+/// The descriptors of one disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFds {
+    /// A host file, opened read-write and read-only.
+    File { rw: i32, ro: i32 },
+    /// A network volume: QEMU connects itself; a password, if any, in a memory file.
+    Net { secret: Option<i32> },
 }
 
 /// A path QEMU opens to get at descriptor `fd` again.
@@ -90,6 +106,20 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, DriverError> {
     Ok(tun.into())
 }
 
+/// `bytes` in an anonymous memory file, at offset 0.
+fn memory_file(bytes: &[u8]) -> Result<OwnedFd, DriverError> {
+    let name = c"horcrux-secret";
+    // SAFETY: memfd_create with a valid C string; the result is checked and owned below.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(DriverError::Io(format!("memfd_create: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    Ok(file.into())
+}
+
 /// The contents of `path` in an anonymous memory file (readable through /proc/self/fd by
 /// any user, unlike the file itself, which may be root's alone).
 fn memory_copy(what: &str, path: &Path) -> Result<OwnedFd, DriverError> {
@@ -117,7 +147,16 @@ pub fn open_all(
     owner: Option<(u32, u32)>,
 ) -> Result<Vec<(OwnedFd, i32)>, DriverError> {
     let mut fds = vec![(qmp, QMP_FD)];
-    for (path, (rw, ro)) in launch.disk_paths.iter().zip(&layout.disks) {
+    for (disk, fds_of) in launch.disks.iter().zip(&layout.disks) {
+        let (path, rw, ro) = match (disk, fds_of) {
+            (DiskSource::File(path), DiskFds::File { rw, ro }) => (path, rw, ro),
+            (DiskSource::Net(net), DiskFds::Net { secret: Some(fd) }) => {
+                let value = net.secret.as_ref().map(|s| s.value.as_bytes()).unwrap_or_default();
+                fds.push((memory_file(value)?, *fd));
+                continue;
+            }
+            _ => continue,
+        };
         let open = |write: bool| {
             std::fs::OpenOptions::new()
                 .read(true)

@@ -9,43 +9,48 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::hypervisor::DriverError;
+use crate::hypervisor::{DiskSource, DriverError};
 use crate::qmp::QmpClient;
 
-/// Mirrors drive `drive-SLOT` onto `target` (`format`: qcow2, raw, vmdk), reporting
-/// progress through `progress`. On failure the job is cancelled and the node removed.
+/// Mirrors drive `drive-SLOT` onto `target`, reporting progress through `progress`. On
+/// failure the job is cancelled and the node removed.
 pub async fn mirror(
     qmp: &Arc<QmpClient>,
     slot: &str,
-    target: &Path,
-    format: &str,
+    target: &DiskSource,
     progress: &(dyn Fn(String) + Send + Sync),
 ) -> Result<(), DriverError> {
-    use std::os::fd::AsFd;
-    let open = |write: bool| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(target)
-            .map_err(|e| DriverError::Invalid(format!("{}: {e}", target.display())))
-    };
-    let (rw, ro) = (open(true)?, open(false)?);
-    let set = qmp.execute_with_fd("add-fd", Some(json!({})), rw.as_fd()).await?;
-    let set_id =
-        set["fdset-id"].as_u64().ok_or_else(|| DriverError::Invalid("add-fd answered no fdset-id".into()))?;
-    qmp.execute_with_fd("add-fd", Some(json!({ "fdset-id": set_id })), ro.as_fd()).await?;
-    let block =
-        std::fs::metadata(target).map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
     // A fresh name each time: the node a previous move switched to keeps its name.
     let stamp =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let node = format!("mv-{slot}-{:x}", stamp % (1 << 40));
-    let file = json!({
-        "driver": if block.unwrap_or(false) { "host_device" } else { "file" },
-        "filename": format!("/dev/fdset/{set_id}"),
-        "locking": "off",
-    });
-    qmp.execute("blockdev-add", Some(json!({ "driver": format, "node-name": node, "file": file }))).await?;
+    let (file, cleanup) = match target {
+        DiskSource::File(path) => {
+            let (file, set_id) = add_file(qmp, path).await?;
+            (file, Cleanup::FdSet(set_id))
+        }
+        DiskSource::Net(net) => {
+            let mut options = net.options.clone();
+            let mut cleanup = Cleanup::None;
+            if let Some(secret) = &net.secret {
+                // Through the monitor, never an argument vector.
+                let id = format!("sec-{node}");
+                let secret_object =
+                    json!({ "qom-type": "secret", "id": id, "data": secret.value, "format": "raw" });
+                qmp.execute("object-add", Some(secret_object)).await?;
+                options.insert(secret.option.into(), json!(id));
+                cleanup = Cleanup::Secret(id);
+            }
+            (Value::Object(options), cleanup)
+        }
+    };
+    let added = qmp
+        .execute("blockdev-add", Some(json!({ "driver": target.format(), "node-name": node, "file": file })))
+        .await;
+    if let Err(e) = added {
+        cleanup.run(qmp).await;
+        return Err(e.into());
+    }
     let job = node.clone();
     let started = qmp
         .execute(
@@ -55,7 +60,7 @@ pub async fn mirror(
         .await;
     if let Err(e) = started {
         let _ = qmp.execute("blockdev-del", Some(json!({ "node-name": node }))).await;
-        let _ = qmp.execute("remove-fd", Some(json!({ "fdset-id": set_id }))).await;
+        cleanup.run(qmp).await;
         return Err(e.into());
     }
     let result = drive_job(qmp, &job, progress).await;
@@ -63,7 +68,7 @@ pub async fn mirror(
         let _ = qmp.execute("block-job-cancel", Some(json!({ "device": job, "force": true }))).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let _ = qmp.execute("blockdev-del", Some(json!({ "node-name": node }))).await;
-        let _ = qmp.execute("remove-fd", Some(json!({ "fdset-id": set_id }))).await;
+        cleanup.run(qmp).await;
         return result;
     }
     // The drive now reads and writes the new node.
@@ -120,4 +125,47 @@ async fn drive_job(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// What a failed mirror takes back from QEMU besides its block node.
+enum Cleanup {
+    None,
+    FdSet(u64),
+    Secret(String),
+}
+
+impl Cleanup {
+    async fn run(&self, qmp: &Arc<QmpClient>) {
+        let _ = match self {
+            Cleanup::None => return,
+            Cleanup::FdSet(id) => qmp.execute("remove-fd", Some(json!({ "fdset-id": id }))).await,
+            Cleanup::Secret(id) => qmp.execute("object-del", Some(json!({ "id": id }))).await,
+        };
+    }
+}
+
+/// Hands QEMU a host file as an fd set (read-write and read-only descriptors: it opens
+/// no paths); answers the protocol node's options and the set's id.
+async fn add_file(qmp: &Arc<QmpClient>, target: &Path) -> Result<(Value, u64), DriverError> {
+    use std::os::fd::AsFd;
+    let open = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(target)
+            .map_err(|e| DriverError::Invalid(format!("{}: {e}", target.display())))
+    };
+    let (rw, ro) = (open(true)?, open(false)?);
+    let set = qmp.execute_with_fd("add-fd", Some(json!({})), rw.as_fd()).await?;
+    let set_id =
+        set["fdset-id"].as_u64().ok_or_else(|| DriverError::Invalid("add-fd answered no fdset-id".into()))?;
+    qmp.execute_with_fd("add-fd", Some(json!({ "fdset-id": set_id })), ro.as_fd()).await?;
+    let block =
+        std::fs::metadata(target).map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let file = json!({
+        "driver": if block.unwrap_or(false) { "host_device" } else { "file" },
+        "filename": format!("/dev/fdset/{set_id}"),
+        "locking": "off",
+    });
+    Ok((file, set_id))
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::hypervisor::{BoxFuture, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome};
+use crate::hypervisor::{
+    BoxFuture, DiskSource, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome,
+};
 use crate::qmp::QmpClient;
 
 mod fds;
@@ -316,28 +318,10 @@ impl QemuDriver {
         if on_bus("sata") {
             a.extend(["-device".into(), "ahci,id=ahci0".into()]);
         }
-        for (i, (rw, ro)) in fds.disks.iter().enumerate() {
+        for (i, disk_fds) in fds.disks.iter().enumerate() {
             let slot = slots.get(i).cloned().unwrap_or_else(|| format!("virtio{i}"));
-            // qcow2 and vmdk files say so by name; block devices (zvols, LVs) and `.raw`
-            // files are raw.
-            let format = match launch.disk_paths.get(i).and_then(|p| p.extension()).and_then(|e| e.to_str()) {
-                Some("qcow2") => "qcow2",
-                Some("vmdk") => "vmdk",
-                _ => "raw",
-            };
-            let set = i + 1;
-            a.extend([
-                "-add-fd".into(),
-                format!("fd={rw},set={set}"),
-                "-add-fd".into(),
-                format!("fd={ro},set={set}"),
-            ]);
-            a.push("-drive".into());
-            // No image locking: QEMU holds the image through two descriptions (read-write
-            // and read-only, from the fd set), and its OFD locks on one refuse the
-            // permission changes of the other ("Failed to get write lock" on
-            // `block_resize`). One QEMU per volume is the daemon's guarantee (one owner).
-            a.push(format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format={format},file.locking=off"));
+            let Some(disk) = launch.disks.get(i) else { continue };
+            a.extend(drive_args(&slot, i + 1, disk, disk_fds));
             a.push("-device".into());
             let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
             a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {
@@ -451,7 +435,10 @@ impl QemuDriver {
         if self.status_inner(launch.vmid).await? != ObservedPower::Stopped {
             return Ok(());
         }
-        for p in &launch.disk_paths {
+        for p in launch.disks.iter().filter_map(|d| match d {
+            DiskSource::File(p) => Some(p),
+            DiskSource::Net(_) => None,
+        }) {
             if !p.exists() {
                 return Err(DriverError::Invalid(format!("disk {} does not exist", p.display())));
             }
@@ -671,13 +658,12 @@ impl Hypervisor for QemuDriver {
         &'a self,
         vmid: u32,
         slot: &'a str,
-        target: &'a std::path::Path,
-        format: &'a str,
+        target: &'a DiskSource,
         progress: &'a (dyn Fn(String) + Send + Sync),
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let qmp = self.qmp(vmid).await?;
-            mirror::mirror(&qmp, slot, target, format, progress).await
+            mirror::mirror(&qmp, slot, target, progress).await
         })
     }
 
@@ -752,5 +738,57 @@ pub async fn resolve_accel(requested: Accel) -> Accel {
                 Accel::Tcg
             }
         }
+    }
+}
+
+/// The arguments that give QEMU one disk as drive `drive-SLOT`: a file through fd set
+/// `set` (its two descriptors), a network volume through QEMU's own client (options as
+/// `file.*` keys), its password in a `secret` object read from a memory file.
+fn drive_args(slot: &str, set: usize, disk: &DiskSource, disk_fds: &fds::DiskFds) -> Vec<String> {
+    let format = disk.format();
+    match (disk, disk_fds) {
+        (DiskSource::Net(net), fds::DiskFds::Net { secret }) => {
+            let mut a = Vec::new();
+            let mut options = net.options.clone();
+            if let (Some(s), Some(fd)) = (&net.secret, secret) {
+                a.push("-object".into());
+                a.push(format!("secret,id=sec-{slot},file={},format=raw", fds::proc_fd(*fd)));
+                options.insert(s.option.into(), serde_json::json!(format!("sec-{slot}")));
+            }
+            let mut drive = format!("if=none,id=drive-{slot},format={format}");
+            flatten_options("file", &serde_json::Value::Object(options), &mut drive);
+            a.extend(["-drive".into(), drive]);
+            a
+        }
+        (_, fds::DiskFds::File { rw, ro }) => vec![
+            "-add-fd".into(),
+            format!("fd={rw},set={set}"),
+            "-add-fd".into(),
+            format!("fd={ro},set={set}"),
+            "-drive".into(),
+            // No image locking: QEMU holds the image through two descriptions (read-write
+            // and read-only, from the fd set), and its OFD locks on one refuse the
+            // permission changes of the other ("Failed to get write lock" on
+            // `block_resize`). One QEMU per volume is the daemon's guarantee (one owner).
+            format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format={format},file.locking=off"),
+        ],
+        // FdLayout::of gives a file descriptors and a network volume none.
+        (DiskSource::File(_), fds::DiskFds::Net { .. }) => Vec::new(),
+    }
+}
+
+/// Appends `options` to a `-drive` value as `PREFIX.KEY=VALUE` (nested objects dotted,
+/// commas in values doubled as QEMU's option syntax wants).
+fn flatten_options(prefix: &str, options: &serde_json::Value, out: &mut String) {
+    match options {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                flatten_options(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        serde_json::Value::String(v) => {
+            out.push_str(&format!(",{prefix}={}", v.replace(',', ",,")));
+        }
+        other => out.push_str(&format!(",{prefix}={other}")),
     }
 }

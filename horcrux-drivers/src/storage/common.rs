@@ -13,17 +13,33 @@ use crate::hypervisor::{BoxFuture, DriverError};
 /// Runs a host program with arguments; answers its standard output, or an error carrying
 /// its standard error.
 pub trait Runner: Send + Sync + 'static {
-    fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, Result<String, DriverError>>;
+    fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, Result<String, DriverError>> {
+        self.run_env(program, args, &[])
+    }
+    /// With extra environment variables: how a password reaches a tool (libiscsi's
+    /// `LIBISCSI_CHAP_PASSWORD`) without appearing in its argument vector.
+    fn run_env<'a>(
+        &'a self,
+        program: &'a str,
+        args: &'a [String],
+        env: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<String, DriverError>>;
 }
 
 /// The host's programs.
 pub struct SystemRunner;
 
 impl Runner for SystemRunner {
-    fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn run_env<'a>(
+        &'a self,
+        program: &'a str,
+        args: &'a [String],
+        env: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
             let out = tokio::process::Command::new(program)
                 .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(std::process::Stdio::null())
                 .output()
                 .await
@@ -32,9 +48,12 @@ impl Runner for SystemRunner {
                 Ok(String::from_utf8_lossy(&out.stdout).into_owned())
             } else {
                 let verb = args.iter().find(|a| !a.starts_with('-')).map(String::as_str).unwrap_or("");
+                // Some tools (libiscsi's) say why on standard output.
+                let said =
+                    if out.stderr.iter().all(u8::is_ascii_whitespace) { &out.stdout } else { &out.stderr };
                 Err(DriverError::Command {
                     program: format!("{program} {verb}").trim().to_string(),
-                    message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    message: String::from_utf8_lossy(said).trim().to_string(),
                 })
             }
         })
@@ -67,12 +86,20 @@ impl Recorder {
 }
 
 impl Runner for Recorder {
-    fn run<'a>(&'a self, program: &'a str, args: &'a [String]) -> BoxFuture<'a, Result<String, DriverError>> {
-        let mut argv = vec![program.to_string()];
+    /// Records the names of the environment variables given (as `NAME=<set>` before the
+    /// program), never their values.
+    fn run_env<'a>(
+        &'a self,
+        program: &'a str,
+        args: &'a [String],
+        env: &'a [(&'static str, String)],
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        let mut argv: Vec<String> = env.iter().map(|(k, _)| format!("{k}=<set>")).collect();
+        argv.push(program.to_string());
         argv.extend(args.iter().cloned());
         self.calls.lock().unwrap().push(argv.clone());
         let mut replies = self.replies.lock().unwrap();
-        let found = replies.iter().position(|(p, _)| argv.starts_with(p));
+        let found = replies.iter().position(|(p, _)| argv[env.len()..].starts_with(p));
         let reply = found.map(|i| replies.remove(i).1).unwrap_or(Ok(String::new()));
         Box::pin(
             async move { reply.map_err(|message| DriverError::Command { program: program.into(), message }) },

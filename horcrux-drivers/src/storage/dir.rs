@@ -32,6 +32,45 @@ const LAYOUT: [(&str, &str, &[&str]); 6] = [
 
 const IMAGE_FORMATS: [&str; 3] = ["qcow2", "raw", "vmdk"];
 
+/// Which content a volume of storage `id` is, and its path in Proxmox's layout relative
+/// to the storage's root (`images/100/vm-100-disk-0.qcow2`, `template/iso/x.iso`): the
+/// layout of every file-based storage (`dir`, `nfs`).
+pub(super) fn locate(id: &str, volid: &str) -> Result<(&'static str, String), DriverError> {
+    let rel = common::volume_name(id, volid)?;
+    let (head, name) = rel.split_once('/').ok_or_else(|| {
+        DriverError::Invalid(format!("volume {volid}: expected VMID/NAME or CONTENT/NAME after the storage"))
+    })?;
+    if head.parse::<u32>().is_ok() {
+        if name.contains('/') || !IMAGE_FORMATS.iter().any(|f| name.ends_with(&format!(".{f}"))) {
+            return Err(DriverError::Invalid(format!("volume {volid}: not a disk image name")));
+        }
+        return Ok(("images", format!("images/{head}/{name}")));
+    }
+    let (content, dir, _) = LAYOUT
+        .iter()
+        .find(|(c, _, _)| *c == head)
+        .ok_or_else(|| DriverError::Invalid(format!("volume {volid}: {head:?} is not a content type")))?;
+    Ok((content, format!("{dir}/{name}")))
+}
+
+/// A file's content type and format by where it is in the layout (`template/iso/x.iso`:
+/// iso), and its volume name; `None` for files the layout does not hold.
+pub(super) fn classify(dir: &str, name: &str) -> Option<(&'static str, String)> {
+    let (content, _, suffixes) = LAYOUT.iter().find(|(_, d, _)| *d == dir)?;
+    let suffix = suffixes.iter().find(|s| name.ends_with(*s))?;
+    let format = match (*content, suffix.trim_start_matches('.')) {
+        ("rootdir", _) => "subvol".to_string(),
+        ("snippets", _) => "snippet".to_string(),
+        ("vztmpl", s) => s.replace("tar.", "t"),
+        (_, s) => s.to_string(),
+    };
+    Some((content, format))
+}
+
+/// The directories of the layout, made when a storage is activated.
+pub(super) const LAYOUT_DIRS: [&str; 7] =
+    ["images", "template/iso", "template/cache", "dump", "snippets", "import", "private"];
+
 impl DirStorage {
     pub fn new(id: impl Into<String>, root: impl Into<PathBuf>) -> Self {
         Self::with_options(id, root, &BTreeMap::new())
@@ -54,23 +93,8 @@ impl DirStorage {
 
     /// Which content a volume is and where it lives.
     fn locate(&self, volid: &str) -> Result<(&'static str, PathBuf), DriverError> {
-        let rel = common::volume_name(&self.id, volid)?;
-        let (head, name) = rel.split_once('/').ok_or_else(|| {
-            DriverError::Invalid(format!(
-                "volume {volid}: expected VMID/NAME or CONTENT/NAME after the storage"
-            ))
-        })?;
-        if head.parse::<u32>().is_ok() {
-            if name.contains('/') || !IMAGE_FORMATS.iter().any(|f| name.ends_with(&format!(".{f}"))) {
-                return Err(DriverError::Invalid(format!("volume {volid}: not a disk image name")));
-            }
-            return Ok(("images", self.root.join("images").join(head).join(name)));
-        }
-        let (content, dir, _) = LAYOUT
-            .iter()
-            .find(|(c, _, _)| *c == head)
-            .ok_or_else(|| DriverError::Invalid(format!("volume {volid}: {head:?} is not a content type")))?;
-        Ok((content, self.root.join(dir).join(name)))
+        let (content, rel) = locate(&self.id, volid)?;
+        Ok((content, self.root.join(rel)))
     }
 
     async fn alloc_inner(&self, vmid: u32, index: usize, size_mib: u64) -> Result<String, DriverError> {
@@ -109,20 +133,14 @@ impl DirStorage {
                 });
             }
         }
-        for (content, dir, suffixes) in LAYOUT {
+        for (_, dir, _) in LAYOUT {
             for (f, name) in read_dir_names(&self.root.join(dir)).await? {
-                let Some(suffix) = suffixes.iter().find(|s| name.ends_with(*s)) else { continue };
+                let Some((content, format)) = classify(dir, &name) else { continue };
                 let volid = format!("{}:{content}/{name}", self.id);
                 if horcrux_core::ids::parse_volume_id(&volid).is_err() {
                     continue;
                 }
                 let meta = tokio::fs::metadata(&f).await?;
-                let format = match (content, suffix.trim_start_matches('.')) {
-                    ("rootdir", _) => "subvol".to_string(),
-                    ("snippets", _) => "snippet".to_string(),
-                    ("vztmpl", s) => s.replace("tar.", "t"),
-                    (_, s) => s.to_string(),
-                };
                 let vmid = if content == "rootdir" { common::vmid_of(&name).unwrap_or(0) } else { 0 };
                 // An image to import: its virtual size (a qcow2's header), not the file's.
                 let size = if content == "import" { common::image_size(&f).await? } else { meta.len() };
@@ -186,7 +204,7 @@ pub fn parse_qemu_img_snapshots(out: &str) -> Vec<String> {
 impl VolumeStore for DirStorage {
     fn activate(&self) -> BoxFuture<'_, Result<(), DriverError>> {
         Box::pin(async move {
-            for dir in ["images", "template/iso", "template/cache", "dump", "snippets", "import", "private"] {
+            for dir in LAYOUT_DIRS {
                 tokio::fs::create_dir_all(self.root.join(dir)).await?;
             }
             Ok(())

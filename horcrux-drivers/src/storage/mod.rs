@@ -8,12 +8,17 @@
 //! | `btrfs` | [`btrfs`] | real btrfs on a loop file |
 //! | `zfspool` | [`zfs`] | zfs-fuse for datasets and snapshots; zvols by argv and recorded output |
 //! | `lvm`, `lvmthin` | [`lvm`] | a real volume group's metadata; data paths by argv and recorded output |
-//! | `nfs`, `iscsi`, `rbd` | not yet | refused with a clear error |
+//! | `nfs` | [`nfs`] | nfs-ganesha (NFSv3), libnfs, qemu-img and QEMU's NFS client |
+//! | `iscsi` | [`iscsi`] | tgtd with CHAP, libiscsi's tools and QEMU's iSCSI initiator |
+//! | `rbd` | not yet | refused with a clear error |
 
 pub mod btrfs;
 pub mod common;
 pub mod dir;
+pub mod iscsi;
+mod libnfs;
 pub mod lvm;
+pub mod nfs;
 pub mod zfs;
 
 use std::path::PathBuf;
@@ -24,10 +29,12 @@ use horcrux_core::{StorageKind, StoragePool};
 pub use btrfs::BtrfsStorage;
 pub use common::{Runner, SystemRunner};
 pub use dir::DirStorage;
+pub use iscsi::IscsiStorage;
 pub use lvm::LvmStorage;
+pub use nfs::NfsStorage;
 pub use zfs::ZfsPoolStorage;
 
-use crate::hypervisor::{BoxFuture, DriverError};
+use crate::hypervisor::{BoxFuture, DiskSource, DriverError};
 
 /// One storage as seen from this node. Volume ids are Proxmox's (`local:100/vm-100-disk-0.qcow2`,
 /// `local:iso/x.iso`, `tank:vm-100-disk-0`).
@@ -39,8 +46,14 @@ pub trait VolumeStore: Send + Sync + 'static {
     }
     /// Creates disk `index` of guest `vmid`; returns its volume id. Refuses to overwrite.
     fn alloc(&self, vmid: u32, index: usize, size_mib: u64) -> BoxFuture<'_, Result<String, DriverError>>;
-    /// The host path of a volume of this store.
+    /// The host path of a volume of this store (an error for network volumes, which
+    /// have none: see [`VolumeStore::source`]).
     fn path(&self, volid: &str) -> Result<PathBuf, DriverError>;
+    /// Where QEMU and qemu-img find a volume: its host path, or how to reach it over
+    /// the network.
+    fn source(&self, volid: &str) -> Result<DiskSource, DriverError> {
+        self.path(volid).map(DiskSource::File)
+    }
     /// Removes a volume and its snapshots; a missing volume is not an error.
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// The volumes this store holds on this host.
@@ -50,26 +63,18 @@ pub trait VolumeStore: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
     /// Fills volume `volid` (just allocated, as large as the source) with the image at
-    /// `src` (`src_format`): `qemu-img convert` into it, for move_disk and import-from.
+    /// `src`: `qemu-img convert` into it, for move_disk and import-from.
     fn import_from<'a>(
         &'a self,
         volid: &'a str,
-        src: &'a std::path::Path,
-        src_format: &'a str,
+        src: &'a DiskSource,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
-            let dst = self.path(volid)?;
-            let args = common::argv(&[
-                "convert",
-                "-n",
-                "-f",
-                src_format,
-                "-O",
-                common::volume_format(volid),
-                &src.display().to_string(),
-                &dst.display().to_string(),
-            ]);
-            common::SystemRunner.run("qemu-img", &args).await.map(|_| ())
+            let dst = self.source(volid)?;
+            let ((from, mut env), (to, to_env)) = (src.qemu_img(), dst.qemu_img());
+            env.extend(to_env);
+            let args = common::argv(&["convert", "-n", "-f", src.format(), "-O", dst.format(), &from, &to]);
+            common::SystemRunner.run_env("qemu-img", &args, &env).await.map(|_| ())
         })
     }
     /// Grows a volume to `size` bytes (of a stopped guest's disk: a running guest's disks
@@ -176,6 +181,17 @@ pub fn open(pool: &StoragePool, runner: Arc<dyn Runner>) -> Arc<dyn VolumeStore>
         StorageKind::LvmThin { vgname, thinpool } => {
             Arc::new(LvmStorage::new(id, vgname, Some(thinpool.clone()), runner))
         }
+        StorageKind::Nfs { server, export, .. } => {
+            Arc::new(NfsStorage::new(id, server, export, runner, options))
+        }
+        StorageKind::Iscsi { portal, target } => Arc::new(IscsiStorage::new(
+            id,
+            portal,
+            target,
+            options.get("username").cloned(),
+            Some(pool.config.secret.0.clone()),
+            runner,
+        )),
         other => Arc::new(Unavailable {
             why: format!("storage {}: the {} backend is not in this build yet", pool.id, other.type_name()),
         }),

@@ -188,19 +188,17 @@ pub async fn move_disk(
     task.log(format!("allocated {new}"));
     let src_pool =
         state.storage.get(&disk.storage).ok_or_else(|| fail(format!("storage {} is gone", disk.storage)))?;
-    let src_path = st.runtime.volume_store(src_pool).path(&source).map_err(|e| fail(e.to_string()))?;
+    let src = st.runtime.volume_store(src_pool).source(&source).map_err(|e| fail(e.to_string()))?;
     let running = st.runtime.observed(vmid).power != ObservedPower::Stopped;
     let copied = if running {
-        let dst_path = dst_store.path(&new).map_err(|e| fail(e.to_string()))?;
-        let fmt = ids::volume_format(&new);
+        let dst = dst_store.source(&new).map_err(|e| fail(e.to_string()))?;
         task.log(format!("mirroring {} to {new} while the guest runs", m.disk));
         let t = task.clone();
         let log = move |l: String| t.log(l);
-        st.runtime.hypervisor().mirror_disk(vmid, &m.disk, &dst_path, fmt, &log).await
+        st.runtime.hypervisor().mirror_disk(vmid, &m.disk, &dst, &log).await
     } else {
-        let src_fmt = ids::volume_format(&source);
         task.log(format!("copying {source} to {new}"));
-        dst_store.import_from(&new, &src_path, src_fmt).await
+        dst_store.import_from(&new, &src).await
     };
     if let Err(e) = copied {
         let _ = dst_store.free(&new).await;

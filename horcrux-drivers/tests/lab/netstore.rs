@@ -1,0 +1,154 @@
+//! Network storage servers started by the tests that need them (../shared/LAB.md): an
+//! NFSv3 export served by nfs-ganesha (with rpcbind, which QEMU's NFS client needs) and an
+//! iSCSI target served by tgtd with CHAP. Each is stopped when dropped. Both listen on
+//! fixed ports (2049, 3260): the test binaries using them run one at a time (nextest's
+//! `heavy` group).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tool(program: &str) -> Command {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path.split(':').any(|d| Path::new(d).join(program).exists());
+    assert!(found, "{program} is not installed: run scripts/lab.sh");
+    Command::new(program)
+}
+
+fn until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "{what} not ready within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// nfs-ganesha exporting a fresh directory over NFSv3 and v4 on 127.0.0.1.
+pub struct Ganesha {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Ganesha {
+    pub fn start() -> Self {
+        // QEMU's NFS client (libnfs, NFSv3) finds the mount service through the portmapper.
+        let rpcbind_up =
+            || Command::new("rpcinfo").args(["-p", "127.0.0.1"]).output().is_ok_and(|o| o.status.success());
+        if !rpcbind_up() {
+            let s = tool("rpcbind").arg("-w").status().unwrap();
+            assert!(s.success(), "rpcbind did not start");
+            until("rpcbind", Duration::from_secs(10), rpcbind_up);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let export = dir.path().join("export");
+        std::fs::create_dir(&export).unwrap();
+        let conf = dir.path().join("ganesha.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "NFS_CORE_PARAM {{ Protocols = 3,4; NFS_Port = 2049; MNT_Port = 20048; Bind_addr = 127.0.0.1; \
+                 Enable_NLM = false; Enable_RQUOTA = false; }}\n\
+                 NFSV4 {{ Graceless = true; }}\n\
+                 EXPORT {{ Export_Id = 1; Path = {p}; Pseudo = /export; Access_Type = RW; Squash = No_Root_Squash; \
+                 Protocols = 3,4; Transports = TCP; SecType = sys; FSAL {{ Name = VFS; }} }}\n\
+                 LOG {{ Default_Log_Level = WARN; }}\n",
+                p = export.display()
+            ),
+        )
+        .unwrap();
+        let child = tool("ganesha.nfsd")
+            .args(["-F", "-f"])
+            .arg(&conf)
+            .arg("-L")
+            .arg(dir.path().join("ganesha.log"))
+            .arg("-p")
+            .arg(dir.path().join("ganesha.pid"))
+            .args(["-N", "NIV_WARN"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let me = Ganesha { child, dir };
+        let url = me.url("");
+        until("nfs-ganesha", Duration::from_secs(30), || {
+            Command::new("nfs-ls").arg(&url).output().is_ok_and(|o| o.status.success())
+        });
+        me
+    }
+
+    /// The exported directory on this host (what the server's clients see).
+    pub fn export(&self) -> PathBuf {
+        self.dir.path().join("export")
+    }
+
+    pub fn url(&self, rel: &str) -> String {
+        format!("nfs://127.0.0.1{}/{rel}", self.export().display())
+    }
+}
+
+impl Drop for Ganesha {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tgtd exporting one target with one LUN (a sparse file) to CHAP user `user`.
+pub struct Tgt {
+    child: Child,
+    pub target: String,
+    pub lun_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub const TGT_PORTAL: &str = "127.0.0.1:3260";
+
+impl Tgt {
+    pub fn start(user: &str, password: &str, lun_mib: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let lun_file = dir.path().join("lun1.img");
+        std::fs::File::create(&lun_file).unwrap().set_len(lun_mib << 20).unwrap();
+        let child = tool("tgtd")
+            .args(["-f", "--iscsi", &format!("portal={TGT_PORTAL}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let target = "iqn.2026-12.org.horcrux:lab".to_string();
+        let adm = |args: &[&str]| {
+            Command::new("tgtadm")
+                .args(["--lld", "iscsi"])
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        until("tgtd", Duration::from_secs(10), || adm(&["--op", "show", "--mode", "target"]));
+        let lun = lun_file.display().to_string();
+        for step in [
+            vec!["--op", "new", "--mode", "target", "--tid", "1", "-T", &target],
+            vec!["--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", &lun],
+            vec!["--op", "new", "--mode", "account", "--user", user, "--password", password],
+            vec!["--op", "bind", "--mode", "account", "--tid", "1", "--user", user],
+            vec!["--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"],
+        ] {
+            assert!(adm(&step), "tgtadm {step:?} failed");
+        }
+        Tgt { child, target, lun_file, _dir: dir }
+    }
+}
+
+impl Drop for Tgt {
+    fn drop(&mut self) {
+        // tgtd ignores SIGTERM.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `data` at offset 0 of `path` (a marker the tiny guest's `showdisk` prints).
+pub fn write_marker(path: &Path, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(data, 0).unwrap();
+}
