@@ -4,9 +4,11 @@
 # init below changes (its version in $out/version).
 # With `showdisk` on the kernel command line the guest also prints the first 12 bytes of
 # its first virtio disk as DISK:<bytes>: the storage tests boot it from their volumes.
+# With `watchhotplug` (and `stayup`) it prints DEVICES:<its vd* disks and NICs> whenever
+# that list changes, and DISK-<name>:<first 12 bytes> of each disk: the hot-plug tests.
 set -euo pipefail
 out=${1:-"$(cd "$(dirname "$0")/.." && pwd)/.lab/tiny-guest"}
-version=3
+version=4
 if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ "$(cat "$out/version" 2>/dev/null)" = "$version" ]; then
   exit 0
 fi
@@ -40,7 +42,18 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for pass in 1 2; do for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done; done
 echo "GUEST-BOOTED"
 grep -q showdisk /proc/cmdline && [ -b /dev/vda ] && echo "DISK:\$(head -c 12 /dev/vda)"
-grep -q stayup /proc/cmdline && while true; do sleep 1; done
+seen=""
+grep -q stayup /proc/cmdline && while true; do
+  if grep -q watchhotplug /proc/cmdline; then
+    now="\$(ls /sys/block | grep '^vd' | tr '\n' ' ')\$(ls /sys/class/net | grep -v '^lo' | tr '\n' ' ')"
+    if [ "\$now" != "\$seen" ]; then
+      echo "DEVICES:\$now"
+      for d in /sys/block/vd*; do [ -e "\$d" ] && echo "DISK-\${d##*/}:\$(head -c 12 /dev/\${d##*/})"; done
+      seen="\$now"
+    fi
+  fi
+  sleep 1
+done
 poweroff -f
 INIT
 chmod +x initrd/init

@@ -51,6 +51,11 @@ pub async fn create_with_disks(
     let mut allocated: Vec<(String, String)> = Vec::new();
     let mut failure = None;
     for (index, d) in spec.disks.iter_mut().enumerate() {
+        if let Some(v) = &d.volume {
+            // An existing volume used as it is (a LUN): nothing to allocate or free.
+            log(format!("using {v}"));
+            continue;
+        }
         let Some(pool) = pools.get(&d.storage) else {
             failure = Some(CreateError::Alloc { index, message: format!("unknown storage {}", d.storage) });
             break;

@@ -89,6 +89,19 @@ pub fn launch_for(
             d.volume.as_deref().ok_or_else(|| RuntimeError::Driver("disk without a volume".into()))?;
         disks.push(volumes(pool).source(volid).map_err(|e| RuntimeError::Driver(e.to_string()))?);
     }
+    let mut cdroms = Vec::with_capacity(spec.cdroms.len());
+    for c in &spec.cdroms {
+        let Some(volid) = &c.volume else {
+            cdroms.push(None);
+            continue;
+        };
+        let storage = volid.split(':').next().unwrap_or_default();
+        let pool = state
+            .storage
+            .get(storage)
+            .ok_or_else(|| RuntimeError::Driver(format!("storage {storage} is gone")))?;
+        cdroms.push(Some(volumes(pool).source(volid).map_err(|e| RuntimeError::Driver(e.to_string()))?));
+    }
     let mut spec = spec;
     if let Some(boot) = spec.boot.as_mut() {
         // Boot files on a storage become that storage's host paths here, on the owner.
@@ -116,6 +129,7 @@ pub fn launch_for(
         name: guest.name.clone(),
         spec,
         disks,
+        cdroms,
         ha_until_ms: None,
         arch,
         loadvm: guest.resume.clone(),

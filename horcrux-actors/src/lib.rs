@@ -16,6 +16,9 @@ pub use create::{create_with_disks, CreateError, NewGuest};
 pub use fleet::{GuestFleet, MigrateOne, ReconcileOne, Shutdown};
 pub use guest::{GuestStatus, StatusBoard};
 pub use ha::{FenceLauncher, HaManager, LeaseAgent, LeaseCell};
+/// The hot-plug changes the HTTP crate asks of a running guest (the drivers' types, as
+/// the runtime's hypervisor takes them).
+pub use horcrux_drivers::{DiskSource, Hotplug};
 pub use port::{read, ClusterPort};
 pub use runtime::{start_fleet, NodeRuntime, RuntimeError, VolumeFactory};
 pub use storage::{PoolActor, PoolStatus, StorageBoard, StorageFleet, REFRESH as STORAGE_REFRESH};

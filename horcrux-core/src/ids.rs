@@ -198,6 +198,16 @@ pub fn parse_volume_id(volid: &str) -> Result<(&str, &str), ValidationError> {
     Ok((storage, rel))
 }
 
+/// An ISO image's volume id, `STORAGE:iso/NAME` (what a CD-ROM drive holds); answers the
+/// storage.
+pub fn parse_iso_volume<'a>(field: &str, volid: &'a str) -> Result<&'a str, ValidationError> {
+    let (storage, rel) = parse_volume_id(volid).map_err(|e| ValidationError::new(field, e.message))?;
+    match rel.strip_prefix("iso/") {
+        Some(name) if !name.contains('/') => Ok(storage),
+        _ => Err(ValidationError::new(field, format!("{volid:?} is not an ISO image (STORAGE:iso/NAME)"))),
+    }
+}
+
 /// `NAME@REALM` (whether the realm exists is the state's business).
 pub fn validate_userid(field: &str, userid: &str) -> Result<(), ValidationError> {
     let Some((name, realm)) = userid.rsplit_once('@') else {

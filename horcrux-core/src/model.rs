@@ -92,6 +92,18 @@ pub struct DiskSpec {
 }
 crate::evolving!(DiskSpec { storage, size_mib, volume, slot } added { format: None });
 
+/// A CD-ROM drive (Proxmox's `ideN: STORAGE:iso/NAME,media=cdrom`, or `none,media=cdrom`
+/// for an empty drive): read-only, shared by any number of guests, never freed with one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdromSpec {
+    /// `ide2`, `sata1`, `scsi3`: not a virtio slot (those are disks only).
+    pub slot: String,
+    /// An ISO image (`local:iso/debian.iso`); none: the drive is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+}
+crate::evolving!(CdromSpec { slot, volume });
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
     pub memory_mib: u64,
@@ -117,11 +129,15 @@ pub struct VmSpec {
     /// detached disk, the source a `move_disk` kept. Deleting one frees its volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unused: Vec<String>,
+    /// CD-ROM drives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdroms: Vec<CdromSpec>,
 }
 crate::evolving!(VmSpec { memory_mib, cores, sockets, disks, boot, nets, options } added {
     arch: None,
     emulation: crate::arch::Emulation::Allowed,
     unused: Vec::new(),
+    cdroms: Vec::new(),
 });
 
 fn is_allowed(e: &crate::arch::Emulation) -> bool {
@@ -146,6 +162,7 @@ impl Default for VmSpec {
             arch: None,
             emulation: Default::default(),
             unused: Vec::new(),
+            cdroms: Vec::new(),
         }
     }
 }
@@ -205,6 +222,19 @@ impl VmSpec {
                     format!("disks[{i}].slot"),
                     format!("{slot} is used twice"),
                 ));
+            }
+        }
+        for (i, c) in self.cdroms.iter().enumerate() {
+            let field = format!("cdroms[{i}].slot");
+            crate::vmconfig::parse_disk_slot(&field, &c.slot)?;
+            if c.slot.starts_with("virtio") {
+                return Err(ValidationError::new(field, "a CD-ROM drive is on ide, sata or scsi"));
+            }
+            if !slots.insert(c.slot.clone()) {
+                return Err(ValidationError::new(field, format!("{} is used twice", c.slot)));
+            }
+            if let Some(v) = &c.volume {
+                ids::parse_iso_volume(&format!("cdroms[{i}].volume"), v)?;
             }
         }
         let mut nets = std::collections::BTreeSet::new();

@@ -585,10 +585,32 @@ impl ClusterState {
                         .into());
                     };
                     ids::parse_volume_id(volume)?;
-                    if ids::volume_owner(volume) != Some(vmid) {
+                    // A LUN of an iSCSI storage is used whole, by one guest at a time.
+                    let whole_lun = ids::volume_owner(volume).is_none()
+                        && matches!(self.storage[&d.storage].kind, crate::StorageKind::Iscsi { .. });
+                    if ids::volume_owner(volume) != Some(vmid) && !whole_lun {
                         return Err(ValidationError::new(
                             format!("disks[{i}].volume"),
                             format!("volume {volume:?} does not belong to guest {vmid}"),
+                        )
+                        .into());
+                    }
+                    if let Some(other) = self.guests.values().find(|g| {
+                        g.vmid != vmid
+                            && g.vm_spec().disks.iter().any(|o| o.volume.as_deref() == Some(volume))
+                    }) {
+                        return Err(ApplyError::Conflict {
+                            message: format!("disks[{i}].volume: {volume} is a disk of guest {}", other.vmid),
+                        });
+                    }
+                }
+                for (i, c) in spec.cdroms.iter().enumerate() {
+                    let Some(volume) = &c.volume else { continue };
+                    let storage = ids::parse_iso_volume(&format!("cdroms[{i}].volume"), volume)?;
+                    if !self.storage.contains_key(storage) {
+                        return Err(ValidationError::new(
+                            format!("cdroms[{i}].volume"),
+                            format!("unknown storage {storage:?}"),
                         )
                         .into());
                     }

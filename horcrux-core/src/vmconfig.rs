@@ -230,7 +230,35 @@ pub fn option_kind(key: &str) -> OptionKind {
 
 /// An option's value in its stored form (`true`/`yes`/`on` -> `1` for booleans), or why it
 /// is not one.
+/// What a guest's `hotplug` option lets change while it runs (Proxmox's default
+/// `network,disk,usb`; `0` nothing, `1` the default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotplugFeatures {
+    pub network: bool,
+    pub disk: bool,
+}
+
+const HOTPLUG_WORDS: [&str; 6] = ["network", "disk", "cpu", "memory", "usb", "cloudinit"];
+
+pub fn hotplug_features(value: Option<&str>) -> HotplugFeatures {
+    let v = match value.unwrap_or("1") {
+        "1" => "network,disk,usb",
+        "0" => "",
+        other => other,
+    };
+    let has = |w: &str| v.split(',').any(|x| x.trim() == w);
+    HotplugFeatures { network: has("network"), disk: has("disk") }
+}
+
 pub fn normalize_option(key: &str, value: &str) -> Result<String, ValidationError> {
+    if key == "hotplug" && !matches!(value, "0" | "1") {
+        if let Some(bad) = value.split(',').find(|w| !HOTPLUG_WORDS.contains(&w.trim())) {
+            return Err(ValidationError::new(
+                key,
+                format!("{bad:?}: 0, 1 or a list of {}", HOTPLUG_WORDS.join(",")),
+            ));
+        }
+    }
     match option_kind(key) {
         OptionKind::Bool => match value {
             "1" | "true" | "yes" | "on" => Ok("1".into()),
@@ -309,16 +337,33 @@ pub fn parse_property_string(
 /// volume `STORAGE:VMID/NAME`, with options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskRequest {
-    New { storage: String, size_gb: u64, format: Option<String>, import_from: Option<String> },
-    Existing { volume: String },
+    New {
+        storage: String,
+        size_gb: u64,
+        format: Option<String>,
+        import_from: Option<String>,
+    },
+    Existing {
+        volume: String,
+    },
+    /// `STORAGE:iso/NAME,media=cdrom`, or `none,media=cdrom` (`cdrom` too): an empty drive.
+    Cdrom {
+        volume: Option<String>,
+    },
 }
 
 pub fn parse_disk(field: &str, value: &str) -> Result<DiskRequest, ValidationError> {
     let mut file = None;
     let mut format = None;
     let mut import_from = None;
+    let mut cdrom = false;
     for (k, v) in parse_property_string(field, value, Some("file"))? {
         match (k.as_str(), v) {
+            ("media", Some(m)) if m == "cdrom" => cdrom = true,
+            ("media", Some(m)) if m == "disk" => {}
+            ("media", Some(m)) => {
+                return Err(ValidationError::new(field, format!("media {m}: disk or cdrom")))
+            }
             ("import-from", Some(src)) => {
                 crate::ids::parse_volume_id(&src)
                     .map_err(|e| ValidationError::new(field, format!("import-from: {}", e.message)))?;
@@ -330,14 +375,25 @@ pub fn parse_disk(field: &str, value: &str) -> Result<DiskRequest, ValidationErr
                 return Err(ValidationError::new(field, format!("format {f}: raw, qcow2 or vmdk")))
             }
             // Tuning options Proxmox accepts; QEMU's defaults are used here.
-            (
-                "size" | "cache" | "discard" | "iothread" | "ssd" | "backup" | "aio" | "replicate" | "media",
-                Some(_),
-            ) => {}
+            ("size" | "cache" | "discard" | "iothread" | "ssd" | "backup" | "aio" | "replicate", Some(_)) => {
+            }
             (k, _) => return Err(ValidationError::new(field, format!("unknown or empty key {k:?}"))),
         }
     }
     let file = file.ok_or_else(|| ValidationError::new(field, "no volume"))?;
+    if cdrom || file == "cdrom" {
+        if field.starts_with("virtio") {
+            return Err(ValidationError::new(field, "a CD-ROM drive is on ide, sata or scsi"));
+        }
+        if import_from.is_some() || format.is_some() {
+            return Err(ValidationError::new(field, "a CD-ROM drive takes no import-from or format"));
+        }
+        if file == "none" || file == "cdrom" {
+            return Ok(DiskRequest::Cdrom { volume: None });
+        }
+        crate::ids::parse_iso_volume(field, &file)?;
+        return Ok(DiskRequest::Cdrom { volume: Some(file) });
+    }
     let Some((storage, rest)) = file.split_once(':') else {
         return Err(ValidationError::new(field, "expected STORAGE:SIZE_GB or STORAGE:VOLUME"));
     };
@@ -420,6 +476,17 @@ mod tests {
             }
         );
         assert!(parse_disk("scsi0", "local:0,import-from=../x").is_err());
+        assert_eq!(
+            parse_disk("ide2", "local:iso/debian.iso,media=cdrom").unwrap(),
+            DiskRequest::Cdrom { volume: Some("local:iso/debian.iso".into()) }
+        );
+        assert_eq!(parse_disk("ide2", "none,media=cdrom").unwrap(), DiskRequest::Cdrom { volume: None });
+        assert_eq!(parse_disk("ide2", "cdrom").unwrap(), DiskRequest::Cdrom { volume: None });
+        for bad in ["local:100/vm-100-disk-0.qcow2,media=cdrom", "local:iso/../x.iso,media=cdrom"] {
+            assert!(parse_disk("ide2", bad).is_err(), "{bad}");
+        }
+        assert!(parse_disk("virtio1", "none,media=cdrom").is_err());
+        assert!(parse_disk("ide2", "local:iso/x.iso,media=floppy").is_err());
         assert_eq!(
             parse_disk("scsi1", "file=local:100/vm-100-disk-0.qcow2,size=1G,cache=none").unwrap(),
             DiskRequest::Existing { volume: "local:100/vm-100-disk-0.qcow2".into() }

@@ -99,6 +99,15 @@ impl DiskSource {
     }
 }
 
+/// A device added to or removed from a running guest.
+#[derive(Debug, Clone)]
+pub enum Hotplug<'a> {
+    AddDisk { disk: &'a horcrux_core::DiskSpec, slot: &'a str, source: &'a DiskSource },
+    RemoveDisk { slot: &'a str },
+    AddNic(&'a horcrux_core::vmconfig::NetSpec),
+    RemoveNic(u8),
+}
+
 /// What the host says about a guest right now (defined in core, which the API speaks).
 pub use horcrux_core::ObservedPower;
 
@@ -118,6 +127,9 @@ pub struct GuestLaunch {
     pub spec: VmSpec,
     /// Where the disks are, in the order of `spec.disks`.
     pub disks: Vec<DiskSource>,
+    /// Where the CD-ROMs' ISO images are (none: an empty drive), in the order of
+    /// `spec.cdroms`.
+    pub cdroms: Vec<Option<DiskSource>>,
     /// An HA guest: started by the node's fence (`fence.rs`), which kills it when the
     /// node's lease ends; the start is refused after this monotonic time (the end of the
     /// lease it was decided under). `None`: an ordinary guest, started by the daemon.
@@ -159,6 +171,17 @@ pub trait Hypervisor: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<serde_json::Value, DriverError>> {
         let _ = (vmid, command, arguments);
         Box::pin(async { Err(DriverError::Invalid("this hypervisor has no QMP".into())) })
+    }
+    /// Applies one hot-plug change to the running guest.
+    fn hotplug<'a>(&'a self, vmid: u32, change: Hotplug<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (vmid, change);
+        Box::pin(async { Err(DriverError::Invalid("this hypervisor cannot hot-plug devices".into())) })
+    }
+    /// The configuration the running guest has: what it was started with, and the
+    /// hot-plug changes made since (`None`: not running, or not known).
+    fn running_spec(&self, vmid: u32) -> Option<VmSpec> {
+        let _ = vmid;
+        None
     }
     /// Moves a running guest's disk `slot` onto `target` (a volume the caller allocated)
     /// without stopping it; afterwards the guest uses the target.

@@ -11,7 +11,7 @@ pub mod qmp;
 pub mod storage;
 
 pub use hypervisor::{
-    BoxFuture, DiskSource, DriverError, GuestLaunch, Hypervisor, NetDisk, NetSecret, ObservedPower,
+    BoxFuture, DiskSource, DriverError, GuestLaunch, Hotplug, Hypervisor, NetDisk, NetSecret, ObservedPower,
     ShutdownOutcome, StoreUsage, VolumeInfo, VolumeStore,
 };
 pub use qemu::{resolve_accel, Accel, QemuDriver};

@@ -34,6 +34,7 @@ fn launch(vmid: u32, cmdline: &str, disk: PathBuf) -> GuestLaunch {
             ..Default::default()
         },
         disks: vec![horcrux_drivers::DiskSource::File(disk)],
+        cdroms: vec![],
         ha_until_ms: None,
         arch: Default::default(),
         loadvm: None,

@@ -127,7 +127,7 @@ fn zfs_fuse() {
     panic!("zfs-fuse did not answer");
 }
 
-struct Zpool(String, tempfile::TempDir);
+struct Zpool(String, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Zpool {
     fn drop(&mut self) {
@@ -245,6 +245,7 @@ async fn boot_shows(disk: DiskSource, marker: &str) {
             ..Default::default()
         },
         disks: vec![disk],
+        cdroms: vec![],
         ha_until_ms: None,
         arch: Default::default(),
         loadvm: None,

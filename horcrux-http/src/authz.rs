@@ -69,6 +69,7 @@ fn table() -> Vec<RouteAccess> {
         r!(PUT, "/vms/{vmid}/resize", Priv("VM.Config.Disk", "/vms/{vmid}")),
         // And Datastore.AllocateSpace on the target storage (checked by the handler).
         r!(POST, "/vms/{vmid}/move_disk", Priv("VM.Config.Disk", "/vms/{vmid}")),
+        r!(GET, "/vms/{vmid}/pending", Priv("VM.Audit", "/vms/{vmid}")),
         r!(GET, "/vms/{vmid}/snapshots", Priv("VM.Audit", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/snapshots", Priv("VM.Snapshot", "/vms/{vmid}")),
         r!(GET, "/vms/{vmid}/snapshots/{name}", Priv("VM.Audit", "/vms/{vmid}")),

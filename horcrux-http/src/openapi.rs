@@ -85,7 +85,11 @@ fn schemas() -> Value {
             "volume": t(S), "slot": { "type": S, "pattern": "^(virtio|scsi|sata|ide)[0-9]{1,2}$" },
             "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] }, "import_from": t(S),
         }),
-        &["storage", "size_mib"],
+        &["storage"],
+    );
+    let cdrom = obj(
+        json!({ "slot": { "type": S, "pattern": "^(scsi|sata|ide)[0-9]{1,2}$" }, "volume": t(S) }),
+        &["slot"],
     );
     let net = obj(
         json!({
@@ -99,7 +103,7 @@ fn schemas() -> Value {
         json!({
             "vmid": t(I), "name": t(S), "node": t(S), "type": t(S), "memory_mib": t(I), "cores": t(I),
             "sockets": t(I), "disks": arr(r("Disk")), "nets": arr(r("Net")), "unused": arr(t(S)),
-            "options": { "type": "object", "additionalProperties": t(S) },
+            "cdroms": arr(r("Cdrom")), "options": { "type": "object", "additionalProperties": t(S) },
             "status": { "type": S, "enum": ["running", "stopped"] }, "qmpstatus": t(S),
             "desired": t("object"), "revision": t(I), "serial_log": t(S), "boot": r("KernelBoot"),
             "last_error": t(S), "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
@@ -169,7 +173,7 @@ fn schemas() -> Value {
         &["poolid", "vms", "storage"],
     );
     json!({
-        "Error": error, "Disk": disk, "Net": net, "KernelBoot": boot, "Vm": vm, "Task": task,
+        "Error": error, "Disk": disk, "Cdrom": cdrom, "Net": net, "KernelBoot": boot, "Vm": vm, "Task": task,
         "LogLine": log_line, "Upid": upid, "User": user, "Token": token, "AclEntry": acl,
         "Role": role, "Group": group, "StoragePool": pool, "Content": content, "Node": node,
         "Snapshot": obj(
@@ -249,7 +253,7 @@ fn operations() -> Vec<Op> {
             "memory_mib": { "type": I, "minimum": 16, "maximum": 4 * 1024 * 1024 },
             "cores": { "type": I, "minimum": 1, "maximum": 512 }, "sockets": { "type": I, "minimum": 1, "maximum": 4 },
             "disks": { "type": "array", "items": r("Disk"), "maxItems": 16 },
-            "boot": r("KernelBoot"), "nets": arr(r("Net")), "pool": t(S),
+            "boot": r("KernelBoot"), "nets": arr(r("Net")), "pool": t(S), "cdroms": arr(r("Cdrom")),
             "options": { "type": "object", "additionalProperties": t(S) },
             "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
         }),
@@ -258,7 +262,7 @@ fn operations() -> Vec<Op> {
     let config = body(
         json!({
             "revision": t(I), "name": t(S), "memory_mib": t(I), "cores": t(I), "sockets": t(I),
-            "nets": arr(r("Net")), "add_disks": arr(r("Disk")),
+            "nets": arr(r("Net")), "add_disks": arr(r("Disk")), "cdroms": arr(r("Cdrom")),
             "options": { "type": "object", "additionalProperties": t(S) }, "delete": arr(t(S)),
             "purge": t(B), "arch": t(S), "emulation": { "type": S, "enum": ["allowed", "forbidden"] },
         }),
@@ -315,7 +319,7 @@ fn operations() -> Vec<Op> {
         op(
             "PUT",
             "/vms/{vmid}/config",
-            "Change the configuration (applies at the next start)",
+            "Change the configuration (what hotplug allows applies to a running guest at once, the rest at its next start)",
             r("Revision"),
         )
         .body(config),
@@ -330,6 +334,12 @@ fn operations() -> Vec<Op> {
             json!({ "disk": t(S), "storage": t(S), "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] }, "delete": t(B) }),
             &["disk", "storage"],
         )),
+        op(
+            "GET",
+            "/vms/{vmid}/pending",
+            "Each configuration key: its running value, its pending one, or a pending delete",
+            arr(obj(json!({ "key": t(S), "value": t(S), "pending": t(S), "delete": t(I) }), &["key"])),
+        ),
         op("GET", "/vms/{vmid}/snapshots", "Snapshots, then `current`", arr(r("Snapshot"))),
         op(
             "POST",

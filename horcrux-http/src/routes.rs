@@ -33,6 +33,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/vms/{vmid}/config", put(vms::config::update))
         .route("/vms/{vmid}/resize", put(vms::disk::resize))
         .route("/vms/{vmid}/move_disk", post(vms::disk::move_disk))
+        .route("/vms/{vmid}/pending", get(vms::hotplug::get_pending))
         .route("/vms/{vmid}/snapshots", get(vms::snapshot::list).post(vms::snapshot::create))
         .route(
             "/vms/{vmid}/snapshots/{name}",
@@ -110,6 +111,7 @@ fn compat_routes() -> Router<ApiState> {
         .route("/nodes/{node}/qemu/{vmid}/resize", axum::routing::put(resize_qemu))
         .route("/nodes/{node}/qemu/{vmid}/unlink", axum::routing::put(unlink_qemu))
         .route("/nodes/{node}/qemu/{vmid}/move_disk", post(move_disk_qemu))
+        .route("/nodes/{node}/qemu/{vmid}/pending", get(pending_qemu))
         .route("/nodes/{node}/qemu/{vmid}/snapshot", get(snapshots).post(snapshots))
         .route("/nodes/{node}/qemu/{vmid}/snapshot/{snapname}", get(snapshot).delete(snapshot))
         .route("/nodes/{node}/qemu/{vmid}/snapshot/{snapname}/rollback", post(snapshot_rollback))

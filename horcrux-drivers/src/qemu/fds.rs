@@ -23,6 +23,9 @@ pub const QMP_FD: i32 = 3;
 pub struct FdLayout {
     /// Per disk; a file disk `i` is QEMU fd set `i + 1`.
     pub disks: Vec<DiskFds>,
+    /// Per CD-ROM drive: an ISO file's read-only descriptor (`rw` is -1: none); CD-ROM `j`
+    /// is fd set `101 + j`.
+    pub cdroms: Vec<DiskFds>,
     pub serial: i32,
     pub kernel: Option<i32>,
     pub initrd: Option<i32>,
@@ -45,13 +48,22 @@ impl FdLayout {
                 DiskSource::Net(n) => DiskFds::Net { secret: n.secret.as_ref().map(|_| take()) },
             })
             .collect();
+        let cdroms = launch
+            .cdroms
+            .iter()
+            .map(|c| match c {
+                Some(DiskSource::File(_)) => DiskFds::File { rw: -1, ro: take() },
+                Some(DiskSource::Net(n)) => DiskFds::Net { secret: n.secret.as_ref().map(|_| take()) },
+                None => DiskFds::Net { secret: None },
+            })
+            .collect();
         let serial = take();
         let boot = launch.spec.boot.as_ref();
         let kernel = boot.map(|_| take());
         let initrd = boot.and_then(|b| b.initrd.as_ref()).map(|_| take());
         let taps =
             launch.spec.nets.iter().filter(|n| n.bridge.is_some()).map(|n| (n.index, take())).collect();
-        FdLayout { disks, serial, kernel, initrd, taps }
+        FdLayout { disks, cdroms, serial, kernel, initrd, taps }
     }
 
     pub fn tap(&self, index: u8) -> Option<i32> {
@@ -167,6 +179,23 @@ pub fn open_all(
         };
         fds.push((open(true)?.into(), *rw));
         fds.push((open(false)?.into(), *ro));
+    }
+    for (cd, fds_of) in launch.cdroms.iter().zip(&layout.cdroms) {
+        match (cd, fds_of) {
+            (Some(DiskSource::File(path)), DiskFds::File { ro, .. }) => {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(path)
+                    .map_err(|e| invalid("CD-ROM image", path, e))?;
+                fds.push((f.into(), *ro));
+            }
+            (Some(DiskSource::Net(net)), DiskFds::Net { secret: Some(fd) }) => {
+                let value = net.secret.as_ref().map(|s| s.value.as_bytes()).unwrap_or_default();
+                fds.push((memory_file(value)?, *fd));
+            }
+            _ => {}
+        }
     }
     let serial = std::fs::OpenOptions::new()
         .write(true)

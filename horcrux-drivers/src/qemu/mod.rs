@@ -18,11 +18,12 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::hypervisor::{
-    BoxFuture, DiskSource, DriverError, GuestLaunch, Hypervisor, ObservedPower, ShutdownOutcome,
+    BoxFuture, DiskSource, DriverError, GuestLaunch, Hotplug, Hypervisor, ObservedPower, ShutdownOutcome,
 };
 use crate::qmp::QmpClient;
 
 mod fds;
+pub mod hotplug;
 mod mirror;
 pub(crate) use fds::install as install_fds;
 pub use fds::{open_tap, FdLayout};
@@ -311,7 +312,8 @@ impl QemuDriver {
             "chardev=qmp,mode=control".into(),
         ]);
         let slots = spec.disk_slots();
-        let on_bus = |bus: &str| slots.iter().any(|s| s.starts_with(bus));
+        let on_bus =
+            |bus: &str| slots.iter().chain(spec.cdroms.iter().map(|c| &c.slot)).any(|s| s.starts_with(bus));
         if on_bus("scsi") {
             a.extend(["-device".into(), "virtio-scsi-pci,id=scsihw0".into()]);
         }
@@ -321,7 +323,7 @@ impl QemuDriver {
         for (i, disk_fds) in fds.disks.iter().enumerate() {
             let slot = slots.get(i).cloned().unwrap_or_else(|| format!("virtio{i}"));
             let Some(disk) = launch.disks.get(i) else { continue };
-            a.extend(drive_args(&slot, i + 1, disk, disk_fds));
+            a.extend(drive_args(&slot, i + 1, disk, disk_fds, ""));
             a.push("-device".into());
             let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
             a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {
@@ -329,6 +331,20 @@ impl QemuDriver {
                 "sata" => format!("ide-hd,bus=ahci0.{n},drive=drive-{slot},id={slot}"),
                 "ide" => format!("ide-hd,bus=ide.{},unit={},drive=drive-{slot},id={slot}", n / 2, n % 2),
                 _ => format!("virtio-blk-pci,drive=drive-{slot},id={slot}"),
+            });
+        }
+        for (j, (cd, cd_fds)) in spec.cdroms.iter().zip(&fds.cdroms).enumerate() {
+            let slot = &cd.slot;
+            match launch.cdroms.get(j).and_then(Option::as_ref) {
+                Some(iso) => a.extend(drive_args(slot, 101 + j, iso, cd_fds, CDROM)),
+                None => a.extend(["-drive".into(), format!("if=none,id=drive-{slot},media=cdrom")]),
+            }
+            let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
+            a.push("-device".into());
+            a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {
+                "scsi" => format!("scsi-cd,bus=scsihw0.0,scsi-id={n},drive=drive-{slot},id={slot}"),
+                "sata" => format!("ide-cd,bus=ahci0.{n},drive=drive-{slot},id={slot}"),
+                _ => format!("ide-cd,bus=ide.{},unit={},drive=drive-{slot},id={slot}", n / 2, n % 2),
             });
         }
         if spec.nets.is_empty() {
@@ -555,7 +571,89 @@ impl QemuDriver {
             let _ = self.stop_inner(vmid).await;
             return Err(e);
         }
+        self.save_running_spec(vmid, &launch.spec);
         tracing::info!(vmid, "QEMU started");
+        Ok(())
+    }
+
+    /// Where the running guest's configuration is kept (what it started with, then each
+    /// hot-plug change): a restarted daemon still tells what is pending.
+    fn running_spec_path(&self, vmid: u32) -> PathBuf {
+        self.run_dir.join(format!("{vmid}.running.json"))
+    }
+
+    fn save_running_spec(&self, vmid: u32, spec: &horcrux_core::VmSpec) {
+        let path = self.running_spec_path(vmid);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(spec)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(vmid, "recording the running configuration: {e}");
+        }
+    }
+
+    async fn hotplug_inner(&self, vmid: u32, change: Hotplug<'_>) -> Result<(), DriverError> {
+        let qmp = self.qmp(vmid).await?;
+        let mut spec = self.running_spec(vmid).ok_or_else(|| {
+            DriverError::Invalid(format!("guest {vmid}: its running configuration is unknown"))
+        })?;
+        match change {
+            Hotplug::AddDisk { disk, slot, source } => {
+                hotplug::add_disk(&qmp, slot, source).await?;
+                let mut d = disk.clone();
+                d.slot = Some(slot.to_string());
+                spec.disks.push(d);
+            }
+            Hotplug::RemoveDisk { slot } => {
+                hotplug::remove_disk(&qmp, slot).await?;
+                let slots = spec.disk_slots();
+                let keep: Vec<bool> = slots.iter().map(|s| s != slot).collect();
+                let mut it = keep.iter();
+                spec.disks.retain(|_| *it.next().unwrap_or(&true));
+            }
+            Hotplug::AddNic(n) => {
+                let tap = match &n.bridge {
+                    Some(bridge) => {
+                        let name = tap_name(vmid, n.index);
+                        let fd = open_tap(&name)?;
+                        let out = Command::new("ip")
+                            .args(["link", "set", "dev", &name, "master", bridge, "up"])
+                            .output()
+                            .await
+                            .map_err(|e| DriverError::Command {
+                                program: "ip".into(),
+                                message: e.to_string(),
+                            })?;
+                        if !out.status.success() {
+                            return Err(DriverError::Command {
+                                program: "ip".into(),
+                                message: format!(
+                                    "{name} -> {bridge}: {}",
+                                    String::from_utf8_lossy(&out.stderr).trim()
+                                ),
+                            });
+                        }
+                        Some(fd)
+                    }
+                    None => None,
+                };
+                hotplug::add_nic(&qmp, n.index, &n.model, &n.macaddr, tap).await?;
+                if n.link_down {
+                    let args = serde_json::json!({ "name": format!("net{}", n.index), "up": false });
+                    qmp.execute("set_link", Some(args)).await?;
+                }
+                spec.nets.retain(|x| x.index != n.index);
+                spec.nets.push(n.clone());
+                spec.nets.sort_by_key(|x| x.index);
+            }
+            Hotplug::RemoveNic(index) => {
+                hotplug::remove_nic(&qmp, index).await?;
+                spec.nets.retain(|x| x.index != index);
+            }
+        }
+        self.save_running_spec(vmid, &spec);
         Ok(())
     }
 
@@ -654,6 +752,15 @@ impl Hypervisor for QemuDriver {
         })
     }
 
+    fn hotplug<'a>(&'a self, vmid: u32, change: Hotplug<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.hotplug_inner(vmid, change))
+    }
+
+    fn running_spec(&self, vmid: u32) -> Option<horcrux_core::VmSpec> {
+        let bytes = std::fs::read(self.running_spec_path(vmid)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn mirror_disk<'a>(
         &'a self,
         vmid: u32,
@@ -741,40 +848,51 @@ pub async fn resolve_accel(requested: Accel) -> Accel {
     }
 }
 
-/// The arguments that give QEMU one disk as drive `drive-SLOT`: a file through fd set
-/// `set` (its two descriptors), a network volume through QEMU's own client (options as
+/// What a CD-ROM drive's `-drive` adds to a disk's.
+const CDROM: &str = ",media=cdrom,readonly=on";
+
+/// The arguments that give QEMU one disk as drive `drive-SLOT` (`media`: [`CDROM`] for a
+/// CD-ROM drive, else empty): a file through fd set `set` (its descriptors: a CD-ROM has
+/// only the read-only one), a network volume through QEMU's own client (options as
 /// `file.*` keys), its password in a `secret` object read from a memory file.
-fn drive_args(slot: &str, set: usize, disk: &DiskSource, disk_fds: &fds::DiskFds) -> Vec<String> {
+fn drive_args(
+    slot: &str,
+    set: usize,
+    disk: &DiskSource,
+    disk_fds: &fds::DiskFds,
+    media: &str,
+) -> Vec<String> {
     let format = disk.format();
+    let mut a = Vec::new();
     match (disk, disk_fds) {
         (DiskSource::Net(net), fds::DiskFds::Net { secret }) => {
-            let mut a = Vec::new();
             let mut options = net.options.clone();
             if let (Some(s), Some(fd)) = (&net.secret, secret) {
                 a.push("-object".into());
                 a.push(format!("secret,id=sec-{slot},file={},format=raw", fds::proc_fd(*fd)));
                 options.insert(s.option.into(), serde_json::json!(format!("sec-{slot}")));
             }
-            let mut drive = format!("if=none,id=drive-{slot},format={format}");
+            let mut drive = format!("if=none,id=drive-{slot},format={format}{media}");
             flatten_options("file", &serde_json::Value::Object(options), &mut drive);
             a.extend(["-drive".into(), drive]);
-            a
         }
-        (_, fds::DiskFds::File { rw, ro }) => vec![
-            "-add-fd".into(),
-            format!("fd={rw},set={set}"),
-            "-add-fd".into(),
-            format!("fd={ro},set={set}"),
-            "-drive".into(),
+        (_, fds::DiskFds::File { rw, ro }) => {
+            for fd in [*rw, *ro].into_iter().filter(|fd| *fd >= 0) {
+                a.extend(["-add-fd".into(), format!("fd={fd},set={set}")]);
+            }
             // No image locking: QEMU holds the image through two descriptions (read-write
             // and read-only, from the fd set), and its OFD locks on one refuse the
             // permission changes of the other ("Failed to get write lock" on
             // `block_resize`). One QEMU per volume is the daemon's guarantee (one owner).
-            format!("file=/dev/fdset/{set},if=none,id=drive-{slot},format={format},file.locking=off"),
-        ],
+            a.push("-drive".into());
+            a.push(format!(
+                "file=/dev/fdset/{set},if=none,id=drive-{slot},format={format},file.locking=off{media}"
+            ));
+        }
         // FdLayout::of gives a file descriptors and a network volume none.
-        (DiskSource::File(_), fds::DiskFds::Net { .. }) => Vec::new(),
+        (DiskSource::File(_), fds::DiskFds::Net { .. }) => {}
     }
+    a
 }
 
 /// Appends `options` to a `-drive` value as `PREFIX.KEY=VALUE` (nested objects dotted,

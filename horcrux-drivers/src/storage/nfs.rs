@@ -222,9 +222,9 @@ impl VolumeStore for NfsStorage {
     }
 
     fn source(&self, volid: &str) -> Result<DiskSource, DriverError> {
-        // Guest disks, and images to import from.
+        // Guest disks, images to import from, ISO images for CD-ROM drives.
         let rel = match dir::locate(&self.id, volid)? {
-            ("images" | "import", rel) => rel,
+            ("images" | "import" | "iso", rel) => rel,
             _ => return Err(DriverError::Invalid(format!("volume {volid} is not a disk image"))),
         };
         let host = self.server.clone();
@@ -350,7 +350,8 @@ mod tests {
         assert_eq!(n.options["path"], "/srv/pve/images/100/vm-100-disk-0.qcow2");
         assert_eq!(n.options["server"]["host"], "10.0.0.5");
         assert_eq!(n.format, "qcow2");
-        assert!(s.source("nas:iso/x.iso").is_err());
+        assert!(s.source("nas:snippets/x.yaml").is_err());
+        assert!(s.source("nas:iso/x.iso").is_ok(), "an ISO for a CD-ROM drive");
         assert!(s.source("nas:100/../../etc/shadow").is_err());
         assert!(s.path("nas:100/vm-100-disk-0.qcow2").is_err());
         let v6 =

@@ -58,6 +58,7 @@ fn translate(
     let mut out = serde_json::Map::new();
     let mut nets = Vec::new();
     let mut disks = Vec::new();
+    let mut cdroms = Vec::new();
     let mut options = serde_json::Map::new();
     let control = if current.is_some() { CHANGE_KEYS } else { CREATE_KEYS };
     for (k, v) in p {
@@ -93,6 +94,12 @@ fn translate(
                 let net = NetSpec::parse(k, index, v, &mac).map_err(|e| bad(&e.field, &e.message))?;
                 nets.push(json!(net));
             }
+            // Proxmox's alias of `ide2: ...,media=cdrom`.
+            "cdrom" => match vmconfig::parse_disk("ide2", &format!("{v},media=cdrom")) {
+                Ok(DiskRequest::Cdrom { volume }) => cdroms.push(json!({ "slot": "ide2", "volume": volume })),
+                Ok(_) => return Err(bad(k, "not a CD-ROM")),
+                Err(e) => return Err(bad(k, &e.message)),
+            },
             _ if vmconfig::parse_disk_slot(k, k).is_ok() => {
                 match vmconfig::parse_disk(k, v).map_err(|e| bad(&e.field, &e.message))? {
                     DiskRequest::New { storage, size_gb, format, import_from } => {
@@ -107,16 +114,17 @@ fn translate(
                         }
                         disks.push(d)
                     }
+                    DiskRequest::Cdrom { volume } => cdroms.push(json!({ "slot": k, "volume": volume })),
                     DiskRequest::Existing { volume } => {
                         // Only the volume already in that slot (options are QEMU's defaults).
                         let same = current.and_then(|c| c["disks"].as_array().cloned()).is_some_and(|a| {
                             a.iter().any(|d| d["slot"] == k && d["volume"] == volume.as_str())
                         });
                         if !same {
-                            return Err(bad(
-                                k,
-                                "attaching an existing volume is not supported; give STORAGE:SIZE_GB",
-                            ));
+                            // Used as it is (a LUN of an iSCSI storage); the native API
+                            // says whether the volume may be.
+                            let storage = volume.split(':').next().unwrap_or_default();
+                            disks.push(json!({ "storage": storage, "volume": volume, "slot": k }));
                         }
                     }
                 }
@@ -133,6 +141,9 @@ fn translate(
     }
     if !disks.is_empty() {
         out.insert(if current.is_some() { "add_disks" } else { "disks" }.into(), json!(disks));
+    }
+    if !cdroms.is_empty() {
+        out.insert("cdroms".into(), json!(cdroms));
     }
     if !options.is_empty() {
         out.insert("options".into(), Value::Object(options));
@@ -261,6 +272,10 @@ pub(crate) fn pve_config(v: &Value) -> Value {
         let format = horcrux_core::ids::volume_format(vol);
         c.insert(slot, json!(format!("{vol},format={format},size={size}")));
     }
+    for cd in v["cdroms"].as_array().into_iter().flatten() {
+        let slot = cd["slot"].as_str().unwrap_or("ide2").to_string();
+        c.insert(slot, json!(format!("{},media=cdrom", cd["volume"].as_str().unwrap_or("none"))));
+    }
     for (i, u) in v["unused"].as_array().into_iter().flatten().enumerate() {
         c.insert(format!("unused{i}"), u.clone());
     }
@@ -288,6 +303,16 @@ pub(crate) fn pve_config(v: &Value) -> Value {
     // Proxmox's digest: changes whenever the config does (here: the revision).
     c.insert("digest".into(), json!(format!("{:040x}", v["revision"].as_u64().unwrap_or(0))));
     Value::Object(c)
+}
+
+/// `GET /nodes/{node}/qemu/{vmid}/pending`: the native list is Proxmox's already.
+pub(crate) async fn pending_qemu(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((_node, vmid)): Path<(String, String)>,
+) -> Response {
+    let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}/pending"), None).await;
+    answer(status, v, |v| v)
 }
 
 pub(crate) async fn status_current(

@@ -1,8 +1,9 @@
 //! `PUT /api/v1/vms/{vmid}/config`: change a guest's configuration. Runs on the owner (the
 //! forwarding layer carries it there), because new disks are allocated on its storage.
 //! The change is compare-and-set on the revision the handler read (or the caller gave), so
-//! two concurrent edits never silently overwrite each other. Changes apply at the next
-//! start, as with Proxmox's pending changes when hotplug is off.
+//! two concurrent edits never silently overwrite each other. A running guest gets the
+//! disks and cards its `hotplug` option allows at once (`hotplug.rs`); every other change
+//! applies at its next start and is listed as pending until then.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +35,9 @@ struct ConfigChange {
     /// New disks, allocated on the owner's storage.
     #[serde(default)]
     add_disks: Vec<NewDisk>,
+    /// CD-ROM drives to add or change, by slot (a new ISO, or none: empty).
+    #[serde(default)]
+    cdroms: Vec<horcrux_core::CdromSpec>,
     /// Options to set (`""` removes one).
     #[serde(default)]
     options: BTreeMap<String, String>,
@@ -68,7 +72,7 @@ fn needed(change: &ConfigChange, vmid: u32) -> Vec<(&'static str, String)> {
         out.push(("VM.Config.Network", vm.clone()));
     }
     let is_disk = |k: &str| k.starts_with("unused") || vmconfig_disk_slot(k);
-    if !change.add_disks.is_empty() || change.delete.iter().any(|k| is_disk(k)) {
+    if !change.add_disks.is_empty() || !change.cdroms.is_empty() || change.delete.iter().any(|k| is_disk(k)) {
         out.push(("VM.Config.Disk", vm.clone()));
     }
     if change.arch.is_some()
@@ -138,10 +142,16 @@ pub async fn update(
             freed.push(volid.clone());
             continue;
         }
+        if spec.cdroms.iter().any(|c| &c.slot == key) {
+            spec.cdroms.retain(|c| &c.slot != key);
+            continue;
+        }
         if let Some(i) = spec.disks.iter().position(|d| d.slot.as_deref() == Some(key.as_str())) {
             let d = spec.disks.remove(i);
             if let Some(v) = d.volume {
-                if change.purge {
+                if !super::attach::owned(vmid, &v) {
+                    // A LUN the guest only used: detached, left on the target.
+                } else if change.purge {
                     freed.push(v);
                 } else {
                     spec.unused.push(v);
@@ -161,10 +171,15 @@ pub async fn update(
             return Err(ApiError::bad_field("delete", format!("{key:?} cannot be removed")));
         }
     }
-    if !freed.is_empty() && st.runtime.observed(vmid).power != horcrux_core::ObservedPower::Stopped {
-        return Err(ApiError::conflict(format!(
-            "guest {vmid} is running: stop it before freeing a volume it may still use"
-        )));
+    if st.runtime.observed(vmid).power != horcrux_core::ObservedPower::Stopped {
+        // A volume the running guest still has attached (not hot-unplugged) stays.
+        let attached = st.runtime.hypervisor().running_spec(vmid).unwrap_or_else(|| g.vm_spec().clone());
+        let in_use = |v: &String| attached.disks.iter().any(|d| d.volume.as_ref() == Some(v));
+        if let Some(v) = freed.iter().find(|v| in_use(v)) {
+            return Err(ApiError::conflict(format!(
+                "guest {vmid} is running with {v} attached: detach it first (hot-unplug), or stop the guest"
+            )));
+        }
     }
     for n in change.nets {
         let n = n.into_spec();
@@ -179,6 +194,11 @@ pub async fn update(
             spec.options.insert(k, v);
         }
     }
+    for c in &change.cdroms {
+        spec.cdroms.retain(|x| x.slot != c.slot);
+        spec.cdroms.push(c.clone());
+    }
+    super::attach::check_cdroms(&st, &state, &caller, &change.cdroms).await?;
     let first_new = spec.disks.len();
     for (i, d) in change.add_disks.iter().enumerate() {
         if d.import_from.is_some() {
@@ -194,10 +214,17 @@ pub async fn update(
             ));
         }
         let slot = d.slot.clone().unwrap_or_else(|| format!("virtio{}", spec.disks.len()));
+        let size_mib = match &d.volume {
+            Some(v) => {
+                let field = format!("add_disks[{i}].volume");
+                super::attach::lun_size_mib(&st, &state, vmid, &field, &d.storage, v).await?
+            }
+            None => d.size_mib,
+        };
         spec.disks.push(DiskSpec {
             storage: d.storage.clone(),
-            size_mib: d.size_mib,
-            volume: None,
+            size_mib,
+            volume: d.volume.clone(),
             slot: Some(slot),
             format: d.format.clone(),
         });
@@ -217,6 +244,9 @@ pub async fn update(
     // Each new disk takes an index no disk, unused volume or volume being freed has.
     let freed_names: Vec<&str> = freed.iter().map(String::as_str).collect();
     for i in first_new..spec.disks.len() {
+        if spec.disks[i].volume.is_some() {
+            continue;
+        }
         let index = spec.free_disk_index(&freed_names);
         let d = &spec.disks[i];
         let pool = match state.storage[&d.storage].for_format("format", d.format.as_deref()) {
@@ -262,7 +292,14 @@ pub async fn update(
                 }
             }
             task.log(format!("guest {vmid} configuration updated (revision {})", ok.revision));
-            task.finish(Ok::<(), String>(()));
+            // A running guest gets what hotplug allows (the task ends once it has; a
+            // guest slow to give a device up does not hold the answer); the rest is pending.
+            let (st2, t) = (st.clone(), task.clone());
+            tokio::spawn(async move {
+                let log = |l: String| t.log(l);
+                super::hotplug::apply(&st2, vmid, &log).await;
+                t.finish(Ok::<(), String>(()));
+            });
             let added: Vec<&String> = allocated.iter().map(|(_, v)| v).collect();
             Ok(Json(json!({ "revision": ok.revision, "added": added, "upid": task.upid() })))
         }

@@ -3,9 +3,11 @@
 //! translations (`compat`). Mutations go through Raft (`ClusterHandle::propose`) and then
 //! through the owning node's actors; each returns a task UPID.
 
+mod attach;
 pub mod compat;
 pub mod config;
 pub mod disk;
+pub(crate) mod hotplug;
 pub mod power;
 pub mod snapshot;
 
@@ -56,6 +58,7 @@ pub(crate) fn vm_json(st: &ApiState, g: &Guest) -> Value {
         }).collect::<Vec<_>>(),
         "nets": spec.nets,
         "unused": spec.unused,
+        "cdroms": spec.cdroms,
         "options": spec.options,
         "arch": spec.arch.as_deref().unwrap_or(horcrux_core::arch::DEFAULT_ARCH),
         "emulation": spec.emulation,
@@ -96,7 +99,13 @@ pub(crate) async fn get_vm(
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewDisk {
     pub storage: String,
+    /// Required for a new disk; with `volume`, the LUN's size.
+    #[serde(default)]
     pub size_mib: u64,
+    /// An existing volume used as it is instead of a new one: a LUN of an iSCSI storage
+    /// (`san:lun1`), used by this guest alone.
+    #[serde(default)]
+    pub volume: Option<String>,
     /// `virtio0`, `scsi1`, ...; default `virtio<position>`.
     pub slot: Option<String>,
     /// `raw`, `qcow2` or `vmdk` (directory storages); default the storage's.
@@ -164,6 +173,9 @@ pub(crate) struct CreateVm {
     arch: Option<String>,
     #[serde(default)]
     emulation: horcrux_core::arch::Emulation,
+    /// CD-ROM drives (`{"slot": "ide2", "volume": "local:iso/x.iso"}`; no volume: empty).
+    #[serde(default)]
+    cdroms: Vec<horcrux_core::CdromSpec>,
 }
 
 /// The guest's architecture is known and `node` can run it: natively, or emulated with the
@@ -238,8 +250,8 @@ pub(crate) async fn create_vm(
             .iter()
             .map(|d| DiskSpec {
                 storage: d.storage.clone(),
-                size_mib: d.size_mib,
-                volume: None,
+                size_mib: d.size_mib.max(u64::from(d.volume.is_some())),
+                volume: d.volume.clone(),
                 slot: d.slot.clone(),
                 format: d.format.clone(),
             })
@@ -250,6 +262,7 @@ pub(crate) async fn create_vm(
         arch: req.arch,
         emulation: req.emulation,
         unused: Vec::new(),
+        cdroms: req.cdroms,
     };
     spec.validate()?;
     horcrux_core::vmconfig::validate_option_values(&spec.options)?;
@@ -261,11 +274,27 @@ pub(crate) async fn create_vm(
                 format!("unknown storage {:?}", d.storage),
             ));
         }
+        // As Proxmox: a disk (new, or a LUN used whole) takes space on its storage.
+        crate::authz::require(
+            &state,
+            &caller,
+            "Datastore.AllocateSpace",
+            &format!("/storage/{}", d.storage),
+        )?;
     }
     if let Some(b) = &spec.boot {
         check_boot_files(&st, &state, &caller, b)?;
     }
     let mut spec = spec;
+    attach::check_cdroms(&st, &state, &caller, &spec.cdroms).await?;
+    for (i, d) in req.disks.iter().enumerate() {
+        let Some(volume) = &d.volume else { continue };
+        let field = format!("disks[{i}].volume");
+        if d.import_from.is_some() || d.format.is_some() {
+            return Err(ApiError::bad_field(field, "an existing volume takes no import_from or format"));
+        }
+        spec.disks[i].size_mib = attach::lun_size_mib(&st, &state, vmid, &field, &d.storage, volume).await?;
+    }
     let mut imports = std::collections::BTreeMap::new();
     for (i, d) in req.disks.iter().enumerate() {
         let Some(src) = &d.import_from else { continue };
@@ -600,6 +629,10 @@ pub(crate) async fn delete_vm(
     let mut errors = Vec::new();
     for d in &guest.vm_spec().disks {
         let (Some(volid), Some(pool)) = (&d.volume, storage.get(&d.storage)) else { continue };
+        if !attach::owned(vmid, volid) {
+            task.log(format!("kept {volid}: the guest used it without owning it"));
+            continue;
+        }
         match st.runtime.volume_store(pool).free(volid).await {
             Ok(()) => task.log(format!("removed volume {volid}")),
             Err(e) => errors.push(format!("{volid}: {e}")),

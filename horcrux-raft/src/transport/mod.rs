@@ -64,6 +64,9 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Largest join request or answer.
 pub const MAX_JOIN_FRAME: usize = 64 * 1024;
 
+// A message decoded, handled and dropped one at a time: boxing the large variant would
+// only add an allocation per RPC.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum RpcRequest {
     AppendEntries(#[bincode(with_serde)] AppendEntriesRequest<TypeConfig>),
