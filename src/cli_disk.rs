@@ -1,5 +1,5 @@
 //! `horcrux vm disk ...` and `horcrux vm snapshot ...`: a VM's disks and snapshots (like
-//! `qm disk resize` and `qm snapshot|listsnapshot|rollback|delsnapshot`).
+//! `qm disk resize|move|unlink` and `qm snapshot|listsnapshot|rollback|delsnapshot`).
 
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -23,6 +23,26 @@ pub enum DiskCmd {
     },
     /// Grow a disk: `horcrux vm disk resize 100 virtio0 +1G` (or an absolute `10G`).
     Resize { vmid: u32, disk: String, size: String },
+    /// Move a disk to another storage (online while the VM runs):
+    /// `horcrux vm disk move 100 virtio0 tank [--format raw] [--delete]`.
+    Move {
+        vmid: u32,
+        disk: String,
+        storage: String,
+        #[arg(long)]
+        format: Option<String>,
+        /// Free the source afterwards (otherwise it is kept as unusedN).
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Detach a disk (hot-unplugged from a running VM where hotplug allows): its volume
+    /// becomes unusedN, or is freed with `--purge`. `horcrux vm disk detach 100 virtio1`.
+    Detach {
+        vmid: u32,
+        disk: String,
+        #[arg(long)]
+        purge: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +91,19 @@ pub fn run_disk(c: &ApiClient, cmd: DiskCmd) -> anyhow::Result<()> {
         DiskCmd::Resize { vmid, disk, size } => {
             let r = c.put(&format!("/vms/{vmid}/resize"), &json!({ "disk": disk, "size": size }))?;
             run_task(c, r, &format!("resize {disk} of VM {vmid}"))
+        }
+        DiskCmd::Move { vmid, disk, storage, format, delete } => {
+            let mut body = json!({ "disk": disk, "storage": storage, "delete": delete });
+            if let Some(f) = format {
+                body["format"] = json!(f);
+            }
+            let r = c.post(&format!("/vms/{vmid}/move_disk"), &body)?;
+            run_task(c, r, &format!("move {disk} of VM {vmid} to {storage}"))
+        }
+        DiskCmd::Detach { vmid, disk, purge } => {
+            let body = json!({ "delete": [disk], "purge": purge });
+            let r = c.put(&format!("/vms/{vmid}/config"), &body)?;
+            run_task(c, r, &format!("detach {disk} of VM {vmid}"))
         }
     }
 }

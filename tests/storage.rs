@@ -565,8 +565,12 @@ fn disks_move_between_storages_and_unused_volumes_are_freed() {
     });
     // A volume the running guest has attached is not freed (unused0, which it does not
     // use, could be).
-    let (code, _) =
-        api.request("PUT", "/vms/140/config", Some(api.token()), &json!({"delete": ["virtio0"], "purge": true}));
+    let (code, _) = api.request(
+        "PUT",
+        "/vms/140/config",
+        Some(api.token()),
+        &json!({"delete": ["virtio0"], "purge": true}),
+    );
     assert_eq!(code, 409, "not while the guest runs with it");
 
     // Online, onto a raw volume on `extra`, the qcow2 source freed.
@@ -893,4 +897,14 @@ fn disks_and_nics_hot_plug_into_a_running_guest_and_the_rest_is_pending() {
     );
     let (_, body) = api.post("/vms/150/stop", &json!({}));
     assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+
+    // The CLI: move a disk, detach (and free) another.
+    let (ok, out) = cli(&d, tmp.path(), &["vm", "disk", "move", "150", "virtio0", "local", "--delete"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&d, tmp.path(), &["vm", "disk", "detach", "150", "sata0", "--purge"]);
+    assert!(ok, "{out}");
+    let (_, vm) = api.get("/vms/150");
+    assert!(vm["disks"][0]["volume"].as_str().unwrap().starts_with("local:150/"), "{vm}");
+    assert_eq!((vm["disks"].as_array().unwrap().len(), vm["unused"].clone()), (1, json!([])), "{vm}");
+    assert_eq!(std::fs::read_dir(store.join("images/150")).map(|d| d.count()).unwrap_or(0), 0);
 }
