@@ -58,3 +58,10 @@ if [ ${#need[@]} -gt 0 ] || [ "$block_extra" = 0 ]; then
   pins+=("qemu-block-extra=$qv")
   apt-get install -y -qq --allow-downgrades "${need[@]}" "${pins[@]}" >/dev/null
 fi
+
+# RBD: a one-host Ceph (monitor, memstore OSD) the rbd tests start (QEMU's librbd is in
+# qemu-block-extra); without Ceph's recommends (its manager and dashboard are not needed).
+if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd >/dev/null
+fi

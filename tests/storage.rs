@@ -908,3 +908,69 @@ fn disks_and_nics_hot_plug_into_a_running_guest_and_the_rest_is_pending() {
     assert_eq!((vm["disks"].as_array().unwrap().len(), vm["unused"].clone()), (1, json!([])), "{vm}");
     assert_eq!(std::fs::read_dir(store.join("images/150")).map(|d| d.count()).unwrap_or(0), 0);
 }
+
+/// An rbd storage through Proxmox's API (the keyring never answered), a disk moved onto
+/// it, the guest booting from it through librbd, a live snapshot on it, and the image
+/// gone with the guest.
+#[test]
+fn a_guest_boots_from_an_rbd_image_moved_onto_ceph() {
+    let ceph = netstore::Ceph::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[("HORCRUX_ACCEL", "tcg")]);
+    let api = d.client();
+    let (code, e) = api.post(
+        "/api2/json/storage",
+        &json!({"storage": "ceph", "type": "rbd", "pool": "rbd", "monhost": netstore::CEPH_MON,
+                "username": "admin", "keyring": ceph.keyring(), "content": "images"}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let (_, cfg) = api.get("/api2/json/storage/ceph");
+    assert!(!cfg.to_string().contains(&ceph.key), "{cfg}");
+    let (code, st) = api.get("/api2/json/nodes/n1/storage/ceph/status");
+    assert_eq!((code, st["data"]["active"].clone()), (200, json!(1)), "{st}");
+
+    let store = tmp.path().join("raw");
+    let (code, e) = api.post(
+        "/storage",
+        &json!({"storage": "raw", "type": "dir", "path": store, "content": "images", "format": "raw"}),
+    );
+    assert_eq!(code, 200, "{e}");
+    let g = common::tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 showdisk stayup"});
+    let (code, vm) = api.post(
+        "/vms",
+        &json!({"vmid": 170, "name": "rbd", "memory_mib": 128, "boot": boot, "disks": [{"storage": "raw", "size_mib": 16}]}),
+    );
+    assert_eq!(code, 200, "{vm}");
+    netstore::write_marker(&store.join("images/170/vm-170-disk-0.raw"), b"HX-RBD-BOOT!");
+    let (code, r) =
+        api.post("/vms/170/move_disk", &json!({"disk": "virtio0", "storage": "ceph", "delete": true}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["upid"].as_str().unwrap()), "OK");
+    let (_, content) = api.get("/api2/json/nodes/n1/storage/ceph/content");
+    // Index 1: the source had 0.
+    assert_eq!(content["data"][0]["volid"], "ceph:vm-170-disk-1", "{content}");
+
+    let (_, body) = api.post("/vms/170/start", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    wait_serial(tmp.path(), 170, "DISK:HX-RBD-BOOT!");
+    let pid = std::fs::read_to_string(tmp.path().join("run/qemu/170.pid")).unwrap();
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap())
+        .replace('\0', " ");
+    assert!(cmdline.contains("file.driver=rbd") && !cmdline.contains(&ceph.key), "{cmdline}");
+    // A live snapshot: the vCPUs paused around `rbd snap create`.
+    let (code, r) = api.post("/vms/170/snapshots", &json!({"snapname": "live"}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["upid"].as_str().unwrap()), "OK");
+    assert_eq!(api.get("/vms/170").1["status"], "running");
+    let (_, body) = api.post("/vms/170/stop", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    assert!(!d.log().contains(&ceph.key));
+    let (code, r) = api.request("DELETE", "/vms/170/snapshots/live", Some(api.token()), &json!({}));
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["upid"].as_str().unwrap()), "OK");
+    let (code, _) = api.delete("/vms/170");
+    assert_eq!(code, 200);
+    let (_, content) = api.get("/api2/json/nodes/n1/storage/ceph/content");
+    assert_eq!(content["data"], json!([]), "{content}");
+}

@@ -51,12 +51,17 @@ pub struct NetDisk {
 }
 
 /// A password and how the tools take it: QEMU's block node option naming a `secret`
-/// object, and the environment variable qemu-img's client library reads.
+/// object holding `value`, and the environment variable (and its value) qemu-img's and
+/// the storage tools' client library reads (`LIBISCSI_CHAP_PASSWORD=PASSWORD`,
+/// `CEPH_ARGS=--key=KEY ...`).
 #[derive(Clone, PartialEq)]
 pub struct NetSecret {
     pub value: String,
+    /// How QEMU's `secret` object reads `value`: `raw` (a password) or `base64` (a cephx
+    /// key, which QEMU's RBD driver hands on base64-encoded).
+    pub format: &'static str,
     pub option: &'static str,
-    pub env: &'static str,
+    pub env: (&'static str, String),
 }
 
 impl std::fmt::Debug for NetSecret {
@@ -92,9 +97,7 @@ impl DiskSource {
     pub fn qemu_img(&self) -> (String, Vec<(&'static str, String)>) {
         match self {
             DiskSource::File(p) => (p.display().to_string(), Vec::new()),
-            DiskSource::Net(n) => {
-                (n.url.clone(), n.secret.iter().map(|s| (s.env, s.value.clone())).collect())
-            }
+            DiskSource::Net(n) => (n.url.clone(), n.secret.iter().map(|s| s.env.clone()).collect()),
         }
     }
 }

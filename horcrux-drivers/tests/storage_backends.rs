@@ -2,8 +2,8 @@
 //! installs them): btrfs on a loop file, zfs-fuse datasets, snapshots and clones, and the
 //! report of a real LVM volume group whose logical volume exists in metadata only (no
 //! device mapper here), an NFS export served by nfs-ganesha and an iSCSI target served by
-//! tgtd with CHAP (each also boots the tiny guest from a disk on it, through QEMU's own
-//! NFS and iSCSI clients). What cannot run here (zvols, LV data) is checked by argv in the
+//! tgtd with CHAP, and a one-host Ceph cluster with cephx (each also boots the tiny guest
+//! from a disk on it, through QEMU's own NFS, iSCSI and RBD clients). What cannot run here (zvols, LV data) is checked by argv in the
 //! backends' unit tests. A missing tool fails the test.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use horcrux_drivers::storage::{
-    common::SystemRunner, BtrfsStorage, IscsiStorage, LvmStorage, NfsStorage, VolumeStore, ZfsPoolStorage,
+    common::SystemRunner, BtrfsStorage, IscsiStorage, LvmStorage, NfsStorage, RbdStorage, VolumeStore,
+    ZfsPoolStorage,
 };
 use horcrux_drivers::{Accel, DiskSource, GuestLaunch, Hypervisor, QemuDriver};
 
@@ -378,4 +379,73 @@ async fn iscsi_luns_on_tgtd_with_chap_and_a_guest_boots_from_one() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(&std::fs::read(tmp.path().join("head")).unwrap()[..12], b"HX-ISCSI-LUN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_images_on_a_one_host_ceph_snapshots_clones_and_a_guest_boots_from_one() {
+    let ceph = netstore::Ceph::start();
+    let keyring = ceph.keyring();
+    let s = RbdStorage::new(
+        "ceph",
+        "rbd",
+        netstore::CEPH_MON,
+        None,
+        Some(&keyring),
+        None,
+        Arc::new(SystemRunner),
+    );
+    s.activate().await.unwrap();
+    // No manager in this cluster: the pool's figures are unknown, not made up.
+    assert_eq!(s.usage().await.unwrap(), None);
+
+    let vol = s.alloc(160, 0, 16).await.unwrap();
+    assert_eq!(vol, "ceph:vm-160-disk-0");
+    assert!(s.alloc(160, 0, 16).await.unwrap_err().to_string().contains("exists"));
+    let listed: Vec<(String, u64)> = s.list().await.unwrap().into_iter().map(|v| (v.volid, v.size)).collect();
+    assert_eq!(listed, [("ceph:vm-160-disk-0".to_string(), 16 << 20)]);
+    s.resize(&vol, 32 << 20).await.unwrap();
+    assert_eq!(s.list().await.unwrap()[0].size, 32 << 20);
+
+    // Data in, through qemu-img's librbd (the key in its environment).
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("marker.raw");
+    let mut data = vec![0u8; 32 << 20];
+    data[..12].copy_from_slice(b"HX-RBD-IMAGE");
+    std::fs::write(&src, &data).unwrap();
+    s.import_from(&vol, &DiskSource::File(src.clone())).await.unwrap();
+
+    s.snapshot(&vol, "first").await.unwrap();
+    s.snapshot(&vol, "second").await.unwrap();
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["first", "second"]);
+    s.rollback(&vol, "first").await.unwrap();
+    s.delete_snapshot(&vol, "second").await.unwrap();
+    assert_eq!(s.snapshots(&vol).await.unwrap(), ["first"]);
+
+    // A linked clone of the snapshot; its base cannot go while it exists.
+    let clone = s.clone_snapshot(&vol, "first", "vm-161-disk-0").await.unwrap();
+    assert_eq!(clone, "ceph:vm-161-disk-0");
+    let e = s.free(&vol).await.unwrap_err().to_string();
+    assert!(e.contains("clone"), "{e}");
+    // QEMU's librbd reads the clone (the key from a descriptor, not its argv).
+    boot_shows(s.source(&clone).unwrap(), "HX-RBD-IMAGE").await;
+    s.free(&clone).await.unwrap();
+    s.free(&vol).await.unwrap();
+    assert!(s.list().await.unwrap().is_empty());
+    s.free(&vol).await.unwrap();
+
+    // A wrong key: refused when the storage is activated.
+    let wrong = RbdStorage::new(
+        "ceph",
+        "rbd",
+        netstore::CEPH_MON,
+        None,
+        Some("AQBbS29nAAAAABAAq9p5c0ZRZ0N5bG5tR0VzVnQ9PQ=="),
+        None,
+        Arc::new(SystemRunner),
+    );
+    let e = tokio::time::timeout(std::time::Duration::from_secs(60), wrong.activate())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(!e.to_string().contains("AQBbS29n"), "{e}");
 }

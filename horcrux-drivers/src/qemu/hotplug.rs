@@ -59,7 +59,7 @@ pub async fn add_disk(qmp: &Arc<QmpClient>, slot: &str, disk: &DiskSource) -> Re
             if let Some(s) = &net.secret {
                 let id = format!("sec-{slot}");
                 let _ = qmp.execute("object-del", Some(json!({ "id": id }))).await;
-                let obj = json!({ "qom-type": "secret", "id": id, "data": s.value, "format": "raw" });
+                let obj = json!({ "qom-type": "secret", "id": id, "data": s.value, "format": s.format });
                 qmp.execute("object-add", Some(obj)).await?;
                 options.insert(s.option.into(), json!(id));
             }

@@ -36,7 +36,7 @@ pub async fn mirror(
                 // Through the monitor, never an argument vector.
                 let id = format!("sec-{node}");
                 let secret_object =
-                    json!({ "qom-type": "secret", "id": id, "data": secret.value, "format": "raw" });
+                    json!({ "qom-type": "secret", "id": id, "data": secret.value, "format": secret.format });
                 qmp.execute("object-add", Some(secret_object)).await?;
                 options.insert(secret.option.into(), json!(id));
                 cleanup = Cleanup::Secret(id);

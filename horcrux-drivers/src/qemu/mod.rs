@@ -869,7 +869,7 @@ fn drive_args(
             let mut options = net.options.clone();
             if let (Some(s), Some(fd)) = (&net.secret, secret) {
                 a.push("-object".into());
-                a.push(format!("secret,id=sec-{slot},file={},format=raw", fds::proc_fd(*fd)));
+                a.push(format!("secret,id=sec-{slot},file={},format={}", fds::proc_fd(*fd), s.format));
                 options.insert(s.option.into(), serde_json::json!(format!("sec-{slot}")));
             }
             let mut drive = format!("if=none,id=drive-{slot},format={format}{media}");
@@ -902,6 +902,11 @@ fn flatten_options(prefix: &str, options: &serde_json::Value, out: &mut String) 
         serde_json::Value::Object(map) => {
             for (k, v) in map {
                 flatten_options(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten_options(&format!("{prefix}.{i}"), v, out);
             }
         }
         serde_json::Value::String(v) => {

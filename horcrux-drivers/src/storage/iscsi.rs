@@ -167,8 +167,9 @@ impl VolumeStore for IscsiStorage {
         let serde_json::Value::Object(options) = options else { unreachable!() };
         let secret = self.password.as_ref().map(|p| NetSecret {
             value: p.clone(),
+            format: "raw",
             option: "password-secret",
-            env: CHAP_ENV,
+            env: (CHAP_ENV, p.clone()),
         });
         Ok(DiskSource::Net(NetDisk { options, url: self.url(Some(lun)), format: "raw".into(), secret }))
     }

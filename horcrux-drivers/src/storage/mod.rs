@@ -10,7 +10,7 @@
 //! | `lvm`, `lvmthin` | [`lvm`] | a real volume group's metadata; data paths by argv and recorded output |
 //! | `nfs` | [`nfs`] | nfs-ganesha (NFSv3), libnfs, qemu-img and QEMU's NFS client |
 //! | `iscsi` | [`iscsi`] | tgtd with CHAP, libiscsi's tools and QEMU's iSCSI initiator |
-//! | `rbd` | not yet | refused with a clear error |
+//! | `rbd` | [`rbd`] | a one-host Ceph (one monitor, one memstore OSD) with cephx, librbd in QEMU |
 
 pub mod btrfs;
 pub mod common;
@@ -19,6 +19,7 @@ pub mod iscsi;
 mod libnfs;
 pub mod lvm;
 pub mod nfs;
+pub mod rbd;
 pub mod zfs;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub use dir::DirStorage;
 pub use iscsi::IscsiStorage;
 pub use lvm::LvmStorage;
 pub use nfs::NfsStorage;
+pub use rbd::RbdStorage;
 pub use zfs::ZfsPoolStorage;
 
 use crate::hypervisor::{BoxFuture, DiskSource, DriverError};
@@ -141,34 +143,6 @@ pub struct VolumeInfo {
     pub ctime: u64,
 }
 
-/// A backend that refuses every operation naming why: the storage types whose backend
-/// this build does not have yet.
-struct Unavailable {
-    why: String,
-}
-
-impl VolumeStore for Unavailable {
-    fn activate(&self) -> BoxFuture<'_, Result<(), DriverError>> {
-        let why = self.why.clone();
-        Box::pin(async move { Err(DriverError::Invalid(why)) })
-    }
-    fn alloc(&self, _: u32, _: usize, _: u64) -> BoxFuture<'_, Result<String, DriverError>> {
-        let why = self.why.clone();
-        Box::pin(async move { Err(DriverError::Invalid(why)) })
-    }
-    fn path(&self, _: &str) -> Result<PathBuf, DriverError> {
-        Err(DriverError::Invalid(self.why.clone()))
-    }
-    fn free<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
-        let why = self.why.clone();
-        Box::pin(async move { Err(DriverError::Invalid(why)) })
-    }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>> {
-        let why = self.why.clone();
-        Box::pin(async move { Err(DriverError::Invalid(why)) })
-    }
-}
-
 /// The backend of `pool` on this node, running host tools through `runner`.
 pub fn open(pool: &StoragePool, runner: Arc<dyn Runner>) -> Arc<dyn VolumeStore> {
     let options = &pool.config.options;
@@ -192,8 +166,14 @@ pub fn open(pool: &StoragePool, runner: Arc<dyn Runner>) -> Arc<dyn VolumeStore>
             Some(pool.config.secret.0.clone()),
             runner,
         )),
-        other => Arc::new(Unavailable {
-            why: format!("storage {}: the {} backend is not in this build yet", pool.id, other.type_name()),
-        }),
+        StorageKind::Rbd { pool: rbd_pool, monhost } => Arc::new(RbdStorage::new(
+            id,
+            rbd_pool,
+            monhost,
+            options.get("username").cloned(),
+            Some(pool.config.secret.0.as_str()),
+            options.get("namespace").cloned(),
+            runner,
+        )),
     }
 }

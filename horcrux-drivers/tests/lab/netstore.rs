@@ -152,3 +152,126 @@ pub fn write_marker(path: &Path, data: &[u8]) {
     use std::os::unix::fs::FileExt;
     std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(data, 0).unwrap();
 }
+
+/// A one-host Ceph cluster with cephx: one monitor on 127.0.0.1:6789 (msgr v1), one OSD
+/// on memstore (in memory, 256 MiB), no manager (so pool usage figures are unknown), and
+/// an `rbd` pool of size 1.
+pub struct Ceph {
+    mon: Child,
+    osd: Child,
+    pub key: String,
+    pub dir: tempfile::TempDir,
+}
+
+pub const CEPH_MON: &str = "127.0.0.1:6789";
+
+impl Ceph {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["mon", "osd0", "run"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        let fsid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().to_string();
+        let conf = d.join("ceph.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]\nfsid = {fsid}\nmon host = {CEPH_MON}\nms bind msgr2 = false\n\
+                 auth cluster required = cephx\nauth service required = cephx\nauth client required = cephx\n\
+                 osd pool default size = 1\nosd pool default min size = 1\nmon allow pool size one = true\n\
+                 mon allow pool delete = true\nosd crush chooseleaf type = 0\nmon data avail warn = 1\n\
+                 mon data avail crit = 0\nrun dir = {d}/run\nadmin socket = {d}/run/$name.asok\n\
+                 log file = {d}/$name.log\nmon data = {d}/mon\nosd data = {d}/osd0\n\
+                 osd objectstore = memstore\nmemstore device bytes = 268435456\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let run = |program: &str, args: &[&str]| {
+            let out = tool(program).args(args).output().unwrap();
+            assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let p = |name: &str| d.join(name).display().to_string();
+        let (conf_s, mon_kr, admin_kr, osd_kr) =
+            (p("ceph.conf"), p("mon.keyring"), p("admin.keyring"), p("osd0/keyring"));
+        run(
+            "ceph-authtool",
+            &["--create-keyring", &mon_kr, "--gen-key", "-n", "mon.", "--cap", "mon", "allow *"],
+        );
+        run(
+            "ceph-authtool",
+            &[
+                "--create-keyring",
+                &admin_kr,
+                "--gen-key",
+                "-n",
+                "client.admin",
+                "--cap",
+                "mon",
+                "allow *",
+                "--cap",
+                "osd",
+                "allow *",
+                "--cap",
+                "mgr",
+                "allow *",
+            ],
+        );
+        run("ceph-authtool", &[&mon_kr, "--import-keyring", &admin_kr]);
+        run("monmaptool", &["--create", "--add", "a", CEPH_MON, "--fsid", &fsid, &p("monmap")]);
+        run(
+            "ceph-mon",
+            &["-c", &conf_s, "--mkfs", "-i", "a", "--monmap", &p("monmap"), "--keyring", &mon_kr],
+        );
+        let quiet = |mut c: Command| {
+            c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        };
+        let mut mon_cmd = tool("ceph-mon");
+        mon_cmd.args(["-f", "-c", &conf_s, "-i", "a"]);
+        let mon = quiet(mon_cmd);
+        let ceph = |args: &[&str]| {
+            let mut all = vec!["-c", &conf_s, "-k", &admin_kr, "--connect-timeout", "10"];
+            all.extend_from_slice(args);
+            run("ceph", &all)
+        };
+        until("ceph-mon", Duration::from_secs(30), || {
+            Command::new("ceph")
+                .args(["-c", &conf_s, "-k", &admin_kr, "--connect-timeout", "3", "mon", "stat"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().to_string();
+        ceph(&["osd", "new", &uuid]);
+        run("ceph-authtool", &["--create-keyring", &osd_kr, "--gen-key", "-n", "osd.0"]);
+        ceph(&["auth", "add", "osd.0", "osd", "allow *", "mon", "allow profile osd", "-i", &osd_kr]);
+        ceph(&["osd", "crush", "add-bucket", "localhost", "host"]);
+        ceph(&["osd", "crush", "move", "localhost", "root=default"]);
+        ceph(&["osd", "crush", "add", "osd.0", "1.0", "host=localhost"]);
+        run("ceph-osd", &["-c", &conf_s, "-i", "0", "--mkfs", "--osd-uuid", &uuid, "--keyring", &osd_kr]);
+        let mut osd_cmd = tool("ceph-osd");
+        osd_cmd.args(["-f", "-c", &conf_s, "-i", "0", "--keyring", &osd_kr]);
+        let osd = quiet(osd_cmd);
+        until("ceph-osd", Duration::from_secs(60), || ceph(&["osd", "stat"]).contains("1 up"));
+        ceph(&["osd", "pool", "create", "rbd", "8"]);
+        ceph(&["osd", "pool", "application", "enable", "rbd", "rbd"]);
+        let keyring = std::fs::read_to_string(&admin_kr).unwrap();
+        let key = keyring.lines().find_map(|l| l.trim().strip_prefix("key = ")).unwrap().trim().to_string();
+        Ceph { mon, osd, key, dir }
+    }
+
+    /// The admin keyring's text (what a Proxmox `keyring` parameter holds).
+    pub fn keyring(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin.keyring")).unwrap()
+    }
+}
+
+impl Drop for Ceph {
+    fn drop(&mut self) {
+        for c in [&mut self.osd, &mut self.mon] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
