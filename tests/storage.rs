@@ -655,6 +655,65 @@ fn disks_are_created_from_imported_images() {
         "disks": [{"storage": "local", "size_mib": 1, "import_from": "local:import/base.qcow2"}]});
     let (code, e) = api.request("POST", "/vms", Some(&erin), &body);
     assert_eq!(code, 403, "{e}");
+
+    // On a config change (native and Proxmox's API), and from another guest's disk.
+    let (code, r) = api.request(
+        "PUT",
+        "/vms/160/config",
+        Some(api.token()),
+        &json!({"add_disks": [{"storage": "local", "size_mib": 1, "import_from": "local:import/base.qcow2", "slot": "virtio1"}]}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let (_, v) = api.get("/vms/160");
+    assert_eq!(
+        (v["disks"][1]["size_mib"].clone(), v["disks"][1]["slot"].clone()),
+        (json!(48), json!("virtio1")),
+        "{v}"
+    );
+    let added = tmp.path().join("storage/local/images/160/vm-160-disk-1.qcow2");
+    assert!(Command::new("qemu-img").arg("compare").arg(&src).arg(&added).status().unwrap().success());
+    let (code, r) = api.post(
+        "/api2/json/nodes/n1/qemu",
+        &json!({"vmid": 163, "name": "copy", "memory": 64, "scsi0": "local:0,import-from=local:160/vm-160-disk-0.qcow2"}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let copy = tmp.path().join("storage/local/images/163/vm-163-disk-0.qcow2");
+    assert!(Command::new("qemu-img").arg("compare").arg(&src).arg(&copy).status().unwrap().success());
+    let (code, r) = api.post(
+        "/api2/json/nodes/n1/qemu/163/config",
+        &json!({"virtio1": "local:0,import-from=local:160/vm-160-disk-1.qcow2"}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let (_, cfg) = api.get("/api2/json/nodes/n1/qemu/163/config");
+    assert!(cfg["data"]["virtio1"].as_str().unwrap().contains("size=48M"), "{cfg}");
+    // A guest's disk only: not a volume that belongs to no disk of it.
+    let (code, e) = api.request(
+        "PUT",
+        "/vms/163/config",
+        Some(api.token()),
+        &json!({"add_disks": [{"storage": "local", "size_mib": 1, "import_from": "local:160/vm-160-disk-9.qcow2"}]}),
+    );
+    assert_eq!((code, e["field"].as_str()), (400, Some("add_disks[0].import_from")), "{e}");
+    // Erin may make guests on the storage but may not clone guest 160: its disk is refused,
+    // the import volume is not.
+    let acl = json!({"path": "/storage", "role": "PVEDatastoreUser", "user": "erin@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let acl = json!({"path": "/vms", "role": "PVEVMAdmin", "user": "erin@pve", "delete": true});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let role = json!({"roleid": "VMMaker", "privs": "VM.Allocate,VM.Audit,VM.Config.Disk"});
+    let (code, e) = api.post("/access/roles", &role);
+    assert_eq!(code, 200, "{e}");
+    let acl = json!({"path": "/vms", "role": "VMMaker", "user": "erin@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let body = |from: &str| {
+        json!({"vmid": 165, "name": "erin", "memory_mib": 64,
+        "disks": [{"storage": "local", "size_mib": 1, "import_from": from}]})
+    };
+    let (code, e) = api.request("POST", "/vms", Some(&erin), &body("local:160/vm-160-disk-0.qcow2"));
+    assert!(code == 403 && e.to_string().contains("VM.Clone"), "{code} {e}");
+    assert_eq!(api.get("/vms/165").0, 404, "nothing created");
+    let (code, e) = api.request("POST", "/vms", Some(&erin), &body("local:import/base.qcow2"));
+    assert_eq!(code, 200, "{e}");
 }
 
 /// Waits for `want` on the guest's serial console; ending in a newline, `want` is a whole
@@ -973,4 +1032,67 @@ fn a_guest_boots_from_an_rbd_image_moved_onto_ceph() {
     assert_eq!(code, 200);
     let (_, content) = api.get("/api2/json/nodes/n1/storage/ceph/content");
     assert_eq!(content["data"], json!([]), "{content}");
+}
+
+/// A disk, and an unused volume, handed to another guest (`move_disk` with `target-vmid`):
+/// renamed for it and both configs changed in one entry; refused without rights on the
+/// target, onto a slot it has, to a guest that does not exist.
+#[test]
+fn disks_are_handed_to_another_guest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let api = d.client();
+    for (vmid, disks) in [
+        (180, json!([{"storage": "local", "size_mib": 16}, {"storage": "local", "size_mib": 8}])),
+        (181, json!([])),
+    ] {
+        let (code, r) = api.post(
+            "/vms",
+            &json!({"vmid": vmid, "name": format!("g{vmid}"), "memory_mib": 64, "disks": disks}),
+        );
+        assert_eq!(code, 200, "{r}");
+    }
+    let images = tmp.path().join("storage/local/images");
+    let (code, e) =
+        api.post("/api2/json/nodes/n1/qemu/180/move_disk", &json!({"disk": "virtio0", "target-vmid": 182}));
+    assert_eq!((code, e["errors"]["target-vmid"].is_string()), (400, true), "{e}");
+    let (code, r) = api.post(
+        "/api2/json/nodes/n1/qemu/180/move_disk",
+        &json!({"disk": "virtio0", "target-vmid": 181, "target-disk": "scsi1"}),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["data"].as_str().unwrap()), "OK");
+    let (_, to) = api.get("/api2/json/nodes/n1/qemu/181/config");
+    assert!(to["data"]["scsi1"].as_str().unwrap().starts_with("local:181/vm-181-disk-0.qcow2,"), "{to}");
+    let (_, from) = api.get("/api2/json/nodes/n1/qemu/180/config");
+    assert!(from["data"].get("virtio0").is_none(), "{from}");
+    assert!(
+        images.join("181/vm-181-disk-0.qcow2").is_file() && !images.join("180/vm-180-disk-0.qcow2").exists()
+    );
+    // Onto a slot the target has: refused, nothing renamed.
+    let (code, e) = api
+        .post("/vms/180/move_disk", &json!({"disk": "virtio1", "target_vmid": 181, "target_disk": "scsi1"}));
+    assert_eq!((code, e["field"].as_str()), (400, Some("target-disk")), "{e}");
+    assert!(images.join("180/vm-180-disk-1.qcow2").is_file());
+    // An unused volume goes to the target's unused list.
+    let (code, _) = api.request("PUT", "/vms/180/config", Some(api.token()), &json!({"delete": ["virtio1"]}));
+    assert_eq!(code, 200);
+    // Without VM.Config.Disk on the target: refused.
+    assert_eq!(api.post("/access/users", &json!({"userid": "fay@pve"})).0, 200);
+    let (_, t) = api.post("/access/users/fay@pve/token/t", &json!({"privsep": false}));
+    let fay = t["value"].as_str().unwrap().to_string();
+    for (path, role) in [("/vms/180", "PVEVMAdmin"), ("/storage", "PVEDatastoreUser")] {
+        let acl = json!({"path": path, "role": role, "user": "fay@pve"});
+        assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    }
+    let hand = json!({"disk": "unused0", "target_vmid": 181});
+    let (code, e) = api.request("POST", "/vms/180/move_disk", Some(&fay), &hand);
+    assert!(code == 403 && e.to_string().contains("/vms/181"), "{code} {e}");
+    let (code, r) = api.post("/vms/180/move_disk", &hand);
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["volume"], "local:181/vm-181-disk-1.qcow2", "{r}");
+    let (_, to) = api.get("/vms/181");
+    assert_eq!(to["unused"], json!(["local:181/vm-181-disk-1.qcow2"]), "{to}");
+    let (_, from) = api.get("/vms/180");
+    assert_eq!((from["disks"].clone(), from["unused"].clone()), (json!([]), json!([])), "{from}");
 }

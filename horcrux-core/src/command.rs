@@ -384,6 +384,17 @@ pub enum Command {
         vmid: u32,
         tag: String,
     },
+    /// A disk handed from one guest to another (`move_disk` with `target-vmid`): both
+    /// configurations in one entry, each compare-and-set on its revision, so the volume is
+    /// never in both or in neither.
+    ReassignDisk {
+        from: u32,
+        from_revision: u64,
+        from_config: GuestConfig,
+        to: u32,
+        to_revision: u64,
+        to_config: GuestConfig,
+    },
 }
 
 impl Command {
@@ -402,6 +413,7 @@ impl Command {
                 | Command::UpdateStorage { .. }
                 | Command::DeleteStorage { .. }
                 | Command::RollbackSnapshot { .. }
+                | Command::ReassignDisk { .. }
                 | Command::SetHaResource { .. }
                 | Command::DeleteHaResource { .. }
                 | Command::HaTransition { .. }

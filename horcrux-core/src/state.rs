@@ -291,6 +291,30 @@ impl ClusterState {
                 g.config = config.clone();
                 g.revision = index;
             }
+            Command::ReassignDisk { from, from_revision, from_config, to, to_revision, to_config } => {
+                if from == to {
+                    return Err(ValidationError::new("target-vmid", "the disk's own guest").into());
+                }
+                check_revision(*from, Some(*from_revision), self.guest(*from)?.revision)?;
+                check_revision(*to, Some(*to_revision), self.guest(*to)?.revision)?;
+                if self.guest(*from)?.node != self.guest(*to)?.node {
+                    return Err(ApplyError::Conflict {
+                        message: format!("guests {from} and {to} are on different nodes"),
+                    });
+                }
+                self.validate_config(*from, from_config)?;
+                // The target's config is checked with the source's new one in place (a LUN
+                // may be in one guest only).
+                let old = std::mem::replace(&mut self.guest_mut(*from)?.config, from_config.clone());
+                if let Err(e) = self.validate_config(*to, to_config) {
+                    self.guest_mut(*from)?.config = old;
+                    return Err(e);
+                }
+                self.guest_mut(*from)?.revision = index;
+                let g = self.guest_mut(*to)?;
+                g.config = to_config.clone();
+                g.revision = index;
+            }
             Command::SetDesiredPower { vmid, expected_revision, desired } => {
                 let g = self.guest_mut(*vmid)?;
                 check_revision(*vmid, *expected_revision, g.revision)?;

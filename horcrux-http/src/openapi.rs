@@ -327,12 +327,13 @@ fn operations() -> Vec<Op> {
         op(
             "POST",
             "/vms/{vmid}/move_disk",
-            "Move a disk to another storage (online through blockdev-mirror when running)",
+            "Move a disk to another storage (online through blockdev-mirror when running), or hand it to another guest (target_vmid)",
             obj(json!({ "upid": t(S), "revision": t(I), "volume": t(S) }), &["upid", "revision", "volume"]),
         )
         .body(body(
-            json!({ "disk": t(S), "storage": t(S), "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] }, "delete": t(B) }),
-            &["disk", "storage"],
+            json!({ "disk": t(S), "storage": t(S), "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] }, "delete": t(B),
+                    "target_vmid": { "type": I, "minimum": 100, "maximum": 999_999_999 }, "target_disk": t(S) }),
+            &["disk"],
         )),
         op(
             "GET",

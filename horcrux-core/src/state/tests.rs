@@ -605,3 +605,36 @@ fn snapshots_form_a_tree_and_rollback_restores_the_config() {
     );
     assert!(matches!(e, ApplyError::Conflict { .. }), "a running guest is stopped first");
 }
+
+#[test]
+fn a_disk_is_reassigned_in_one_entry_or_not_at_all() {
+    let mut s = base();
+    s.apply(3, &req(create(100, spec(100, 1)))).unwrap();
+    s.apply(4, &req(create(101, spec(101, 0)))).unwrap();
+    let mut to = spec(101, 0);
+    to.disks.push(DiskSpec {
+        storage: "local".into(),
+        size_mib: 64,
+        volume: Some(ids::volume_id("local", 101, 0)),
+        slot: Some("scsi0".into()),
+        format: None,
+    });
+    let cmd = |from_revision, to_config: VmSpec| Command::ReassignDisk {
+        from: 100,
+        from_revision,
+        from_config: GuestConfig::Qemu(spec(100, 0)),
+        to: 101,
+        to_revision: 4,
+        to_config: GuestConfig::Qemu(to_config),
+    };
+    // A stale revision, or a target config naming a volume that is not its own: nothing
+    // changes on either guest.
+    assert!(matches!(refused(&mut s, cmd(2, to.clone())), ApplyError::Conflict { .. }));
+    let mut wrong = to.clone();
+    wrong.disks[0].volume = Some(ids::volume_id("local", 100, 0));
+    refused(&mut s, cmd(3, wrong));
+    s.apply(5, &req(cmd(3, to))).unwrap();
+    assert!(s.guests[&100].vm_spec().disks.is_empty());
+    assert_eq!(s.guests[&101].vm_spec().disks[0].slot.as_deref(), Some("scsi0"));
+    assert_eq!((s.guests[&100].revision, s.guests[&101].revision), (5, 5));
+}

@@ -172,6 +172,34 @@ impl VolumeStore for BtrfsStorage {
         }
     }
 
+    fn rename<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            let Ok(from) = self.subvol(volid) else { return self.files.rename(volid, vmid, index).await };
+            if !self.snapshot_dirs(&from).await?.is_empty() {
+                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
+            }
+            let new = format!("{}:{vmid}/{}.raw", self.id, common::disk_name(vmid, index));
+            let to = self.subvol(&new)?;
+            if tokio::fs::try_exists(&to).await? {
+                return Err(DriverError::Invalid(format!("volume {new} already exists")));
+            }
+            if let Some(dir) = to.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            // A subvolume moves like a directory within its file system.
+            tokio::fs::rename(&from, &to).await?;
+            if let Some(dir) = from.parent() {
+                let _ = tokio::fs::remove_dir(dir).await;
+            }
+            Ok(new)
+        })
+    }
+
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let Ok(sub) = self.subvol(volid) else { return self.files.free(volid).await };

@@ -245,6 +245,37 @@ impl VolumeStore for DirStorage {
         })
     }
 
+    fn rename<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            let (content, from) = self.locate(volid)?;
+            if content != "images" {
+                return Err(DriverError::Invalid(format!("volume {volid} is not a disk image")));
+            }
+            if !self.snapshots(volid).await?.is_empty() {
+                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
+            }
+            let ext = common::volume_format(volid);
+            let new = format!("{}:{vmid}/{}.{ext}", self.id, common::disk_name(vmid, index));
+            let (_, to) = self.locate(&new)?;
+            if tokio::fs::try_exists(&to).await? {
+                return Err(DriverError::Invalid(format!("volume {new} already exists")));
+            }
+            if let Some(dir) = to.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            tokio::fs::rename(&from, &to).await?;
+            if let Some(dir) = from.parent() {
+                let _ = tokio::fs::remove_dir(dir).await;
+            }
+            Ok(new)
+        })
+    }
+
     fn resize<'a>(&'a self, volid: &'a str, size: u64) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let (content, path) = self.locate(volid)?;

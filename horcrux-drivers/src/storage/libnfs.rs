@@ -12,6 +12,7 @@ type DestroyContext = unsafe extern "C" fn(*mut c_void);
 type Mount = unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> c_int;
 type PathOp = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
 type GetError = unsafe extern "C" fn(*mut c_void) -> *mut c_char;
+type Rename = unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> c_int;
 
 struct Api {
     init: InitContext,
@@ -20,6 +21,7 @@ struct Api {
     mkdir: PathOp,
     rmdir: PathOp,
     unlink: PathOp,
+    rename: Rename,
     error: GetError,
 }
 
@@ -53,6 +55,7 @@ fn load() -> Result<Api, String> {
             mkdir: std::mem::transmute::<*mut c_void, PathOp>(sym(c"nfs_mkdir")?),
             rmdir: std::mem::transmute::<*mut c_void, PathOp>(sym(c"nfs_rmdir")?),
             unlink: std::mem::transmute::<*mut c_void, PathOp>(sym(c"nfs_unlink")?),
+            rename: std::mem::transmute::<*mut c_void, Rename>(sym(c"nfs_rename")?),
             error: std::mem::transmute::<*mut c_void, GetError>(sym(c"nfs_get_error")?),
         })
     }
@@ -126,6 +129,18 @@ impl Export {
     /// Removes a file; a missing one is not an error.
     pub fn unlink(&self, path: &str) -> Result<(), DriverError> {
         self.call(self.api.unlink, "unlink", path, ENOENT)
+    }
+
+    /// Renames `from` to `to` (both absolute within the export).
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), DriverError> {
+        let (f, t) = (cstring(from)?, cstring(to)?);
+        // SAFETY: a live context and two NUL-terminated paths.
+        let r = unsafe { (self.api.rename)(self.ctx, f.as_ptr(), t.as_ptr()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(self.error(&format!("rename {from}:")))
+        }
     }
 
     /// Removes an empty directory; a missing one is not an error.

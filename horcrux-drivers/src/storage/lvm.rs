@@ -153,6 +153,23 @@ impl VolumeStore for LvmStorage {
         Ok(PathBuf::from(format!("/dev/{}/{}", self.vg, self.lv_name(volid)?)))
     }
 
+    fn rename<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            let name = self.lv_name(volid)?;
+            if !self.snapshots(volid).await?.is_empty() {
+                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
+            }
+            let to = common::disk_name(vmid, index);
+            self.runner.run("lvrename", &argv(&[&self.vg, name, &to])).await?;
+            Ok(format!("{}:{to}", self.id))
+        })
+    }
+
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let name = self.lv_name(volid)?;

@@ -105,6 +105,18 @@ pub trait VolumeStore: Send + Sync + 'static {
         let _ = (volid, name);
         Box::pin(async { Err(DriverError::Invalid("this storage cannot take snapshots".into())) })
     }
+    /// Gives volume `volid` to guest `vmid` as its disk `index` (`vm-VMID-disk-N`, in the
+    /// backend's naming): `move_disk` to another guest. Answers the new volume id; refused
+    /// while the volume has snapshots (they are the first guest's history).
+    fn rename<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        let _ = (volid, vmid, index);
+        Box::pin(async { Err(DriverError::Invalid("this storage cannot rename volumes".into())) })
+    }
     /// Whether `rollback` to an older snapshot keeps the later ones (zfs destroys them: it
     /// only rolls back to the latest).
     fn rolls_back_past_later_snapshots(&self) -> bool {

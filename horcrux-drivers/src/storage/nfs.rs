@@ -246,6 +246,41 @@ impl VolumeStore for NfsStorage {
         }))
     }
 
+    fn rename<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            let from = self.image(volid)?;
+            if !self.snapshots(volid).await?.is_empty() {
+                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
+            }
+            let new = format!(
+                "{}:{vmid}/{}.{}",
+                self.id,
+                common::disk_name(vmid, index),
+                common::volume_format(volid)
+            );
+            let to = self.image(&new)?;
+            let name = to.rsplit('/').next().unwrap_or_default().to_string();
+            self.on_export(move |e| e.mkdir_p(&format!("/images/{vmid}"))).await?;
+            if self.ls(&format!("images/{vmid}"), false).await?.iter().any(|e| e.name == name) {
+                return Err(DriverError::Invalid(format!("volume {new} already exists")));
+            }
+            self.on_export(move |e| {
+                e.rename(&format!("/{from}"), &format!("/{to}"))?;
+                if let Some((parent, _)) = from.rsplit_once('/') {
+                    let _ = e.rmdir(&format!("/{parent}"));
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(new)
+        })
+    }
+
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let (content, rel) = dir::locate(&self.id, volid)?;

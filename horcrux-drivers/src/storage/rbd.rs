@@ -240,6 +240,23 @@ impl VolumeStore for RbdStorage {
         })
     }
 
+    fn rename<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            let from = self.spec(&self.image(volid)?);
+            if !self.snapshots(volid).await?.is_empty() {
+                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
+            }
+            let name = common::disk_name(vmid, index);
+            self.rbd(&["mv", &from, &self.spec(&name)]).await?;
+            Ok(format!("{}:{name}", self.id))
+        })
+    }
+
     fn list(&self) -> BoxFuture<'_, Result<Vec<VolumeInfo>, DriverError>> {
         Box::pin(async move {
             let out = self.rbd(&["ls", "-l", "--format", "json", &self.pool]).await?;

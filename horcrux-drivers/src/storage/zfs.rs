@@ -161,6 +161,25 @@ impl VolumeStore for ZfsPoolStorage {
         })
     }
 
+    fn rename<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            let (from, name) = self.dataset(volid)?;
+            if !self.snapshots(volid).await?.is_empty() {
+                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
+            }
+            let kind = if name.starts_with("subvol-") { "subvol" } else { "vm" };
+            let new = format!("{}:{kind}-{vmid}-disk-{index}", self.id);
+            let (to, _) = self.dataset(&new)?;
+            self.zfs(&["rename", &from, &to]).await?;
+            Ok(new)
+        })
+    }
+
     fn free<'a>(&'a self, volid: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             let (ds, _) = self.dataset(volid)?;

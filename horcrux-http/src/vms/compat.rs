@@ -593,8 +593,8 @@ pub(crate) async fn unlink_qemu(
     answer(status, v, |_| Value::Null)
 }
 
-/// `POST /nodes/{node}/qemu/{vmid}/move_disk` (`disk`, `storage`, `format`, `delete`); a
-/// UPID. Moving to another guest (`target-vmid`, `target-disk`) is refused by name.
+/// `POST /nodes/{node}/qemu/{vmid}/move_disk` (`disk`, `storage`, `format`, `delete`, or
+/// `target-vmid` and `target-disk` to hand the disk to another guest); a UPID.
 pub(crate) async fn move_disk_qemu(
     State(st): State<ApiState>,
     headers: HeaderMap,
@@ -605,24 +605,23 @@ pub(crate) async fn move_disk_qemu(
         Ok(p) => p,
         Err(e) => return e,
     };
-    if p.get("target-vmid").is_some_and(|v| *v != vmid) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "target-vmid",
-            "moving a disk to another guest is not supported yet",
-        );
-    }
-    if p.contains_key("target-disk") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "target-disk",
-            "moving a disk to another guest is not supported yet",
-        );
-    }
     let mut req = json!({});
+    let other = p.get("target-vmid").filter(|v| **v != vmid);
+    if let Some(t) = other {
+        match t.parse::<u32>() {
+            Ok(t) => req["target_vmid"] = json!(t),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "target-vmid", "type check ('integer') failed"),
+        }
+        if let Some(d) = p.get("target-disk") {
+            req["target_disk"] = json!(d);
+        }
+    }
+    // `storage` may be left out when the disk goes to another guest.
+    let required: &[&str] = if other.is_some() { &["disk"] } else { &["disk", "storage"] };
     for k in ["disk", "storage"] {
         match p.get(k) {
             Some(v) => req[k] = json!(v),
+            None if !required.contains(&k) => {}
             None => return error(StatusCode::BAD_REQUEST, k, "property is missing and it is not optional"),
         }
     }

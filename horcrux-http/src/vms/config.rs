@@ -200,12 +200,17 @@ pub async fn update(
     }
     super::attach::check_cdroms(&st, &state, &caller, &change.cdroms).await?;
     let first_new = spec.disks.len();
+    // New disks filled from an image (an import volume, another guest's disk), each at
+    // least as large as it: index in spec.disks -> source volume.
+    let mut imports = BTreeMap::new();
     for (i, d) in change.add_disks.iter().enumerate() {
-        if d.import_from.is_some() {
-            return Err(ApiError::bad_field(
-                format!("add_disks[{i}].import_from"),
-                "import-from is taken when the guest is created (not yet by a config change)",
-            ));
+        if let Some(src) = &d.import_from {
+            let field = format!("add_disks[{i}].import_from");
+            if d.volume.is_some() {
+                return Err(ApiError::bad_field(field, "a disk either uses a volume or imports one"));
+            }
+            let size = super::import_size(&st, &state, &caller, &field, src).await?;
+            imports.insert(spec.disks.len(), (src.clone(), size.div_ceil(1 << 20)));
         }
         if !state.storage.contains_key(&d.storage) {
             return Err(ApiError::bad_field(
@@ -219,7 +224,7 @@ pub async fn update(
                 let field = format!("add_disks[{i}].volume");
                 super::attach::lun_size_mib(&st, &state, vmid, &field, &d.storage, v).await?
             }
-            None => d.size_mib,
+            None => imports.get(&spec.disks.len()).map_or(d.size_mib, |(_, mib)| d.size_mib.max(*mib)),
         };
         spec.disks.push(DiskSpec {
             storage: d.storage.clone(),
@@ -259,7 +264,13 @@ pub async fn update(
         match (st.runtime.volumes())(&pool).alloc(vmid, index, d.size_mib).await {
             Ok(volid) => {
                 allocated.push((d.storage.clone(), volid.clone()));
-                spec.disks[i].volume = Some(volid);
+                spec.disks[i].volume = Some(volid.clone());
+                if let Some((src, _)) = imports.get(&i) {
+                    if let Err(e) = import(&st, &state, &pool, &volid, src).await {
+                        free(&st, &state, &allocated).await;
+                        return Err(ApiError::internal(format!("importing {src} into {volid}: {e}")));
+                    }
+                }
             }
             Err(e) => {
                 free(&st, &state, &allocated).await;
@@ -312,6 +323,20 @@ pub async fn update(
             Err(e.into())
         }
     }
+}
+
+/// Copies image `src` (of its storage, on this node) into the new volume `volid` of `pool`.
+async fn import(
+    st: &ApiState,
+    state: &horcrux_core::ClusterState,
+    pool: &horcrux_core::StoragePool,
+    volid: &str,
+    src: &str,
+) -> Result<(), String> {
+    let storage = src.split(':').next().unwrap_or_default();
+    let src_pool = state.storage.get(storage).ok_or_else(|| format!("storage {storage} is gone"))?;
+    let from = st.runtime.volume_store(src_pool).source(src).map_err(|e| e.to_string())?;
+    st.runtime.volume_store(pool).import_from(volid, &from).await.map_err(|e| e.to_string())
 }
 
 async fn free(st: &ApiState, state: &horcrux_core::ClusterState, allocated: &[(String, String)]) {

@@ -112,7 +112,15 @@ pub async fn resize(
 #[serde(deny_unknown_fields)]
 struct Move {
     disk: String,
+    /// The storage to move to; required unless `target_vmid` is given.
+    #[serde(default)]
     storage: String,
+    /// Hand the disk (or `unusedN` volume) to this guest instead, on the same node.
+    #[serde(default)]
+    target_vmid: Option<u32>,
+    /// Its slot there (default the same key).
+    #[serde(default)]
+    target_disk: Option<String>,
     /// The target's image format where it has a choice (directory storages); default its
     /// configured one.
     format: Option<String>,
@@ -134,6 +142,12 @@ pub async fn move_disk(
     let m: Move = parse_body(&body)?;
     let cluster = st.runtime.cluster();
     let state = cluster.read_linearizable(|s| s.clone()).await?;
+    if let Some(to) = m.target_vmid.filter(|t| *t != vmid) {
+        return reassign(&st, &caller, &state, vmid, to, &m).await;
+    }
+    if m.storage.is_empty() {
+        return Err(ApiError::bad_field("storage", "property is missing and it is not optional"));
+    }
     let (g, i) = guest_disk(&state, vmid, &m.disk)?;
     let mut spec = g.vm_spec().clone();
     let disk = spec.disks[i].clone();
@@ -239,6 +253,131 @@ pub async fn move_disk(
             task.finish(Err::<(), String>(format!(
                 "the disk was copied to {new} but the config was not updated: {e}"
             )));
+            Err(e.into())
+        }
+    }
+}
+
+/// `move_disk` with `target_vmid`: the volume is renamed for the other guest (its disk
+/// `vm-TO-disk-N`) and both configurations change in one committed entry. The source must
+/// be stopped (or the volume one of its `unusedN`); both guests on this node.
+async fn reassign(
+    st: &ApiState,
+    caller: &Caller,
+    state: &horcrux_core::ClusterState,
+    vmid: u32,
+    to: u32,
+    m: &Move,
+) -> Result<Json<Value>, ApiError> {
+    crate::authz::require(state, caller, "VM.Config.Disk", &format!("/vms/{to}"))?;
+    let g =
+        state.guests.get(&vmid).ok_or_else(|| ApiError::not_found(format!("guest {vmid} does not exist")))?;
+    let t = state
+        .guests
+        .get(&to)
+        .ok_or_else(|| ApiError::bad_field("target-vmid", format!("guest {to} does not exist")))?;
+    if t.node != g.node {
+        return Err(ApiError::bad_field(
+            "target-vmid",
+            format!("guest {to} is on {}, not {}", t.node, g.node),
+        ));
+    }
+    let mut from_spec = g.vm_spec().clone();
+    // Slots made explicit: the disks after the one that goes keep theirs.
+    let slots = from_spec.disk_slots();
+    for (d, slot) in from_spec.disks.iter_mut().zip(slots) {
+        d.slot = Some(slot);
+    }
+    let unused = m.disk.strip_prefix("unused").and_then(|n| n.parse::<usize>().ok());
+    let (volid, disk) = match unused {
+        Some(n) => {
+            let v = from_spec
+                .unused
+                .get(n)
+                .cloned()
+                .ok_or_else(|| ApiError::bad_field("disk", format!("guest {vmid} has no {}", m.disk)))?;
+            from_spec.unused.remove(n);
+            (v, None)
+        }
+        None => {
+            let (_, i) = guest_disk(state, vmid, &m.disk)?;
+            if g.desired.is_running() || st.runtime.observed(vmid).power != ObservedPower::Stopped {
+                return Err(ApiError::conflict(format!(
+                    "guest {vmid} is running; stop it to hand its disk over"
+                )));
+            }
+            let d = from_spec.disks.remove(i);
+            (
+                d.volume
+                    .clone()
+                    .ok_or_else(|| ApiError::conflict(format!("disk {} has no volume", m.disk)))?,
+                Some(d),
+            )
+        }
+    };
+    let storage = volid.split(':').next().unwrap_or_default().to_string();
+    if !m.storage.is_empty() && m.storage != storage {
+        return Err(ApiError::bad_field("storage", "give either a storage or a target guest"));
+    }
+    crate::authz::require(state, caller, "Datastore.AllocateSpace", &format!("/storage/{storage}"))?;
+    let pool = state
+        .storage
+        .get(&storage)
+        .ok_or_else(|| ApiError::conflict(format!("storage {storage} is gone")))?;
+    let mut to_spec = t.vm_spec().clone();
+    let slots = to_spec.disk_slots();
+    for (d, slot) in to_spec.disks.iter_mut().zip(slots) {
+        d.slot = Some(slot);
+    }
+    let target_slot = m.target_disk.clone().or_else(|| disk.as_ref().map(|_| m.disk.clone()));
+    if let Some(slot) = &target_slot {
+        horcrux_core::vmconfig::parse_disk_slot("target-disk", slot)?;
+        let taken = to_spec.disk_slots().contains(slot) || to_spec.cdroms.iter().any(|c| &c.slot == slot);
+        if taken {
+            return Err(ApiError::bad_field("target-disk", format!("guest {to} already has {slot}")));
+        }
+    }
+    let index = to_spec.free_disk_index(&[]);
+    let task = st.runtime.tasks().create("qmmove", &vmid.to_string(), caller.user());
+    let store = st.runtime.volume_store(pool);
+    let new = match store.rename(&volid, to, index).await {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = format!("handing {volid} to guest {to}: {e}");
+            task.finish(Err::<(), String>(msg.clone()));
+            return Err(ApiError::conflict(msg));
+        }
+    };
+    task.log(format!("renamed {volid} to {new}"));
+    match (disk, target_slot) {
+        (Some(mut d), Some(slot)) => {
+            d.volume = Some(new.clone());
+            d.slot = Some(slot);
+            to_spec.disks.push(d);
+        }
+        _ => to_spec.unused.push(new.clone()),
+    }
+    let cmd = Command::ReassignDisk {
+        from: vmid,
+        from_revision: g.revision,
+        from_config: GuestConfig::Qemu(from_spec),
+        to,
+        to_revision: t.revision,
+        to_config: GuestConfig::Qemu(to_spec),
+    };
+    match st.runtime.cluster().propose(cmd).await {
+        Ok(ok) => {
+            task.log(format!("{} of guest {vmid} is now {new} of guest {to}", m.disk));
+            task.finish(Ok::<(), String>(()));
+            Ok(Json(json!({ "upid": task.upid(), "revision": ok.revision, "volume": new })))
+        }
+        Err(e) => {
+            // Not recorded: the volume goes back to its name (a guest still refers to it).
+            let back = match ids::disk_index(&volid) {
+                Some(i) => store.rename(&new, vmid, i).await.map(|_| ()),
+                None => Ok(()),
+            };
+            task.finish(Err::<(), String>(format!("not handed over: {e}; renamed back: {back:?}")));
             Err(e.into())
         }
     }

@@ -332,8 +332,9 @@ pub(crate) async fn create_vm(
 
 /// The virtual size in bytes of an image to import: an `import` volume on a storage the
 /// caller may read (`Datastore.Audit` or `Datastore.AllocateSpace`, checked before it is
-/// looked up), on this node.
-async fn import_size(
+/// looked up), or a disk of another guest the caller may clone (`VM.Clone` on it, as
+/// Proxmox asks) that is stopped (a consistent copy), on this node.
+pub(crate) async fn import_size(
     st: &ApiState,
     state: &horcrux_core::ClusterState,
     caller: &Caller,
@@ -346,10 +347,27 @@ async fn import_size(
     if !crate::authz::caller_privileges(state, caller, &path).contains("Datastore.AllocateSpace") {
         crate::authz::require(state, caller, "Datastore.Audit", &path)?;
     }
-    if !rel.starts_with("import/") || ![".qcow2", ".raw", ".vmdk"].iter().any(|s| rel.ends_with(s)) {
+    let is_import =
+        rel.starts_with("import/") && [".qcow2", ".raw", ".vmdk"].iter().any(|s| rel.ends_with(s));
+    if let (false, Some(owner)) = (is_import, ids::volume_owner(src)) {
+        crate::authz::require(state, caller, "VM.Clone", &format!("/vms/{owner}"))?;
+        let g = state.guests.get(&owner).filter(|g| {
+            let spec = g.vm_spec();
+            spec.disks.iter().any(|d| d.volume.as_deref() == Some(src))
+                || spec.unused.iter().any(|u| u == src)
+        });
+        let g =
+            g.ok_or_else(|| ApiError::bad_field(field, format!("{src} is not a disk of guest {owner}")))?;
+        if g.desired.is_running() || st.runtime.observed(owner).power != ObservedPower::Stopped {
+            return Err(ApiError::conflict(format!(
+                "{field}: guest {owner} is running; stop it to copy its disk"
+            )));
+        }
+    } else if !is_import {
         return Err(ApiError::bad_field(
             field,
-            "imports are disk images (.qcow2, .raw, .vmdk) of a storage's import content (STORAGE:import/NAME)",
+            "imports are disk images (.qcow2, .raw, .vmdk) of a storage's import content (STORAGE:import/NAME) \
+             or disks of a stopped guest",
         ));
     }
     let pool = state
