@@ -1095,4 +1095,20 @@ fn disks_are_handed_to_another_guest() {
     assert_eq!(to["unused"], json!(["local:181/vm-181-disk-1.qcow2"]), "{to}");
     let (_, from) = api.get("/vms/180");
     assert_eq!((from["disks"].clone(), from["unused"].clone()), (json!([]), json!([])), "{from}");
+
+    // Gus may change guest 181's disks but holds nothing on the storage: no ISO in its
+    // CD-ROM drive (refused before the ISO is even looked up), no disk on it.
+    assert_eq!(api.post("/access/users", &json!({"userid": "gus@pve"})).0, 200);
+    let (_, t) = api.post("/access/users/gus@pve/token/t", &json!({"privsep": false}));
+    let gus = t["value"].as_str().unwrap().to_string();
+    let acl = json!({"path": "/vms/181", "role": "PVEVMAdmin", "user": "gus@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let cd = json!({"cdroms": [{"slot": "ide2", "volume": "local:iso/any.iso"}]});
+    let (code, e) = api.request("PUT", "/vms/181/config", Some(&gus), &cd);
+    assert!(code == 403 && e.to_string().contains("cdroms[0].volume"), "{code} {e}");
+    let disk = json!({"add_disks": [{"storage": "local", "size_mib": 1}]});
+    let (code, e) = api.request("PUT", "/vms/181/config", Some(&gus), &disk);
+    assert!(code == 403 && e.to_string().contains("/storage/local"), "{code} {e}");
+    let (code, e) = api.request("PUT", "/vms/181/config", Some(&gus), &json!({"cdroms": [{"slot": "ide2"}]}));
+    assert_eq!(code, 200, "an empty drive needs no storage: {e}");
 }

@@ -172,17 +172,16 @@ impl VolumeStore for BtrfsStorage {
         }
     }
 
-    fn rename<'a>(
+    fn rename_volume<'a>(
         &'a self,
         volid: &'a str,
         vmid: u32,
         index: usize,
     ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
-            let Ok(from) = self.subvol(volid) else { return self.files.rename(volid, vmid, index).await };
-            if !self.snapshot_dirs(&from).await?.is_empty() {
-                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
-            }
+            let Ok(from) = self.subvol(volid) else {
+                return self.files.rename_volume(volid, vmid, index).await;
+            };
             let new = format!("{}:{vmid}/{}.raw", self.id, common::disk_name(vmid, index));
             let to = self.subvol(&new)?;
             if tokio::fs::try_exists(&to).await? {

@@ -245,7 +245,7 @@ impl VolumeStore for DirStorage {
         })
     }
 
-    fn rename<'a>(
+    fn rename_volume<'a>(
         &'a self,
         volid: &'a str,
         vmid: u32,
@@ -255,9 +255,6 @@ impl VolumeStore for DirStorage {
             let (content, from) = self.locate(volid)?;
             if content != "images" {
                 return Err(DriverError::Invalid(format!("volume {volid} is not a disk image")));
-            }
-            if !self.snapshots(volid).await?.is_empty() {
-                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
             }
             let ext = common::volume_format(volid);
             let new = format!("{}:{vmid}/{}.{ext}", self.id, common::disk_name(vmid, index));

@@ -198,7 +198,12 @@ impl VolumeStore for IscsiStorage {
     }
 
     /// A LUN belongs to no guest by name: it is handed over as it is.
-    fn rename<'a>(&'a self, volid: &'a str, _: u32, _: usize) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn rename_volume<'a>(
+        &'a self,
+        volid: &'a str,
+        _: u32,
+        _: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move { self.lun(volid).map(|_| volid.to_string()) })
     }
 

@@ -153,7 +153,7 @@ impl VolumeStore for LvmStorage {
         Ok(PathBuf::from(format!("/dev/{}/{}", self.vg, self.lv_name(volid)?)))
     }
 
-    fn rename<'a>(
+    fn rename_volume<'a>(
         &'a self,
         volid: &'a str,
         vmid: u32,
@@ -161,9 +161,6 @@ impl VolumeStore for LvmStorage {
     ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
             let name = self.lv_name(volid)?;
-            if !self.snapshots(volid).await?.is_empty() {
-                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
-            }
             let to = common::disk_name(vmid, index);
             self.runner.run("lvrename", &argv(&[&self.vg, name, &to])).await?;
             Ok(format!("{}:{to}", self.id))

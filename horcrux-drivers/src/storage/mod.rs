@@ -114,6 +114,20 @@ pub trait VolumeStore: Send + Sync + 'static {
         vmid: u32,
         index: usize,
     ) -> BoxFuture<'a, Result<String, DriverError>> {
+        Box::pin(async move {
+            if !self.snapshots(volid).await?.is_empty() {
+                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
+            }
+            self.rename_volume(volid, vmid, index).await
+        })
+    }
+    /// The backend's part of [`VolumeStore::rename`] (snapshots already ruled out).
+    fn rename_volume<'a>(
+        &'a self,
+        volid: &'a str,
+        vmid: u32,
+        index: usize,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         let _ = (volid, vmid, index);
         Box::pin(async { Err(DriverError::Invalid("this storage cannot rename volumes".into())) })
     }

@@ -246,7 +246,7 @@ impl VolumeStore for NfsStorage {
         }))
     }
 
-    fn rename<'a>(
+    fn rename_volume<'a>(
         &'a self,
         volid: &'a str,
         vmid: u32,
@@ -254,9 +254,6 @@ impl VolumeStore for NfsStorage {
     ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
             let from = self.image(volid)?;
-            if !self.snapshots(volid).await?.is_empty() {
-                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
-            }
             let new = format!(
                 "{}:{vmid}/{}.{}",
                 self.id,

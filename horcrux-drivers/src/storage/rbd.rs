@@ -240,7 +240,7 @@ impl VolumeStore for RbdStorage {
         })
     }
 
-    fn rename<'a>(
+    fn rename_volume<'a>(
         &'a self,
         volid: &'a str,
         vmid: u32,
@@ -248,9 +248,6 @@ impl VolumeStore for RbdStorage {
     ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
             let from = self.spec(&self.image(volid)?);
-            if !self.snapshots(volid).await?.is_empty() {
-                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
-            }
             let name = common::disk_name(vmid, index);
             self.rbd(&["mv", &from, &self.spec(&name)]).await?;
             Ok(format!("{}:{name}", self.id))

@@ -161,7 +161,7 @@ impl VolumeStore for ZfsPoolStorage {
         })
     }
 
-    fn rename<'a>(
+    fn rename_volume<'a>(
         &'a self,
         volid: &'a str,
         vmid: u32,
@@ -169,9 +169,6 @@ impl VolumeStore for ZfsPoolStorage {
     ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
             let (from, name) = self.dataset(volid)?;
-            if !self.snapshots(volid).await?.is_empty() {
-                return Err(DriverError::Invalid(format!("volume {volid} has snapshots")));
-            }
             let kind = if name.starts_with("subvol-") { "subvol" } else { "vm" };
             let new = format!("{}:{kind}-{vmid}-disk-{index}", self.id);
             let (to, _) = self.dataset(&new)?;

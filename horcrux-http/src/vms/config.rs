@@ -72,8 +72,12 @@ fn needed(change: &ConfigChange, vmid: u32) -> Vec<(&'static str, String)> {
         out.push(("VM.Config.Network", vm.clone()));
     }
     let is_disk = |k: &str| k.starts_with("unused") || vmconfig_disk_slot(k);
-    if !change.add_disks.is_empty() || !change.cdroms.is_empty() || change.delete.iter().any(|k| is_disk(k)) {
+    if !change.add_disks.is_empty() || change.delete.iter().any(|k| is_disk(k)) {
         out.push(("VM.Config.Disk", vm.clone()));
+    }
+    // As Proxmox: the media of a CD-ROM drive is VM.Config.CDROM's.
+    if !change.cdroms.is_empty() {
+        out.push(("VM.Config.CDROM", vm.clone()));
     }
     if change.arch.is_some()
         || change.emulation.is_some()
