@@ -818,6 +818,26 @@ fn guests_boot_from_nfs_images_and_iscsi_luns_with_a_cdrom() {
     assert!(cmdline.contains("file.driver=nfs"), "the ISO through QEMU's NFS client: {cmdline}");
     assert!(!cmdline.contains("s3cretpass1"), "{cmdline}");
     assert!(!d.log().contains("s3cretpass1"));
+    // The CD-ROM's medium changes while the guest runs: ejected, then the ISO again
+    // (through QEMU's NFS client), nothing left pending.
+    for (volume, said) in [
+        (json!(null), "ide2 now holds nothing"),
+        (json!("nas:iso/tools.iso"), "ide2 now holds nas:iso/tools.iso"),
+    ] {
+        let (code, r) = api.request(
+            "PUT",
+            "/vms/140/config",
+            Some(api.token()),
+            &json!({"cdroms": [{"slot": "ide2", "volume": volume}]}),
+        );
+        assert_eq!(code, 200, "{r}");
+        let upid = r["upid"].as_str().unwrap().to_string();
+        assert_eq!(api.wait_task(&upid), "OK");
+        let (_, log) = api.get(&format!("/tasks/{upid}/log"));
+        assert!(log.to_string().contains(said), "{log}");
+        let (_, p) = api.get("/vms/140/pending");
+        assert!(p.as_array().unwrap().iter().all(|e| e.get("pending").is_none()), "{p}");
+    }
     let (_, body) = api.post("/vms/140/stop", &json!({}));
     assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
 

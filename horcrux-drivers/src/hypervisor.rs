@@ -105,10 +105,21 @@ impl DiskSource {
 /// A device added to or removed from a running guest.
 #[derive(Debug, Clone)]
 pub enum Hotplug<'a> {
-    AddDisk { disk: &'a horcrux_core::DiskSpec, slot: &'a str, source: &'a DiskSource },
-    RemoveDisk { slot: &'a str },
+    AddDisk {
+        disk: &'a horcrux_core::DiskSpec,
+        slot: &'a str,
+        source: &'a DiskSource,
+    },
+    RemoveDisk {
+        slot: &'a str,
+    },
     AddNic(&'a horcrux_core::vmconfig::NetSpec),
     RemoveNic(u8),
+    /// Another ISO in CD-ROM drive `cdrom.slot` (none: empty it).
+    ChangeMedium {
+        cdrom: &'a horcrux_core::CdromSpec,
+        source: Option<&'a DiskSource>,
+    },
 }
 
 /// What the host says about a guest right now (defined in core, which the API speaks).

@@ -4,7 +4,8 @@
 //! command finds it), then its device with `device_add`; a card's tap (or user-mode
 //! network) with `netdev_add`, then its device. Removal is `device_del`, which the guest
 //! must acknowledge (ACPI PCI hot-plug), then the backend goes. Only virtio and SCSI
-//! disks hot-plug (as in Proxmox; IDE and SATA cannot).
+//! disks hot-plug (as in Proxmox; IDE and SATA cannot). A CD-ROM drive's medium changes
+//! in place (tray opened, medium removed, the new one inserted, tray closed).
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -176,5 +177,53 @@ pub async fn remove_nic(qmp: &Arc<QmpClient>, index: u8) -> Result<(), DriverErr
     let id = format!("net{index}");
     unplug(qmp, &id, Duration::from_secs(15)).await?;
     qmp.execute("netdev_del", Some(json!({ "id": id }))).await?;
+    Ok(())
+}
+
+/// Puts `source` (an ISO; none: nothing) into the CD-ROM drive `slot` of the running guest.
+pub async fn change_medium(
+    qmp: &Arc<QmpClient>,
+    slot: &str,
+    source: Option<&DiskSource>,
+) -> Result<(), DriverError> {
+    let _ = qmp.execute("blockdev-open-tray", Some(json!({ "id": slot, "force": true }))).await;
+    qmp.execute("blockdev-remove-medium", Some(json!({ "id": slot }))).await?;
+    release_disk(qmp, &format!("cd-{slot}")).await;
+    if let Some(source) = source {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let node = format!("cd-{slot}-{:x}", stamp % (1 << 40));
+        let file = match source {
+            DiskSource::File(path) => {
+                let f = std::fs::File::open(path)
+                    .map_err(|e| DriverError::Invalid(format!("{}: {e}", path.display())))?;
+                let opaque = json!({ "opaque": format!("drive-cd-{slot}") });
+                let set = qmp.execute_with_fd("add-fd", Some(opaque), f.as_fd()).await?;
+                let set = set["fdset-id"]
+                    .as_u64()
+                    .ok_or_else(|| DriverError::Invalid("add-fd: no fdset-id".into()))?;
+                json!({ "driver": "file", "filename": format!("/dev/fdset/{set}"), "locking": "off" })
+            }
+            DiskSource::Net(net) => {
+                let mut options = net.options.clone();
+                if let Some(s) = &net.secret {
+                    let id = format!("sec-cd-{slot}");
+                    let obj = json!({ "qom-type": "secret", "id": id, "data": s.value, "format": s.format });
+                    qmp.execute("object-add", Some(obj)).await?;
+                    options.insert(s.option.into(), json!(id));
+                }
+                Value::Object(options)
+            }
+        };
+        let add = json!({ "driver": "raw", "node-name": node, "read-only": true, "file": file });
+        if let Err(e) = qmp.execute("blockdev-add", Some(add)).await {
+            release_disk(qmp, &format!("cd-{slot}")).await;
+            return Err(e.into());
+        }
+        qmp.execute("blockdev-insert-medium", Some(json!({ "id": slot, "node-name": node }))).await?;
+    }
+    qmp.execute("blockdev-close-tray", Some(json!({ "id": slot }))).await?;
     Ok(())
 }

@@ -652,6 +652,17 @@ impl QemuDriver {
                 hotplug::remove_nic(&qmp, index).await?;
                 spec.nets.retain(|x| x.index != index);
             }
+            Hotplug::ChangeMedium { cdrom, source } => {
+                if !spec.cdroms.iter().any(|c| c.slot == cdrom.slot) {
+                    return Err(DriverError::Invalid(format!(
+                        "{}: a CD-ROM drive is added at a start",
+                        cdrom.slot
+                    )));
+                }
+                hotplug::change_medium(&qmp, &cdrom.slot, source).await?;
+                spec.cdroms.retain(|c| c.slot != cdrom.slot);
+                spec.cdroms.push(cdrom.clone());
+            }
         }
         self.save_running_spec(vmid, &spec);
         Ok(())

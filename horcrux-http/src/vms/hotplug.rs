@@ -66,6 +66,32 @@ pub(crate) async fn apply(st: &ApiState, vmid: u32, log: &(dyn Fn(String) + Sync
             }
         }
     }
+    // A CD-ROM's medium changes at once, whatever hotplug says (as in Proxmox); a new
+    // drive waits for the next start.
+    for cd in new.cdroms.iter().filter(|c| !running.cdroms.contains(c)) {
+        if !running.cdroms.iter().any(|r| r.slot == cd.slot) {
+            log(format!("{} is pending until the next start: a CD-ROM drive is added at a start", cd.slot));
+            continue;
+        }
+        let source = match &cd.volume {
+            None => None,
+            Some(volid) => {
+                let pool = storage.get(volid.split(':').next().unwrap_or_default());
+                match pool.map(|p| st.runtime.volume_store(p).source(volid)) {
+                    Some(Ok(s)) => Some(s),
+                    Some(Err(e)) => {
+                        log(format!("{} is pending: {e}", cd.slot));
+                        continue;
+                    }
+                    None => continue,
+                }
+            }
+        };
+        match hv.hotplug(vmid, Hotplug::ChangeMedium { cdrom: cd, source: source.as_ref() }).await {
+            Ok(()) => log(format!("{} now holds {}", cd.slot, cd.volume.as_deref().unwrap_or("nothing"))),
+            Err(e) => log(format!("{} is pending until the next start: {e}", cd.slot)),
+        }
+    }
     if features.network {
         let changed = |n: &NetSpec, other: &VmSpec| !other.nets.iter().any(|o| o == n);
         for n in running.nets.iter().filter(|n| changed(n, new)) {
