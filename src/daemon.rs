@@ -157,9 +157,12 @@ async fn ensure_local_storage(cluster: &ClusterHandle, data_dir: &Path) -> anyho
     Ok(())
 }
 
-fn volume_factory() -> VolumeFactory {
+/// Each storage's backend; files uploaded to a storage without host paths (NFS here) are
+/// staged under the data dir first.
+fn volume_factory(data_dir: &Path) -> VolumeFactory {
     let runner: Arc<dyn horcrux_drivers::Runner> = Arc::new(horcrux_drivers::SystemRunner);
-    Arc::new(move |pool: &StoragePool| horcrux_drivers::storage::open(pool, runner.clone()))
+    let staging = data_dir.join("staging");
+    Arc::new(move |pool: &StoragePool| horcrux_drivers::storage::open(pool, runner.clone(), &staging))
 }
 
 async fn shutdown_signal() {
@@ -264,7 +267,13 @@ async fn serve_node(
     };
     let tasks = TaskRegistry::open(cluster.node_name(), data_dir.join("tasks"))?
         .with_history_limit(Arc::new(history));
-    let runtime = NodeRuntime::start(cluster.clone(), Arc::new(qemu), volume_factory(), tasks, Some(fence))?;
+    let runtime = NodeRuntime::start(
+        cluster.clone(),
+        Arc::new(qemu),
+        volume_factory(&args.data_dir),
+        tasks,
+        Some(fence),
+    )?;
 
     let mut names =
         vec![cluster.node_name().to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];

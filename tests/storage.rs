@@ -769,8 +769,37 @@ fn guests_boot_from_nfs_images_and_iscsi_luns_with_a_cdrom() {
     assert_eq!(luns["data"][0]["volid"], "san:lun1", "{luns}");
     assert_eq!(luns["data"][0]["size"], 32 << 20, "{luns}");
 
+    // Uploads onto the export: staged locally, copied in under a hidden name, renamed once
+    // whole; a wrong checksum or an existing name leaves the export as it was.
+    let up = tmp.path().join("up.iso");
+    std::fs::write(&up, vec![3u8; 300_000]).unwrap();
+    let upload = |extra: &[&str]| {
+        let mut args = vec!["storage", "upload", "nas", up.to_str().unwrap(), "--content", "iso"];
+        args.extend_from_slice(extra);
+        cli(&d, tmp.path(), &args)
+    };
+    let (ok, out) = upload(&["--checksum", "0", "--checksum-algorithm", "md5"]);
+    assert!(!ok && out.contains("checksum"), "{out}");
+    let (ok, out) = upload(&[]);
+    assert!(ok && out.contains("nas:iso/up.iso"), "{out}");
+    assert_eq!(std::fs::read(nfs.export().join("template/iso/up.iso")).unwrap(), vec![3u8; 300_000]);
+    let (ok, out) = upload(&[]);
+    assert!(!ok && out.contains("exists"), "{out}");
+    let names: Vec<String> = std::fs::read_dir(nfs.export().join("template/iso"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["up.iso"], "no partial file left on the export");
+    // (`up.iso` stays: the server caches the directory it has listed.)
+    assert_eq!(std::fs::read_dir(tmp.path().join("staging/nas")).unwrap().count(), 0, "nothing left staged");
+
     // An ISO on the NFS export; the guest's disk on the LUN, its CD-ROM holding the ISO.
-    std::fs::write(nfs.export().join("template/iso/tools.iso"), vec![7u8; 4096]).unwrap();
+    // (Through NFS: the server caches the directory it has listed.)
+    let tools = tmp.path().join("tools.iso");
+    std::fs::write(&tools, vec![7u8; 4096]).unwrap();
+    let (ok, out) =
+        cli(&d, tmp.path(), &["storage", "upload", "nas", tools.to_str().unwrap(), "--content", "iso"]);
+    assert!(ok, "{out}");
     netstore::write_marker(&san.lun_file, b"HX-LUN-BOOT!");
     let g = common::tiny_guest();
     let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 showdisk stayup"});

@@ -121,6 +121,23 @@ pub trait VolumeStore: Send + Sync + 'static {
             self.rename_volume(volid, vmid, index).await
         })
     }
+    /// Where a file uploaded as `volid` is written first when the store has no host path
+    /// for it (a local staging file [`VolumeStore::store_file`] then copies in); `None`:
+    /// uploads go to [`VolumeStore::path`].
+    fn staging_path(&self, volid: &str) -> Option<PathBuf> {
+        let _ = volid;
+        None
+    }
+    /// Copies the staged upload `staged` into the store as `volid` (refused if it exists),
+    /// whole or not at all; removes the staged file.
+    fn store_file<'a>(
+        &'a self,
+        volid: &'a str,
+        staged: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = (volid, staged);
+        Box::pin(async { Err(DriverError::Invalid("this storage takes no staged files".into())) })
+    }
     /// The backend's part of [`VolumeStore::rename`] (snapshots already ruled out).
     fn rename_volume<'a>(
         &'a self,
@@ -169,8 +186,9 @@ pub struct VolumeInfo {
     pub ctime: u64,
 }
 
-/// The backend of `pool` on this node, running host tools through `runner`.
-pub fn open(pool: &StoragePool, runner: Arc<dyn Runner>) -> Arc<dyn VolumeStore> {
+/// The backend of `pool` on this node, running host tools through `runner`; a store
+/// without host paths stages uploads under `staging/ID`.
+pub fn open(pool: &StoragePool, runner: Arc<dyn Runner>, staging: &std::path::Path) -> Arc<dyn VolumeStore> {
     let options = &pool.config.options;
     let id = pool.id.clone();
     match &pool.kind {
@@ -182,7 +200,8 @@ pub fn open(pool: &StoragePool, runner: Arc<dyn Runner>) -> Arc<dyn VolumeStore>
             Arc::new(LvmStorage::new(id, vgname, Some(thinpool.clone()), runner))
         }
         StorageKind::Nfs { server, export, .. } => {
-            Arc::new(NfsStorage::new(id, server, export, runner, options))
+            let staging = staging.join(&id);
+            Arc::new(NfsStorage::new(id, server, export, runner, options).with_staging(staging))
         }
         StorageKind::Iscsi { portal, target } => Arc::new(IscsiStorage::new(
             id,

@@ -26,6 +26,8 @@ pub struct NfsStorage {
     format: String,
     preallocation: Option<String>,
     runner: Arc<dyn Runner>,
+    /// Where uploads are written before `nfs-cp` copies them onto the export.
+    staging: Option<PathBuf>,
 }
 
 impl NfsStorage {
@@ -43,7 +45,14 @@ impl NfsStorage {
             format: options.get("format").cloned().unwrap_or_else(|| "qcow2".into()),
             preallocation: options.get("preallocation").cloned(),
             runner,
+            staging: None,
         }
+    }
+
+    /// Uploads are staged in `dir` (a local directory) before they are copied in.
+    pub fn with_staging(mut self, dir: PathBuf) -> Self {
+        self.staging = Some(dir);
+        self
     }
 
     /// `nfs://SERVER/EXPORT/REL` (an IPv6 server in brackets).
@@ -275,6 +284,41 @@ impl VolumeStore for NfsStorage {
             })
             .await?;
             Ok(new)
+        })
+    }
+
+    fn staging_path(&self, volid: &str) -> Option<PathBuf> {
+        let (content, rel) = dir::locate(&self.id, volid).ok()?;
+        let name = rel.rsplit('/').next()?;
+        (content != "images").then(|| self.staging.as_ref().map(|d| d.join(name)))?
+    }
+
+    fn store_file<'a>(
+        &'a self,
+        volid: &'a str,
+        staged: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let result = async {
+                let (_, rel) = dir::locate(&self.id, volid)?;
+                let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+                if self.ls(parent, false).await?.iter().any(|e| e.name == name) {
+                    return Err(DriverError::Invalid(format!("volume {volid} already exists")));
+                }
+                // Copied under a hidden name, renamed once whole: never half a file.
+                let tmp = format!("{parent}/.{name}.partial-{}", std::process::id());
+                let src = staged.display().to_string();
+                if let Err(e) = self.runner.run("nfs-cp", &argv(&[&src, &self.url(&tmp)])).await {
+                    let t = tmp.clone();
+                    let _ = self.on_export(move |e| e.unlink(&format!("/{t}"))).await;
+                    return Err(e);
+                }
+                let to = rel.clone();
+                self.on_export(move |e| e.rename(&format!("/{tmp}"), &format!("/{to}"))).await
+            }
+            .await;
+            let _ = tokio::fs::remove_file(staged).await;
+            result
         })
     }
 

@@ -265,14 +265,32 @@ pub(crate) struct UploadQuery {
     node: Option<String>,
 }
 
+/// Where a new file goes: its volume id, the host path it is linked in as, and whether
+/// that path is a staging file the store then copies in (a store without host paths).
+struct Target {
+    volid: String,
+    path: PathBuf,
+    pool: Option<horcrux_core::StoragePool>,
+}
+
+impl Target {
+    /// Copies a staged file into its store (nothing to do for a host path).
+    async fn store(&self, st: &ApiState) -> Result<(), String> {
+        match &self.pool {
+            None => Ok(()),
+            Some(pool) => st
+                .runtime
+                .volume_store(pool)
+                .store_file(&self.volid, &self.path)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// The target of a new `content` file on storage `id` on this node: checks the storage,
 /// what it holds, the name, and that nothing is there yet.
-async fn target(
-    st: &ApiState,
-    id: &str,
-    content: &str,
-    filename: &str,
-) -> Result<(String, PathBuf), ApiError> {
+async fn target(st: &ApiState, id: &str, content: &str, filename: &str) -> Result<Target, ApiError> {
     check_filename(content, filename)?;
     let key = id.to_string();
     let pool = st.runtime.cluster().read_linearizable(move |s| s.storage.get(&key).cloned()).await?;
@@ -285,15 +303,22 @@ async fn target(
         return Err(ApiError::bad_field("content", format!("storage {id} does not hold {content}")));
     }
     let volid = format!("{id}:{content}/{filename}");
-    let path = st
-        .runtime
-        .volume_store(&pool)
-        .path(&volid)
-        .map_err(|e| ApiError::bad_field("storage", e.to_string()))?;
+    let store = st.runtime.volume_store(&pool);
+    let (path, staged) = match (store.path(&volid), store.staging_path(&volid)) {
+        (Ok(p), _) => (p, None),
+        (Err(_), Some(p)) => {
+            let listed = store.list().await.map_err(|e| ApiError::bad_field("storage", e.to_string()))?;
+            if listed.iter().any(|v| v.volid == volid) {
+                return Err(ApiError::conflict(format!("{volid} already exists")));
+            }
+            (p, Some(pool))
+        }
+        (Err(e), None) => return Err(ApiError::bad_field("storage", e.to_string())),
+    };
     if path.exists() {
         return Err(ApiError::conflict(format!("{volid} already exists")));
     }
-    Ok((volid, path))
+    Ok(Target { volid, path, pool: staged })
 }
 
 fn checksum_pair(sum: &Option<String>, alg: &Option<String>) -> Result<(), ApiError> {
@@ -313,7 +338,8 @@ pub(crate) async fn upload(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     checksum_pair(&q.checksum, &q.checksum_algorithm)?;
-    let (volid, path) = target(&st, &id, &q.content, &q.filename).await?;
+    let t = target(&st, &id, &q.content, &q.filename).await?;
+    let (volid, path) = (t.volid.clone(), t.path.clone());
     let mut partial = Partial::create(&path, q.checksum_algorithm.as_deref())?;
     let started = std::time::Instant::now();
     let mut stream = body.into_data_stream();
@@ -324,6 +350,7 @@ pub(crate) async fn upload(
     }
     let bytes = partial.bytes;
     let sum = partial.commit(&path, q.checksum.as_deref())?;
+    t.store(&st).await.map_err(ApiError::internal)?;
     let task = st.runtime.tasks().create("imgcopy", "", caller.user());
     task.log(format!("received {bytes} bytes in {:.1} s", started.elapsed().as_secs_f64()));
     if let (Some(sum), Some(alg)) = (sum, &q.checksum_algorithm) {
@@ -392,11 +419,13 @@ pub(crate) async fn download_url(
         return Err(ApiError::bad_field("url", "must be an http:// or https:// URL"));
     }
     checksum_pair(&d.checksum, &d.checksum_algorithm)?;
-    let (volid, path) = target(&st, &id, &d.content, &d.filename).await?;
+    let t = target(&st, &id, &d.content, &d.filename).await?;
+    let (volid, path) = (t.volid.clone(), t.path.clone());
     let partial = Partial::create(&path, d.checksum_algorithm.as_deref())?;
     let task = st.runtime.tasks().create("download", "", caller.user());
     let upid = task.upid().to_string();
     let url = d.url.clone();
+    let st2 = st.clone();
     tokio::spawn(async move {
         task.log(format!("downloading {url} to {volid}"));
         let verify = d.verify_certificates;
@@ -404,7 +433,10 @@ pub(crate) async fn download_url(
         let result = match fetched {
             Ok(Ok(partial)) => {
                 let bytes = partial.bytes;
-                partial.commit(&path, d.checksum.as_deref()).map(|sum| (bytes, sum)).map_err(|e| e.message)
+                match partial.commit(&path, d.checksum.as_deref()) {
+                    Ok(sum) => t.store(&st2).await.map(|()| (bytes, sum)),
+                    Err(e) => Err(e.message),
+                }
             }
             Ok(Err(e)) => Err(e),
             Err(e) => Err(format!("the download stopped: {e}")),
