@@ -1123,8 +1123,23 @@ fn disks_are_handed_to_another_guest() {
         .post("/vms/180/move_disk", &json!({"disk": "virtio1", "target_vmid": 181, "target_disk": "scsi1"}));
     assert_eq!((code, e["field"].as_str()), (400, Some("target-disk")), "{e}");
     assert!(images.join("180/vm-180-disk-1.qcow2").is_file());
-    // An unused volume goes to the target's unused list.
+    // An unused volume is attached again as it is (Proxmox's re-attach), then detached.
     let (code, _) = api.request("PUT", "/vms/180/config", Some(api.token()), &json!({"delete": ["virtio1"]}));
+    assert_eq!(code, 200);
+    let (code, r) =
+        api.post("/api2/json/nodes/n1/qemu/180/config", &json!({"scsi2": "local:180/vm-180-disk-1.qcow2"}));
+    assert_eq!(code, 200, "{r}");
+    let (_, from) = api.get("/api2/json/nodes/n1/qemu/180/config");
+    assert!(
+        from["data"]["scsi2"].as_str().unwrap().contains("size=8M") && from["data"].get("unused0").is_none(),
+        "{from}"
+    );
+    // Another guest's disk is not attached by name.
+    let (code, e) =
+        api.post("/api2/json/nodes/n1/qemu/181/config", &json!({"scsi3": "local:180/vm-180-disk-1.qcow2"}));
+    assert_eq!(code, 400, "{e}");
+    // An unused volume goes to the target's unused list.
+    let (code, _) = api.request("PUT", "/vms/180/config", Some(api.token()), &json!({"delete": ["scsi2"]}));
     assert_eq!(code, 200);
     // Without VM.Config.Disk on the target: refused.
     assert_eq!(api.post("/access/users", &json!({"userid": "fay@pve"})).0, 200);

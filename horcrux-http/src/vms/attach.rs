@@ -76,13 +76,15 @@ pub(crate) async fn check_cdroms(
     Ok(())
 }
 
-/// The size in MiB of an existing volume a disk attaches as it is: a whole LUN of an
-/// iSCSI storage (the only volumes a guest uses without owning), not a disk of another
+/// The size in MiB of an existing volume a disk attaches as it is: one of the guest's own
+/// unused volumes (`unused`: Proxmox's re-attach of `unusedN`), or a whole LUN of an
+/// iSCSI storage (the only volumes a guest uses without owning); never a disk of another
 /// guest. The caller's right to allocate on the storage is the route's check.
-pub(crate) async fn lun_size_mib(
+pub(crate) async fn attached_size_mib(
     st: &ApiState,
     state: &ClusterState,
     vmid: u32,
+    unused: &[String],
     field: &str,
     storage: &str,
     volume: &str,
@@ -95,12 +97,16 @@ pub(crate) async fn lun_size_mib(
         .storage
         .get(storage)
         .ok_or_else(|| ApiError::bad_field(field, format!("unknown storage {storage:?}")))?;
+    if owned(vmid, volume) && unused.iter().any(|u| u == volume) {
+        let size = listed(st, state, field, storage, volume).await?;
+        return Ok(size.div_ceil(1 << 20).max(1));
+    }
     if !matches!(pool.kind, StorageKind::Iscsi { .. }) {
         return Err(ApiError::bad_field(
             field,
             format!(
-                "only a LUN of an iSCSI storage is attached as it is ({storage} is {}); give a size \
-                 to allocate a new disk",
+                "only an unused volume of this guest or a LUN of an iSCSI storage is attached as it \
+                 is ({storage} is {}); give a size to allocate a new disk",
                 pool.kind.type_name()
             ),
         ));

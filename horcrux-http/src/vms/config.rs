@@ -226,7 +226,12 @@ pub async fn update(
         let size_mib = match &d.volume {
             Some(v) => {
                 let field = format!("add_disks[{i}].volume");
-                super::attach::lun_size_mib(&st, &state, vmid, &field, &d.storage, v).await?
+                let size =
+                    super::attach::attached_size_mib(&st, &state, vmid, &spec.unused, &field, &d.storage, v)
+                        .await?;
+                // An unused volume attached again is no longer unused.
+                spec.unused.retain(|u| u != v);
+                size
             }
             None => imports.get(&spec.disks.len()).map_or(d.size_mib, |(_, mib)| d.size_mib.max(*mib)),
         };

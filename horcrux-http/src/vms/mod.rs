@@ -293,7 +293,8 @@ pub(crate) async fn create_vm(
         if d.import_from.is_some() || d.format.is_some() {
             return Err(ApiError::bad_field(field, "an existing volume takes no import_from or format"));
         }
-        spec.disks[i].size_mib = attach::lun_size_mib(&st, &state, vmid, &field, &d.storage, volume).await?;
+        spec.disks[i].size_mib =
+            attach::attached_size_mib(&st, &state, vmid, &[], &field, &d.storage, volume).await?;
     }
     let mut imports = std::collections::BTreeMap::new();
     for (i, d) in req.disks.iter().enumerate() {
