@@ -106,6 +106,18 @@ async fn btrfs_subvolumes_snapshots_rollback_and_free() {
     assert_eq!(s.snapshots(&vol).await.unwrap(), ["s1"]);
     assert_eq!(s.list().await.unwrap().len(), 1, "snapshots are not volumes");
 
+    // Handed to another guest: refused while it has a snapshot, then the subvolume moves.
+    assert!(s.rename(&vol, 101, 0).await.unwrap_err().to_string().contains("snapshots"));
+    s.delete_snapshot(&vol, "s1").await.unwrap();
+    let moved = s.rename(&vol, 101, 2).await.unwrap();
+    assert_eq!(moved, "b:101/vm-101-disk-2.raw");
+    assert_eq!(read_at(&s.path(&moved).unwrap(), 4096, 6), b"before");
+    assert!(!sub.exists() && !mnt.path().join("images/100").exists());
+    let show =
+        run("btrfs", &["subvolume", "show", mnt.path().join("images/101/vm-101-disk-2").to_str().unwrap()]);
+    assert!(show.contains("vm-101-disk-2"), "{show}");
+    let (vol, sub) = (moved, mnt.path().join("images/101/vm-101-disk-2"));
+
     let usage = s.usage().await.unwrap().unwrap();
     assert!(usage.total > 200 << 20 && usage.avail > 0, "{usage:?}");
     s.free(&vol).await.unwrap();
@@ -428,6 +440,10 @@ async fn rbd_images_on_a_one_host_ceph_snapshots_clones_and_a_guest_boots_from_o
     assert!(e.contains("clone"), "{e}");
     // QEMU's librbd reads the clone (the key from a descriptor, not its argv).
     boot_shows(s.source(&clone).unwrap(), "HX-RBD-IMAGE").await;
+    // Handed to another guest: `rbd mv`.
+    let clone = s.rename(&clone, 162, 0).await.unwrap();
+    assert_eq!(clone, "ceph:vm-162-disk-0");
+    assert!(s.list().await.unwrap().iter().any(|v| v.volid == clone));
     s.free(&clone).await.unwrap();
     s.free(&vol).await.unwrap();
     assert!(s.list().await.unwrap().is_empty());

@@ -184,18 +184,8 @@ impl VolumeStore for BtrfsStorage {
             };
             let new = format!("{}:{vmid}/{}.raw", self.id, common::disk_name(vmid, index));
             let to = self.subvol(&new)?;
-            if tokio::fs::try_exists(&to).await? {
-                return Err(DriverError::Invalid(format!("volume {new} already exists")));
-            }
-            if let Some(dir) = to.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
             // A subvolume moves like a directory within its file system.
-            tokio::fs::rename(&from, &to).await?;
-            if let Some(dir) = from.parent() {
-                let _ = tokio::fs::remove_dir(dir).await;
-            }
-            Ok(new)
+            common::move_volume(&from, &to, new).await
         })
     }
 

@@ -220,6 +220,23 @@ pub async fn qemu_img_create(
     Ok(())
 }
 
+/// Moves the file or subvolume `from` to `to` (volume `new`, refused if it exists) within
+/// one file system, making `to`'s directory and dropping `from`'s once empty (a guest's
+/// `images/VMID/`); answers `new`.
+pub async fn move_volume(from: &Path, to: &Path, new: String) -> Result<String, DriverError> {
+    if tokio::fs::try_exists(to).await? {
+        return Err(DriverError::Invalid(format!("volume {new} already exists")));
+    }
+    if let Some(dir) = to.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    tokio::fs::rename(from, to).await?;
+    if let Some(dir) = from.parent() {
+        let _ = tokio::fs::remove_dir(dir).await;
+    }
+    Ok(new)
+}
+
 /// The virtual size recorded in a qcow2 header (big-endian u64 at offset 24, after the
 /// magic `QFI\xfb`), or `None` if `head` is not a qcow2 header.
 pub fn qcow2_virtual_size(head: &[u8]) -> Option<u64> {

@@ -259,17 +259,7 @@ impl VolumeStore for DirStorage {
             let ext = common::volume_format(volid);
             let new = format!("{}:{vmid}/{}.{ext}", self.id, common::disk_name(vmid, index));
             let (_, to) = self.locate(&new)?;
-            if tokio::fs::try_exists(&to).await? {
-                return Err(DriverError::Invalid(format!("volume {new} already exists")));
-            }
-            if let Some(dir) = to.parent() {
-                tokio::fs::create_dir_all(dir).await?;
-            }
-            tokio::fs::rename(&from, &to).await?;
-            if let Some(dir) = from.parent() {
-                let _ = tokio::fs::remove_dir(dir).await;
-            }
-            Ok(new)
+            common::move_volume(&from, &to, new).await
         })
     }
 
