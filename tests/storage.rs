@@ -1176,3 +1176,83 @@ fn disks_are_handed_to_another_guest() {
     let (code, e) = api.request("PUT", "/vms/181/config", Some(&gus), &json!({"cdroms": [{"slot": "ide2"}]}));
     assert_eq!(code, 200, "an empty drive needs no storage: {e}");
 }
+
+/// One volume through both APIs: its attributes, notes and protection, allocation
+/// (`pvesm alloc`), removal refused while a guest uses it or it is protected, and rights.
+#[test]
+fn volumes_are_read_annotated_allocated_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), free_port(), &[]);
+    let api = d.client();
+    std::fs::write(tmp.path().join("storage/local/template/iso/a.iso"), b"iso!").unwrap();
+    // Proxmox's clients send the volume id with its `/` as is, or escaped.
+    for path in ["local:iso/a.iso", "local%3Aiso%2Fa.iso", "iso/a.iso"] {
+        let (code, v) = api.get(&format!("/api2/json/nodes/n1/storage/local/content/{path}"));
+        assert_eq!(code, 200, "{path}: {v}");
+        assert_eq!((v["data"]["size"].clone(), v["data"]["format"].clone()), (json!(4), json!("iso")), "{v}");
+        assert!(v["data"]["path"].as_str().unwrap().ends_with("template/iso/a.iso"), "{v}");
+    }
+    let (code, _) = api.request(
+        "PUT",
+        "/api2/json/nodes/n1/storage/local/content/local:iso/a.iso",
+        Some(api.token()),
+        &json!({"notes": "installer", "protected": 1}),
+    );
+    assert_eq!(code, 200);
+    let (_, v) = api.get("/storage/local/content/local:iso%2Fa.iso");
+    assert_eq!((v["notes"].clone(), v["protected"].clone()), (json!("installer"), json!(true)), "{v}");
+    let (code, e) = api.delete("/api2/json/nodes/n1/storage/local/content/local:iso/a.iso");
+    assert!(code == 409 && e.to_string().contains("protected"), "{code} {e}");
+
+    // pvesm alloc, then a guest that uses it: not removable until it is gone.
+    let (code, v) = api.post(
+        "/api2/json/nodes/n1/storage/local/content",
+        &json!({"vmid": 190, "filename": "vm-190-disk-3.qcow2", "size": "16M"}),
+    );
+    assert_eq!((code, v["data"].clone()), (200, json!("local:190/vm-190-disk-3.qcow2")), "{v}");
+    let image = tmp.path().join("storage/local/images/190/vm-190-disk-3.qcow2");
+    assert!(image.is_file());
+    for (body, field) in [
+        (json!({"vmid": 190, "filename": "vm-191-disk-0.qcow2", "size": "16M"}), "filename"),
+        (json!({"vmid": 190, "filename": "vm-190-disk-4.qcow2", "size": "16T"}), "size"),
+    ] {
+        let (code, e) = api.post("/storage/local/content", &body);
+        assert_eq!((code, e["field"].as_str()), (400, Some(field)), "{e}");
+    }
+    let (code, r) = api.post(
+        "/vms",
+        &json!({"vmid": 191, "name": "iso", "memory_mib": 64,
+        "cdroms": [{"slot": "ide2", "volume": "local:iso/a.iso"}]}),
+    );
+    assert_eq!(code, 200, "{r}");
+    let (code, _) = api.request(
+        "PUT",
+        "/storage/local/content/local:iso%2Fa.iso",
+        Some(api.token()),
+        &json!({"protected": false}),
+    );
+    assert_eq!(code, 200);
+    let (code, e) = api.delete("/storage/local/content/local:iso%2Fa.iso");
+    assert!(code == 409 && e.to_string().contains("guest 191"), "{code} {e}");
+
+    // Without Datastore.Allocate on the storage: not removed.
+    assert_eq!(api.post("/access/users", &json!({"userid": "hal@pve"})).0, 200);
+    let (_, t) = api.post("/access/users/hal@pve/token/t", &json!({"privsep": false}));
+    let hal = t["value"].as_str().unwrap().to_string();
+    let acl = json!({"path": "/storage/local", "role": "PVEDatastoreUser", "user": "hal@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let (code, _) = api.request(
+        "DELETE",
+        "/storage/local/content/local:190%2Fvm-190-disk-3.qcow2",
+        Some(&hal),
+        &json!({}),
+    );
+    assert_eq!(code, 403);
+    assert!(image.is_file());
+    let (code, r) = api.delete("/api2/json/nodes/n1/storage/local/content/local:190/vm-190-disk-3.qcow2");
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(api.wait_task(r["data"].as_str().unwrap()), "OK");
+    assert!(!image.exists());
+    let (code, _) = api.get("/storage/local/content/local:190%2Fvm-190-disk-3.qcow2");
+    assert_eq!(code, 404);
+}

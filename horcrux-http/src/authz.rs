@@ -94,6 +94,10 @@ fn table() -> Vec<RouteAccess> {
         r!(PUT, "/storage/{id}", Priv("Datastore.Allocate", "/storage")),
         r!(DELETE, "/storage/{id}", Priv("Datastore.Allocate", "/storage")),
         r!(GET, "/storage/{id}/content", Priv("Datastore.Audit", "/storage/{id}")),
+        r!(POST, "/storage/{id}/content", Priv("Datastore.AllocateSpace", "/storage/{id}")),
+        r!(GET, "/storage/{id}/content/{volume}", Priv("Datastore.Audit", "/storage/{id}")),
+        r!(PUT, "/storage/{id}/content/{volume}", Priv("Datastore.AllocateSpace", "/storage/{id}")),
+        r!(DELETE, "/storage/{id}/content/{volume}", Priv("Datastore.Allocate", "/storage/{id}")),
         r!(GET, "/storage/{id}/status", Priv("Datastore.Audit", "/storage/{id}")),
         r!(POST, "/storage/{id}/upload", Priv("Datastore.AllocateTemplate", "/storage/{id}")),
         // And Sys.AccessNetwork on the node or Sys.Modify on / (checked by the handler).

@@ -414,6 +414,31 @@ fn operations() -> Vec<Op> {
             .query("node", t(S))
             .query("vmid", t(I))
             .query("content", t(S)),
+        op("POST", "/storage/{id}/content", "Allocate a disk image (its volume id)", t(S)).body(body(
+            json!({
+                "vmid": { "type": I, "minimum": 100, "maximum": 999_999_999 }, "filename": t(S),
+                "size": { "type": S, "pattern": "^[0-9]+[KMG]?$" }, "format": { "type": S, "enum": ["raw", "qcow2", "vmdk"] },
+                "node": t(S),
+            }),
+            &["vmid", "filename", "size"],
+        )),
+        op(
+            "GET",
+            "/storage/{id}/content/{volume}",
+            "One volume: path, size, use, format, notes, protection",
+            obj(
+                json!({
+                    "volid": t(S), "path": t(S), "size": t(I), "used": t(I), "format": t(S), "notes": t(S),
+                    "protected": t(B),
+                }),
+                &["volid", "path", "size", "format"],
+            ),
+        )
+        .query("node", t(S)),
+        op("PUT", "/storage/{id}/content/{volume}", "Notes and protection of a file-backed volume", obj(json!({ "volid": t(S) }), &["volid"]))
+            .body(body(json!({ "notes": t(S), "protected": t(B) }), &[])),
+        op("DELETE", "/storage/{id}/content/{volume}", "Remove a volume no guest uses (a task)", r("Upid"))
+            .query("node", t(S)),
         op(
             "GET",
             "/storage/{id}/status",

@@ -72,6 +72,10 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
             &["url", "content", "filename", "checksum", "checksum-algorithm", "verify-certificates"]
         }
         ("GET", "/nodes/{node}/storage/{storage}/content") => &["content", "vmid"],
+        ("POST", "/nodes/{node}/storage/{storage}/content") => &["vmid", "filename", "size", "format"],
+        ("PUT", "/nodes/{node}/storage/{storage}/content/{*volume}") => &["notes", "protected"],
+        // `delay`: how long Proxmox waits for the task before answering; the removal is quick.
+        ("DELETE", "/nodes/{node}/storage/{storage}/content/{*volume}") => &["delay"],
         ("GET", "/cluster/resources") => &["type"],
         ("GET", "/access/users") => &["enabled", "full"],
         ("POST", "/access/users") => {

@@ -51,7 +51,13 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/cluster/nextid", get(cluster::next_id))
         .route("/nodes", get(cluster::list_nodes))
         .route("/nodes/{node}/status", get(nodes::host::node_status))
-        .route("/storage/{id}/content", get(nodes::storage_content))
+        .route("/storage/{id}/content", get(nodes::storage_content).post(crate::storage::volume::alloc))
+        .route(
+            "/storage/{id}/content/{volume}",
+            get(crate::storage::volume::get)
+                .put(crate::storage::volume::update)
+                .delete(crate::storage::volume::delete),
+        )
         .route("/openapi.json", get(crate::openapi::serve))
         .merge(cluster::routes())
         .merge(access::routes())
@@ -137,7 +143,11 @@ fn compat_routes() -> Router<ApiState> {
         )
         .route("/nodes/{node}/storage/{storage}/download-url", post(crate::storage::compat::download_url))
         .route("/nodes/{node}/storage", get(node_storage))
-        .route("/nodes/{node}/storage/{storage}/content", get(storage_content))
+        .route("/nodes/{node}/storage/{storage}/content", get(storage_content).post(storage_content_alloc))
+        .route(
+            "/nodes/{node}/storage/{storage}/content/{*volume}",
+            get(storage_volume).put(storage_volume).delete(storage_volume),
+        )
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/resources", get(cluster_resources))
         .route("/access/users", get(access_users).post(access_create_user))

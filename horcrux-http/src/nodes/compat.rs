@@ -192,6 +192,73 @@ pub(crate) async fn storage_content(
     answer(status, v, |v| v)
 }
 
+/// A path segment with `/`, `%`, `?` and `#` escaped (a volume id in a native path).
+fn segment(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23")
+}
+
+/// `POST /nodes/{node}/storage/{storage}/content` (`vmid`, `filename`, `size`, `format`):
+/// the new volume's id.
+pub(crate) async fn storage_content_alloc(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    Path((node, storage)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let p = match params(&headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let mut req = json!({});
+    for k in ["vmid", "filename", "size"] {
+        match p.get(k) {
+            Some(v) if k == "vmid" => match v.parse::<u32>() {
+                Ok(n) => req[k] = json!(n),
+                Err(_) => return error(StatusCode::BAD_REQUEST, k, "type check ('integer') failed"),
+            },
+            Some(v) => req[k] = json!(v),
+            None => return error(StatusCode::BAD_REQUEST, k, "property is missing and it is not optional"),
+        }
+    }
+    if let Some(f) = p.get("format") {
+        req["format"] = json!(f);
+    }
+    let path = format!("/storage/{storage}/content?node={}", form_escape(&node));
+    let (status, v, _) = native(&st, &headers, Method::POST, &path, Some(req)).await;
+    answer(status, v, |v| v)
+}
+
+/// `GET|PUT|DELETE /nodes/{node}/storage/{storage}/content/{volume}` (the volume id with
+/// or without its storage, its `/` escaped or not).
+pub(crate) async fn storage_volume(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    method: Method,
+    Path((node, storage, volume)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/storage/{storage}/content/{}?node={}", segment(&volume), form_escape(&node));
+    if method == Method::PUT {
+        let p = match params(&headers, &body) {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let mut req = json!({});
+        if let Some(n) = p.get("notes") {
+            req["notes"] = json!(n);
+        }
+        match flag(&p, "protected") {
+            Ok(Some(b)) => req["protected"] = json!(b),
+            Ok(None) => {}
+            Err(e) => return e,
+        }
+        let (status, v, _) = native(&st, &headers, Method::PUT, &path, Some(req)).await;
+        return answer(status, v, |_| Value::Null);
+    }
+    let (status, v, _) = native(&st, &headers, method.clone(), &path, None).await;
+    answer(status, v, |v| if method == Method::DELETE { v["upid"].clone() } else { v })
+}
+
 pub(crate) async fn task_status(
     State(st): State<ApiState>,
     headers: HeaderMap,

@@ -5,6 +5,7 @@
 pub mod compat;
 mod multipart;
 mod upload;
+pub(crate) mod volume;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
