@@ -1201,6 +1201,10 @@ fn volumes_are_read_annotated_allocated_and_removed() {
     assert_eq!(code, 200);
     let (_, v) = api.get("/storage/local/content/local:iso%2Fa.iso");
     assert_eq!((v["notes"].clone(), v["protected"].clone()), (json!("installer"), json!(true)), "{v}");
+    let (_, list) = api.get("/api2/json/nodes/n1/storage/local/content?content=iso");
+    let a =
+        list["data"].as_array().unwrap().iter().find(|e| e["volid"] == "local:iso/a.iso").cloned().unwrap();
+    assert_eq!((a["notes"].clone(), a["protected"].clone()), (json!("installer"), json!(1)), "{list}");
     let (code, e) = api.delete("/api2/json/nodes/n1/storage/local/content/local:iso/a.iso");
     assert!(code == 409 && e.to_string().contains("protected"), "{code} {e}");
 

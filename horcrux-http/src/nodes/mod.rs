@@ -81,7 +81,16 @@ pub(crate) async fn storage_content(
             format!("storage {} is not available on node {node}", pool.id),
         ));
     }
-    let list = (st.runtime.volumes())(&pool).list().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let store = (st.runtime.volumes())(&pool);
+    let list = store.list().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    // Notes and protection kept beside a file-backed volume (`NAME.notes`, `NAME.protected`).
+    let beside = |volid: &str, ext: &str| {
+        store.path(volid).ok().map(|p| {
+            let mut name = p.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".{ext}"));
+            p.with_file_name(name)
+        })
+    };
     let items: Vec<Value> = list
         .into_iter()
         .filter(|v| pool.holds(&v.content))
@@ -94,6 +103,12 @@ pub(crate) async fn storage_content(
             });
             if v.vmid != 0 {
                 e["vmid"] = json!(v.vmid);
+            }
+            if let Some(notes) = beside(&v.volid, "notes").and_then(|p| std::fs::read_to_string(p).ok()) {
+                e["notes"] = json!(notes);
+            }
+            if beside(&v.volid, "protected").is_some_and(|p| p.exists()) {
+                e["protected"] = json!(1);
             }
             e
         })
