@@ -397,3 +397,16 @@ pub fn schemathesis(dir: &Path, schema: &Path, url: &str, token: &str, seed: &st
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
+
+/// Runs the CLI against daemon `d` with the admin token of data dir `dir`: (success,
+/// stdout and stderr).
+pub fn cli(d: &Daemon, dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_horcrux"))
+        .args(["--api", &format!("https://127.0.0.1:{}", d.port), "--token-file"])
+        .arg(dir.join("admin.token"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::hypervisor::{DiskSource, DriverError};
+use crate::hypervisor::{DiskSource, DriverError, Hotplug, Hypervisor};
 use crate::qmp::QmpClient;
+use std::path::PathBuf;
 
 /// Runs an HMP command through QMP; HMP reports failure as text, not as a QMP error.
 async fn hmp(qmp: &QmpClient, line: &str) -> Result<(), DriverError> {
@@ -65,7 +66,7 @@ pub async fn add_disk(qmp: &Arc<QmpClient>, slot: &str, disk: &DiskSource) -> Re
                 options.insert(s.option.into(), json!(id));
             }
             let mut drive = format!("if=none,id=drive-{slot},format={format}");
-            super::flatten_options("file", &Value::Object(options), &mut drive);
+            super::drive::flatten_options("file", &Value::Object(options), &mut drive);
             drive
         }
     };
@@ -226,4 +227,83 @@ pub async fn change_medium(
     }
     qmp.execute("blockdev-close-tray", Some(json!({ "id": slot }))).await?;
     Ok(())
+}
+
+/// The running guest's configuration: what it started with, then each hot-plug change.
+impl super::QemuDriver {
+    /// Where the running guest's configuration is kept (what it started with, then each
+    /// hot-plug change): a restarted daemon still tells what is pending.
+    pub(super) fn running_spec_path(&self, vmid: u32) -> PathBuf {
+        self.run_dir.join(format!("{vmid}.running.json"))
+    }
+
+    pub(super) fn save_running_spec(&self, vmid: u32, spec: &horcrux_core::VmSpec) {
+        let path = self.running_spec_path(vmid);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(spec)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(vmid, "recording the running configuration: {e}");
+        }
+    }
+
+    pub(super) async fn hotplug_inner(&self, vmid: u32, change: Hotplug<'_>) -> Result<(), DriverError> {
+        let qmp = self.qmp(vmid).await?;
+        let mut spec = self.running_spec(vmid).ok_or_else(|| {
+            DriverError::Invalid(format!("guest {vmid}: its running configuration is unknown"))
+        })?;
+        match change {
+            Hotplug::AddDisk { disk, slot, source } => {
+                add_disk(&qmp, slot, source).await?;
+                let mut d = disk.clone();
+                d.slot = Some(slot.to_string());
+                spec.disks.push(d);
+            }
+            Hotplug::RemoveDisk { slot } => {
+                remove_disk(&qmp, slot).await?;
+                let slots = spec.disk_slots();
+                let keep: Vec<bool> = slots.iter().map(|s| s != slot).collect();
+                let mut it = keep.iter();
+                spec.disks.retain(|_| *it.next().unwrap_or(&true));
+            }
+            Hotplug::AddNic(n) => {
+                let tap = match &n.bridge {
+                    Some(bridge) => {
+                        let name = super::tap_name(vmid, n.index);
+                        let fd = super::open_tap(&name)?;
+                        super::bridge_tap(&name, bridge).await?;
+                        Some(fd)
+                    }
+                    None => None,
+                };
+                add_nic(&qmp, n.index, &n.model, &n.macaddr, tap).await?;
+                if n.link_down {
+                    let args = serde_json::json!({ "name": format!("net{}", n.index), "up": false });
+                    qmp.execute("set_link", Some(args)).await?;
+                }
+                spec.nets.retain(|x| x.index != n.index);
+                spec.nets.push(n.clone());
+                spec.nets.sort_by_key(|x| x.index);
+            }
+            Hotplug::RemoveNic(index) => {
+                remove_nic(&qmp, index).await?;
+                spec.nets.retain(|x| x.index != index);
+            }
+            Hotplug::ChangeMedium { cdrom, source } => {
+                if !spec.cdroms.iter().any(|c| c.slot == cdrom.slot) {
+                    return Err(DriverError::Invalid(format!(
+                        "{}: a CD-ROM drive is added at a start",
+                        cdrom.slot
+                    )));
+                }
+                change_medium(&qmp, &cdrom.slot, source).await?;
+                spec.cdroms.retain(|c| c.slot != cdrom.slot);
+                spec.cdroms.push(cdrom.clone());
+            }
+        }
+        self.save_running_spec(vmid, &spec);
+        Ok(())
+    }
 }

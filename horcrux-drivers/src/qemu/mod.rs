@@ -22,6 +22,7 @@ use crate::hypervisor::{
 };
 use crate::qmp::QmpClient;
 
+mod drive;
 mod fds;
 pub mod hotplug;
 mod mirror;
@@ -148,22 +149,27 @@ pub fn tap_name(vmid: u32, index: u8) -> String {
     format!("tap{vmid}i{index}")
 }
 
+/// Puts tap `tap` on `bridge` and brings it up.
+async fn bridge_tap(tap: &str, bridge: &str) -> Result<(), DriverError> {
+    let out = Command::new("ip")
+        .args(["link", "set", "dev", tap, "master", bridge, "up"])
+        .output()
+        .await
+        .map_err(|e| DriverError::Command { program: "ip".into(), message: e.to_string() })?;
+    if !out.status.success() {
+        return Err(DriverError::Command {
+            program: "ip".into(),
+            message: format!("{tap} -> {bridge}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(())
+}
+
 /// Puts each bridged card's tap on its bridge and brings it up; applies `link_down`.
 async fn attach_taps(launch: &GuestLaunch, qmp: &QmpClient) -> Result<(), DriverError> {
     for n in &launch.spec.nets {
         if let Some(bridge) = &n.bridge {
-            let tap = tap_name(launch.vmid, n.index);
-            let out = Command::new("ip")
-                .args(["link", "set", "dev", &tap, "master", bridge, "up"])
-                .output()
-                .await
-                .map_err(|e| DriverError::Command { program: "ip".into(), message: e.to_string() })?;
-            if !out.status.success() {
-                return Err(DriverError::Command {
-                    program: "ip".into(),
-                    message: format!("{tap} -> {bridge}: {}", String::from_utf8_lossy(&out.stderr).trim()),
-                });
-            }
+            bridge_tap(&tap_name(launch.vmid, n.index), bridge).await?;
         }
         if n.link_down {
             let args = serde_json::json!({ "name": format!("net{}", n.index), "up": false });
@@ -323,7 +329,7 @@ impl QemuDriver {
         for (i, disk_fds) in fds.disks.iter().enumerate() {
             let slot = slots.get(i).cloned().unwrap_or_else(|| format!("virtio{i}"));
             let Some(disk) = launch.disks.get(i) else { continue };
-            a.extend(drive_args(&slot, i + 1, disk, disk_fds, ""));
+            a.extend(drive::drive_args(&slot, i + 1, disk, disk_fds, ""));
             a.push("-device".into());
             let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
             a.push(match slot.trim_end_matches(|c: char| c.is_ascii_digit()) {
@@ -336,7 +342,7 @@ impl QemuDriver {
         for (j, (cd, cd_fds)) in spec.cdroms.iter().zip(&fds.cdroms).enumerate() {
             let slot = &cd.slot;
             match launch.cdroms.get(j).and_then(Option::as_ref) {
-                Some(iso) => a.extend(drive_args(slot, 101 + j, iso, cd_fds, CDROM)),
+                Some(iso) => a.extend(drive::drive_args(slot, 101 + j, iso, cd_fds, drive::CDROM)),
                 None => a.extend(["-drive".into(), format!("if=none,id=drive-{slot},media=cdrom")]),
             }
             let n: u32 = slot.trim_start_matches(char::is_alphabetic).parse().unwrap_or(0);
@@ -576,98 +582,6 @@ impl QemuDriver {
         Ok(())
     }
 
-    /// Where the running guest's configuration is kept (what it started with, then each
-    /// hot-plug change): a restarted daemon still tells what is pending.
-    fn running_spec_path(&self, vmid: u32) -> PathBuf {
-        self.run_dir.join(format!("{vmid}.running.json"))
-    }
-
-    fn save_running_spec(&self, vmid: u32, spec: &horcrux_core::VmSpec) {
-        let path = self.running_spec_path(vmid);
-        let tmp = path.with_extension("json.tmp");
-        let written = serde_json::to_vec(spec)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            tracing::warn!(vmid, "recording the running configuration: {e}");
-        }
-    }
-
-    async fn hotplug_inner(&self, vmid: u32, change: Hotplug<'_>) -> Result<(), DriverError> {
-        let qmp = self.qmp(vmid).await?;
-        let mut spec = self.running_spec(vmid).ok_or_else(|| {
-            DriverError::Invalid(format!("guest {vmid}: its running configuration is unknown"))
-        })?;
-        match change {
-            Hotplug::AddDisk { disk, slot, source } => {
-                hotplug::add_disk(&qmp, slot, source).await?;
-                let mut d = disk.clone();
-                d.slot = Some(slot.to_string());
-                spec.disks.push(d);
-            }
-            Hotplug::RemoveDisk { slot } => {
-                hotplug::remove_disk(&qmp, slot).await?;
-                let slots = spec.disk_slots();
-                let keep: Vec<bool> = slots.iter().map(|s| s != slot).collect();
-                let mut it = keep.iter();
-                spec.disks.retain(|_| *it.next().unwrap_or(&true));
-            }
-            Hotplug::AddNic(n) => {
-                let tap = match &n.bridge {
-                    Some(bridge) => {
-                        let name = tap_name(vmid, n.index);
-                        let fd = open_tap(&name)?;
-                        let out = Command::new("ip")
-                            .args(["link", "set", "dev", &name, "master", bridge, "up"])
-                            .output()
-                            .await
-                            .map_err(|e| DriverError::Command {
-                                program: "ip".into(),
-                                message: e.to_string(),
-                            })?;
-                        if !out.status.success() {
-                            return Err(DriverError::Command {
-                                program: "ip".into(),
-                                message: format!(
-                                    "{name} -> {bridge}: {}",
-                                    String::from_utf8_lossy(&out.stderr).trim()
-                                ),
-                            });
-                        }
-                        Some(fd)
-                    }
-                    None => None,
-                };
-                hotplug::add_nic(&qmp, n.index, &n.model, &n.macaddr, tap).await?;
-                if n.link_down {
-                    let args = serde_json::json!({ "name": format!("net{}", n.index), "up": false });
-                    qmp.execute("set_link", Some(args)).await?;
-                }
-                spec.nets.retain(|x| x.index != n.index);
-                spec.nets.push(n.clone());
-                spec.nets.sort_by_key(|x| x.index);
-            }
-            Hotplug::RemoveNic(index) => {
-                hotplug::remove_nic(&qmp, index).await?;
-                spec.nets.retain(|x| x.index != index);
-            }
-            Hotplug::ChangeMedium { cdrom, source } => {
-                if !spec.cdroms.iter().any(|c| c.slot == cdrom.slot) {
-                    return Err(DriverError::Invalid(format!(
-                        "{}: a CD-ROM drive is added at a start",
-                        cdrom.slot
-                    )));
-                }
-                hotplug::change_medium(&qmp, &cdrom.slot, source).await?;
-                spec.cdroms.retain(|c| c.slot != cdrom.slot);
-                spec.cdroms.push(cdrom.clone());
-            }
-        }
-        self.save_running_spec(vmid, &spec);
-        Ok(())
-    }
-
     fn remember_proc(&self, vmid: u32, pid: i32) {
         if let Some(p) = Proc::of(pid) {
             self.procs.lock().unwrap_or_else(|p| p.into_inner()).insert(vmid, p);
@@ -856,73 +770,5 @@ pub async fn resolve_accel(requested: Accel) -> Accel {
                 Accel::Tcg
             }
         }
-    }
-}
-
-/// What a CD-ROM drive's `-drive` adds to a disk's.
-const CDROM: &str = ",media=cdrom,readonly=on";
-
-/// The arguments that give QEMU one disk as drive `drive-SLOT` (`media`: [`CDROM`] for a
-/// CD-ROM drive, else empty): a file through fd set `set` (its descriptors: a CD-ROM has
-/// only the read-only one), a network volume through QEMU's own client (options as
-/// `file.*` keys), its password in a `secret` object read from a memory file.
-fn drive_args(
-    slot: &str,
-    set: usize,
-    disk: &DiskSource,
-    disk_fds: &fds::DiskFds,
-    media: &str,
-) -> Vec<String> {
-    let format = disk.format();
-    let mut a = Vec::new();
-    match (disk, disk_fds) {
-        (DiskSource::Net(net), fds::DiskFds::Net { secret }) => {
-            let mut options = net.options.clone();
-            if let (Some(s), Some(fd)) = (&net.secret, secret) {
-                a.push("-object".into());
-                a.push(format!("secret,id=sec-{slot},file={},format={}", fds::proc_fd(*fd), s.format));
-                options.insert(s.option.into(), serde_json::json!(format!("sec-{slot}")));
-            }
-            let mut drive = format!("if=none,id=drive-{slot},format={format}{media}");
-            flatten_options("file", &serde_json::Value::Object(options), &mut drive);
-            a.extend(["-drive".into(), drive]);
-        }
-        (_, fds::DiskFds::File { rw, ro }) => {
-            for fd in [*rw, *ro].into_iter().filter(|fd| *fd >= 0) {
-                a.extend(["-add-fd".into(), format!("fd={fd},set={set}")]);
-            }
-            // No image locking: QEMU holds the image through two descriptions (read-write
-            // and read-only, from the fd set), and its OFD locks on one refuse the
-            // permission changes of the other ("Failed to get write lock" on
-            // `block_resize`). One QEMU per volume is the daemon's guarantee (one owner).
-            a.push("-drive".into());
-            a.push(format!(
-                "file=/dev/fdset/{set},if=none,id=drive-{slot},format={format},file.locking=off{media}"
-            ));
-        }
-        // FdLayout::of gives a file descriptors and a network volume none.
-        (DiskSource::File(_), fds::DiskFds::Net { .. }) => {}
-    }
-    a
-}
-
-/// Appends `options` to a `-drive` value as `PREFIX.KEY=VALUE` (nested objects dotted,
-/// commas in values doubled as QEMU's option syntax wants).
-fn flatten_options(prefix: &str, options: &serde_json::Value, out: &mut String) {
-    match options {
-        serde_json::Value::Object(map) => {
-            for (k, v) in map {
-                flatten_options(&format!("{prefix}.{k}"), v, out);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                flatten_options(&format!("{prefix}.{i}"), v, out);
-            }
-        }
-        serde_json::Value::String(v) => {
-            out.push_str(&format!(",{prefix}={}", v.replace(',', ",,")));
-        }
-        other => out.push_str(&format!(",{prefix}={other}")),
     }
 }
