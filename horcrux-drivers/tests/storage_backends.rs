@@ -126,18 +126,67 @@ async fn btrfs_subvolumes_snapshots_rollback_and_free() {
 }
 
 /// zfs-fuse's daemon, started if none answers (it stays for the other tests).
+///
+/// zfs-fuse exits 1 without a word (it logs only to syslog, absent here) when it cannot
+/// take its lock in `/var/lock/zfs` (a fresh machine's `/var/lock -> /run/lock` may point
+/// nowhere), when another daemon holds that lock, or when its pid file is left from a
+/// killed one: each is settled first, and a failure says which state it found.
 fn zfs_fuse() {
-    if Command::new("zpool").arg("list").output().is_ok_and(|o| o.status.success()) {
+    const PIDFILE: &str = "/run/horcrux-test-zfs-fuse.pid";
+    let answers = || Command::new("zpool").arg("list").output().is_ok_and(|o| o.status.success());
+    let wait = |what: &str| {
+        for _ in 0..100 {
+            if answers() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let z = Command::new("zpool").arg("list").output().unwrap();
+        panic!(
+            "zfs-fuse ({what}) did not answer in 10 s: zpool list: {}{}; live daemons: {:?}",
+            String::from_utf8_lossy(&z.stdout),
+            String::from_utf8_lossy(&z.stderr),
+            live_zfs_fuse()
+        );
+    };
+    if answers() {
         return;
     }
-    run("zfs-fuse", &["--pidfile", "/run/horcrux-test-zfs-fuse.pid"]);
-    for _ in 0..50 {
-        if Command::new("zpool").arg("list").output().is_ok_and(|o| o.status.success()) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    if !live_zfs_fuse().is_empty() {
+        // Starting (another test binary's, or the package's init script's): give it time.
+        return wait("already running");
     }
-    panic!("zfs-fuse did not answer");
+    std::fs::create_dir_all("/run/lock").unwrap();
+    let _ = std::fs::remove_file(PIDFILE);
+    let out = Command::new("zfs-fuse")
+        .args(["--pidfile", PIDFILE])
+        .output()
+        .unwrap_or_else(|e| panic!("zfs-fuse: {e} (run scripts/deps.sh)"));
+    assert!(
+        out.status.success(),
+        "zfs-fuse exited {} ({}); /var/lock -> {:?}, /var/lock/zfs exists: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::canonicalize("/var/lock"),
+        Path::new("/var/lock/zfs").exists()
+    );
+    wait("started here")
+}
+
+/// Pids of zfs-fuse processes that are alive (a killed one stays a zombie here: PID 1
+/// does not reap).
+fn live_zfs_fuse() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // "PID (comm) STATE ...": comm may hold spaces, the state follows its last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        if head.ends_with("(zfs-fuse") && !tail.trim_start().starts_with('Z') {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 struct Zpool(String, #[allow(dead_code)] tempfile::TempDir);
