@@ -8,8 +8,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use futures_util::StreamExt;
 use horcrux_core::Upid;
-use horcrux_raft::transport::{ApiCall, ApiReply};
+use horcrux_raft::transport::{ApiBody, ApiCall, ApiReply};
 use tower::ServiceExt;
 
 use crate::error::ApiError;
@@ -70,6 +71,33 @@ pub async fn forward_to_owner(
     let csrf = req.headers().get("CSRFPreventionToken").and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_type = header_str(&req, header::CONTENT_TYPE);
     let method = req.method().to_string();
+    if req.uri().path().ends_with("/upload") {
+        // A file of any size: streamed to the owner as it arrives, never held here whole.
+        let call = ApiCall {
+            method,
+            uri: original.to_string(),
+            authorization,
+            content_type,
+            body: String::new(),
+            csrf,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut stream = req.into_body().into_data_stream();
+        let pump = async move {
+            while let Some(piece) = stream.next().await {
+                let piece = piece.map_err(|e| format!("the upload was cut off: {e}"));
+                let stop = piece.is_err();
+                if tx.send(piece).await.is_err() || stop {
+                    return;
+                }
+            }
+        };
+        let (_, reply) = tokio::join!(pump, st.runtime.cluster().forward_api_stream(&owner, call, rx));
+        return match reply {
+            Ok(reply) => reply_response(reply),
+            Err(e) => ApiError::from(e).into_response(),
+        };
+    }
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
         Err(e) => return ApiError::bad_field("body", e.to_string()).into_response(),
@@ -98,7 +126,7 @@ fn reply_response(reply: ApiReply) -> Response {
 }
 
 /// Serves a forwarded call with this node's own router (authentication included).
-pub async fn serve_forwarded(app: Router, call: ApiCall) -> ApiReply {
+pub async fn serve_forwarded(app: Router, call: ApiCall, streamed: Option<ApiBody>) -> ApiReply {
     let mut builder = axum::http::Request::builder().method(call.method.as_str()).uri(&call.uri);
     if let Some(a) = &call.authorization {
         builder = builder.header(header::AUTHORIZATION, a);
@@ -109,7 +137,16 @@ pub async fn serve_forwarded(app: Router, call: ApiCall) -> ApiReply {
     if let Some(c) = &call.csrf {
         builder = builder.header("CSRFPreventionToken", c);
     }
-    let Ok(mut req) = builder.body(Body::from(call.body)) else {
+    let body = match streamed {
+        Some(rx) => Body::from_stream(
+            futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|piece| (piece.map_err(std::io::Error::other), rx))
+            })
+            .fuse(),
+        ),
+        None => Body::from(call.body),
+    };
+    let Ok(mut req) = builder.body(body) else {
         return ApiReply {
             status: 400,
             content_type: None,

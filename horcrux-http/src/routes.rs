@@ -86,9 +86,9 @@ pub fn router(runtime: NodeRuntime) -> Router {
     let throttle = st.throttle.clone();
     st.runtime.cluster().set_login_failure_hook(Arc::new(move |keys| throttle.note_remote(keys)));
     let served = app.clone();
-    st.runtime.cluster().set_api_handler(Arc::new(move |call| {
+    st.runtime.cluster().set_api_handler(Arc::new(move |call, body| {
         let app = served.clone();
-        Box::pin(crate::forward::serve_forwarded(app, call))
+        Box::pin(crate::forward::serve_forwarded(app, call, body))
     }));
     app
 }

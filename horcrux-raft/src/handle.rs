@@ -687,7 +687,7 @@ impl ClusterHandle {
 
     /// Serves an API call forwarded from another node, on the API runtime (this is called
     /// on the Raft thread, which must not run request handlers).
-    pub async fn serve_api(&self, call: ApiCall) -> ApiReply {
+    pub async fn serve_api(&self, call: ApiCall, body: Option<transport::ApiBody>) -> ApiReply {
         let error = |status, msg: &str| ApiReply {
             status,
             content_type: None,
@@ -696,7 +696,7 @@ impl ClusterHandle {
         match self.api.get() {
             Some(h) => self
                 .api_runtime
-                .spawn(h(call))
+                .spawn(h(call, body))
                 .await
                 .unwrap_or_else(|e| error(500, &format!("the forwarded request failed: {e}"))),
             None => error(503, "API not ready"),
@@ -721,6 +721,33 @@ impl ClusterHandle {
             Ok(RpcResponse::Api(r)) => Ok(r),
             Ok(_) => Err(ProposeError::Unavailable(format!("unexpected reply from node {node}"))),
             Err(e) => Err(ProposeError::Unavailable(format!("node {node} unreachable: {e}"))),
+        }
+    }
+
+    /// Carries an API call to `node` with its body streamed (an upload of any size): the
+    /// body's pieces go out as they come from `body`; an error from it cuts the call off
+    /// there (the other node then keeps nothing of it).
+    pub async fn forward_api_stream(
+        &self,
+        node: &str,
+        call: ApiCall,
+        body: transport::ApiBody,
+    ) -> Result<ApiReply, ProposeError> {
+        let (id, addr) = {
+            let m = self.raft.metrics().borrow().membership_config.clone();
+            let found = m
+                .membership()
+                .nodes()
+                .find(|(_, n)| n.name == node)
+                .map(|(id, n)| (*id, n.raft_addr.clone()));
+            found.ok_or_else(|| ProposeError::Unavailable(format!("node {node} is not a cluster member")))?
+        };
+        let Some(net) = &self.net else {
+            return Err(ProposeError::Unavailable("this node has no cluster transport".into()));
+        };
+        match net.call_streamed(id, &addr, &call, body, Duration::from_secs(300)).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(ProposeError::Unavailable(format!("node {node}: {e}"))),
         }
     }
 

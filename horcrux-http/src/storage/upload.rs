@@ -340,16 +340,48 @@ pub(crate) async fn upload(
     checksum_pair(&q.checksum, &q.checksum_algorithm)?;
     let t = target(&st, &id, &q.content, &q.filename).await?;
     let (volid, path) = (t.volid.clone(), t.path.clone());
-    let mut partial = Partial::create(&path, q.checksum_algorithm.as_deref())?;
+    let partial = Partial::create(&path, q.checksum_algorithm.as_deref())?;
     let started = std::time::Instant::now();
+    // The file is written, hashed and synced on a blocking thread while this task goes on
+    // receiving (and decrypting) the body: the two overlap instead of taking turns, and no
+    // runtime worker waits on the disk. The writer commits only after the end of the body.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<axum::body::Bytes>>(32);
+    let (expected, to) = (q.checksum.clone(), path.clone());
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut partial = partial;
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Some(b) => partial.write(&b)?,
+                None => {
+                    let bytes = partial.bytes;
+                    return Ok((bytes, partial.commit(&to, expected.as_deref())?));
+                }
+            }
+        }
+        Err(ApiError::bad_field("filename", "the upload was cut off"))
+    });
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_field("filename", format!("the upload was cut off: {e}")))?;
-        partial.write(&chunk)?;
+    let mut cut = None;
+    loop {
+        let piece = match stream.next().await {
+            Some(Ok(chunk)) => Some(chunk),
+            Some(Err(e)) => {
+                cut = Some(ApiError::bad_field("filename", format!("the upload was cut off: {e}")));
+                break;
+            }
+            None => None,
+        };
+        let end = piece.is_none();
+        if tx.send(piece).await.is_err() || end {
+            break; // a writer that stopped early says why below
+        }
     }
-    let bytes = partial.bytes;
-    let sum = partial.commit(&path, q.checksum.as_deref())?;
+    drop(tx);
+    let written = writer.await.map_err(|e| ApiError::internal(format!("upload writer: {e}")))?;
+    if let Some(e) = cut {
+        return Err(e);
+    }
+    let (bytes, sum) = written?;
     t.store(&st).await.map_err(ApiError::internal)?;
     let task = st.runtime.tasks().create("imgcopy", "", caller.user());
     task.log(format!("received {bytes} bytes in {:.1} s", started.elapsed().as_secs_f64()));

@@ -33,6 +33,27 @@ async fn roundtrip(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, Tr
     recv.read_to_end(MAX_FRAME).await.map_err(terr)
 }
 
+/// A send stream reset when dropped before [`ResetUnlessFinished::finish`].
+struct ResetUnlessFinished(Option<quinn::SendStream>);
+
+impl ResetUnlessFinished {
+    fn stream(&mut self) -> &mut quinn::SendStream {
+        self.0.as_mut().expect("until finished")
+    }
+
+    fn finish(&mut self) -> Result<(), TransportError> {
+        self.0.take().expect("until finished").finish().map_err(terr)
+    }
+}
+
+impl Drop for ResetUnlessFinished {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.0.take() {
+            let _ = s.reset(quinn::VarInt::from_u32(1));
+        }
+    }
+}
+
 /// Which current member (if any) a certificate fingerprint belongs to.
 pub type PeerCheck = Arc<dyn Fn(&str) -> Option<NodeId> + Send + Sync>;
 
@@ -213,6 +234,51 @@ impl QuicNetwork {
             self.heard_from(t);
         }
         super::decode_frame::<_, MAX_FRAME>(&reply).map(|(r, _)| r).map_err(terr)
+    }
+
+    /// A streamed API call to member `target` at `addr` (see [`super::STREAM_MARK`]):
+    /// the body is sent as it comes, then the reply is awaited for at most `reply_timeout`.
+    /// A body that fails resets the stream, so the other side sees it cut off.
+    pub async fn call_streamed(
+        &self,
+        target: NodeId,
+        addr: &str,
+        call: &super::ApiCall,
+        mut body: super::ApiBody,
+        reply_timeout: Duration,
+    ) -> Result<super::ApiReply, TransportError> {
+        let head = super::encode_frame(call, super::Framing::Binary).map_err(terr)?;
+        if head.len() > super::MAX_STREAM_HEADER {
+            return Err(TransportError(format!("a request header of {} bytes", head.len())));
+        }
+        let conn =
+            self.connection(addr, false).await?.ok_or_else(|| TransportError("no connection".into()))?;
+        if let Err(e) = self.verify_peer(&conn, Some(target), addr) {
+            self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+            return Err(e);
+        }
+        let (send, mut recv) = conn.open_bi().await.map_err(terr)?;
+        // Quinn finishes a stream dropped unfinished, which would read as a whole body:
+        // this call dropped midway (its client gone) or a failed body resets it instead.
+        let mut send = ResetUnlessFinished(Some(send));
+        let mut first = vec![super::STREAM_MARK];
+        first.extend((head.len() as u32).to_be_bytes());
+        first.extend(head);
+        send.stream().write_all(&first).await.map_err(terr)?;
+        while let Some(piece) = body.recv().await {
+            let b = piece.map_err(TransportError)?;
+            send.stream().write_chunk(b).await.map_err(terr)?;
+        }
+        send.finish()?;
+        let reply = tokio::time::timeout(reply_timeout, recv.read_to_end(MAX_FRAME))
+            .await
+            .map_err(|_| TransportError(format!("no reply from {addr} within {reply_timeout:?}")))?
+            .map_err(terr)?;
+        self.heard_from(target);
+        match super::decode_frame::<RpcResponse, MAX_FRAME>(&reply).map_err(terr)?.0 {
+            RpcResponse::Api(r) => Ok(r),
+            _ => Err(TransportError(format!("unexpected reply from {addr}"))),
+        }
     }
 
     /// One request to `addr`, with the current identity, then the previous one: a peer that

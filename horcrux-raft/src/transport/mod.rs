@@ -133,10 +133,26 @@ pub struct ApiReply {
 /// Counts login failures reported by another member (installed by the HTTP layer).
 pub type LoginFailureHook = std::sync::Arc<dyn Fn(Vec<String>) + Send + Sync>;
 
-/// Serves forwarded API calls on this node (installed by the HTTP layer).
+/// The body of a streamed API call as it arrives: pieces in order, an error if the stream
+/// was cut off (the call must then leave nothing behind).
+pub type ApiBody = tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>;
+
+/// Serves forwarded API calls on this node (installed by the HTTP layer): the call, and
+/// for a streamed one (an upload) its body, which then is not in [`ApiCall::body`].
 pub type ApiHandler = std::sync::Arc<
-    dyn Fn(ApiCall) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiReply> + Send>> + Send + Sync,
+    dyn Fn(ApiCall, Option<ApiBody>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ApiReply> + Send>>
+        + Send
+        + Sync,
 >;
+
+/// The first byte of a streamed API call (where a frame has its format byte): then the
+/// length of the header (u32, big endian), the header (an [`ApiCall`] frame without body),
+/// and the raw body up to the end of the stream. Uploads of any size travel so, never
+/// held whole in memory. A node of a release without it reads the byte as a newer format
+/// and refuses the call with that message.
+pub const STREAM_MARK: u8 = 0x1f;
+/// Largest header of a streamed call.
+pub const MAX_STREAM_HEADER: usize = 64 * 1024;
 
 #[derive(Debug, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub enum RpcResponse {

@@ -103,7 +103,13 @@ async fn rpc_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let bytes = recv.read_to_end(MAX_FRAME).await?;
+    let mut first = [0u8; 1];
+    recv.read_exact(&mut first).await?;
+    if first[0] == super::STREAM_MARK {
+        return api_stream(handle, send, recv).await;
+    }
+    let mut bytes = first.to_vec();
+    bytes.extend(recv.read_to_end(MAX_FRAME - 1).await?);
     let (req, framing) = super::decode_frame::<RpcRequest, MAX_FRAME>(&bytes)?;
     let raft = handle.raft();
     let resp = match req {
@@ -115,7 +121,7 @@ async fn rpc_stream(
         RpcRequest::RemoveMember { name } => {
             RpcResponse::RemoveMember(handle.remove_member_here(&name).await)
         }
-        RpcRequest::Api(call) => RpcResponse::Api(handle.serve_api(call).await),
+        RpcRequest::Api(call) => RpcResponse::Api(handle.serve_api(call, None).await),
         RpcRequest::LoginFailures { keys } => {
             handle.note_login_failures(keys);
             RpcResponse::Pong
@@ -138,6 +144,43 @@ async fn rpc_stream(
         }
     };
     send.write_all(&super::encode_frame(&resp, framing)?).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// A streamed API call (see [`super::STREAM_MARK`]): the header, then the body handed on
+/// piece by piece while the call is served; the reply goes back on the same stream.
+async fn api_stream(
+    handle: &ClusterHandle,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > super::MAX_STREAM_HEADER {
+        return Err(format!("streamed call header of {len} bytes").into());
+    }
+    let mut head = vec![0u8; len];
+    recv.read_exact(&mut head).await?;
+    let (call, framing) = super::decode_frame::<super::ApiCall, { super::MAX_STREAM_HEADER }>(&head)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let pump = tokio::spawn(async move {
+        loop {
+            let piece = match recv.read_chunk(1 << 20, true).await {
+                Ok(Some(c)) => Ok(c.bytes),
+                Ok(None) => return,
+                Err(e) => Err(format!("the forwarded body was cut off: {e}")),
+            };
+            let stop = piece.is_err();
+            if tx.send(piece).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let reply = handle.serve_api(call, Some(rx)).await;
+    pump.abort();
+    send.write_all(&super::encode_frame(&RpcResponse::Api(reply), framing)?).await?;
     send.finish()?;
     Ok(())
 }
