@@ -234,6 +234,15 @@ async fn zfs_datasets_snapshots_clones_and_free() {
 
     let clone = s.clone_volume(&vol, "s1", "subvol-101-disk-0").await.unwrap();
     assert_eq!(std::fs::read(s.path(&clone).unwrap().join("f")).unwrap(), b"before");
+    let parents: Vec<_> = s.list().await.unwrap().into_iter().map(|v| (v.volid, v.parent)).collect();
+    assert_eq!(
+        parents,
+        [
+            ("tank:subvol-100-disk-0".to_string(), None),
+            ("tank:subvol-101-disk-0".to_string(), Some("subvol-100-disk-0@s1".to_string()))
+        ],
+        "a clone names its origin, without the pool"
+    );
     let e = s.free(&vol).await.unwrap_err().to_string();
     assert!(e.contains("dependent clones"), "a base with a linked clone stays: {e}");
     s.free(&clone).await.unwrap();
@@ -492,7 +501,10 @@ async fn rbd_images_on_a_one_host_ceph_snapshots_clones_and_a_guest_boots_from_o
     // Handed to another guest: `rbd mv`.
     let clone = s.rename(&clone, 162, 0).await.unwrap();
     assert_eq!(clone, "ceph:vm-162-disk-0");
-    assert!(s.list().await.unwrap().iter().any(|v| v.volid == clone));
+    let listed = s.list().await.unwrap();
+    let c = listed.iter().find(|v| v.volid == clone).expect("the clone is listed");
+    assert_eq!(c.parent.as_deref(), Some("vm-160-disk-0@first"), "{listed:?}");
+    assert_eq!(listed.iter().find(|v| v.volid == vol).unwrap().parent, None);
     s.free(&clone).await.unwrap();
     s.free(&vol).await.unwrap();
     assert!(s.list().await.unwrap().is_empty());

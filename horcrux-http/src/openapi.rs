@@ -147,7 +147,7 @@ fn schemas() -> Value {
     let content = obj(
         json!({
             "volid": t(S), "vmid": t(I), "format": t(S), "size": t(I), "used": t(I), "content": t(S),
-            "ctime": t(I), "notes": t(S), "protected": t(I),
+            "ctime": t(I), "notes": t(S), "protected": t(I), "parent": t(S),
         }),
         &["volid", "format", "size", "content"],
     );

@@ -137,6 +137,7 @@ impl BtrfsStorage {
                     used: meta.blocks() * 512,
                     content: "images".into(),
                     ctime: meta.mtime().max(0) as u64,
+                    parent: None,
                 });
             }
         }

@@ -246,15 +246,34 @@ pub fn qcow2_virtual_size(head: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(head[24..32].try_into().ok()?))
 }
 
+/// Where a qcow2 header says its backing file's name is: (offset, length), from the
+/// big-endian u64 at 8 and u32 at 16; `None` without one (or for another format).
+pub fn qcow2_backing_at(head: &[u8]) -> Option<(u64, usize)> {
+    qcow2_virtual_size(head)?;
+    let offset = u64::from_be_bytes(head[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(head[16..20].try_into().ok()?) as usize;
+    // QEMU writes at most 1023 bytes of name, within the header cluster.
+    (offset != 0 && len != 0 && len <= 1023).then_some((offset, len))
+}
+
 /// Virtual size of an image file: the qcow2 header's, else (raw, ISO) the file's length.
 pub async fn image_size(path: &Path) -> Result<u64, DriverError> {
+    Ok(image_info(path).await?.0)
+}
+
+/// An image file's virtual size and, for a qcow2 with a backing file, that file's name as
+/// its header records it (Proxmox's `parent` of a linked clone: `../100/base-100-disk-0.qcow2`).
+pub async fn image_info(path: &Path) -> Result<(u64, Option<String>), DriverError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut head = [0u8; 32];
     let mut file = tokio::fs::File::open(path).await?;
-    let n = tokio::io::AsyncReadExt::read(&mut file, &mut head).await?;
-    match qcow2_virtual_size(&head[..n]) {
-        Some(s) => Ok(s),
-        None => Ok(file.metadata().await?.len()),
-    }
+    let n = file.read(&mut head).await?;
+    let Some(size) = qcow2_virtual_size(&head[..n]) else { return Ok((file.metadata().await?.len(), None)) };
+    let Some((offset, len)) = qcow2_backing_at(&head) else { return Ok((size, None)) };
+    let mut name = vec![0u8; len];
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    file.read_exact(&mut name).await?;
+    Ok((size, Some(String::from_utf8_lossy(&name).into_owned())))
 }
 
 #[cfg(test)]

@@ -122,14 +122,16 @@ impl DirStorage {
                     continue;
                 }
                 let meta = tokio::fs::metadata(&f).await?;
+                let (size, parent) = common::image_info(&f).await?;
                 out.push(VolumeInfo {
                     volid,
                     vmid,
                     format: name.rsplit('.').next().unwrap_or_default().to_string(),
-                    size: common::image_size(&f).await?,
+                    size,
                     used: meta.blocks() * 512,
                     content: "images".into(),
                     ctime: meta.mtime().max(0) as u64,
+                    parent,
                 });
             }
         }
@@ -152,6 +154,7 @@ impl DirStorage {
                     used: meta.blocks() * 512,
                     content: content.into(),
                     ctime: meta.mtime().max(0) as u64,
+                    parent: None,
                 });
             }
         }
@@ -339,6 +342,28 @@ mod tests {
         s.delete_snapshot(&vol, "second").await.unwrap();
         assert_eq!(s.snapshots(&vol).await.unwrap(), ["first"]);
         assert!(s.snapshot(&vol, "x/y").await.is_err());
+
+        // A linked clone (qcow2 over a backing file, as qemu-img makes it): its parent is
+        // the backing file its header names, as Proxmox lists it.
+        let clone = tmp.path().join("images/102/vm-102-disk-0.qcow2");
+        std::fs::create_dir_all(clone.parent().unwrap()).unwrap();
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-f", "qcow2", "-F", "qcow2", "-b", "../101/vm-101-disk-0.qcow2"])
+            .arg(&clone)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let listed = s.list().await.unwrap();
+        let parents: Vec<_> =
+            listed.iter().map(|v| (v.volid.as_str(), v.parent.as_deref(), v.size)).collect();
+        assert_eq!(
+            parents,
+            [
+                ("local:101/vm-101-disk-0.qcow2", None, 64 << 20),
+                ("local:102/vm-102-disk-0.qcow2", Some("../101/vm-101-disk-0.qcow2"), 64 << 20)
+            ]
+        );
+        std::fs::remove_dir_all(tmp.path().join("images/102")).unwrap();
 
         s.free(&vol).await.unwrap();
         assert!(!path.exists());

@@ -192,6 +192,7 @@ impl VolumeStore for IscsiStorage {
                     used: size,
                     content: "images".into(),
                     ctime: 0,
+                    parent: None,
                 })
                 .collect())
         })

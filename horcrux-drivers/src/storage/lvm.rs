@@ -205,6 +205,7 @@ impl VolumeStore for LvmStorage {
                         used,
                         content: "images".into(),
                         ctime: l.ctime,
+                        parent: None,
                     })
                 })
                 .collect();

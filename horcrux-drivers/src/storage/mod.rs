@@ -184,6 +184,11 @@ pub struct VolumeInfo {
     pub content: String,
     /// Creation (or last change) time, Unix seconds.
     pub ctime: u64,
+    /// What a linked clone is based on, as Proxmox lists it: a qcow2's backing file as
+    /// recorded in its header, a ZFS clone's origin (`base-100-disk-0@__base__`, the pool
+    /// left out), an RBD clone's parent (`image@snapshot`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// The backend of `pool` on this node, running host tools through `runner`; a store

@@ -147,7 +147,16 @@ impl NfsStorage {
                 }
                 let format = name.rsplit('.').next().unwrap_or_default().to_string();
                 let size = if format == "raw" { e.size } else { self.virtual_size(&e.name).await? };
-                VolumeInfo { volid, vmid, format, size, used: e.size, content: "images".into(), ctime: 0 }
+                VolumeInfo {
+                    volid,
+                    vmid,
+                    format,
+                    size,
+                    used: e.size,
+                    content: "images".into(),
+                    ctime: 0,
+                    parent: None,
+                }
             } else {
                 let Some((content, format)) = dir::classify(dir, name) else { continue };
                 let volid = format!("{}:{content}/{name}", self.id);
@@ -156,7 +165,16 @@ impl NfsStorage {
                 }
                 let size = if content == "import" { self.virtual_size(&e.name).await? } else { e.size };
                 let vmid = if content == "rootdir" { common::vmid_of(name).unwrap_or(0) } else { 0 };
-                VolumeInfo { volid, vmid, format, size, used: e.size, content: content.into(), ctime: 0 }
+                VolumeInfo {
+                    volid,
+                    vmid,
+                    format,
+                    size,
+                    used: e.size,
+                    content: content.into(),
+                    ctime: 0,
+                    parent: None,
+                }
             };
             out.push(info);
         }

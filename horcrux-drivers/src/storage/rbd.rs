@@ -133,7 +133,7 @@ impl RbdStorage {
 }
 
 /// `rbd ls -l --format json`: the images (entries naming a snapshot are left out).
-pub fn parse_rbd_ls(out: &str) -> Result<Vec<(String, u64)>, DriverError> {
+pub fn parse_rbd_ls(out: &str) -> Result<Vec<(String, u64, Option<String>)>, DriverError> {
     let v: Value = serde_json::from_str(out.trim().trim_start_matches('\u{feff}'))
         .or_else(|_| serde_json::from_str(out.lines().last().unwrap_or("[]")))
         .map_err(|e| DriverError::Invalid(format!("rbd ls: {e}")))?;
@@ -141,7 +141,12 @@ pub fn parse_rbd_ls(out: &str) -> Result<Vec<(String, u64)>, DriverError> {
         .into_iter()
         .flatten()
         .filter(|i| i.get("snapshot").is_none())
-        .filter_map(|i| Some((i["image"].as_str()?.to_string(), i["size"].as_u64().unwrap_or(0))))
+        .filter_map(|i| {
+            // A clone's parent, `{"pool","image","snapshot"}`: listed as `image@snapshot`.
+            let p = &i["parent"];
+            let parent = p["image"].as_str().zip(p["snapshot"].as_str()).map(|(im, sn)| format!("{im}@{sn}"));
+            Some((i["image"].as_str()?.to_string(), i["size"].as_u64().unwrap_or(0), parent))
+        })
         .collect())
 }
 
@@ -260,7 +265,7 @@ impl VolumeStore for RbdStorage {
             let start = out.find('[').unwrap_or(0);
             let mut v: Vec<VolumeInfo> = parse_rbd_ls(&out[start..])?
                 .into_iter()
-                .filter_map(|(name, size)| {
+                .filter_map(|(name, size, parent)| {
                     Some(VolumeInfo {
                         volid: format!("{}:{name}", self.id),
                         vmid: common::vmid_of(&name)?,
@@ -269,6 +274,7 @@ impl VolumeStore for RbdStorage {
                         used: size,
                         content: "images".into(),
                         ctime: 0,
+                        parent,
                     })
                 })
                 .collect();

@@ -99,7 +99,7 @@ impl ZfsPoolStorage {
 
 /// The properties [`parse_zfs_get`] reads, as `zfs get -Hp -r -o name,property,value`
 /// asks for them (`zfs list -p` would do, but zfs-fuse's `list` has no `-p`).
-pub const ZFS_PROPS: &str = "type,volsize,refquota,used,creation";
+pub const ZFS_PROPS: &str = "type,volsize,refquota,used,creation,origin";
 
 /// `zfs get -Hp -r -o name,property,value ZFS_PROPS POOL`: the pool's direct children
 /// named as guest volumes (zvols are images, datasets container volumes).
@@ -133,6 +133,11 @@ pub fn parse_zfs_get(id: &str, pool: &str, out: &str) -> Vec<VolumeInfo> {
                 used: num(p, "used"),
                 content: content.into(),
                 ctime: num(p, "creation"),
+                // A clone's origin, `POOL/base-100-disk-0@__base__`: listed without the pool.
+                parent: p
+                    .get("origin")
+                    .filter(|o| **o != "-")
+                    .map(|o| o.strip_prefix(pool).and_then(|o| o.strip_prefix('/')).unwrap_or(o).to_string()),
             })
         })
         .collect()

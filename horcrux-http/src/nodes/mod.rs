@@ -104,6 +104,9 @@ pub(crate) async fn storage_content(
             if v.vmid != 0 {
                 e["vmid"] = json!(v.vmid);
             }
+            if let Some(parent) = &v.parent {
+                e["parent"] = json!(parent);
+            }
             if let Some(notes) = beside(&v.volid, "notes").and_then(|p| std::fs::read_to_string(p).ok()) {
                 e["notes"] = json!(notes);
             }
