@@ -10,6 +10,11 @@
 //! (disk only, with its RAM) and of rollbacks, against `qemu-img snapshot -c` of the
 //! stopped image.
 //!
+//! The same upload from a client that writes 1 MiB at a time (`bench/upload-client.py`:
+//! curl's 64 KiB writes cost it a third of its throughput here). The transport reference:
+//! the same curl upload received by `bench/tls-sink.py` (Python's
+//! OpenSSL), discarded, and written + fsynced to the same file system.
+//!
 //! Run: `cargo bench --bench storage` (as root, after `scripts/lab.sh`). `BENCH_UPLOAD_MIB`
 //! sets the file size (default 512), `BENCH_RUNS` the runs (default 3; the median counts).
 
@@ -52,6 +57,7 @@ fn main() {
     let iso_dir = tmp.path().join("hx/storage/local/template/iso");
 
     let (mut cp, mut cp_sync, mut up, mut up_sum) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut up_big = Vec::new();
     for i in 0..runs {
         for (list, sync) in [(&mut cp, false), (&mut cp_sync, true)] {
             let dst = iso_dir.join(format!("cp-{i}-{sync}.iso"));
@@ -81,17 +87,86 @@ fn main() {
             assert_eq!(std::fs::metadata(iso_dir.join(&name)).unwrap().len(), bytes);
             std::fs::remove_file(iso_dir.join(&name)).unwrap();
         }
+        let name = format!("big-{i}.iso");
+        let t = Instant::now();
+        run(Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/upload-client.py"))
+            .arg(d.port.to_string())
+            .arg(format!("/api/v1/storage/local/upload?content=iso&filename={name}"))
+            .arg(&src)
+            .arg(token.trim()));
+        up_big.push(t.elapsed());
+        assert_eq!(std::fs::metadata(iso_dir.join(&name)).unwrap().len(), bytes);
+        std::fs::remove_file(iso_dir.join(&name)).unwrap();
     }
+    let (sink, sink_sync) = tls_sink(&src, &iso_dir, runs);
     let (cp, cp_sync, up, up_sum) = (median(cp), median(cp_sync), median(up), median(up_sum));
+    let up_big = median(up_big);
     println!("storage upload, {mib} MiB, median of {runs} runs (same file system)");
     println!("  cp                          {:>8.1} MiB/s  ({:?})", mib_s(bytes, cp), cp);
     println!("  cp + sync FILE (reference)  {:>8.1} MiB/s  ({:?})", mib_s(bytes, cp_sync), cp_sync);
     println!("  upload (HTTPS, fsync)       {:>8.1} MiB/s  ({:?})", mib_s(bytes, up), up);
     println!("  upload + sha256 check       {:>8.1} MiB/s  ({:?})", mib_s(bytes, up_sum), up_sum);
+    println!("  upload, 1 MiB-write client  {:>8.1} MiB/s  ({:?})", mib_s(bytes, up_big), up_big);
+    println!("  curl -> OpenSSL sink, discarded      {:>8.1} MiB/s  ({:?})", mib_s(bytes, sink), sink);
+    println!(
+        "  curl -> OpenSSL sink, write + fsync  {:>8.1} MiB/s  ({:?})",
+        mib_s(bytes, sink_sync),
+        sink_sync
+    );
     println!("  ratio upload / (cp + sync)  {:>8.2}x", cp_sync.as_secs_f64() / up.as_secs_f64());
+    println!("  ratio upload / sink (write + fsync) {:>5.2}x", sink_sync.as_secs_f64() / up.as_secs_f64());
+    println!(
+        "  ratio upload (1 MiB-write client) / (cp + sync) {:>4.2}x",
+        cp_sync.as_secs_f64() / up_big.as_secs_f64()
+    );
     println!("  ratio upload / cp           {:>8.2}x", cp.as_secs_f64() / up.as_secs_f64());
     println!("  ratio upload+sha256 / (cp + sync) {:>4.2}x", cp_sync.as_secs_f64() / up_sum.as_secs_f64());
     disks(&d, tmp.path(), runs);
+}
+
+/// The same curl upload received by `bench/tls-sink.py` (Python's OpenSSL), discarded and
+/// written + fsynced into `dir`: what the HTTPS transport costs here without Horcrux.
+fn tls_sink(src: &std::path::Path, dir: &std::path::Path, runs: usize) -> (Duration, Duration) {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-days", "1", "-subj", "/CN=sink", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let sink = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/tls-sink.py");
+    let once = |file: Option<std::path::PathBuf>| {
+        let port = free_port().to_string();
+        let mut cmd = Command::new("python3");
+        cmd.args([sink, &port]).arg(&cert).arg(&key).stdout(std::process::Stdio::piped());
+        if let Some(f) = &file {
+            cmd.arg(f);
+        }
+        let mut child = cmd.spawn().expect("python3");
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        let t = Instant::now();
+        run(Command::new("curl")
+            // (The sink does not answer `Expect: 100-continue`; curl would wait 1 s for it.)
+            .args(["-sk", "-o", "/dev/null", "-H", "Expect:", "-X", "POST", "-T"])
+            .arg(src)
+            .arg(format!("https://127.0.0.1:{port}/x")));
+        let took = t.elapsed();
+        assert!(child.wait().unwrap().success(), "the sink saw the whole body");
+        if let Some(f) = file {
+            std::fs::remove_file(f).unwrap();
+        }
+        took
+    };
+    let (mut bare, mut synced) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        bare.push(once(None));
+        synced.push(once(Some(dir.join(format!("sink-{i}.iso")))));
+    }
+    (median(bare), median(synced))
 }
 
 /// Runs a task-answering request and waits for it; answers the time it took.
