@@ -6,9 +6,10 @@
 # its first virtio disk as DISK:<bytes>: the storage tests boot it from their volumes.
 # With `watchhotplug` (and `stayup`) it prints DEVICES:<its vd* disks and NICs> whenever
 # that list changes, and DISK-<name>:<first 12 bytes> of each disk: the hot-plug tests.
+# With `burn` it keeps one CPU busy (a shell loop in the background): the metrics tests.
 set -euo pipefail
 out=${1:-"$(cd "$(dirname "$0")/.." && pwd)/.lab/tiny-guest"}
-version=4
+version=5
 if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ "$(cat "$out/version" 2>/dev/null)" = "$version" ]; then
   exit 0
 fi
@@ -42,6 +43,7 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 for pass in 1 2; do for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; done; done
 echo "GUEST-BOOTED"
 grep -q showdisk /proc/cmdline && [ -b /dev/vda ] && echo "DISK:\$(head -c 12 /dev/vda)"
+grep -q burn /proc/cmdline && { while :; do :; done & }
 seen=""
 grep -q stayup /proc/cmdline && while true; do
   if grep -q watchhotplug /proc/cmdline; then

@@ -273,7 +273,8 @@ async fn serve_node(
         volume_factory(&args.data_dir),
         tasks,
         Some(fence),
-    )?;
+    )?
+    .with_metrics(args.data_dir.join("rrd"), args.data_dir.clone());
 
     let mut names =
         vec![cluster.node_name().to_string(), "localhost".into(), "127.0.0.1".into(), "::1".into()];

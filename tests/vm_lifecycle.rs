@@ -320,3 +320,111 @@ fn an_aarch64_guest_runs_emulated_on_this_x86_64_node() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
 }
+
+/// Metrics: the sampler (a short interval here) reads the node, a guest that keeps its CPU
+/// busy and the storages; `rrddata` serves them natively and as Proxmox's routes, with
+/// PVE 9's fields, tiers and limits; bad timeframes are refused by field; a caller may
+/// read a guest's figures only with VM.Audit on that guest; the figures survive a restart.
+#[test]
+fn metrics_are_sampled_kept_and_served_per_node_guest_and_storage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [("HORCRUX_METRICS_INTERVAL_MS", "500")];
+    let mut d = Daemon::start(tmp.path(), port, &env);
+    let api = d.client();
+    let g = tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup burn"});
+    let (code, body) = api.post(
+        "/vms",
+        &json!({"vmid": 150, "name": "busy", "memory_mib": 128, "cores": 1, "boot": boot,
+                "disks": [{"storage": "local", "size_mib": 16}]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = api.post("/vms/150/start", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let last = |path: &str| -> Value {
+        let (code, rows) = api.get(path);
+        assert_eq!(code, 200, "{path}: {rows}");
+        rows.as_array().unwrap().last().cloned().unwrap_or(Value::Null)
+    };
+    eventually("the busy guest's CPU in rrddata", Duration::from_secs(90), || {
+        last("/vms/150/rrddata?timeframe=hour")["cpu"].as_f64().is_some_and(|c| c > 0.5)
+    });
+    let row = last("/vms/150/rrddata?timeframe=hour");
+    assert_eq!(
+        (row["maxcpu"].as_f64(), row["maxmem"].as_f64()),
+        (Some(1.0), Some(128.0 * 1048576.0)),
+        "{row}"
+    );
+    assert_eq!(row["maxdisk"].as_f64(), Some(16.0 * 1048576.0), "{row}");
+    assert!(row["mem"].as_f64().is_some_and(|m| m > 1048576.0), "QEMU's resident memory: {row}");
+    assert!(row["diskread"].as_f64().is_some() && row["netin"].as_f64().is_some(), "{row}");
+    assert!(row.get("memhost").is_none(), "unknown fields are left out, as PVE does: {row}");
+    assert!(row["time"].as_u64().unwrap() % 60 == 0, "rows of the minute tier: {row}");
+
+    // Proxmox's routes: the same figures, at most the timeframe's rows.
+    let auth = format!("PVEAPIToken=root@pam!admin={}", api.token());
+    let pve = |path: &str| {
+        let (code, body, _) =
+            api.raw("GET", &format!("/api2/json{path}"), &[("Authorization", &auth)], &json!(null));
+        (code, body)
+    };
+    let (code, body) = pve("/nodes/n1/qemu/150/rrddata?timeframe=hour&cf=MAX");
+    assert_eq!(code, 200, "{body}");
+    let rows = body["data"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len() <= 60, "{}", rows.len());
+    assert!(rows.last().unwrap()["cpu"].as_f64().is_some_and(|c| c > 0.5), "{body}");
+    let (code, body) = pve("/nodes/n1/rrddata?timeframe=day");
+    assert_eq!(code, 200, "{body}");
+    let node = body["data"].as_array().unwrap().last().unwrap().clone();
+    for field in ["cpu", "maxcpu", "loadavg", "memtotal", "memused", "roottotal", "rootused", "iowait"] {
+        assert!(node[field].as_f64().is_some(), "node {field}: {node}");
+    }
+    assert!(node["cpu"].as_f64().unwrap() <= 1.0 && node["memused"].as_f64() < node["memtotal"].as_f64());
+    let (code, body) = pve("/nodes/n1/storage/local/rrddata?timeframe=week");
+    assert_eq!(code, 200, "{body}");
+    let st = body["data"].as_array().unwrap().last().unwrap().clone();
+    assert!(st["total"].as_f64().is_some_and(|t| t > 0.0) && st["used"].as_f64().is_some(), "{st}");
+    assert_eq!(st["time"].as_u64().unwrap() % 1800, 0, "the week reads the 30-minute tier: {st}");
+    for (path, field) in [
+        ("/nodes/n1/rrddata?timeframe=minute", "timeframe"),
+        ("/nodes/n1/rrddata", "timeframe"),
+        ("/nodes/n1/qemu/150/rrddata?timeframe=hour&cf=MIN", "cf"),
+    ] {
+        let (code, body) = pve(path);
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(body["errors"][field].is_string(), "{path}: {body}");
+    }
+    assert_eq!(api.get("/vms/999/rrddata?timeframe=hour").0, 404);
+    assert_eq!(api.get("/storage/nope/rrddata?timeframe=hour").0, 404);
+
+    // VM.Audit on another guest only: this guest's figures are refused.
+    assert_eq!(api.post("/access/users", &json!({"userid": "mo@pve"})).0, 200);
+    let (_, t) = api.post("/access/users/mo@pve/token/t", &json!({"privsep": false}));
+    let mo = t["value"].as_str().unwrap().to_string();
+    let acl = json!({"path": "/vms/151", "role": "PVEAuditor", "user": "mo@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let (code, _) = api.request("GET", "/vms/150/rrddata?timeframe=hour", Some(&mo), &json!(null));
+    assert_eq!(code, 403, "VM.Audit on /vms/151 does not reach guest 150");
+    let (code, _) = api.request("GET", "/nodes/n1/rrddata?timeframe=hour", Some(&mo), &json!(null));
+    assert_eq!(code, 403, "nor the node's figures");
+
+    // Durable: after a restart the earlier rows are still there.
+    let before = last("/vms/150/rrddata?timeframe=hour");
+    d.kill9();
+    let d = Daemon::start(tmp.path(), port, &env);
+    let api = d.client();
+    let (code, rows) = api.get("/vms/150/rrddata?timeframe=hour");
+    assert_eq!(code, 200, "{rows}");
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["time"] == before["time"] && r["cpu"].as_f64().is_some()),
+        "the minute sampled before the restart: {before} in {rows}"
+    );
+    let (_, body) = api.post("/vms/150/stop", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    let (_, body) = api.delete("/vms/150");
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    eventually("the deleted guest's metrics file goes", Duration::from_secs(10), || {
+        !tmp.path().join("rrd/qemu-150.rrd").exists()
+    });
+}

@@ -7,6 +7,7 @@ mod fleet;
 mod guard;
 mod guest;
 mod ha;
+pub mod metrics;
 mod port;
 mod runtime;
 mod storage;

@@ -56,6 +56,7 @@ pub struct NodeRuntime {
     hv: Arc<dyn Hypervisor>,
     storages: Addr<StorageFleet>,
     storage_board: StorageBoard,
+    metrics: Option<crate::metrics::MetricsStore>,
 }
 
 impl NodeRuntime {
@@ -93,7 +94,7 @@ impl NodeRuntime {
         })?;
         let (fleet, storages) =
             rx.recv().map_err(|_| std::io::Error::other("actor system failed to start"))?;
-        Ok(Self { cluster, fleet, board, tasks, volumes, hv, storages, storage_board })
+        Ok(Self { cluster, fleet, board, tasks, volumes, hv, storages, storage_board, metrics: None })
     }
 
     /// Drives one guest to its replicated desired state now; logs into `task` if given.
@@ -148,6 +149,27 @@ impl NodeRuntime {
             Ok(Ok(st)) => Some(st),
             _ => self.storage_status(id),
         }
+    }
+
+    /// Keeps this node's metrics under `dir` and samples them every
+    /// [`crate::metrics::interval`] from now on (a task on the current tokio runtime);
+    /// `disk`: the file system reported as the node's root disk.
+    pub fn with_metrics(mut self, dir: std::path::PathBuf, disk: std::path::PathBuf) -> Self {
+        let store = crate::metrics::MetricsStore::new(dir);
+        tokio::spawn(crate::metrics::sample_forever(
+            store.clone(),
+            self.cluster.clone(),
+            self.hv.clone(),
+            self.storage_board.clone(),
+            disk,
+        ));
+        self.metrics = Some(store);
+        self
+    }
+
+    /// This node's metrics, if it keeps them.
+    pub fn metrics(&self) -> Option<&crate::metrics::MetricsStore> {
+        self.metrics.as_ref()
     }
 
     pub fn hypervisor(&self) -> &Arc<dyn Hypervisor> {

@@ -166,6 +166,11 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn shutdown(&self, vmid: u32, timeout: Duration) -> BoxFuture<'_, Result<ShutdownOutcome, DriverError>>;
     /// Resolves when the running guest's process goes away (immediately if none runs).
     fn wait_exit(&self, vmid: u32) -> BoxFuture<'_, ()>;
+    /// The running guest's process (its CPU time and memory are read from `/proc`).
+    fn pid(&self, vmid: u32) -> Option<u32> {
+        let _ = vmid;
+        None
+    }
     /// Where the guest's serial console is logged.
     fn serial_log(&self, vmid: u32) -> PathBuf;
     /// Every guest whose process runs on this host now, whoever started it.

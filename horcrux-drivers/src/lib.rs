@@ -6,6 +6,7 @@ pub mod fence;
 pub mod host;
 pub mod hypervisor;
 mod kvm_probe;
+pub mod metrics;
 pub mod qemu;
 pub mod qmp;
 pub mod storage;
@@ -14,5 +15,5 @@ pub use hypervisor::{
     BoxFuture, DiskSource, DriverError, GuestLaunch, Hotplug, Hypervisor, NetDisk, NetSecret, ObservedPower,
     ShutdownOutcome, StoreUsage, VolumeInfo, VolumeStore,
 };
-pub use qemu::{resolve_accel, Accel, QemuDriver};
+pub use qemu::{resolve_accel, tap_name, Accel, QemuDriver};
 pub use storage::{BtrfsStorage, DirStorage, LvmStorage, Runner, SystemRunner, ZfsPoolStorage};

@@ -87,6 +87,9 @@ fn table() -> Vec<RouteAccess> {
         r!(GET, "/cluster/nextid", AnyUser),
         r!(GET, "/nodes", AnyUser),
         r!(GET, "/nodes/{node}/status", Priv("Sys.Audit", "/nodes/{node}")),
+        r!(GET, "/nodes/{node}/rrddata", Priv("Sys.Audit", "/nodes/{node}")),
+        r!(GET, "/vms/{vmid}/rrddata", Priv("VM.Audit", "/vms/{vmid}")),
+        r!(GET, "/storage/{id}/rrddata", Priv("Datastore.Audit", "/storage/{id}")),
         // Listed per storage the caller may audit (Proxmox's filter).
         r!(GET, "/storage", AnyUser),
         r!(POST, "/storage", Priv("Datastore.Allocate", "/storage")),

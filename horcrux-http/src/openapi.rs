@@ -269,6 +269,8 @@ fn operations() -> Vec<Op> {
         &[],
     );
     let timeout = body(json!({ "timeout_s": { "type": I, "minimum": 0 } }), &[]);
+    let rrd_timeframe = json!({ "type": S, "enum": ["hour", "day", "week", "month", "year", "decade"] });
+    let rrd_cf = json!({ "type": S, "enum": ["AVERAGE", "MAX"] });
     let user_change = body(
         json!({
             "comment": t(S), "email": t(S), "groups": arr(t(S)), "append": t(B), "expire": t(I),
@@ -387,6 +389,16 @@ fn operations() -> Vec<Op> {
         op("GET", "/cluster/nextid", "Lowest free VMID", obj(json!({ "vmid": t(I) }), &["vmid"])),
         op("GET", "/nodes", "Cluster members", arr(r("Node"))),
         op("GET", "/nodes/{node}/status", "A member's host: CPU, memory, load, root file system", any()),
+        op("GET", "/nodes/{node}/rrddata", "The node's metrics over a timeframe (PVE 9's fields)", arr(any()))
+            .query("timeframe", rrd_timeframe.clone())
+            .query("cf", rrd_cf.clone()),
+        op("GET", "/vms/{vmid}/rrddata", "A guest's metrics over a timeframe (PVE 9's fields)", arr(any()))
+            .query("timeframe", rrd_timeframe.clone())
+            .query("cf", rrd_cf.clone()),
+        op("GET", "/storage/{id}/rrddata", "A storage's size and use over a timeframe", arr(any()))
+            .query("timeframe", rrd_timeframe)
+            .query("cf", rrd_cf)
+            .query("node", t(S)),
         op("GET", "/storage", "Storages the caller may audit", arr(r("StoragePool"))),
         op("POST", "/storage", "Add a storage (Proxmox's storage.cfg keys)", storage_answer.clone()).body(storage_body.clone()),
         op("GET", "/storage/{id}", "A storage's configuration", r("StoragePool")),

@@ -77,6 +77,9 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         // `delay`: how long Proxmox waits for the task before answering; the removal is quick.
         ("DELETE", "/nodes/{node}/storage/{storage}/content/{*volume}") => &["delay"],
         ("GET", "/cluster/resources") => &["type"],
+        ("GET", "/nodes/{node}/rrddata")
+        | ("GET", "/nodes/{node}/qemu/{vmid}/rrddata")
+        | ("GET", "/nodes/{node}/storage/{storage}/rrddata") => &["timeframe", "cf"],
         ("GET", "/access/users") => &["enabled", "full"],
         ("POST", "/access/users") => {
             &["userid", "password", "comment", "email", "enable", "expire", "groups"]

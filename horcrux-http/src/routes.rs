@@ -51,6 +51,9 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/cluster/nextid", get(cluster::next_id))
         .route("/nodes", get(cluster::list_nodes))
         .route("/nodes/{node}/status", get(nodes::host::node_status))
+        .route("/nodes/{node}/rrddata", get(nodes::metrics::node_rrddata))
+        .route("/vms/{vmid}/rrddata", get(nodes::metrics::vm_rrddata))
+        .route("/storage/{id}/rrddata", get(nodes::metrics::storage_rrddata))
         .route("/storage/{id}/content", get(nodes::storage_content).post(crate::storage::volume::alloc))
         .route(
             "/storage/{id}/content/{volume}",
@@ -129,6 +132,9 @@ fn compat_routes() -> Router<ApiState> {
         .route("/nodes/{node}/tasks/{upid}/log", get(task_log))
         .route("/nodes/{node}/tasks", get(list_tasks))
         .route("/nodes/{node}/status", get(node_status))
+        .route("/nodes/{node}/rrddata", get(crate::nodes::metrics::compat_node))
+        .route("/nodes/{node}/qemu/{vmid}/rrddata", get(crate::nodes::metrics::compat_qemu))
+        .route("/nodes/{node}/storage/{storage}/rrddata", get(crate::nodes::metrics::compat_storage))
         .route("/storage", get(crate::storage::compat::storages).post(crate::storage::compat::storages))
         .route(
             "/storage/{storage}",

@@ -742,6 +742,10 @@ impl Hypervisor for QemuDriver {
         self.log_dir.join(format!("{vmid}.serial.log"))
     }
 
+    fn pid(&self, vmid: u32) -> Option<u32> {
+        self.live_pid(vmid).and_then(|p| u32::try_from(p).ok())
+    }
+
     fn running_guests(&self) -> BoxFuture<'_, Result<Vec<u32>, DriverError>> {
         Box::pin(async move {
             let mut out = Vec::new();

@@ -3,6 +3,7 @@
 
 pub mod compat;
 pub mod host;
+pub mod metrics;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
