@@ -386,6 +386,22 @@ fn metrics_are_sampled_kept_and_served_per_node_guest_and_storage() {
     let st = body["data"].as_array().unwrap().last().unwrap().clone();
     assert!(st["total"].as_f64().is_some_and(|t| t > 0.0) && st["used"].as_f64().is_some(), "{st}");
     assert_eq!(st["time"].as_u64().unwrap() % 1800, 0, "the week reads the 30-minute tier: {st}");
+    // The live figures in cluster/resources: the guest's CPU and memory, byte totals; the
+    // node's CPU, memory and root disk.
+    let (code, body) = pve("/cluster/resources");
+    assert_eq!(code, 200, "{body}");
+    let all = body["data"].as_array().unwrap();
+    let vm = all.iter().find(|e| e["id"] == "qemu/150").expect("the guest");
+    assert!(vm["cpu"].as_f64().is_some_and(|c| c > 0.0) && vm["mem"].as_u64().is_some_and(|m| m > 0), "{vm}");
+    assert_eq!(vm["maxcpu"].as_u64(), Some(1), "{vm}");
+    assert!(vm["netin"].as_u64().is_some() && vm["diskread"].as_u64().is_some(), "totals: {vm}");
+    let n = all.iter().find(|e| e["id"] == "node/n1").expect("the node");
+    assert!(
+        n["cpu"].as_f64().is_some()
+            && n["maxmem"].as_u64() > n["mem"].as_u64()
+            && n["maxdisk"].as_u64().is_some(),
+        "{n}"
+    );
     for (path, field) in [
         ("/nodes/n1/rrddata?timeframe=minute", "timeframe"),
         ("/nodes/n1/rrddata", "timeframe"),
@@ -408,6 +424,15 @@ fn metrics_are_sampled_kept_and_served_per_node_guest_and_storage() {
     assert_eq!(code, 403, "VM.Audit on /vms/151 does not reach guest 150");
     let (code, _) = api.request("GET", "/nodes/n1/rrddata?timeframe=hour", Some(&mo), &json!(null));
     assert_eq!(code, 403, "nor the node's figures");
+    // Sys.Audit on the node and VM.Audit on guest 151 only: the node's latest reading
+    // leaves guest 150 out.
+    let acl = json!({"path": "/nodes/n1", "role": "PVEAuditor", "user": "mo@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let (code, cur) = api.request("GET", "/nodes/n1/metrics/current", Some(&mo), &json!(null));
+    assert_eq!(code, 200, "{cur}");
+    assert!(cur["node"]["cpu"].is_number() && cur["guests"].get("150").is_none(), "{cur}");
+    let (_, cur) = api.get("/nodes/n1/metrics/current");
+    assert!(cur["guests"]["150"]["cputime_total"].as_f64().is_some_and(|t| t > 0.0), "{cur}");
 
     // Durable: after a restart the earlier rows are still there.
     let before = last("/vms/150/rrddata?timeframe=hour");

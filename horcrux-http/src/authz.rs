@@ -88,6 +88,8 @@ fn table() -> Vec<RouteAccess> {
         r!(GET, "/nodes", AnyUser),
         r!(GET, "/nodes/{node}/status", Priv("Sys.Audit", "/nodes/{node}")),
         r!(GET, "/nodes/{node}/rrddata", Priv("Sys.Audit", "/nodes/{node}")),
+        // Guests and storages in the answer are filtered by the caller's audit rights.
+        r!(GET, "/nodes/{node}/metrics/current", Priv("Sys.Audit", "/nodes/{node}")),
         r!(GET, "/vms/{vmid}/rrddata", Priv("VM.Audit", "/vms/{vmid}")),
         r!(GET, "/storage/{id}/rrddata", Priv("Datastore.Audit", "/storage/{id}")),
         // Listed per storage the caller may audit (Proxmox's filter).

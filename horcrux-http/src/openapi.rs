@@ -392,6 +392,12 @@ fn operations() -> Vec<Op> {
         op("GET", "/nodes/{node}/rrddata", "The node's metrics over a timeframe (PVE 9's fields)", arr(any()))
             .query("timeframe", rrd_timeframe.clone())
             .query("cf", rrd_cf.clone()),
+        op(
+            "GET",
+            "/nodes/{node}/metrics/current",
+            "The node's latest reading, and of its guests and storages the caller may audit",
+            obj(json!({ "node": any(), "guests": any(), "storages": any() }), &["guests", "storages"]),
+        ),
         op("GET", "/vms/{vmid}/rrddata", "A guest's metrics over a timeframe (PVE 9's fields)", arr(any()))
             .query("timeframe", rrd_timeframe.clone())
             .query("cf", rrd_cf.clone()),

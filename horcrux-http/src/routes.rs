@@ -52,6 +52,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .route("/nodes", get(cluster::list_nodes))
         .route("/nodes/{node}/status", get(nodes::host::node_status))
         .route("/nodes/{node}/rrddata", get(nodes::metrics::node_rrddata))
+        .route("/nodes/{node}/metrics/current", get(nodes::metrics::current))
         .route("/vms/{vmid}/rrddata", get(nodes::metrics::vm_rrddata))
         .route("/storage/{id}/rrddata", get(nodes::metrics::storage_rrddata))
         .route("/storage/{id}/content", get(nodes::storage_content).post(crate::storage::volume::alloc))

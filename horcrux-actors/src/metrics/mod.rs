@@ -114,6 +114,9 @@ pub struct MetricsStore {
     dir: PathBuf,
     files: Arc<Mutex<HashMap<Series, Rrd>>>,
     latest: Arc<Mutex<HashMap<Series, Latest>>>,
+    /// Each running guest's counters since its start (CPU seconds, network and disk
+    /// bytes): the totals `cluster/resources` and Prometheus counters report.
+    totals: Arc<Mutex<HashMap<u32, GuestCounters>>>,
 }
 
 /// A reading's time (Unix seconds) and values (in the series' field order).
@@ -121,7 +124,12 @@ type Latest = (u64, Vec<f64>);
 
 impl MetricsStore {
     pub fn new(dir: impl Into<PathBuf>) -> MetricsStore {
-        MetricsStore { dir: dir.into(), files: Arc::default(), latest: Arc::default() }
+        MetricsStore {
+            dir: dir.into(),
+            files: Arc::default(),
+            latest: Arc::default(),
+            totals: Arc::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -154,6 +162,19 @@ impl MetricsStore {
                 .map(|(k, v)| (*k, *v))
                 .collect(),
         )
+    }
+
+    /// A running guest's counters as last read (`None`: not running here).
+    pub fn totals(&self, vmid: u32) -> Option<GuestCounters> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner()).get(&vmid).copied()
+    }
+
+    fn set_totals(&self, vmid: u32, counters: Option<GuestCounters>) {
+        let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        match counters {
+            Some(c) => t.insert(vmid, c),
+            None => t.remove(&vmid),
+        };
     }
 
     /// Forgets the guests that no longer exist anywhere in the cluster (`exists` says
@@ -308,6 +329,7 @@ pub async fn sample_forever(
                         rss,
                     );
                     before.insert(vmid, (t, counters));
+                    store.set_totals(vmid, Some(counters));
                     values[1] = s.cpu;
                     values[3] = s.mem;
                     values.extend([s.netin, s.netout, s.diskread, s.diskwrite]);
@@ -316,6 +338,7 @@ pub async fn sample_forever(
                 None => {
                     // Stopped: no load; PVE records zeros for a stopped guest's rates.
                     before.remove(&vmid);
+                    store.set_totals(vmid, None);
                     values[1] = 0.0;
                     values[3] = 0.0;
                     values.extend([0.0; 4]);
@@ -328,6 +351,7 @@ pub async fn sample_forever(
             seen.push(vmid);
         }
         before.retain(|v, _| seen.contains(v));
+        store.totals.lock().unwrap_or_else(|p| p.into_inner()).retain(|v, _| seen.contains(v));
         let all: std::collections::BTreeSet<u32> = cluster.read_local(|s| s.guests.keys().copied().collect());
         store.forget_guests(|vmid| all.contains(&vmid));
         let pools: Vec<(String, Option<horcrux_drivers::StoreUsage>)> = storages

@@ -41,6 +41,33 @@ pub(crate) async fn cluster_resources(
         return error(StatusCode::BAD_REQUEST, "type", "value must be one of vm, storage, node, sdn");
     }
     let mut out = Vec::new();
+    // Each member's latest readings, fetched once per member (the caller's rights apply;
+    // without Sys.Audit on a member its entries carry no live figures).
+    let mut live: std::collections::BTreeMap<String, Value> = Default::default();
+    // Members this node does not hear from are not asked (the answer would wait for the
+    // forward to time out); their entries carry no live figures.
+    let online: std::collections::BTreeSet<String> = st
+        .runtime
+        .cluster()
+        .cluster_status()
+        .nodes
+        .into_iter()
+        .filter(|n| n.online)
+        .map(|n| n.name)
+        .collect();
+    let mut live_of = async |node: &str| -> Value {
+        if let Some(v) = live.get(node) {
+            return v.clone();
+        }
+        if !online.contains(node) {
+            return Value::Null;
+        }
+        let path = format!("/nodes/{}/metrics/current", form_escape(node));
+        let (code, v, _) = native(&st, &headers, Method::GET, &path, None).await;
+        let v = if code.is_success() { v } else { Value::Null };
+        live.insert(node.to_string(), v.clone());
+        v
+    };
     if want.is_none() || want.as_deref() == Some("vm") {
         let (status, v, _) = native(&st, &headers, Method::GET, "/vms", None).await;
         if !status.is_success() {
@@ -50,6 +77,24 @@ pub(crate) async fn cluster_resources(
             let mut e = qemu_entry(g);
             e["type"] = json!("qemu");
             e["id"] = json!(format!("qemu/{}", g["vmid"]));
+            let node = g["node"].as_str().unwrap_or_default().to_string();
+            let m = &live_of(&node).await["guests"][g["vmid"].to_string()];
+            // PVE's live figures: cpu a fraction of the vCPUs, bytes, byte totals since start.
+            for (to, from) in [
+                ("cpu", "cpu"),
+                ("mem", "mem"),
+                ("maxcpu", "maxcpu"),
+                ("maxdisk", "maxdisk"),
+                ("disk", "disk"),
+                ("netin", "netin_total"),
+                ("netout", "netout_total"),
+                ("diskread", "diskread_total"),
+                ("diskwrite", "diskwrite_total"),
+            ] {
+                if let Some(v) = m[from].as_f64() {
+                    e[to] = if to == "cpu" { json!(v) } else { json!(v as u64) };
+                }
+            }
             out.push(e);
         }
     }
@@ -60,9 +105,22 @@ pub(crate) async fn cluster_resources(
         }
         for n in v.as_array().into_iter().flatten() {
             let name = n["name"].as_str().unwrap_or_default();
-            out.push(
-                json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": "online" }),
-            );
+            let mut e =
+                json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": "online" });
+            let m = &live_of(name).await["node"];
+            for (to, from) in [
+                ("cpu", "cpu"),
+                ("maxcpu", "maxcpu"),
+                ("mem", "memused"),
+                ("maxmem", "memtotal"),
+                ("disk", "rootused"),
+                ("maxdisk", "roottotal"),
+            ] {
+                if let Some(v) = m[from].as_f64() {
+                    e[to] = if to == "cpu" { json!(v) } else { json!(v as u64) };
+                }
+            }
+            out.push(e);
         }
     }
     if want.is_none() || want.as_deref() == Some("storage") {

@@ -93,6 +93,80 @@ pub async fn storage_rrddata(
     series(&st, &Series::Storage(id), &q)
 }
 
+/// `GET /nodes/{node}/metrics/current`: the node's latest reading, and of each guest it
+/// runs that the caller may audit its latest reading with its totals since start
+/// (`netin`/`netout`/`diskread`/`diskwrite` in bytes, `cputime` in seconds), and of each
+/// storage. What `cluster/resources` reads from every member.
+pub async fn current(
+    State(st): State<ApiState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if node != st.runtime.cluster().node_name() {
+        return Err(ApiError::not_found(format!("no cluster member is named {node:?}")));
+    }
+    let Some(store) = st.runtime.metrics() else { return Ok(Json(serde_json::json!({}))) };
+    let me = node.clone();
+    let (guests, storages): (Vec<u32>, Vec<String>) = st
+        .runtime
+        .cluster()
+        .read_linearizable(move |s| {
+            let guests = s
+                .guests
+                .values()
+                .filter(|g| g.node == me)
+                .filter(|g| {
+                    crate::authz::caller_privileges(s, &caller, &format!("/vms/{}", g.vmid))
+                        .contains("VM.Audit")
+                })
+                .map(|g| g.vmid)
+                .collect();
+            let storages = s
+                .storage
+                .keys()
+                .filter(|id| {
+                    crate::authz::caller_privileges(s, &caller, &format!("/storage/{id}"))
+                        .contains("Datastore.Audit")
+                })
+                .cloned()
+                .collect();
+            (guests, storages)
+        })
+        .await?;
+    let object = |m: std::collections::HashMap<&'static str, f64>| -> serde_json::Map<String, Value> {
+        m.into_iter().map(|(k, v)| (k.to_string(), v.into())).collect()
+    };
+    let mut out = serde_json::Map::new();
+    if let Some(n) = store.latest(&Series::Node) {
+        out.insert("node".into(), Value::Object(object(n)));
+    }
+    let mut gs = serde_json::Map::new();
+    for vmid in guests {
+        let mut g = store.latest(&Series::Guest(vmid)).map(object).unwrap_or_default();
+        if let Some(t) = store.totals(vmid) {
+            for (k, v) in [
+                ("netin", t.net.0 as f64),
+                ("netout", t.net.1 as f64),
+                ("diskread", t.disk.0 as f64),
+                ("diskwrite", t.disk.1 as f64),
+                ("cputime", t.cpu_secs),
+            ] {
+                g.insert(format!("{k}_total"), v.into());
+            }
+        }
+        gs.insert(vmid.to_string(), Value::Object(g));
+    }
+    out.insert("guests".into(), Value::Object(gs));
+    let mut ss = serde_json::Map::new();
+    for id in storages {
+        if let Some(s) = store.latest(&Series::Storage(id.clone())) {
+            ss.insert(id, Value::Object(object(s)));
+        }
+    }
+    out.insert("storages".into(), Value::Object(ss));
+    Ok(Json(Value::Object(out)))
+}
+
 fn passed_query(uri: &axum::http::Uri) -> String {
     uri.query().unwrap_or("").to_string()
 }
