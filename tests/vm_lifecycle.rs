@@ -323,7 +323,8 @@ fn an_aarch64_guest_runs_emulated_on_this_x86_64_node() {
 
 /// Metrics: the sampler (a short interval here) reads the node, a guest that keeps its CPU
 /// busy and the storages; `rrddata` serves them natively and as Proxmox's routes, with
-/// PVE 9's fields, tiers and limits; bad timeframes are refused by field; a caller may
+/// PVE 9's fields, tiers and limits, the live figures reach cluster/resources and
+/// `/metrics` (parsed by prometheus_client); bad timeframes are refused by field; a caller may
 /// read a guest's figures only with VM.Audit on that guest; the figures survive a restart.
 #[test]
 fn metrics_are_sampled_kept_and_served_per_node_guest_and_storage() {
@@ -394,6 +395,7 @@ fn metrics_are_sampled_kept_and_served_per_node_guest_and_storage() {
     let vm = all.iter().find(|e| e["id"] == "qemu/150").expect("the guest");
     assert!(vm["cpu"].as_f64().is_some_and(|c| c > 0.0) && vm["mem"].as_u64().is_some_and(|m| m > 0), "{vm}");
     assert_eq!(vm["maxcpu"].as_u64(), Some(1), "{vm}");
+    assert!(vm["uptime"].as_u64().is_some_and(|u| u < 600), "the QEMU process's age: {vm}");
     assert!(vm["netin"].as_u64().is_some() && vm["diskread"].as_u64().is_some(), "totals: {vm}");
     let n = all.iter().find(|e| e["id"] == "node/n1").expect("the node");
     assert!(
@@ -402,6 +404,58 @@ fn metrics_are_sampled_kept_and_served_per_node_guest_and_storage() {
             && n["maxdisk"].as_u64().is_some(),
         "{n}"
     );
+    // Prometheus: prometheus-pve-exporter's names and labels, parsed by prometheus_client.
+    let text = api.get_text("/metrics");
+    let parser = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    for s in f.samples:
+        out.setdefault(s.name, []).append([s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut py = std::process::Command::new(lab_tool("HORCRUX_PYTHON", "python"))
+        .args(["-c", parser])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut py.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the exposition does not parse: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sample = |name: &str, id: &str| -> Option<Value> {
+        m[name].as_array()?.iter().find(|s| s[0]["id"] == id).map(|s| s[1].clone())
+    };
+    assert_eq!(sample("pve_up", "qemu/150"), Some(json!(1.0)), "{text}");
+    assert_eq!(sample("pve_up", "node/n1"), Some(json!(1.0)), "{text}");
+    assert!(
+        sample("pve_cpu_usage_ratio", "qemu/150").and_then(|v| v.as_f64()).is_some_and(|c| c > 0.0),
+        "{text}"
+    );
+    assert!(sample("pve_memory_usage_bytes", "node/n1").is_some(), "{text}");
+    assert!(
+        sample("pve_uptime_seconds", "node/n1").and_then(|v| v.as_f64()).is_some_and(|u| u > 0.0),
+        "{text}"
+    );
+    assert!(sample("pve_network_receive_bytes_total", "qemu/150").is_some(), "counters keep _total: {text}");
+    assert!(sample("pve_disk_size_bytes", "storage/n1/local").is_some(), "{text}");
+    let info =
+        m["pve_guest_info"].as_array().unwrap().iter().find(|s| s[0]["id"] == "qemu/150").unwrap().clone();
+    assert_eq!(
+        (info[0]["name"].as_str(), info[0]["node"].as_str(), info[0]["type"].as_str()),
+        (Some("busy"), Some("n1"), Some("qemu"))
+    );
+    assert!(text.contains("# TYPE pve_network_receive_bytes_total counter"), "{text}");
+    assert!(m["pve_node_info"].as_array().is_some_and(|a| a.iter().any(|s| s[0]["name"] == "n1")), "{text}");
+    let (code, _, _) = api.raw("GET", "/metrics", &[], &json!(null));
+    assert_eq!(code, 401, "an anonymous scrape is refused");
     for (path, field) in [
         ("/nodes/n1/rrddata?timeframe=minute", "timeframe"),
         ("/nodes/n1/rrddata", "timeframe"),

@@ -226,6 +226,21 @@ pub fn guest_counters(root: &Path, pid: u32, taps: &[String]) -> Option<(GuestCo
     Some((GuestCounters { cpu_secs, net, disk: (0, 0) }, rss))
 }
 
+/// Seconds since the host booted (`/proc/uptime` under `root`).
+pub fn host_uptime(root: &Path) -> Option<f64> {
+    std::fs::read_to_string(root.join("proc/uptime")).ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// Seconds a process has run: the host's uptime less its start (field 22 of
+/// `/proc/PID/stat`, clock ticks after boot).
+pub fn process_uptime(root: &Path, pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(root.join(format!("proc/{pid}/stat"))).ok()?;
+    let start: f64 = stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((host_uptime(root)? - start / ticks).max(0.0))
+}
+
 /// QMP `query-blockstats`: the (read, written) bytes of all the guest's drives.
 pub fn parse_blockstats(v: &serde_json::Value) -> (u64, u64) {
     v.as_array().into_iter().flatten().fold((0, 0), |(r, w), dev| {
@@ -321,6 +336,14 @@ mod tests {
         }
         let stat = "4242 (qemu system x86) S 1 4242 4242 0 -1 4194560 1000 0 0 0 700 300 0 0 20 0 3 0 100 1000000 5000 18446744073709551615";
         assert_eq!(parse_pid_stat(stat), Some(1000));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc/4242")).unwrap();
+        std::fs::write(dir.path().join("proc/4242/stat"), stat).unwrap();
+        std::fs::write(dir.path().join("proc/uptime"), "500.25 900.00\n").unwrap();
+        assert_eq!(host_uptime(dir.path()), Some(500.25));
+        // Started 100 ticks after boot (field 22).
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert_eq!(process_uptime(dir.path(), 4242), Some(500.25 - 100.0 / ticks));
         let g = guest_sample(
             &GuestCounters { cpu_secs: 25.0, net: (3000, 1000), disk: (10_000, 4000) },
             Some(&GuestCounters { cpu_secs: 5.0, net: (1000, 0), disk: (0, 0) }),

@@ -82,6 +82,8 @@ pub fn router(runtime: NodeRuntime) -> Router {
     let app = Router::new()
         .nest("/api/v1", api)
         .nest("/api2/json", compat_routes())
+        // Prometheus' scrape path; authenticated by the native calls it is built from.
+        .route("/metrics", get(crate::cluster::prometheus::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(middleware::map_response(crate::error::json_errors))
         .layer(middleware::from_fn(crate::drain::drain_unread_body))

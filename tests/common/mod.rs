@@ -216,7 +216,8 @@ impl Api {
 
     /// Native paths are relative to /api/v1; Proxmox-compatible ones are given whole.
     fn url(&self, path: &str) -> String {
-        if path.starts_with("/api2/") {
+        // Proxmox's routes and Prometheus' scrape path are not under /api/v1.
+        if path.starts_with("/api2/") || path == "/metrics" {
             format!("{}{path}", self.base)
         } else {
             format!("{}/api/v1{path}", self.base)

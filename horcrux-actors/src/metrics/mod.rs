@@ -117,6 +117,8 @@ pub struct MetricsStore {
     /// Each running guest's counters since its start (CPU seconds, network and disk
     /// bytes): the totals `cluster/resources` and Prometheus counters report.
     totals: Arc<Mutex<HashMap<u32, GuestCounters>>>,
+    /// Seconds the node, and each running guest, has been up at the last reading.
+    uptimes: Arc<Mutex<HashMap<Series, u64>>>,
 }
 
 /// A reading's time (Unix seconds) and values (in the series' field order).
@@ -129,6 +131,7 @@ impl MetricsStore {
             files: Arc::default(),
             latest: Arc::default(),
             totals: Arc::default(),
+            uptimes: Arc::default(),
         }
     }
 
@@ -167,6 +170,19 @@ impl MetricsStore {
     /// A running guest's counters as last read (`None`: not running here).
     pub fn totals(&self, vmid: u32) -> Option<GuestCounters> {
         self.totals.lock().unwrap_or_else(|p| p.into_inner()).get(&vmid).copied()
+    }
+
+    /// Seconds `series` (the node, a running guest) has been up at the last reading.
+    pub fn uptime(&self, series: &Series) -> Option<u64> {
+        self.uptimes.lock().unwrap_or_else(|p| p.into_inner()).get(series).copied()
+    }
+
+    fn set_uptime(&self, series: Series, secs: Option<f64>) {
+        let mut u = self.uptimes.lock().unwrap_or_else(|p| p.into_inner());
+        match secs {
+            Some(s) => u.insert(series, s as u64),
+            None => u.remove(&series),
+        };
     }
 
     fn set_totals(&self, vmid: u32, counters: Option<GuestCounters>) {
@@ -295,6 +311,7 @@ pub async fn sample_forever(
             n.pressurememorysome,
             n.pressurememoryfull,
         ];
+        store.set_uptime(Series::Node, horcrux_drivers::metrics::host_uptime(Path::new("/")));
         if let Err(e) = store.record(&Series::Node, now, values) {
             tracing::warn!("node metrics: {e}");
         }
@@ -309,7 +326,12 @@ pub async fn sample_forever(
             let maxmem = (spec.memory_mib << 20) as f64;
             let maxdisk: u64 = spec.disks.iter().map(|d| d.size_mib << 20).sum();
             let mut values = vec![f64::from(vcpus), f64::NAN, maxmem, f64::NAN, maxdisk as f64, 0.0];
-            let running = hv.pid(vmid).and_then(|pid| {
+            let pid = hv.pid(vmid);
+            store.set_uptime(
+                Series::Guest(vmid),
+                pid.and_then(|p| horcrux_drivers::metrics::process_uptime(Path::new("/"), p)),
+            );
+            let running = pid.and_then(|pid| {
                 let taps: Vec<String> =
                     spec.nets.iter().map(|n| horcrux_drivers::tap_name(vmid, n.index)).collect();
                 guest_counters(Path::new("/"), pid, &taps)
@@ -352,6 +374,11 @@ pub async fn sample_forever(
         }
         before.retain(|v, _| seen.contains(v));
         store.totals.lock().unwrap_or_else(|p| p.into_inner()).retain(|v, _| seen.contains(v));
+        store
+            .uptimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s, _| !matches!(s, Series::Guest(v) if !seen.contains(v)));
         let all: std::collections::BTreeSet<u32> = cluster.read_local(|s| s.guests.keys().copied().collect());
         store.forget_guests(|vmid| all.contains(&vmid));
         let pools: Vec<(String, Option<horcrux_drivers::StoreUsage>)> = storages

@@ -40,6 +40,21 @@ pub(crate) async fn cluster_resources(
     if want.as_deref().is_some_and(|t| !matches!(t, "vm" | "node" | "storage" | "sdn")) {
         return error(StatusCode::BAD_REQUEST, "type", "value must be one of vm, storage, node, sdn");
     }
+    match resources(&st, &headers, want).await {
+        Ok(out) => ok(json!(out)),
+        Err(e) => e,
+    }
+}
+
+/// The cluster's resources as Proxmox's `cluster/resources` lists them (`want`: one type),
+/// with the live figures of each member the caller may read; the error answer of a native
+/// call that failed. `GET /metrics` renders the same list.
+pub(crate) async fn resources(
+    st: &ApiState,
+    headers: &HeaderMap,
+    want: Option<String>,
+) -> Result<Vec<Value>, Response> {
+    let (st, headers) = (st.clone(), headers.clone());
     let mut out = Vec::new();
     // Each member's latest readings, fetched once per member (the caller's rights apply;
     // without Sys.Audit on a member its entries carry no live figures).
@@ -71,7 +86,7 @@ pub(crate) async fn cluster_resources(
     if want.is_none() || want.as_deref() == Some("vm") {
         let (status, v, _) = native(&st, &headers, Method::GET, "/vms", None).await;
         if !status.is_success() {
-            return answer(status, v, |v| v);
+            return Err(answer(status, v, |v| v));
         }
         for g in v.as_array().into_iter().flatten() {
             let mut e = qemu_entry(g);
@@ -90,6 +105,7 @@ pub(crate) async fn cluster_resources(
                 ("netout", "netout_total"),
                 ("diskread", "diskread_total"),
                 ("diskwrite", "diskwrite_total"),
+                ("uptime", "uptime"),
             ] {
                 if let Some(v) = m[from].as_f64() {
                     e[to] = if to == "cpu" { json!(v) } else { json!(v as u64) };
@@ -101,7 +117,7 @@ pub(crate) async fn cluster_resources(
     if want.is_none() || want.as_deref() == Some("node") {
         let (status, v, _) = native(&st, &headers, Method::GET, "/nodes", None).await;
         if !status.is_success() {
-            return answer(status, v, |v| v);
+            return Err(answer(status, v, |v| v));
         }
         for n in v.as_array().into_iter().flatten() {
             let name = n["name"].as_str().unwrap_or_default();
@@ -115,6 +131,7 @@ pub(crate) async fn cluster_resources(
                 ("maxmem", "memtotal"),
                 ("disk", "rootused"),
                 ("maxdisk", "roottotal"),
+                ("uptime", "uptime"),
             ] {
                 if let Some(v) = m[from].as_f64() {
                     e[to] = if to == "cpu" { json!(v) } else { json!(v as u64) };
@@ -156,10 +173,10 @@ pub(crate) async fn cluster_resources(
                 }
             }
         } else if want.is_some() {
-            return answer(status, v, |v| v);
+            return Err(answer(status, v, |v| v));
         }
     }
-    ok(json!(out))
+    Ok(out)
 }
 
 /// Proxmox's `repoid` is the build's short commit hash; Horcrux's names its version the

@@ -1,6 +1,7 @@
 //! `/api/v1/cluster/...`: membership and quorum status, and join tokens.
 
 pub mod compat;
+pub(crate) mod prometheus;
 
 use std::time::Duration;
 

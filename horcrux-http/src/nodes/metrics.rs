@@ -138,11 +138,18 @@ pub async fn current(
     };
     let mut out = serde_json::Map::new();
     if let Some(n) = store.latest(&Series::Node) {
-        out.insert("node".into(), Value::Object(object(n)));
+        let mut n = object(n);
+        if let Some(u) = store.uptime(&Series::Node) {
+            n.insert("uptime".into(), u.into());
+        }
+        out.insert("node".into(), Value::Object(n));
     }
     let mut gs = serde_json::Map::new();
     for vmid in guests {
         let mut g = store.latest(&Series::Guest(vmid)).map(object).unwrap_or_default();
+        if let Some(u) = store.uptime(&Series::Guest(vmid)) {
+            g.insert("uptime".into(), u.into());
+        }
         if let Some(t) = store.totals(vmid) {
             for (k, v) in [
                 ("netin", t.net.0 as f64),
