@@ -703,17 +703,17 @@ impl ClusterHandle {
         }
     }
 
+    /// Member `node`'s id and Raft address.
+    fn member_addr(&self, node: &str) -> Result<(NodeId, String), ProposeError> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let found =
+            m.membership().nodes().find(|(_, n)| n.name == node).map(|(id, n)| (*id, n.raft_addr.clone()));
+        found.ok_or_else(|| ProposeError::Unavailable(format!("node {node} is not a cluster member")))
+    }
+
     /// Carries an API call to `node` (by name) over the cluster transport.
     pub async fn forward_api(&self, node: &str, call: ApiCall) -> Result<ApiReply, ProposeError> {
-        let (id, addr) = {
-            let m = self.raft.metrics().borrow().membership_config.clone();
-            let found = m
-                .membership()
-                .nodes()
-                .find(|(_, n)| n.name == node)
-                .map(|(id, n)| (*id, n.raft_addr.clone()));
-            found.ok_or_else(|| ProposeError::Unavailable(format!("node {node} is not a cluster member")))?
-        };
+        let (id, addr) = self.member_addr(node)?;
         let Some(net) = &self.net else {
             return Err(ProposeError::Unavailable("this node has no cluster transport".into()));
         };
@@ -733,15 +733,7 @@ impl ClusterHandle {
         call: ApiCall,
         body: transport::ApiBody,
     ) -> Result<ApiReply, ProposeError> {
-        let (id, addr) = {
-            let m = self.raft.metrics().borrow().membership_config.clone();
-            let found = m
-                .membership()
-                .nodes()
-                .find(|(_, n)| n.name == node)
-                .map(|(id, n)| (*id, n.raft_addr.clone()));
-            found.ok_or_else(|| ProposeError::Unavailable(format!("node {node} is not a cluster member")))?
-        };
+        let (id, addr) = self.member_addr(node)?;
         let Some(net) = &self.net else {
             return Err(ProposeError::Unavailable("this node has no cluster transport".into()));
         };

@@ -95,22 +95,22 @@ pub(crate) async fn resources(
             let node = g["node"].as_str().unwrap_or_default().to_string();
             let m = &live_of(&node).await["guests"][g["vmid"].to_string()];
             // PVE's live figures: cpu a fraction of the vCPUs, bytes, byte totals since start.
-            for (to, from) in [
-                ("cpu", "cpu"),
-                ("mem", "mem"),
-                ("maxcpu", "maxcpu"),
-                ("maxdisk", "maxdisk"),
-                ("disk", "disk"),
-                ("netin", "netin_total"),
-                ("netout", "netout_total"),
-                ("diskread", "diskread_total"),
-                ("diskwrite", "diskwrite_total"),
-                ("uptime", "uptime"),
-            ] {
-                if let Some(v) = m[from].as_f64() {
-                    e[to] = if to == "cpu" { json!(v) } else { json!(v as u64) };
-                }
-            }
+            copy_live(
+                &mut e,
+                m,
+                &[
+                    ("cpu", "cpu"),
+                    ("mem", "mem"),
+                    ("maxcpu", "maxcpu"),
+                    ("maxdisk", "maxdisk"),
+                    ("disk", "disk"),
+                    ("netin", "netin_total"),
+                    ("netout", "netout_total"),
+                    ("diskread", "diskread_total"),
+                    ("diskwrite", "diskwrite_total"),
+                    ("uptime", "uptime"),
+                ],
+            );
             out.push(e);
         }
     }
@@ -124,19 +124,19 @@ pub(crate) async fn resources(
             let mut e =
                 json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": "online" });
             let m = &live_of(name).await["node"];
-            for (to, from) in [
-                ("cpu", "cpu"),
-                ("maxcpu", "maxcpu"),
-                ("mem", "memused"),
-                ("maxmem", "memtotal"),
-                ("disk", "rootused"),
-                ("maxdisk", "roottotal"),
-                ("uptime", "uptime"),
-            ] {
-                if let Some(v) = m[from].as_f64() {
-                    e[to] = if to == "cpu" { json!(v) } else { json!(v as u64) };
-                }
-            }
+            copy_live(
+                &mut e,
+                m,
+                &[
+                    ("cpu", "cpu"),
+                    ("maxcpu", "maxcpu"),
+                    ("mem", "memused"),
+                    ("maxmem", "memtotal"),
+                    ("disk", "rootused"),
+                    ("maxdisk", "roottotal"),
+                    ("uptime", "uptime"),
+                ],
+            );
             out.push(e);
         }
     }
@@ -177,6 +177,16 @@ pub(crate) async fn resources(
         }
     }
     Ok(out)
+}
+
+/// Copies the live figures `pairs` (entry key, reading key) of reading `m` into `e`: `cpu`
+/// as a fraction, the rest as whole numbers (bytes, counts, seconds).
+fn copy_live(e: &mut Value, m: &Value, pairs: &[(&str, &str)]) {
+    for (to, from) in pairs {
+        if let Some(v) = m[*from].as_f64() {
+            e[*to] = if *to == "cpu" { json!(v) } else { json!(v as u64) };
+        }
+    }
 }
 
 /// Proxmox's `repoid` is the build's short commit hash; Horcrux's names its version the
