@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// the daemon's user instead.
     #[arg(long, default_value_t = horcrux_drivers::qemu::DEFAULT_GUEST_UID_BASE, env = "HORCRUX_QEMU_UID_BASE")]
     qemu_uid_base: u32,
+    /// Serve the web UI from this directory instead of the copy built into the binary
+    /// (for working on the UI: a reload shows the change).
+    #[arg(long)]
+    web_dir: Option<PathBuf>,
 }
 
 fn hostname() -> String {
@@ -287,7 +291,13 @@ async fn serve_node(
         horcrux_http::load_or_create_tls(horcrux_http::TlsFiles::in_dir(&data_dir), names, ca.as_ref())?;
     tokio::spawn(horcrux_http::keep_https_cert(cluster.clone(), https_cert));
     tracing::info!(listen = %args.listen, node = cluster.node_name(), "serving HTTPS");
-    horcrux_http::serve(listener, horcrux_http::router(runtime), tls, shutdown_signal()).await?;
+    let web = match &args.web_dir {
+        Some(d) => horcrux_http::WebRoot::Dir(
+            std::fs::canonicalize(d).with_context(|| format!("--web-dir {}", d.display()))?,
+        ),
+        None => horcrux_http::WebRoot::Embedded,
+    };
+    horcrux_http::serve(listener, horcrux_http::router(runtime, web), tls, shutdown_signal()).await?;
     tracing::info!("shutting down; guests keep running and are adopted on the next start");
     Ok(())
 }

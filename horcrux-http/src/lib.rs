@@ -24,6 +24,7 @@ mod throttle;
 mod tickets;
 mod tls;
 mod vms;
+mod web;
 
 pub use access::login;
 pub use auth::token_sha256;
@@ -32,3 +33,4 @@ pub use routes::router;
 pub use serve::{serve, MAX_CONNS_PER_ADDR};
 pub use state::ApiState;
 pub use tls::{keep_https_cert, load_or_create_tls, HttpsCert, TlsFiles};
+pub use web::WebRoot;

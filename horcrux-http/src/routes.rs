@@ -9,11 +9,10 @@ use axum::{middleware, Router};
 use horcrux_actors::NodeRuntime;
 
 use crate::auth::require_token;
-use crate::error::ApiError;
 use crate::state::*;
 use crate::{access, cluster, ha, nodes, pools, vms};
 
-pub fn router(runtime: NodeRuntime) -> Router {
+pub fn router(runtime: NodeRuntime, web: crate::web::WebRoot) -> Router {
     let audit_path =
         runtime.tasks().dir().parent().map(|d| d.join("audit.log")).unwrap_or_else(|| "audit.log".into());
     let st = ApiState(Arc::new(ApiShared {
@@ -22,6 +21,7 @@ pub fn router(runtime: NodeRuntime) -> Router {
         throttle: Default::default(),
         audit: crate::audit::AuditLog::new(audit_path),
         native: Default::default(),
+        web,
     }));
     let authed = Router::new()
         .route("/vms", get(vms::list_vms).post(vms::create_vm))
@@ -84,7 +84,8 @@ pub fn router(runtime: NodeRuntime) -> Router {
         .nest("/api2/json", compat_routes())
         // Prometheus' scrape path; authenticated by the native calls it is built from.
         .route("/metrics", get(crate::cluster::prometheus::metrics))
-        .fallback(|| async { ApiError::not_found("no such route") })
+        // The web UI's files; any other path is a JSON 404.
+        .fallback(crate::web::serve)
         .layer(middleware::map_response(crate::error::json_errors))
         .layer(middleware::from_fn(crate::drain::drain_unread_body))
         .with_state(st.clone());

@@ -37,6 +37,8 @@ pub struct ApiShared {
     pub(crate) audit: crate::audit::AuditLog,
     /// The native router, for the `/api2/json` layer to call.
     pub(crate) native: NativeApp,
+    /// Where the web UI's files come from.
+    pub(crate) web: crate::web::WebRoot,
 }
 
 impl ApiShared {
