@@ -7,9 +7,10 @@
 # With `watchhotplug` (and `stayup`) it prints DEVICES:<its vd* disks and NICs> whenever
 # that list changes, and DISK-<name>:<first 12 bytes> of each disk: the hot-plug tests.
 # With `burn` it keeps one CPU busy (a shell loop in the background): the metrics tests.
+# With `shell` (and `stayup`) a shell reads the serial port: the console tests type into it.
 set -euo pipefail
 out=${1:-"$(cd "$(dirname "$0")/.." && pwd)/.lab/tiny-guest"}
-version=5
+version=6
 if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ "$(cat "$out/version" 2>/dev/null)" = "$version" ]; then
   exit 0
 fi
@@ -44,6 +45,7 @@ for pass in 1 2; do for m in $mods; do insmod /lib/modules/\$m.ko 2>/dev/null; d
 echo "GUEST-BOOTED"
 grep -q showdisk /proc/cmdline && [ -b /dev/vda ] && echo "DISK:\$(head -c 12 /dev/vda)"
 grep -q burn /proc/cmdline && { while :; do :; done & }
+grep -q shell /proc/cmdline && { setsid sh -c 'exec sh -i </dev/ttyS0 >/dev/ttyS0 2>&1' & }
 seen=""
 grep -q stayup /proc/cmdline && while true; do
   if grep -q watchhotplug /proc/cmdline; then

@@ -507,3 +507,185 @@ print(json.dumps(out))
         !tmp.path().join("rrd/qemu-150.rrd").exists()
     });
 }
+
+/// The consoles, through both APIs: `termproxy` + `vncwebsocket` carry the guest's serial
+/// port (Proxmox's termproxy framing; the log's end replayed, typed input reaches the
+/// guest's shell), `vncproxy` + `vncwebsocket` its VNC server (an RFB handshake down to a
+/// framebuffer that is not blank). A ticket is refused when reused, expired, presented for
+/// another guest, by another user, or by a user without VM.Console.
+#[test]
+fn consoles_relay_serial_and_vnc_with_single_use_tickets() {
+    use common::ws::WsClient;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = Daemon::start(tmp.path(), port, &[]);
+    let api = d.client();
+    let g = tiny_guest();
+    let boot = json!({"kernel": g.join("vmlinuz"), "initrd": g.join("initrd.gz"), "cmdline": "console=ttyS0 stayup shell"});
+    let (code, body) =
+        api.post("/vms", &json!({"vmid": 160, "name": "con", "memory_mib": 128, "boot": boot}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.post("/vms", &json!({"vmid": 161, "name": "other", "memory_mib": 64})).0, 200);
+    let (_, body) = api.post("/vms/160/start", &json!({}));
+    assert_eq!(api.wait_task(body["upid"].as_str().unwrap()), "OK");
+    eventually("the guest boots", Duration::from_secs(60), || {
+        api.get_text("/vms/160/serial").contains("GUEST-BOOTED")
+    });
+    let admin = format!("PVEAPIToken=root@pam!admin={}", api.token());
+    let form_escape =
+        |s: &str| s.replace('%', "%25").replace(':', "%3A").replace('&', "%26").replace('=', "%3D");
+    let pve_post = |path: &str, form: Value| {
+        let (code, body, _) =
+            api.raw("POST", &format!("/api2/json{path}"), &[("Authorization", &admin)], &form);
+        assert_eq!(code, 200, "{path}: {body}");
+        body["data"].clone()
+    };
+    let ws_path = |vmid: u32, t: &Value| {
+        format!(
+            "/api2/json/nodes/n1/qemu/{vmid}/vncwebsocket?port={}&vncticket={}",
+            t["port"],
+            form_escape(t["ticket"].as_str().unwrap())
+        )
+    };
+    // A ticket nobody comes for: refused once 40 s have passed (checked at the end).
+    let stale = pve_post("/nodes/n1/qemu/160/termproxy", json!({"serial": "serial0"}));
+    let stale_at = std::time::Instant::now();
+
+    // Serial: Proxmox's termproxy exchange.
+    let t = pve_post("/nodes/n1/qemu/160/termproxy", json!({"serial": "serial0"}));
+    assert!(t["upid"].as_str().unwrap().contains(":vncterm:160:"), "{t}");
+    assert_eq!(t["user"], "root@pam!admin");
+    let p = t["port"].as_u64().unwrap();
+    assert!((5900..=5999).contains(&p), "{t}");
+    let mut ws =
+        WsClient::connect(port, tmp.path(), &ws_path(160, &t), &[("Authorization", &admin)]).unwrap();
+    ws.send_text(&format!("{}:{}\n", t["user"].as_str().unwrap(), t["ticket"].as_str().unwrap()));
+    let first = ws.recv_until("OK", Duration::from_secs(10));
+    assert!(first.starts_with("OK"), "{first}");
+    ws.recv_until("GUEST-BOOTED", Duration::from_secs(10));
+    let cmd = "echo HELLO-$((6*7))\n";
+    ws.send_text("1:80:24:");
+    ws.send_text(&format!("0:{}:{cmd}", cmd.len()));
+    ws.send_text("2");
+    ws.recv_until("HELLO-42", Duration::from_secs(20));
+    drop(ws);
+    assert_eq!(api.wait_task(t["upid"].as_str().unwrap()), "OK", "the console's task ends with the session");
+    // The same ticket again: refused before the upgrade.
+    let again = WsClient::connect(port, tmp.path(), &ws_path(160, &t), &[("Authorization", &admin)]);
+    assert_eq!(again.err().map(|r| r.0), Some(403), "a used ticket");
+
+    // VNC, through the native routes: the RFB handshake, then one full framebuffer update.
+    let (code, v) = api.post("/vms/160/vncproxy", &json!({"websocket": 1}));
+    assert_eq!(code, 200, "{v}");
+    assert!(v["cert"].as_str().unwrap().contains("BEGIN CERTIFICATE"), "{v}");
+    let path = format!(
+        "/api/v1/vms/160/vncwebsocket?port={}&vncticket={}",
+        v["port"],
+        form_escape(v["ticket"].as_str().unwrap())
+    );
+    let bearer = format!("Bearer {}", api.token());
+    let mut ws = WsClient::connect(port, tmp.path(), &path, &[("Authorization", &bearer)]).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(ws.read_bytes(12, &mut buf), b"RFB 003.008\n");
+    ws.send_binary(b"RFB 003.008\n");
+    let n = ws.read_bytes(1, &mut buf)[0] as usize;
+    let types = ws.read_bytes(n, &mut buf);
+    assert!(types.contains(&1), "security type None is offered: {types:?}");
+    ws.send_binary(&[1]);
+    assert_eq!(ws.read_bytes(4, &mut buf), [0, 0, 0, 0], "security result OK");
+    ws.send_binary(&[1]); // ClientInit, shared
+    let init = ws.read_bytes(24, &mut buf);
+    let (w, h) =
+        (u16::from_be_bytes([init[0], init[1]]) as usize, u16::from_be_bytes([init[2], init[3]]) as usize);
+    let bpp = init[4] as usize / 8;
+    assert!(w >= 320 && h >= 200 && bpp == 4, "{w}x{h}x{bpp}");
+    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
+    ws.read_bytes(name_len, &mut buf);
+    ws.send_binary(&[2, 0, 0, 1, 0, 0, 0, 0]); // SetEncodings: raw only
+    let mut req = vec![3u8, 0, 0, 0, 0, 0];
+    req.extend((w as u16).to_be_bytes());
+    req.extend((h as u16).to_be_bytes());
+    ws.send_binary(&req); // FramebufferUpdateRequest, full
+    let head = ws.read_bytes(4, &mut buf);
+    assert_eq!(head[0], 0, "FramebufferUpdate");
+    let rects = u16::from_be_bytes([head[2], head[3]]);
+    let mut distinct = std::collections::HashSet::new();
+    for _ in 0..rects {
+        let r = ws.read_bytes(12, &mut buf);
+        let (rw, rh) = (u16::from_be_bytes([r[4], r[5]]) as usize, u16::from_be_bytes([r[6], r[7]]) as usize);
+        assert_eq!(&r[8..12], &[0, 0, 0, 0], "raw encoding");
+        let pixels = ws.read_bytes(rw * rh * bpp, &mut buf);
+        distinct.extend(pixels.chunks(bpp).map(|c| c.to_vec()).take(200_000));
+    }
+    assert!(distinct.len() > 1, "the framebuffer is not blank ({rects} rectangles)");
+    drop(ws);
+
+    // Tickets bound to the guest, the user and VM.Console.
+    assert_eq!(api.post("/access/users", &json!({"userid": "al@pve"})).0, 200);
+    assert_eq!(api.post("/access/users", &json!({"userid": "vi@pve"})).0, 200);
+    let token_of = |user: &str| {
+        let (_, t) = api.post(&format!("/access/users/{user}/token/t"), &json!({"privsep": false}));
+        t["value"].as_str().unwrap().to_string()
+    };
+    let (al, vi) = (token_of("al@pve"), token_of("vi@pve"));
+    for (user, role) in [("al@pve", "PVEVMUser"), ("vi@pve", "PVEAuditor")] {
+        let acl = json!({"path": "/vms", "role": role, "user": user});
+        assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    }
+    let (code, _) = api.request("POST", "/vms/160/termproxy", Some(&vi), &json!({}));
+    assert_eq!(code, 403, "VM.Audit is not VM.Console");
+    let t = pve_post("/nodes/n1/qemu/160/termproxy", json!({}));
+    for (vmid, who, what) in
+        [(160, &vi, "a user without VM.Console"), (160, &al, "another user than the ticket's")]
+    {
+        let r = WsClient::connect(
+            port,
+            tmp.path(),
+            &ws_path(vmid, &t),
+            &[("Authorization", &format!("Bearer {who}"))],
+        );
+        assert_eq!(r.err().map(|r| r.0), Some(403), "{what}");
+    }
+    let t = pve_post("/nodes/n1/qemu/160/termproxy", json!({}));
+    let r = WsClient::connect(port, tmp.path(), &ws_path(161, &t), &[("Authorization", &admin)]);
+    let refused = r.err().unwrap();
+    assert_eq!(refused.0, 403, "a ticket for another guest: {}", refused.1);
+    let mut other = t.clone();
+    other["port"] = json!(if t["port"] == 5999 { 5900 } else { t["port"].as_u64().unwrap() + 1 });
+    let t = pve_post("/nodes/n1/qemu/160/vncproxy", json!({"websocket": 1}));
+    let mut wrong_port = t.clone();
+    wrong_port["port"] = other["port"].clone();
+    let r = WsClient::connect(port, tmp.path(), &ws_path(160, &wrong_port), &[("Authorization", &admin)]);
+    assert_eq!(r.err().map(|r| r.0), Some(403), "a ticket for another port");
+    // The guest's VM.Console holder gets their own ticket and console.
+    let (code, mine) = api.request("POST", "/vms/160/termproxy", Some(&al), &json!({}));
+    assert_eq!(code, 200, "{mine}");
+    let mut ws = WsClient::connect(
+        port,
+        tmp.path(),
+        &ws_path(160, &mine),
+        &[("Authorization", &format!("Bearer {al}"))],
+    )
+    .unwrap();
+    ws.send_text(&format!("{}:{}\n", mine["user"].as_str().unwrap(), mine["ticket"].as_str().unwrap()));
+    ws.recv_until("OK", Duration::from_secs(10));
+    drop(ws);
+    // Not a WebSocket, or bad parameters: 4xx naming the field.
+    let (code, body, _) = api.raw("GET", &ws_path(160, &t), &[("Authorization", &admin)], &json!(null));
+    assert_eq!(code, 400, "a plain GET: {body}");
+    let (code, body, _) = api.raw(
+        "GET",
+        "/api2/json/nodes/n1/qemu/160/vncwebsocket?port=80&vncticket=x",
+        &[("Authorization", &admin)],
+        &json!(null),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = api.post("/vms/160/termproxy", &json!({"serial": "serial9"}));
+    assert_eq!((code, body["field"].as_str()), (400, Some("serial")), "{body}");
+
+    let wait = Duration::from_secs(41).saturating_sub(stale_at.elapsed());
+    std::thread::sleep(wait);
+    let r = WsClient::connect(port, tmp.path(), &ws_path(160, &stale), &[("Authorization", &admin)]);
+    assert_eq!(r.err().map(|r| r.0), Some(403), "an expired ticket");
+    assert_eq!(api.wait_task(stale["upid"].as_str().unwrap()), "no console connection within 40 s");
+}

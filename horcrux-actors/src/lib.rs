@@ -19,6 +19,7 @@ pub use guest::{GuestStatus, StatusBoard};
 pub use ha::{FenceLauncher, HaManager, LeaseAgent, LeaseCell};
 /// The hot-plug changes the HTTP crate asks of a running guest (the drivers' types, as
 /// the runtime's hypervisor takes them).
+pub use horcrux_drivers::hypervisor::ConsoleKind;
 pub use horcrux_drivers::{DiskSource, Hotplug};
 pub use port::{read, ClusterPort};
 pub use runtime::{start_fleet, NodeRuntime, RuntimeError, VolumeFactory};

@@ -155,6 +155,13 @@ pub struct GuestLaunch {
     pub loadvm: Option<String>,
 }
 
+/// Which console of a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleKind {
+    Vnc,
+    Serial,
+}
+
 pub trait Hypervisor: Send + Sync + 'static {
     /// Starts the guest; returns once it runs. Starting a running guest is a no-op.
     fn start<'a>(&'a self, launch: &'a GuestLaunch) -> BoxFuture<'a, Result<(), DriverError>>;
@@ -173,6 +180,16 @@ pub trait Hypervisor: Send + Sync + 'static {
     }
     /// Where the guest's serial console is logged.
     fn serial_log(&self, vmid: u32) -> PathBuf;
+    /// A new connection to the running guest's console: its VNC server (RFB) or its
+    /// serial port (raw bytes both ways).
+    fn console(
+        &self,
+        vmid: u32,
+        kind: ConsoleKind,
+    ) -> BoxFuture<'_, Result<std::os::unix::net::UnixStream, DriverError>> {
+        let _ = (vmid, kind);
+        Box::pin(async { Err(DriverError::Invalid("this hypervisor has no console".into())) })
+    }
     /// Every guest whose process runs on this host now, whoever started it.
     fn running_guests(&self) -> BoxFuture<'_, Result<Vec<u32>, DriverError>>;
     /// Pauses (`true`) or resumes (`false`) a running guest's vCPUs: Proxmox's

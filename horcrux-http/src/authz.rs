@@ -91,6 +91,10 @@ fn table() -> Vec<RouteAccess> {
         // Guests and storages in the answer are filtered by the caller's audit rights.
         r!(GET, "/nodes/{node}/metrics/current", Priv("Sys.Audit", "/nodes/{node}")),
         r!(GET, "/vms/{vmid}/rrddata", Priv("VM.Audit", "/vms/{vmid}")),
+        r!(POST, "/vms/{vmid}/vncproxy", Priv("VM.Console", "/vms/{vmid}")),
+        r!(POST, "/vms/{vmid}/termproxy", Priv("VM.Console", "/vms/{vmid}")),
+        // The ticket must also have been issued to the caller, for this guest and port.
+        r!(GET, "/vms/{vmid}/vncwebsocket", Priv("VM.Console", "/vms/{vmid}")),
         r!(GET, "/storage/{id}/rrddata", Priv("Datastore.Audit", "/storage/{id}")),
         // Listed per storage the caller may audit (Proxmox's filter).
         r!(GET, "/storage", AnyUser),

@@ -36,6 +36,8 @@ fn owner_of(st: &ApiState, uri: &axum::http::Uri) -> Option<String> {
                 .1;
             st.runtime.cluster().read_local(|s| s.nodes.contains_key(&node)).then_some(node)?
         }
+        // A console's WebSocket is answered here and relayed (see `console`).
+        (Some("vms"), Some(_)) if uri.path().ends_with("/vncwebsocket") => return None,
         (Some("vms"), Some(vmid)) => {
             let vmid: u32 = vmid.parse().ok()?;
             st.runtime.cluster().read_local(|s| s.guests.get(&vmid).map(|g| g.node.clone()))?

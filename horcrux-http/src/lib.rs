@@ -7,6 +7,7 @@ mod auth;
 pub mod authz;
 mod caller;
 mod cluster;
+mod console;
 mod drain;
 mod error;
 mod forward;
@@ -25,6 +26,7 @@ mod tickets;
 mod tls;
 mod vms;
 mod web;
+mod ws;
 
 pub use access::login;
 pub use auth::token_sha256;

@@ -328,6 +328,26 @@ fn operations() -> Vec<Op> {
         op("GET", "/vms/{vmid}/serial", "Serial console log", t(S)),
         op(
             "POST",
+            "/vms/{vmid}/vncproxy",
+            "A ticket for the guest's VNC console (40 s, one WebSocket connection)",
+            obj(
+                json!({ "port": t(I), "ticket": t(S), "user": t(S), "upid": t(S), "cert": t(S), "password": t(S) }),
+                &["port", "ticket", "user", "upid", "cert"],
+            ),
+        )
+        .body(body(json!({ "websocket": t(B), "generate-password": t(B) }), &[])),
+        op(
+            "POST",
+            "/vms/{vmid}/termproxy",
+            "A ticket for the guest's serial console (40 s, one WebSocket connection)",
+            obj(json!({ "port": t(I), "ticket": t(S), "user": t(S), "upid": t(S) }), &["port", "ticket", "user", "upid"]),
+        )
+        .body(body(json!({ "serial": { "type": S, "enum": ["serial0", "serial1", "serial2", "serial3"] } }), &[])),
+        op("GET", "/vms/{vmid}/vncwebsocket", "The console as a WebSocket (an HTTP/1.1 upgrade)", any())
+            .query("port", json!({ "type": I, "minimum": 5900, "maximum": 5999 }))
+            .query("vncticket", json!({ "type": S, "maxLength": 512 })),
+        op(
+            "POST",
             "/vms/{vmid}/move_disk",
             "Move a disk to another storage (online through blockdev-mirror when running), or hand it to another guest (target_vmid)",
             obj(json!({ "upid": t(S), "revision": t(I), "volume": t(S) }), &["upid", "revision", "volume"]),

@@ -80,6 +80,9 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ("GET", "/nodes/{node}/rrddata")
         | ("GET", "/nodes/{node}/qemu/{vmid}/rrddata")
         | ("GET", "/nodes/{node}/storage/{storage}/rrddata") => &["timeframe", "cf"],
+        ("POST", "/nodes/{node}/qemu/{vmid}/vncproxy") => &["websocket", "generate-password"],
+        ("POST", "/nodes/{node}/qemu/{vmid}/termproxy") => &["serial"],
+        ("GET", "/nodes/{node}/qemu/{vmid}/vncwebsocket") => &["port", "vncticket"],
         ("GET", "/access/users") => &["enabled", "full"],
         ("POST", "/access/users") => {
             &["userid", "password", "comment", "email", "enable", "expire", "groups"]

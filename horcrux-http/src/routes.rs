@@ -22,6 +22,7 @@ pub fn router(runtime: NodeRuntime, web: crate::web::WebRoot) -> Router {
         audit: crate::audit::AuditLog::new(audit_path),
         native: Default::default(),
         web,
+        consoles: Default::default(),
     }));
     let authed = Router::new()
         .route("/vms", get(vms::list_vms).post(vms::create_vm))
@@ -45,6 +46,9 @@ pub fn router(runtime: NodeRuntime, web: crate::web::WebRoot) -> Router {
         .route("/vms/{vmid}/reset", post(vms::power::reset))
         .route("/vms/{vmid}/resume", post(vms::power::resume))
         .route("/vms/{vmid}/serial", get(vms::serial_log))
+        .route("/vms/{vmid}/vncproxy", post(crate::console::vncproxy))
+        .route("/vms/{vmid}/termproxy", post(crate::console::termproxy))
+        .route("/vms/{vmid}/vncwebsocket", get(crate::console::vncwebsocket))
         .route("/tasks", get(nodes::list_tasks))
         .route("/tasks/{upid}", get(nodes::get_task))
         .route("/tasks/{upid}/log", get(nodes::get_task_log))
@@ -97,6 +101,10 @@ pub fn router(runtime: NodeRuntime, web: crate::web::WebRoot) -> Router {
         let app = served.clone();
         Box::pin(crate::forward::serve_forwarded(app, call, body))
     }));
+    let consoles = st.clone();
+    st.runtime.cluster().set_tunnel_handler(Arc::new(move |call, tunnel| {
+        Box::pin(crate::console::serve_tunnel(consoles.clone(), call, tunnel))
+    }));
     app
 }
 
@@ -138,6 +146,9 @@ fn compat_routes() -> Router<ApiState> {
         .route("/nodes/{node}/status", get(node_status))
         .route("/nodes/{node}/rrddata", get(crate::nodes::metrics::compat_node))
         .route("/nodes/{node}/qemu/{vmid}/rrddata", get(crate::nodes::metrics::compat_qemu))
+        .route("/nodes/{node}/qemu/{vmid}/vncproxy", post(crate::console::compat_vncproxy))
+        .route("/nodes/{node}/qemu/{vmid}/termproxy", post(crate::console::compat_termproxy))
+        .route("/nodes/{node}/qemu/{vmid}/vncwebsocket", get(crate::console::compat_websocket))
         .route("/nodes/{node}/storage/{storage}/rrddata", get(crate::nodes::metrics::compat_storage))
         .route("/storage", get(crate::storage::compat::storages).post(crate::storage::compat::storages))
         .route(

@@ -156,7 +156,8 @@ pub async fn serve(
             let svc = TowerToHyperService::new(app);
             let mut builder = Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(tls), svc);
+            // Upgrades: the consoles' WebSockets.
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             tokio::pin!(conn);
             let served = tokio::select! {
                 r = conn.as_mut() => r,

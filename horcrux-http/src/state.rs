@@ -39,6 +39,8 @@ pub struct ApiShared {
     pub(crate) native: NativeApp,
     /// Where the web UI's files come from.
     pub(crate) web: crate::web::WebRoot,
+    /// Console tickets issued here and not yet used.
+    pub(crate) consoles: crate::console::Tickets,
 }
 
 impl ApiShared {

@@ -142,6 +142,7 @@ pub struct ClusterHandle {
     pub(crate) net: Option<QuicNetwork>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     api: Arc<std::sync::OnceLock<ApiHandler>>,
+    tunnel: Arc<std::sync::OnceLock<transport::TunnelHandler>>,
     /// Where forwarded API calls run (the caller's runtime, not the Raft thread).
     api_runtime: tokio::runtime::Handle,
     /// Runs openraft, the proposer and the QUIC endpoint; stops with the last clone.
@@ -334,6 +335,7 @@ impl ClusterHandle {
             net,
             clock: Arc::new(system_clock_ms),
             api: Arc::default(),
+            tunnel: Arc::default(),
             pinned: Arc::new(identity.pinned.clone()),
             join_failures: Arc::default(),
             login_failures: Arc::default(),
@@ -701,6 +703,30 @@ impl ClusterHandle {
                 .unwrap_or_else(|e| error(500, &format!("the forwarded request failed: {e}"))),
             None => error(503, "API not ready"),
         }
+    }
+
+    /// Installs what serves tunnels opened to this node (once, at start).
+    pub fn set_tunnel_handler(&self, handler: transport::TunnelHandler) {
+        let _ = self.tunnel.set(handler);
+    }
+
+    /// Serves a tunnel another member opened, on the API runtime; without a handler the
+    /// stream is dropped (the other side sees it closed).
+    pub async fn serve_tunnel(&self, call: ApiCall, tunnel: transport::Tunnel) {
+        if let Some(h) = self.tunnel.get() {
+            let _ = self.api_runtime.spawn(h(call, tunnel)).await;
+        }
+    }
+
+    /// Opens a tunnel to `node` (by name) over the cluster transport.
+    pub async fn open_tunnel(&self, node: &str, call: ApiCall) -> Result<transport::Tunnel, ProposeError> {
+        let (id, addr) = self.member_addr(node)?;
+        let Some(net) = &self.net else {
+            return Err(ProposeError::Unavailable("this node has no cluster transport".into()));
+        };
+        net.open_tunnel(id, &addr, &call)
+            .await
+            .map_err(|e| ProposeError::Unavailable(format!("node {node} unreachable: {e}")))
     }
 
     /// Member `node`'s id and Raft address.

@@ -5,7 +5,7 @@
 //! Descriptor numbers are fixed by the launch (`FdLayout`), so the argument vector is a pure
 //! function of it: 3 is the QMP listening socket, then two per disk (read-write and
 //! read-only: QEMU's fd sets hand out a descriptor whose access mode matches the open;
-//! a network disk gets none, or one memory file holding its password), then the serial log, the kernel and initrd (copied into memory files, so a kernel only
+//! a network disk gets none, or one memory file holding its password), then the serial log and the serial console's listening socket, the kernel and initrd (copied into memory files, so a kernel only
 //! root may read still boots), and one tap per bridged NIC.
 
 use std::fs::File;
@@ -27,6 +27,9 @@ pub struct FdLayout {
     /// is fd set `101 + j`.
     pub cdroms: Vec<DiskFds>,
     pub serial: i32,
+    /// The listening socket of the serial console (QEMU accepts one client at a time; the
+    /// serial log records all output either way).
+    pub serial_socket: i32,
     pub kernel: Option<i32>,
     pub initrd: Option<i32>,
     /// (NIC index, fd) of each bridged NIC's tap.
@@ -58,12 +61,13 @@ impl FdLayout {
             })
             .collect();
         let serial = take();
+        let serial_socket = take();
         let boot = launch.spec.boot.as_ref();
         let kernel = boot.map(|_| take());
         let initrd = boot.and_then(|b| b.initrd.as_ref()).map(|_| take());
         let taps =
             launch.spec.nets.iter().filter(|n| n.bridge.is_some()).map(|n| (n.index, take())).collect();
-        FdLayout { disks, cdroms, serial, kernel, initrd, taps }
+        FdLayout { disks, cdroms, serial, serial_socket, kernel, initrd, taps }
     }
 
     pub fn tap(&self, index: u8) -> Option<i32> {
@@ -155,6 +159,7 @@ pub fn open_all(
     launch: &GuestLaunch,
     layout: &FdLayout,
     qmp: OwnedFd,
+    serial_socket: OwnedFd,
     serial_log: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<Vec<(OwnedFd, i32)>, DriverError> {
@@ -208,6 +213,7 @@ pub fn open_all(
         std::os::unix::fs::fchown(&serial, Some(uid), Some(gid))?;
     }
     fds.push((serial.into(), layout.serial));
+    fds.push((serial_socket, layout.serial_socket));
     if let (Some(boot), Some(k)) = (&launch.spec.boot, layout.kernel) {
         fds.push((memory_copy("kernel", Path::new(&boot.kernel))?, k));
         if let (Some(initrd), Some(i)) = (&boot.initrd, layout.initrd) {

@@ -258,6 +258,12 @@ impl QemuDriver {
         self.run_dir.join(format!("{vmid}.qmp"))
     }
 
+    /// The serial console's socket: QEMU accepts on it (the daemon bound it, in the
+    /// daemon's own run directory), the daemon connects to relay a console.
+    fn serial_path(&self, vmid: u32) -> PathBuf {
+        self.run_dir.join(format!("{vmid}.serial"))
+    }
+
     fn pid_path(&self, vmid: u32) -> PathBuf {
         self.run_dir.join(format!("{vmid}.pid"))
     }
@@ -310,8 +316,15 @@ impl QemuDriver {
             "none".into(),
             "-sandbox".into(),
             SANDBOX.into(),
+            // Output goes to the log whether or not a console is connected.
+            "-chardev".into(),
+            format!(
+                "socket,id=serial0,fd={},server=on,wait=off,logfile={}",
+                fds.serial_socket,
+                fds::proc_fd(fds.serial)
+            ),
             "-serial".into(),
-            format!("file:{}", fds::proc_fd(fds.serial)),
+            "chardev:serial0".into(),
             "-chardev".into(),
             format!("socket,id=qmp,fd={},server=on,wait=off", fds::QMP_FD),
             "-mon".into(),
@@ -473,7 +486,7 @@ impl QemuDriver {
             }
         }
         let vmid = launch.vmid;
-        for p in [self.qmp_path(vmid), self.pid_path(vmid)] {
+        for p in [self.qmp_path(vmid), self.pid_path(vmid), self.serial_path(vmid)] {
             let _ = std::fs::remove_file(p);
         }
         let stderr = std::fs::File::create(self.stderr_path(vmid))?;
@@ -484,8 +497,16 @@ impl QemuDriver {
         };
         let owner = self.guest_owner(vmid);
         let qmp_listener = std::os::unix::net::UnixListener::bind(self.qmp_path(vmid))?;
+        let serial_listener = std::os::unix::net::UnixListener::bind(self.serial_path(vmid))?;
         let layout = FdLayout::of(launch);
-        let handed = fds::open_all(launch, &layout, qmp_listener.into(), &self.serial_log(vmid), owner)?;
+        let handed = fds::open_all(
+            launch,
+            &layout,
+            qmp_listener.into(),
+            serial_listener.into(),
+            &self.serial_log(vmid),
+            owner,
+        )?;
         let plan = fds::plan(&handed);
         // With KVM, the guest's user needs /dev/kvm's group.
         let groups: Vec<libc::gid_t> = match (owner, self.accel) {
@@ -613,6 +634,7 @@ impl QemuDriver {
         self.procs.lock().unwrap_or_else(|p| p.into_inner()).remove(&vmid);
         let _ = std::fs::remove_file(self.qmp_path(vmid));
         let _ = std::fs::remove_file(self.pid_path(vmid));
+        let _ = std::fs::remove_file(self.serial_path(vmid));
     }
 
     async fn stop_inner(&self, vmid: u32) -> Result<(), DriverError> {
@@ -740,6 +762,26 @@ impl Hypervisor for QemuDriver {
 
     fn serial_log(&self, vmid: u32) -> PathBuf {
         self.log_dir.join(format!("{vmid}.serial.log"))
+    }
+
+    fn console(
+        &self,
+        vmid: u32,
+        kind: crate::hypervisor::ConsoleKind,
+    ) -> BoxFuture<'_, Result<std::os::unix::net::UnixStream, DriverError>> {
+        Box::pin(async move {
+            match kind {
+                crate::hypervisor::ConsoleKind::Vnc => self.vnc_connect(vmid).await,
+                crate::hypervisor::ConsoleKind::Serial => {
+                    let no_socket = |e: std::io::Error| {
+                        DriverError::Invalid(format!("guest {vmid} has no serial console socket: {e}"))
+                    };
+                    let s =
+                        tokio::net::UnixStream::connect(self.serial_path(vmid)).await.map_err(no_socket)?;
+                    s.into_std().map_err(no_socket)
+                }
+            }
+        })
     }
 
     fn pid(&self, vmid: u32) -> Option<u32> {

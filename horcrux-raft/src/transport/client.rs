@@ -281,6 +281,33 @@ impl QuicNetwork {
         }
     }
 
+    /// Opens a tunnel to member `target` at `addr` (see [`super::TUNNEL_MARK`]): the header
+    /// is sent, then the stream is the caller's.
+    pub async fn open_tunnel(
+        &self,
+        target: NodeId,
+        addr: &str,
+        call: &super::ApiCall,
+    ) -> Result<super::Tunnel, TransportError> {
+        let head = super::encode_frame(call, super::Framing::Binary).map_err(terr)?;
+        if head.len() > super::MAX_STREAM_HEADER {
+            return Err(TransportError(format!("a tunnel header of {} bytes", head.len())));
+        }
+        let conn =
+            self.connection(addr, false).await?.ok_or_else(|| TransportError("no connection".into()))?;
+        if let Err(e) = self.verify_peer(&conn, Some(target), addr) {
+            self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+            return Err(e);
+        }
+        let (mut send, recv) = conn.open_bi().await.map_err(terr)?;
+        let mut first = vec![super::TUNNEL_MARK];
+        first.extend((head.len() as u32).to_be_bytes());
+        first.extend(head);
+        send.write_all(&first).await.map_err(terr)?;
+        self.heard_from(target);
+        Ok(super::Tunnel::new(send, recv))
+    }
+
     /// One request to `addr`, with the current identity, then the previous one: a peer that
     /// does not know this node's renewed certificate yet still knows the previous one.
     async fn call_at(

@@ -145,12 +145,67 @@ pub type ApiHandler = std::sync::Arc<
         + Sync,
 >;
 
+/// Both directions of a tunnel as one byte stream.
+pub struct Tunnel {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Tunnel {
+    pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        Tunnel { send, recv }
+    }
+}
+
+impl tokio::io::AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.send), cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.send), cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.send), cx)
+    }
+}
+
+/// Serves tunnels opened to this node (installed by the HTTP layer): what the header asks
+/// for, and the stream, which the handler owns until it is done with it.
+pub type TunnelHandler = std::sync::Arc<
+    dyn Fn(ApiCall, Tunnel) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
+
 /// The first byte of a streamed API call (where a frame has its format byte): then the
 /// length of the header (u32, big endian), the header (an [`ApiCall`] frame without body),
 /// and the raw body up to the end of the stream. Uploads of any size travel so, never
 /// held whole in memory. A node of a release without it reads the byte as a newer format
 /// and refuses the call with that message.
 pub const STREAM_MARK: u8 = 0x1f;
+/// The first byte of a tunnel (a console relayed to the node that runs the guest): then the
+/// length of the header (u32, big endian), the header (an [`ApiCall`] frame naming what to
+/// connect to), and from then on raw bytes both ways until either side closes. What the
+/// bytes mean is the handler's business (see [`TunnelHandler`]).
+pub const TUNNEL_MARK: u8 = 0x1e;
 /// Largest header of a streamed call.
 pub const MAX_STREAM_HEADER: usize = 64 * 1024;
 

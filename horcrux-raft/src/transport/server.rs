@@ -108,6 +108,11 @@ async fn rpc_stream(
     if first[0] == super::STREAM_MARK {
         return api_stream(handle, send, recv).await;
     }
+    if first[0] == super::TUNNEL_MARK {
+        let call = read_stream_header(&mut recv).await?;
+        handle.serve_tunnel(call, super::Tunnel::new(send, recv)).await;
+        return Ok(());
+    }
     let mut bytes = first.to_vec();
     bytes.extend(recv.read_to_end(MAX_FRAME - 1).await?);
     let (req, framing) = super::decode_frame::<RpcRequest, MAX_FRAME>(&bytes)?;
@@ -155,15 +160,7 @@ async fn api_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > super::MAX_STREAM_HEADER {
-        return Err(format!("streamed call header of {len} bytes").into());
-    }
-    let mut head = vec![0u8; len];
-    recv.read_exact(&mut head).await?;
-    let (call, framing) = super::decode_frame::<super::ApiCall, { super::MAX_STREAM_HEADER }>(&head)?;
+    let (call, framing) = read_stream_header_framed(&mut recv).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let pump = tokio::spawn(async move {
         loop {
@@ -183,6 +180,28 @@ async fn api_stream(
     send.write_all(&super::encode_frame(&RpcResponse::Api(reply), framing)?).await?;
     send.finish()?;
     Ok(())
+}
+
+/// The header of a streamed call or a tunnel: its length (u32, big endian), then an
+/// [`super::ApiCall`] frame.
+async fn read_stream_header_framed(
+    recv: &mut quinn::RecvStream,
+) -> Result<(super::ApiCall, super::Framing), Box<dyn std::error::Error + Send + Sync>> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > super::MAX_STREAM_HEADER {
+        return Err(format!("streamed call header of {len} bytes").into());
+    }
+    let mut head = vec![0u8; len];
+    recv.read_exact(&mut head).await?;
+    Ok(super::decode_frame::<super::ApiCall, { super::MAX_STREAM_HEADER }>(&head)?)
+}
+
+async fn read_stream_header(
+    recv: &mut quinn::RecvStream,
+) -> Result<super::ApiCall, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(read_stream_header_framed(recv).await?.0)
 }
 
 async fn join_stream(
