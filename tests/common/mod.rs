@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod ha;
+pub mod ws;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
