@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Horcrux builds and runs with (RocksDB and libclang to link,
-# QEMU to run guests) and those the tests use (busybox, cpio, corosync, iproute2, nftables).
-# Idempotent; needs root.
+# QEMU to run guests) and those the tests use (busybox, cpio, corosync, iproute2, nftables,
+# chromium and Node.js for the browser tests, whose npm packages scripts/ui-deps.sh installs
+# at the end). Idempotent; needs root.
 set -euo pipefail
 
 need=()
@@ -37,6 +38,12 @@ command -v tgtd >/dev/null || need+=(tgt)
 command -v iscsi-ls >/dev/null || need+=(libiscsi-bin)
 command -v ganesha.nfsd >/dev/null || need+=(nfs-ganesha nfs-ganesha-vfs)
 command -v nfs-ls >/dev/null || need+=(libnfs-utils)
+# The browser UI tests (tests/ui) drive Debian's Chromium with playwright-core 1.61.1, which
+# needs Node.js >= 18: Debian 12's nodejs is 18.20 (with npm 9 from its npm package); this
+# kind of machine comes with NodeSource's Node.js 20, whose nodejs package carries npm.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 
 block_extra=1
 dpkg -s qemu-block-extra >/dev/null 2>&1 || block_extra=0
@@ -65,3 +72,6 @@ if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd >/dev/null
 fi
+
+# The browser tests' npm packages (tests/ui), with npm ci when they are missing or stale.
+"$(dirname "$0")/ui-deps.sh"
