@@ -689,3 +689,86 @@ fn consoles_relay_serial_and_vnc_with_single_use_tickets() {
     assert_eq!(r.err().map(|r| r.0), Some(403), "an expired ticket");
     assert_eq!(api.wait_task(stale["upid"].as_str().unwrap()), "no console connection within 40 s");
 }
+
+/// `GET /events`: a subscriber is sent the resources it may see, then each change (a guest
+/// created, removed), the tasks as they start and end; a caller sees only what its rights
+/// show (a node auditor no guest). `cluster/tasks` lists the cluster's tasks, a caller
+/// without Sys.Audit only its own.
+#[test]
+fn events_stream_the_changes_each_caller_may_see() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = Daemon::start(tmp.path(), port, &[]);
+    let api = d.client();
+    let mut stream = api.sse("/events", api.token());
+    let mut next = |want: &dyn Fn(&str, &Value) -> bool| -> Value {
+        let (mut event, mut line) = (String::new(), String::new());
+        loop {
+            line.clear();
+            assert!(stream.read_line(&mut line).unwrap() > 0, "the stream ended");
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let v: Value = serde_json::from_str(data.trim()).unwrap();
+                if want(&event, &v) {
+                    return v;
+                }
+            }
+        }
+    };
+    let hello = next(&|e, _| e == "hello");
+    assert_eq!(hello["node"], "n1");
+    let n = next(&|e, v| e == "resource" && v["id"] == "node/n1");
+    assert_eq!(n["status"], "online", "{n}");
+    assert_eq!(api.post("/vms", &json!({"vmid": 170, "name": "watched", "memory_mib": 64})).0, 200);
+    let g = next(&|e, v| e == "resource" && v["id"] == "qemu/170");
+    assert_eq!((g["name"].as_str(), g["status"].as_str()), (Some("watched"), Some("stopped")), "{g}");
+
+    // A node auditor: the node, not the guest (the snapshot form of the same events).
+    assert_eq!(api.post("/access/users", &json!({"userid": "mo@pve"})).0, 200);
+    assert_eq!(api.post("/access/users", &json!({"userid": "no@pve"})).0, 200);
+    let token_of = |user: &str| {
+        let (_, t) = api.post(&format!("/access/users/{user}/token/t"), &json!({"privsep": false}));
+        t["value"].as_str().unwrap().to_string()
+    };
+    let (mo, no) = (token_of("mo@pve"), token_of("no@pve"));
+    let acl = json!({"path": "/nodes/n1", "role": "PVEAuditor", "user": "mo@pve"});
+    assert_eq!(api.request("PUT", "/access/acl", Some(api.token()), &acl).0, 200);
+    let (code, snap) = api.request("GET", "/events", Some(&mo), &json!(null));
+    assert_eq!(code, 200, "{snap}");
+    let ids: Vec<&str> = snap.as_array().unwrap().iter().filter_map(|e| e["data"]["id"].as_str()).collect();
+    assert!(ids.contains(&"node/n1") && !ids.contains(&"qemu/170"), "{ids:?}");
+    let (_, admin_snap) = api.get("/events");
+    assert!(admin_snap.to_string().contains("qemu/170"), "{admin_snap}");
+
+    let (_, body) = api.delete("/vms/170");
+    let upid = body["upid"].as_str().unwrap().to_string();
+    // The task and the guest's removal, in either order.
+    let seen = std::cell::RefCell::new((None::<Value>, false));
+    next(&|e, v| {
+        let mut s = seen.borrow_mut();
+        if e == "task" && v["upid"] == upid.as_str() {
+            s.0 = Some(v.clone());
+        }
+        s.1 |= e == "removed" && v["id"] == "qemu/170";
+        s.0.is_some() && s.1
+    });
+    let t = seen.borrow().0.clone().unwrap();
+    assert_eq!(t["type"], "qmdestroy", "{t}");
+    assert_eq!(api.wait_task(&upid), "OK");
+
+    // cluster/tasks: every member's tasks; the caller's own without Sys.Audit.
+    let pve = |token: &str| {
+        let (code, body) = api.request("GET", "/api2/json/cluster/tasks", Some(token), &json!(null));
+        assert_eq!(code, 200, "{body}");
+        body["data"].as_array().unwrap().clone()
+    };
+    let all = pve(api.token());
+    let mine = all.iter().find(|t| t["upid"] == upid.as_str()).expect("the delete task");
+    assert_eq!((mine["node"].as_str(), mine["status"].as_str()), (Some("n1"), Some("OK")), "{mine}");
+    assert!(pve(&mo).iter().any(|t| t["upid"] == upid.as_str()), "Sys.Audit on the node shows all its tasks");
+    assert!(pve(&no).is_empty(), "no rights: none of root's tasks");
+    let (code, _) = api.request("GET", "/api2/json/nodes/n1/tasks", Some(&no), &json!(null));
+    assert_eq!(code, 200);
+}

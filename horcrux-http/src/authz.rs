@@ -81,7 +81,11 @@ fn table() -> Vec<RouteAccess> {
         r!(POST, "/vms/{vmid}/reset", Priv("VM.PowerMgmt", "/vms/{vmid}")),
         r!(POST, "/vms/{vmid}/resume", Priv("VM.PowerMgmt", "/vms/{vmid}")),
         r!(GET, "/vms/{vmid}/serial", Priv("VM.Console", "/vms/{vmid}")),
+        // Each event is built from the lists the caller may read (see `events`).
+        r!(GET, "/events", AnyUser),
         r!(GET, "/tasks", Priv("Sys.Audit", "/nodes")),
+        // The caller's own tasks; all of the node's with Sys.Audit on it (the handler checks).
+        r!(GET, "/nodes/{node}/tasks", AnyUser),
         r!(GET, "/tasks/{upid}", TaskOwnerOrAudit),
         r!(GET, "/tasks/{upid}/log", TaskOwnerOrAudit),
         r!(GET, "/cluster/nextid", AnyUser),

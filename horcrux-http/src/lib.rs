@@ -10,6 +10,7 @@ mod cluster;
 mod console;
 mod drain;
 mod error;
+mod events;
 mod forward;
 mod ha;
 mod nodes;

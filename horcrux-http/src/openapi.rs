@@ -408,6 +408,13 @@ fn operations() -> Vec<Op> {
         op("GET", "/tasks/{upid}/log", "A task's log", arr(r("LogLine"))),
         op("GET", "/cluster/nextid", "Lowest free VMID", obj(json!({ "vmid": t(I) }), &["vmid"])),
         op("GET", "/nodes", "Cluster members", arr(r("Node"))),
+        op(
+            "GET",
+            "/events",
+            "Live changes (server-sent events with Accept: text/event-stream; else the first ones as JSON)",
+            arr(obj(json!({ "event": t(S), "data": any() }), &["event", "data"])),
+        ),
+        op("GET", "/nodes/{node}/tasks", "The node's tasks: all with Sys.Audit on it, else the caller's own", arr(any())),
         op("GET", "/nodes/{node}/status", "A member's host: CPU, memory, load, root file system", any()),
         op("GET", "/nodes/{node}/rrddata", "The node's metrics over a timeframe (PVE 9's fields)", arr(any()))
             .query("timeframe", rrd_timeframe.clone())

@@ -77,6 +77,7 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         // `delay`: how long Proxmox waits for the task before answering; the removal is quick.
         ("DELETE", "/nodes/{node}/storage/{storage}/content/{*volume}") => &["delay"],
         ("GET", "/cluster/resources") => &["type"],
+        ("GET", "/cluster/tasks") => &[],
         ("GET", "/nodes/{node}/rrddata")
         | ("GET", "/nodes/{node}/qemu/{vmid}/rrddata")
         | ("GET", "/nodes/{node}/storage/{storage}/rrddata") => &["timeframe", "cf"],

@@ -332,6 +332,19 @@ impl Api {
         (status, r.body_mut().read_json().unwrap_or(Value::Null), cookie)
     }
 
+    /// A server-sent event stream as token `token` sees it, read line by line.
+    pub fn sse(&self, path: &str, token: &str) -> Box<dyn std::io::BufRead> {
+        let r = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Accept", "text/event-stream")
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        Box::new(std::io::BufReader::new(r.into_body().into_reader()))
+    }
+
     pub fn token(&self) -> &str {
         &self.token
     }

@@ -43,7 +43,8 @@ pub(crate) async fn list_tasks(
     let statuses: Option<Vec<String>> = q
         .get("statusfilter")
         .map(|f| f.split([',', ';', ' ']).filter(|s| !s.is_empty()).map(str::to_lowercase).collect());
-    let (status, v, _) = native(&st, &headers, Method::GET, "/tasks", None).await;
+    let path = format!("/nodes/{}/tasks", form_escape(&node));
+    let (status, v, _) = native(&st, &headers, Method::GET, &path, None).await;
     answer(status, v, |v| {
         let list: Vec<Value> = v
             .as_array()
@@ -89,6 +90,45 @@ pub(crate) async fn list_tasks(
             .collect();
         json!(list)
     })
+}
+
+/// `GET /api2/json/cluster/tasks`: the recent tasks of every member this node hears from
+/// (each member's own list, with the caller's rights there), newest first.
+pub(crate) async fn cluster_tasks(State(st): State<ApiState>, headers: HeaderMap) -> Response {
+    let members: Vec<String> = st
+        .runtime
+        .cluster()
+        .cluster_status()
+        .nodes
+        .into_iter()
+        .filter(|n| n.online)
+        .map(|n| n.name)
+        .collect();
+    let calls = members.iter().map(|n| {
+        let path = format!("/nodes/{}/tasks", form_escape(n));
+        let (st, headers) = (st.clone(), headers.clone());
+        async move { native(&st, &headers, Method::GET, &path, None).await }
+    });
+    let mut all: Vec<Value> = Vec::new();
+    for (status, v, _) in futures_util::future::join_all(calls).await {
+        if status.is_success() {
+            all.extend(v.as_array().into_iter().flatten().cloned());
+        }
+    }
+    all.sort_by_key(|t| std::cmp::Reverse(t["starttime"].as_u64().unwrap_or(0)));
+    let list: Vec<Value> = all
+        .into_iter()
+        .map(|mut t| {
+            if let Some(o) = t.as_object_mut() {
+                o.remove("log");
+            }
+            if t["status"] != "running" {
+                t["status"] = t["exitstatus"].clone();
+            }
+            t
+        })
+        .collect();
+    ok(json!(list))
 }
 
 pub(crate) async fn node_status(

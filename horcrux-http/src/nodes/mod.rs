@@ -29,6 +29,28 @@ pub(crate) async fn list_tasks(State(st): State<ApiState>) -> Json<Value> {
     Json(Value::Array(tasks))
 }
 
+/// `GET /api/v1/nodes/{node}/tasks` (answered on that node, where its tasks are kept):
+/// every task with `Sys.Audit` on the node, else the caller's own, as Proxmox lists them.
+pub(crate) async fn node_tasks(
+    State(st): State<ApiState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if node != st.runtime.cluster().node_name() {
+        return Err(ApiError::not_found(format!("no cluster member is named {node:?}")));
+    }
+    let own = caller.user().to_string();
+    let path = format!("/nodes/{node}");
+    let all = st
+        .runtime
+        .cluster()
+        .read_linearizable(move |s| crate::authz::caller_privileges(s, &caller, &path).contains("Sys.Audit"))
+        .await?;
+    let Json(list) = list_tasks(State(st)).await;
+    let mine = |t: &&Value| all || t["user"].as_str() == Some(own.as_str());
+    Ok(Json(Value::Array(list.as_array().into_iter().flatten().filter(mine).cloned().collect())))
+}
+
 pub(crate) async fn get_task(
     State(st): State<ApiState>,
     Path(upid): Path<String>,
