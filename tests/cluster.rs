@@ -197,6 +197,7 @@ fn any_node_acts_on_any_guest_by_forwarding_to_its_owner() {
     );
     assert!(nodes[1].dir.join("run/qemu/700.pid").exists(), "QEMU runs on the owner");
     assert!(!nodes[0].dir.join("run/qemu/700.pid").exists());
+    consoles_are_relayed_from_any_node(&nodes, &a1, &a3);
     let (code, _) = a3.delete("/vms/700");
     assert_eq!(code, 409, "running guest must not be deleted through another node either");
     let (code, body) = a3.post("/vms/700/migrate", &json!({"target": "f3"}));
@@ -444,6 +445,49 @@ fn a_standalone_node_becomes_a_cluster_others_join() {
 /// cluster transport, not held whole by the node the client talks to): a binary file
 /// larger than any forwarded request body, through the native route and through Proxmox's
 /// multipart one; one cut off mid-way leaves nothing on the target.
+/// Guest 700 runs on f2: its serial console is opened through f1 and its VNC console
+/// through f3, each relayed over the cluster transport; a ticket spent stays spent.
+fn consoles_are_relayed_from_any_node(nodes: &[Node], a1: &Api, a3: &Api) {
+    use common::ws::WsClient;
+    eventually("guest 700 boots", Duration::from_secs(60), || {
+        a1.get_text("/vms/700/serial").contains("GUEST-BOOTED")
+    });
+    let auth = format!("PVEAPIToken=root@pam!admin={}", a1.token());
+    let (code, t, _) = a1.raw(
+        "POST",
+        "/api2/json/nodes/f2/qemu/700/termproxy",
+        &[("Authorization", &auth)],
+        &json!({"serial": "serial0"}),
+    );
+    assert_eq!(code, 200, "{t}");
+    let t = &t["data"];
+    assert!(t["upid"].as_str().unwrap().starts_with("UPID:f2:"), "the owner issued it: {t}");
+    let path = format!(
+        "/api2/json/nodes/f2/qemu/700/vncwebsocket?port={}&vncticket={}",
+        t["port"],
+        t["ticket"].as_str().unwrap().replace(':', "%3A")
+    );
+    let mut ws = WsClient::connect(nodes[0].port, &nodes[0].dir, &path, &[("Authorization", &auth)]).unwrap();
+    ws.send_text(&format!("{}:{}\n", t["user"].as_str().unwrap(), t["ticket"].as_str().unwrap()));
+    ws.recv_until("OK", Duration::from_secs(10));
+    ws.recv_until("GUEST-BOOTED", Duration::from_secs(10));
+    drop(ws);
+    let again = WsClient::connect(nodes[2].port, &nodes[2].dir, &path, &[("Authorization", &auth)]);
+    assert_eq!(again.err().map(|r| r.0), Some(403), "spent, whichever node it is presented to");
+    let (code, v) = a3.post("/vms/700/vncproxy", &json!({}));
+    assert_eq!(code, 200, "{v}");
+    let path = format!(
+        "/api/v1/vms/700/vncwebsocket?port={}&vncticket={}",
+        v["port"],
+        v["ticket"].as_str().unwrap().replace(':', "%3A")
+    );
+    let bearer = format!("Bearer {}", a3.token());
+    let mut ws =
+        WsClient::connect(nodes[2].port, &nodes[2].dir, &path, &[("Authorization", &bearer)]).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(ws.read_bytes(12, &mut buf), b"RFB 003.008\n", "f2's QEMU, through f3");
+}
+
 fn uploads_stream_to_their_node(nodes: &[Node], a1: &Api) {
     use std::io::Write;
     use std::process::{Command, Stdio};
