@@ -330,6 +330,17 @@ fn password_login_tickets_csrf_renewal_and_throttling() {
     // Renewal: the ticket stands for the password.
     let (code, renewed, _) = login(&ticket);
     assert_eq!(code, 200, "{renewed}");
+    // Logout clears the HttpOnly cookie (which no script can); the login form's realm list
+    // is public, as Proxmox's.
+    let (code, _, cleared) = admin.raw("DELETE", "/access/ticket", &[], &json!(null));
+    assert_eq!(code, 200);
+    assert!(cleared.starts_with("PVEAuthCookie=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    let (code, realms, _) = admin.raw("GET", "/api2/json/access/domains", &[], &json!(null));
+    assert_eq!(code, 200, "{realms}");
+    let names: Vec<&str> =
+        realms["data"].as_array().unwrap().iter().filter_map(|r| r["realm"].as_str()).collect();
+    assert_eq!(&names[..2], &["pam", "pve"], "{realms}");
+    assert!(realms["data"][0].get("server1").is_none(), "names and types only: {realms}");
 
     // Brute force: 20 wrong passwords in a row are throttled...
     let codes: Vec<u16> = (0..20).map(|_| login("guess").0).collect();

@@ -215,6 +215,17 @@ fn ha_resources_and_rules_are_checked_authorized_and_explained() {
         let (_, log) = admin.get(&format!("/api2/json/nodes/n1/tasks/{upid}/log"));
         assert!(log.to_string().contains(&format!("Requesting HA {path} for VM 201")), "{log}");
     }
+    // Proxmox's status/current tells an HA guest: managed, with its requested state.
+    let (_, cur) = admin.get("/api2/json/nodes/n1/qemu/201/status/current");
+    assert_eq!(
+        (cur["data"]["ha"]["managed"].as_u64(), cur["data"]["ha"]["state"].as_str()),
+        (Some(1), Some("stopped")),
+        "{cur}"
+    );
+    // The failover history (its content is tested with the manager, in horcrux-core).
+    let (code, h) = admin.get("/cluster/ha/history");
+    assert!(code == 200 && h.is_array(), "{h}");
+    assert_eq!(admin.request("GET", "/cluster/ha/history", Some(&nobody), &json!(null)).0, 403);
     // 200 and 201 are kept together, and 200 is already in na1: a second node-affinity
     // rule for the pair is refused.
     let (ok, out) = cli(

@@ -60,6 +60,10 @@ pub struct ClusterState {
     /// Guest architectures registered beyond the built-in ones (`crate::arch`), by name.
     #[serde(default)]
     pub architectures: BTreeMap<String, crate::arch::Architecture>,
+    /// The latest HA service-state changes and moves, oldest first (at most
+    /// `ha::resources::HA_HISTORY`).
+    #[serde(default)]
+    pub ha_history: std::collections::VecDeque<crate::ha::resources::HaEvent>,
 }
 crate::evolving!(ClusterState {
     nodes,
@@ -84,6 +88,7 @@ crate::evolving!(ClusterState {
     ha_resources: BTreeMap::new(),
     ha_rules: BTreeMap::new(),
     architectures: BTreeMap::new(),
+    ha_history: std::collections::VecDeque::new(),
 });
 
 /// Results kept per client: enough for every request a node can have in flight at once.
@@ -127,6 +132,7 @@ impl Default for ClusterState {
             ha_resources: BTreeMap::new(),
             ha_rules: BTreeMap::new(),
             architectures: BTreeMap::new(),
+            ha_history: std::collections::VecDeque::new(),
         }
     }
 }
@@ -576,7 +582,7 @@ impl ClusterState {
             | Command::HaMove { .. }
             | Command::HaStartFailed { .. }
             | Command::SetArchitecture { .. }
-            | Command::DeleteArchitecture { .. }) => self.apply_ha(index, c)?,
+            | Command::DeleteArchitecture { .. }) => self.apply_ha(index, req.ts_ms, c)?,
             Command::RevokeJoinToken { id } => {
                 let t = self
                     .join_tokens

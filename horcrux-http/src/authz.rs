@@ -46,8 +46,9 @@ macro_rules! r {
 
 use Check::*;
 
-/// Every authenticated route. `GET /version` and `POST /access/ticket` (the login) are the
-/// only public ones (outside this table). Built once.
+/// Every authenticated route. `GET /version`, `POST /access/ticket` (the login) and
+/// `DELETE /access/ticket` (the logout, clearing the cookie) are the only public ones
+/// (outside this table). Built once.
 pub fn routes() -> &'static [RouteAccess] {
     static TABLE: std::sync::OnceLock<Vec<RouteAccess>> = std::sync::OnceLock::new();
     TABLE.get_or_init(table)
@@ -142,6 +143,7 @@ fn table() -> Vec<RouteAccess> {
         r!(DELETE, "/cluster/ha/rules/{rule}", Priv("Sys.Console", "/")),
         r!(GET, "/cluster/ha/status", Priv("Sys.Audit", "/")),
         r!(GET, "/cluster/ha/placement", Priv("Sys.Audit", "/")),
+        r!(GET, "/cluster/ha/history", Priv("Sys.Audit", "/")),
         r!(GET, "/cluster/architectures", Priv("Sys.Audit", "/")),
         r!(POST, "/cluster/architectures", Priv("Sys.Modify", "/")),
         r!(GET, "/cluster/architectures/{name}", Priv("Sys.Audit", "/")),
@@ -344,6 +346,7 @@ mod tests {
         // The public ones.
         registered.remove(&("GET".to_string(), "/version".to_string()));
         registered.remove(&("POST".to_string(), "/access/ticket".to_string()));
+        registered.remove(&("DELETE".to_string(), "/access/ticket".to_string()));
         // Prometheus' `/metrics` sits outside `/api/v1`; like the `/api2/json` routes it is
         // built from native calls, which authenticate and check each privilege.
         registered.remove(&("GET".to_string(), "/metrics".to_string()));

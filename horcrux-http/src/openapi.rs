@@ -301,6 +301,7 @@ fn operations() -> Vec<Op> {
         op("POST", "/access/ticket", "Log in (or renew a ticket, or answer a second factor)", any())
             .body(login)
             .public(),
+        op("DELETE", "/access/ticket", "Log out: clears the ticket cookie", any()).public(),
         op("GET", "/openapi.json", "This document", any()),
         op("GET", "/vms", "Guests", arr(r("Vm"))),
         op("POST", "/vms", "Create a guest (on `node`, default this one)", r("Upid"))
@@ -531,6 +532,15 @@ fn operations() -> Vec<Op> {
         op("GET", "/cluster/ha/status", "Manager, node leases and resource states (from the leader)", any()),
         op("GET", "/cluster/ha/placement", "Where a resource would go now, with the reasons", any())
             .query("sid", t(S)),
+        op(
+            "GET",
+            "/cluster/ha/history",
+            "The latest HA service-state changes and moves, newest first",
+            arr(obj(
+                json!({ "ts_ms": t(I), "index": t(I), "sid": t(S), "from": t(S), "to": t(S), "from_node": t(S), "node": t(S) }),
+                &["ts_ms", "index", "sid", "from", "to", "from_node", "node"],
+            )),
+        ),
         op("GET", "/cluster/architectures", "Guest CPU architectures, and the nodes that run each", arr(any())),
         op("POST", "/cluster/architectures", "Register a guest architecture", any()).body(body(
             json!({ "name": t(S), "qemu_binary": { "type": S, "pattern": "^qemu-system-[a-z0-9_]{1,32}$" },

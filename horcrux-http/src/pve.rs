@@ -84,6 +84,7 @@ pub(crate) fn accepted(method: &Method, route: &str) -> Option<&'static [&'stati
         ("POST", "/nodes/{node}/qemu/{vmid}/vncproxy") => &["websocket", "generate-password"],
         ("POST", "/nodes/{node}/qemu/{vmid}/termproxy") => &["serial"],
         ("GET", "/nodes/{node}/qemu/{vmid}/vncwebsocket") => &["port", "vncticket"],
+        ("GET", "/access/domains") => &[],
         ("GET", "/access/users") => &["enabled", "full"],
         ("POST", "/access/users") => {
             &["userid", "password", "comment", "email", "enable", "expire", "groups"]

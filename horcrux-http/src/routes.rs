@@ -83,7 +83,7 @@ pub fn router(runtime: NodeRuntime, web: crate::web::WebRoot) -> Router {
     // The only public routes: the version and the login itself.
     let api = Router::new()
         .route("/version", get(cluster::native_version))
-        .route("/access/ticket", post(access::login::ticket))
+        .route("/access/ticket", post(access::login::ticket).delete(access::login::logout))
         .merge(authed);
     let app = Router::new()
         .nest("/api/v1", api)
@@ -174,6 +174,7 @@ fn compat_routes() -> Router<ApiState> {
         )
         .route("/cluster/status", get(cluster_status))
         .route("/cluster/resources", get(cluster_resources))
+        .route("/access/domains", get(access_domains))
         .route("/access/users", get(access_users).post(access_create_user))
         .route("/access/users/{userid}", get(access_user).put(access_user).delete(access_user))
         .route("/access/users/{userid}/token", get(access_token_list))

@@ -47,6 +47,25 @@ impl RequestedState {
     }
 }
 
+/// One committed change of an HA resource's service state or node: the failover history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaEvent {
+    /// When the manager proposed it (its wall clock, milliseconds since the epoch).
+    pub ts_ms: u64,
+    /// The log index it was committed at.
+    pub index: u64,
+    pub sid: String,
+    pub from: ServiceState,
+    pub to: ServiceState,
+    /// The guest's node before and after.
+    pub from_node: String,
+    pub node: String,
+}
+crate::evolving!(HaEvent { ts_ms, index, sid, from, to, from_node, node });
+
+/// How many HA events the state keeps (oldest dropped first).
+pub const HA_HISTORY: usize = 200;
+
 /// The manager's view of a resource (Proxmox's service states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 #[serde(rename_all = "snake_case")]

@@ -16,7 +16,7 @@ fn conflict(message: String) -> ApplyError {
 }
 
 impl ClusterState {
-    pub(super) fn apply_ha(&mut self, index: u64, cmd: &Command) -> Result<(), ApplyError> {
+    pub(super) fn apply_ha(&mut self, index: u64, ts_ms: u64, cmd: &Command) -> Result<(), ApplyError> {
         match cmd {
             Command::ReportNodeFacts { name, facts } => {
                 let n = self
@@ -111,6 +111,7 @@ impl ClusterState {
                 let vmid = resources::vmid_of(sid).ok_or_else(|| ValidationError::new("sid", "not a VM"))?;
                 let g = self.guest_mut(vmid)?;
                 let moved = node.as_ref().is_some_and(|n| *n != g.node);
+                let from_node = g.node.clone();
                 if let Some(n) = node {
                     g.node = n.clone();
                 }
@@ -122,10 +123,25 @@ impl ClusterState {
                     };
                 }
                 g.revision = index;
+                let new_node = g.node.clone();
                 let r = self.ha_resources.get_mut(sid).expect("checked above");
                 if moved || r.service != *service {
                     r.restarts = 0;
+                    let event = resources::HaEvent {
+                        ts_ms,
+                        index,
+                        sid: sid.clone(),
+                        from: r.service,
+                        to: *service,
+                        from_node,
+                        node: new_node,
+                    };
+                    if self.ha_history.len() >= resources::HA_HISTORY {
+                        self.ha_history.pop_front();
+                    }
+                    self.ha_history.push_back(event);
                 }
+                let r = self.ha_resources.get_mut(sid).expect("checked above");
                 r.service = *service;
                 r.failed_nodes = failed_nodes.clone();
                 r.target = target.clone();

@@ -26,6 +26,26 @@ fn user_entry(u: &Value) -> Value {
 }
 
 /// `enabled` filters on the flag; `full` adds the tokens (Horcrux always lists groups).
+/// `GET /api2/json/access/domains`: the realms a login form offers. Public, as Proxmox's
+/// (the login screen lists them before anyone is authenticated): names and types only.
+pub(crate) async fn access_domains(State(st): State<ApiState>) -> Response {
+    let realms: Vec<(String, &'static str)> = st.runtime.cluster().read_local(|s| {
+        s.realms
+            .iter()
+            .map(|(name, c)| {
+                let horcrux_core::RealmConfig::Ldap { domain, .. } = c;
+                (name.clone(), if domain.is_some() { "ad" } else { "ldap" })
+            })
+            .collect()
+    });
+    let mut out = vec![
+        json!({ "realm": "pam", "type": "pam", "comment": "Linux PAM standard authentication" }),
+        json!({ "realm": "pve", "type": "pve", "comment": "Proxmox VE authentication server" }),
+    ];
+    out.extend(realms.into_iter().map(|(realm, kind)| json!({ "realm": realm, "type": kind })));
+    ok(json!(out))
+}
+
 pub(crate) async fn access_users(
     State(st): State<ApiState>,
     headers: HeaderMap,

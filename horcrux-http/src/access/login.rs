@@ -66,6 +66,18 @@ async fn second_factor(st: &ApiState, user: &horcrux_core::User, answer: &str, n
     st.runtime.cluster().propose(cmd).await.is_ok()
 }
 
+/// `DELETE /api/v1/access/ticket`: logging out of a browser session. The ticket cookie is
+/// `HttpOnly` (no script can read or clear it), so the server clears it. Public: it only
+/// ever removes the caller's own cookie.
+pub async fn logout() -> Response {
+    let mut resp = Json(json!({})).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("PVEAuthCookie=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0"),
+    );
+    resp
+}
+
 pub async fn ticket(
     State(st): State<ApiState>,
     peer: Option<Extension<PeerAddr>>,

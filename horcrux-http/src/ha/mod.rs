@@ -38,6 +38,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/cluster/ha/rules/{rule}", get(one_rule).put(update_rule).delete(delete_rule))
         .route("/cluster/ha/status", get(status))
         .route("/cluster/ha/placement", get(placement))
+        .route("/cluster/ha/history", get(history))
 }
 
 /// Refuses unless the caller holds `privilege` on every guest an HA change touches.
@@ -334,6 +335,17 @@ struct RuleFilter {
     #[serde(rename = "type")]
     kind: Option<String>,
     resource: Option<String>,
+}
+
+/// `GET /api/v1/cluster/ha/history`: the latest committed service-state changes and moves
+/// of HA resources (the failover history), newest first.
+async fn history(State(st): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let list = st
+        .runtime
+        .cluster()
+        .read_linearizable(|s| s.ha_history.iter().rev().cloned().collect::<Vec<_>>())
+        .await?;
+    Ok(Json(serde_json::json!(list)))
 }
 
 async fn list_rules(

@@ -321,10 +321,15 @@ pub(crate) async fn status_current(
     Path((_node, vmid)): Path<(String, String)>,
 ) -> Response {
     let (status, v, _) = native(&st, &headers, Method::GET, &format!("/vms/{vmid}"), None).await;
+    let sid = format!("vm:{vmid}");
+    let ha = st.runtime.cluster().read_local(|s| s.ha_resources.get(&sid).map(|r| (r.state, r.service)));
     answer(status, v, |v| {
         let mut e = qemu_entry(&v);
-        // Not managed by an HA resource (HA comes with its own issue).
-        e["ha"] = json!({ "managed": 0 });
+        // Proxmox's `ha`: whether an HA resource manages the guest, its requested state.
+        e["ha"] = match ha {
+            Some((state, service)) => json!({ "managed": 1, "state": state, "service": service }),
+            None => json!({ "managed": 0 }),
+        };
         e
     })
 }

@@ -318,6 +318,16 @@ fn failback_brings_a_recovered_guest_back_to_its_preferred_node() {
         run(&mut s, &failed);
         run(&mut s, &failed);
         assert_eq!((s.guests[&100].node.as_str(), res(&s).service), ("b", ServiceState::Started));
+        // The failover history: fenced on a, recovered to b, in commit order.
+        let h: Vec<(ServiceState, ServiceState, &str, &str)> = s
+            .ha_history
+            .iter()
+            .filter(|e| e.sid == "vm:100")
+            .map(|e| (e.from, e.to, e.from_node.as_str(), e.node.as_str()))
+            .collect();
+        assert!(h.contains(&(ServiceState::Started, ServiceState::Fence, "a", "a")), "{h:?}");
+        assert!(h.iter().any(|e| e.2 == "a" && e.3 == "b"), "the move to b: {h:?}");
+        assert!(s.ha_history.iter().zip(s.ha_history.iter().skip(1)).all(|(x, y)| x.index < y.index));
         // a is back.
         let why = run(&mut s, &online);
         if !failback {
