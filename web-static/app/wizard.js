@@ -24,9 +24,13 @@ async function volumes(node, content) {
 
 export function CreateVm() {
   useStore();
-  const nodes = list('node').filter((n) => n.status === 'online').map((n) => n.node);
+  const online = list('node').filter((n) => n.status === 'online');
+  const nodes = online.map((n) => n.node);
+  // Automatic placement: the online node with the most free memory right now.
+  const free = (n) => (n.maxmem || 0) - (n.mem || 0);
+  const auto = online.reduce((best, n) => (!best || free(n) > free(best) ? n : best), null);
   const [f, setF] = useState({ node: '', vmid: '', name: '', arch: '', memory: '512', cores: '1', sockets: '1', disk: '', disksize: '8', boot: 'kernel', iso: '', kernel: '', initrd: '', cmdline: 'console=ttyS0', bridge: '', nic: true });
-  const node = f.node || nodes[0] || '';
+  const node = f.node || (auto && auto.node) || '';
   const archs = useAsync(() => v1.get('/cluster/architectures').catch(() => [{ name: 'x86_64' }]), []);
   const stor = useAsync(() => (node ? get(`/nodes/${node}/storage`, { content: 'images' }) : Promise.resolve([])), [node]);
   const files = useAsync(async () => (node ? { iso: await volumes(node, 'iso'), snippets: await volumes(node, 'snippets') } : { iso: [], snippets: [] }), [node]);
@@ -74,7 +78,8 @@ export function CreateVm() {
   return html`<section aria-labelledby="cv-h"><h1 id="cv-h">Create VM</h1>
     <form class="wizard" onSubmit=${submit} novalidate>
       <fieldset><legend>General</legend>
-        <${Select} label="Node" name="node" value=${node} onChange=${set('node')} options=${nodes} error=${err('node')} />
+        <${Select} label="Node" name="node" value=${f.node} onChange=${set('node')} error=${err('node')}
+          options=${[{ value: '', label: auto ? `Automatic (${auto.node}: most free memory)` : 'Automatic' }, ...nodes]} />
         ${F('vmid', 'VM ID', { type: 'number', min: 100 })}
         ${F('name', 'Name', { required: true, hint: 'a DNS name: letters, digits, hyphens' })}
         <${Select} label="CPU architecture" name="arch" value=${f.arch} onChange=${set('arch')} error=${err('arch')}
