@@ -46,6 +46,32 @@ pub(crate) async fn cluster_resources(
     }
 }
 
+/// Member `node`'s latest reading into `cache`, once (`null` for a member this node does
+/// not hear from: the call would wait for the forward to time out).
+async fn fetch_live(
+    st: &ApiState,
+    headers: &HeaderMap,
+    online: &std::collections::BTreeSet<String>,
+    cache: &mut std::collections::BTreeMap<String, Value>,
+    node: &str,
+) {
+    if cache.contains_key(node) {
+        return;
+    }
+    let v = if online.contains(node) {
+        let path = format!("/nodes/{}/metrics/current", form_escape(node));
+        let (code, v, _) = native(st, headers, Method::GET, &path, None).await;
+        if code.is_success() {
+            v
+        } else {
+            Value::Null
+        }
+    } else {
+        Value::Null
+    };
+    cache.insert(node.to_string(), v);
+}
+
 /// The cluster's resources as Proxmox's `cluster/resources` lists them (`want`: one type),
 /// with the live figures of each member the caller may read; the error answer of a native
 /// call that failed. `GET /metrics` renders the same list.
@@ -56,9 +82,8 @@ pub(crate) async fn resources(
 ) -> Result<Vec<Value>, Response> {
     let (st, headers) = (st.clone(), headers.clone());
     let mut out = Vec::new();
-    // Each member's latest readings, fetched once per member (the caller's rights apply;
-    // without Sys.Audit on a member its entries carry no live figures).
-    let mut live: std::collections::BTreeMap<String, Value> = Default::default();
+    // Each member's latest readings (the caller's rights apply; without Sys.Audit on a
+    // member its entries carry no live figures).
     // Members this node does not hear from are not asked (the answer would wait for the
     // forward to time out); their entries carry no live figures.
     let online: std::collections::BTreeSet<String> = st
@@ -70,19 +95,9 @@ pub(crate) async fn resources(
         .filter(|n| n.online)
         .map(|n| n.name)
         .collect();
-    let mut live_of = async |node: &str| -> Value {
-        if let Some(v) = live.get(node) {
-            return v.clone();
-        }
-        if !online.contains(node) {
-            return Value::Null;
-        }
-        let path = format!("/nodes/{}/metrics/current", form_escape(node));
-        let (code, v, _) = native(&st, &headers, Method::GET, &path, None).await;
-        let v = if code.is_success() { v } else { Value::Null };
-        live.insert(node.to_string(), v.clone());
-        v
-    };
+    // Fetched once per member, then read by reference (an entry per guest must not copy
+    // its member's whole reading).
+    let mut live_cache: std::collections::BTreeMap<String, Value> = Default::default();
     if want.is_none() || want.as_deref() == Some("vm") {
         // As Proxmox: every caller may ask, and sees what its rights show (no guests
         // without VM.Audit on /vms).
@@ -95,7 +110,8 @@ pub(crate) async fn resources(
             e["type"] = json!("qemu");
             e["id"] = json!(format!("qemu/{}", g["vmid"]));
             let node = g["node"].as_str().unwrap_or_default().to_string();
-            let m = &live_of(&node).await["guests"][g["vmid"].to_string()];
+            fetch_live(&st, &headers, &online, &mut live_cache, &node).await;
+            let m = &live_cache[&node]["guests"][g["vmid"].to_string()];
             // PVE's live figures: cpu a fraction of the vCPUs, bytes, byte totals since start.
             copy_live(
                 &mut e,
@@ -125,7 +141,8 @@ pub(crate) async fn resources(
             let name = n["name"].as_str().unwrap_or_default();
             let mut e =
                 json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": "online" });
-            let m = &live_of(name).await["node"];
+            fetch_live(&st, &headers, &online, &mut live_cache, name).await;
+            let m = &live_cache[name]["node"];
             copy_live(
                 &mut e,
                 m,
