@@ -572,10 +572,17 @@ pub async fn compat_websocket(
         fresh.extensions_mut().insert(p);
     }
     use tower::ServiceExt;
-    match app.oneshot(fresh).await {
+    let resp = match app.oneshot(fresh).await {
         Ok(r) => r,
         Err(never) => match never {},
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return resp;
     }
+    // A refusal in Proxmox's shape.
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024).await.unwrap_or_default();
+    crate::pve::answer(status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), |v| v)
 }
 
 #[cfg(test)]
