@@ -95,6 +95,23 @@ async function screen(name) {
   // Evaluated through the devtools protocol: the page's CSP (rightly) refuses inline script tags.
   if (!(await page.evaluate(() => typeof window.axe !== 'undefined'))) await page.evaluate(AXE_SRC);
   const r = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  // Every control is reachable by keyboard: nothing that looks clickable (a control's
+  // role or a pointer cursor) sits outside the tab order.
+  const unreachable = await page.evaluate(() => {
+    const out = [];
+    for (const el of document.querySelectorAll('body *')) {
+      const cs = getComputedStyle(el);
+      if (cs.visibility === 'hidden' || !el.getClientRects().length) continue;
+      const looks = el.matches('a[href],button,input,select,textarea,summary,[role=button],[role=tab],[role=link],[role=treeitem],[role=menuitem],[role=checkbox]') || cs.cursor === 'pointer';
+      if (!looks || el.matches('label, label *, option') || el.disabled || el.getAttribute('aria-disabled') === 'true') continue;
+      if (el.closest('.xterm, .novnc, canvas')) continue; // the consoles take the keyboard themselves
+      const reach = el.closest('a[href],button,input,select,textarea,summary,[tabindex]');
+      if (reach && reach.tabIndex >= 0 && !reach.disabled) continue;
+      out.push(el.outerHTML.slice(0, 140));
+    }
+    return out;
+  });
+  if (unreachable.length) throw new Error(`screen "${name}": not reachable by keyboard:\n  ${unreachable.slice(0, 8).join('\n  ')}`);
   const bad = r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
   if (bad.length) {
     const text = bad.map((v) => `  [${v.impact}] ${v.id}: ${v.help}\n${v.nodes.slice(0, 5).map((n) => `      ${n.target.join(' ')}: ${n.failureSummary.replace(/\n/g, ' ')}`).join('\n')}`).join('\n');
@@ -211,7 +228,19 @@ await step(2, 'log in with a password, with TOTP, log out', async () => {
   await logout();
   await login(BOB, () => totp(bobSecret));
   await logout();
-  await login(ALICE);
+  // Alice again, with the keyboard only: Tab to each field, Enter to submit.
+  await page.locator('body').focus();
+  for (let i = 0; i < 30; i++) {
+    await page.keyboard.press('Tab');
+    if (await page.evaluate(() => document.activeElement && document.activeElement.name === 'username')) break;
+  }
+  await page.keyboard.type(ALICE.user);
+  await page.keyboard.press('Tab');
+  if (!(await page.evaluate(() => document.activeElement.name === 'password'))) throw new Error('Tab from the user field does not reach the password');
+  await page.keyboard.type(ALICE.password);
+  await page.keyboard.press('Enter');
+  await sel('[data-testid=user]').waitFor({ timeout: 15000 });
+  await page.waitForSelector('body[data-ready]', { timeout: 15000 });
   // Ticket renewal, as the UI does it every 15 min: re-POST /access/ticket with the ticket.
   const renewed = await page.evaluate(async () => {
     const m = await import('/app/api.js');
