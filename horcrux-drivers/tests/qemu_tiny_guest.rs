@@ -179,12 +179,15 @@ async fn argv_has_the_contracted_options() {
     assert_eq!(after("-chardev"), "socket,id=qmp,fd=3,server=on,wait=off");
     assert_eq!(after("-mon"), "chardev=qmp,mode=control");
     // No path at all: the disk is fd set 1 (read-write 4, read-only 5), the serial log fd
-    // 6, the kernel and initrd 7 and 8.
+    // 6, the serial console's listening socket (bound by the daemon) 7, the kernel and
+    // initrd 8 and 9.
     let add_fds: Vec<&String> = argv.windows(2).filter(|w| w[0] == "-add-fd").map(|w| &w[1]).collect();
     assert_eq!(add_fds, ["fd=4,set=1", "fd=5,set=1"]);
     assert_eq!(after("-drive"), "file=/dev/fdset/1,if=none,id=drive-virtio0,format=qcow2,file.locking=off");
-    assert_eq!(after("-serial"), "file:/proc/self/fd/6");
-    assert_eq!((after("-kernel"), after("-initrd")), ("/proc/self/fd/7".into(), "/proc/self/fd/8".into()));
+    let chardevs: Vec<&String> = argv.windows(2).filter(|w| w[0] == "-chardev").map(|w| &w[1]).collect();
+    assert_eq!(chardevs[1], "socket,id=serial0,fd=7,server=on,wait=off,logfile=/proc/self/fd/6");
+    assert_eq!(after("-serial"), "chardev:serial0");
+    assert_eq!((after("-kernel"), after("-initrd")), ("/proc/self/fd/8".into(), "/proc/self/fd/9".into()));
     assert_eq!(after("-append"), "console=ttyS0 a,b");
     assert!(!argv.contains(&"-daemonize".to_string()), "-daemonize forks, which the sandbox forbids");
     assert!(!argv.iter().any(|a| a.contains("/d/x") || a.contains("r,un")), "no path reaches QEMU: {argv:?}");

@@ -8,6 +8,7 @@ pub mod authz;
 mod caller;
 mod cluster;
 mod console;
+mod console_tickets;
 mod drain;
 mod error;
 mod events;
@@ -27,6 +28,7 @@ mod tickets;
 mod tls;
 mod vms;
 mod web;
+mod webfiles;
 mod ws;
 
 pub use access::login;

@@ -38,9 +38,9 @@ pub struct ApiShared {
     /// The native router, for the `/api2/json` layer to call.
     pub(crate) native: NativeApp,
     /// Where the web UI's files come from.
-    pub(crate) web: crate::web::WebRoot,
+    pub(crate) web: crate::webfiles::WebRoot,
     /// Console tickets issued here and not yet used.
-    pub(crate) consoles: crate::console::Tickets,
+    pub(crate) consoles: crate::console_tickets::Tickets,
 }
 
 impl ApiShared {

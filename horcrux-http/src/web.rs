@@ -3,8 +3,7 @@
 //! carries a content security policy that allows only this origin's scripts and the page's
 //! own import map (by its hash), so injected markup cannot run script.
 
-use std::borrow::Cow;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -13,38 +12,7 @@ use sha2::Digest;
 
 use crate::error::ApiError;
 use crate::state::ApiState;
-
-mod embedded {
-    include!(concat!(env!("OUT_DIR"), "/web_files.rs"));
-}
-
-/// Where the UI's files come from.
-#[derive(Debug, Clone, Default)]
-pub enum WebRoot {
-    /// The copy built into the binary.
-    #[default]
-    Embedded,
-    /// A directory read at each request.
-    Dir(PathBuf),
-}
-
-impl WebRoot {
-    /// The file at `rel` (a path already checked to stay inside the root).
-    async fn read(&self, rel: &str) -> Option<Cow<'static, [u8]>> {
-        match self {
-            WebRoot::Embedded => {
-                embedded::FILES.iter().find(|(p, _)| *p == rel).map(|(_, b)| Cow::Borrowed(*b))
-            }
-            WebRoot::Dir(dir) => {
-                let path = dir.join(rel);
-                if !tokio::fs::metadata(&path).await.ok()?.is_file() {
-                    return None;
-                }
-                tokio::fs::read(path).await.ok().map(Cow::Owned)
-            }
-        }
-    }
-}
+pub use crate::webfiles::WebRoot;
 
 fn content_type(rel: &str) -> &'static str {
     match Path::new(rel).extension().and_then(|e| e.to_str()).unwrap_or("") {
@@ -169,6 +137,9 @@ mod tests {
 
     #[test]
     fn the_ui_is_embedded() {
-        assert!(embedded::FILES.iter().any(|(p, _)| *p == "index.html"), "web-static/index.html is built in");
+        assert!(
+            crate::webfiles::embedded_paths().any(|p| p == "index.html"),
+            "web-static/index.html is built in"
+        );
     }
 }

@@ -316,6 +316,10 @@ impl QemuDriver {
             "none".into(),
             "-sandbox".into(),
             SANDBOX.into(),
+            "-chardev".into(),
+            format!("socket,id=qmp,fd={},server=on,wait=off", fds::QMP_FD),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
             // Output goes to the log whether or not a console is connected.
             "-chardev".into(),
             format!(
@@ -325,10 +329,6 @@ impl QemuDriver {
             ),
             "-serial".into(),
             "chardev:serial0".into(),
-            "-chardev".into(),
-            format!("socket,id=qmp,fd={},server=on,wait=off", fds::QMP_FD),
-            "-mon".into(),
-            "chardev=qmp,mode=control".into(),
         ]);
         let slots = spec.disk_slots();
         let on_bus =
