@@ -20,6 +20,8 @@ pub use ha::{FenceLauncher, HaManager, LeaseAgent, LeaseCell};
 /// The hot-plug changes the HTTP crate asks of a running guest (the drivers' types, as
 /// the runtime's hypervisor takes them).
 pub use horcrux_drivers::hypervisor::ConsoleKind;
+/// The /proc and statvfs readers the sampler uses (the HTTP layer's node status reads them too).
+pub use horcrux_drivers::metrics as drivers_metrics;
 pub use horcrux_drivers::{DiskSource, Hotplug};
 pub use port::{read, ClusterPort};
 pub use runtime::{start_fleet, NodeRuntime, RuntimeError, VolumeFactory};

@@ -163,15 +163,26 @@ impl NodeSampler {
 
 /// A file system's (total, used) bytes (`statvfs`).
 pub fn fs_usage(path: &Path) -> Option<(u64, u64)> {
+    fs_space(path).map(|(total, free, _)| (total, total - free))
+}
+
+/// A file system's (total, free, available to unprivileged users) bytes (`statvfs`).
+pub fn fs_space(path: &Path) -> Option<(u64, u64, u64)> {
+    statvfs(path).ok()
+}
+
+/// `statvfs(path)`: (total, free, available to unprivileged users) bytes.
+pub fn statvfs(path: &Path) -> std::io::Result<(u64, u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a NUL-terminated path and a statvfs the call fills in.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     let frsize = st.f_frsize as u64;
-    Some((st.f_blocks as u64 * frsize, (st.f_blocks as u64 - st.f_bfree as u64) * frsize))
+    Ok((st.f_blocks as u64 * frsize, st.f_bfree as u64 * frsize, st.f_bavail as u64 * frsize))
 }
 
 /// One reading of a running guest: `cpu` as a fraction of its vCPUs, `mem` its process's

@@ -18,6 +18,9 @@ use rrd::{Cf, Rrd};
 
 use crate::storage::StorageBoard;
 
+/// How long a sample waits for one guest's QMP answer.
+const QMP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The node's fields, as PVE 9's node metrics name them.
 pub const NODE_FIELDS: &[&str] = &[
     "loadavg",
@@ -338,8 +341,18 @@ pub async fn sample_forever(
             });
             match running {
                 Some((mut counters, rss)) => {
-                    if let Ok(v) = hv.qmp(vmid, "query-blockstats", None).await {
-                        counters.disk = parse_blockstats(&v);
+                    // A guest whose QMP does not answer in time must not hold up every
+                    // other sample: it keeps its last disk counters (no disk traffic this
+                    // round; the next answer's difference covers the gap).
+                    let stats =
+                        tokio::time::timeout(QMP_TIMEOUT, hv.qmp(vmid, "query-blockstats", None)).await;
+                    match stats {
+                        Ok(Ok(v)) => counters.disk = parse_blockstats(&v),
+                        _ => {
+                            if let Some((_, c)) = before.get(&vmid) {
+                                counters.disk = c.disk;
+                            }
+                        }
                     }
                     let t = std::time::Instant::now();
                     let prev = before.get(&vmid).map(|(at, c)| (t.duration_since(*at).as_secs_f64(), *c));

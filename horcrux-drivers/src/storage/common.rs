@@ -162,17 +162,7 @@ pub fn fs_usage(path: &Path) -> Result<Option<StoreUsage>, DriverError> {
             None => return Ok(None),
         }
     }
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|e| DriverError::Invalid(e.to_string()))?;
-    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `vfs` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    let frsize = vfs.f_frsize as u64;
-    let total = vfs.f_blocks as u64 * frsize;
-    let free = vfs.f_bfree as u64 * frsize;
-    let avail = vfs.f_bavail as u64 * frsize;
+    let (total, free, avail) = crate::metrics::statvfs(dir)?;
     Ok(Some(StoreUsage { total, used: total - free, avail }))
 }
 

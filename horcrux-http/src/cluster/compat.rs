@@ -46,6 +46,11 @@ pub(crate) async fn cluster_resources(
     }
 }
 
+/// The members this node hears from now.
+pub(crate) fn online_members(st: &ApiState) -> Vec<String> {
+    st.runtime.cluster().cluster_status().nodes.into_iter().filter(|n| n.online).map(|n| n.name).collect()
+}
+
 /// Member `node`'s latest reading into `cache`, once (`null` for a member this node does
 /// not hear from: the call would wait for the forward to time out).
 async fn fetch_live(
@@ -86,15 +91,7 @@ pub(crate) async fn resources(
     // member its entries carry no live figures).
     // Members this node does not hear from are not asked (the answer would wait for the
     // forward to time out); their entries carry no live figures.
-    let online: std::collections::BTreeSet<String> = st
-        .runtime
-        .cluster()
-        .cluster_status()
-        .nodes
-        .into_iter()
-        .filter(|n| n.online)
-        .map(|n| n.name)
-        .collect();
+    let online: std::collections::BTreeSet<String> = online_members(&st).into_iter().collect();
     // Fetched once per member, then read by reference (an entry per guest must not copy
     // its member's whole reading).
     let mut live_cache: std::collections::BTreeMap<String, Value> = Default::default();

@@ -95,15 +95,7 @@ pub(crate) async fn list_tasks(
 /// `GET /api2/json/cluster/tasks`: the recent tasks of every member this node hears from
 /// (each member's own list, with the caller's rights there), newest first.
 pub(crate) async fn cluster_tasks(State(st): State<ApiState>, headers: HeaderMap) -> Response {
-    let members: Vec<String> = st
-        .runtime
-        .cluster()
-        .cluster_status()
-        .nodes
-        .into_iter()
-        .filter(|n| n.online)
-        .map(|n| n.name)
-        .collect();
+    let members = crate::cluster::compat::online_members(&st);
     let calls = members.iter().map(|n| {
         let path = format!("/nodes/{}/tasks", form_escape(n));
         let (st, headers) = (st.clone(), headers.clone());

@@ -6,61 +6,37 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+use horcrux_actors::drivers_metrics as metrics;
+
 use crate::error::ApiError;
 use crate::state::ApiState;
 
-/// `/proc/stat`'s first line: (busy, total) jiffies since boot.
-fn cpu_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> =
-        stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    let total: u64 = fields.iter().take(8).sum();
-    // idle + iowait
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
-}
-
-/// CPU use (0..1) since the previous call (the first: since boot).
-fn cpu_usage() -> f64 {
-    static LAST: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
-    let Some((busy, total)) = cpu_jiffies() else { return 0.0 };
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    let (b0, t0) = *last;
-    *last = (busy, total);
-    if total > t0 {
-        (busy.saturating_sub(b0)) as f64 / (total - t0) as f64
-    } else {
-        0.0
+/// CPU use (0..1): the sampler's latest reading, or since boot when there is none yet.
+fn cpu_usage(st: &ApiState) -> f64 {
+    use horcrux_actors::metrics::Series;
+    if let Some(cpu) =
+        st.runtime.metrics().and_then(|m| m.latest(&Series::Node)).and_then(|n| n.get("cpu").copied())
+    {
+        if cpu.is_finite() {
+            return cpu;
+        }
+    }
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    match metrics::parse_proc_stat(&stat) {
+        Some((busy, _, total, _)) if total > 0 => busy as f64 / total as f64,
+        _ => 0.0,
     }
 }
 
 fn meminfo() -> Value {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |key: &str| -> u64 {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(key).and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
-            * 1024
-    };
-    let (total, free, available) = (kib("MemTotal:"), kib("MemFree:"), kib("MemAvailable:"));
-    let (swap_total, swap_free) = (kib("SwapTotal:"), kib("SwapFree:"));
+    let m = metrics::parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    let b = |key: &str| m.get(key).copied().unwrap_or(0);
+    let (total, free, available) = (b("MemTotal"), b("MemFree"), b("MemAvailable"));
+    let (swap_total, swap_free) = (b("SwapTotal"), b("SwapFree"));
     json!({
         "memory": { "total": total, "free": free, "available": available, "used": total.saturating_sub(available) },
         "swap": { "total": swap_total, "free": swap_free, "used": swap_total.saturating_sub(swap_free) },
     })
-}
-
-fn statvfs(path: &str) -> Option<(u64, u64, u64)> {
-    let c = std::ffi::CString::new(path).ok()?;
-    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `vfs` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } != 0 {
-        return None;
-    }
-    let f = vfs.f_frsize as u64;
-    Some((vfs.f_blocks as u64 * f, vfs.f_bfree as u64 * f, vfs.f_bavail as u64 * f))
 }
 
 fn cpu_model() -> (String, u64, u64) {
@@ -112,14 +88,11 @@ pub async fn node_status(
         .take(3)
         .map(str::to_string)
         .collect();
-    let uptime: u64 = std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|u| u.split('.').next().and_then(|s| s.parse().ok()))
-        .unwrap_or(0);
-    let (total, free, avail) = statvfs("/").unwrap_or((0, 0, 0));
+    let uptime = metrics::host_uptime(std::path::Path::new("/")).unwrap_or(0.0) as u64;
+    let (total, free, avail) = metrics::fs_space(std::path::Path::new("/")).unwrap_or((0, 0, 0));
     let kernel = uname();
     let mut out = json!({
-        "cpu": cpu_usage(),
+        "cpu": cpu_usage(&st),
         "cpuinfo": { "cpus": cpus, "cores": cores, "sockets": sockets, "model": model },
         "loadavg": loadavg,
         "uptime": uptime,
