@@ -41,6 +41,10 @@ command -v nfs-ls >/dev/null || need+=(libnfs-utils)
 # The browser UI tests (tests/ui) drive Debian's Chromium with playwright-core 1.61.1, which
 # needs Node.js >= 18: Debian 12's nodejs is 18.20 (with npm 9 from its npm package); this
 # kind of machine comes with NodeSource's Node.js 20, whose nodejs package carries npm.
+# LXC system containers (liblxc 5.0's tools; uidmap's newuidmap writes the id mappings
+# of unprivileged containers).
+command -v lxc-start >/dev/null || need+=(lxc)
+command -v newuidmap >/dev/null || need+=(uidmap)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
@@ -72,6 +76,12 @@ if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd >/dev/null
 fi
+
+# Unprivileged containers map their ids onto root's subordinate range, as Proxmox's
+# packages set it up: 100000-165535 (see horcrux-drivers/src/lxc.rs).
+for f in /etc/subuid /etc/subgid; do
+  grep -qs '^root:100000:65536$' "$f" || echo 'root:100000:65536' >> "$f"
+done
 
 # The browser tests' npm packages (tests/ui), with npm ci when they are missing or stale.
 "$(dirname "$0")/ui-deps.sh"

@@ -6,6 +6,7 @@ pub mod fence;
 pub mod host;
 pub mod hypervisor;
 mod kvm_probe;
+pub mod lxc;
 pub mod metrics;
 pub mod qemu;
 pub mod qmp;
