@@ -314,6 +314,51 @@ impl LxcDriver {
     }
 }
 
+/// A container's root file system in an image file (Proxmox's `rootfs` on a `dir` or
+/// `nfs` storage: a raw image with ext4, loop-mounted while the container runs).
+pub struct ImageRootfs<'a> {
+    runner: &'a dyn Runner,
+}
+
+impl<'a> ImageRootfs<'a> {
+    pub fn new(runner: &'a dyn Runner) -> Self {
+        ImageRootfs { runner }
+    }
+
+    /// Puts an ext4 file system on the (allocated, sparse) raw image; an unprivileged
+    /// container's is owned by its mapped root from the start.
+    pub async fn format(&self, image: &Path, unprivileged: bool) -> Result<(), DriverError> {
+        self.runner.run("/usr/sbin/mkfs.ext4", &mkfs_argv(image, unprivileged)).await.map(|_| ())
+    }
+
+    /// Mounts the image on `target` through a loop device.
+    pub async fn mount(&self, image: &Path, target: &Path) -> Result<(), DriverError> {
+        std::fs::create_dir_all(target)?;
+        let args = vec![
+            "-o".to_string(),
+            "loop,nodev".to_string(),
+            image.display().to_string(),
+            target.display().to_string(),
+        ];
+        self.runner.run("/usr/bin/mount", &args).await.map(|_| ())
+    }
+
+    /// Unmounts it (the loop device goes with it: mount set it up with autoclear).
+    pub async fn unmount(&self, target: &Path) -> Result<(), DriverError> {
+        self.runner.run("/usr/bin/umount", &[target.display().to_string()]).await.map(|_| ())
+    }
+}
+
+/// `mkfs.ext4`'s argv for a container image.
+pub fn mkfs_argv(image: &Path, unprivileged: bool) -> Vec<String> {
+    let mut a = vec!["-q".to_string(), "-F".to_string()];
+    if unprivileged {
+        a.extend(["-E".to_string(), format!("root_owner={UNPRIVILEGED_BASE}:{UNPRIVILEGED_BASE}")]);
+    }
+    a.push(image.display().to_string());
+    a
+}
+
 /// The `tar` argv that extracts template `tarball` into `rootfs` (compression from its
 /// name: `.tar.gz`, `.tar.xz`, `.tar.zst`), keeping numeric owners and permissions.
 pub fn extract_argv(tarball: &Path, rootfs: &Path) -> Result<Vec<String>, DriverError> {
@@ -422,6 +467,15 @@ mod tests {
         privileged.nets.clear();
         let c = d.config(&privileged);
         assert!(!c.contains("lxc.idmap") && c.contains("lxc.net.0.type = empty"), "{c}");
+    }
+
+    #[test]
+    fn images_are_formatted_for_their_mapped_root() {
+        assert_eq!(
+            mkfs_argv(Path::new("/s/vm-200-disk-0.raw"), true),
+            ["-q", "-F", "-E", "root_owner=100000:100000", "/s/vm-200-disk-0.raw"]
+        );
+        assert_eq!(mkfs_argv(Path::new("/i"), false), ["-q", "-F", "/i"]);
     }
 
     #[test]

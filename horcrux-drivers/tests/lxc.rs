@@ -1,5 +1,5 @@
 //! LXC for real (liblxc 5.0's tools, as root): a busybox template tarball made here is
-//! extracted into a root file system and shifted into the unprivileged range, the driver
+//! extracted into a root file system (an ext4 image, loop-mounted, as on a `dir` storage) and shifted into the unprivileged range, the driver
 //! writes the config, starts the container, sees it running, attaches into it (its host
 //! name; root inside, uid 100000 outside), freezes and thaws it, follows it to STOPPED
 //! with lxc-wait (no polling) and stops it.
@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use horcrux_drivers::lxc::{extract_argv, shift_ownership, Cgroups, CtSpec, CtState, Features, LxcDriver};
+use horcrux_drivers::lxc::{
+    extract_argv, shift_ownership, Cgroups, CtSpec, CtState, Features, ImageRootfs, LxcDriver,
+};
 use horcrux_drivers::storage::SystemRunner;
 
 /// A busybox root file system as a `.tar.gz` template: init prints a marker on the
@@ -37,8 +39,21 @@ async fn a_busybox_container_runs_unprivileged_and_stops() {
     // The container's root (uid 100000 on the host) must reach its root file system.
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let template = busybox_template(tmp.path());
+    // The root file system as on a `dir` storage: a sparse raw image with ext4, loop-mounted.
+    let image = tmp.path().join("vm-4242-disk-0.raw");
+    std::fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+    let runner = SystemRunner;
+    let images = ImageRootfs::new(&runner);
+    images.format(&image, true).await.unwrap();
     let rootfs = tmp.path().join("rootfs");
-    std::fs::create_dir(&rootfs).unwrap();
+    images.mount(&image, &rootfs).await.unwrap();
+    let _mounted = Unmount(rootfs.clone());
+    let root_meta = std::fs::metadata(&rootfs).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&root_meta),
+        100_000,
+        "mkfs made the mapped root its owner"
+    );
     let st = Command::new("tar").args(extract_argv(&template, &rootfs).unwrap()).status().unwrap();
     assert!(st.success(), "the template extracts");
     shift_ownership(&rootfs).unwrap();
@@ -94,8 +109,23 @@ async fn a_busybox_container_runs_unprivileged_and_stops() {
     assert_eq!(lxc.state(vmid).await.unwrap(), CtState::Stopped);
     lxc.stop(vmid, None).await.expect("stopping a stopped container is a no-op");
 
-    // And a clean stop of a running one.
+    // And a clean stop of a running one; its file system then unmounts, and what the
+    // container wrote is in the image.
     lxc.start(vmid).await.unwrap();
+    lxc.attach(vmid, &["sh", "-c", "echo kept > /root/note"]).await.unwrap();
     lxc.stop(vmid, Some(Duration::from_secs(10))).await.unwrap();
     assert_eq!(lxc.state(vmid).await.unwrap(), CtState::Stopped);
+    images.unmount(&rootfs).await.unwrap();
+    assert!(!rootfs.join("root/note").exists(), "unmounted");
+    images.mount(&image, &rootfs).await.unwrap();
+    assert_eq!(std::fs::read_to_string(rootfs.join("root/note")).unwrap(), "kept\n");
+}
+
+/// Unmounts a test's loop mount however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
