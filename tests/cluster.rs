@@ -29,6 +29,8 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     for n in &nodes {
         assert_eq!(vmids(&n.api(&admin)), vec![201], "on {}", n.name);
     }
+    // A guest of n1's, to be seen while n1 is dead.
+    assert_eq!(create_vm(&nodes[0].api(&admin), 203), 200);
 
     eprintln!("[{:?}] Kill the leader:", t_start.elapsed());
     // Kill the leader: a new one is elected within 3 s and writes continue. A write sent to
@@ -50,6 +52,19 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     let failover = t0.elapsed();
     assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
     assert_eq!(create_vm(&nodes[2].api(&admin), 202), 200);
+    // As Proxmox shows a dead member: offline in /nodes and cluster/resources, its guests'
+    // status unknown (nobody observes them).
+    eventually("n1 shown offline", Duration::from_secs(15), || {
+        let (_, nodes_list) = survivor.get("/api2/json/nodes");
+        nodes_list["data"].as_array().unwrap().iter().any(|n| n["node"] == "n1" && n["status"] == "offline")
+    });
+    let (_, res) = survivor.get("/api2/json/cluster/resources");
+    let entries = res["data"].as_array().unwrap();
+    let n1 = entries.iter().find(|e| e["id"] == "node/n1").expect("n1 is listed");
+    assert_eq!(n1["status"], "offline", "{n1}");
+    let on_n1: Vec<&Value> = entries.iter().filter(|e| e["type"] == "qemu" && e["node"] == "n1").collect();
+    assert!(!on_n1.is_empty() && on_n1.iter().all(|e| e["status"] == "unknown"), "{on_n1:?}");
+    assert!(entries.iter().any(|e| e["id"] == "node/n2" && e["status"] == "online"), "{res}");
 
     eprintln!("[{:?}] The killed node restarts", t_start.elapsed());
     // The killed node restarts from its log and catches up, even with its commit point lost
@@ -60,7 +75,7 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     let admin_token = std::fs::read_to_string(admin.join("admin.token")).unwrap();
     nodes[0].start(None);
     eventually("n1 caught up", Duration::from_secs(20), || {
-        try_vmids(&nodes[0].api(&admin)) == Ok(vec![201, 202])
+        try_vmids(&nodes[0].api(&admin)) == Ok(vec![201, 202, 203])
     });
     assert_eq!(std::fs::read_to_string(admin.join("admin.token")).unwrap(), admin_token, "token kept");
     assert_eq!(nodes[2].api(&admin).get("/vms").0, 200, "the admin token still works cluster-wide");
@@ -79,7 +94,7 @@ fn three_nodes_replicate_fail_over_catch_up_and_admit_by_snapshot() {
     n4.start(Some(&token(&nodes[2].api(&admin), 600)));
     let n4_api = n4.api(&admin);
     eventually("n4 has every VM", Duration::from_secs(20), || {
-        try_vmids(&n4_api).is_ok_and(|v| v.len() == 32)
+        try_vmids(&n4_api).is_ok_and(|v| v.len() == 33)
     });
     let s4 = status(&n4_api);
     assert!(s4["local"]["snapshot"].as_u64().is_some(), "n4 should have installed a snapshot: {s4}");

@@ -107,6 +107,10 @@ pub(crate) async fn resources(
             e["type"] = json!("qemu");
             e["id"] = json!(format!("qemu/{}", g["vmid"]));
             let node = g["node"].as_str().unwrap_or_default().to_string();
+            if !online.contains(&node) {
+                // As Proxmox: nobody observes a guest of a member that is not heard from.
+                e["status"] = json!("unknown");
+            }
             fetch_live(&st, &headers, &online, &mut live_cache, &node).await;
             let m = &live_cache[&node]["guests"][g["vmid"].to_string()];
             // PVE's live figures: cpu a fraction of the vCPUs, bytes, byte totals since start.
@@ -136,8 +140,7 @@ pub(crate) async fn resources(
         }
         for n in v.as_array().into_iter().flatten() {
             let name = n["name"].as_str().unwrap_or_default();
-            let mut e =
-                json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": "online" });
+            let mut e = json!({ "type": "node", "id": format!("node/{name}"), "node": name, "status": node_status(&online, name) });
             fetch_live(&st, &headers, &online, &mut live_cache, name).await;
             let m = &live_cache[name]["node"];
             copy_live(
@@ -220,8 +223,18 @@ pub(crate) async fn version() -> Response {
     )
 }
 
+/// A member as Proxmox reports it: `online` while heard from, else `offline`.
+fn node_status(online: &std::collections::BTreeSet<String>, name: &str) -> &'static str {
+    if online.contains(name) {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
 pub(crate) async fn nodes(State(st): State<ApiState>, headers: HeaderMap) -> Response {
     let (status, v, _) = native(&st, &headers, Method::GET, "/nodes", None).await;
+    let online: std::collections::BTreeSet<String> = online_members(&st).into_iter().collect();
     answer(status, v, |v| {
         let list: Vec<Value> = v
             .as_array()
@@ -229,7 +242,7 @@ pub(crate) async fn nodes(State(st): State<ApiState>, headers: HeaderMap) -> Res
                 a.iter()
                     .map(|n| {
                         let name = n["name"].as_str().unwrap_or_default();
-                        json!({ "node": name, "status": "online", "type": "node", "id": format!("node/{name}") })
+                        json!({ "node": name, "status": node_status(&online, name), "type": "node", "id": format!("node/{name}") })
                     })
                     .collect()
             })
