@@ -670,6 +670,26 @@ fn consoles_relay_serial_and_vnc_with_single_use_tickets() {
     ws.send_text(&format!("{}:{}\n", mine["user"].as_str().unwrap(), mine["ticket"].as_str().unwrap()));
     ws.recv_until("OK", Duration::from_secs(10));
     drop(ws);
+    // A client that never authenticates is cut off after 10 s (the serial port takes one
+    // client at a time), and the port serves the next one.
+    let t = pve_post("/nodes/n1/qemu/160/termproxy", json!({}));
+    let mut idle =
+        WsClient::connect(port, tmp.path(), &ws_path(160, &t), &[("Authorization", &admin)]).unwrap();
+    let t0 = std::time::Instant::now();
+    while let Some((op, _)) = idle.recv() {
+        assert_ne!(op, 0x2, "no console output before the authentication");
+        if op == 0x8 {
+            break;
+        }
+    }
+    let cut = t0.elapsed();
+    assert!(cut >= Duration::from_secs(9) && cut < Duration::from_secs(20), "cut off after {cut:?}");
+    let t = pve_post("/nodes/n1/qemu/160/termproxy", json!({}));
+    let mut ws =
+        WsClient::connect(port, tmp.path(), &ws_path(160, &t), &[("Authorization", &admin)]).unwrap();
+    ws.send_text(&format!("{}:{}\n", t["user"].as_str().unwrap(), t["ticket"].as_str().unwrap()));
+    ws.recv_until("GUEST-BOOTED", Duration::from_secs(10));
+    drop(ws);
     // Not a WebSocket, or bad parameters: 4xx naming the field.
     let (code, body, _) = api.raw("GET", &ws_path(160, &t), &[("Authorization", &admin)], &json!(null));
     assert_eq!(code, 400, "a plain GET: {body}");

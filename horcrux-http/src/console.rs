@@ -28,6 +28,8 @@ use crate::error::ApiError;
 use crate::state::{parse_body, parse_vmid, ApiState};
 use crate::ws;
 
+/// How long a serial console's client may take to send its `USER:TICKET` line.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of the serial log a new serial console shows first.
 const SERIAL_REPLAY: u64 = 16 * 1024;
 
@@ -315,8 +317,14 @@ async fn relay_termproxy(
     let (mut rd, mut wr) = tokio::io::split(ws_io);
     let expected = format!("{user}:{ticket}\n");
     let mut pending = Vec::new();
+    // The serial port takes one client at a time: one that never authenticates must not
+    // hold it.
+    let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     loop {
-        match ws::read_message(&mut rd).await? {
+        let msg = tokio::time::timeout_at(deadline, ws::read_message(&mut rd)).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no termproxy authentication within 10 s")
+        })?;
+        match msg? {
             ws::Message::Data(d) => pending.extend(d),
             ws::Message::Ping(p) => ws::write_frame(&mut wr, ws::OP_PONG, &p).await?,
             ws::Message::Close => return Ok(()),
