@@ -45,6 +45,9 @@ command -v nfs-ls >/dev/null || need+=(libnfs-utils)
 # of unprivileged containers).
 command -v lxc-start >/dev/null || need+=(lxc)
 command -v newuidmap >/dev/null || need+=(uidmap)
+# OCI containers: Podman's libpod REST API (with runc, as ../shared/LAB.md says).
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

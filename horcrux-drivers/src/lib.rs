@@ -8,6 +8,7 @@ pub mod hypervisor;
 mod kvm_probe;
 pub mod lxc;
 pub mod metrics;
+pub mod oci;
 pub mod qemu;
 pub mod qmp;
 pub mod storage;
