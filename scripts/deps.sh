@@ -48,6 +48,8 @@ command -v newuidmap >/dev/null || need+=(uidmap)
 # OCI containers: Podman's libpod REST API (with runc, as ../shared/LAB.md says).
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
+# and Docker's Engine API (dockerd, started by the test with its own roots).
+[ -x /usr/sbin/dockerd ] || need+=(docker.io)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)

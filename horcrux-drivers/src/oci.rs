@@ -53,17 +53,29 @@ impl UnixHttp {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Vec<(String, String)>, BufReader<tokio::net::UnixStream>), DriverError> {
+        let payload = body.map(|b| b.to_string().into_bytes());
+        self.send_bytes(method, path, payload.as_deref().map(|b| (b, "application/json"))).await
+    }
+
+    /// Sends a request with a body of any type (an image's tarball).
+    async fn send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+    ) -> Result<(u16, Vec<(String, String)>, BufReader<tokio::net::UnixStream>), DriverError> {
         let mut s = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| DriverError::Io(format!("{}: {e}", self.socket.display())))?;
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-        if body.is_some() {
-            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", payload.len()));
+        if let Some((bytes, kind)) = body {
+            req.push_str(&format!("Content-Type: {kind}\r\nContent-Length: {}\r\n", bytes.len()));
         }
         req.push_str("\r\n");
-        req.push_str(&payload);
         s.write_all(req.as_bytes()).await.map_err(io)?;
+        if let Some((bytes, _)) = body {
+            s.write_all(bytes).await.map_err(io)?;
+        }
         let mut r = BufReader::new(s);
         let mut line = String::new();
         r.read_line(&mut line).await.map_err(io)?;
@@ -92,7 +104,27 @@ impl UnixHttp {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, DriverError> {
-        let (status, headers, mut r) = self.send(method, path, body).await?;
+        let (status, headers, r) = self.send(method, path, body).await?;
+        Self::answer(status, headers, r).await
+    }
+
+    /// One request with a body of type `kind`, and its whole answer.
+    pub async fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        kind: &str,
+    ) -> Result<Answer, DriverError> {
+        let (status, headers, r) = self.send_bytes(method, path, Some((body, kind))).await?;
+        Self::answer(status, headers, r).await
+    }
+
+    async fn answer(
+        status: u16,
+        headers: Vec<(String, String)>,
+        mut r: BufReader<tokio::net::UnixStream>,
+    ) -> Result<Answer, DriverError> {
         let header = |k: &str| headers.iter().find(|(h, _)| h == k).map(|(_, v)| v.as_str());
         let mut body = Vec::new();
         if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
@@ -269,6 +301,47 @@ impl OciEngine {
         }))
     }
 
+    /// Imports a root file system tarball as image `repo:tag` (no registry): its id.
+    pub async fn import_image(
+        &self,
+        tarball: &std::path::Path,
+        repo: &str,
+        tag: &str,
+    ) -> Result<String, DriverError> {
+        let bytes = tokio::fs::read(tarball).await.map_err(io)?;
+        let path = match self.engine {
+            Engine::Podman => self.path(&format!(
+                "/images/import?reference={}",
+                serde_urlencoded_lite(&format!("{repo}:{tag}"))
+            )),
+            Engine::Docker => self.path(&format!(
+                "/images/create?fromSrc=-&repo={}&tag={}",
+                serde_urlencoded_lite(repo),
+                serde_urlencoded_lite(tag)
+            )),
+        };
+        let a = self.http.request_bytes("POST", &path, &bytes, "application/x-tar").await?;
+        if a.status != 200 {
+            return Err(refused("import", &a));
+        }
+        // libpod answers `{"Id"}`; Docker a stream of progress objects, the last the id.
+        let text = String::from_utf8_lossy(&a.body).to_string();
+        let mut id = None;
+        for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+            if let Some(e) = v["error"].as_str() {
+                return Err(DriverError::Command { program: "import".into(), message: e.to_string() });
+            }
+            if let Some(s) = v["Id"].as_str().or(v["status"].as_str()) {
+                if s.starts_with("sha256:") {
+                    id = Some(s.to_string());
+                } else if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    id = Some(format!("sha256:{s}"));
+                }
+            }
+        }
+        id.ok_or_else(|| refused("import", &a))
+    }
+
     /// Removes it (a running one too, with `force`).
     pub async fn remove(&self, name: &str, force: bool) -> Result<(), DriverError> {
         let a = self
@@ -295,12 +368,10 @@ impl OciEngine {
             while let Some(line) = lines.recv().await {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
                 // libpod says `Status`, Docker `Action`.
-                let action = v["Action"]
-                    .as_str()
-                    .or(v["status"].as_str())
-                    .or(v["Status"].as_str())
-                    .unwrap_or("")
-                    .to_string();
+                let action =
+                    v["Action"].as_str().or(v["status"].as_str()).or(v["Status"].as_str()).unwrap_or("");
+                // In libpod's words: Docker's `die` is libpod's `died`.
+                let action = if action == "die" { "died" } else { action }.to_string();
                 if tx.send((action, v)).await.is_err() {
                     return;
                 }

@@ -39,6 +39,37 @@ async fn a_podman_container_lives_and_dies_through_the_rest_api() {
         "[containers]\ndefault_ulimits = [\"nofile=1024:1024\",\"nproc=1024:1024\"]\n[engine]\nruntime = \"runc\"\n",
     )
     .unwrap();
+    let tar = busybox_tar(dir);
+    let sock = dir.join("podman.sock");
+    let _service = Service(
+        podman(dir)
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        dir.to_path_buf(),
+    );
+    let engine = OciEngine::new(Engine::Podman, &sock);
+    wait_for_api(&engine).await;
+    // The image, imported through the API (no registry).
+    let imported = engine.import_image(&tar, "hx-bb", "1").await.unwrap();
+    assert!(imported.starts_with("sha256:"), "{imported}");
+    lifecycle(&engine, "localhost/hx-bb:1").await;
+}
+
+async fn wait_for_api(engine: &OciEngine) {
+    let t0 = Instant::now();
+    while engine.inspect("nothing-here").await.is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the API did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(engine.inspect("nothing-here").await.unwrap(), None, "404 is no container");
+}
+
+/// A busybox root file system as a tarball.
+fn busybox_tar(dir: &Path) -> std::path::PathBuf {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(rootfs.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
@@ -55,37 +86,14 @@ async fn a_podman_container_lives_and_dies_through_the_rest_api() {
         .status()
         .unwrap()
         .success());
-    let out = podman(dir)
-        .arg("import")
-        .arg(&tar)
-        .arg("hx-bb:1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "podman import: {}", String::from_utf8_lossy(&out.stderr));
-    let sock = dir.join("podman.sock");
-    let _service = Service(
-        podman(dir)
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", sock.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        dir.to_path_buf(),
-    );
-    let engine = OciEngine::new(Engine::Podman, &sock);
-    let t0 = Instant::now();
-    while engine.inspect("nothing-here").await.is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the libpod API did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(engine.inspect("nothing-here").await.unwrap(), None, "404 is no container");
+    tar
+}
 
+/// One container's whole life.
+async fn lifecycle(engine: &OciEngine, image: &str) {
     let spec = OciSpec {
         name: "hx-c1".into(),
-        image: "localhost/hx-bb:1".into(),
+        image: image.into(),
         command: vec!["/bin/sh".into(), "-c".into(), "echo $GREETING; sleep 2".into()],
         env: vec![("GREETING".into(), "up".into())],
     };
@@ -128,4 +136,48 @@ async fn a_podman_container_lives_and_dies_through_the_rest_api() {
     engine.stop("hx-c1", 1).await.expect("stopping a stopped container is a no-op");
     engine.remove("hx-c1", true).await.unwrap();
     assert_eq!(engine.inspect("hx-c1").await.unwrap(), None);
+}
+
+/// The same against dockerd (started here with its own data and exec roots, no bridge,
+/// no iptables, as ../shared/LAB.md says), through the Docker Engine API.
+#[tokio::test]
+async fn a_docker_container_lives_and_dies_through_the_rest_api() {
+    assert!(Path::new("/usr/sbin/dockerd").exists(), "dockerd is not installed: run scripts/deps.sh");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let tar = busybox_tar(dir);
+    let sock = dir.join("docker.sock");
+    let _daemon = Daemon(
+        Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let engine = OciEngine::new(Engine::Docker, &sock);
+    wait_for_api(&engine).await;
+    // The image, imported through the API as `docker import` does it.
+    let imported = engine.import_image(&tar, "hx-bb", "1").await.unwrap();
+    assert!(imported.starts_with("sha256:"), "{imported}");
+    lifecycle(&engine, "hx-bb:1").await;
+}
+
+/// dockerd, stopped however the test ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM: dockerd stops its containers and unmounts.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
 }
