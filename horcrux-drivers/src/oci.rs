@@ -200,6 +200,8 @@ pub struct OciSpec {
     pub image: String,
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Host directories bound into the container: (host path, path inside).
+    pub volumes: Vec<(PathBuf, String)>,
 }
 
 /// A container as its engine reports it.
@@ -241,18 +243,46 @@ impl OciEngine {
     pub fn create_request(&self, spec: &OciSpec) -> (String, Value) {
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         match self.engine {
-            Engine::Podman => (
-                self.path("/containers/create"),
-                json!({
-                    "name": spec.name, "image": spec.image, "command": spec.command,
-                    "env": spec.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                }),
-            ),
-            Engine::Docker => (
-                format!("{}?name={}", self.path("/containers/create"), spec.name),
-                json!({ "Image": spec.image, "Cmd": spec.command, "Env": env }),
-            ),
+            Engine::Podman => {
+                let mounts: Vec<Value> = spec
+                    .volumes
+                    .iter()
+                    .map(|(src, dst)| {
+                        json!({ "type": "bind", "source": src.display().to_string(), "destination": dst, "options": ["rbind"] })
+                    })
+                    .collect();
+                (
+                    self.path("/containers/create"),
+                    json!({
+                        "name": spec.name, "image": spec.image, "command": spec.command,
+                        "env": spec.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                        "mounts": mounts,
+                    }),
+                )
+            }
+            Engine::Docker => {
+                let binds: Vec<String> =
+                    spec.volumes.iter().map(|(src, dst)| format!("{}:{dst}", src.display())).collect();
+                (
+                    format!("{}?name={}", self.path("/containers/create"), spec.name),
+                    json!({ "Image": spec.image, "Cmd": spec.command, "Env": env, "HostConfig": { "Binds": binds } }),
+                )
+            }
         }
+    }
+
+    /// What the container wrote to its standard output and error so far.
+    pub async fn logs(&self, name: &str) -> Result<String, DriverError> {
+        let flags = match self.engine {
+            Engine::Podman => "stdout=true&stderr=true",
+            Engine::Docker => "stdout=1&stderr=1",
+        };
+        let a =
+            self.http.request("GET", &self.path(&format!("/containers/{name}/logs?{flags}")), None).await?;
+        if a.status != 200 {
+            return Err(refused("logs", &a));
+        }
+        Ok(String::from_utf8_lossy(&demux(&a.body)).into_owned())
     }
 
     /// Creates the container; its id.
@@ -381,6 +411,28 @@ impl OciEngine {
     }
 }
 
+/// A log stream without its framing: a container without a terminal has each piece
+/// headed by its stream (1 stdout, 2 stderr), three zero bytes and its length (u32 big
+/// endian). Anything else is taken as it is.
+pub fn demux(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 8 {
+        let framed = matches!(rest[0], 0..=2) && rest[1..4] == [0, 0, 0];
+        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        if !framed || rest.len() < 8 + len {
+            break;
+        }
+        out.extend(&rest[8..8 + len]);
+        rest = &rest[8 + len..];
+    }
+    if out.is_empty() && !rest.is_empty() && rest.len() == bytes.len() {
+        return bytes.to_vec();
+    }
+    out.extend(rest);
+    out
+}
+
 /// Percent-encodes a query value (everything but unreserved characters).
 fn serde_urlencoded_lite(s: &str) -> String {
     s.bytes()
@@ -402,16 +454,31 @@ mod tests {
             image: "localhost/bb:1".into(),
             command: vec!["/bin/sh".into()],
             env: vec![("A".into(), "1".into())],
+            volumes: vec![("/srv/data".into(), "/data".into())],
         };
         let (p, b) = OciEngine::new(Engine::Podman, "/s").create_request(&spec);
         assert_eq!(p, "/v4.0.0/libpod/containers/create");
         assert_eq!(
             b,
-            json!({"name": "web", "image": "localhost/bb:1", "command": ["/bin/sh"], "env": {"A": "1"}})
+            json!({"name": "web", "image": "localhost/bb:1", "command": ["/bin/sh"], "env": {"A": "1"},
+                   "mounts": [{"type": "bind", "source": "/srv/data", "destination": "/data", "options": ["rbind"]}]})
         );
         let (p, b) = OciEngine::new(Engine::Docker, "/s").create_request(&spec);
         assert_eq!(p, "/v1.41/containers/create?name=web");
-        assert_eq!(b, json!({"Image": "localhost/bb:1", "Cmd": ["/bin/sh"], "Env": ["A=1"]}));
+        assert_eq!(
+            b,
+            json!({"Image": "localhost/bb:1", "Cmd": ["/bin/sh"], "Env": ["A=1"], "HostConfig": {"Binds": ["/srv/data:/data"]}})
+        );
+    }
+
+    #[test]
+    fn log_frames_are_taken_apart() {
+        let mut framed = vec![1u8, 0, 0, 0, 0, 0, 0, 3];
+        framed.extend(b"up\n");
+        framed.extend([2u8, 0, 0, 0, 0, 0, 0, 4]);
+        framed.extend(b"err\n");
+        assert_eq!(demux(&framed), b"up\nerr\n");
+        assert_eq!(demux(b"plain text, no frames\n"), b"plain text, no frames\n");
     }
 
     #[tokio::test]

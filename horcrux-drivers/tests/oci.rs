@@ -91,11 +91,20 @@ fn busybox_tar(dir: &Path) -> std::path::PathBuf {
 
 /// One container's whole life.
 async fn lifecycle(engine: &OciEngine, image: &str) {
+    // A host directory bound in: the container reads what is there and writes back.
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_path_buf();
+    std::fs::write(data.join("in"), "from-the-host\n").unwrap();
     let spec = OciSpec {
         name: "hx-c1".into(),
         image: image.into(),
-        command: vec!["/bin/sh".into(), "-c".into(), "echo $GREETING; sleep 2".into()],
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo $GREETING; cat /data/in; echo out > /data/out; sleep 2".into(),
+        ],
         env: vec![("GREETING".into(), "up".into())],
+        volumes: vec![(data.clone(), "/data".into())],
     };
     let id = engine.create(&spec).await.unwrap();
     assert_eq!(id.len(), 64, "{id}");
@@ -127,6 +136,9 @@ async fn lifecycle(engine: &OciEngine, image: &str) {
     );
     let s = engine.inspect("hx-c1").await.unwrap().unwrap();
     assert_eq!((s.status.as_str(), s.exit_code), ("exited", Some(0)), "{s:?}");
+    let logs = engine.logs("hx-c1").await.unwrap();
+    assert_eq!(logs, "up\nfrom-the-host\n", "its output, unframed");
+    assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "out\n", "written through the volume");
 
     // Started again, then stopped (SIGTERM; sh ignores it in sleep: SIGKILL after 1 s).
     engine.start("hx-c1").await.unwrap();
