@@ -82,6 +82,12 @@ if ! command -v ceph-mon >/dev/null || ! command -v ceph-osd >/dev/null; then
   apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd >/dev/null
 fi
 
+# LXD 5.0's REST API (its recommends would pull in a VM stack LXD cannot run here).
+if ! command -v lxd >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends lxd >/dev/null
+fi
+
 # Unprivileged containers map their ids onto root's subordinate range, as Proxmox's
 # packages set it up: 100000-165535 (see horcrux-drivers/src/lxc.rs).
 for f in /etc/subuid /etc/subgid; do

@@ -7,6 +7,7 @@ pub mod host;
 pub mod hypervisor;
 mod kvm_probe;
 pub mod lxc;
+pub mod lxd;
 pub mod metrics;
 pub mod oci;
 pub mod qemu;

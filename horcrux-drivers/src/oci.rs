@@ -58,7 +58,7 @@ impl UnixHttp {
     }
 
     /// Sends a request with a body of any type (an image's tarball).
-    async fn send_bytes(
+    pub(crate) async fn send_bytes(
         &self,
         method: &str,
         path: &str,
@@ -171,6 +171,91 @@ impl UnixHttp {
                     if !line.is_empty() && tx.send(line).await.is_err() {
                         return;
                     }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+impl UnixHttp {
+    /// A WebSocket on `path` (LXD's event stream): its text messages, in order, until the
+    /// server closes it or the receiver is dropped; pings are answered.
+    pub async fn websocket(&self, path: &str) -> Result<tokio::sync::mpsc::Receiver<String>, DriverError> {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: aG9yY3J1eC1ldmVudHM9PQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let mut s = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| DriverError::Io(format!("{}: {e}", self.socket.display())))?;
+        s.write_all(req.as_bytes()).await.map_err(io)?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).await.map_err(io)?;
+        if line.split_whitespace().nth(1) != Some("101") {
+            return Err(DriverError::Io(format!("GET {path}: {}", line.trim())));
+        }
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await.map_err(io)? == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(r);
+            let mut text = Vec::new();
+            loop {
+                let mut h = [0u8; 2];
+                if rd.read_exact(&mut h).await.is_err() {
+                    return;
+                }
+                let len = match h[1] & 0x7f {
+                    126 => {
+                        let mut b = [0u8; 2];
+                        if rd.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                        u16::from_be_bytes(b) as usize
+                    }
+                    127 => {
+                        let mut b = [0u8; 8];
+                        if rd.read_exact(&mut b).await.is_err() {
+                            return;
+                        }
+                        u64::from_be_bytes(b) as usize
+                    }
+                    n => n as usize,
+                };
+                if len > 16 << 20 {
+                    return;
+                }
+                let mut payload = vec![0u8; len];
+                if rd.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                match h[0] & 0x0f {
+                    0x8 => return,
+                    // A pong, masked as a client's frames must be (the zero mask).
+                    0x9 => {
+                        let mut f = vec![0x8a, 0x80 | payload.len().min(125) as u8, 0, 0, 0, 0];
+                        f.extend(&payload[..payload.len().min(125)]);
+                        if wr.write_all(&f).await.is_err() {
+                            return;
+                        }
+                    }
+                    0x0..=0x2 => {
+                        text.extend(payload);
+                        if h[0] & 0x80 != 0 {
+                            let msg = String::from_utf8_lossy(&text).into_owned();
+                            text.clear();
+                            if tx.send(msg).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
