@@ -260,7 +260,8 @@ pub fn run_storage(c: &ApiClient, cmd: StorageCmd) -> anyhow::Result<()> {
             q.extend(checksum.map(|c| ("checksum", c)));
             q.extend(checksum_algorithm.map(|a| ("checksum-algorithm", a)));
             q.extend(node.map(|n| ("node", n)));
-            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+            let query: Vec<String> =
+                q.iter().map(|(k, v)| format!("{k}={}", horcrux_core::ids::percent_encode(v))).collect();
             let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
             let r = c.post_file(&format!("/storage/{storage}/upload?{}", query.join("&")), f)?;
             println!("stored {} ({} bytes)", r["volid"].as_str().unwrap_or(""), r["size"]);
@@ -272,14 +273,4 @@ pub fn run_storage(c: &ApiClient, cmd: StorageCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// `s` escaped for a query string.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -249,6 +249,17 @@ pub fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters: a query value, a
+/// URL's user part, a path segment.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Standard base64 with padding (RFC 4648 section 4): the WebSocket handshake's accept key
 /// and the hashes of a content security policy.
 pub fn base64_encode(b: &[u8]) -> String {

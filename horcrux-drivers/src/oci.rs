@@ -427,12 +427,12 @@ impl OciEngine {
         let path = match self.engine {
             Engine::Podman => self.path(&format!(
                 "/images/import?reference={}",
-                serde_urlencoded_lite(&format!("{repo}:{tag}"))
+                horcrux_core::ids::percent_encode(&format!("{repo}:{tag}"))
             )),
             Engine::Docker => self.path(&format!(
                 "/images/create?fromSrc=-&repo={}&tag={}",
-                serde_urlencoded_lite(repo),
-                serde_urlencoded_lite(tag)
+                horcrux_core::ids::percent_encode(repo),
+                horcrux_core::ids::percent_encode(tag)
             )),
         };
         let a = self.http.request_bytes("POST", &path, &bytes, "application/x-tar").await?;
@@ -476,7 +476,7 @@ impl OciEngine {
         name: &str,
     ) -> Result<tokio::sync::mpsc::Receiver<(String, Value)>, DriverError> {
         let filters = json!({ "container": [name] }).to_string();
-        let q = serde_urlencoded_lite(&filters);
+        let q = horcrux_core::ids::percent_encode(&filters);
         let mut lines = self.http.lines(&self.path(&format!("/events?stream=true&filters={q}"))).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
@@ -516,16 +516,6 @@ pub fn demux(bytes: &[u8]) -> Vec<u8> {
     }
     out.extend(rest);
     out
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn serde_urlencoded_lite(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -575,6 +565,9 @@ mod tests {
             out.extend(c);
         }
         assert_eq!(out, b"hello world");
-        assert_eq!(serde_urlencoded_lite("{\"a\":[\"b c\"]}"), "%7B%22a%22%3A%5B%22b%20c%22%5D%7D");
+        assert_eq!(
+            horcrux_core::ids::percent_encode("{\"a\":[\"b c\"]}"),
+            "%7B%22a%22%3A%5B%22b%20c%22%5D%7D"
+        );
     }
 }

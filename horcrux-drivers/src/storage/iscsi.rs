@@ -57,7 +57,11 @@ impl IscsiStorage {
 
     /// `iscsi://[USER@]PORTAL[/TARGET/LUN]`: a user but never a password.
     fn url(&self, lun: Option<u32>) -> String {
-        let user = self.username.as_ref().map(|u| format!("{}@", pct(u))).unwrap_or_default();
+        let user = self
+            .username
+            .as_ref()
+            .map(|u| format!("{}@", horcrux_core::ids::percent_encode(u)))
+            .unwrap_or_default();
         let base = format!("iscsi://{user}{}", self.portal_with_port());
         match lun {
             Some(l) => format!("{base}/{}/{l}", self.target),
@@ -103,16 +107,6 @@ impl IscsiStorage {
             self.id, self.target
         ))
     }
-}
-
-/// Percent-encodes what a URL's user part cannot hold as is.
-fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `iscsi-ls -s` output: each target and its disk LUNs (`Type:DIRECT_ACCESS`).
