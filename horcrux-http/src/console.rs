@@ -302,7 +302,7 @@ pub async fn serve_tunnel(st: ApiState, call: ApiCall, mut tunnel: horcrux_raft:
 /// VNC: each WebSocket message's bytes to the console, the console's bytes back as binary
 /// messages.
 async fn relay_raw(ws_io: impl Io, backend: Box<dyn Io>) -> std::io::Result<()> {
-    relay(ws_io, backend, |data, _out| Ok(data)).await
+    relay(ws_io, backend, Ok).await
 }
 
 /// Proxmox's termproxy protocol on the WebSocket: first `USER:TICKET\n` (the ticket the
@@ -344,7 +344,7 @@ async fn relay_termproxy(
     ws::write_frame(&mut wr, ws::OP_BINARY, b"OK").await?;
     let ws_io = tokio::io::join(rd, wr);
     let mut parser = TermInput { buf: pending };
-    relay(ws_io, backend, move |data, _| {
+    relay(ws_io, backend, move |data| {
         parser.buf.extend(data);
         parser.take()
     })
@@ -412,18 +412,17 @@ impl TermInput {
 /// backend bytes as binary messages; pings answered; ends when either side closes.
 async fn relay<F>(ws_io: impl Io, backend: Box<dyn Io>, mut input: F) -> std::io::Result<()>
 where
-    F: FnMut(Vec<u8>, &mut Vec<u8>) -> std::io::Result<Vec<u8>> + Send,
+    F: FnMut(Vec<u8>) -> std::io::Result<Vec<u8>> + Send,
 {
     use tokio::io::AsyncReadExt;
     let (mut ws_rd, ws_wr) = tokio::io::split(ws_io);
     let (mut be_rd, mut be_wr) = tokio::io::split(backend);
     let ws_wr = tokio::sync::Mutex::new(ws_wr);
     let up = async {
-        let mut scratch = Vec::new();
         loop {
             match ws::read_message(&mut ws_rd).await? {
                 ws::Message::Data(d) => {
-                    let bytes = input(d, &mut scratch)?;
+                    let bytes = input(d)?;
                     if !bytes.is_empty() {
                         be_wr.write_all(&bytes).await?;
                         be_wr.flush().await?;

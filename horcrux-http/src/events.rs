@@ -181,8 +181,7 @@ async fn round(
     }
     // Tasks: the cluster's recent ones; each new one, and each change of status (the
     // first look only remembers them: a new subscriber reads the list itself).
-    let tasks = crate::nodes::compat::cluster_tasks(State(st.clone()), headers.clone()).await;
-    let tasks = data_of(tasks).await.unwrap_or_default();
+    let tasks = crate::nodes::compat::tasks_of_members(st, headers).await;
     seen.tasks.retain(|upid, _| tasks.iter().any(|t| t["upid"] == upid.as_str()));
     for t in tasks {
         let Some(upid) = t["upid"].as_str().map(str::to_string) else { continue };

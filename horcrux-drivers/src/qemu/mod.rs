@@ -22,6 +22,7 @@ use crate::hypervisor::{
 };
 use crate::qmp::QmpClient;
 
+mod console;
 mod drive;
 mod fds;
 pub mod hotplug;
@@ -258,27 +259,8 @@ impl QemuDriver {
         self.run_dir.join(format!("{vmid}.qmp"))
     }
 
-    /// The serial console's socket: QEMU accepts on it (the daemon bound it, in the
-    /// daemon's own run directory), the daemon connects to relay a console.
-    fn serial_path(&self, vmid: u32) -> PathBuf {
-        self.run_dir.join(format!("{vmid}.serial"))
-    }
-
     fn pid_path(&self, vmid: u32) -> PathBuf {
         self.run_dir.join(format!("{vmid}.pid"))
-    }
-
-    /// A new connection to the guest's VNC server: one end of a socket pair whose other end
-    /// is handed to QEMU over QMP (`getfd`, `add_client`). QEMU listens nowhere.
-    pub async fn vnc_connect(&self, vmid: u32) -> Result<std::os::unix::net::UnixStream, DriverError> {
-        let qmp = self.qmp(vmid).await?;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let name = format!("vnc-{}", std::process::id());
-        let fdname = serde_json::json!({ "fdname": name });
-        qmp.execute_with_fd("getfd", Some(fdname), std::os::fd::AsFd::as_fd(&theirs)).await?;
-        let add = serde_json::json!({ "protocol": "vnc", "fdname": name, "skipauth": true });
-        qmp.execute("add_client", Some(add)).await?;
-        Ok(ours)
     }
 
     /// What QEMU printed on stderr at its last start.
@@ -769,19 +751,7 @@ impl Hypervisor for QemuDriver {
         vmid: u32,
         kind: crate::hypervisor::ConsoleKind,
     ) -> BoxFuture<'_, Result<std::os::unix::net::UnixStream, DriverError>> {
-        Box::pin(async move {
-            match kind {
-                crate::hypervisor::ConsoleKind::Vnc => self.vnc_connect(vmid).await,
-                crate::hypervisor::ConsoleKind::Serial => {
-                    let no_socket = |e: std::io::Error| {
-                        DriverError::Invalid(format!("guest {vmid} has no serial console socket: {e}"))
-                    };
-                    let s =
-                        tokio::net::UnixStream::connect(self.serial_path(vmid)).await.map_err(no_socket)?;
-                    s.into_std().map_err(no_socket)
-                }
-            }
-        })
+        Box::pin(self.console_connect(vmid, kind))
     }
 
     fn pid(&self, vmid: u32) -> Option<u32> {

@@ -95,7 +95,12 @@ pub(crate) async fn list_tasks(
 /// `GET /api2/json/cluster/tasks`: the recent tasks of every member this node hears from
 /// (each member's own list, with the caller's rights there), newest first.
 pub(crate) async fn cluster_tasks(State(st): State<ApiState>, headers: HeaderMap) -> Response {
-    let members = crate::cluster::compat::online_members(&st);
+    ok(json!(tasks_of_members(&st, &headers).await))
+}
+
+/// The tasks of every member this node hears from, newest first, in Proxmox's shape.
+pub(crate) async fn tasks_of_members(st: &ApiState, headers: &HeaderMap) -> Vec<Value> {
+    let members = crate::cluster::compat::online_members(st);
     let calls = members.iter().map(|n| {
         let path = format!("/nodes/{}/tasks", form_escape(n));
         let (st, headers) = (st.clone(), headers.clone());
@@ -108,8 +113,7 @@ pub(crate) async fn cluster_tasks(State(st): State<ApiState>, headers: HeaderMap
         }
     }
     all.sort_by_key(|t| std::cmp::Reverse(t["starttime"].as_u64().unwrap_or(0)));
-    let list: Vec<Value> = all
-        .into_iter()
+    all.into_iter()
         .map(|mut t| {
             if let Some(o) = t.as_object_mut() {
                 o.remove("log");
@@ -119,8 +123,7 @@ pub(crate) async fn cluster_tasks(State(st): State<ApiState>, headers: HeaderMap
             }
             t
         })
-        .collect();
-    ok(json!(list))
+        .collect()
 }
 
 pub(crate) async fn node_status(

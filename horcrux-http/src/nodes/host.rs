@@ -77,9 +77,7 @@ pub async fn node_status(
     State(st): State<ApiState>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if node != st.runtime.cluster().node_name() {
-        return Err(ApiError::not_found(format!("no cluster member is named {node:?}")));
-    }
+    super::this_node(&st, &node)?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (model, cores, sockets) = cpu_model();
     let loadavg: Vec<String> = std::fs::read_to_string("/proc/loadavg")

@@ -62,9 +62,7 @@ pub async fn node_rrddata(
     Path(node): Path<String>,
     Query(q): Query<RrdQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if node != st.runtime.cluster().node_name() {
-        return Err(ApiError::not_found(format!("no cluster member is named {node:?}")));
-    }
+    super::this_node(&st, &node)?;
     series(&st, &Series::Node, &q)
 }
 
@@ -102,9 +100,7 @@ pub async fn current(
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if node != st.runtime.cluster().node_name() {
-        return Err(ApiError::not_found(format!("no cluster member is named {node:?}")));
-    }
+    super::this_node(&st, &node)?;
     let Some(store) = st.runtime.metrics() else { return Ok(Json(serde_json::json!({}))) };
     let me = node.clone();
     let (guests, storages): (Vec<u32>, Vec<String>) = st

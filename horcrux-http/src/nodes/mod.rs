@@ -29,6 +29,16 @@ pub(crate) async fn list_tasks(State(st): State<ApiState>) -> Json<Value> {
     Json(Value::Array(tasks))
 }
 
+/// A route about a node is answered by that node (the forwarding layer carries it there):
+/// here, any other name is no member.
+pub(crate) fn this_node(st: &ApiState, node: &str) -> Result<(), ApiError> {
+    if node == st.runtime.cluster().node_name() {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no cluster member is named {node:?}")))
+    }
+}
+
 /// `GET /api/v1/nodes/{node}/tasks` (answered on that node, where its tasks are kept):
 /// every task with `Sys.Audit` on the node, else the caller's own, as Proxmox lists them.
 pub(crate) async fn node_tasks(
@@ -36,9 +46,7 @@ pub(crate) async fn node_tasks(
     axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(node): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if node != st.runtime.cluster().node_name() {
-        return Err(ApiError::not_found(format!("no cluster member is named {node:?}")));
-    }
+    this_node(&st, &node)?;
     let own = caller.user().to_string();
     let path = format!("/nodes/{node}");
     let all = st

@@ -247,24 +247,10 @@ impl QuicNetwork {
         mut body: super::ApiBody,
         reply_timeout: Duration,
     ) -> Result<super::ApiReply, TransportError> {
-        let head = super::encode_frame(call, super::Framing::Binary).map_err(terr)?;
-        if head.len() > super::MAX_STREAM_HEADER {
-            return Err(TransportError(format!("a request header of {} bytes", head.len())));
-        }
-        let conn =
-            self.connection(addr, false).await?.ok_or_else(|| TransportError("no connection".into()))?;
-        if let Err(e) = self.verify_peer(&conn, Some(target), addr) {
-            self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
-            return Err(e);
-        }
-        let (send, mut recv) = conn.open_bi().await.map_err(terr)?;
+        let (send, mut recv) = self.open_marked(super::STREAM_MARK, target, addr, call).await?;
         // Quinn finishes a stream dropped unfinished, which would read as a whole body:
         // this call dropped midway (its client gone) or a failed body resets it instead.
         let mut send = ResetUnlessFinished(Some(send));
-        let mut first = vec![super::STREAM_MARK];
-        first.extend((head.len() as u32).to_be_bytes());
-        first.extend(head);
-        send.stream().write_all(&first).await.map_err(terr)?;
         while let Some(piece) = body.recv().await {
             let b = piece.map_err(TransportError)?;
             send.stream().write_chunk(b).await.map_err(terr)?;
@@ -289,9 +275,24 @@ impl QuicNetwork {
         addr: &str,
         call: &super::ApiCall,
     ) -> Result<super::Tunnel, TransportError> {
+        let (send, recv) = self.open_marked(super::TUNNEL_MARK, target, addr, call).await?;
+        self.heard_from(target);
+        Ok(super::Tunnel::new(send, recv))
+    }
+
+    /// A new stream to member `target` at `addr`, opened with `mark`, the header's length
+    /// (u32, big endian) and the header (`call` as a binary frame): a streamed call or a
+    /// tunnel (see [`super::STREAM_MARK`], [`super::TUNNEL_MARK`]).
+    async fn open_marked(
+        &self,
+        mark: u8,
+        target: NodeId,
+        addr: &str,
+        call: &super::ApiCall,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
         let head = super::encode_frame(call, super::Framing::Binary).map_err(terr)?;
         if head.len() > super::MAX_STREAM_HEADER {
-            return Err(TransportError(format!("a tunnel header of {} bytes", head.len())));
+            return Err(TransportError(format!("a stream header of {} bytes", head.len())));
         }
         let conn =
             self.connection(addr, false).await?.ok_or_else(|| TransportError("no connection".into()))?;
@@ -300,12 +301,11 @@ impl QuicNetwork {
             return Err(e);
         }
         let (mut send, recv) = conn.open_bi().await.map_err(terr)?;
-        let mut first = vec![super::TUNNEL_MARK];
+        let mut first = vec![mark];
         first.extend((head.len() as u32).to_be_bytes());
         first.extend(head);
         send.write_all(&first).await.map_err(terr)?;
-        self.heard_from(target);
-        Ok(super::Tunnel::new(send, recv))
+        Ok((send, recv))
     }
 
     /// One request to `addr`, with the current identity, then the previous one: a peer that
